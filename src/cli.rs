@@ -1,0 +1,262 @@
+//! Command-line definitions (clap derive). No I/O happens here: [`crate::config`] turns these
+//! literal flags into resolved settings, merging them with `batch.toml` and the environment.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "batch",
+    version,
+    about = "Run a prompt over every row of a CSV through an LLM API.",
+    long_about = "Run a prompt over every row of a CSV through an LLM API (OpenAI-compatible chat \
+completions), with bounded concurrency, rate limits, retries and per-request timeouts, and write \
+every answer with its tokens and cost to a results CSV.\n\n\
+Try it without an API key on the embedded mock server:\n  \
+batch run samples/reviews.csv --prompt-file samples/classify.txt --mock",
+    after_help = "Exit codes: 0 every row ok; 1 the run finished but some rows failed or were \
+skipped; 2 usage, configuration or input error (nothing sent, no results written); 130 \
+interrupted."
+)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v, -vv, -vvv); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a prompt over every row of a CSV and write a results CSV.
+    Run(Box<RunArgs>),
+    /// Run the OpenAI-compatible mock server on 127.0.0.1 and print its base URL.
+    Mock(MockArgs),
+    /// Print shell completions for SHELL to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Flags of `batch run`. Every field except the input, output and config paths can also be set in
+/// `batch.toml` under the same name (kebab-case); a flag given on the command line wins.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunArgs {
+    /// Input CSV with a header row. Each row becomes one request.
+    #[arg(value_name = "INPUT")]
+    #[serde(skip)]
+    pub input: PathBuf,
+
+    /// Results CSV [default: <input stem>.results.csv beside the input].
+    #[arg(short, long, value_name = "PATH")]
+    #[serde(skip)]
+    pub output: Option<PathBuf>,
+
+    /// Settings file [default: ./batch.toml if it exists].
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    // ---- Prompt ----
+    /// Prompt template over the input's columns, e.g. 'Classify: {{review}}' (minijinja syntax;
+    /// a column whose name is not an identifier is `row["my column"]`). With neither --prompt nor
+    /// --prompt-file, a column named `prompt` is sent as it is.
+    #[arg(long, value_name = "TEMPLATE", help_heading = "Prompt")]
+    pub prompt: Option<String>,
+
+    /// Read the prompt template from FILE.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "prompt",
+        help_heading = "Prompt"
+    )]
+    pub prompt_file: Option<PathBuf>,
+
+    /// System message (a template too).
+    #[arg(long, value_name = "TEMPLATE", help_heading = "Prompt")]
+    pub system: Option<String>,
+
+    /// Read the system message from FILE.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "system",
+        help_heading = "Prompt"
+    )]
+    pub system_file: Option<PathBuf>,
+
+    /// Column that identifies a row in the results [default: `id` if there is one, else the row
+    /// number].
+    #[arg(long, value_name = "COLUMN", help_heading = "Prompt")]
+    pub id_column: Option<String>,
+
+    // ---- Model ----
+    /// Model name, sent as is and used to look up the price [default: gpt-4.1-mini].
+    #[arg(short, long, help_heading = "Model")]
+    pub model: Option<String>,
+
+    /// Completion token cap per request (sent as max_completion_tokens to OpenAI, max_tokens to
+    /// other servers).
+    #[arg(long, value_name = "N", help_heading = "Model")]
+    pub max_tokens: Option<u32>,
+
+    /// Sampling temperature (0 to 2).
+    #[arg(long, value_name = "T", help_heading = "Model")]
+    pub temperature: Option<f32>,
+
+    /// JSON file of prices that add to or override the embedded table: {"model": {"input": 0.4,
+    /// "cached_input": 0.1, "output": 1.6}} in USD per 1M tokens.
+    #[arg(long, value_name = "FILE", help_heading = "Model")]
+    pub price_file: Option<PathBuf>,
+
+    // ---- Pacing ----
+    /// Requests in flight at most [default: 16].
+    #[arg(short = 'j', long, value_name = "N", help_heading = "Pacing")]
+    pub concurrency: Option<usize>,
+
+    /// Requests per minute at most.
+    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    pub rpm: Option<u32>,
+
+    /// Tokens per minute at most (prompt tokens plus the completion reservation).
+    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    pub tpm: Option<u32>,
+
+    /// Retries per row after the first attempt [default: 6]. Retried: connection errors,
+    /// timeouts, 408, 409, 429 rate limits and 5xx, after exponential backoff with full jitter
+    /// (0.5 s doubling to 30 s) or the server's retry-after. Not retried: other 4xx, and 429
+    /// insufficient_quota, which stops the run. A server's x-should-retry header wins.
+    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    pub max_retries: Option<u32>,
+
+    /// Seconds one attempt may take, response body included, before it is cut off and retried
+    /// [default: 120].
+    #[arg(long, value_name = "SECS", help_heading = "Pacing")]
+    pub timeout: Option<f64>,
+
+    // ---- Endpoint ----
+    /// Base URL of an OpenAI-compatible API [env: OPENAI_BASE_URL; default:
+    /// https://api.openai.com/v1]. The key comes from OPENAI_API_KEY or --api-key-file.
+    #[arg(long, value_name = "URL", help_heading = "Endpoint")]
+    pub base_url: Option<String>,
+
+    /// Read the API key from FILE instead of OPENAI_API_KEY.
+    #[arg(long, value_name = "FILE", help_heading = "Endpoint")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Send the run to an embedded mock server on 127.0.0.1 instead (no key needed). Takes the
+    /// `batch mock` options as a list: --mock=latency-ms=100,error-rate=0.05
+    #[arg(
+        long,
+        value_name = "OPTIONS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "",
+        help_heading = "Endpoint"
+    )]
+    pub mock: Option<String>,
+
+    // ---- Output ----
+    /// Also write the run summary as JSON to PATH.
+    #[arg(long, value_name = "PATH", help_heading = "Output")]
+    pub summary_json: Option<PathBuf>,
+
+    /// No progress bar and no summary on stderr (errors are still printed).
+    #[arg(short, long, help_heading = "Output")]
+    #[serde(skip)]
+    pub quiet: bool,
+}
+
+/// Options of the mock server, shared by `batch mock` and `batch run --mock=...`.
+#[derive(Debug, Clone, Args)]
+pub struct MockArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+
+    /// Base latency of every response, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub latency_ms: u64,
+
+    /// Extra random latency, uniform in 0..=MS.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub jitter_ms: u64,
+
+    /// Fraction of requests answered with an injected 500 or 503.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub error_rate: f64,
+
+    /// Fraction of requests that take --slow-ms longer.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub slow_rate: f64,
+
+    /// Extra latency of a slow request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub slow_ms: u64,
+
+    /// Seed for the random choices, for reproducible runs.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl MockArgs {
+    /// Parses the `--mock=latency-ms=100,error-rate=0.05` form with the same definitions as
+    /// `batch mock`, so the two can never drift apart.
+    pub fn from_option_list(list: &str) -> Result<Self, String> {
+        #[derive(Parser)]
+        #[command(name = "--mock", no_binary_name = true)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: MockArgs,
+        }
+        let mut argv = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = item.split_once('=').unwrap_or((item, ""));
+            argv.push(format!("--{}", k.trim()));
+            if !v.is_empty() {
+                argv.push(v.trim().to_string());
+            }
+        }
+        Wrapper::try_parse_from(argv)
+            .map(|w| w.args)
+            .map_err(|e| e.render().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mock_option_list_uses_mock_flags() {
+        let m = MockArgs::from_option_list("latency-ms=5, error-rate=0.25,seed=7").unwrap();
+        assert_eq!(m.latency_ms, 5);
+        assert_eq!(m.error_rate, 0.25);
+        assert_eq!(m.seed, Some(7));
+        let defaults = MockArgs::from_option_list("").unwrap();
+        assert_eq!(defaults.latency_ms, 100);
+        assert!(MockArgs::from_option_list("latency=5").is_err());
+    }
+
+    #[test]
+    fn mock_flag_needs_equals_so_it_does_not_eat_the_input() {
+        let cli = Cli::try_parse_from(["batch", "run", "--mock", "in.csv"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.input, PathBuf::from("in.csv"));
+        assert_eq!(args.mock.as_deref(), Some(""));
+    }
+}

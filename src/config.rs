@@ -1,0 +1,365 @@
+//! Resolved settings for a run: flags, `batch.toml` and the environment merged in one place.
+//!
+//! Precedence, highest first: a flag on the command line, the environment (`OPENAI_BASE_URL`,
+//! `OPENAI_API_KEY`), the settings file, built-in defaults. After [`RunConfig::resolve`] every
+//! value is checked and every file the run needs (prompt files, price file) has been read, so a
+//! typo fails in the first second rather than an hour into the job.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::{MockArgs, RunArgs};
+use crate::error::{Error, describe_io};
+use crate::mock::MockConfig;
+use crate::pricing::PriceTable;
+use crate::retry::RetryPolicy;
+
+pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+const DEFAULT_CONCURRENCY: usize = 16;
+const DEFAULT_MAX_RETRIES: u32 = 6;
+const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
+const SETTINGS_FILE: &str = "batch.toml";
+
+/// Where the user prompt comes from.
+#[derive(Debug, Clone)]
+pub enum PromptSource {
+    /// A minijinja template over the columns.
+    Template(String),
+    /// The text of the column named `prompt`, sent as it is.
+    PromptColumn,
+}
+
+/// An API key. Its `Debug` and `Display` never show it, so it cannot leak through a log line or
+/// an error message by accident; [`ApiKey::expose`] is the one way to read it.
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// Where requests go.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// Start the embedded mock server and send everything there.
+    Mock(MockConfig),
+    /// A real (or self-hosted) OpenAI-compatible server.
+    Remote {
+        base_url: String,
+        api_key: Option<ApiKey>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub prompt: PromptSource,
+    pub system: Option<String>,
+    pub id_column: Option<String>,
+    pub model: String,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub prices: PriceTable,
+    pub concurrency: usize,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
+    pub retry: RetryPolicy,
+    pub timeout: Duration,
+    pub endpoint: Endpoint,
+    pub summary_json: Option<PathBuf>,
+    pub quiet: bool,
+}
+
+/// Fills every unset field of `$cli` from `$file`.
+macro_rules! fill_from_file {
+    ($cli:ident, $file:ident; $($field:ident),* $(,)?) => {
+        $( if $cli.$field.is_none() { $cli.$field = $file.$field.take(); } )*
+    };
+}
+
+impl RunConfig {
+    /// Merges flags with the settings file and environment, reads the files the run needs and
+    /// checks every value.
+    pub fn resolve(mut args: RunArgs) -> Result<Self, Error> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(mut file) = load_settings(args.config.as_deref())? {
+            fill_from_file!(args, file;
+                prompt, prompt_file, system, system_file, id_column, model, max_tokens,
+                temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
+                mock, summary_json);
+            // The environment sits between flags and the file for the base URL.
+            if args.base_url.is_none() && env("OPENAI_BASE_URL").is_none() {
+                args.base_url = file.base_url.take();
+            }
+        }
+        Self::from_merged(args, env("OPENAI_BASE_URL"), env("OPENAI_API_KEY"))
+    }
+
+    /// The pure half of [`RunConfig::resolve`]: no settings file, the environment passed in.
+    fn from_merged(
+        args: RunArgs,
+        env_base_url: Option<String>,
+        env_api_key: Option<String>,
+    ) -> Result<Self, Error> {
+        let input = args.input;
+        if input.as_os_str().is_empty() {
+            return Err(Error::Usage("no input file given".into()));
+        }
+        let output = match args.output {
+            Some(p) => p,
+            None => default_output(&input),
+        };
+        if output == input {
+            return Err(Error::Usage(format!(
+                "the output path {} is the input file; choose another with -o",
+                output.display()
+            )));
+        }
+
+        let prompt = match (args.prompt, args.prompt_file) {
+            (Some(t), _) => PromptSource::Template(t),
+            (None, Some(path)) => PromptSource::Template(read_text(&path, "--prompt-file")?),
+            (None, None) => PromptSource::PromptColumn,
+        };
+        let system = match (args.system, args.system_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(path)) => Some(read_text(&path, "--system-file")?),
+            (None, None) => None,
+        };
+
+        let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        if concurrency == 0 {
+            return Err(Error::Usage(
+                "--concurrency must be at least 1 (it is how many requests may be in flight)"
+                    .into(),
+            ));
+        }
+        if let Some(t) = args.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(Error::Usage(format!(
+                "--temperature {t} is out of range; use a value from 0 to 2"
+            )));
+        }
+        for (name, v) in [("--rpm", args.rpm), ("--tpm", args.tpm)] {
+            if v == Some(0) {
+                return Err(Error::Usage(format!(
+                    "{name} 0 would never send anything; leave it out for no limit"
+                )));
+            }
+        }
+        if args.max_tokens == Some(0) {
+            return Err(Error::Usage("--max-tokens must be at least 1".into()));
+        }
+        let timeout_secs = args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if !(timeout_secs.is_finite() && timeout_secs > 0.0) {
+            return Err(Error::Usage(format!(
+                "--timeout {timeout_secs} must be a positive number of seconds"
+            )));
+        }
+
+        let mut prices = PriceTable::embedded();
+        if let Some(path) = &args.price_file {
+            prices.merge_file(path)?;
+        }
+
+        let endpoint = match args.mock {
+            Some(list) => Endpoint::Mock(
+                MockArgs::from_option_list(&list)
+                    .map_err(|e| Error::Usage(format!("in --mock options: {e}")))?
+                    .into(),
+            ),
+            None => {
+                let base_url = args
+                    .base_url
+                    .or(env_base_url)
+                    .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+                let url = reqwest::Url::parse(&base_url).map_err(|e| {
+                    Error::Usage(format!(
+                        "--base-url {base_url:?} is not a URL ({e}); it looks like \
+                         https://api.openai.com/v1"
+                    ))
+                })?;
+                let api_key = match &args.api_key_file {
+                    Some(path) => Some(read_text(path, "--api-key-file")?.trim().to_string()),
+                    None => env_api_key,
+                }
+                .filter(|k| !k.is_empty())
+                .map(ApiKey);
+                if api_key.is_none() && !is_loopback(&url) {
+                    return Err(Error::Usage(format!(
+                        "no API key for {base_url}: set OPENAI_API_KEY (or pass --api-key-file \
+                         FILE). To try batch without a key, add --mock to use the embedded mock \
+                         server."
+                    )));
+                }
+                Endpoint::Remote { base_url, api_key }
+            }
+        };
+
+        Ok(RunConfig {
+            input,
+            output,
+            prompt,
+            system,
+            id_column: args.id_column,
+            model: args.model.unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+            prices,
+            concurrency,
+            rpm: args.rpm,
+            tpm: args.tpm,
+            retry: RetryPolicy::new(args.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)),
+            timeout: Duration::from_secs_f64(timeout_secs),
+            endpoint,
+            summary_json: args.summary_json,
+            quiet: args.quiet,
+        })
+    }
+}
+
+/// `reviews.csv` -> `reviews.results.csv`, beside the input.
+pub fn default_output(input: &Path) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    input.with_file_name(format!("{stem}.results.csv"))
+}
+
+/// Local servers (vLLM, Ollama, the mock) usually need no key.
+fn is_loopback(url: &reqwest::Url) -> bool {
+    match url.host_str() {
+        Some("localhost") => true,
+        Some(host) => host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+fn read_text(path: &Path, flag: &str) -> Result<String, Error> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Input(format!(
+            "cannot read {} (given to {flag}): {}",
+            path.display(),
+            describe_io(&e)
+        ))
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::Input(format!(
+            "{} (given to {flag}) is not valid UTF-8 near byte {}; save it as UTF-8",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn load_settings(explicit: Option<&Path>) -> Result<Option<RunArgs>, Error> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from(SETTINGS_FILE);
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let text = read_text(&path, "--config")?;
+    toml::from_str::<RunArgs>(&text)
+        .map(Some)
+        .map_err(|e| Error::Usage(format!("in settings file {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(input: &str) -> RunArgs {
+        RunArgs {
+            input: input.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn default_output_sits_beside_input() {
+        assert_eq!(
+            default_output(Path::new("data/reviews.csv")),
+            PathBuf::from("data/reviews.results.csv")
+        );
+    }
+
+    #[test]
+    fn missing_key_mentions_mock() {
+        let err = RunConfig::from_merged(args("in.csv"), None, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("OPENAI_API_KEY") && msg.contains("--mock"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn loopback_server_needs_no_key() {
+        let mut a = args("in.csv");
+        a.base_url = Some("http://127.0.0.1:8080/v1".into());
+        let cfg = RunConfig::from_merged(a, None, None).unwrap();
+        assert!(matches!(
+            cfg.endpoint,
+            Endpoint::Remote { api_key: None, .. }
+        ));
+    }
+
+    #[test]
+    fn key_is_redacted_in_debug() {
+        let cfg =
+            RunConfig::from_merged(args("in.csv"), None, Some("sk-secret-123".into())).unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("sk-secret-123"), "{dbg}");
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let mut cli = args("in.csv");
+        cli.concurrency = Some(3);
+        let mut file: RunArgs =
+            toml::from_str("concurrency = 9\nmodel = \"gpt-4o\"\nmock = \"\"").unwrap();
+        fill_from_file!(cli, file; concurrency, model, mock);
+        let cfg = RunConfig::from_merged(cli, None, None).unwrap();
+        assert_eq!(cfg.concurrency, 3);
+        assert_eq!(cfg.model, "gpt-4o");
+        assert!(matches!(cfg.endpoint, Endpoint::Mock(_)));
+    }
+
+    #[test]
+    fn unknown_settings_key_is_named() {
+        let err = toml::from_str::<RunArgs>("concurency = 9").unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let mut a = args("in.csv");
+        a.concurrency = Some(0);
+        a.mock = Some(String::new());
+        let msg = RunConfig::from_merged(a, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("--concurrency"), "{msg}");
+    }
+}

@@ -1,0 +1,353 @@
+//! Streaming CSV input: a header row, then one request per row, each with a stable row id.
+//!
+//! The file is read twice. The first pass ([`crate::runner`]'s pre-flight) checks every row and
+//! renders every prompt before a single request is sent, so a bad line 90,000 fails the run in a
+//! second instead of after an hour of spending. The second pass streams rows to the scheduler.
+//! Neither pass holds the file in memory: a million-row input costs the same as a small one.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use csv::StringRecord;
+
+use crate::error::{Error, describe_io};
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One input row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// 0-based position among data rows; results are written in this order.
+    pub seq: u64,
+    /// 1-based line of the file where the row starts (for messages).
+    pub line: u64,
+    /// The value of the id column, or the 1-based row number when there is none.
+    pub id: String,
+    pub record: StringRecord,
+}
+
+/// An input file whose header has been read and checked.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub path: PathBuf,
+    pub headers: Vec<String>,
+    /// Index of the id column, if any.
+    pub id_index: Option<usize>,
+}
+
+impl InputFile {
+    /// Opens `path`, reads and checks the header, and finds the id column: `id_column` when
+    /// given (it must exist), else a column named `id`, else none (row numbers are the ids).
+    pub fn open(path: &Path, id_column: Option<&str>) -> Result<Self, Error> {
+        let mut reader = csv_reader(path)?;
+        let headers: Vec<String> = reader
+            .headers()
+            .map_err(|e| csv_error(path, &e, &[]))?
+            .iter()
+            .map(str::to_string)
+            .collect();
+        if headers.is_empty() || headers.iter().all(|h| h.is_empty()) {
+            return Err(Error::Input(format!(
+                "{} is empty: it needs a header row naming the columns, then one row per request",
+                path.display()
+            )));
+        }
+        let mut seen = HashSet::new();
+        for (i, h) in headers.iter().enumerate() {
+            if !seen.insert(h.as_str()) {
+                return Err(Error::Input(format!(
+                    "{}: line 1, column {}: the column name {h:?} appears twice in the header; \
+                     rename one so prompts can refer to each",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+        let id_index = match id_column {
+            Some(name) => Some(headers.iter().position(|h| h == name).ok_or_else(|| {
+                Error::Input(format!(
+                    "--id-column {name:?} is not a column of {}; its columns are: {}",
+                    path.display(),
+                    list_columns(&headers)
+                ))
+            })?),
+            None => headers.iter().position(|h| h == "id"),
+        };
+        Ok(InputFile {
+            path: path.to_path_buf(),
+            headers,
+            id_index,
+        })
+    }
+
+    /// Streams the data rows, in order.
+    pub fn rows(&self) -> Result<Rows, Error> {
+        let mut reader = csv_reader(&self.path)?;
+        // Skip the header; it was checked in `open`.
+        reader
+            .headers()
+            .map_err(|e| csv_error(&self.path, &e, &[]))?;
+        Ok(Rows {
+            input: self.clone(),
+            reader,
+            record: StringRecord::new(),
+            seq: 0,
+        })
+    }
+
+    pub fn column_name(&self, index: usize) -> &str {
+        self.headers.get(index).map(String::as_str).unwrap_or("?")
+    }
+}
+
+/// Iterator over the rows of an [`InputFile`].
+pub struct Rows {
+    input: InputFile,
+    reader: csv::Reader<BufReader<File>>,
+    record: StringRecord,
+    seq: u64,
+}
+
+impl Iterator for Rows {
+    type Item = Result<Row, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let path = &self.input.path;
+        match self.reader.read_record(&mut self.record) {
+            Ok(false) => None,
+            Err(e) => Some(Err(csv_error(path, &e, &self.input.headers))),
+            Ok(true) => {
+                let line = self.record.position().map_or(0, |p| p.line());
+                let seq = self.seq;
+                self.seq += 1;
+                let id = match self.input.id_index {
+                    Some(i) => {
+                        let id = self.record.get(i).unwrap_or("").to_string();
+                        if id.trim().is_empty() {
+                            return Some(Err(Error::Input(format!(
+                                "{}: line {line}, column {:?}: the row id is empty; every row \
+                                 needs a unique id (or choose another --id-column)",
+                                path.display(),
+                                self.input.column_name(i)
+                            ))));
+                        }
+                        id
+                    }
+                    None => (seq + 1).to_string(),
+                };
+                Some(Ok(Row {
+                    seq,
+                    line,
+                    id,
+                    record: std::mem::take(&mut self.record),
+                }))
+            }
+        }
+    }
+}
+
+/// Remembers which row ids were seen, in 16 bytes per row however long the ids are, so the
+/// duplicate check of a million-row file stays small.
+#[derive(Default)]
+pub struct IdSet {
+    seen: std::collections::HashMap<u128, u64>,
+}
+
+impl IdSet {
+    /// Records `row`'s id; an error if an earlier row had the same id.
+    pub fn insert(&mut self, input: &InputFile, row: &Row) -> Result<(), Error> {
+        let key = id_fingerprint(&row.id);
+        if let Some(first_line) = self.seen.insert(key, row.line) {
+            let col = input
+                .id_index
+                .map(|i| format!("column {:?}", input.column_name(i)))
+                .unwrap_or_else(|| "id".into());
+            return Err(Error::Input(format!(
+                "{}: line {}, {col}: the id {:?} is also on line {first_line}; row ids must be \
+                 unique so results and resumed runs can be matched to rows",
+                input.path.display(),
+                row.line,
+                row.id
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn id_fingerprint(id: &str) -> u128 {
+    // Two independently seeded SipHashes: a 128-bit fingerprint, so a false "duplicate" needs a
+    // collision of both.
+    static SEEDS: std::sync::OnceLock<(std::hash::RandomState, std::hash::RandomState)> =
+        std::sync::OnceLock::new();
+    let (a, b) = SEEDS.get_or_init(Default::default);
+    let mut ha = a.build_hasher();
+    let mut hb = b.build_hasher();
+    ha.write(id.as_bytes());
+    hb.write(id.as_bytes());
+    (u128::from(ha.finish()) << 64) | u128::from(hb.finish())
+}
+
+fn csv_reader(path: &Path) -> Result<csv::Reader<BufReader<File>>, Error> {
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Input(format!(
+                "input file {} does not exist; check the path",
+                path.display()
+            ))
+        } else {
+            Error::Input(format!(
+                "cannot read input file {}: {}",
+                path.display(),
+                describe_io(&e)
+            ))
+        }
+    })?;
+    let mut buf = BufReader::with_capacity(256 * 1024, file);
+    // Spreadsheet programs on Windows start UTF-8 CSVs with a byte-order mark; without this the
+    // first column would be named "\u{feff}id".
+    let has_bom = buf
+        .fill_buf()
+        .map_err(|e| Error::read(path, &e))?
+        .starts_with(UTF8_BOM);
+    if has_bom {
+        buf.consume(UTF8_BOM.len());
+    }
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(buf))
+}
+
+/// Turns a csv error into a message with the file, line, column and a hint.
+fn csv_error(path: &Path, e: &csv::Error, headers: &[String]) -> Error {
+    let p = path.display();
+    match e.kind() {
+        csv::ErrorKind::Io(io) => Error::Input(format!("cannot read {p}: {}", describe_io(io))),
+        csv::ErrorKind::Utf8 { pos, err } => {
+            let line = pos.as_ref().map_or(0, |p| p.line());
+            let col = headers
+                .get(err.field())
+                .map(|h| format!("column {} ({h:?})", err.field() + 1))
+                .unwrap_or_else(|| format!("column {}", err.field() + 1));
+            Error::Input(format!(
+                "{p}: line {line}, {col}: not valid UTF-8; save the file as UTF-8 (in a \
+                 spreadsheet: \"CSV UTF-8\")"
+            ))
+        }
+        csv::ErrorKind::UnequalLengths {
+            pos,
+            expected_len,
+            len,
+        } => {
+            let line = pos.as_ref().map_or(0, |p| p.line());
+            Error::Input(format!(
+                "{p}: line {line} has {len} fields but the header has {expected_len}; a field \
+                 that contains a comma, quote or line break must be enclosed in double quotes"
+            ))
+        }
+        _ => Error::Input(format!("{p}: malformed CSV: {e}")),
+    }
+}
+
+/// `a`, `b`, `c` for an error message.
+pub fn list_columns(headers: &[String]) -> String {
+    headers
+        .iter()
+        .map(|h| format!("{h:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(content: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content).unwrap();
+        f
+    }
+
+    fn read_all(content: &[u8]) -> Result<(InputFile, Vec<Row>), Error> {
+        let f = file(content);
+        let input = InputFile::open(f.path(), None)?;
+        let rows = input.rows()?.collect::<Result<Vec<_>, _>>()?;
+        Ok((input, rows))
+    }
+
+    #[test]
+    fn bom_is_stripped_from_first_header() {
+        let (input, rows) = read_all(b"\xEF\xBB\xBFid,text\nA,hello\n").unwrap();
+        assert_eq!(input.headers, ["id", "text"]);
+        assert_eq!(rows[0].id, "A");
+    }
+
+    #[test]
+    fn multiline_quoted_fields_keep_their_line_numbers() {
+        let (_, rows) = read_all(b"text\n\"two\nlines\"\nnext\n").unwrap();
+        assert_eq!(rows[0].record.get(0), Some("two\nlines"));
+        assert_eq!((rows[0].line, rows[1].line), (2, 4));
+        assert_eq!((rows[0].id.as_str(), rows[1].id.as_str()), ("1", "2"));
+    }
+
+    #[test]
+    fn ragged_row_names_line_and_counts() {
+        let msg = read_all(b"a,b\n1,2\n1,2,3\n").unwrap_err().to_string();
+        assert!(
+            msg.contains("line 3 has 3 fields but the header has 2"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_names_line_and_column() {
+        let msg = read_all(b"a,b\n1,ok\n2,caf\xE9\n").unwrap_err().to_string();
+        assert!(
+            msg.contains("line 3") && msg.contains("column 2 (\"b\")"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn empty_file_is_rejected() {
+        let msg = read_all(b"").unwrap_err().to_string();
+        assert!(msg.contains("is empty"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_header_is_rejected() {
+        let msg = read_all(b"a,a\n1,2\n").unwrap_err().to_string();
+        assert!(msg.contains("appears twice"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_ids_are_found_with_both_lines() {
+        let (input, rows) = read_all(b"id,t\nx,1\ny,2\nx,3\n").unwrap();
+        let mut ids = IdSet::default();
+        ids.insert(&input, &rows[0]).unwrap();
+        ids.insert(&input, &rows[1]).unwrap();
+        let msg = ids.insert(&input, &rows[2]).unwrap_err().to_string();
+        assert!(msg.contains("line 4") && msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_id_column_lists_columns() {
+        let f = file(b"a,b\n1,2\n");
+        let msg = InputFile::open(f.path(), Some("key"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("\"a\", \"b\""), "{msg}");
+    }
+
+    #[test]
+    fn missing_file_says_so() {
+        let msg = InputFile::open(Path::new("/nonexistent/x.csv"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("does not exist"), "{msg}");
+    }
+}

@@ -1,0 +1,91 @@
+//! `batch` runs one prompt over every row of a CSV through an LLM API and writes the answers,
+//! with tokens and cost, to a results CSV.
+//!
+//! A row flows one way through these modules:
+//!
+//! - [`input`] streams the CSV (after a validating pre-pass) and gives each row an id;
+//! - [`template`] renders the row into chat messages (minijinja `{{ column }}` templates);
+//! - [`limiter`] holds the request until the requests/min and tokens/min budgets allow it;
+//! - [`provider`] sends it over HTTP and maps the wire format to one [`provider::Completion`],
+//!   classifying failures as retryable or not; [`retry`] decides how long to wait before the next
+//!   attempt;
+//! - [`output`] writes results in input order; [`summary`] and [`progress`] tell the user how it
+//!   went; [`pricing`] and [`tokens`] put numbers on it.
+//!
+//! [`runner`] is the scheduler that drives that path with bounded concurrency and cancellation.
+//! [`mock`] is an OpenAI-compatible HTTP server used by `--mock`, `batch mock` and every test.
+//! [`cli`] holds the flag definitions and [`config`] resolves flags, `batch.toml` and the
+//! environment into one [`config::RunConfig`].
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod input;
+pub mod limiter;
+pub mod mock;
+pub mod output;
+pub mod pricing;
+pub mod progress;
+pub mod provider;
+pub mod retry;
+pub mod runner;
+pub mod summary;
+pub mod template;
+pub mod tokens;
+
+pub use error::{Error, ExitStatus};
+
+use clap::{CommandFactory, Parser};
+
+/// Parses the process arguments, runs the command and returns its exit status. Everything the
+/// binary does goes through here, so `main.rs` stays a one-liner.
+pub fn main_entry() -> ExitStatus {
+    let cli = cli::Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        cli::Command::Completions { shell } => {
+            let mut cmd = cli::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "batch", &mut std::io::stdout());
+            Ok(ExitStatus::Success)
+        }
+        cli::Command::Run(args) => {
+            config::RunConfig::resolve(*args).and_then(|cfg| block_on(runner::run(cfg)))
+        }
+        cli::Command::Mock(args) => block_on(mock::serve_forever(args.into())),
+    };
+    match result {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("error: {err}");
+            err.exit_status()
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = Result<ExitStatus, Error>>>(
+    fut: F,
+) -> Result<ExitStatus, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("cannot start the async runtime", e))?
+        .block_on(fut)
+}
+
+/// Diagnostics go to stderr through `tracing`, off unless `-v` or `RUST_LOG` asks for them; what
+/// the user is meant to read (progress, summary, errors) is printed directly.
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "batch=info",
+        2 => "batch=debug",
+        _ => "batch=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

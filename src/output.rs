@@ -1,0 +1,303 @@
+//! The results CSV: the input's columns, then what happened to the row.
+//!
+//! Rows are written in input order as they complete (the scheduler reorders them), to a
+//! temporary file beside the destination that is renamed over it only when the run ends. A run
+//! that dies or is refused half-way never leaves a half-written results file where the user
+//! expects a complete one, and never overwrites the previous complete one.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use csv::StringRecord;
+use serde::Serialize;
+
+use crate::error::{Error, describe_io};
+use crate::provider::Usage;
+
+/// Columns added after the input's own, in this order.
+pub const RESULT_COLUMNS: [&str; 10] = [
+    "output",
+    "status",
+    "error",
+    "attempts",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "model",
+    "finish_reason",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowStatus {
+    Ok,
+    Failed,
+    /// Never answered because the run stopped first (Ctrl-C, quota, ...); a later run picks it up.
+    Skipped,
+}
+
+impl RowStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RowStatus::Ok => "ok",
+            RowStatus::Failed => "failed",
+            RowStatus::Skipped => "skipped",
+        }
+    }
+}
+
+/// What happened to one row.
+#[derive(Debug, Clone)]
+pub struct RowResult {
+    pub seq: u64,
+    pub id: String,
+    pub status: RowStatus,
+    pub output: String,
+    pub error: String,
+    pub attempts: u32,
+    /// Latency of the last attempt.
+    pub latency: Option<Duration>,
+    pub usage: Option<Usage>,
+    /// `None` when the model has no known price (or nothing was paid for).
+    pub cost: Option<f64>,
+    pub model: String,
+    pub finish_reason: String,
+}
+
+impl RowResult {
+    /// A row that was never sent.
+    pub fn skipped(seq: u64, id: String, model: &str, reason: &str) -> Self {
+        RowResult {
+            seq,
+            id,
+            status: RowStatus::Skipped,
+            output: String::new(),
+            error: reason.to_string(),
+            attempts: 0,
+            latency: None,
+            usage: None,
+            cost: None,
+            model: model.to_string(),
+            finish_reason: String::new(),
+        }
+    }
+}
+
+/// Writes the results CSV through a temporary file that becomes the destination on
+/// [`ResultsWriter::finish`]; dropped unfinished, it removes the temporary file.
+pub struct ResultsWriter {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: Option<csv::Writer<BufWriter<File>>>,
+    buf: StringRecord,
+    /// Set once the temporary file has become the destination.
+    done: bool,
+}
+
+impl ResultsWriter {
+    /// Creates the temporary file and writes the header. Called before any request is sent, so
+    /// an unwritable destination fails at once.
+    pub fn create(path: &Path, input_headers: &[String]) -> Result<Self, Error> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::Usage(format!(
+                "cannot write results to {}: the folder {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "results.csv".into());
+        let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
+        let file = File::create(&tmp).map_err(|e| {
+            Error::Usage(format!(
+                "cannot write results to {}: {}",
+                path.display(),
+                describe_io(&e)
+            ))
+        })?;
+        let mut writer = csv::Writer::from_writer(BufWriter::with_capacity(256 * 1024, file));
+        let header = result_header(input_headers);
+        let mut this = ResultsWriter {
+            path: path.to_path_buf(),
+            tmp,
+            writer: None,
+            buf: StringRecord::new(),
+            done: false,
+        };
+        writer
+            .write_record(&header)
+            .map_err(|e| this.write_error(e))?;
+        this.writer = Some(writer);
+        Ok(this)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one row: its input fields, then the result columns.
+    pub fn write(&mut self, input: &StringRecord, r: &RowResult) -> Result<(), Error> {
+        let mut cost = String::new();
+        if let Some(c) = r.cost {
+            cost = format_cost(c);
+        }
+        let (prompt, completion) = match r.usage {
+            Some(u) => (u.prompt_tokens.to_string(), u.completion_tokens.to_string()),
+            None => (String::new(), String::new()),
+        };
+        let latency = r
+            .latency
+            .map(|l| l.as_millis().to_string())
+            .unwrap_or_default();
+        let attempts = r.attempts.to_string();
+        self.buf.clear();
+        for field in input.iter() {
+            self.buf.push_field(field);
+        }
+        for field in [
+            r.output.as_str(),
+            r.status.as_str(),
+            &r.error,
+            &attempts,
+            &latency,
+            &prompt,
+            &completion,
+            &cost,
+            &r.model,
+            &r.finish_reason,
+        ] {
+            self.buf.push_field(field);
+        }
+        let writer = self.writer.as_mut().expect("writer is open until finish");
+        match writer.write_record(&self.buf) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    /// Flushes, syncs and renames the temporary file over the destination.
+    pub fn finish(mut self) -> Result<PathBuf, Error> {
+        let writer = self.writer.take().expect("finish is called once");
+        let file = writer
+            .into_inner()
+            .map_err(|e| self.write_error(e.into_error()))?
+            .into_inner()
+            .map_err(|e| self.write_error(e.into_error()))?;
+        file.sync_all().map_err(|e| self.write_error(e))?;
+        std::fs::rename(&self.tmp, &self.path).map_err(|e| self.write_error(e))?;
+        self.done = true;
+        Ok(self.path.clone())
+    }
+
+    fn write_error(&self, e: impl Into<WriteFailure>) -> Error {
+        let e: WriteFailure = e.into();
+        Error::Io {
+            context: format!("cannot write results to {}", self.path.display()),
+            source: e.0,
+        }
+    }
+}
+
+impl Drop for ResultsWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+struct WriteFailure(std::io::Error);
+
+impl From<std::io::Error> for WriteFailure {
+    fn from(e: std::io::Error) -> Self {
+        WriteFailure(e)
+    }
+}
+
+impl From<csv::Error> for WriteFailure {
+    fn from(e: csv::Error) -> Self {
+        WriteFailure(std::io::Error::other(e))
+    }
+}
+
+/// The results header. A result column whose name the input already uses gets a `result_`
+/// prefix, so no column is ever shadowed.
+pub fn result_header(input_headers: &[String]) -> Vec<String> {
+    let mut header: Vec<String> = input_headers.to_vec();
+    for col in RESULT_COLUMNS {
+        let mut name = col.to_string();
+        while header.contains(&name) {
+            name = format!("result_{name}");
+        }
+        header.push(name);
+    }
+    header
+}
+
+/// Dollars with enough digits for a single cheap request, without trailing zeros.
+pub fn format_cost(usd: f64) -> String {
+    let s = format!("{usd:.10}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() { "0".into() } else { s.into() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cost_format_keeps_small_values() {
+        assert_eq!(format_cost(0.0000005), "0.0000005");
+        assert_eq!(format_cost(1.5), "1.5");
+        assert_eq!(format_cost(0.0), "0");
+    }
+
+    #[test]
+    fn colliding_result_columns_are_prefixed() {
+        let h = result_header(&["id".into(), "status".into()]);
+        assert_eq!(h[0..2], ["id", "status"]);
+        assert!(h.contains(&"result_status".to_string()));
+        assert_eq!(h.len(), 2 + RESULT_COLUMNS.len());
+    }
+
+    #[test]
+    fn nothing_appears_at_the_destination_until_finish() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.csv");
+        let mut w = ResultsWriter::create(&dest, &["a".into()]).unwrap();
+        let r = RowResult::skipped(0, "1".into(), "m", "stopped");
+        w.write(&StringRecord::from(vec!["x"]), &r).unwrap();
+        assert!(!dest.exists());
+        w.finish().unwrap();
+        let text = std::fs::read_to_string(&dest).unwrap();
+        assert!(text.starts_with("a,output,status,error"), "{text}");
+        assert!(text.contains("x,,skipped,stopped,0"), "{text}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.csv");
+        drop(ResultsWriter::create(&dest, &["a".into()]).unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn missing_folder_is_a_clear_error() {
+        let msg = ResultsWriter::create(Path::new("/nonexistent/dir/out.csv"), &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(msg.contains("does not exist"), "{msg}");
+    }
+}

@@ -1,0 +1,262 @@
+//! Run totals: counted as rows complete, printed at the end and exported as JSON.
+//!
+//! Failures are data here, not just log lines: the summary counts them by outcome so a user can
+//! tell at a glance whether a run was clean.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::error::{Error, describe_io};
+use crate::output::{RowResult, RowStatus, format_cost};
+
+/// Running totals, fed one [`RowResult`] at a time.
+pub struct Stats {
+    pub ok: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub cost_usd: f64,
+    /// Answered rows with no price (unknown model).
+    pub unpriced: u64,
+    /// Attempts beyond the first, over all rows.
+    pub retries: u64,
+    /// Latency of answered rows, microseconds.
+    latency: Histogram<u64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            ok: 0,
+            failed: 0,
+            skipped: 0,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cost_usd: 0.0,
+            unpriced: 0,
+            retries: 0,
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+        }
+    }
+}
+
+impl Stats {
+    pub fn record(&mut self, r: &RowResult) {
+        match r.status {
+            RowStatus::Ok => self.ok += 1,
+            RowStatus::Failed => self.failed += 1,
+            RowStatus::Skipped => self.skipped += 1,
+        }
+        self.retries += u64::from(r.attempts.saturating_sub(1));
+        if let Some(u) = r.usage {
+            self.prompt_tokens += u.prompt_tokens;
+            self.completion_tokens += u.completion_tokens;
+            match r.cost {
+                Some(c) => self.cost_usd += c,
+                None => self.unpriced += 1,
+            }
+        }
+        if r.status == RowStatus::Ok
+            && let Some(l) = r.latency
+        {
+            let micros = u64::try_from(l.as_micros()).unwrap_or(u64::MAX);
+            self.latency.saturating_record(micros.max(1));
+        }
+    }
+
+    pub fn done(&self) -> u64 {
+        self.ok + self.failed + self.skipped
+    }
+
+    /// The cost so far, or `None` if no answered row could be priced.
+    pub fn known_cost(&self) -> Option<f64> {
+        let priced = self.ok + self.failed - self.unpriced.min(self.ok + self.failed);
+        (priced > 0 || self.unpriced == 0).then_some(self.cost_usd)
+    }
+
+    pub fn summary(&self, wall: Duration, output: &Path, model: &str) -> Summary {
+        let secs = wall.as_secs_f64();
+        let pct = |q: f64| {
+            (!self.latency.is_empty()).then(|| self.latency.value_at_quantile(q) as f64 / 1000.0)
+        };
+        Summary {
+            rows: self.done(),
+            ok: self.ok,
+            failed: self.failed,
+            skipped: self.skipped,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            total_tokens: self.prompt_tokens + self.completion_tokens,
+            cost_usd: self.known_cost(),
+            unpriced_rows: self.unpriced,
+            retries: self.retries,
+            wall_seconds: secs,
+            rows_per_second: if secs > 0.0 {
+                self.done() as f64 / secs
+            } else {
+                0.0
+            },
+            latency_ms: Latency {
+                p50: pct(0.50),
+                p95: pct(0.95),
+                p99: pct(0.99),
+                max: pct(1.0),
+            },
+            model: model.to_string(),
+            output: output.display().to_string(),
+            stopped: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub p99: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// The end-of-run report, also written by `--summary-json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub rows: u64,
+    pub ok: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// `null` when no row's model has a known price.
+    pub cost_usd: Option<f64>,
+    pub unpriced_rows: u64,
+    pub retries: u64,
+    pub wall_seconds: f64,
+    pub rows_per_second: f64,
+    pub latency_ms: Latency,
+    pub model: String,
+    pub output: String,
+    /// Why the run stopped before the end, if it did.
+    pub stopped: Option<String>,
+}
+
+impl Summary {
+    pub fn print(&self, w: &mut impl Write) -> std::io::Result<()> {
+        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} ms"));
+        writeln!(w)?;
+        if let Some(reason) = &self.stopped {
+            writeln!(w, "Stopped early: {reason}")?;
+        }
+        writeln!(
+            w,
+            "Rows       {} ok, {} failed, {} skipped ({} total)",
+            self.ok, self.failed, self.skipped, self.rows
+        )?;
+        writeln!(
+            w,
+            "Tokens     {} prompt + {} completion = {}",
+            self.prompt_tokens, self.completion_tokens, self.total_tokens
+        )?;
+        let cost = match self.cost_usd {
+            Some(c) if self.unpriced_rows > 0 => format!(
+                "${} (plus {} rows of {} with no known price; see --price-file)",
+                format_cost(c),
+                self.unpriced_rows,
+                self.model
+            ),
+            Some(c) => format!("${}", format_cost(c)),
+            None => format!("unknown: no price for {} (see --price-file)", self.model),
+        };
+        writeln!(w, "Cost       {cost}")?;
+        writeln!(
+            w,
+            "Time       {:.1} s, {:.1} rows/s, {} retries",
+            self.wall_seconds, self.rows_per_second, self.retries
+        )?;
+        writeln!(
+            w,
+            "Latency    p50 {}, p95 {}, p99 {}",
+            ms(self.latency_ms.p50),
+            ms(self.latency_ms.p95),
+            ms(self.latency_ms.p99)
+        )?;
+        writeln!(w, "Results    {}", self.output)
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<(), Error> {
+        let text = serde_json::to_string_pretty(self).expect("summary serializes");
+        std::fs::write(path, text + "\n").map_err(|e| {
+            Error::Usage(format!(
+                "cannot write --summary-json {}: {}",
+                path.display(),
+                describe_io(&e)
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::provider::Usage;
+
+    fn result(status: RowStatus, attempts: u32, ms: u64, cost: Option<f64>) -> RowResult {
+        RowResult {
+            seq: 0,
+            id: "1".into(),
+            status,
+            output: String::new(),
+            error: String::new(),
+            attempts,
+            latency: Some(Duration::from_millis(ms)),
+            usage: (status != RowStatus::Skipped).then_some(Usage {
+                prompt_tokens: 10,
+                completion_tokens: 2,
+                ..Default::default()
+            }),
+            cost,
+            model: "m".into(),
+            finish_reason: String::new(),
+        }
+    }
+
+    #[test]
+    fn totals_and_percentiles() {
+        let mut s = Stats::default();
+        for ms in 1..=100 {
+            s.record(&result(RowStatus::Ok, 1, ms, Some(0.01)));
+        }
+        s.record(&result(RowStatus::Ok, 3, 50, Some(0.01)));
+        s.record(&RowResult::skipped(0, "x".into(), "m", "stop"));
+        let sum = s.summary(Duration::from_secs(2), Path::new("o.csv"), "m");
+        assert_eq!(
+            (sum.ok, sum.skipped, sum.rows, sum.retries),
+            (101, 1, 102, 2)
+        );
+        assert_eq!(sum.total_tokens, 101 * 12);
+        assert!((sum.cost_usd.unwrap() - 1.01).abs() < 1e-9);
+        let p50 = sum.latency_ms.p50.unwrap();
+        assert!((49.0..=52.0).contains(&p50), "{p50}");
+        assert!((sum.rows_per_second - 51.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn unknown_price_is_not_a_zero() {
+        let mut s = Stats::default();
+        s.record(&result(RowStatus::Ok, 1, 5, None));
+        let sum = s.summary(Duration::from_secs(1), Path::new("o.csv"), "mystery");
+        assert_eq!(sum.cost_usd, None);
+        let mut text = Vec::new();
+        sum.print(&mut text).unwrap();
+        assert!(
+            String::from_utf8(text)
+                .unwrap()
+                .contains("unknown: no price for mystery")
+        );
+    }
+}
