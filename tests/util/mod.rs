@@ -55,15 +55,16 @@ impl TestDir {
         std::fs::read(self.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"))
     }
 
-    pub fn exists(&self, name: &str) -> bool {
-        self.join(name).exists()
-    }
-
     /// Names of the files in the directory, sorted.
     pub fn files(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.path())
             .expect("list test dir")
-            .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
+            .map(|e| {
+                e.expect("dir entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect();
         names.sort();
         names
@@ -258,7 +259,9 @@ fn dechunk(mut body: &str) -> String {
             return out;
         }
         out.push_str(&rest[..size]);
-        body = rest[size..].strip_prefix("\r\n").expect("chunk ends in CRLF");
+        body = rest[size..]
+            .strip_prefix("\r\n")
+            .expect("chunk ends in CRLF");
     }
 }
 
