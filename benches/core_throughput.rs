@@ -18,18 +18,29 @@ fn main() {
     let mut w = csv::Writer::from_path(&input).expect("write input");
     w.write_record(["id", "review"]).unwrap();
     for i in 0..rows {
-        let text = format!("Review number {i}: the product was fine, shipping took {} days.", i % 9);
+        let text = format!(
+            "Review number {i}: the product was fine, shipping took {} days.",
+            i % 9
+        );
         w.write_record([format!("r{i}"), text]).unwrap();
     }
     w.flush().unwrap();
 
-    println!("core_throughput: {rows} rows, --concurrency {concurrency}, mock latency {latency_ms} ms");
+    println!(
+        "core_throughput: {rows} rows, --concurrency {concurrency}, mock latency {latency_ms} ms"
+    );
     println!("ideal: {ideal:.0} rows/s");
     let mut rates = Vec::new();
     for run in 1..=repeat {
         let summary = dir.path().join("summary.json");
         let status = Command::new(env!("CARGO_BIN_EXE_batch"))
-            .args(["run", input.to_str().unwrap(), "--prompt", "Classify: {{ review }}", "-q"])
+            .args([
+                "run",
+                input.to_str().unwrap(),
+                "--prompt",
+                "Classify: {{ review }}",
+                "-q",
+            ])
             .arg(format!("--mock=latency-ms={latency_ms}"))
             .args(["--concurrency", &concurrency.to_string()])
             .args(["-o", dir.path().join("out.csv").to_str().unwrap()])

@@ -116,15 +116,19 @@ pub struct RunArgs {
     pub price_file: Option<PathBuf>,
 
     // ---- Pacing ----
-    /// Requests in flight at most [default: 16].
-    #[arg(short = 'j', long, value_name = "N", help_heading = "Pacing")]
-    pub concurrency: Option<usize>,
+    /// Requests in flight at most, or `auto` to adapt it to the server: grow while latency
+    /// stays flat, shrink when it climbs or on 429s and timeouts [default: 16].
+    #[arg(short = 'j', long, value_name = "N|auto", help_heading = "Pacing")]
+    pub concurrency: Option<crate::concurrency::Concurrency>,
 
-    /// Requests per minute at most.
+    /// Requests per minute at most. Without it, the limit is learned from the server's
+    /// x-ratelimit-* (or anthropic-ratelimit-*) headers.
     #[arg(long, value_name = "N", help_heading = "Pacing")]
     pub rpm: Option<u32>,
 
-    /// Tokens per minute at most (prompt tokens plus the completion reservation).
+    /// Tokens per minute at most: prompt tokens (counted before sending) plus the completion
+    /// reservation (--max-tokens, else learned from answers), reconciled with the real usage.
+    /// Without it, learned from the server's headers like --rpm.
     #[arg(long, value_name = "N", help_heading = "Pacing")]
     pub tpm: Option<u32>,
 
@@ -203,6 +207,47 @@ pub struct MockArgs {
     /// Seed for the random choices, for reproducible runs.
     #[arg(long)]
     pub seed: Option<u64>,
+
+    /// Requests per minute accepted, like an API rate limit: a token bucket holding one second's
+    /// worth (at least 1) that refills continuously. A request over it is answered at once with
+    /// 429 rate_limit_exceeded (type "requests") and retry-after-ms / retry-after headers. With
+    /// --rpm or --tpm every response carries OpenAI's x-ratelimit-{limit,remaining,reset}-*
+    /// headers.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    pub rpm: Option<u32>,
+
+    /// Tokens per minute accepted (prompt plus completion tokens of the answer the mock gives),
+    /// bucketed like --rpm; over it, 429 rate_limit_exceeded with type "tokens".
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    pub tpm: Option<u32>,
+
+    /// Answer every completion request after the first N with 429 insufficient_quota (out of
+    /// credit: not worth retrying), without retry-after.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub quota_exhausted_after: Option<u64>,
+
+    /// Serve at most N requests at once; the others wait for a turn (still counted in flight) and
+    /// only then start their latency, so latency grows with load like a self-hosted server's.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub capacity: Option<usize>,
+
+    /// Inject a fault into fraction RATE of the accepted requests; repeatable (at most one fault
+    /// per request, rates adding up to 1 at most). In --mock=... write fault=KIND=RATE (or
+    /// fault=KIND:RATE). KIND is reset (connection closed, no response), truncated (200 whose
+    /// body stops halfway), malformed (200 whose body is cut-off JSON), missing-fields (200 JSON
+    /// without choices and usage), trickle (200 whose body takes --trickle-ms to arrive) or hang
+    /// (no response until the client gives up).
+    #[arg(long, value_name = "KIND=RATE", help_heading = "Faults")]
+    pub fault: Vec<crate::mock::FaultSpec>,
+
+    /// How long the body of a trickle fault takes to arrive, in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10_000,
+        help_heading = "Faults"
+    )]
+    pub trickle_ms: u64,
 }
 
 impl MockArgs {
@@ -223,9 +268,11 @@ impl MockArgs {
                 argv.push(v.trim().to_string());
             }
         }
-        Wrapper::try_parse_from(argv)
+        let args = Wrapper::try_parse_from(argv)
             .map(|w| w.args)
-            .map_err(|e| e.render().to_string())
+            .map_err(|e| e.render().to_string())?;
+        crate::mock::MockConfig::from(args.clone()).validate()?;
+        Ok(args)
     }
 }
 
@@ -248,6 +295,54 @@ mod tests {
         let defaults = MockArgs::from_option_list("").unwrap();
         assert_eq!(defaults.latency_ms, 100);
         assert!(MockArgs::from_option_list("latency=5").is_err());
+    }
+
+    #[test]
+    fn mock_option_list_takes_limits_and_repeated_faults() {
+        use crate::mock::{FaultKind, FaultSpec};
+        let m = MockArgs::from_option_list(
+            "rpm=600,tpm=90000,quota-exhausted-after=5,capacity=2,\
+             fault=reset=0.05,fault=trickle:0.01,trickle-ms=300",
+        )
+        .unwrap();
+        assert_eq!((m.rpm, m.tpm), (Some(600), Some(90000)));
+        assert_eq!(m.quota_exhausted_after, Some(5));
+        assert_eq!(m.capacity, Some(2));
+        assert_eq!(
+            m.fault,
+            [
+                FaultSpec {
+                    kind: FaultKind::Reset,
+                    rate: 0.05
+                },
+                FaultSpec {
+                    kind: FaultKind::Trickle,
+                    rate: 0.01
+                }
+            ]
+        );
+        assert_eq!(m.trickle_ms, 300);
+        assert!(MockArgs::from_option_list("fault=reset").is_err());
+        assert!(MockArgs::from_option_list("fault=sneeze=0.1").is_err());
+        assert!(MockArgs::from_option_list("fault=reset=0.6,fault=hang=0.6").is_err());
+        assert!(MockArgs::from_option_list("rpm=0").is_err());
+
+        let cli = Cli::try_parse_from([
+            "batch",
+            "mock",
+            "--fault",
+            "hang=0.5",
+            "--fault",
+            "malformed=0.5",
+            "--rpm",
+            "60",
+        ])
+        .unwrap();
+        let Command::Mock(m) = cli.command else {
+            panic!("expected mock")
+        };
+        assert_eq!(m.fault.len(), 2);
+        assert_eq!(m.rpm, Some(60));
     }
 
     #[test]

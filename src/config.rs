@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{MockArgs, RunArgs};
+use crate::concurrency::Concurrency;
 use crate::error::{Error, describe_io};
 use crate::mock::MockConfig;
 use crate::pricing::PriceTable;
@@ -17,7 +18,7 @@ use crate::retry::RetryPolicy;
 
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-const DEFAULT_CONCURRENCY: usize = 16;
+const DEFAULT_CONCURRENCY: Concurrency = Concurrency::Fixed(16);
 const DEFAULT_MAX_RETRIES: u32 = 6;
 const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
 const SETTINGS_FILE: &str = "batch.toml";
@@ -71,7 +72,7 @@ pub struct RunConfig {
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     pub prices: PriceTable,
-    pub concurrency: usize,
+    pub concurrency: Concurrency,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
     pub retry: RetryPolicy,
@@ -120,7 +121,7 @@ impl RunConfig {
             Some(p) => p,
             None => default_output(&input),
         };
-        if output == input {
+        if same_file(&output, &input) {
             return Err(Error::Usage(format!(
                 "the output path {} is the input file; choose another with -o",
                 output.display()
@@ -139,12 +140,6 @@ impl RunConfig {
         };
 
         let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-        if concurrency == 0 {
-            return Err(Error::Usage(
-                "--concurrency must be at least 1 (it is how many requests may be in flight)"
-                    .into(),
-            ));
-        }
         if let Some(t) = args.temperature
             && !(0.0..=2.0).contains(&t)
         {
@@ -239,6 +234,22 @@ pub fn default_output(input: &Path) -> PathBuf {
     input.with_file_name(format!("{stem}.results.csv"))
 }
 
+/// Whether `a` and `b` name the same file however they are spelt (`./in.csv`, an absolute path,
+/// a symlink). `a` need not exist yet.
+fn same_file(a: &Path, b: &Path) -> bool {
+    fn resolve(p: &Path) -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    }
+    a == b || matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Local servers (vLLM, Ollama, the mock) usually need no key.
 fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host_str() {
@@ -305,6 +316,23 @@ mod tests {
     }
 
     #[test]
+    fn output_that_is_the_input_spelt_differently_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.csv");
+        std::fs::write(&input, "a\n1\n").unwrap();
+        let other = dir.path().join(".").join("in.csv");
+        assert!(same_file(&other, &input));
+        assert!(!same_file(&dir.path().join("out.csv"), &input));
+        let mut a = args(input.to_str().unwrap());
+        a.output = Some(other);
+        a.mock = Some(String::new());
+        let msg = RunConfig::from_merged(a, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("is the input file"), "{msg}");
+    }
+
+    #[test]
     fn missing_key_mentions_mock() {
         let err = RunConfig::from_merged(args("in.csv"), None, None).unwrap_err();
         let msg = err.to_string();
@@ -336,12 +364,12 @@ mod tests {
     #[test]
     fn flags_win_over_file_and_file_over_defaults() {
         let mut cli = args("in.csv");
-        cli.concurrency = Some(3);
+        cli.concurrency = Some(Concurrency::Fixed(3));
         let mut file: RunArgs =
             toml::from_str("concurrency = 9\nmodel = \"gpt-4o\"\nmock = \"\"").unwrap();
         fill_from_file!(cli, file; concurrency, model, mock);
         let cfg = RunConfig::from_merged(cli, None, None).unwrap();
-        assert_eq!(cfg.concurrency, 3);
+        assert_eq!(cfg.concurrency, Concurrency::Fixed(3));
         assert_eq!(cfg.model, "gpt-4o");
         assert!(matches!(cfg.endpoint, Endpoint::Mock(_)));
     }
@@ -355,11 +383,13 @@ mod tests {
     #[test]
     fn bad_values_name_the_flag() {
         let mut a = args("in.csv");
-        a.concurrency = Some(0);
+        a.temperature = Some(3.0);
         a.mock = Some(String::new());
         let msg = RunConfig::from_merged(a, None, None)
             .unwrap_err()
             .to_string();
-        assert!(msg.contains("--concurrency"), "{msg}");
+        assert!(msg.contains("--temperature"), "{msg}");
+        let err = toml::from_str::<RunArgs>("concurrency = 0").unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! - [`input`] streams the CSV (after a validating pre-pass) and gives each row an id;
 //! - [`template`] renders the row into chat messages (minijinja `{{ column }}` templates);
-//! - [`limiter`] holds the request until the requests/min and tokens/min budgets allow it;
+//! - [`limiter`] holds the request until the requests/min and tokens/min budgets allow it, and
+//!   [`concurrency`] bounds (or adapts) how many are in flight;
 //! - [`provider`] sends it over HTTP and maps the wire format to one [`provider::Completion`],
 //!   classifying failures as retryable or not; [`retry`] decides how long to wait before the next
 //!   attempt;
@@ -18,6 +19,7 @@
 //! environment into one [`config::RunConfig`].
 
 pub mod cli;
+pub mod concurrency;
 pub mod config;
 pub mod error;
 pub mod input;

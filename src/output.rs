@@ -58,6 +58,8 @@ pub struct RowResult {
     pub output: String,
     pub error: String,
     pub attempts: u32,
+    /// Attempts answered with a 429 rate limit.
+    pub throttled: u32,
     /// Latency of the last attempt.
     pub latency: Option<Duration>,
     pub usage: Option<Usage>,
@@ -77,6 +79,7 @@ impl RowResult {
             output: String::new(),
             error: reason.to_string(),
             attempts: 0,
+            throttled: 0,
             latency: None,
             usage: None,
             cost: None,

@@ -25,6 +25,7 @@ use rand::SeedableRng;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::concurrency::{Sample, Slots};
 use crate::config::{Endpoint, RunConfig};
 use crate::error::{Error, ExitStatus};
 use crate::input::{IdSet, InputFile};
@@ -34,14 +35,15 @@ use crate::output::{ResultsWriter, RowResult, RowStatus};
 use crate::pricing::Price;
 use crate::progress::Progress;
 use crate::provider::openai::OpenAiChat;
-use crate::provider::{CallError, ErrorKind, Provider, Request, http_client};
+use crate::provider::{CallError, Completion, ErrorKind, Provider, Request, http_client};
 use crate::retry::RetryPolicy;
 use crate::summary::Stats;
 use crate::template::Prompts;
 use crate::tokens;
 
-/// Completion tokens reserved against `--tpm` when `--max-tokens` is not given.
-const DEFAULT_COMPLETION_RESERVATION: u32 = 512;
+/// Completion tokens reserved against the token budget before any answer has been seen, when
+/// `--max-tokens` is not given; afterwards the reservation follows the answers.
+const INITIAL_COMPLETION_ESTIMATE: f64 = 256.0;
 /// Input errors listed before "... and N more".
 const MAX_LISTED_ERRORS: usize = 10;
 
@@ -51,14 +53,17 @@ struct Job {
     id: String,
     record: StringRecord,
     request: Request,
-    /// Prompt tokens plus the completion reservation, for the token budget.
-    budget_tokens: u32,
+    /// Prompt tokens as counted before sending, for the token budget.
+    prompt_tokens: u32,
 }
 
 /// What every row task needs, shared.
 struct Shared {
     provider: Box<dyn Provider>,
     budget: RateBudget,
+    slots: Slots,
+    /// Completion tokens an answer is expected to need: a running mean of the answers seen.
+    completion_estimate: Mutex<f64>,
     retry: RetryPolicy,
     timeout: Duration,
     price: Option<Price>,
@@ -76,6 +81,23 @@ impl Shared {
             *r = Some(reason);
         }
         self.stop.cancel();
+    }
+
+    /// Completion tokens to reserve for one request: the learned mean with a margin, never
+    /// more than `--max-tokens` (the most an answer can be).
+    fn completion_reservation(&self, max_tokens: Option<u32>) -> u32 {
+        let learned = *self.completion_estimate.lock().expect("estimate lock") * 1.25;
+        let learned = learned.ceil() as u32 + 1;
+        max_tokens.map_or(learned, |m| m.min(learned))
+    }
+
+    fn learn_completion(&self, tokens: u64) {
+        let mut e = self.completion_estimate.lock().expect("estimate lock");
+        *e = if *e == INITIAL_COMPLETION_ESTIMATE {
+            tokens as f64
+        } else {
+            *e * 0.9 + tokens as f64 * 0.1
+        };
     }
 
     fn stop_reason(&self) -> String {
@@ -99,6 +121,9 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
             .map_err(|e| Error::io("pre-flight check failed", std::io::Error::other(e)))??
     };
     let mut writer = ResultsWriter::create(&cfg.output, &input.headers)?;
+    if let Some(path) = &cfg.summary_json {
+        check_writable_folder(path, "--summary-json")?;
+    }
 
     let price = cfg.prices.lookup(&cfg.model);
     let progress = Progress::new(total, cfg.quiet);
@@ -123,11 +148,13 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     };
     let shared = Arc::new(Shared {
         provider: Box::new(OpenAiChat::new(
-            http_client(cfg.concurrency),
+            http_client(cfg.concurrency.ceiling()),
             &base_url,
             api_key.as_ref(),
         )),
-        budget: RateBudget::new(cfg.rpm, cfg.tpm),
+        budget: RateBudget::new(cfg.rpm, cfg.tpm, true),
+        slots: Slots::new(cfg.concurrency),
+        completion_estimate: Mutex::new(INITIAL_COMPLETION_ESTIMATE),
         retry: cfg.retry,
         timeout: cfg.timeout,
         price,
@@ -146,14 +173,8 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     };
     // Dispatcher -> collector.
     let (result_tx, mut result_rx) = mpsc::unbounded_channel::<(StringRecord, RowResult)>();
-    let window = Arc::new(Semaphore::new(reorder_window(cfg.concurrency)));
-    let dispatcher = tokio::spawn(dispatch(
-        job_rx,
-        shared.clone(),
-        cfg.concurrency,
-        window.clone(),
-        result_tx,
-    ));
+    let window = Arc::new(Semaphore::new(reorder_window(cfg.concurrency.ceiling())));
+    let dispatcher = tokio::spawn(dispatch(job_rx, shared.clone(), window.clone(), result_tx));
 
     // Collector: write results in input order.
     let mut stats = Stats::default();
@@ -206,6 +227,23 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     } else {
         ExitStatus::Success
     })
+}
+
+/// Fails now, before anything is spent, if `path` could not be written at the end.
+fn check_writable_folder(path: &std::path::Path, flag: &str) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "cannot write {flag} {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        )))
+    }
 }
 
 /// Checks every row and renders every prompt without sending anything; returns the row count.
@@ -269,7 +307,6 @@ fn read_jobs(
             return;
         }
     };
-    let reservation = cfg.max_tokens.unwrap_or(DEFAULT_COMPLETION_RESERVATION);
     for row in rows {
         let job = row.and_then(|row| {
             // The pre-flight rendered this row already; failing now means the file changed.
@@ -280,12 +317,8 @@ fn read_jobs(
                     row.line
                 ))
             })?;
-            let budget_tokens = if cfg.tpm.is_some() {
-                tokens::count_chat(&cfg.model, rendered.system.as_deref(), &rendered.user)
-                    .saturating_add(reservation)
-            } else {
-                0
-            };
+            let prompt_tokens =
+                tokens::count_chat(&cfg.model, rendered.system.as_deref(), &rendered.user);
             Ok(Job {
                 seq: row.seq,
                 id: row.id,
@@ -297,7 +330,7 @@ fn read_jobs(
                     max_tokens: cfg.max_tokens,
                     temperature: cfg.temperature,
                 },
-                budget_tokens,
+                prompt_tokens,
             })
         });
         let failed = job.is_err();
@@ -316,11 +349,9 @@ fn reorder_window(concurrency: usize) -> usize {
 async fn dispatch(
     mut jobs: mpsc::Receiver<Result<Job, Error>>,
     shared: Arc<Shared>,
-    concurrency: usize,
     window: Arc<Semaphore>,
     results: mpsc::UnboundedSender<(StringRecord, RowResult)>,
 ) -> Option<Error> {
-    let slots = Arc::new(Semaphore::new(concurrency));
     while let Some(job) = jobs.recv().await {
         let job = match job {
             Ok(job) => job,
@@ -341,8 +372,8 @@ async fn dispatch(
             let _ = results.send((job.record, r));
             continue;
         }
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("slots are never closed"),
+        tokio::select! {
+            _ = shared.slots.acquire() => {}
             _ = shared.stop.cancelled() => {
                 let reason = shared.stop_reason();
                 let r = RowResult::skipped(job.seq, job.id, &shared.model, &reason);
@@ -354,7 +385,7 @@ async fn dispatch(
         tokio::spawn(async move {
             let record = job.record.clone();
             let result = process_row(&shared, job).await;
-            drop(slot);
+            shared.slots.release();
             let _ = results.send((record, result));
         });
     }
@@ -365,35 +396,48 @@ async fn dispatch(
 async fn process_row(shared: &Shared, job: Job) -> RowResult {
     let mut rng = rand::rngs::SmallRng::from_os_rng();
     let mut attempts = 0u32;
+    let mut throttled = 0u32;
     let mut last_error: Option<CallError> = None;
     loop {
         if shared.stop.is_cancelled() {
-            return stopped(shared, &job, attempts, last_error.as_ref());
+            return stopped(shared, &job, attempts, throttled, last_error.as_ref());
         }
-        tokio::select! {
-            _ = shared.budget.acquire(job.budget_tokens) => {}
-            _ = shared.stop.cancelled() => return stopped(shared, &job, attempts, last_error.as_ref()),
-        }
-        attempts += 1;
-        let sent = Instant::now();
-        let outcome = match tokio::time::timeout(
-            shared.timeout,
-            shared.provider.complete(&job.request),
-        )
-        .await
-        {
-            Ok(outcome) => outcome,
-            Err(_) => Err(CallError::new(
-                ErrorKind::Timeout,
-                format!(
-                    "no complete response within {:?} (--timeout)",
-                    shared.timeout
-                ),
-            )),
+        let reserve = job
+            .prompt_tokens
+            .saturating_add(shared.completion_reservation(job.request.max_tokens));
+        let permit = tokio::select! {
+            permit = shared.budget.acquire(reserve) => permit,
+            _ = shared.stop.cancelled() => {
+                return stopped(shared, &job, attempts, throttled, last_error.as_ref());
+            }
         };
+        attempts += 1;
+        let sending = shared.slots.start_sending();
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout(shared.timeout, shared.provider.complete(&job.request))
+            .await
+            .unwrap_or_else(|_| {
+                Err(CallError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "no complete response within {:?} (--timeout)",
+                        shared.timeout
+                    ),
+                ))
+            });
         let latency = sent.elapsed();
+        shared
+            .slots
+            .finish_sending(sending, concurrency_sample(&outcome, latency));
+        shared.budget.observe(match &outcome {
+            Ok(c) => c.rate_limits.as_ref(),
+            Err(e) => e.rate_limits.as_deref(),
+        });
         let err = match outcome {
             Ok(c) => {
+                let used = c.usage.prompt_tokens + c.usage.completion_tokens;
+                shared.budget.settle(permit, Some(used));
+                shared.learn_completion(c.usage.completion_tokens);
                 return RowResult {
                     seq: job.seq,
                     id: job.id,
@@ -401,6 +445,7 @@ async fn process_row(shared: &Shared, job: Job) -> RowResult {
                     output: c.text,
                     error: String::new(),
                     attempts,
+                    throttled,
                     latency: Some(latency),
                     cost: shared.price.map(|p| p.cost(&c.usage)),
                     usage: Some(c.usage),
@@ -410,6 +455,12 @@ async fn process_row(shared: &Shared, job: Job) -> RowResult {
             }
             Err(e) => e,
         };
+        // A rejected or failed request is not counted against the server's token budget.
+        shared.budget.settle(permit, None);
+        if err.kind == ErrorKind::RateLimited {
+            throttled += 1;
+            shared.budget.back_off(err.retry_after);
+        }
         tracing::debug!(row = %job.id, attempt = attempts, error = %err, "attempt failed");
         if err.kind.stops_run() {
             shared.stop_with(stop_message(&err));
@@ -434,6 +485,7 @@ async fn process_row(shared: &Shared, job: Job) -> RowResult {
                         err.to_string()
                     },
                     attempts,
+                    throttled,
                     latency: Some(latency),
                     usage: None,
                     cost: None,
@@ -445,14 +497,30 @@ async fn process_row(shared: &Shared, job: Job) -> RowResult {
     }
 }
 
+/// What an attempt tells the concurrency controller: 429s, timeouts and 503s are overload.
+fn concurrency_sample(outcome: &Result<Completion, CallError>, latency: Duration) -> Sample {
+    match outcome {
+        Err(e) if matches!(e.kind, ErrorKind::RateLimited | ErrorKind::Timeout) => Sample::Dropped,
+        Err(e) if e.status == Some(503) => Sample::Dropped,
+        _ => Sample::Answered(latency),
+    }
+}
+
 /// The result of a row whose run stopped before it got an answer.
-fn stopped(shared: &Shared, job: &Job, attempts: u32, last: Option<&CallError>) -> RowResult {
+fn stopped(
+    shared: &Shared,
+    job: &Job,
+    attempts: u32,
+    throttled: u32,
+    last: Option<&CallError>,
+) -> RowResult {
     let mut reason = shared.stop_reason();
     if let Some(e) = last {
         reason = format!("{reason}; last attempt: {e}");
     }
     let mut r = RowResult::skipped(job.seq, job.id.clone(), &shared.model, &reason);
     r.attempts = attempts;
+    r.throttled = throttled;
     r
 }
 

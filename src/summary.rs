@@ -25,6 +25,8 @@ pub struct Stats {
     pub unpriced: u64,
     /// Attempts beyond the first, over all rows.
     pub retries: u64,
+    /// Attempts answered with a 429 rate limit.
+    pub rate_limited: u64,
     /// Latency of answered rows, microseconds.
     latency: Histogram<u64>,
 }
@@ -40,6 +42,7 @@ impl Default for Stats {
             cost_usd: 0.0,
             unpriced: 0,
             retries: 0,
+            rate_limited: 0,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
         }
     }
@@ -53,6 +56,7 @@ impl Stats {
             RowStatus::Skipped => self.skipped += 1,
         }
         self.retries += u64::from(r.attempts.saturating_sub(1));
+        self.rate_limited += u64::from(r.throttled);
         if let Some(u) = r.usage {
             self.prompt_tokens += u.prompt_tokens;
             self.completion_tokens += u.completion_tokens;
@@ -95,6 +99,7 @@ impl Stats {
             cost_usd: self.known_cost(),
             unpriced_rows: self.unpriced,
             retries: self.retries,
+            rate_limited: self.rate_limited,
             wall_seconds: secs,
             rows_per_second: if secs > 0.0 {
                 self.done() as f64 / secs
@@ -136,6 +141,7 @@ pub struct Summary {
     pub cost_usd: Option<f64>,
     pub unpriced_rows: u64,
     pub retries: u64,
+    pub rate_limited: u64,
     pub wall_seconds: f64,
     pub rows_per_second: f64,
     pub latency_ms: Latency,
@@ -175,8 +181,8 @@ impl Summary {
         writeln!(w, "Cost       {cost}")?;
         writeln!(
             w,
-            "Time       {:.1} s, {:.1} rows/s, {} retries",
-            self.wall_seconds, self.rows_per_second, self.retries
+            "Time       {:.1} s, {:.1} rows/s, {} retries ({} rate-limited)",
+            self.wall_seconds, self.rows_per_second, self.retries, self.rate_limited
         )?;
         writeln!(
             w,
@@ -213,6 +219,7 @@ mod tests {
             output: String::new(),
             error: String::new(),
             attempts,
+            throttled: 0,
             latency: Some(Duration::from_millis(ms)),
             usage: (status != RowStatus::Skipped).then_some(Usage {
                 prompt_tokens: 10,

@@ -10,6 +10,8 @@ use std::fmt;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+
+pub use crate::limiter::RateLimitHeaders;
 use reqwest::header::HeaderMap;
 use serde::Serialize;
 
@@ -45,6 +47,8 @@ pub struct Completion {
     /// The model that answered (often a dated name such as `gpt-4.1-mini-2025-04-14`).
     pub model: Option<String>,
     pub request_id: Option<String>,
+    /// The rate-limit headers that came with the answer.
+    pub rate_limits: Option<RateLimitHeaders>,
 }
 
 /// What went wrong with one attempt, in the terms that decide what happens next.
@@ -112,6 +116,9 @@ pub struct CallError {
     /// The server's `x-should-retry` verdict, which overrides the default for `kind`.
     pub should_retry: Option<bool>,
     pub request_id: Option<String>,
+    /// The rate-limit headers that came with the error response (boxed: errors travel in
+    /// `Result`s and should stay small).
+    pub rate_limits: Option<Box<RateLimitHeaders>>,
 }
 
 impl CallError {
@@ -123,6 +130,7 @@ impl CallError {
             retry_after: None,
             should_retry: None,
             request_id: None,
+            rate_limits: None,
         }
     }
 

@@ -7,8 +7,8 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CallError, Completion, ErrorKind, Provider, Request, Usage, retry_after, should_retry,
-    transport_error, truncate_message,
+    CallError, Completion, ErrorKind, Provider, RateLimitHeaders, Request, Usage, retry_after,
+    should_retry, transport_error, truncate_message,
 };
 use crate::config::ApiKey;
 
@@ -203,6 +203,7 @@ pub fn parse_completion(body: &[u8], headers: &HeaderMap) -> Result<Completion, 
         finish_reason: choice.finish_reason,
         model: resp.model,
         request_id: request_id.or(resp.id),
+        rate_limits: RateLimitHeaders::parse(headers, std::time::SystemTime::now()),
     })
 }
 
@@ -272,6 +273,7 @@ pub fn classify_error(status: u16, body: &[u8], headers: &HeaderMap) -> CallErro
         retry_after: retry_after(headers),
         should_retry: should_retry(headers),
         request_id: request_id(headers),
+        rate_limits: RateLimitHeaders::parse(headers, std::time::SystemTime::now()).map(Box::new),
     }
 }
 
