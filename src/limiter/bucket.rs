@@ -4,8 +4,10 @@
 //! built; both are needed here (reconciling with real `usage`, and limits learned from headers
 //! mid-run), so this small bucket replaces it.
 //!
-//! A reservation is taken at once, even into debt, and the caller waits for the debt to be
-//! repaid by refill. Reservations therefore queue in arrival order and nobody polls.
+//! The bucket never goes into debt: a request takes its tokens only when they are there. A
+//! version that let reservations queue as debt was tried and over-sent: tokens refunded while in
+//! debt were banked, so the client later spent budget from seconds that a server's bucket, capped
+//! at its burst, had already let lapse. Queueing is the caller's job ([`super::RateBudget`]).
 
 use std::time::Duration;
 
@@ -42,27 +44,42 @@ impl Bucket {
         self.capacity
     }
 
+    /// Brings the level up to date.
+    pub fn refill_to(&mut self, now: Instant) {
+        self.refill(now);
+    }
+
+    /// How long until `n` units are there (zero if they are), judged at the last refill.
+    pub fn shortfall(&self, n: f64) -> Duration {
+        let n = n.min(self.capacity);
+        if self.level >= n {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((n - self.level) / self.rate)
+        }
+    }
+
     fn refill(&mut self, now: Instant) {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         self.level = (self.level + elapsed * self.rate).min(self.capacity);
         self.updated = self.updated.max(now);
     }
 
-    /// Takes `n` units and returns how long the caller must wait until they are really there.
-    /// A request larger than the bucket waits until the bucket is full, then takes it all.
-    pub fn take(&mut self, n: f64, now: Instant) -> Duration {
+    /// Takes `n` units if they are there, else says how long until they will be. A request
+    /// larger than the bucket needs a full bucket, and takes it all.
+    pub fn try_take(&mut self, n: f64, now: Instant) -> Result<(), Duration> {
         self.refill(now);
         let n = n.min(self.capacity);
-        self.level -= n;
-        if self.level >= 0.0 {
-            Duration::ZERO
+        if self.level >= n {
+            self.level -= n;
+            Ok(())
         } else {
-            Duration::from_secs_f64(-self.level / self.rate)
+            Err(Duration::from_secs_f64((n - self.level) / self.rate))
         }
     }
 
-    /// Returns `n` units (an over-reservation, or a reservation that was never used); a negative
-    /// `n` takes more.
+    /// Returns `n` units (an over-reservation, or a reservation that was never used), never
+    /// above the capacity; a negative `n` takes more, into debt if need be.
     pub fn give_back(&mut self, n: f64, now: Instant) {
         self.refill(now);
         self.level = (self.level + n).min(self.capacity);
@@ -99,36 +116,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn burst_then_paced_in_arrival_order() {
+    fn burst_then_paced() {
         let t0 = Instant::now();
         let mut b = Bucket::new(10.0, 5.0, t0);
         for _ in 0..5 {
-            assert_eq!(b.take(1.0, t0), Duration::ZERO);
+            assert_eq!(b.try_take(1.0, t0), Ok(()));
         }
-        // The 6th and 7th wait 0.1 s and 0.2 s: queued, not racing.
-        assert_eq!(b.take(1.0, t0), Duration::from_millis(100));
-        assert_eq!(b.take(1.0, t0), Duration::from_millis(200));
-        // After the debt is repaid and a second more, the bucket is full again, not fuller.
-        let later = t0 + Duration::from_secs(2);
+        assert_eq!(b.try_take(1.0, t0), Err(Duration::from_millis(100)));
+        assert_eq!(b.try_take(1.0, t0 + Duration::from_millis(100)), Ok(()));
+        // Idle time refills to the capacity and no further.
+        let later = t0 + Duration::from_secs(10);
         assert!((b.level(later) - 5.0).abs() < 1e-9);
     }
 
     #[test]
-    fn refunds_shorten_the_queue() {
+    fn refunds_are_capped_at_the_capacity() {
         let t0 = Instant::now();
         let mut b = Bucket::new(100.0, 100.0, t0);
-        assert_eq!(b.take(100.0, t0), Duration::ZERO);
-        assert_eq!(b.take(50.0, t0), Duration::from_millis(500));
-        b.give_back(50.0, t0);
-        assert_eq!(b.take(10.0, t0), Duration::from_millis(100));
+        assert_eq!(b.try_take(100.0, t0), Ok(()));
+        b.give_back(500.0, t0);
+        assert!((b.level(t0) - 100.0).abs() < 1e-9);
+        b.give_back(-150.0, t0);
+        assert_eq!(b.try_take(10.0, t0), Err(Duration::from_millis(600)));
     }
 
     #[test]
     fn oversized_requests_take_the_whole_bucket() {
         let t0 = Instant::now();
         let mut b = Bucket::new(10.0, 10.0, t0);
-        assert_eq!(b.take(1000.0, t0), Duration::ZERO);
-        assert_eq!(b.take(1.0, t0), Duration::from_millis(100));
+        assert_eq!(b.try_take(1000.0, t0), Ok(()));
+        assert_eq!(b.try_take(1.0, t0), Err(Duration::from_millis(100)));
     }
 
     #[test]
@@ -136,8 +153,8 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Bucket::new(10.0, 10.0, t0);
         b.drain(t0);
-        assert_eq!(b.take(1.0, t0), Duration::from_millis(100));
+        assert_eq!(b.try_take(1.0, t0), Err(Duration::from_millis(100)));
         b.set_rate(20.0, 10.0, t0);
-        assert_eq!(b.take(1.0, t0), Duration::from_millis(100));
+        assert_eq!(b.try_take(1.0, t0), Err(Duration::from_millis(50)));
     }
 }

@@ -1,7 +1,7 @@
 //! Requests-per-minute and tokens-per-minute budgets, shared by every task of a run.
 //!
 //! The budgets are token buckets that refill continuously with about half a second of burst,
-//! paced at 99% of the limit: providers enforce per-minute limits over short windows (a minute's
+//! paced at 99% of the limit, and requests take from them first come, first served: providers enforce per-minute limits over short windows (a minute's
 //! worth of requests in one second is answered with 429s), and the 1% slack plus the small burst
 //! absorb the jitter between when we send and when the server counts.
 //!
@@ -44,6 +44,55 @@ pub struct RateBudget {
     state: Mutex<State>,
     /// Wakes the requests held back while the first answer is awaited.
     learned: Notify,
+    /// Wakes the queue when its head leaves or the budgets gain room.
+    turn: Notify,
+}
+
+/// A place in the budget's queue; leaving (or being dropped) lets the next one go.
+struct Ticket<'a>(u64, &'a RateBudget);
+
+impl<'a> Ticket<'a> {
+    fn join(budget: &'a RateBudget) -> Self {
+        let mut s = budget.state.lock().expect("budget lock");
+        let id = s.next_ticket;
+        s.next_ticket += 1;
+        s.queue.push_back(id);
+        Ticket(id, budget)
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut s = self.1.state.lock().expect("budget lock");
+        if let Some(pos) = s.queue.iter().position(|t| *t == self.0) {
+            s.queue.remove(pos);
+        }
+        drop(s);
+        self.1.turn.notify_waiters();
+    }
+}
+
+/// Takes one request and `tokens` tokens from the budgets, or none of it and says how long until
+/// all of it fits.
+fn take_both(s: &mut State, tokens: f64, now: Instant) -> Result<(), Duration> {
+    let mut wait = Duration::ZERO;
+    if let Some(b) = s.requests.as_mut() {
+        b.refill_to(now);
+        wait = wait.max(b.shortfall(1.0));
+    }
+    if let Some(b) = s.tokens.as_mut() {
+        b.refill_to(now);
+        wait = wait.max(b.shortfall(tokens));
+    }
+    if !wait.is_zero() {
+        return Err(wait);
+    }
+    for (b, n) in [(s.requests.as_mut(), 1.0), (s.tokens.as_mut(), tokens)] {
+        if let Some(b) = b {
+            b.try_take(n, now).expect("checked above");
+        }
+    }
+    Ok(())
 }
 
 struct State {
@@ -56,6 +105,9 @@ struct State {
     probing: bool,
     probe_sent: bool,
     paused_until: Option<Instant>,
+    /// Tickets of the requests waiting, first come first served.
+    queue: std::collections::VecDeque<u64>,
+    next_ticket: u64,
 }
 
 impl RateBudget {
@@ -76,8 +128,11 @@ impl RateBudget {
                 probing: learn && (rpm.is_none() || tpm.is_none()),
                 probe_sent: false,
                 paused_until: None,
+                queue: Default::default(),
+                next_ticket: 0,
             }),
             learned: Notify::new(),
+            turn: Notify::new(),
         }
     }
 
@@ -88,7 +143,9 @@ impl RateBudget {
         (per_min(&s.requests), per_min(&s.tokens))
     }
 
-    /// Waits until a request of `tokens` tokens fits every budget, and takes it.
+    /// Waits until a request of `tokens` tokens fits every budget, and takes it. Requests are
+    /// served first come, first served, so a large one is not starved by a stream of small ones.
+    /// Cancel-safe: a dropped call leaves the queue.
     pub async fn acquire(&self, tokens: u32) -> Permit {
         // Hold back everyone but the first request until the server has told us its limits.
         loop {
@@ -106,31 +163,39 @@ impl RateBudget {
             notified.await;
         }
         let tokens = f64::from(tokens);
-        let wait = {
-            let mut s = self.state.lock().expect("budget lock");
-            let now = Instant::now();
-            let r = s
-                .requests
-                .as_mut()
-                .map_or(Duration::ZERO, |b| b.take(1.0, now));
-            let t = s
-                .tokens
-                .as_mut()
-                .map_or(Duration::ZERO, |b| b.take(tokens, now));
-            r.max(t)
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
-        // A 429 may have paused everyone while we waited.
+        let ticket = Ticket::join(self);
         loop {
-            let until = self.state.lock().expect("budget lock").paused_until;
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t).await,
-                _ => break,
+            let turn = self.turn.notified();
+            let wait = {
+                let mut s = self.state.lock().expect("budget lock");
+                let now = Instant::now();
+                if s.queue.front() != Some(&ticket.0) {
+                    None
+                } else if let Some(until) = s.paused_until.filter(|t| *t > now) {
+                    Some(until - now)
+                } else {
+                    match take_both(&mut s, tokens, now) {
+                        Ok(()) => {
+                            drop(s);
+                            drop(ticket);
+                            return Permit { tokens };
+                        }
+                        Err(wait) => Some(wait),
+                    }
+                }
+            };
+            match wait {
+                // Not our turn: wait for the queue to move.
+                None => turn.await,
+                // Our turn, not enough yet. A refund or a new limit may shorten the wait.
+                Some(wait) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = turn => {}
+                    }
+                }
             }
         }
-        Permit { tokens }
     }
 
     /// Reconciles a request's reservation with the tokens the server actually counted (`None`
@@ -141,6 +206,8 @@ impl RateBudget {
             let actual = actual_tokens.map_or(0.0, |t| t as f64);
             b.give_back(permit.tokens - actual, Instant::now());
         }
+        drop(s);
+        self.turn.notify_waiters();
     }
 
     /// Learns from a response's rate-limit headers (`None`: the response had none). Budgets the
@@ -158,6 +225,7 @@ impl RateBudget {
             } = &mut *s;
             learn(requests, *given_rpm, &h.requests, now);
             learn(tokens, *given_tpm, &h.tokens, now);
+            self.turn.notify_waiters();
         }
         if s.probing {
             s.probing = false;
