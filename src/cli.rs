@@ -166,7 +166,61 @@ pub struct RunArgs {
     )]
     pub mock: Option<String>,
 
+    // ---- Durability ----
+    /// Continue the run recorded in the state file: rows already finished are not sent again
+    /// (unless their request changed); failed rows only with --retry-failed.
+    #[arg(long, help_heading = "Durability")]
+    #[serde(skip)]
+    pub resume: bool,
+
+    /// With --resume: send the rows that failed last time again.
+    #[arg(long, requires = "resume", help_heading = "Durability")]
+    #[serde(skip)]
+    pub retry_failed: bool,
+
+    /// With --resume: continue even though settings that shape requests changed (rows whose
+    /// request changed are sent again).
+    #[arg(long, requires = "resume", help_heading = "Durability")]
+    #[serde(skip)]
+    pub force: bool,
+
+    /// Discard an unfinished run recorded in the state file and start over.
+    #[arg(long, conflicts_with = "resume", help_heading = "Durability")]
+    #[serde(skip)]
+    pub restart: bool,
+
+    /// The run's state file (SQLite) [default: the results path with extension .sqlite].
+    #[arg(long, value_name = "PATH", help_heading = "Durability")]
+    #[serde(skip)]
+    pub state: Option<PathBuf>,
+
+    /// Seconds that requests in flight may still take after Ctrl-C or SIGTERM [default: 30].
+    #[arg(long, value_name = "SECS", help_heading = "Durability")]
+    pub grace: Option<f64>,
+
+    /// Stop sending before the run's total cost could exceed USD. Each request reserves its
+    /// worst case (prompt plus --max-tokens at the model's price) before it is sent; needs
+    /// --max-tokens and a known price.
+    #[arg(long, value_name = "USD", help_heading = "Durability")]
+    pub max_cost: Option<f64>,
+
+    /// Read the input, render every prompt, count tokens and print the expected cost; send
+    /// nothing and write nothing.
+    #[arg(long, help_heading = "Durability")]
+    #[serde(skip)]
+    pub dry_run: bool,
+
+    /// Append every attempt (time, row, request body, status, response body or error, rate-limit
+    /// headers, latency) to FILE as JSON lines. The API key is never written.
+    #[arg(long, value_name = "FILE", help_heading = "Durability")]
+    pub log: Option<PathBuf>,
+
     // ---- Output ----
+    /// Write answers as they are, even those starting with =, +, -, @, tab or carriage return
+    /// (by default such cells get a leading ' so spreadsheets do not run them as formulas).
+    #[arg(long, help_heading = "Output")]
+    pub no_sanitize: bool,
+
     /// Also write the run summary as JSON to PATH.
     #[arg(long, value_name = "PATH", help_heading = "Output")]
     pub summary_json: Option<PathBuf>,

@@ -21,6 +21,7 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_CONCURRENCY: Concurrency = Concurrency::Fixed(16);
 const DEFAULT_MAX_RETRIES: u32 = 6;
 const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
+const DEFAULT_GRACE_SECS: f64 = 30.0;
 const SETTINGS_FILE: &str = "batch.toml";
 
 /// Where the user prompt comes from.
@@ -80,6 +81,24 @@ pub struct RunConfig {
     pub endpoint: Endpoint,
     pub summary_json: Option<PathBuf>,
     pub quiet: bool,
+    pub state: PathBuf,
+    pub resume: Resume,
+    pub grace: Duration,
+    pub max_cost: Option<f64>,
+    pub dry_run: bool,
+    pub log: Option<PathBuf>,
+    pub sanitize: bool,
+}
+
+/// What to do with a run already recorded in the state file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// Start a new run; refuse if an unfinished one is recorded.
+    No,
+    /// Start a new run, discarding whatever is recorded.
+    Restart,
+    /// Continue the recorded run.
+    Yes { retry_failed: bool, force: bool },
 }
 
 /// Fills every unset field of `$cli` from `$file`.
@@ -98,7 +117,8 @@ impl RunConfig {
             fill_from_file!(args, file;
                 prompt, prompt_file, system, system_file, id_column, model, max_tokens,
                 temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
-                mock, summary_json);
+                mock, summary_json, grace, max_cost, log);
+            args.no_sanitize |= file.no_sanitize;
             // The environment sits between flags and the file for the base URL.
             if args.base_url.is_none() && env("OPENAI_BASE_URL").is_none() {
                 args.base_url = file.base_url.take();
@@ -168,6 +188,44 @@ impl RunConfig {
         if let Some(path) = &args.price_file {
             prices.merge_file(path)?;
         }
+        let model = args.model.unwrap_or_else(|| DEFAULT_MODEL.to_string());
+        if let Some(cap) = args.max_cost {
+            if !(cap.is_finite() && cap > 0.0) {
+                return Err(Error::Usage(format!(
+                    "--max-cost {cap} must be a positive amount of USD"
+                )));
+            }
+            if args.max_tokens.is_none() {
+                return Err(Error::Usage(
+                    "--max-cost needs --max-tokens: without a completion cap a request's worst                      case has no bound, so no cap could be guaranteed"
+                        .into(),
+                ));
+            }
+            if prices.lookup(&model).is_none() {
+                return Err(Error::Usage(format!(
+                    "--max-cost needs a price for model {model:?}, and none is known; add it with                      --price-file"
+                )));
+            }
+        }
+        let grace = args.grace.unwrap_or(DEFAULT_GRACE_SECS);
+        if !(grace.is_finite() && grace >= 0.0) {
+            return Err(Error::Usage(format!(
+                "--grace {grace} must be a number of seconds, 0 or more"
+            )));
+        }
+        let resume = if args.resume {
+            Resume::Yes {
+                retry_failed: args.retry_failed,
+                force: args.force,
+            }
+        } else if args.restart {
+            Resume::Restart
+        } else {
+            Resume::No
+        };
+        let state = args
+            .state
+            .unwrap_or_else(|| crate::store::default_path(&output));
 
         let endpoint = match args.mock {
             Some(list) => Endpoint::Mock(
@@ -192,7 +250,7 @@ impl RunConfig {
                 }
                 .filter(|k| !k.is_empty())
                 .map(ApiKey);
-                if api_key.is_none() && !is_loopback(&url) {
+                if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
                     return Err(Error::Usage(format!(
                         "no API key for {base_url}: set OPENAI_API_KEY (or pass --api-key-file \
                          FILE). To try batch without a key, add --mock to use the embedded mock \
@@ -209,7 +267,7 @@ impl RunConfig {
             prompt,
             system,
             id_column: args.id_column,
-            model: args.model.unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+            model,
             max_tokens: args.max_tokens,
             temperature: args.temperature,
             prices,
@@ -221,6 +279,13 @@ impl RunConfig {
             endpoint,
             summary_json: args.summary_json,
             quiet: args.quiet,
+            state,
+            resume,
+            grace: Duration::from_secs_f64(grace),
+            max_cost: args.max_cost,
+            dry_run: args.dry_run,
+            log: args.log,
+            sanitize: !args.no_sanitize,
         })
     }
 }

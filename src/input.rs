@@ -149,37 +149,62 @@ impl Iterator for Rows {
     }
 }
 
-/// Remembers which row ids were seen, in 16 bytes per row however long the ids are, so the
-/// duplicate check of a million-row file stays small.
+/// Finds duplicate row ids in 24 bytes per row however long the ids are (a 128-bit
+/// fingerprint and the line), so checking a million-row file stays small. The ids themselves are
+/// read again only when there is a duplicate to report.
 #[derive(Default)]
 pub struct IdSet {
-    seen: std::collections::HashMap<u128, u64>,
+    seen: Vec<([u64; 2], u64)>,
 }
 
 impl IdSet {
-    /// Records `row`'s id; an error if an earlier row had the same id.
-    pub fn insert(&mut self, input: &InputFile, row: &Row) -> Result<(), Error> {
-        let key = id_fingerprint(&row.id);
-        if let Some(first_line) = self.seen.insert(key, row.line) {
-            let col = input
-                .id_index
-                .map(|i| format!("column {:?}", input.column_name(i)))
-                .unwrap_or_else(|| "id".into());
-            return Err(Error::Input(format!(
-                "{}: line {}, {col}: the id {:?} is also on line {first_line}; row ids must be \
-                 unique so results and resumed runs can be matched to rows",
-                input.path.display(),
-                row.line,
-                row.id
-            )));
+    pub fn insert(&mut self, row: &Row) {
+        self.seen.push((id_fingerprint(&row.id), row.line));
+    }
+
+    /// One message per row whose id an earlier row already has, naming both lines.
+    pub fn duplicates(mut self, input: &InputFile) -> Result<Vec<String>, Error> {
+        self.seen.sort_unstable();
+        let mut pairs = Vec::new();
+        for group in self.seen.chunk_by(|a, b| a.0 == b.0) {
+            for (_, line) in &group[1..] {
+                pairs.push((group[0].1, *line));
+            }
         }
-        Ok(())
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: HashSet<u64> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
+        let mut ids = std::collections::HashMap::new();
+        for row in input.rows()?.flatten() {
+            if wanted.contains(&row.line) {
+                ids.insert(row.line, row.id);
+            }
+        }
+        let col = input
+            .id_index
+            .map(|i| format!("column {:?}", input.column_name(i)))
+            .unwrap_or_else(|| "id".into());
+        pairs.sort_by_key(|(_, dup)| *dup);
+        Ok(pairs
+            .into_iter()
+            // Equal fingerprints of different ids (astronomically rare) are not duplicates.
+            .filter(|(a, b)| ids.contains_key(a) && ids.get(a) == ids.get(b))
+            .map(|(first, dup)| {
+                format!(
+                    "{}: line {dup}, {col}: the id {:?} is also on line {first}; row ids must be \
+                     unique so results and resumed runs can be matched to rows",
+                    input.path.display(),
+                    ids[&dup]
+                )
+            })
+            .collect())
     }
 }
 
-fn id_fingerprint(id: &str) -> u128 {
-    // Two independently seeded SipHashes: a 128-bit fingerprint, so a false "duplicate" needs a
-    // collision of both.
+fn id_fingerprint(id: &str) -> [u64; 2] {
+    // Two independently seeded SipHashes: a false "duplicate" needs a collision of both, and is
+    // then ruled out by comparing the ids themselves.
     static SEEDS: std::sync::OnceLock<(std::hash::RandomState, std::hash::RandomState)> =
         std::sync::OnceLock::new();
     let (a, b) = SEEDS.get_or_init(Default::default);
@@ -187,7 +212,7 @@ fn id_fingerprint(id: &str) -> u128 {
     let mut hb = b.build_hasher();
     ha.write(id.as_bytes());
     hb.write(id.as_bytes());
-    (u128::from(ha.finish()) << 64) | u128::from(hb.finish())
+    [ha.finish(), hb.finish()]
 }
 
 fn csv_reader(path: &Path) -> Result<csv::Reader<BufReader<File>>, Error> {
@@ -326,12 +351,33 @@ mod tests {
 
     #[test]
     fn duplicate_ids_are_found_with_both_lines() {
-        let (input, rows) = read_all(b"id,t\nx,1\ny,2\nx,3\n").unwrap();
+        let f = file(b"id,t\nx,1\ny,2\nx,3\nz,4\nx,5\n");
+        let input = InputFile::open(f.path(), None).unwrap();
         let mut ids = IdSet::default();
-        ids.insert(&input, &rows[0]).unwrap();
-        ids.insert(&input, &rows[1]).unwrap();
-        let msg = ids.insert(&input, &rows[2]).unwrap_err().to_string();
-        assert!(msg.contains("line 4") && msg.contains("line 2"), "{msg}");
+        for row in input.rows().unwrap() {
+            ids.insert(&row.unwrap());
+        }
+        let msgs = ids.duplicates(&input).unwrap();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].contains("line 4") && msgs[0].contains("line 2"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].contains("line 6") && msgs[1].contains("\"x\""),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn unique_ids_give_no_duplicates() {
+        let f = file(b"id\na\nb\nc\n");
+        let input = InputFile::open(f.path(), None).unwrap();
+        let mut ids = IdSet::default();
+        for row in input.rows().unwrap() {
+            ids.insert(&row.unwrap());
+        }
+        assert!(ids.duplicates(&input).unwrap().is_empty());
     }
 
     #[test]

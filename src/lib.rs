@@ -18,6 +18,7 @@
 //! [`cli`] holds the flag definitions and [`config`] resolves flags, `batch.toml` and the
 //! environment into one [`config::RunConfig`].
 
+pub mod audit;
 pub mod cli;
 pub mod concurrency;
 pub mod config;
@@ -31,6 +32,8 @@ pub mod progress;
 pub mod provider;
 pub mod retry;
 pub mod runner;
+pub mod spend;
+pub mod store;
 pub mod summary;
 pub mod template;
 pub mod tokens;

@@ -96,6 +96,8 @@ pub struct ResultsWriter {
     tmp: PathBuf,
     writer: Option<csv::Writer<BufWriter<File>>>,
     buf: StringRecord,
+    /// Neutralise cells that a spreadsheet would run as formulas.
+    sanitize: bool,
     /// Set once the temporary file has become the destination.
     done: bool,
 }
@@ -103,7 +105,7 @@ pub struct ResultsWriter {
 impl ResultsWriter {
     /// Creates the temporary file and writes the header. Called before any request is sent, so
     /// an unwritable destination fails at once.
-    pub fn create(path: &Path, input_headers: &[String]) -> Result<Self, Error> {
+    pub fn create(path: &Path, input_headers: &[String], sanitize: bool) -> Result<Self, Error> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -119,7 +121,9 @@ impl ResultsWriter {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "results.csv".into());
-        let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
+        // A fixed name: a run killed before it could clean up leaves one stale file, which the
+        // next run of the same job overwrites.
+        let tmp = dir.join(format!(".{name}.partial"));
         let file = File::create(&tmp).map_err(|e| {
             Error::Usage(format!(
                 "cannot write results to {}: {}",
@@ -134,6 +138,7 @@ impl ResultsWriter {
             tmp,
             writer: None,
             buf: StringRecord::new(),
+            sanitize,
             done: false,
         };
         writer
@@ -166,17 +171,28 @@ impl ResultsWriter {
         for field in input.iter() {
             self.buf.push_field(field);
         }
+        // What the server sent is untrusted: a model's answer can carry a formula.
+        fn text(s: &str, sanitize: bool) -> std::borrow::Cow<'_, str> {
+            if sanitize {
+                neutralize_formula(s)
+            } else {
+                s.into()
+            }
+        }
+        let sanitize = self.sanitize;
+        let (output, error) = (text(&r.output, sanitize), text(&r.error, sanitize));
+        let (model, finish) = (text(&r.model, sanitize), text(&r.finish_reason, sanitize));
         for field in [
-            r.output.as_str(),
+            &*output,
             r.status.as_str(),
-            &r.error,
+            &*error,
             &attempts,
             &latency,
             &prompt,
             &completion,
             &cost,
-            &r.model,
-            &r.finish_reason,
+            &*model,
+            &*finish,
         ] {
             self.buf.push_field(field);
         }
@@ -246,6 +262,16 @@ pub fn result_header(input_headers: &[String]) -> Vec<String> {
     header
 }
 
+/// Prefixes a cell that starts like a spreadsheet formula (`=`, `+`, `-`, `@`, tab, carriage
+/// return) with `'`, which spreadsheets show as text. OWASP's advice for CSV injection.
+pub fn neutralize_formula(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    }
+}
+
 /// Dollars with enough digits for a single cheap request, without trailing zeros.
 pub fn format_cost(usd: f64) -> String {
     let s = format!("{usd:.10}");
@@ -256,6 +282,29 @@ pub fn format_cost(usd: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formulas_are_neutralised_only_at_the_start() {
+        for bad in ["=1+1", "+SUM(A1)", "-2", "@cmd", "\tx", "\rx"] {
+            assert_eq!(neutralize_formula(bad), format!("'{bad}"));
+        }
+        for fine in ["positive", "a=b", " =x", ""] {
+            assert_eq!(neutralize_formula(fine), fine);
+        }
+    }
+
+    #[test]
+    fn sanitising_applies_to_answers_not_input_cells() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.csv");
+        let mut w = ResultsWriter::create(&dest, &["a".into()], true).unwrap();
+        let mut r = RowResult::skipped(0, "1".into(), "m", "");
+        r.output = "=HYPERLINK(\"http://x\")".into();
+        w.write(&StringRecord::from(vec!["=input"]), &r).unwrap();
+        w.finish().unwrap();
+        let text = std::fs::read_to_string(&dest).unwrap();
+        assert!(text.contains("=input,\"'=HYPERLINK"), "{text}");
+    }
 
     #[test]
     fn cost_format_keeps_small_values() {
@@ -276,7 +325,7 @@ mod tests {
     fn nothing_appears_at_the_destination_until_finish() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out.csv");
-        let mut w = ResultsWriter::create(&dest, &["a".into()]).unwrap();
+        let mut w = ResultsWriter::create(&dest, &["a".into()], true).unwrap();
         let r = RowResult::skipped(0, "1".into(), "m", "stopped");
         w.write(&StringRecord::from(vec!["x"]), &r).unwrap();
         assert!(!dest.exists());
@@ -291,13 +340,13 @@ mod tests {
     fn dropped_writer_leaves_nothing_behind() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("out.csv");
-        drop(ResultsWriter::create(&dest, &["a".into()]).unwrap());
+        drop(ResultsWriter::create(&dest, &["a".into()], true).unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]
     fn missing_folder_is_a_clear_error() {
-        let msg = ResultsWriter::create(Path::new("/nonexistent/dir/out.csv"), &[])
+        let msg = ResultsWriter::create(Path::new("/nonexistent/dir/out.csv"), &[], true)
             .err()
             .unwrap()
             .to_string();

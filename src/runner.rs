@@ -1,42 +1,54 @@
 //! The scheduler: every row of the input through limiter, provider and retry policy into the
-//! results, with a bounded number of requests in flight.
+//! results, with a bounded number of requests in flight, a journal that makes the run
+//! resumable, and a spend cap.
 //!
 //! Shape of a run:
 //!
 //! 1. Pre-flight: read the whole input once, check every row and render every prompt. Any error
 //!    stops the run here, before a request is sent or a results file is created.
-//! 2. A reader thread streams rows, renders them and hands [`Job`]s to the dispatcher.
-//! 3. The dispatcher takes a slot (at most `--concurrency` rows in flight) and spawns the row's
-//!    task ([`process_row`]); after a stop (Ctrl-C, exhausted quota) it marks rows `skipped`
-//!    instead of sending them.
-//! 4. The collector (this task) puts results back in input order, writes them, and keeps the
+//! 2. The state file is opened: a new run is recorded, or (`--resume`) the recorded one is
+//!    continued.
+//! 3. A reader thread streams rows, renders them, and merges them with the rows the journal
+//!    says are finished: those are passed on as they are ([`Work::Done`]); the rest are jobs.
+//! 4. The dispatcher takes a slot (at most `--concurrency` rows in flight) and spawns the row's
+//!    task ([`process_row`]); after a stop (Ctrl-C, spend cap, exhausted quota) it marks rows
+//!    `skipped` instead of sending them.
+//! 5. The journal thread commits finished rows in groups and only then releases their slots, so
+//!    a `kill -9` loses at most the rows in flight.
+//! 6. The collector (this task) puts results back in input order, writes them, and keeps the
 //!    totals and the progress bar.
 //!
 //! Reordering needs a buffer; a second semaphore (the window) bounds it, so memory stays flat
 //! however long the input and however slow one unlucky row is.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use csv::StringRecord;
 use rand::SeedableRng;
+use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::AuditLog;
 use crate::concurrency::{Sample, Slots};
-use crate::config::{Endpoint, RunConfig};
+use crate::config::{Endpoint, PromptSource, Resume, RunConfig};
 use crate::error::{Error, ExitStatus};
-use crate::input::{IdSet, InputFile};
+use crate::input::{IdSet, InputFile, Row};
 use crate::limiter::RateBudget;
 use crate::mock::MockServer;
-use crate::output::{ResultsWriter, RowResult, RowStatus};
+use crate::output::{ResultsWriter, RowResult, RowStatus, format_cost};
 use crate::pricing::Price;
 use crate::progress::Progress;
 use crate::provider::openai::OpenAiChat;
-use crate::provider::{CallError, Completion, ErrorKind, Provider, Request, http_client};
+use crate::provider::{CallError, Completion, ErrorKind, Exchange, Provider, Request, http_client};
 use crate::retry::RetryPolicy;
+use crate::spend::SpendCap;
+use crate::store::{AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, Store};
 use crate::summary::Stats;
 use crate::template::Prompts;
 use crate::tokens;
@@ -46,6 +58,8 @@ use crate::tokens;
 const INITIAL_COMPLETION_ESTIMATE: f64 = 256.0;
 /// Input errors listed before "... and N more".
 const MAX_LISTED_ERRORS: usize = 10;
+/// Finished rows committed to the journal in one transaction, at most.
+const JOURNAL_GROUP: usize = 1024;
 
 /// One row, rendered and ready to send.
 struct Job {
@@ -53,23 +67,49 @@ struct Job {
     id: String,
     record: StringRecord,
     request: Request,
-    /// Prompt tokens as counted before sending, for the token budget.
+    /// The exact body sent, rendered once.
+    body: Bytes,
+    /// Identifies the request (endpoint and body): a resumed run re-sends a row whose hash
+    /// changed.
+    request_hash: String,
+    /// Prompt tokens as counted before sending, for the token budget and the spend cap.
     prompt_tokens: u32,
+}
+
+/// What the reader hands the dispatcher.
+enum Work {
+    Send(Job),
+    /// Finished by an earlier part of the run; written as it was.
+    Done {
+        record: StringRecord,
+        result: RowResult,
+    },
+}
+
+/// A row on its way to the collector.
+struct Collected {
+    record: StringRecord,
+    result: RowResult,
+    resumed: bool,
 }
 
 /// What every row task needs, shared.
 struct Shared {
-    provider: Box<dyn Provider>,
+    provider: Arc<dyn Provider>,
     budget: RateBudget,
     slots: Slots,
-    /// Completion tokens an answer is expected to need: a running mean of the answers seen.
-    completion_estimate: Mutex<f64>,
     retry: RetryPolicy,
     timeout: Duration,
     price: Option<Price>,
     model: String,
+    spend: Option<SpendCap>,
+    audit: Option<AuditLog>,
+    /// Completion tokens an answer is expected to need: a running mean of the answers seen.
+    completion_estimate: Mutex<f64>,
     /// Cancelled when the run must stop dispatching.
     stop: CancellationToken,
+    /// Cancelled when requests in flight must be abandoned (the grace period is over).
+    abort: CancellationToken,
     stop_reason: Mutex<Option<String>>,
 }
 
@@ -81,6 +121,14 @@ impl Shared {
             *r = Some(reason);
         }
         self.stop.cancel();
+    }
+
+    fn stop_reason(&self) -> String {
+        self.stop_reason
+            .lock()
+            .expect("stop reason lock")
+            .clone()
+            .unwrap_or_else(|| "the run was stopped".into())
     }
 
     /// Completion tokens to reserve for one request: the learned mean with a margin, never
@@ -100,12 +148,14 @@ impl Shared {
         };
     }
 
-    fn stop_reason(&self) -> String {
-        self.stop_reason
-            .lock()
-            .expect("stop reason lock")
-            .clone()
-            .unwrap_or_else(|| "the run was stopped".into())
+    /// The most one attempt of `job` can cost: its prompt (with a margin for tokenizer
+    /// differences) and a full completion, at full price.
+    fn worst_cost(&self, job: &Job) -> f64 {
+        let prompt = f64::from(job.prompt_tokens) * 1.1 + 16.0;
+        let completion = job.request.max_tokens.unwrap_or(0);
+        self.price.map_or(0.0, |p| {
+            p.estimate(prompt.ceil() as u64, u64::from(completion))
+        })
     }
 }
 
@@ -114,19 +164,53 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     let started = Instant::now();
     let input = InputFile::open(&cfg.input, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
-    let total = {
-        let (input, prompts) = (input.clone(), prompts.clone());
-        tokio::task::spawn_blocking(move || preflight(&input, &prompts))
+    let price = cfg.prices.lookup(&cfg.model);
+    let plan = {
+        let (input, prompts, model) = (input.clone(), prompts.clone(), cfg.model.clone());
+        let count = cfg.dry_run;
+        tokio::task::spawn_blocking(move || preflight(&input, &prompts, &model, count))
             .await
             .map_err(|e| Error::io("pre-flight check failed", std::io::Error::other(e)))??
     };
-    let mut writer = ResultsWriter::create(&cfg.output, &input.headers)?;
+    if cfg.dry_run {
+        print_plan(&cfg, &plan, price);
+        return Ok(ExitStatus::Success);
+    }
+
+    // Everything that could fail on a path fails now, before anything is spent.
+    let mut writer = ResultsWriter::create(&cfg.output, &input.headers, cfg.sanitize)?;
     if let Some(path) = &cfg.summary_json {
         check_writable_folder(path, "--summary-json")?;
     }
+    let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
+    let mut store = Store::open(&cfg.state)?;
+    let (endpoint, base_url, api_key, _mock) = match &cfg.endpoint {
+        Endpoint::Mock(mc) => {
+            let server = MockServer::start(mc.clone())
+                .await
+                .map_err(|e| Error::io("cannot start the mock server on 127.0.0.1", e))?;
+            let url = server.base_url();
+            ("mock".to_string(), url, None, Some(server))
+        }
+        Endpoint::Remote { base_url, api_key } => {
+            (base_url.clone(), base_url.clone(), api_key.clone(), None)
+        }
+    };
+    let settings = RunSettings {
+        input: canonical(&cfg.input),
+        endpoint,
+        model: cfg.model.clone(),
+        prompt: match &cfg.prompt {
+            PromptSource::Template(t) => t.clone(),
+            PromptSource::PromptColumn => "<column prompt>".into(),
+        },
+        system: cfg.system.clone(),
+        max_tokens: cfg.max_tokens,
+        temperature: cfg.temperature,
+    };
+    let resumed_run = prepare_state(&mut store, &cfg, &settings, plan.rows)?;
 
-    let price = cfg.prices.lookup(&cfg.model);
-    let progress = Progress::new(total, cfg.quiet);
+    let progress = Progress::new(plan.rows, cfg.quiet);
     if price.is_none() {
         progress.println(&format!(
             "warning: no price is known for model {:?}, so costs will be left empty; add it with \
@@ -134,59 +218,117 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
             cfg.model, cfg.prices.as_of
         ));
     }
-
-    // Keep the mock alive for the whole run.
-    let (_mock, base_url, api_key) = match &cfg.endpoint {
-        Endpoint::Mock(mc) => {
-            let server = MockServer::start(mc.clone())
-                .await
-                .map_err(|e| Error::io("cannot start the mock server on 127.0.0.1", e))?;
-            let url = server.base_url();
-            (Some(server), url, None)
-        }
-        Endpoint::Remote { base_url, api_key } => (None, base_url.clone(), api_key.clone()),
-    };
-    let shared = Arc::new(Shared {
-        provider: Box::new(OpenAiChat::new(
-            http_client(cfg.concurrency.ceiling()),
-            &base_url,
-            api_key.as_ref(),
+    if let Some(run) = &resumed_run {
+        progress.println(&format!(
+            "resuming: {} rows ok and {} failed of {} are recorded in {}{}",
+            run.ok,
+            run.failed,
+            run.total_rows,
+            cfg.state.display(),
+            match cfg.resume {
+                Resume::Yes {
+                    retry_failed: true, ..
+                } => "; failed rows will be sent again",
+                _ => "",
+            }
+        ));
+    }
+    let spend = match cfg.max_cost {
+        Some(cap) => Some(SpendCap::new(
+            cap,
+            if resumed_run.is_some() {
+                store.spent()?
+            } else {
+                0.0
+            },
         )),
+        None => None,
+    };
+
+    let provider: Arc<dyn Provider> = Arc::new(OpenAiChat::new(
+        http_client(cfg.concurrency.ceiling()),
+        &base_url,
+        api_key.as_ref(),
+    ));
+    let shared = Arc::new(Shared {
+        provider: provider.clone(),
         budget: RateBudget::new(cfg.rpm, cfg.tpm, true),
         slots: Slots::new(cfg.concurrency),
-        completion_estimate: Mutex::new(INITIAL_COMPLETION_ESTIMATE),
         retry: cfg.retry,
         timeout: cfg.timeout,
         price,
         model: cfg.model.clone(),
+        spend,
+        audit,
+        completion_estimate: Mutex::new(INITIAL_COMPLETION_ESTIMATE),
         stop: CancellationToken::new(),
+        abort: CancellationToken::new(),
         stop_reason: Mutex::new(None),
     });
     let interrupted = Arc::new(AtomicBool::new(false));
-    let signals = tokio::spawn(watch_signals(shared.clone(), interrupted.clone()));
+    let signals = tokio::spawn(watch_signals(
+        shared.clone(),
+        interrupted.clone(),
+        cfg.grace,
+        cfg.state.clone(),
+    ));
 
-    // Reader thread -> dispatcher.
-    let (job_tx, job_rx) = mpsc::channel::<Result<Job, Error>>(256);
+    // Reader thread -> dispatcher -> row tasks -> journal thread -> collector.
+    let (work_tx, work_rx) = mpsc::channel::<Result<Work, Error>>(256);
     let reader = {
-        let (input, prompts, cfg) = (input.clone(), prompts.clone(), cfg.clone());
-        std::thread::spawn(move || read_jobs(&input, &prompts, &cfg, job_tx))
+        let prior = resumed_run.is_some().then(|| {
+            let retry_failed = matches!(
+                cfg.resume,
+                Resume::Yes {
+                    retry_failed: true,
+                    ..
+                }
+            );
+            (cfg.state.clone(), retry_failed)
+        });
+        let maker = JobMaker {
+            input: input.clone(),
+            prompts: prompts.clone(),
+            provider,
+            cfg: cfg.clone(),
+        };
+        std::thread::spawn(move || read_work(&maker, prior, work_tx))
     };
-    // Dispatcher -> collector.
-    let (result_tx, mut result_rx) = mpsc::unbounded_channel::<(StringRecord, RowResult)>();
+    let (result_tx, mut result_rx) = mpsc::unbounded_channel::<Collected>();
+    let (journal_tx, journal_rx) = std::sync::mpsc::channel::<(StringRecord, Finished)>();
+    let journal = {
+        let (shared, results) = (shared.clone(), result_tx.clone());
+        std::thread::spawn(move || write_journal(store, journal_rx, &shared, &results))
+    };
     let window = Arc::new(Semaphore::new(reorder_window(cfg.concurrency.ceiling())));
-    let dispatcher = tokio::spawn(dispatch(job_rx, shared.clone(), window.clone(), result_tx));
+    let dispatcher = tokio::spawn(dispatch(
+        work_rx,
+        shared.clone(),
+        window.clone(),
+        result_tx,
+        journal_tx,
+    ));
 
     // Collector: write results in input order.
     let mut stats = Stats::default();
     let mut pending: BTreeMap<u64, (StringRecord, RowResult)> = BTreeMap::new();
     let mut next_seq = 0u64;
     let mut last_draw = Instant::now();
-    while let Some((record, result)) = result_rx.recv().await {
-        stats.record(&result);
-        pending.insert(result.seq, (record, result));
+    let mut write_error = None;
+    while let Some(c) = result_rx.recv().await {
+        stats.record(&c.result);
+        if c.resumed {
+            stats.resumed += 1;
+        }
+        pending.insert(c.result.seq, (c.record, c.result));
         let mut flushed = 0;
         while let Some((record, result)) = pending.remove(&next_seq) {
-            writer.write(&record, &result)?;
+            if write_error.is_none()
+                && let Err(e) = writer.write(&record, &result)
+            {
+                shared.stop_with(format!("{e}"));
+                write_error = Some(e);
+            }
             next_seq += 1;
             flushed += 1;
         }
@@ -196,20 +338,28 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
             last_draw = Instant::now();
         }
     }
-    // The channel closes when the dispatcher and every row task are done.
+    // The channel closes once the dispatcher, every row task and the journal are done.
     let read_error = dispatcher
         .await
         .map_err(|e| Error::io("dispatcher failed", std::io::Error::other(e)))?;
+    let (store, journal_error) = journal
+        .join()
+        .map_err(|_| Error::io("journal failed", std::io::Error::other("panic")))?;
     let _ = reader.join();
     signals.abort();
     progress.update(&stats);
     progress.finish();
-    if let Some(e) = read_error {
+    if let Some(e) = read_error.or(write_error) {
         return Err(e);
     }
     debug_assert!(pending.is_empty(), "every result was written");
 
     let output = writer.finish()?;
+    let complete = stats.skipped == 0 && journal_error.is_none();
+    store.set_finished(complete)?;
+    if let Some(audit) = Arc::into_inner(shared.clone()).and_then(|s| s.audit) {
+        audit.finish()?;
+    }
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
     if shared.stop.is_cancelled() {
         summary.stopped = Some(shared.stop_reason());
@@ -219,6 +369,15 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     }
     if !cfg.quiet {
         let _ = summary.print(&mut std::io::stderr().lock());
+        if !complete {
+            eprintln!(
+                "State      {} (run again with --resume to finish)",
+                cfg.state.display()
+            );
+        }
+    }
+    if let Some(e) = journal_error {
+        return Err(e);
     }
     Ok(if interrupted.load(Ordering::SeqCst) {
         ExitStatus::Interrupted
@@ -229,11 +388,61 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     })
 }
 
+/// Records a new run in the state file, or checks that the recorded one may be resumed. Returns
+/// the recorded run when resuming.
+fn prepare_state(
+    store: &mut Store,
+    cfg: &RunConfig,
+    settings: &RunSettings,
+    rows: u64,
+) -> Result<Option<RunRecord>, Error> {
+    let recorded = store.run()?;
+    let state = cfg.state.display();
+    match (recorded, cfg.resume) {
+        (None, Resume::Yes { .. }) => Err(Error::Usage(format!(
+            "nothing to resume: {state} records no run (the state file sits beside the results; \
+             give the same -o, or --state PATH)"
+        ))),
+        (Some(run), Resume::No) if !run.finished => Err(Error::Usage(format!(
+            "an unfinished run is recorded in {state} ({} ok and {} failed of {} rows); add \
+             --resume to continue it without paying again for finished rows, or --restart to \
+             discard it",
+            run.ok, run.failed, run.total_rows
+        ))),
+        (Some(run), Resume::Yes { force, .. }) => {
+            let changed = run.settings.differences(settings);
+            if !changed.is_empty() && !force {
+                return Err(Error::Usage(format!(
+                    "cannot resume: the run recorded in {state} was made with a different {}; \
+                     resuming would mix answers to different requests in one file. Use --force \
+                     to resume anyway (rows whose request changed are sent again), or --restart \
+                     to start over",
+                    changed.join(", ")
+                )));
+            }
+            store.update_settings(settings, rows)?;
+            store.set_finished(false)?;
+            Ok(Some(run))
+        }
+        _ => {
+            store.start_run(settings, rows)?;
+            Ok(None)
+        }
+    }
+}
+
+fn canonical(path: &Path) -> String {
+    path.canonicalize()
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 /// Fails now, before anything is spent, if `path` could not be written at the end.
-fn check_writable_folder(path: &std::path::Path, flag: &str) -> Result<(), Error> {
+fn check_writable_folder(path: &Path, flag: &str) -> Result<(), Error> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
-        _ => std::path::Path::new("."),
+        _ => Path::new("."),
     };
     if dir.is_dir() {
         Ok(())
@@ -246,24 +455,41 @@ fn check_writable_folder(path: &std::path::Path, flag: &str) -> Result<(), Error
     }
 }
 
-/// Checks every row and renders every prompt without sending anything; returns the row count.
-/// Lists the first few problems with their lines so they can all be fixed in one go.
-fn preflight(input: &InputFile, prompts: &Prompts) -> Result<u64, Error> {
+/// What the pre-flight learned.
+struct Plan {
+    rows: u64,
+    /// Prompt tokens of every row (counted only for a dry run).
+    prompt_tokens: u64,
+}
+
+/// Checks every row and renders every prompt without sending anything. Lists the first few
+/// problems with their lines so they can all be fixed in one go.
+fn preflight(
+    input: &InputFile,
+    prompts: &Prompts,
+    model: &str,
+    count_tokens: bool,
+) -> Result<Plan, Error> {
     let mut ids = IdSet::default();
     let mut errors = Vec::new();
     let mut more = 0usize;
     let mut rows = 0u64;
+    let mut prompt_tokens = 0u64;
     for row in input.rows()? {
         let problem = match row {
             Err(e) => Some(e.to_string()),
             Ok(row) => {
                 rows += 1;
-                match ids.insert(input, &row) {
-                    Err(e) => Some(e.to_string()),
-                    Ok(()) => prompts
-                        .render(input, &row)
-                        .err()
-                        .map(|e| format!("{}: line {}: {e}", input.path.display(), row.line)),
+                ids.insert(&row);
+                match prompts.render(input, &row) {
+                    Err(e) => Some(format!("{}: line {}: {e}", input.path.display(), row.line)),
+                    Ok(r) => {
+                        if count_tokens {
+                            prompt_tokens +=
+                                u64::from(tokens::count_chat(model, r.system.as_deref(), &r.user));
+                        }
+                        None
+                    }
                 }
             }
         };
@@ -273,6 +499,13 @@ fn preflight(input: &InputFile, prompts: &Prompts) -> Result<u64, Error> {
             } else {
                 more += 1;
             }
+        }
+    }
+    for dup in ids.duplicates(input)? {
+        if errors.len() < MAX_LISTED_ERRORS {
+            errors.push(dup);
+        } else {
+            more += 1;
         }
     }
     if !errors.is_empty() {
@@ -289,55 +522,216 @@ fn preflight(input: &InputFile, prompts: &Prompts) -> Result<u64, Error> {
             input.path.display()
         )));
     }
-    Ok(rows)
+    Ok(Plan {
+        rows,
+        prompt_tokens,
+    })
 }
 
-/// The reader thread: streams rows, renders them and sends jobs until the input ends or the
-/// dispatcher goes away.
-fn read_jobs(
-    input: &InputFile,
-    prompts: &Prompts,
-    cfg: &RunConfig,
-    tx: mpsc::Sender<Result<Job, Error>>,
+/// `--dry-run`: what the run would send and cost.
+fn print_plan(cfg: &RunConfig, plan: &Plan, price: Option<Price>) {
+    let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
+    println!("Dry run: nothing was sent and nothing was written.");
+    println!(
+        "Rows         {} in {} (every row checked, every prompt rendered)",
+        plan.rows,
+        cfg.input.display()
+    );
+    let completion = cfg.max_tokens.map(|m| plan.rows * u64::from(m));
+    match price {
+        Some(p) => {
+            println!(
+                "Prompts      {} tokens, {} at {}'s input price (${} per 1M)",
+                plan.prompt_tokens,
+                dollars(p.estimate(plan.prompt_tokens, 0)),
+                cfg.model,
+                p.input
+            );
+            match completion {
+                Some(c) => {
+                    println!(
+                        "Completions  at most {c} tokens (--max-tokens {} a row), {}",
+                        cfg.max_tokens.unwrap_or(0),
+                        dollars(p.estimate(0, c))
+                    );
+                    println!(
+                        "Worst case   {} (prices as of {})",
+                        dollars(p.estimate(plan.prompt_tokens, c)),
+                        cfg.prices.as_of
+                    );
+                }
+                None => println!(
+                    "Completions  unknown: without --max-tokens an answer's length has no bound \
+                     (${} per 1M output tokens)",
+                    p.output
+                ),
+            }
+        }
+        None => {
+            println!("Prompts      {} tokens", plan.prompt_tokens);
+            println!(
+                "Cost         unknown: no price for model {:?}; add one with --price-file",
+                cfg.model
+            );
+        }
+    }
+}
+
+/// Renders rows into jobs (shared by the reader thread and nothing else, but kept apart so the
+/// merge logic reads plainly).
+struct JobMaker {
+    input: InputFile,
+    prompts: Arc<Prompts>,
+    provider: Arc<dyn Provider>,
+    cfg: RunConfig,
+}
+
+impl JobMaker {
+    fn make(&self, row: Row) -> Result<Job, Error> {
+        // The pre-flight rendered this row already; failing now means the file changed.
+        let rendered = self.prompts.render(&self.input, &row).map_err(|e| {
+            Error::Input(format!(
+                "{}: line {}: {e} (did the file change during the run?)",
+                self.input.path.display(),
+                row.line
+            ))
+        })?;
+        let prompt_tokens =
+            tokens::count_chat(&self.cfg.model, rendered.system.as_deref(), &rendered.user);
+        let request = Request {
+            model: self.cfg.model.clone(),
+            system: rendered.system,
+            user: rendered.user,
+            max_tokens: self.cfg.max_tokens,
+            temperature: self.cfg.temperature,
+        };
+        let body = Bytes::from(self.provider.body(&request));
+        let request_hash = request_hash(self.provider.endpoint(), &body);
+        Ok(Job {
+            seq: row.seq,
+            id: row.id,
+            record: row.record,
+            request,
+            body,
+            request_hash,
+            prompt_tokens,
+        })
+    }
+}
+
+/// SHA-256 of where a request goes and exactly what it says.
+pub fn request_hash(endpoint: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(endpoint.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The reader thread: streams rows and sends work until the input ends or the dispatcher goes
+/// away. With `prior` (the state file and whether to retry failed rows), rows the journal says
+/// are finished, with the same request, are passed on as they are.
+fn read_work(
+    maker: &JobMaker,
+    prior: Option<(PathBuf, bool)>,
+    tx: mpsc::Sender<Result<Work, Error>>,
 ) {
-    let rows = match input.rows() {
-        Ok(rows) => rows,
+    let mut rows = match maker.input.rows() {
+        Ok(rows) => rows.peekable(),
         Err(e) => {
             let _ = tx.blocking_send(Err(e));
             return;
         }
     };
-    for row in rows {
-        let job = row.and_then(|row| {
-            // The pre-flight rendered this row already; failing now means the file changed.
-            let rendered = prompts.render(input, &row).map_err(|e| {
-                Error::Input(format!(
-                    "{}: line {}: {e} (did the file change during the run?)",
-                    input.path.display(),
-                    row.line
-                ))
-            })?;
-            let prompt_tokens =
-                tokens::count_chat(&cfg.model, rendered.system.as_deref(), &rendered.user);
-            Ok(Job {
-                seq: row.seq,
-                id: row.id,
-                record: row.record,
-                request: Request {
-                    model: cfg.model.clone(),
-                    system: rendered.system,
-                    user: rendered.user,
-                    max_tokens: cfg.max_tokens,
-                    temperature: cfg.temperature,
-                },
-                prompt_tokens,
+    // Sends one input row as a job; false when the run is over for the reader.
+    let send_row = |row: Result<Row, Error>| -> bool {
+        let work = row.and_then(|r| maker.make(r)).map(Work::Send);
+        let failed = work.is_err();
+        tx.blocking_send(work).is_ok() && !failed
+    };
+    let mut go_on = true;
+    if let Some((state, retry_failed)) = prior {
+        let merged = FinishedRows::open(&state).and_then(|finished| {
+            finished.for_each(|prior| {
+                // Input rows before this finished one were never finished: send them.
+                while go_on && matches!(rows.peek(), Some(Ok(r)) if r.seq < prior.result.seq) {
+                    go_on = send_row(rows.next().expect("peeked"));
+                }
+                if !go_on {
+                    return false;
+                }
+                if !matches!(rows.peek(), Some(Ok(r)) if r.seq == prior.result.seq) {
+                    // A row the input no longer has, or an input error next: skip it.
+                    return true;
+                }
+                let row = rows.next().expect("peeked").expect("checked");
+                let job = match maker.make(row) {
+                    Ok(job) => job,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        go_on = false;
+                        return false;
+                    }
+                };
+                let keep = job.request_hash == prior.request_hash
+                    && (prior.result.status == RowStatus::Ok || !retry_failed);
+                let work = if keep {
+                    Work::Done {
+                        record: job.record,
+                        result: prior.result,
+                    }
+                } else {
+                    Work::Send(job)
+                };
+                go_on = tx.blocking_send(Ok(work)).is_ok();
+                go_on
             })
         });
-        let failed = job.is_err();
-        if tx.blocking_send(job).is_err() || failed {
+        if let Err(e) = merged {
+            let _ = tx.blocking_send(Err(e));
             return;
         }
     }
+    while go_on && let Some(row) = rows.next() {
+        go_on = send_row(row);
+    }
+}
+
+/// The journal thread: commits finished rows in groups, then releases their slots and passes
+/// them on. Returns the store (for the final bookkeeping) and the first write error, if any; a
+/// journal that cannot be written stops the run, but the results are still written.
+fn write_journal(
+    mut store: Store,
+    rx: std::sync::mpsc::Receiver<(StringRecord, Finished)>,
+    shared: &Shared,
+    results: &mpsc::UnboundedSender<Collected>,
+) -> (Store, Option<Error>) {
+    let mut error = None;
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < JOURNAL_GROUP {
+            match rx.try_recv() {
+                Ok(item) => group.push(item),
+                Err(_) => break,
+            }
+        }
+        let (records, finished): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        if error.is_none()
+            && let Err(e) = store.record(&finished)
+        {
+            shared.stop_with(format!("{e}"));
+            error = Some(e);
+        }
+        for (record, f) in records.into_iter().zip(finished) {
+            shared.slots.release();
+            let _ = results.send(Collected {
+                record,
+                result: f.result,
+                resumed: false,
+            });
+        }
+    }
+    (store, error)
 }
 
 /// Rows that may be finished but not yet written, beyond those in flight.
@@ -347,125 +741,217 @@ fn reorder_window(concurrency: usize) -> usize {
 
 /// Starts each job when a slot is free; returns the input error that ended reading, if any.
 async fn dispatch(
-    mut jobs: mpsc::Receiver<Result<Job, Error>>,
+    mut work: mpsc::Receiver<Result<Work, Error>>,
     shared: Arc<Shared>,
     window: Arc<Semaphore>,
-    results: mpsc::UnboundedSender<(StringRecord, RowResult)>,
+    results: mpsc::UnboundedSender<Collected>,
+    journal: std::sync::mpsc::Sender<(StringRecord, Finished)>,
 ) -> Option<Error> {
-    while let Some(job) = jobs.recv().await {
-        let job = match job {
-            Ok(job) => job,
+    let skip = |job: Job| {
+        let reason = shared.stop_reason();
+        let result = RowResult::skipped(job.seq, job.id, &shared.model, &reason);
+        let _ = results.send(Collected {
+            record: job.record,
+            result,
+            resumed: false,
+        });
+    };
+    while let Some(item) = work.recv().await {
+        let job = match item {
+            Ok(Work::Send(job)) => job,
+            Ok(Work::Done { record, result }) => {
+                window.acquire().await.expect("never closed").forget();
+                let _ = results.send(Collected {
+                    record,
+                    result,
+                    resumed: true,
+                });
+                continue;
+            }
             Err(e) => {
                 shared.stop_with("the input could not be read".into());
                 return Some(e);
             }
         };
         // Bound the reorder buffer: wait until the row `window` places back has been written.
-        window
-            .acquire()
-            .await
-            .expect("window semaphore is never closed")
-            .forget();
+        window.acquire().await.expect("never closed").forget();
         if shared.stop.is_cancelled() {
-            let reason = shared.stop_reason();
-            let r = RowResult::skipped(job.seq, job.id, &shared.model, &reason);
-            let _ = results.send((job.record, r));
+            skip(job);
             continue;
         }
         tokio::select! {
             _ = shared.slots.acquire() => {}
             _ = shared.stop.cancelled() => {
-                let reason = shared.stop_reason();
-                let r = RowResult::skipped(job.seq, job.id, &shared.model, &reason);
-                let _ = results.send((job.record, r));
+                skip(job);
                 continue;
             }
-        };
-        let (shared, results) = (shared.clone(), results.clone());
+        }
+        let (shared, journal) = (shared.clone(), journal.clone());
         tokio::spawn(async move {
-            let record = job.record.clone();
-            let result = process_row(&shared, job).await;
-            shared.slots.release();
-            let _ = results.send((record, result));
+            let (result, attempts) = process_row(&shared, &job).await;
+            let finished = Finished {
+                result,
+                request_hash: job.request_hash,
+                attempts,
+            };
+            // The journal thread releases the slot once the row is committed.
+            if journal.send((job.record, finished)).is_err() {
+                shared.slots.release();
+            }
         });
     }
     None
 }
 
-/// One row's path: reserve budget, send, classify, then retry or record.
-async fn process_row(shared: &Shared, job: Job) -> RowResult {
+/// One row's path: reserve spend and rate budget, send, classify, then retry or record.
+async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecord>) {
     let mut rng = rand::rngs::SmallRng::from_os_rng();
-    let mut attempts = 0u32;
+    let mut journal = Vec::new();
     let mut throttled = 0u32;
     let mut last_error: Option<CallError> = None;
+    let stopped = |attempts: &[AttemptRecord], throttled, last: Option<&CallError>| {
+        let mut reason = shared.stop_reason();
+        if let Some(e) = last {
+            reason = format!("{reason}; last attempt: {e}");
+        }
+        let mut r = RowResult::skipped(job.seq, job.id.clone(), &shared.model, &reason);
+        r.attempts = attempts.len() as u32;
+        r.throttled = throttled;
+        r
+    };
     loop {
         if shared.stop.is_cancelled() {
-            return stopped(shared, &job, attempts, throttled, last_error.as_ref());
+            return (stopped(&journal, throttled, last_error.as_ref()), journal);
         }
+        let spend = match &shared.spend {
+            None => None,
+            Some(cap) => match cap.reserve(shared.worst_cost(job)) {
+                Ok(r) => Some(r),
+                Err(committed) => {
+                    shared.stop_with(format!(
+                        "spend cap reached: ${} of --max-cost ${} is spent or reserved, and the \
+                         next request could cost up to ${}",
+                        format_cost((committed * 1e6).round() / 1e6),
+                        cap.cap(),
+                        format_cost((shared.worst_cost(job) * 1e6).round() / 1e6)
+                    ));
+                    return (stopped(&journal, throttled, last_error.as_ref()), journal);
+                }
+            },
+        };
         let reserve = job
             .prompt_tokens
             .saturating_add(shared.completion_reservation(job.request.max_tokens));
         let permit = tokio::select! {
             permit = shared.budget.acquire(reserve) => permit,
             _ = shared.stop.cancelled() => {
-                return stopped(shared, &job, attempts, throttled, last_error.as_ref());
+                if let (Some(cap), Some(r)) = (&shared.spend, spend) {
+                    cap.settle(r, Some(0.0));
+                }
+                return (stopped(&journal, throttled, last_error.as_ref()), journal);
             }
         };
-        attempts += 1;
+        let attempt = journal.len() as u32 + 1;
         let sending = shared.slots.start_sending();
+        let started_at = SystemTime::now();
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(shared.timeout, shared.provider.complete(&job.request))
-            .await
-            .unwrap_or_else(|_| {
-                Err(CallError::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "no complete response within {:?} (--timeout)",
-                        shared.timeout
-                    ),
-                ))
-            });
+        let call = tokio::time::timeout(shared.timeout, shared.provider.send(job.body.clone()));
+        let exchange = tokio::select! {
+            r = call => r.unwrap_or_else(|_| Exchange::failed(CallError::new(
+                ErrorKind::Timeout,
+                format!("no complete response within {:?} (--timeout)", shared.timeout),
+            ))),
+            _ = shared.abort.cancelled() => Exchange::failed(CallError::new(
+                ErrorKind::Timeout,
+                "abandoned: still in flight when the --grace period after the interrupt ended",
+            )),
+        };
         let latency = sent.elapsed();
+        let abandoned = shared.abort.is_cancelled() && exchange.outcome.is_err();
         shared
             .slots
-            .finish_sending(sending, concurrency_sample(&outcome, latency));
-        shared.budget.observe(match &outcome {
+            .finish_sending(sending, concurrency_sample(&exchange.outcome, latency));
+        shared.budget.observe(match &exchange.outcome {
             Ok(c) => c.rate_limits.as_ref(),
             Err(e) => e.rate_limits.as_deref(),
         });
-        let err = match outcome {
+        if let Some(audit) = &shared.audit {
+            let error = exchange.outcome.as_ref().err().map(|e| e.to_string());
+            audit.attempt(
+                started_at,
+                &job.id,
+                job.seq,
+                attempt,
+                &job.body,
+                Some(&exchange),
+                error,
+                latency,
+            );
+        }
+        journal.push(AttemptRecord {
+            attempt,
+            started_at,
+            outcome: match &exchange.outcome {
+                Ok(_) => "ok",
+                Err(e) => e.kind.label(),
+            },
+            http_status: exchange.status,
+            error: exchange.outcome.as_ref().err().map(|e| e.to_string()),
+            latency,
+            request_id: match &exchange.outcome {
+                Ok(c) => c.request_id.clone(),
+                Err(e) => e.request_id.clone(),
+            },
+        });
+        let err = match exchange.outcome {
             Ok(c) => {
                 let used = c.usage.prompt_tokens + c.usage.completion_tokens;
                 shared.budget.settle(permit, Some(used));
                 shared.learn_completion(c.usage.completion_tokens);
-                return RowResult {
+                let cost = shared.price.map(|p| p.cost(&c.usage));
+                if let (Some(cap), Some(r)) = (&shared.spend, spend) {
+                    cap.settle(r, cost);
+                }
+                let result = RowResult {
                     seq: job.seq,
-                    id: job.id,
+                    id: job.id.clone(),
                     status: RowStatus::Ok,
                     output: c.text,
                     error: String::new(),
-                    attempts,
+                    attempts: attempt,
                     throttled,
                     latency: Some(latency),
-                    cost: shared.price.map(|p| p.cost(&c.usage)),
+                    cost,
                     usage: Some(c.usage),
                     model: c.model.unwrap_or_else(|| job.request.model.clone()),
                     finish_reason: c.finish_reason.unwrap_or_default(),
                 };
+                return (result, journal);
             }
             Err(e) => e,
         };
         // A rejected or failed request is not counted against the server's token budget.
         shared.budget.settle(permit, None);
+        if let (Some(cap), Some(r)) = (&shared.spend, spend) {
+            // The server may have billed an answer we never saw; an HTTP refusal costs nothing.
+            let unknowable = matches!(
+                err.kind,
+                ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::InvalidResponse
+            );
+            cap.settle(r, if unknowable { None } else { Some(0.0) });
+        }
+        if abandoned {
+            return (stopped(&journal, throttled, Some(&err)), journal);
+        }
         if err.kind == ErrorKind::RateLimited {
             throttled += 1;
             shared.budget.back_off(err.retry_after);
         }
-        tracing::debug!(row = %job.id, attempt = attempts, error = %err, "attempt failed");
+        tracing::debug!(row = %job.id, attempt, error = %err, "attempt failed");
         if err.kind.stops_run() {
             shared.stop_with(stop_message(&err));
         }
-        match shared.retry.next_delay(attempts - 1, &err, &mut rng) {
+        match shared.retry.next_delay(attempt - 1, &err, &mut rng) {
             Some(wait) => {
                 last_error = Some(err);
                 tokio::select! {
@@ -474,17 +960,17 @@ async fn process_row(shared: &Shared, job: Job) -> RowResult {
                 }
             }
             None => {
-                return RowResult {
+                let result = RowResult {
                     seq: job.seq,
-                    id: job.id,
+                    id: job.id.clone(),
                     status: RowStatus::Failed,
                     output: String::new(),
-                    error: if attempts > 1 {
-                        format!("{err} (after {attempts} attempts)")
+                    error: if attempt > 1 {
+                        format!("{err} (after {attempt} attempts)")
                     } else {
                         err.to_string()
                     },
-                    attempts,
+                    attempts: attempt,
                     throttled,
                     latency: Some(latency),
                     usage: None,
@@ -492,6 +978,7 @@ async fn process_row(shared: &Shared, job: Job) -> RowResult {
                     model: job.request.model.clone(),
                     finish_reason: String::new(),
                 };
+                return (result, journal);
             }
         }
     }
@@ -506,30 +993,12 @@ fn concurrency_sample(outcome: &Result<Completion, CallError>, latency: Duration
     }
 }
 
-/// The result of a row whose run stopped before it got an answer.
-fn stopped(
-    shared: &Shared,
-    job: &Job,
-    attempts: u32,
-    throttled: u32,
-    last: Option<&CallError>,
-) -> RowResult {
-    let mut reason = shared.stop_reason();
-    if let Some(e) = last {
-        reason = format!("{reason}; last attempt: {e}");
-    }
-    let mut r = RowResult::skipped(job.seq, job.id.clone(), &shared.model, &reason);
-    r.attempts = attempts;
-    r.throttled = throttled;
-    r
-}
-
 /// What to tell the user when the API says no request can succeed.
 fn stop_message(err: &CallError) -> String {
     match err.kind {
         ErrorKind::QuotaExhausted => format!(
             "the API reports the account is out of quota or credit ({err}); add credit or raise \
-             the limit, then run again"
+             the limit, then run again with --resume"
         ),
         ErrorKind::Auth => format!(
             "the API rejected the key ({err}); check OPENAI_API_KEY or --api-key-file and the \
@@ -539,20 +1008,38 @@ fn stop_message(err: &CallError) -> String {
     }
 }
 
-/// First Ctrl-C or SIGTERM: stop dispatching and let the run write what it has. Second: leave at
-/// once.
-async fn watch_signals(shared: Arc<Shared>, interrupted: Arc<AtomicBool>) {
+/// First Ctrl-C or SIGTERM: stop dispatching, give requests in flight `grace` to finish, then
+/// abandon them; the run writes what it has. Second: leave at once (the journal is consistent:
+/// every commit is atomic).
+async fn watch_signals(
+    shared: Arc<Shared>,
+    interrupted: Arc<AtomicBool>,
+    grace: Duration,
+    state: PathBuf,
+) {
     for n in 0.. {
         if !wait_for_signal().await {
             return;
         }
         if n > 0 {
-            eprintln!("\nsecond interrupt: exiting now without writing results");
+            eprintln!(
+                "\nsecond interrupt: exiting now; finished rows are saved in {}, run again with \
+                 --resume",
+                state.display()
+            );
             std::process::exit(ExitStatus::Interrupted as i32);
         }
-        eprintln!("\ninterrupted: finishing requests in flight; press Ctrl-C again to quit now");
+        eprintln!(
+            "\ninterrupted: finishing requests in flight (up to {grace:?}); press Ctrl-C again to \
+             quit now"
+        );
         interrupted.store(true, Ordering::SeqCst);
         shared.stop_with("interrupted".into());
+        let abort = shared.abort.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            abort.cancel();
+        });
     }
 }
 

@@ -27,6 +27,8 @@ pub struct Stats {
     pub retries: u64,
     /// Attempts answered with a 429 rate limit.
     pub rate_limited: u64,
+    /// Rows taken as they were from an earlier part of a resumed run.
+    pub resumed: u64,
     /// Latency of answered rows, microseconds.
     latency: Histogram<u64>,
 }
@@ -43,6 +45,7 @@ impl Default for Stats {
             unpriced: 0,
             retries: 0,
             rate_limited: 0,
+            resumed: 0,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
         }
     }
@@ -100,6 +103,7 @@ impl Stats {
             unpriced_rows: self.unpriced,
             retries: self.retries,
             rate_limited: self.rate_limited,
+            resumed: self.resumed,
             wall_seconds: secs,
             rows_per_second: if secs > 0.0 {
                 self.done() as f64 / secs
@@ -142,6 +146,7 @@ pub struct Summary {
     pub unpriced_rows: u64,
     pub retries: u64,
     pub rate_limited: u64,
+    pub resumed: u64,
     pub wall_seconds: f64,
     pub rows_per_second: f64,
     pub latency_ms: Latency,
@@ -160,8 +165,16 @@ impl Summary {
         }
         writeln!(
             w,
-            "Rows       {} ok, {} failed, {} skipped ({} total)",
-            self.ok, self.failed, self.skipped, self.rows
+            "Rows       {} ok, {} failed, {} skipped ({} total{})",
+            self.ok,
+            self.failed,
+            self.skipped,
+            self.rows,
+            if self.resumed > 0 {
+                format!(", {} from the earlier run", self.resumed)
+            } else {
+                String::new()
+            }
         )?;
         writeln!(
             w,

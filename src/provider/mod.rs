@@ -148,9 +148,55 @@ impl fmt::Display for CallError {
     }
 }
 
+/// One attempt on the wire: the outcome, plus what came back raw, for the audit log.
+#[derive(Debug)]
+pub struct Exchange {
+    pub outcome: Result<Completion, CallError>,
+    /// The HTTP status, if a response arrived.
+    pub status: Option<u16>,
+    /// The response body as received (possibly cut short).
+    pub body: Option<bytes::Bytes>,
+    /// The response headers worth keeping (see [`kept_headers`]).
+    pub headers: Vec<(String, String)>,
+}
+
+impl Exchange {
+    /// An attempt that failed before any response arrived.
+    pub fn failed(e: CallError) -> Self {
+        Exchange {
+            outcome: Err(e),
+            status: None,
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
 /// Sends requests of one wire format.
 pub trait Provider: Send + Sync {
-    fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>>;
+    /// Where requests go; with the body, it identifies a request (resume, cache).
+    fn endpoint(&self) -> &str;
+    /// The exact JSON body sent for `req`. Rendered once per row and reused for every attempt.
+    fn body(&self, req: &Request) -> Vec<u8>;
+    /// Sends one attempt.
+    fn send(&self, body: bytes::Bytes) -> BoxFuture<'_, Exchange>;
+}
+
+/// Response headers that say something about the request or the limits; the rest (and every
+/// request header, the key among them) is never kept.
+pub fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let n = name.as_str();
+            n.starts_with("x-ratelimit-")
+                || n.starts_with("anthropic-ratelimit-")
+                || n.starts_with("retry-after")
+                || n.starts_with("openai-")
+                || matches!(n, "x-request-id" | "request-id" | "x-should-retry")
+        })
+        .filter_map(|(name, v)| Some((name.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect()
 }
 
 /// The HTTP client every provider shares: connection pool sized for the run, no overall timeout

@@ -1,14 +1,15 @@
 //! OpenAI Chat Completions (`POST {base}/chat/completions`), also spoken by vLLM, Ollama, LiteLLM,
 //! OpenRouter and the mock server.
 
+use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CallError, Completion, ErrorKind, Provider, RateLimitHeaders, Request, Usage, retry_after,
-    should_retry, transport_error, truncate_message,
+    CallError, Completion, ErrorKind, Exchange, Provider, RateLimitHeaders, Request, Usage,
+    kept_headers, retry_after, should_retry, transport_error, truncate_message,
 };
 use crate::config::ApiKey;
 
@@ -47,27 +48,60 @@ impl OpenAiChat {
         }
     }
 
-    async fn send(&self, req: &Request) -> Result<Completion, CallError> {
-        let body = request_body(req, self.use_max_completion_tokens);
-        let mut builder = self.client.post(&self.url).json(&body);
+    async fn post(&self, body: Bytes) -> Exchange {
+        let mut builder = self
+            .client
+            .post(&self.url)
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
         if let Some(auth) = &self.auth {
             builder = builder.header(AUTHORIZATION, auth.clone());
         }
-        let resp = builder.send().await.map_err(|e| transport_error(&e))?;
+        let resp = match builder.send().await {
+            Ok(resp) => resp,
+            Err(e) => return Exchange::failed(transport_error(&e)),
+        };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.map_err(|e| transport_error(&e))?;
-        if status == 200 {
-            parse_completion(&bytes, &headers)
-        } else {
-            Err(classify_error(status, &bytes, &headers))
+        let kept = kept_headers(&headers);
+        match resp.bytes().await {
+            // Headers came, the body broke off (reset, truncation): a connection error.
+            Err(e) => {
+                let mut err = transport_error(&e);
+                err.status = Some(status);
+                Exchange {
+                    outcome: Err(err),
+                    status: Some(status),
+                    body: None,
+                    headers: kept,
+                }
+            }
+            Ok(bytes) => Exchange {
+                outcome: if status == 200 {
+                    parse_completion(&bytes, &headers)
+                } else {
+                    Err(classify_error(status, &bytes, &headers))
+                },
+                status: Some(status),
+                body: Some(bytes),
+                headers: kept,
+            },
         }
     }
 }
 
 impl Provider for OpenAiChat {
-    fn complete<'a>(&'a self, req: &'a Request) -> BoxFuture<'a, Result<Completion, CallError>> {
-        self.send(req).boxed()
+    fn endpoint(&self) -> &str {
+        &self.url
+    }
+
+    fn body(&self, req: &Request) -> Vec<u8> {
+        serde_json::to_vec(&request_body(req, self.use_max_completion_tokens))
+            .expect("a request body serializes")
+    }
+
+    fn send(&self, body: Bytes) -> BoxFuture<'_, Exchange> {
+        self.post(body).boxed()
     }
 }
 

@@ -1,0 +1,512 @@
+//! The run's state: every finished row, and every attempt, in an embedded SQLite database beside
+//! the results, so a run that dies by any means (Ctrl-C, `kill -9`, a reboot) can be resumed
+//! without paying twice for a finished row.
+//!
+//! One file, WAL mode: a commit is atomic and survives the process being killed; readers (a
+//! resume, a user's `sqlite3`) do not block the writer. Rows are keyed by their position in the
+//! input and carry a hash of the exact request that was sent, so a resumed run sends a row again
+//! if its prompt, model or parameters changed.
+//!
+//! The writer commits in groups: whatever has arrived since the last commit goes in one
+//! transaction. A row's concurrency slot is released only after its commit (see
+//! [`crate::runner`]), so at any moment the rows that could be lost to a kill are at most the ones
+//! in flight.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::output::{RowResult, RowStatus};
+use crate::provider::Usage;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rows (
+    seq               INTEGER PRIMARY KEY,
+    id                TEXT NOT NULL,
+    request_hash      TEXT NOT NULL,
+    status            TEXT NOT NULL,
+    output            TEXT NOT NULL,
+    error             TEXT NOT NULL,
+    attempts          INTEGER NOT NULL,
+    throttled         INTEGER NOT NULL,
+    latency_ms        INTEGER,
+    prompt_tokens     INTEGER,
+    completion_tokens INTEGER,
+    cached_tokens     INTEGER,
+    cache_write_tokens INTEGER,
+    reasoning_tokens  INTEGER,
+    cost_usd          REAL,
+    model             TEXT NOT NULL,
+    finish_reason     TEXT NOT NULL,
+    finished_at       TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    seq         INTEGER NOT NULL,
+    attempt     INTEGER NOT NULL,
+    started_at  TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    http_status INTEGER,
+    error       TEXT,
+    latency_ms  INTEGER,
+    request_id  TEXT,
+    PRIMARY KEY (seq, attempt)
+);
+";
+
+/// The settings that shape requests. A resumed run must have the same ones, or it would mix
+/// answers to different questions in one results file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSettings {
+    pub input: String,
+    pub endpoint: String,
+    pub model: String,
+    pub prompt: String,
+    pub system: Option<String>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+}
+
+impl RunSettings {
+    /// The names of the settings that differ, for the refusal message.
+    pub fn differences(&self, other: &RunSettings) -> Vec<&'static str> {
+        let mut d = Vec::new();
+        if self.input != other.input {
+            d.push("input file");
+        }
+        if self.endpoint != other.endpoint {
+            d.push("endpoint (--base-url / --mock)");
+        }
+        if self.model != other.model {
+            d.push("--model");
+        }
+        if self.prompt != other.prompt {
+            d.push("prompt template");
+        }
+        if self.system != other.system {
+            d.push("system message");
+        }
+        if self.max_tokens != other.max_tokens {
+            d.push("--max-tokens");
+        }
+        if self.temperature != other.temperature {
+            d.push("--temperature");
+        }
+        d
+    }
+}
+
+/// What the state file says about the run it holds.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub settings: RunSettings,
+    pub total_rows: u64,
+    pub finished: bool,
+    pub ok: u64,
+    pub failed: u64,
+}
+
+/// One attempt, as journaled.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_at: SystemTime,
+    /// `ok`, or the error kind's label.
+    pub outcome: &'static str,
+    pub http_status: Option<u16>,
+    pub error: Option<String>,
+    pub latency: Duration,
+    pub request_id: Option<String>,
+}
+
+/// A finished row on its way into the journal.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub result: RowResult,
+    pub request_hash: String,
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// The default state file: the results path with `.sqlite` as its extension.
+pub fn default_path(output: &Path) -> PathBuf {
+    output.with_extension("sqlite")
+}
+
+/// A connection to the state file.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let conn = Connection::open(path).map_err(|e| db_error(path, "open", &e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .and_then(|_| conn.execute_batch(SCHEMA))
+        .map_err(|e| db_error(path, "set up", &e))?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The run recorded in this file, if any.
+    pub fn run(&self) -> Result<Option<RunRecord>, Error> {
+        let get = |key: &str| -> rusqlite::Result<Option<String>> {
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+                .optional()
+        };
+        let read = || -> rusqlite::Result<Option<RunRecord>> {
+            let Some(settings) = get("settings")? else {
+                return Ok(None);
+            };
+            let Ok(settings) = serde_json::from_str(&settings) else {
+                return Ok(None);
+            };
+            let total_rows = get("total_rows")?.and_then(|v| v.parse().ok()).unwrap_or(0);
+            let finished = get("finished")?.as_deref() == Some("true");
+            let (ok, failed) = self.conn.query_row(
+                "SELECT COALESCE(SUM(status = 'ok'), 0), COALESCE(SUM(status = 'failed'), 0) FROM rows",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?;
+            Ok(Some(RunRecord {
+                settings,
+                total_rows,
+                finished,
+                ok,
+                failed,
+            }))
+        };
+        read().map_err(|e| db_error(&self.path, "read", &e))
+    }
+
+    /// Forgets any earlier run and records a new one.
+    pub fn start_run(&mut self, settings: &RunSettings, total_rows: u64) -> Result<(), Error> {
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| db_error(&self.path, "write", &e))?;
+        let write = || -> rusqlite::Result<()> {
+            tx.execute_batch("DELETE FROM rows; DELETE FROM attempts; DELETE FROM meta;")?;
+            let mut put = tx.prepare("INSERT INTO meta (key, value) VALUES (?1, ?2)")?;
+            put.execute([
+                "settings",
+                &serde_json::to_string(settings).expect("serializes"),
+            ])?;
+            put.execute(["total_rows", &total_rows.to_string()])?;
+            put.execute(["finished", "false"])?;
+            put.execute([
+                "created_at",
+                &humantime::format_rfc3339(SystemTime::now()).to_string(),
+            ])?;
+            Ok(())
+        };
+        write()
+            .and_then(|_| tx.commit())
+            .map_err(|e| db_error(&self.path, "write", &e))
+    }
+
+    /// Updates the settings of a run being resumed (with `--force`, they may have changed).
+    pub fn update_settings(&self, settings: &RunSettings, total_rows: u64) -> Result<(), Error> {
+        let s = serde_json::to_string(settings).expect("serializes");
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('settings', ?1), ('total_rows', ?2)",
+                params![s, total_rows.to_string()],
+            )
+            .map(|_| ())
+            .map_err(|e| db_error(&self.path, "write", &e))
+    }
+
+    pub fn set_finished(&self, finished: bool) -> Result<(), Error> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('finished', ?1)",
+                [if finished { "true" } else { "false" }],
+            )
+            .map(|_| ())
+            .map_err(|e| db_error(&self.path, "write", &e))
+    }
+
+    /// Total cost of the rows already finished (for a spend cap that covers the whole run).
+    pub fn spent(&self) -> Result<f64, Error> {
+        self.conn
+            .query_row("SELECT COALESCE(SUM(cost_usd), 0.0) FROM rows", [], |r| {
+                r.get(0)
+            })
+            .map_err(|e| db_error(&self.path, "read", &e))
+    }
+
+    /// Writes a group of finished rows in one transaction (skipped rows are not finished and
+    /// are not written).
+    pub fn record(&mut self, rows: &[Finished]) -> Result<(), Error> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| db_error(&path, "write", &e))?;
+        let write = || -> rusqlite::Result<()> {
+            let mut row_stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO rows (seq, id, request_hash, status, output, error, \
+                 attempts, throttled, latency_ms, prompt_tokens, completion_tokens, cached_tokens, \
+                 cache_write_tokens, reasoning_tokens, cost_usd, model, finish_reason, finished_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+            )?;
+            let mut attempt_stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO attempts (seq, attempt, started_at, outcome, http_status, \
+                 error, latency_ms, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+            for f in rows {
+                let r = &f.result;
+                for a in &f.attempts {
+                    attempt_stmt.execute(params![
+                        r.seq as i64,
+                        a.attempt,
+                        humantime::format_rfc3339_millis(a.started_at).to_string(),
+                        a.outcome,
+                        a.http_status,
+                        a.error,
+                        a.latency.as_millis() as i64,
+                        a.request_id,
+                    ])?;
+                }
+                if r.status == RowStatus::Skipped {
+                    continue;
+                }
+                let u = r.usage;
+                row_stmt.execute(params![
+                    r.seq as i64,
+                    r.id,
+                    f.request_hash,
+                    r.status.as_str(),
+                    r.output,
+                    r.error,
+                    r.attempts,
+                    r.throttled,
+                    r.latency.map(|l| l.as_millis() as i64),
+                    u.map(|u| u.prompt_tokens as i64),
+                    u.map(|u| u.completion_tokens as i64),
+                    u.map(|u| u.cached_tokens as i64),
+                    u.map(|u| u.cache_write_tokens as i64),
+                    u.map(|u| u.reasoning_tokens as i64),
+                    r.cost,
+                    r.model,
+                    r.finish_reason,
+                    now,
+                ])?;
+            }
+            Ok(())
+        };
+        write()
+            .and_then(|_| tx.commit())
+            .map_err(|e| db_error(&path, "write", &e))
+    }
+}
+
+/// Reads finished rows in input order, for merging with the input on resume.
+pub struct FinishedRows {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// A row finished by an earlier run.
+#[derive(Debug, Clone)]
+pub struct PriorRow {
+    pub request_hash: String,
+    pub result: RowResult,
+}
+
+impl FinishedRows {
+    pub fn open(path: &Path) -> Result<Self, Error> {
+        let conn = Connection::open(path).map_err(|e| db_error(path, "open", &e))?;
+        Ok(FinishedRows {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Calls `f` with each finished row in `seq` order; `f` returns false to stop early.
+    pub fn for_each(&self, mut f: impl FnMut(PriorRow) -> bool) -> Result<(), Error> {
+        let mut run = || -> rusqlite::Result<()> {
+            let mut stmt = self.conn.prepare(
+                "SELECT seq, id, request_hash, status, output, error, attempts, throttled, \
+                 latency_ms, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, \
+                 reasoning_tokens, cost_usd, model, finish_reason FROM rows ORDER BY seq",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let status = match r.get::<_, String>(3)?.as_str() {
+                    "ok" => RowStatus::Ok,
+                    _ => RowStatus::Failed,
+                };
+                let prompt: Option<i64> = r.get(9)?;
+                let usage = prompt.map(|p| -> rusqlite::Result<Usage> {
+                    let n = |i: usize| -> rusqlite::Result<u64> {
+                        Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0) as u64)
+                    };
+                    Ok(Usage {
+                        prompt_tokens: p as u64,
+                        completion_tokens: n(10)?,
+                        cached_tokens: n(11)?,
+                        cache_write_tokens: n(12)?,
+                        reasoning_tokens: n(13)?,
+                    })
+                });
+                let prior = PriorRow {
+                    request_hash: r.get(2)?,
+                    result: RowResult {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        id: r.get(1)?,
+                        status,
+                        output: r.get(4)?,
+                        error: r.get(5)?,
+                        attempts: r.get(6)?,
+                        throttled: r.get(7)?,
+                        latency: r
+                            .get::<_, Option<i64>>(8)?
+                            .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                        usage: usage.transpose()?,
+                        cost: r.get(14)?,
+                        model: r.get(15)?,
+                        finish_reason: r.get(16)?,
+                    },
+                };
+                if !f(prior) {
+                    break;
+                }
+            }
+            Ok(())
+        };
+        run().map_err(|e| db_error(&self.path, "read", &e))
+    }
+}
+
+fn db_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
+    Error::Usage(format!(
+        "cannot {what} the run state {}: {e} (it is an SQLite file kept beside the results; \
+         --state PATH puts it elsewhere)",
+        path.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RunSettings {
+        RunSettings {
+            input: "in.csv".into(),
+            endpoint: "mock".into(),
+            model: "m".into(),
+            prompt: "p".into(),
+            system: None,
+            max_tokens: None,
+            temperature: None,
+        }
+    }
+
+    fn finished(seq: u64, status: RowStatus) -> Finished {
+        let mut result = RowResult::skipped(seq, format!("id{seq}"), "m", "");
+        result.status = status;
+        result.output = format!("answer {seq}");
+        result.attempts = 2;
+        result.cost = Some(0.5);
+        result.usage = Some(Usage {
+            prompt_tokens: 10,
+            completion_tokens: 3,
+            cached_tokens: 1,
+            ..Default::default()
+        });
+        Finished {
+            result,
+            request_hash: format!("h{seq}"),
+            attempts: vec![AttemptRecord {
+                attempt: 1,
+                started_at: SystemTime::now(),
+                outcome: "server error",
+                http_status: Some(503),
+                error: Some("busy".into()),
+                latency: Duration::from_millis(5),
+                request_id: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn rows_round_trip_in_order_and_skipped_rows_are_not_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let mut store = Store::open(&path).unwrap();
+        assert!(store.run().unwrap().is_none());
+        store.start_run(&settings(), 4).unwrap();
+        store
+            .record(&[
+                finished(2, RowStatus::Ok),
+                finished(0, RowStatus::Failed),
+                finished(1, RowStatus::Skipped),
+            ])
+            .unwrap();
+        let run = store.run().unwrap().unwrap();
+        assert_eq!(
+            (run.total_rows, run.ok, run.failed, run.finished),
+            (4, 1, 1, false)
+        );
+        assert_eq!(run.settings, settings());
+        assert!((store.spent().unwrap() - 1.0).abs() < 1e-12);
+
+        let mut seen = Vec::new();
+        FinishedRows::open(&path)
+            .unwrap()
+            .for_each(|p| {
+                seen.push((
+                    p.result.seq,
+                    p.request_hash,
+                    p.result.status,
+                    p.result.usage,
+                ));
+                true
+            })
+            .unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0, 0);
+        assert_eq!(seen[0].2, RowStatus::Failed);
+        assert_eq!(seen[1].1, "h2");
+        assert_eq!(seen[1].3.unwrap().cached_tokens, 1);
+    }
+
+    #[test]
+    fn a_new_run_forgets_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+        store.start_run(&settings(), 1).unwrap();
+        store.record(&[finished(0, RowStatus::Ok)]).unwrap();
+        store.set_finished(true).unwrap();
+        assert!(store.run().unwrap().unwrap().finished);
+        store.start_run(&settings(), 1).unwrap();
+        let run = store.run().unwrap().unwrap();
+        assert_eq!((run.ok, run.finished), (0, false));
+    }
+
+    #[test]
+    fn settings_differences_are_named() {
+        let mut other = settings();
+        other.model = "n".into();
+        other.temperature = Some(0.5);
+        assert_eq!(settings().differences(&other), ["--model", "--temperature"]);
+    }
+}
