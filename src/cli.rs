@@ -117,9 +117,10 @@ pub struct RunArgs {
 
     // ---- Pacing ----
     /// Requests in flight at most, or `auto` to adapt it to the server: grow while latency
-    /// stays flat, shrink when it climbs or on 429s and timeouts [default: 16].
+    /// stays flat, shrink when it climbs or on 429s and timeouts [default: 16]. `batch bench`
+    /// takes a list: 1,2,4,8.
     #[arg(short = 'j', long, value_name = "N|auto", help_heading = "Pacing")]
-    pub concurrency: Option<crate::concurrency::Concurrency>,
+    pub concurrency: Option<crate::concurrency::ConcurrencyList>,
 
     /// Requests per minute at most. Without it, the limit is learned from the server's
     /// x-ratelimit-* (or anthropic-ratelimit-*) headers.

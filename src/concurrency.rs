@@ -53,19 +53,47 @@ impl FromStr for Concurrency {
     }
 }
 
-impl<'de> Deserialize<'de> for Concurrency {
+/// `--concurrency` as given: one setting for `run`, a comma-separated list for `bench`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConcurrencyList(pub Vec<Concurrency>);
+
+impl FromStr for ConcurrencyList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(|part| part.trim().parse::<Concurrency>())
+            .collect::<Result<Vec<_>, _>>()
+            .map(ConcurrencyList)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConcurrencyList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
-        enum Raw {
-            N(usize),
+        enum Item {
+            N(i64),
             S(String),
         }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Concurrency::from_str(&n.to_string()),
-            Raw::S(s) => Concurrency::from_str(&s),
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            One(Item),
+            Many(Vec<Item>),
         }
-        .map_err(serde::de::Error::custom)
+        let items = match Raw::deserialize(d)? {
+            Raw::One(i) => vec![i],
+            Raw::Many(v) => v,
+        };
+        items
+            .into_iter()
+            .map(|i| match i {
+                Item::N(n) => n.to_string().parse::<ConcurrencyList>(),
+                Item::S(s) => s.parse::<ConcurrencyList>(),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(|lists| ConcurrencyList(lists.into_iter().flat_map(|l| l.0).collect()))
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -318,17 +346,37 @@ mod tests {
         assert_eq!("AUTO".parse::<Concurrency>(), Ok(Concurrency::Auto));
         assert!("0".parse::<Concurrency>().is_err());
         assert!("many".parse::<Concurrency>().is_err());
+    }
+
+    #[test]
+    fn lists_parse_from_flags_and_settings() {
+        let l: ConcurrencyList = "1, 2,auto".parse().unwrap();
+        assert_eq!(
+            l.0,
+            [
+                Concurrency::Fixed(1),
+                Concurrency::Fixed(2),
+                Concurrency::Auto
+            ]
+        );
+        assert!("1,,2".parse::<ConcurrencyList>().is_err());
         #[derive(Deserialize)]
         struct T {
-            c: Concurrency,
+            c: ConcurrencyList,
         }
         assert_eq!(
-            toml::from_str::<T>("c = 4").unwrap().c,
-            Concurrency::Fixed(4)
+            toml::from_str::<T>("c = 4").unwrap().c.0,
+            [Concurrency::Fixed(4)]
         );
         assert_eq!(
-            toml::from_str::<T>("c = \"auto\"").unwrap().c,
-            Concurrency::Auto
+            toml::from_str::<T>("c = \"auto\"").unwrap().c.0,
+            [Concurrency::Auto]
+        );
+        let err = toml::from_str::<T>("c = 0").err().unwrap().to_string();
+        assert!(err.contains("at least 1"), "{err}");
+        assert_eq!(
+            toml::from_str::<T>("c = [1, \"auto\"]").unwrap().c.0.len(),
+            2
         );
     }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::cli::{MockArgs, RunArgs};
-use crate::concurrency::Concurrency;
+use crate::concurrency::{Concurrency, ConcurrencyList};
 use crate::error::{Error, describe_io};
 use crate::mock::MockConfig;
 use crate::pricing::PriceTable;
@@ -111,7 +111,21 @@ macro_rules! fill_from_file {
 impl RunConfig {
     /// Merges flags with the settings file and environment, reads the files the run needs and
     /// checks every value.
-    pub fn resolve(mut args: RunArgs) -> Result<Self, Error> {
+    pub fn resolve(args: RunArgs) -> Result<Self, Error> {
+        let (cfg, list) = Self::resolve_sweep(args)?;
+        if list.len() > 1 {
+            return Err(Error::Usage(
+                "--concurrency takes one value for `batch run` (a list such as 1,2,4 is for \
+                 `batch bench`)"
+                    .into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Like [`RunConfig::resolve`], for `batch bench`: also returns every `--concurrency`
+    /// setting of the list (the config holds the first).
+    pub fn resolve_sweep(mut args: RunArgs) -> Result<(Self, Vec<Concurrency>), Error> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         if let Some(mut file) = load_settings(args.config.as_deref())? {
             fill_from_file!(args, file;
@@ -124,7 +138,14 @@ impl RunConfig {
                 args.base_url = file.base_url.take();
             }
         }
-        Self::from_merged(args, env("OPENAI_BASE_URL"), env("OPENAI_API_KEY"))
+        let list = args
+            .concurrency
+            .take()
+            .map(|l| l.0)
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| vec![DEFAULT_CONCURRENCY]);
+        args.concurrency = Some(ConcurrencyList(vec![list[0]]));
+        Self::from_merged(args, env("OPENAI_BASE_URL"), env("OPENAI_API_KEY")).map(|c| (c, list))
     }
 
     /// The pure half of [`RunConfig::resolve`]: no settings file, the environment passed in.
@@ -159,7 +180,10 @@ impl RunConfig {
             (None, None) => None,
         };
 
-        let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
+        let concurrency = args
+            .concurrency
+            .and_then(|l| l.0.first().copied())
+            .unwrap_or(DEFAULT_CONCURRENCY);
         if let Some(t) = args.temperature
             && !(0.0..=2.0).contains(&t)
         {
@@ -429,7 +453,7 @@ mod tests {
     #[test]
     fn flags_win_over_file_and_file_over_defaults() {
         let mut cli = args("in.csv");
-        cli.concurrency = Some(Concurrency::Fixed(3));
+        cli.concurrency = Some(ConcurrencyList(vec![Concurrency::Fixed(3)]));
         let mut file: RunArgs =
             toml::from_str("concurrency = 9\nmodel = \"gpt-4o\"\nmock = \"\"").unwrap();
         fill_from_file!(cli, file; concurrency, model, mock);

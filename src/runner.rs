@@ -49,7 +49,7 @@ use crate::provider::{CallError, Completion, ErrorKind, Exchange, Provider, Requ
 use crate::retry::RetryPolicy;
 use crate::spend::SpendCap;
 use crate::store::{AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, Store};
-use crate::summary::Stats;
+use crate::summary::{Stats, Summary};
 use crate::template::Prompts;
 use crate::tokens;
 
@@ -161,6 +161,12 @@ impl Shared {
 
 /// Runs the whole job described by `cfg`.
 pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
+    run_to_summary(cfg).await.map(|(status, _)| status)
+}
+
+/// Runs the job and also returns its summary (`None` for a dry run). `batch bench` drives the
+/// runner through this, so what it measures is exactly what `batch run` does.
+pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summary>), Error> {
     let started = Instant::now();
     let input = InputFile::open(&cfg.input, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
@@ -174,7 +180,7 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     };
     if cfg.dry_run {
         print_plan(&cfg, &plan, price);
-        return Ok(ExitStatus::Success);
+        return Ok((ExitStatus::Success, None));
     }
 
     // Everything that could fail on a path fails now, before anything is spent.
@@ -379,13 +385,14 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     if let Some(e) = journal_error {
         return Err(e);
     }
-    Ok(if interrupted.load(Ordering::SeqCst) {
+    let status = if interrupted.load(Ordering::SeqCst) {
         ExitStatus::Interrupted
     } else if stats.failed + stats.skipped > 0 {
         ExitStatus::RowsFailed
     } else {
         ExitStatus::Success
-    })
+    };
+    Ok((status, Some(summary)))
 }
 
 /// Records a new run in the state file, or checks that the recorded one may be resumed. Returns

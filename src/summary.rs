@@ -112,6 +112,7 @@ impl Stats {
             },
             latency_ms: Latency {
                 p50: pct(0.50),
+                p90: pct(0.90),
                 p95: pct(0.95),
                 p99: pct(0.99),
                 max: pct(1.0),
@@ -126,6 +127,7 @@ impl Stats {
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
     pub p50: Option<f64>,
+    pub p90: Option<f64>,
     pub p95: Option<f64>,
     pub p99: Option<f64>,
     pub max: Option<f64>,
