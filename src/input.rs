@@ -24,6 +24,8 @@ pub struct Row {
     pub seq: u64,
     /// 1-based line of the file where the row starts (for messages).
     pub line: u64,
+    /// Byte offset in the file where the row starts.
+    pub byte: u64,
     /// The value of the id column, or the 1-based row number when there is none.
     pub id: String,
     pub record: StringRecord,
@@ -98,6 +100,36 @@ impl InputFile {
         })
     }
 
+    /// An unterminated quoted field runs to the end of the file, swallowing every row after it
+    /// into one field, and CSV readers accept that without complaint. Only the last record can be
+    /// affected, and in a well-formed record quotes come in pairs (`""` inside a field), so an odd
+    /// number of them in the last record's bytes proves the quote was never closed.
+    /// `last` is the file's last row, as the caller's pass over the rows saw it.
+    pub fn unterminated_quote(&self, last: &Row) -> Result<Option<String>, Error> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = File::open(&self.path).map_err(|e| Error::read(&self.path, &e))?;
+        file.seek(SeekFrom::Start(last.byte))
+            .map_err(|e| Error::read(&self.path, &e))?;
+        let (mut quotes, mut buf) = (0u64, [0u8; 64 * 1024]);
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| Error::read(&self.path, &e))?;
+            if n == 0 {
+                break;
+            }
+            quotes += buf[..n].iter().filter(|b| **b == b'"').count() as u64;
+        }
+        Ok((quotes % 2 == 1).then(|| {
+            format!(
+                "{}: line {}: a quoted field is never closed, so everything after it was read as \
+                 one field; add the missing closing \"",
+                self.path.display(),
+                last.line
+            )
+        }))
+    }
+
     pub fn column_name(&self, index: usize) -> &str {
         self.headers.get(index).map(String::as_str).unwrap_or("?")
     }
@@ -120,7 +152,10 @@ impl Iterator for Rows {
             Ok(false) => None,
             Err(e) => Some(Err(csv_error(path, &e, &self.input.headers))),
             Ok(true) => {
-                let line = self.record.position().map_or(0, |p| p.line());
+                let (line, byte) = self
+                    .record
+                    .position()
+                    .map_or((0, 0), |p| (p.line(), p.byte()));
                 let seq = self.seq;
                 self.seq += 1;
                 let id = match self.input.id_index {
@@ -141,6 +176,7 @@ impl Iterator for Rows {
                 Some(Ok(Row {
                     seq,
                     line,
+                    byte,
                     id,
                     record: std::mem::take(&mut self.record),
                 }))
@@ -335,6 +371,22 @@ mod tests {
             msg.contains("line 3") && msg.contains("column 2 (\"b\")"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn unterminated_quote_is_found_on_its_line() {
+        let f = file(b"id,t\n1,\"fine \"\"quoted\"\"\"\n2,\"never closed\n3,x\n4,y\n");
+        let input = InputFile::open(f.path(), None).unwrap();
+        let last = input.rows().unwrap().last().unwrap().unwrap();
+        let msg = input.unterminated_quote(&last).unwrap().unwrap();
+        assert!(
+            msg.contains("line 3") && msg.contains("never closed"),
+            "{msg}"
+        );
+        let ok = file(b"id,t\n1,\"a \"\"b\"\" c\"\n2,\"multi\nline\"\n");
+        let input = InputFile::open(ok.path(), None).unwrap();
+        let last = input.rows().unwrap().last().unwrap().unwrap();
+        assert_eq!(input.unterminated_quote(&last).unwrap(), None);
     }
 
     #[test]

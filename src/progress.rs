@@ -11,6 +11,8 @@ use crate::summary::Stats;
 
 pub struct Progress {
     bar: ProgressBar,
+    /// Rows finished by an earlier part of a resumed run.
+    offset: std::sync::atomic::AtomicU64,
 }
 
 impl Progress {
@@ -30,14 +32,25 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         };
-        Progress { bar }
+        Progress {
+            bar,
+            offset: Default::default(),
+        }
+    }
+
+    /// Counts `rows` as done already (a resumed run).
+    pub fn start_at(&self, rows: u64) {
+        self.offset
+            .store(rows, std::sync::atomic::Ordering::Relaxed);
+        self.bar.set_position(rows);
     }
 
     pub fn update(&self, stats: &Stats) {
         if self.bar.is_hidden() {
             return;
         }
-        self.bar.set_position(stats.done());
+        let offset = self.offset.load(std::sync::atomic::Ordering::Relaxed);
+        self.bar.set_position(offset + stats.done());
         let tokens = stats.prompt_tokens + stats.completion_tokens;
         let cost = stats.known_cost().map_or("cost unknown".to_string(), |c| {
             format!("${}", format_cost(c))

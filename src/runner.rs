@@ -8,30 +8,28 @@
 //!    stops the run here, before a request is sent or a results file is created.
 //! 2. The state file is opened: a new run is recorded, or (`--resume`) the recorded one is
 //!    continued.
-//! 3. A reader thread streams rows, renders them, and merges them with the rows the journal
-//!    says are finished: those are passed on as they are ([`Work::Done`]); the rest are jobs.
+//! 3. A reader thread streams rows and renders them into jobs. When resuming, it sends the rows
+//!    that are not finished first, then checks the finished ones and sends again those whose
+//!    request changed.
 //! 4. The dispatcher takes a slot (at most `--concurrency` rows in flight) and spawns the row's
 //!    task ([`process_row`]); after a stop (Ctrl-C, spend cap, exhausted quota) it marks rows
 //!    `skipped` instead of sending them.
-//! 5. The journal thread commits finished rows in groups and only then releases their slots, so
-//!    a `kill -9` loses at most the rows in flight.
-//! 6. The collector (this task) puts results back in input order, writes them, and keeps the
-//!    totals and the progress bar.
-//!
-//! Reordering needs a buffer; a second semaphore (the window) bounds it, so memory stays flat
-//! however long the input and however slow one unlucky row is.
+//! 5. The journal thread commits every outcome in groups and only then releases the row's slot,
+//!    so a `kill -9` loses at most the rows in flight. The collector (this task) keeps live
+//!    totals for the progress bar.
+//! 6. At the end, one pass merges the input with the journal into the results file, in input
+//!    order, and computes the summary. Nothing is held in memory but the current row, however
+//!    long the input.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use csv::StringRecord;
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
@@ -48,7 +46,7 @@ use crate::provider::openai::OpenAiChat;
 use crate::provider::{CallError, Completion, ErrorKind, Exchange, Provider, Request, http_client};
 use crate::retry::RetryPolicy;
 use crate::spend::SpendCap;
-use crate::store::{AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, Store};
+use crate::store::{AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, SeqSet, Store};
 use crate::summary::{Stats, Summary};
 use crate::template::Prompts;
 use crate::tokens;
@@ -58,14 +56,13 @@ use crate::tokens;
 const INITIAL_COMPLETION_ESTIMATE: f64 = 256.0;
 /// Input errors listed before "... and N more".
 const MAX_LISTED_ERRORS: usize = 10;
-/// Finished rows committed to the journal in one transaction, at most.
+/// Row outcomes committed to the journal in one transaction, at most.
 const JOURNAL_GROUP: usize = 1024;
 
 /// One row, rendered and ready to send.
 struct Job {
     seq: u64,
     id: String,
-    record: StringRecord,
     request: Request,
     /// The exact body sent, rendered once.
     body: Bytes,
@@ -76,22 +73,9 @@ struct Job {
     prompt_tokens: u32,
 }
 
-/// What the reader hands the dispatcher.
-enum Work {
-    Send(Job),
-    /// Finished by an earlier part of the run; written as it was.
-    Done {
-        record: StringRecord,
-        result: RowResult,
-    },
-}
-
-/// A row on its way to the collector.
-struct Collected {
-    record: StringRecord,
-    result: RowResult,
-    resumed: bool,
-}
+/// An outcome on its way to the journal; `holds_slot` when the row had a concurrency slot, which
+/// the journal releases once the outcome is committed.
+type JournalEntry = (Finished, bool);
 
 /// What every row task needs, shared.
 struct Shared {
@@ -184,11 +168,18 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     }
 
     // Everything that could fail on a path fails now, before anything is spent.
-    let mut writer = ResultsWriter::create(&cfg.output, &input.headers, cfg.sanitize)?;
+    let writer = ResultsWriter::create(&cfg.output, &input.headers, cfg.sanitize)?;
     if let Some(path) = &cfg.summary_json {
         check_writable_folder(path, "--summary-json")?;
     }
     let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
+    if matches!(cfg.resume, Resume::Yes { .. }) && !cfg.state.exists() {
+        return Err(Error::Usage(format!(
+            "nothing to resume: {} does not exist (the state file sits beside the results; give \
+             the same -o, or --state PATH)",
+            cfg.state.display()
+        )));
+    }
     let mut store = Store::open(&cfg.state)?;
     let (endpoint, base_url, api_key, _mock) = match &cfg.endpoint {
         Endpoint::Mock(mc) => {
@@ -280,9 +271,8 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     ));
 
     // Reader thread -> dispatcher -> row tasks -> journal thread -> collector.
-    let (work_tx, work_rx) = mpsc::channel::<Result<Work, Error>>(256);
-    let reader = {
-        let prior = resumed_run.is_some().then(|| {
+    let finished = match &resumed_run {
+        Some(_) => {
             let retry_failed = matches!(
                 cfg.resume,
                 Resume::Yes {
@@ -290,57 +280,44 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
                     ..
                 }
             );
-            (cfg.state.clone(), retry_failed)
-        });
+            Some(FinishedRows::open(&cfg.state)?.finished_set(retry_failed)?)
+        }
+        None => None,
+    };
+    progress.start_at(finished.as_ref().map_or(0, SeqSet::len));
+    let (work_tx, work_rx) = mpsc::channel::<Result<Job, Error>>(256);
+    let reader = {
+        // The embedded mock listens on a new port each run; identify it by name so that a
+        // resumed run (and the cache) recognise its requests as the same.
+        let endpoint = match &cfg.endpoint {
+            Endpoint::Mock(_) => provider.endpoint().replacen(&base_url, "mock:", 1),
+            Endpoint::Remote { .. } => provider.endpoint().to_string(),
+        };
         let maker = JobMaker {
             input: input.clone(),
             prompts: prompts.clone(),
             provider,
+            endpoint,
             cfg: cfg.clone(),
         };
-        std::thread::spawn(move || read_work(&maker, prior, work_tx))
+        let state = cfg.state.clone();
+        std::thread::spawn(move || read_work(&maker, finished, &state, work_tx))
     };
-    let (result_tx, mut result_rx) = mpsc::unbounded_channel::<Collected>();
-    let (journal_tx, journal_rx) = std::sync::mpsc::channel::<(StringRecord, Finished)>();
+    let (result_tx, mut result_rx) = mpsc::unbounded_channel::<RowResult>();
+    let (journal_tx, journal_rx) = std::sync::mpsc::channel::<JournalEntry>();
     let journal = {
-        let (shared, results) = (shared.clone(), result_tx.clone());
-        std::thread::spawn(move || write_journal(store, journal_rx, &shared, &results))
+        let shared = shared.clone();
+        std::thread::spawn(move || write_journal(store, journal_rx, &shared, &result_tx))
     };
-    let window = Arc::new(Semaphore::new(reorder_window(cfg.concurrency.ceiling())));
-    let dispatcher = tokio::spawn(dispatch(
-        work_rx,
-        shared.clone(),
-        window.clone(),
-        result_tx,
-        journal_tx,
-    ));
+    let dispatcher = tokio::spawn(dispatch(work_rx, shared.clone(), journal_tx));
 
-    // Collector: write results in input order.
-    let mut stats = Stats::default();
-    let mut pending: BTreeMap<u64, (StringRecord, RowResult)> = BTreeMap::new();
-    let mut next_seq = 0u64;
+    // Collector: live totals for the progress bar.
+    let mut live = Stats::default();
     let mut last_draw = Instant::now();
-    let mut write_error = None;
-    while let Some(c) = result_rx.recv().await {
-        stats.record(&c.result);
-        if c.resumed {
-            stats.resumed += 1;
-        }
-        pending.insert(c.result.seq, (c.record, c.result));
-        let mut flushed = 0;
-        while let Some((record, result)) = pending.remove(&next_seq) {
-            if write_error.is_none()
-                && let Err(e) = writer.write(&record, &result)
-            {
-                shared.stop_with(format!("{e}"));
-                write_error = Some(e);
-            }
-            next_seq += 1;
-            flushed += 1;
-        }
-        window.add_permits(flushed);
+    while let Some(result) = result_rx.recv().await {
+        live.record(&result);
         if last_draw.elapsed() >= Duration::from_millis(100) {
-            progress.update(&stats);
+            progress.update(&live);
             last_draw = Instant::now();
         }
     }
@@ -353,20 +330,32 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         .map_err(|_| Error::io("journal failed", std::io::Error::other("panic")))?;
     let _ = reader.join();
     signals.abort();
-    progress.update(&stats);
+    progress.update(&live);
     progress.finish();
-    if let Some(e) = read_error.or(write_error) {
+    if let Some(e) = read_error {
         return Err(e);
     }
-    debug_assert!(pending.is_empty(), "every result was written");
 
-    let output = writer.finish()?;
+    // The results file: the input merged with the journal, in input order.
+    let missing_reason = journal_error
+        .as_ref()
+        .map(|e| format!("not recorded: {e}"))
+        .unwrap_or_else(|| shared.stop_reason());
+    let (stats, output) = {
+        let (input, state, model) = (input.clone(), cfg.state.clone(), cfg.model.clone());
+        tokio::task::spawn_blocking(move || {
+            write_results(&input, &state, writer, &model, &missing_reason)
+        })
+        .await
+        .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))??
+    };
     let complete = stats.skipped == 0 && journal_error.is_none();
     store.set_finished(complete)?;
     if let Some(audit) = Arc::into_inner(shared.clone()).and_then(|s| s.audit) {
         audit.finish()?;
     }
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
+    summary.resumed = stats.done().saturating_sub(live.done());
     if shared.stop.is_cancelled() {
         summary.stopped = Some(shared.stop_reason());
     }
@@ -393,6 +382,65 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         ExitStatus::Success
     };
     Ok((status, Some(summary)))
+}
+
+/// Writes the results file from the input and the journal, in input order, and totals it. A row
+/// the journal does not have (the run stopped before it, or the journal could not be written)
+/// is written as skipped with `missing_reason`.
+fn write_results(
+    input: &InputFile,
+    state: &Path,
+    mut writer: ResultsWriter,
+    model: &str,
+    missing_reason: &str,
+) -> Result<(Stats, PathBuf), Error> {
+    let mut stats = Stats::default();
+    // Merge: journal rows arrive in seq order; input rows without one are written as skipped.
+    let journal = FinishedRows::open(state)?;
+    let mut error = None;
+    let mut pending_input = input.rows()?;
+    let mut next_input = pending_input.next();
+    journal.for_each(|prior| {
+        let mut step = || -> Result<(), Error> {
+            while let Some(row) = next_input.take() {
+                let row = row?;
+                if row.seq < prior.result.seq {
+                    let r = RowResult::skipped(row.seq, row.id, model, missing_reason);
+                    stats.record(&r);
+                    writer.write(&row.record, &r)?;
+                    next_input = pending_input.next();
+                } else if row.seq == prior.result.seq {
+                    stats.record(&prior.result);
+                    writer.write(&row.record, &prior.result)?;
+                    next_input = pending_input.next();
+                    break;
+                } else {
+                    // A journal row beyond the input's end (the input shrank): ignore it.
+                    next_input = Some(Ok(row));
+                    break;
+                }
+            }
+            Ok(())
+        };
+        match step() {
+            Ok(()) => true,
+            Err(e) => {
+                error = Some(e);
+                false
+            }
+        }
+    })?;
+    if let Some(e) = error {
+        return Err(e);
+    }
+    while let Some(row) = next_input.take() {
+        let row = row?;
+        let r = RowResult::skipped(row.seq, row.id, model, missing_reason);
+        stats.record(&r);
+        writer.write(&row.record, &r)?;
+        next_input = pending_input.next();
+    }
+    Ok((stats, writer.finish()?))
 }
 
 /// Records a new run in the state file, or checks that the recorded one may be resumed. Returns
@@ -482,13 +530,14 @@ fn preflight(
     let mut more = 0usize;
     let mut rows = 0u64;
     let mut prompt_tokens = 0u64;
+    let mut last_row = None;
     for row in input.rows()? {
         let problem = match row {
             Err(e) => Some(e.to_string()),
             Ok(row) => {
                 rows += 1;
                 ids.insert(&row);
-                match prompts.render(input, &row) {
+                let problem = match prompts.render(input, &row) {
                     Err(e) => Some(format!("{}: line {}: {e}", input.path.display(), row.line)),
                     Ok(r) => {
                         if count_tokens {
@@ -497,7 +546,9 @@ fn preflight(
                         }
                         None
                     }
-                }
+                };
+                last_row = Some(row);
+                problem
             }
         };
         if let Some(p) = problem {
@@ -507,6 +558,11 @@ fn preflight(
                 more += 1;
             }
         }
+    }
+    if let Some(last) = &last_row
+        && let Some(problem) = input.unterminated_quote(last)?
+    {
+        errors.push(problem);
     }
     for dup in ids.duplicates(input)? {
         if errors.len() < MAX_LISTED_ERRORS {
@@ -590,6 +646,8 @@ struct JobMaker {
     input: InputFile,
     prompts: Arc<Prompts>,
     provider: Arc<dyn Provider>,
+    /// Where requests go, as it identifies them (stable across runs).
+    endpoint: String,
     cfg: RunConfig,
 }
 
@@ -613,11 +671,10 @@ impl JobMaker {
             temperature: self.cfg.temperature,
         };
         let body = Bytes::from(self.provider.body(&request));
-        let request_hash = request_hash(self.provider.endpoint(), &body);
+        let request_hash = request_hash(&self.endpoint, &body);
         Ok(Job {
             seq: row.seq,
             id: row.id,
-            record: row.record,
             request,
             body,
             request_hash,
@@ -635,83 +692,85 @@ pub fn request_hash(endpoint: &str, body: &[u8]) -> String {
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The reader thread: streams rows and sends work until the input ends or the dispatcher goes
-/// away. With `prior` (the state file and whether to retry failed rows), rows the journal says
-/// are finished, with the same request, are passed on as they are.
+/// The reader thread: renders rows into jobs and sends them until the input ends or the
+/// dispatcher goes away. With `finished` (a resumed run), the rows not finished go first; then
+/// the finished ones are checked against the journal and sent again only if their request
+/// changed. So a run that finished 900,000 rows of a million starts sending in the time it takes
+/// to read the file, not to re-render 900,000 prompts.
 fn read_work(
     maker: &JobMaker,
-    prior: Option<(PathBuf, bool)>,
-    tx: mpsc::Sender<Result<Work, Error>>,
+    finished: Option<SeqSet>,
+    state: &Path,
+    tx: mpsc::Sender<Result<Job, Error>>,
 ) {
-    let mut rows = match maker.input.rows() {
-        Ok(rows) => rows.peekable(),
+    let send = |job: Result<Job, Error>| -> bool {
+        let failed = job.is_err();
+        tx.blocking_send(job).is_ok() && !failed
+    };
+    let rows = match maker.input.rows() {
+        Ok(rows) => rows,
         Err(e) => {
             let _ = tx.blocking_send(Err(e));
             return;
         }
     };
-    // Sends one input row as a job; false when the run is over for the reader.
-    let send_row = |row: Result<Row, Error>| -> bool {
-        let work = row.and_then(|r| maker.make(r)).map(Work::Send);
-        let failed = work.is_err();
-        tx.blocking_send(work).is_ok() && !failed
-    };
-    let mut go_on = true;
-    if let Some((state, retry_failed)) = prior {
-        let merged = FinishedRows::open(&state).and_then(|finished| {
-            finished.for_each(|prior| {
-                // Input rows before this finished one were never finished: send them.
-                while go_on && matches!(rows.peek(), Some(Ok(r)) if r.seq < prior.result.seq) {
-                    go_on = send_row(rows.next().expect("peeked"));
-                }
-                if !go_on {
-                    return false;
-                }
-                if !matches!(rows.peek(), Some(Ok(r)) if r.seq == prior.result.seq) {
-                    // A row the input no longer has, or an input error next: skip it.
-                    return true;
-                }
-                let row = rows.next().expect("peeked").expect("checked");
-                let job = match maker.make(row) {
-                    Ok(job) => job,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        go_on = false;
-                        return false;
-                    }
-                };
-                let keep = job.request_hash == prior.request_hash
-                    && (prior.result.status == RowStatus::Ok || !retry_failed);
-                let work = if keep {
-                    Work::Done {
-                        record: job.record,
-                        result: prior.result,
-                    }
-                } else {
-                    Work::Send(job)
-                };
-                go_on = tx.blocking_send(Ok(work)).is_ok();
-                go_on
-            })
-        });
-        if let Err(e) = merged {
-            let _ = tx.blocking_send(Err(e));
+    for row in rows {
+        if let Ok(r) = &row
+            && finished.as_ref().is_some_and(|f| f.contains(r.seq))
+        {
+            continue;
+        }
+        if !send(row.and_then(|r| maker.make(r))) {
             return;
         }
     }
-    while go_on && let Some(row) = rows.next() {
-        go_on = send_row(row);
+    let Some(finished) = finished else {
+        return;
+    };
+    let recheck = || -> Result<(), Error> {
+        let mut rows = maker.input.rows()?;
+        let mut go_on = true;
+        let mut error = None;
+        FinishedRows::open(state)?.for_each(|prior| {
+            if !finished.contains(prior.result.seq) {
+                return true;
+            }
+            for row in rows.by_ref() {
+                let row = match row {
+                    Ok(row) => row,
+                    Err(e) => {
+                        error = Some(e);
+                        return false;
+                    }
+                };
+                if row.seq < prior.result.seq {
+                    continue;
+                }
+                if row.seq == prior.result.seq {
+                    match maker.make(row) {
+                        Ok(job) if job.request_hash == prior.request_hash => {}
+                        job => go_on = send(job),
+                    }
+                }
+                break;
+            }
+            go_on
+        })?;
+        error.map_or(Ok(()), Err)
+    };
+    if let Err(e) = recheck() {
+        let _ = tx.blocking_send(Err(e));
     }
 }
 
-/// The journal thread: commits finished rows in groups, then releases their slots and passes
-/// them on. Returns the store (for the final bookkeeping) and the first write error, if any; a
-/// journal that cannot be written stops the run, but the results are still written.
+/// The journal thread: commits outcomes in groups, then releases the slots of the rows that had
+/// one and passes the results on. Returns the store (for the final bookkeeping) and the first
+/// write error, if any; a journal that cannot be written stops the run.
 fn write_journal(
     mut store: Store,
-    rx: std::sync::mpsc::Receiver<(StringRecord, Finished)>,
+    rx: std::sync::mpsc::Receiver<JournalEntry>,
     shared: &Shared,
-    results: &mpsc::UnboundedSender<Collected>,
+    results: &mpsc::UnboundedSender<RowResult>,
 ) -> (Store, Option<Error>) {
     let mut error = None;
     while let Ok(first) = rx.recv() {
@@ -722,66 +781,47 @@ fn write_journal(
                 Err(_) => break,
             }
         }
-        let (records, finished): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let (finished, slots): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         if error.is_none()
             && let Err(e) = store.record(&finished)
         {
             shared.stop_with(format!("{e}"));
             error = Some(e);
         }
-        for (record, f) in records.into_iter().zip(finished) {
-            shared.slots.release();
-            let _ = results.send(Collected {
-                record,
-                result: f.result,
-                resumed: false,
-            });
+        for (f, holds_slot) in finished.into_iter().zip(slots) {
+            if holds_slot {
+                shared.slots.release();
+            }
+            let _ = results.send(f.result);
         }
     }
     (store, error)
 }
 
-/// Rows that may be finished but not yet written, beyond those in flight.
-fn reorder_window(concurrency: usize) -> usize {
-    concurrency.saturating_mul(8).max(4096)
-}
-
 /// Starts each job when a slot is free; returns the input error that ended reading, if any.
 async fn dispatch(
-    mut work: mpsc::Receiver<Result<Work, Error>>,
+    mut work: mpsc::Receiver<Result<Job, Error>>,
     shared: Arc<Shared>,
-    window: Arc<Semaphore>,
-    results: mpsc::UnboundedSender<Collected>,
-    journal: std::sync::mpsc::Sender<(StringRecord, Finished)>,
+    journal: std::sync::mpsc::Sender<JournalEntry>,
 ) -> Option<Error> {
     let skip = |job: Job| {
         let reason = shared.stop_reason();
         let result = RowResult::skipped(job.seq, job.id, &shared.model, &reason);
-        let _ = results.send(Collected {
-            record: job.record,
+        let finished = Finished {
             result,
-            resumed: false,
-        });
+            request_hash: job.request_hash,
+            attempts: Vec::new(),
+        };
+        let _ = journal.send((finished, false));
     };
     while let Some(item) = work.recv().await {
         let job = match item {
-            Ok(Work::Send(job)) => job,
-            Ok(Work::Done { record, result }) => {
-                window.acquire().await.expect("never closed").forget();
-                let _ = results.send(Collected {
-                    record,
-                    result,
-                    resumed: true,
-                });
-                continue;
-            }
+            Ok(job) => job,
             Err(e) => {
                 shared.stop_with("the input could not be read".into());
                 return Some(e);
             }
         };
-        // Bound the reorder buffer: wait until the row `window` places back has been written.
-        window.acquire().await.expect("never closed").forget();
         if shared.stop.is_cancelled() {
             skip(job);
             continue;
@@ -802,7 +842,7 @@ async fn dispatch(
                 attempts,
             };
             // The journal thread releases the slot once the row is committed.
-            if journal.send((job.record, finished)).is_err() {
+            if journal.send((finished, true)).is_err() {
                 shared.slots.release();
             }
         });

@@ -251,8 +251,8 @@ impl Store {
             .map_err(|e| db_error(&self.path, "read", &e))
     }
 
-    /// Writes a group of finished rows in one transaction (skipped rows are not finished and
-    /// are not written).
+    /// Writes a group of row outcomes in one transaction. Skipped rows are written too (with
+    /// their reason, for the results file) but count as unfinished: a resumed run sends them.
     pub fn record(&mut self, rows: &[Finished]) -> Result<(), Error> {
         let path = self.path.clone();
         let tx = self
@@ -285,9 +285,6 @@ impl Store {
                         a.request_id,
                     ])?;
                 }
-                if r.status == RowStatus::Skipped {
-                    continue;
-                }
                 let u = r.usage;
                 row_stmt.execute(params![
                     r.seq as i64,
@@ -318,7 +315,7 @@ impl Store {
     }
 }
 
-/// Reads finished rows in input order, for merging with the input on resume.
+/// Reads recorded rows in input order, for merging with the input.
 pub struct FinishedRows {
     conn: Connection,
     path: PathBuf,
@@ -340,7 +337,27 @@ impl FinishedRows {
         })
     }
 
-    /// Calls `f` with each finished row in `seq` order; `f` returns false to stop early.
+    /// The positions of the rows that are finished (`ok`, and `failed` unless `retry_failed`),
+    /// one bit each: a million rows in 125 KB.
+    pub fn finished_set(&self, retry_failed: bool) -> Result<SeqSet, Error> {
+        let sql = if retry_failed {
+            "SELECT seq FROM rows WHERE status = 'ok'"
+        } else {
+            "SELECT seq FROM rows WHERE status IN ('ok', 'failed')"
+        };
+        let run = || -> rusqlite::Result<SeqSet> {
+            let mut set = SeqSet::default();
+            let mut stmt = self.conn.prepare(sql)?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                set.insert(r.get::<_, i64>(0)? as u64);
+            }
+            Ok(set)
+        };
+        run().map_err(|e| db_error(&self.path, "read", &e))
+    }
+
+    /// Calls `f` with each recorded row in `seq` order; `f` returns false to stop early.
     pub fn for_each(&self, mut f: impl FnMut(PriorRow) -> bool) -> Result<(), Error> {
         let mut run = || -> rusqlite::Result<()> {
             let mut stmt = self.conn.prepare(
@@ -352,7 +369,8 @@ impl FinishedRows {
             while let Some(r) = rows.next()? {
                 let status = match r.get::<_, String>(3)?.as_str() {
                     "ok" => RowStatus::Ok,
-                    _ => RowStatus::Failed,
+                    "failed" => RowStatus::Failed,
+                    _ => RowStatus::Skipped,
                 };
                 let prompt: Option<i64> = r.get(9)?;
                 let usage = prompt.map(|p| -> rusqlite::Result<Usage> {
@@ -396,6 +414,39 @@ impl FinishedRows {
     }
 }
 
+/// A set of row positions, one bit each.
+#[derive(Debug, Default, Clone)]
+pub struct SeqSet {
+    bits: Vec<u64>,
+    len: u64,
+}
+
+impl SeqSet {
+    pub fn insert(&mut self, seq: u64) {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        if self.bits[word] & (1 << bit) == 0 {
+            self.bits[word] |= 1 << bit;
+            self.len += 1;
+        }
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        self.bits.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 fn db_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
     Error::Usage(format!(
         "cannot {what} the run state {}: {e} (it is an SQLite file kept beside the results; \
@@ -425,7 +476,8 @@ mod tests {
         result.status = status;
         result.output = format!("answer {seq}");
         result.attempts = 2;
-        result.cost = Some(0.5);
+        // As in a run: a skipped row has no answer, so no cost.
+        result.cost = (status != RowStatus::Skipped).then_some(0.5);
         result.usage = Some(Usage {
             prompt_tokens: 10,
             completion_tokens: 3,
@@ -445,6 +497,17 @@ mod tests {
                 request_id: None,
             }],
         }
+    }
+
+    #[test]
+    fn seq_sets_hold_bits() {
+        let mut s = SeqSet::default();
+        for seq in [0, 63, 64, 1_000_000, 64] {
+            s.insert(seq);
+        }
+        assert_eq!(s.len(), 4);
+        assert!(s.contains(64) && s.contains(1_000_000));
+        assert!(!s.contains(1) && !s.contains(5_000_000));
     }
 
     #[test]
@@ -470,8 +533,8 @@ mod tests {
         assert!((store.spent().unwrap() - 1.0).abs() < 1e-12);
 
         let mut seen = Vec::new();
-        FinishedRows::open(&path)
-            .unwrap()
+        let journal = FinishedRows::open(&path).unwrap();
+        journal
             .for_each(|p| {
                 seen.push((
                     p.result.seq,
@@ -482,11 +545,15 @@ mod tests {
                 true
             })
             .unwrap();
-        assert_eq!(seen.len(), 2);
+        assert_eq!(seen.len(), 3);
         assert_eq!(seen[0].0, 0);
         assert_eq!(seen[0].2, RowStatus::Failed);
-        assert_eq!(seen[1].1, "h2");
-        assert_eq!(seen[1].3.unwrap().cached_tokens, 1);
+        assert_eq!(seen[1].2, RowStatus::Skipped);
+        assert_eq!(seen[2].1, "h2");
+        let finished = journal.finished_set(false).unwrap();
+        assert!(finished.contains(0) && !finished.contains(1) && finished.contains(2));
+        assert!(!journal.finished_set(true).unwrap().contains(0));
+        assert_eq!(seen[2].3.unwrap().cached_tokens, 1);
     }
 
     #[test]

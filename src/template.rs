@@ -161,6 +161,7 @@ mod tests {
         Row {
             seq: 0,
             line: 2,
+            byte: 0,
             id: "1".into(),
             record: StringRecord::from(fields.to_vec()),
         }
