@@ -42,6 +42,8 @@ fn main() {
                 "-q",
             ])
             .arg(format!("--mock=latency-ms={latency_ms}"))
+            // Every repeat must send its requests, not read them back from the cache.
+            .arg("--no-cache")
             .args(["--concurrency", &concurrency.to_string()])
             .args(["-o", dir.path().join("out.csv").to_str().unwrap()])
             .args(["--summary-json", summary.to_str().unwrap()])

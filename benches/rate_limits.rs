@@ -182,6 +182,8 @@ fn write_input(dir: &std::path::Path, rows: usize) -> std::path::PathBuf {
 fn batch_run(input: &std::path::Path, url: &str, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_batch"))
         .args(["run", input.to_str().unwrap(), "-q", "--base-url", url])
+        // Every scenario must send its requests, not read them back from the cache.
+        .arg("--no-cache")
         .args([
             "--prompt",
             "Classify the sentiment of this review: {{ review }}",

@@ -35,6 +35,18 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Run the OpenAI-compatible mock server on 127.0.0.1 and print its base URL.
     Mock(MockArgs),
+    /// Measure throughput, latency, 429s and cost at several --concurrency settings on a sample
+    /// of the input, and recommend one.
+    Bench(Box<BenchArgs>),
+    /// See or empty the response cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+        /// Folder of the cache [env: BATCH_CACHE_DIR; default: $XDG_CACHE_HOME/batch or
+        /// ~/.cache/batch].
+        #[arg(long, value_name = "DIR", global = true)]
+        cache_dir: Option<PathBuf>,
+    },
     /// Print shell completions for SHELL to stdout.
     Completions {
         #[arg(value_enum)]
@@ -216,6 +228,30 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", help_heading = "Durability")]
     pub log: Option<PathBuf>,
 
+    // ---- Cache ----
+    /// Neither read nor write the response cache.
+    #[arg(long, help_heading = "Cache")]
+    pub no_cache: bool,
+
+    /// Ignore cached answers (send every request) but store the new ones.
+    #[arg(long, conflicts_with = "no_cache", help_heading = "Cache")]
+    #[serde(skip)]
+    pub refresh: bool,
+
+    /// Folder of the response cache [env: BATCH_CACHE_DIR; default: $XDG_CACHE_HOME/batch or
+    /// ~/.cache/batch].
+    #[arg(long, value_name = "DIR", help_heading = "Cache")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Also cache answers cut off by the token cap (finish_reason "length").
+    #[arg(long, help_heading = "Cache")]
+    pub cache_truncated: bool,
+
+    /// Send identical requests within the run separately (independent samples when
+    /// --temperature > 0); by default each distinct request is sent once and its answer shared.
+    #[arg(long, help_heading = "Cache")]
+    pub no_dedup: bool,
+
     // ---- Output ----
     /// Write answers as they are, even those starting with =, +, -, @, tab or carriage return
     /// (by default such cells get a leading ' so spreadsheets do not run them as formulas).
@@ -230,6 +266,75 @@ pub struct RunArgs {
     #[arg(short, long, help_heading = "Output")]
     #[serde(skip)]
     pub quiet: bool,
+}
+
+/// Flags of `batch bench`: every `batch run` flag that shapes requests, plus the sweep and its
+/// reports. `--concurrency` takes a list here: `--concurrency 1,2,4,8,16,32,64,auto`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Against a real API (not --mock, not a server on localhost) bench needs \
+--max-cost USD (which needs --max-tokens) and prints the expected cost of the whole sweep first; \
+--dry-run prints it without sending anything.",
+    // Flags of `batch run` that a sweep of throw-away runs cannot honour (refused if given).
+    mut_arg("output", |a| a.hide(true)),
+    mut_arg("state", |a| a.hide(true)),
+    mut_arg("resume", |a| a.hide(true)),
+    mut_arg("retry_failed", |a| a.hide(true)),
+    mut_arg("force", |a| a.hide(true)),
+    mut_arg("restart", |a| a.hide(true)),
+    mut_arg("summary_json", |a| a.hide(true))
+)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Rows of the input (from the top) sent at each setting and repeat.
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = "Bench")]
+    pub rows: u64,
+
+    /// Runs per setting; with more than one, medians are reported with their spread.
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Bench")]
+    pub repeat: u32,
+
+    /// Rows of a discarded warm-up run before each setting, 0 for none [default: the setting's
+    /// concurrency, at most 20].
+    #[arg(long, value_name = "N", help_heading = "Bench")]
+    pub warmup: Option<u64>,
+
+    /// How the results are printed on stdout.
+    #[arg(long, value_enum, default_value_t = crate::bench::Format::Table, help_heading = "Bench")]
+    pub format: crate::bench::Format,
+
+    /// Also write the results as CSV to PATH.
+    #[arg(long, value_name = "PATH", help_heading = "Bench")]
+    pub export_csv: Option<PathBuf>,
+
+    /// Also write the results (every run included) as JSON to PATH.
+    #[arg(long, value_name = "PATH", help_heading = "Bench")]
+    pub export_json: Option<PathBuf>,
+
+    /// Also write the results as a Markdown table to PATH.
+    #[arg(long, value_name = "PATH", help_heading = "Bench")]
+    pub export_markdown: Option<PathBuf>,
+
+    /// Draw throughput and p95 latency against concurrency, the recommended setting marked, as
+    /// an SVG chart at PATH.
+    #[arg(long, value_name = "PATH.svg", help_heading = "Bench")]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Entries, size, tokens and what the cached answers cost.
+    Stats,
+    /// Remove entries (all, or those older than --older-than).
+    Clear {
+        /// Only entries older than this, e.g. 30d, 12h.
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
 }
 
 /// Options of the mock server, shared by `batch mock` and `batch run --mock=...`.

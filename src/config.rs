@@ -88,6 +88,22 @@ pub struct RunConfig {
     pub dry_run: bool,
     pub log: Option<PathBuf>,
     pub sanitize: bool,
+    pub cache: CacheMode,
+    /// Send each distinct request once per run and share its answer.
+    pub dedup: bool,
+}
+
+/// Whether and how the response cache is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheMode {
+    Off,
+    On {
+        dir: PathBuf,
+        /// Do not read hits; still store answers.
+        refresh: bool,
+        /// Store answers cut off by the token cap too.
+        truncated: bool,
+    },
 }
 
 /// What to do with a run already recorded in the state file.
@@ -133,6 +149,12 @@ impl RunConfig {
                 temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
                 mock, summary_json, grace, max_cost, log);
             args.no_sanitize |= file.no_sanitize;
+            args.no_cache |= file.no_cache;
+            args.no_dedup |= file.no_dedup;
+            args.cache_truncated |= file.cache_truncated;
+            if args.cache_dir.is_none() {
+                args.cache_dir = file.cache_dir.take();
+            }
             // The environment sits between flags and the file for the base URL.
             if args.base_url.is_none() && env("OPENAI_BASE_URL").is_none() {
                 args.base_url = file.base_url.take();
@@ -221,13 +243,15 @@ impl RunConfig {
             }
             if args.max_tokens.is_none() {
                 return Err(Error::Usage(
-                    "--max-cost needs --max-tokens: without a completion cap a request's worst                      case has no bound, so no cap could be guaranteed"
+                    "--max-cost needs --max-tokens: without a completion cap a request's worst \
+                     case has no bound, so no cap could be guaranteed"
                         .into(),
                 ));
             }
             if prices.lookup(&model).is_none() {
                 return Err(Error::Usage(format!(
-                    "--max-cost needs a price for model {model:?}, and none is known; add it with                      --price-file"
+                    "--max-cost needs a price for model {model:?}, and none is known; add it with \
+                     --price-file"
                 )));
             }
         }
@@ -310,6 +334,16 @@ impl RunConfig {
             dry_run: args.dry_run,
             log: args.log,
             sanitize: !args.no_sanitize,
+            cache: if args.no_cache {
+                CacheMode::Off
+            } else {
+                CacheMode::On {
+                    dir: args.cache_dir.unwrap_or_else(crate::cache::default_dir),
+                    refresh: args.refresh,
+                    truncated: args.cache_truncated,
+                }
+            },
+            dedup: !args.no_dedup,
         })
     }
 }

@@ -16,9 +16,12 @@
 //! [`runner`] is the scheduler that drives that path with bounded concurrency and cancellation.
 //! [`mock`] is an OpenAI-compatible HTTP server used by `--mock`, `batch mock` and every test.
 //! [`cli`] holds the flag definitions and [`config`] resolves flags, `batch.toml` and the
-//! environment into one [`config::RunConfig`].
+//! environment into one [`config::RunConfig`]. [`mod@bench`] drives the runner over a sample of
+//! rows at several `--concurrency` settings and reports, charts and recommends.
 
 pub mod audit;
+pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod concurrency;
 pub mod config;
@@ -56,7 +59,9 @@ pub fn main_entry() -> ExitStatus {
         cli::Command::Run(args) => {
             config::RunConfig::resolve(*args).and_then(|cfg| block_on(runner::run(cfg)))
         }
+        cli::Command::Cache { action, cache_dir } => cache::command(action, cache_dir),
         cli::Command::Mock(args) => block_on(mock::serve_forever(args.into())),
+        cli::Command::Bench(args) => block_on(bench::run(*args)),
     };
     match result {
         Ok(status) => status,

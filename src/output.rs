@@ -17,7 +17,7 @@ use crate::error::{Error, describe_io};
 use crate::provider::Usage;
 
 /// Columns added after the input's own, in this order.
-pub const RESULT_COLUMNS: [&str; 10] = [
+pub const RESULT_COLUMNS: [&str; 11] = [
     "output",
     "status",
     "error",
@@ -28,6 +28,7 @@ pub const RESULT_COLUMNS: [&str; 10] = [
     "cost_usd",
     "model",
     "finish_reason",
+    "cached",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -67,6 +68,10 @@ pub struct RowResult {
     pub cost: Option<f64>,
     pub model: String,
     pub finish_reason: String,
+    /// The answer came from the cache or from an identical request of this run: nothing was
+    /// paid for it (`cost` is zero), and `saved_usd` is what it cost the first time.
+    pub cached: bool,
+    pub saved_usd: Option<f64>,
 }
 
 impl RowResult {
@@ -85,7 +90,26 @@ impl RowResult {
             cost: None,
             model: model.to_string(),
             finish_reason: String::new(),
+            cached: false,
+            saved_usd: None,
         }
+    }
+
+    /// The result of a row whose answer is reused from `original` (another row's, or the
+    /// cache's), at no cost.
+    pub fn reused(seq: u64, id: String, original: &RowResult) -> Self {
+        let mut r = original.clone();
+        r.seq = seq;
+        r.id = id;
+        if r.status == RowStatus::Ok {
+            r.cached = true;
+            r.saved_usd = original.saved_usd.or(original.cost);
+            r.cost = original.cost.map(|_| 0.0);
+            r.attempts = 0;
+            r.throttled = 0;
+            r.latency = None;
+        }
+        r
     }
 }
 
@@ -193,6 +217,7 @@ impl ResultsWriter {
             &cost,
             &*model,
             &*finish,
+            if r.cached { "true" } else { "false" },
         ] {
             self.buf.push_field(field);
         }

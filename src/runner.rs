@@ -33,8 +33,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::AuditLog;
+use crate::cache::{Cache, CachedAnswer};
 use crate::concurrency::{Sample, Slots};
-use crate::config::{Endpoint, PromptSource, Resume, RunConfig};
+use crate::config::{CacheMode, Endpoint, PromptSource, Resume, RunConfig};
 use crate::error::{Error, ExitStatus};
 use crate::input::{IdSet, InputFile, Row};
 use crate::limiter::RateBudget;
@@ -71,11 +72,21 @@ struct Job {
     request_hash: String,
     /// Prompt tokens as counted before sending, for the token budget and the spend cap.
     prompt_tokens: u32,
+    /// The cache's answer to this exact request, if it has one.
+    cached: Option<CachedAnswer>,
 }
 
-/// An outcome on its way to the journal; `holds_slot` when the row had a concurrency slot, which
-/// the journal releases once the outcome is committed.
-type JournalEntry = (Finished, bool);
+/// An outcome on its way to the journal.
+struct JournalEntry {
+    finished: Finished,
+    /// The row had a concurrency slot, which the journal releases once the outcome is committed.
+    holds_slot: bool,
+    /// The row's request was sent for identical ones too, whose answers the journal then writes.
+    leads: bool,
+}
+
+/// Rows waiting for the answer to an identical request in flight, by request hash.
+type Followers = std::collections::HashMap<String, Vec<(u64, String)>>;
 
 /// What every row task needs, shared.
 struct Shared {
@@ -88,6 +99,9 @@ struct Shared {
     model: String,
     spend: Option<SpendCap>,
     audit: Option<AuditLog>,
+    /// Identical requests are sent once: rows waiting on one in flight, and this run's journal
+    /// to find one already answered. `None` with `--no-dedup`.
+    dedup: Option<(Mutex<Followers>, Mutex<FinishedRows>)>,
     /// Completion tokens an answer is expected to need: a running mean of the answers seen.
     completion_estimate: Mutex<f64>,
     /// Cancelled when the run must stop dispatching.
@@ -257,6 +271,14 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         model: cfg.model.clone(),
         spend,
         audit,
+        dedup: if cfg.dedup {
+            Some((
+                Mutex::default(),
+                Mutex::new(FinishedRows::open(&cfg.state)?),
+            ))
+        } else {
+            None
+        },
         completion_estimate: Mutex::new(INITIAL_COMPLETION_ESTIMATE),
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
@@ -293,12 +315,21 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
             Endpoint::Mock(_) => provider.endpoint().replacen(&base_url, "mock:", 1),
             Endpoint::Remote { .. } => provider.endpoint().to_string(),
         };
+        let cache = match &cfg.cache {
+            CacheMode::On {
+                dir,
+                refresh: false,
+                ..
+            } => Some(Cache::open(dir)?),
+            _ => None,
+        };
         let maker = JobMaker {
             input: input.clone(),
             prompts: prompts.clone(),
             provider,
             endpoint,
             cfg: cfg.clone(),
+            cache,
         };
         let state = cfg.state.clone();
         std::thread::spawn(move || read_work(&maker, finished, &state, work_tx))
@@ -307,7 +338,11 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let (journal_tx, journal_rx) = std::sync::mpsc::channel::<JournalEntry>();
     let journal = {
         let shared = shared.clone();
-        std::thread::spawn(move || write_journal(store, journal_rx, &shared, &result_tx))
+        let cache = match &cfg.cache {
+            CacheMode::On { dir, truncated, .. } => Some((Cache::open(dir)?, *truncated)),
+            CacheMode::Off => None,
+        };
+        std::thread::spawn(move || write_journal(store, cache, journal_rx, &shared, &result_tx))
     };
     let dispatcher = tokio::spawn(dispatch(work_rx, shared.clone(), journal_tx));
 
@@ -649,6 +684,8 @@ struct JobMaker {
     /// Where requests go, as it identifies them (stable across runs).
     endpoint: String,
     cfg: RunConfig,
+    /// Read for hits, unless the cache is off or being refreshed.
+    cache: Option<Cache>,
 }
 
 impl JobMaker {
@@ -672,6 +709,14 @@ impl JobMaker {
         };
         let body = Bytes::from(self.provider.body(&request));
         let request_hash = request_hash(&self.endpoint, &body);
+        let cached = match &self.cache {
+            // A cache that cannot be read is a cache that misses.
+            Some(c) => c.get(&request_hash).unwrap_or_else(|e| {
+                tracing::warn!("{e}");
+                None
+            }),
+            None => None,
+        };
         Ok(Job {
             seq: row.seq,
             id: row.id,
@@ -679,6 +724,7 @@ impl JobMaker {
             body,
             request_hash,
             prompt_tokens,
+            cached,
         })
     }
 }
@@ -763,11 +809,13 @@ fn read_work(
     }
 }
 
-/// The journal thread: commits outcomes in groups, then releases the slots of the rows that had
-/// one and passes the results on. Returns the store (for the final bookkeeping) and the first
-/// write error, if any; a journal that cannot be written stops the run.
+/// The journal thread: commits outcomes in groups, stores new answers in the cache, releases
+/// the slots of the rows that had one, writes the answers of rows that waited for an identical
+/// request, and passes every result on. Returns the store (for the final bookkeeping) and the
+/// first write error, if any; a journal that cannot be written stops the run.
 fn write_journal(
     mut store: Store,
+    mut cache: Option<(Cache, bool)>,
     rx: std::sync::mpsc::Receiver<JournalEntry>,
     shared: &Shared,
     results: &mpsc::UnboundedSender<RowResult>,
@@ -781,21 +829,101 @@ fn write_journal(
                 Err(_) => break,
             }
         }
-        let (finished, slots): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-        if error.is_none()
-            && let Err(e) = store.record(&finished)
-        {
-            shared.stop_with(format!("{e}"));
-            error = Some(e);
+        let mut commit = |finished: &[Finished]| {
+            if error.is_none()
+                && let Err(e) = store.record(finished)
+            {
+                shared.stop_with(format!("{e}"));
+                error = Some(e);
+            }
+        };
+        let (finished, flags): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|e| (e.finished, (e.holds_slot, e.leads)))
+            .unzip();
+        commit(&finished);
+        if let Some((c, truncated)) = cache.as_mut() {
+            let answers: Vec<(&str, CachedAnswer)> = finished
+                .iter()
+                .filter(|f| cacheable(&f.result, *truncated))
+                .map(|f| (f.request_hash.as_str(), answer_of(&f.result)))
+                .collect();
+            if !answers.is_empty()
+                && let Err(e) = c.put_many(answers.iter().map(|(k, a)| (*k, a)))
+            {
+                // The run goes on without storing answers rather than stopping for the cache.
+                eprintln!("warning: {e}; answers of this run will not be cached");
+                cache = None;
+            }
         }
-        for (f, holds_slot) in finished.into_iter().zip(slots) {
+        // Rows that waited for an identical request get its answer, now that it is committed
+        // (so a later identical row finds it in the journal).
+        let mut reused = Vec::new();
+        if let Some((followers, _)) = &shared.dedup {
+            let mut followers = followers.lock().expect("followers lock");
+            for (f, (_, leads)) in finished.iter().zip(&flags) {
+                if !*leads {
+                    continue;
+                }
+                for (seq, id) in followers.remove(&f.request_hash).unwrap_or_default() {
+                    reused.push(Finished {
+                        result: RowResult::reused(seq, id, &f.result),
+                        request_hash: f.request_hash.clone(),
+                        attempts: Vec::new(),
+                    });
+                }
+            }
+        }
+        if !reused.is_empty() {
+            commit(&reused);
+        }
+        for (f, (holds_slot, _)) in finished.into_iter().zip(flags) {
             if holds_slot {
                 shared.slots.release();
             }
             let _ = results.send(f.result);
         }
+        for f in reused {
+            let _ = results.send(f.result);
+        }
     }
     (store, error)
+}
+
+/// Whether an answer may be cached: complete and successful, and not cut off by the token cap
+/// unless `truncated` allows it. Answers that came from the cache are there already.
+fn cacheable(r: &RowResult, truncated: bool) -> bool {
+    r.status == RowStatus::Ok && !r.cached && (truncated || r.finish_reason != "length")
+}
+
+fn answer_of(r: &RowResult) -> CachedAnswer {
+    CachedAnswer {
+        text: r.output.clone(),
+        finish_reason: r.finish_reason.clone(),
+        model: r.model.clone(),
+        usage: r.usage.unwrap_or_default(),
+        cost_usd: r.cost,
+    }
+}
+
+/// The result of a row answered from the cache: nothing paid, the original usage kept.
+fn cached_result(job: &Job, a: CachedAnswer, priced: bool) -> RowResult {
+    RowResult {
+        seq: job.seq,
+        id: job.id.clone(),
+        status: RowStatus::Ok,
+        output: a.text,
+        error: String::new(),
+        attempts: 0,
+        throttled: 0,
+        latency: None,
+        usage: Some(a.usage),
+        cost: priced.then_some(0.0),
+        model: a.model,
+        finish_reason: a.finish_reason,
+        cached: true,
+        saved_usd: a.cost_usd,
+    }
 }
 
 /// Starts each job when a slot is free; returns the input error that ended reading, if any.
@@ -804,32 +932,68 @@ async fn dispatch(
     shared: Arc<Shared>,
     journal: std::sync::mpsc::Sender<JournalEntry>,
 ) -> Option<Error> {
-    let skip = |job: Job| {
-        let reason = shared.stop_reason();
-        let result = RowResult::skipped(job.seq, job.id, &shared.model, &reason);
+    let record = |result: RowResult, job: Job, holds_slot: bool, leads: bool| {
         let finished = Finished {
             result,
             request_hash: job.request_hash,
             attempts: Vec::new(),
         };
-        let _ = journal.send((finished, false));
+        let _ = journal.send(JournalEntry {
+            finished,
+            holds_slot,
+            leads,
+        });
+    };
+    let skip = |job: Job, leads: bool| {
+        let reason = shared.stop_reason();
+        let result = RowResult::skipped(job.seq, job.id.clone(), &shared.model, &reason);
+        record(result, job, false, leads);
     };
     while let Some(item) = work.recv().await {
-        let job = match item {
+        let mut job = match item {
             Ok(job) => job,
             Err(e) => {
                 shared.stop_with("the input could not be read".into());
                 return Some(e);
             }
         };
+        if let Some(answer) = job.cached.take() {
+            let result = cached_result(&job, answer, shared.price.is_some());
+            record(result, job, false, false);
+            continue;
+        }
+        // Identical requests are sent once: wait for the one in flight, or reuse the answer.
+        let mut leads = false;
+        if let Some((followers, journal_rows)) = &shared.dedup {
+            let mut followers = followers.lock().expect("followers lock");
+            if let Some(waiting) = followers.get_mut(&job.request_hash) {
+                waiting.push((job.seq, job.id.clone()));
+                continue;
+            }
+            let answered = journal_rows
+                .lock()
+                .expect("journal reader lock")
+                .answered(&job.request_hash)
+                .unwrap_or_else(|e| {
+                    tracing::warn!("{e}");
+                    None
+                });
+            if let Some(original) = answered {
+                let result = RowResult::reused(job.seq, job.id.clone(), &original);
+                record(result, job, false, false);
+                continue;
+            }
+            followers.insert(job.request_hash.clone(), Vec::new());
+            leads = true;
+        }
         if shared.stop.is_cancelled() {
-            skip(job);
+            skip(job, leads);
             continue;
         }
         tokio::select! {
             _ = shared.slots.acquire() => {}
             _ = shared.stop.cancelled() => {
-                skip(job);
+                skip(job, leads);
                 continue;
             }
         }
@@ -842,7 +1006,12 @@ async fn dispatch(
                 attempts,
             };
             // The journal thread releases the slot once the row is committed.
-            if journal.send((finished, true)).is_err() {
+            let entry = JournalEntry {
+                finished,
+                holds_slot: true,
+                leads,
+            };
+            if journal.send(entry).is_err() {
                 shared.slots.release();
             }
         });
@@ -874,13 +1043,15 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
             None => None,
             Some(cap) => match cap.reserve(shared.worst_cost(job)) {
                 Ok(r) => Some(r),
-                Err(committed) => {
+                Err((committed, reserved)) => {
+                    let usd = |v: f64| format_cost((v * 1e6).round() / 1e6);
                     shared.stop_with(format!(
-                        "spend cap reached: ${} of --max-cost ${} is spent or reserved, and the \
-                         next request could cost up to ${}",
-                        format_cost((committed * 1e6).round() / 1e6),
-                        cap.cap(),
-                        format_cost((shared.worst_cost(job) * 1e6).round() / 1e6)
+                        "spend cap reached: ${} spent and ${} reserved by requests in flight, of \
+                         --max-cost ${}; the next request could cost up to ${}",
+                        usd(committed),
+                        usd(reserved),
+                        usd(cap.cap()),
+                        usd(shared.worst_cost(job))
                     ));
                     return (stopped(&journal, throttled, last_error.as_ref()), journal);
                 }
@@ -915,6 +1086,17 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
         };
         let latency = sent.elapsed();
         let abandoned = shared.abort.is_cancelled() && exchange.outcome.is_err();
+        // What this attempt counts as costing: its answer's cost; for a failure, nothing,
+        // unless the server may have billed an answer we never saw (then, under a cap, the
+        // worst case).
+        let charged = match &exchange.outcome {
+            Ok(c) => shared.price.map(|p| p.cost(&c.usage)),
+            Err(e) if cost_unknowable(e) => spend.as_ref().map(|r| r.worst()),
+            Err(_) => spend.as_ref().map(|_| 0.0),
+        };
+        if let (Some(cap), Some(r)) = (&shared.spend, spend) {
+            cap.settle(r, charged);
+        }
         shared
             .slots
             .finish_sending(sending, concurrency_sample(&exchange.outcome, latency));
@@ -949,16 +1131,14 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 Ok(c) => c.request_id.clone(),
                 Err(e) => e.request_id.clone(),
             },
+            charged_usd: charged,
         });
         let err = match exchange.outcome {
             Ok(c) => {
                 let used = c.usage.prompt_tokens + c.usage.completion_tokens;
                 shared.budget.settle(permit, Some(used));
                 shared.learn_completion(c.usage.completion_tokens);
-                let cost = shared.price.map(|p| p.cost(&c.usage));
-                if let (Some(cap), Some(r)) = (&shared.spend, spend) {
-                    cap.settle(r, cost);
-                }
+                let cost = charged;
                 let result = RowResult {
                     seq: job.seq,
                     id: job.id.clone(),
@@ -972,6 +1152,8 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                     usage: Some(c.usage),
                     model: c.model.unwrap_or_else(|| job.request.model.clone()),
                     finish_reason: c.finish_reason.unwrap_or_default(),
+                    cached: false,
+                    saved_usd: None,
                 };
                 return (result, journal);
             }
@@ -979,14 +1161,6 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
         };
         // A rejected or failed request is not counted against the server's token budget.
         shared.budget.settle(permit, None);
-        if let (Some(cap), Some(r)) = (&shared.spend, spend) {
-            // The server may have billed an answer we never saw; an HTTP refusal costs nothing.
-            let unknowable = matches!(
-                err.kind,
-                ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::InvalidResponse
-            );
-            cap.settle(r, if unknowable { None } else { Some(0.0) });
-        }
         if abandoned {
             return (stopped(&journal, throttled, Some(&err)), journal);
         }
@@ -1024,11 +1198,22 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                     cost: None,
                     model: job.request.model.clone(),
                     finish_reason: String::new(),
+                    cached: false,
+                    saved_usd: None,
                 };
                 return (result, journal);
             }
         }
     }
+}
+
+/// Whether a failed attempt may have been billed all the same: it timed out, or its answer was
+/// lost or garbled after the server produced it. An HTTP refusal costs nothing.
+fn cost_unknowable(e: &CallError) -> bool {
+    matches!(
+        e.kind,
+        ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::InvalidResponse
+    )
 }
 
 /// What an attempt tells the concurrency controller: 429s, timeouts and 503s are overload.

@@ -52,11 +52,12 @@ impl SpendCap {
         self.cap
     }
 
-    /// Reserves `worst` USD, or says what is committed if it does not fit.
-    pub fn reserve(&self, worst: f64) -> Result<Reservation, f64> {
+    /// Reserves `worst` USD, or says what is committed and what is reserved by requests in
+    /// flight if it does not fit.
+    pub fn reserve(&self, worst: f64) -> Result<Reservation, (f64, f64)> {
         let mut s = self.state.lock().expect("spend lock");
         if s.committed + s.reserved + worst > self.cap {
-            return Err(s.committed);
+            return Err((s.committed, s.reserved));
         }
         s.reserved += worst;
         Ok(Reservation { worst })
@@ -82,7 +83,7 @@ mod tests {
     fn reservations_in_flight_count_against_the_cap() {
         let cap = SpendCap::new(1.0, 0.25);
         let a = cap.reserve(0.5).unwrap();
-        assert_eq!(cap.reserve(0.5).unwrap_err(), 0.25);
+        assert_eq!(cap.reserve(0.5).unwrap_err(), (0.25, 0.5));
         cap.settle(a, Some(0.1));
         let b = cap.reserve(0.5).unwrap();
         cap.settle(b, None);

@@ -22,6 +22,9 @@ use crate::error::Error;
 use crate::output::{RowResult, RowStatus};
 use crate::provider::Usage;
 
+/// Bumped when the tables change; a state file of another version is refused, not misread.
+const SCHEMA_VERSION: i64 = 2;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -45,9 +48,13 @@ CREATE TABLE IF NOT EXISTS rows (
     cost_usd          REAL,
     model             TEXT NOT NULL,
     finish_reason     TEXT NOT NULL,
+    cached            INTEGER NOT NULL DEFAULT 0,
+    saved_usd         REAL,
     finished_at       TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS rows_by_request ON rows (request_hash, status);
 CREATE TABLE IF NOT EXISTS attempts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     seq         INTEGER NOT NULL,
     attempt     INTEGER NOT NULL,
     started_at  TEXT NOT NULL,
@@ -56,8 +63,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     error       TEXT,
     latency_ms  INTEGER,
     request_id  TEXT,
-    PRIMARY KEY (seq, attempt)
+    charged_usd REAL
 );
+CREATE INDEX IF NOT EXISTS attempts_by_row ON attempts (seq);
 ";
 
 /// The settings that shape requests. A resumed run must have the same ones, or it would mix
@@ -123,6 +131,10 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     pub latency: Duration,
     pub request_id: Option<String>,
+    /// What the attempt is counted as costing: its answer's cost, or (under a spend cap) the
+    /// worst case of an attempt whose cost could not be known. Summed over every attempt of the
+    /// run, resumed parts and replaced answers included, for a cap that covers the whole run.
+    pub charged_usd: Option<f64>,
 }
 
 /// A finished row on its way into the journal.
@@ -150,8 +162,23 @@ impl Store {
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
         )
-        .and_then(|_| conn.execute_batch(SCHEMA))
         .map_err(|e| db_error(path, "set up", &e))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| db_error(path, "read", &e))?;
+        let empty: bool = conn
+            .query_row("SELECT COUNT(*) = 0 FROM sqlite_master", [], |r| r.get(0))
+            .map_err(|e| db_error(path, "read", &e))?;
+        if !empty && version != SCHEMA_VERSION {
+            return Err(Error::Usage(format!(
+                "the run state {} was written by another version of batch and cannot be \
+                 resumed; move it away (or use --restart after deleting it) to start over",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA)
+            .and_then(|_| conn.pragma_update(None, "user_version", SCHEMA_VERSION))
+            .map_err(|e| db_error(path, "set up", &e))?;
         Ok(Store {
             conn,
             path: path.to_path_buf(),
@@ -242,12 +269,15 @@ impl Store {
             .map_err(|e| db_error(&self.path, "write", &e))
     }
 
-    /// Total cost of the rows already finished (for a spend cap that covers the whole run).
+    /// What the run's attempts so far are counted as costing (for a spend cap that covers the
+    /// whole run, answers later replaced included).
     pub fn spent(&self) -> Result<f64, Error> {
         self.conn
-            .query_row("SELECT COALESCE(SUM(cost_usd), 0.0) FROM rows", [], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT COALESCE(SUM(charged_usd), 0.0) FROM attempts",
+                [],
+                |r| r.get(0),
+            )
             .map_err(|e| db_error(&self.path, "read", &e))
     }
 
@@ -263,12 +293,13 @@ impl Store {
             let mut row_stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO rows (seq, id, request_hash, status, output, error, \
                  attempts, throttled, latency_ms, prompt_tokens, completion_tokens, cached_tokens, \
-                 cache_write_tokens, reasoning_tokens, cost_usd, model, finish_reason, finished_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                 cache_write_tokens, reasoning_tokens, cost_usd, model, finish_reason, cached, \
+                 saved_usd, finished_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+                 ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             )?;
             let mut attempt_stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO attempts (seq, attempt, started_at, outcome, http_status, \
-                 error, latency_ms, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO attempts (seq, attempt, started_at, outcome, http_status, error, \
+                 latency_ms, request_id, charged_usd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
             for f in rows {
@@ -283,6 +314,7 @@ impl Store {
                         a.error,
                         a.latency.as_millis() as i64,
                         a.request_id,
+                        a.charged_usd,
                     ])?;
                 }
                 let u = r.usage;
@@ -304,6 +336,8 @@ impl Store {
                     r.cost,
                     r.model,
                     r.finish_reason,
+                    r.cached,
+                    r.saved_usd,
                     now,
                 ])?;
             }
@@ -357,53 +391,27 @@ impl FinishedRows {
         run().map_err(|e| db_error(&self.path, "read", &e))
     }
 
+    /// A row of this run answered `ok` to the request `hash`, if there is one: identical
+    /// requests are sent once per run.
+    pub fn answered(&self, hash: &str) -> Result<Option<RowResult>, Error> {
+        self.conn
+            .prepare_cached(&format!(
+                "SELECT {ROW_COLUMNS} FROM rows WHERE request_hash = ?1 AND status = 'ok' LIMIT 1"
+            ))
+            .and_then(|mut stmt| stmt.query_row([hash], prior_row).optional())
+            .map(|row| row.map(|p| p.result))
+            .map_err(|e| db_error(&self.path, "read", &e))
+    }
+
     /// Calls `f` with each recorded row in `seq` order; `f` returns false to stop early.
     pub fn for_each(&self, mut f: impl FnMut(PriorRow) -> bool) -> Result<(), Error> {
         let mut run = || -> rusqlite::Result<()> {
-            let mut stmt = self.conn.prepare(
-                "SELECT seq, id, request_hash, status, output, error, attempts, throttled, \
-                 latency_ms, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, \
-                 reasoning_tokens, cost_usd, model, finish_reason FROM rows ORDER BY seq",
-            )?;
+            let mut stmt = self
+                .conn
+                .prepare(&format!("SELECT {ROW_COLUMNS} FROM rows ORDER BY seq"))?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                let status = match r.get::<_, String>(3)?.as_str() {
-                    "ok" => RowStatus::Ok,
-                    "failed" => RowStatus::Failed,
-                    _ => RowStatus::Skipped,
-                };
-                let prompt: Option<i64> = r.get(9)?;
-                let usage = prompt.map(|p| -> rusqlite::Result<Usage> {
-                    let n = |i: usize| -> rusqlite::Result<u64> {
-                        Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0) as u64)
-                    };
-                    Ok(Usage {
-                        prompt_tokens: p as u64,
-                        completion_tokens: n(10)?,
-                        cached_tokens: n(11)?,
-                        cache_write_tokens: n(12)?,
-                        reasoning_tokens: n(13)?,
-                    })
-                });
-                let prior = PriorRow {
-                    request_hash: r.get(2)?,
-                    result: RowResult {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        id: r.get(1)?,
-                        status,
-                        output: r.get(4)?,
-                        error: r.get(5)?,
-                        attempts: r.get(6)?,
-                        throttled: r.get(7)?,
-                        latency: r
-                            .get::<_, Option<i64>>(8)?
-                            .map(|ms| Duration::from_millis(ms.max(0) as u64)),
-                        usage: usage.transpose()?,
-                        cost: r.get(14)?,
-                        model: r.get(15)?,
-                        finish_reason: r.get(16)?,
-                    },
-                };
+                let prior = prior_row(r)?;
                 if !f(prior) {
                     break;
                 }
@@ -445,6 +453,53 @@ impl SeqSet {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// The columns [`prior_row`] reads, in its order.
+const ROW_COLUMNS: &str = "seq, id, request_hash, status, output, error, attempts, throttled, \
+    latency_ms, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, \
+    reasoning_tokens, cost_usd, model, finish_reason, cached, saved_usd";
+
+fn prior_row(r: &rusqlite::Row) -> rusqlite::Result<PriorRow> {
+    let status = match r.get::<_, String>(3)?.as_str() {
+        "ok" => RowStatus::Ok,
+        "failed" => RowStatus::Failed,
+        _ => RowStatus::Skipped,
+    };
+    let n = |i: usize| -> rusqlite::Result<u64> {
+        Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+    };
+    let usage = match r.get::<_, Option<i64>>(9)? {
+        None => None,
+        Some(p) => Some(Usage {
+            prompt_tokens: p.max(0) as u64,
+            completion_tokens: n(10)?,
+            cached_tokens: n(11)?,
+            cache_write_tokens: n(12)?,
+            reasoning_tokens: n(13)?,
+        }),
+    };
+    Ok(PriorRow {
+        request_hash: r.get(2)?,
+        result: RowResult {
+            seq: r.get::<_, i64>(0)? as u64,
+            id: r.get(1)?,
+            status,
+            output: r.get(4)?,
+            error: r.get(5)?,
+            attempts: r.get(6)?,
+            throttled: r.get(7)?,
+            latency: r
+                .get::<_, Option<i64>>(8)?
+                .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+            usage,
+            cost: r.get(14)?,
+            model: r.get(15)?,
+            finish_reason: r.get(16)?,
+            cached: r.get(17)?,
+            saved_usd: r.get(18)?,
+        },
+    })
 }
 
 fn db_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
@@ -495,6 +550,7 @@ mod tests {
                 error: Some("busy".into()),
                 latency: Duration::from_millis(5),
                 request_id: None,
+                charged_usd: (status != RowStatus::Skipped).then_some(0.5),
             }],
         }
     }

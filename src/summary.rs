@@ -29,6 +29,10 @@ pub struct Stats {
     pub rate_limited: u64,
     /// Rows taken as they were from an earlier part of a resumed run.
     pub resumed: u64,
+    /// Rows answered from the cache or by an identical request of the run.
+    pub cache_hits: u64,
+    pub tokens_saved: u64,
+    pub saved_usd: f64,
     /// Latency of answered rows, microseconds.
     latency: Histogram<u64>,
 }
@@ -46,6 +50,9 @@ impl Default for Stats {
             retries: 0,
             rate_limited: 0,
             resumed: 0,
+            cache_hits: 0,
+            tokens_saved: 0,
+            saved_usd: 0.0,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
         }
     }
@@ -60,6 +67,13 @@ impl Stats {
         }
         self.retries += u64::from(r.attempts.saturating_sub(1));
         self.rate_limited += u64::from(r.throttled);
+        if r.cached {
+            self.cache_hits += 1;
+            if let Some(u) = r.usage {
+                self.tokens_saved += u.prompt_tokens + u.completion_tokens;
+            }
+            self.saved_usd += r.saved_usd.unwrap_or(0.0);
+        }
         if let Some(u) = r.usage {
             self.prompt_tokens += u.prompt_tokens;
             self.completion_tokens += u.completion_tokens;
@@ -104,6 +118,9 @@ impl Stats {
             retries: self.retries,
             rate_limited: self.rate_limited,
             resumed: self.resumed,
+            cache_hits: self.cache_hits,
+            tokens_saved: self.tokens_saved,
+            saved_usd: self.saved_usd,
             wall_seconds: secs,
             rows_per_second: if secs > 0.0 {
                 self.done() as f64 / secs
@@ -149,6 +166,9 @@ pub struct Summary {
     pub retries: u64,
     pub rate_limited: u64,
     pub resumed: u64,
+    pub cache_hits: u64,
+    pub tokens_saved: u64,
+    pub saved_usd: f64,
     pub wall_seconds: f64,
     pub rows_per_second: f64,
     pub latency_ms: Latency,
@@ -194,6 +214,15 @@ impl Summary {
             None => format!("unknown: no price for {} (see --price-file)", self.model),
         };
         writeln!(w, "Cost       {cost}")?;
+        if self.cache_hits > 0 {
+            writeln!(
+                w,
+                "Cache      {} answers reused, {} tokens and ${} saved",
+                self.cache_hits,
+                self.tokens_saved,
+                format_cost(self.saved_usd)
+            )?;
+        }
         writeln!(
             w,
             "Time       {:.1} s, {:.1} rows/s, {} retries ({} rate-limited)",
@@ -244,6 +273,8 @@ mod tests {
             cost,
             model: "m".into(),
             finish_reason: String::new(),
+            cached: false,
+            saved_usd: None,
         }
     }
 

@@ -17,6 +17,9 @@ pub fn bin() -> &'static str {
 /// A fresh temporary directory, removed when dropped. The binary runs with it as current dir.
 pub struct TestDir {
     dir: tempfile::TempDir,
+    /// The test's own response cache, outside `dir` so that listings of `dir` see only what a
+    /// run writes there; without it, one test's answers would be another's cache hits.
+    cache: tempfile::TempDir,
 }
 
 impl TestDir {
@@ -25,7 +28,16 @@ impl TestDir {
             .prefix("batch-e2e-")
             .tempdir()
             .expect("create temp dir");
-        TestDir { dir }
+        let cache = tempfile::Builder::new()
+            .prefix("batch-e2e-cache-")
+            .tempdir()
+            .expect("create temp dir");
+        TestDir { dir, cache }
+    }
+
+    /// The response cache folder the binary uses in this test.
+    pub fn cache_dir(&self) -> &Path {
+        self.cache.path()
     }
 
     pub fn path(&self) -> &Path {
@@ -114,6 +126,7 @@ where
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")
         .env_remove("RUST_LOG")
+        .env("BATCH_CACHE_DIR", dir.cache_dir())
         .stdin(Stdio::null());
     cmd
 }
@@ -172,9 +185,16 @@ pub struct MockProcess {
 impl MockProcess {
     /// Starts `batch mock --port 0 ARGS...` and waits for the URL line.
     pub fn start(args: &[&str]) -> MockProcess {
+        MockProcess::start_on(0, args)
+    }
+
+    /// Starts `batch mock --port PORT ARGS...` and waits for the URL line. A mock started on the
+    /// port of one that was stopped has the same base URL, so a run recorded against the first
+    /// can be resumed against the second.
+    pub fn start_on(port: u16, args: &[&str]) -> MockProcess {
         let mut child = Command::new(bin())
             .arg("mock")
-            .args(["--port", "0"])
+            .args(["--port", &port.to_string()])
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -205,6 +225,13 @@ impl MockProcess {
             addr,
             _stdout: stdout,
         }
+    }
+
+    /// The port the mock listens on.
+    #[allow(dead_code)]
+    pub fn port(&self) -> u16 {
+        let (_, port) = self.addr.rsplit_once(':').expect("addr is host:port");
+        port.parse().expect("port is a number")
     }
 
     /// `GET /stats` as JSON, over a plain HTTP/1.1 connection.
