@@ -70,10 +70,19 @@ struct Job {
     /// Identifies the request (endpoint and body): a resumed run re-sends a row whose hash
     /// changed.
     request_hash: String,
-    /// Prompt tokens as counted before sending, for the token budget and the spend cap.
-    prompt_tokens: u32,
+    /// Prompt tokens, counted on first need (a token budget or the spend cap).
+    prompt_tokens: std::sync::OnceLock<u32>,
     /// The cache's answer to this exact request, if it has one.
     cached: Option<CachedAnswer>,
+}
+
+impl Job {
+    fn prompt_tokens(&self) -> u32 {
+        *self.prompt_tokens.get_or_init(|| {
+            let r = &self.request;
+            tokens::count_chat(&r.model, r.system.as_deref(), &r.user)
+        })
+    }
 }
 
 /// An outcome on its way to the journal.
@@ -87,6 +96,49 @@ struct JournalEntry {
 
 /// Rows waiting for the answer to an identical request in flight, by request hash.
 type Followers = std::collections::HashMap<String, Vec<(u64, String)>>;
+
+/// The requests this run has sent, as a Bloom filter: "no" is certain, so only a "maybe" costs a
+/// look in the journal for an identical request already answered. Ten bits a row (a million
+/// rows in 1.25 MB) give about 1% false maybes.
+struct SentRequests {
+    bits: Vec<u64>,
+}
+
+impl SentRequests {
+    const HASHES: u64 = 7;
+
+    fn new(rows: u64) -> Self {
+        SentRequests {
+            bits: vec![0; (rows.max(64) * 10).div_ceil(64) as usize],
+        }
+    }
+
+    /// Bit positions for a request hash (hex SHA-256): double hashing over two 64-bit parts.
+    fn positions(&self, hash: &str) -> impl Iterator<Item = (usize, u64)> + use<> {
+        let part = |r: std::ops::Range<usize>| {
+            hash.get(r)
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .unwrap_or(0)
+        };
+        let (h1, h2) = (part(0..16), part(16..32) | 1);
+        let n = self.bits.len() as u64 * 64;
+        (0..Self::HASHES).map(move |i| {
+            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % n;
+            ((bit / 64) as usize, bit % 64)
+        })
+    }
+
+    fn insert(&mut self, hash: &str) {
+        for (word, bit) in self.positions(hash) {
+            self.bits[word] |= 1 << bit;
+        }
+    }
+
+    fn may_contain(&self, hash: &str) -> bool {
+        self.positions(hash)
+            .all(|(word, bit)| self.bits[word] & (1 << bit) != 0)
+    }
+}
 
 /// What every row task needs, shared.
 struct Shared {
@@ -149,7 +201,7 @@ impl Shared {
     /// The most one attempt of `job` can cost: its prompt (with a margin for tokenizer
     /// differences) and a full completion, at full price.
     fn worst_cost(&self, job: &Job) -> f64 {
-        let prompt = f64::from(job.prompt_tokens) * 1.1 + 16.0;
+        let prompt = f64::from(job.prompt_tokens()) * 1.1 + 16.0;
         let completion = job.request.max_tokens.unwrap_or(0);
         self.price.map_or(0.0, |p| {
             p.estimate(prompt.ceil() as u64, u64::from(completion))
@@ -344,7 +396,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         };
         std::thread::spawn(move || write_journal(store, cache, journal_rx, &shared, &result_tx))
     };
-    let dispatcher = tokio::spawn(dispatch(work_rx, shared.clone(), journal_tx));
+    let dispatcher = tokio::spawn(dispatch(work_rx, shared.clone(), journal_tx, plan.rows));
 
     // Collector: live totals for the progress bar.
     let mut live = Stats::default();
@@ -698,8 +750,6 @@ impl JobMaker {
                 row.line
             ))
         })?;
-        let prompt_tokens =
-            tokens::count_chat(&self.cfg.model, rendered.system.as_deref(), &rendered.user);
         let request = Request {
             model: self.cfg.model.clone(),
             system: rendered.system,
@@ -723,7 +773,7 @@ impl JobMaker {
             request,
             body,
             request_hash,
-            prompt_tokens,
+            prompt_tokens: std::sync::OnceLock::new(),
             cached,
         })
     }
@@ -931,7 +981,9 @@ async fn dispatch(
     mut work: mpsc::Receiver<Result<Job, Error>>,
     shared: Arc<Shared>,
     journal: std::sync::mpsc::Sender<JournalEntry>,
+    rows: u64,
 ) -> Option<Error> {
+    let mut sent = SentRequests::new(rows);
     let record = |result: RowResult, job: Job, holds_slot: bool, leads: bool| {
         let finished = Finished {
             result,
@@ -970,20 +1022,25 @@ async fn dispatch(
                 waiting.push((job.seq, job.id.clone()));
                 continue;
             }
-            let answered = journal_rows
-                .lock()
-                .expect("journal reader lock")
-                .answered(&job.request_hash)
-                .unwrap_or_else(|e| {
-                    tracing::warn!("{e}");
-                    None
-                });
+            let answered = if sent.may_contain(&job.request_hash) {
+                journal_rows
+                    .lock()
+                    .expect("journal reader lock")
+                    .answered(&job.request_hash)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!("{e}");
+                        None
+                    })
+            } else {
+                None
+            };
             if let Some(original) = answered {
                 let result = RowResult::reused(job.seq, job.id.clone(), &original);
                 record(result, job, false, false);
                 continue;
             }
             followers.insert(job.request_hash.clone(), Vec::new());
+            sent.insert(&job.request_hash);
             leads = true;
         }
         if shared.stop.is_cancelled() {
@@ -1057,9 +1114,12 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 }
             },
         };
-        let reserve = job
-            .prompt_tokens
-            .saturating_add(shared.completion_reservation(job.request.max_tokens));
+        let reserve = if shared.budget.counts_tokens() {
+            job.prompt_tokens()
+                .saturating_add(shared.completion_reservation(job.request.max_tokens))
+        } else {
+            0
+        };
         let permit = tokio::select! {
             permit = shared.budget.acquire(reserve) => permit,
             _ = shared.stop.cancelled() => {
@@ -1291,5 +1351,31 @@ async fn wait_for_signal() -> bool {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sent_requests_never_forget_and_rarely_imagine() {
+        let hash = |i: u64| request_hash("e", i.to_string().as_bytes());
+        let mut sent = SentRequests::new(10_000);
+        for i in 0..10_000 {
+            sent.insert(&hash(i));
+        }
+        assert!((0..10_000).all(|i| sent.may_contain(&hash(i))));
+        let false_maybes = (10_000..20_000)
+            .filter(|i| sent.may_contain(&hash(*i)))
+            .count();
+        assert!(false_maybes < 300, "{false_maybes} false maybes in 10,000");
+    }
+
+    #[test]
+    fn request_hash_covers_endpoint_and_body() {
+        assert_ne!(request_hash("a", b"x"), request_hash("b", b"x"));
+        assert_ne!(request_hash("a", b"x"), request_hash("a", b"y"));
+        assert_eq!(request_hash("a", b"x").len(), 64);
     }
 }

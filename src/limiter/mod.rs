@@ -136,6 +136,14 @@ impl RateBudget {
         }
     }
 
+    /// Whether requests must say how many tokens they take: there is a token budget, or there
+    /// may be one (the server has not answered yet). Counting costs more than anything else a
+    /// row does before it is sent, so it is skipped when nothing needs it.
+    pub fn counts_tokens(&self) -> bool {
+        let s = self.state.lock().expect("budget lock");
+        s.tokens.is_some() || s.probing
+    }
+
     /// The paced limits now in force, per minute: (requests, tokens).
     pub fn limits(&self) -> (Option<f64>, Option<f64>) {
         let s = self.state.lock().expect("budget lock");

@@ -1,0 +1,110 @@
+//! Issue 5's overhead comparison: the runner's requests per second against a raw HTTP load
+//! generator (oha) sending the same request body at the same concurrency to the same
+//! zero-latency mock, measured one after the other in the same run. The ratio is our distance
+//! from what the machine can do.
+//!
+//! Run: `cargo install oha --locked && cargo bench --bench overhead`
+//! (env BENCH_ROWS, default 50000; BENCH_CONCURRENCY, default 64).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+fn main() {
+    let env = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (rows, concurrency) = (env("BENCH_ROWS", 50_000), env("BENCH_CONCURRENCY", 64));
+    if Command::new("oha").arg("--version").output().is_err() {
+        println!("overhead: oha is not installed; run `cargo install oha --locked` first");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = "The blender was fine, arrived in 3 days, would buy again.";
+    let input = dir.path().join("input.csv");
+    let mut w = csv::Writer::from_path(&input).expect("write input");
+    w.write_record(["id", "review"]).unwrap();
+    for i in 0..rows {
+        // Distinct rows (identical ones would be sent once), each the same size as oha's body.
+        w.write_record([format!("r{i}"), format!("{text} #{i:06}")])
+            .unwrap();
+    }
+    w.flush().unwrap();
+    let body = serde_json::json!({
+        "model": "gpt-4.1-mini",
+        "messages": [{"role": "user", "content": format!("Classify: {text} #000000")}],
+    })
+    .to_string();
+
+    let mut mock = Command::new(env!("CARGO_BIN_EXE_batch"))
+        .args(["mock", "--port", "0", "--latency-ms", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start batch mock");
+    let mut url = String::new();
+    BufReader::new(mock.stdout.take().unwrap())
+        .read_line(&mut url)
+        .unwrap();
+    let url = url.trim().to_string();
+
+    let oha = Command::new("oha")
+        .args(["-n", &rows.to_string(), "-c", &concurrency.to_string()])
+        .args([
+            "-m",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+        ])
+        .args(["--no-tui", "--output-format", "json"])
+        .arg(format!("{url}/chat/completions"))
+        .output()
+        .expect("run oha");
+    let report: serde_json::Value = serde_json::from_slice(&oha.stdout).expect("oha's JSON report");
+    let oha_rps = report["summary"]["requestsPerSec"]
+        .as_f64()
+        .expect("requestsPerSec");
+    let oha_ok = report["summary"]["successRate"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+
+    let summary = dir.path().join("summary.json");
+    let status = Command::new(env!("CARGO_BIN_EXE_batch"))
+        .args([
+            "run",
+            input.to_str().unwrap(),
+            "--prompt",
+            "Classify: {{ review }}",
+            "-q",
+        ])
+        .args([
+            "--base-url",
+            &url,
+            "--concurrency",
+            &concurrency.to_string(),
+        ])
+        .args(["--no-cache", "--no-dedup"])
+        .args(["-o", dir.path().join("out.csv").to_str().unwrap()])
+        .args(["--summary-json", summary.to_str().unwrap()])
+        .env_remove("OPENAI_API_KEY")
+        .status()
+        .expect("run batch");
+    assert!(status.success(), "batch run failed: {status}");
+    let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    let batch_rps = s["rows_per_second"].as_f64().unwrap();
+    let _ = mock.kill();
+
+    println!("overhead: {rows} requests at concurrency {concurrency} on a zero-latency mock");
+    println!("oha:   {oha_rps:9.0} requests/s (success rate {oha_ok:.3})");
+    println!(
+        "batch: {batch_rps:9.0} rows/s end to end (pre-flight, journal, results file included)"
+    );
+    println!(
+        "ratio: {:.1}% of oha (target: at least 70%)",
+        100.0 * batch_rps / oha_rps
+    );
+}
