@@ -97,6 +97,7 @@ fn main() {
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     let batch_rps = s["rows_per_second"].as_f64().unwrap();
     let _ = mock.kill();
+    let _ = mock.wait();
 
     println!("overhead: {rows} requests at concurrency {concurrency} on a zero-latency mock");
     println!("oha:   {oha_rps:9.0} requests/s (success rate {oha_ok:.3})");
