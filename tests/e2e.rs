@@ -690,3 +690,61 @@ fn embedded_mock_runs_without_a_key_or_a_server() {
     let err = stderr(&out);
     assert!(err.contains("25 ok, 0 failed"), "{}", show(&out));
 }
+
+/// Issue 3: out of credit is not a rate limit. After the first `insufficient_quota` nothing new
+/// is sent (only the requests already in flight reach the server), nothing is retried, every
+/// finished row is in the results, and the message says what to do.
+#[test]
+fn insufficient_quota_stops_the_run_at_once_and_keeps_finished_rows() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &util::numbered_csv(300));
+    let mock = MockProcess::start(&["--latency-ms", "20", "--quota-exhausted-after", "30"]);
+    let out = run(
+        &dir,
+        [
+            "run",
+            "in.csv",
+            "--prompt",
+            "{{ text }}",
+            "--base-url",
+            &mock.url,
+            "-j",
+            "8",
+            "--no-cache",
+            "--summary-json",
+            "s.json",
+        ],
+    );
+    util::assert_code(&out, 1);
+    let err = util::stderr(&out);
+    assert!(
+        err.contains("out of quota") && err.contains("add credit"),
+        "{}",
+        util::show(&out)
+    );
+    let stats = mock.stats();
+    let rejected = util::stat(&stats, "quota_rejected");
+    assert!(
+        (1..=8).contains(&rejected),
+        "{rejected} quota answers: {stats}"
+    );
+    assert_eq!(
+        util::stat(&stats, "requests"),
+        30 + rejected,
+        "retried or kept sending"
+    );
+
+    let rows = dir.results("in.results.csv");
+    assert_eq!(rows.len(), 300);
+    let count = |s: &str| rows.iter().filter(|r| r["status"] == s).count();
+    assert_eq!(count("ok"), 30);
+    assert_eq!(count("failed") as u64, rejected);
+    assert_eq!(count("skipped") as u64, 300 - 30 - rejected);
+    assert!(
+        rows.iter()
+            .filter(|r| r["status"] == "failed")
+            .all(|r| r["error"].contains("insufficient_quota") && r["attempts"] == "1")
+    );
+    let summary: serde_json::Value = serde_json::from_str(&dir.read("s.json")).unwrap();
+    assert!(summary["stopped"].as_str().unwrap().contains("quota"));
+}
