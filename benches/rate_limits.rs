@@ -173,7 +173,9 @@ fn write_input(dir: &std::path::Path, rows: usize) -> std::path::PathBuf {
         let text: Vec<&str> = (0..20 + i % 17)
             .map(|j| words[(i * 7 + j * 3) % words.len()])
             .collect();
-        w.write_record([format!("r{i}"), text.join(" ")]).unwrap();
+        // Every row distinct, as in a real job (identical rows would be sent once).
+        w.write_record([format!("r{i}"), format!("{} (review {i})", text.join(" "))])
+            .unwrap();
     }
     w.flush().unwrap();
     path
@@ -183,7 +185,7 @@ fn batch_run(input: &std::path::Path, url: &str, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_batch"))
         .args(["run", input.to_str().unwrap(), "-q", "--base-url", url])
         // Every scenario must send its requests, not read them back from the cache.
-        .arg("--no-cache")
+        .args(["--no-cache", "--no-dedup"])
         .args([
             "--prompt",
             "Classify the sentiment of this review: {{ review }}",

@@ -17,26 +17,13 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use util::{
-    MockProcess, TestDir, assert_code, mock_answer, numbered_csv, responses, run, show, stat,
-    stderr, stdout,
+    MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, numbered_csv, responses,
+    run, show, stat, stderr, stdout,
 };
-
-type Row = HashMap<String, String>;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn field<'a>(row: &'a Row, col: &str) -> &'a str {
-    row.get(col)
-        .unwrap_or_else(|| panic!("results have no column {col:?}: {row:?}"))
-}
-
-fn attempts(row: &Row) -> u64 {
-    field(row, "attempts")
-        .parse()
-        .unwrap_or_else(|e| panic!("attempts is not a number ({e}): {row:?}"))
-}
 
 fn count(rows: &[Row], status: &str) -> usize {
     rows.iter().filter(|r| field(r, "status") == status).count()

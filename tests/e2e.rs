@@ -4,25 +4,11 @@
 
 mod util;
 
-use std::collections::HashMap;
 
 use util::{
-    MockProcess, TestDir, assert_code, mock_answer, numbered_csv, responses, run, show, stat,
-    stderr, stdout,
+    MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, numbered_csv, responses,
+    run, show, stat, stderr, stdout,
 };
-
-type Row = HashMap<String, String>;
-
-fn field<'a>(row: &'a Row, col: &str) -> &'a str {
-    row.get(col)
-        .unwrap_or_else(|| panic!("results have no column {col:?}: {row:?}"))
-}
-
-fn attempts(row: &Row) -> u64 {
-    field(row, "attempts")
-        .parse()
-        .unwrap_or_else(|e| panic!("attempts is not a number ({e}): {row:?}"))
-}
 
 #[track_caller]
 fn assert_all_ok(rows: &[Row]) {

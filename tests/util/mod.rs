@@ -308,6 +308,22 @@ pub fn mock_answer(prompt: &str) -> String {
     format!("mock answer to \"{quote}\"")
 }
 
+/// One row of a results CSV, by column name.
+pub type Row = HashMap<String, String>;
+
+/// A column of a results row; panics naming the column if it is missing.
+pub fn field<'a>(row: &'a Row, col: &str) -> &'a str {
+    row.get(col)
+        .unwrap_or_else(|| panic!("results have no column {col:?}: {row:?}"))
+}
+
+/// The `attempts` column as a number.
+pub fn attempts(row: &Row) -> u64 {
+    field(row, "attempts")
+        .parse()
+        .unwrap_or_else(|e| panic!("attempts is not a number ({e}): {row:?}"))
+}
+
 /// A JSON number field of the mock's stats.
 pub fn stat(stats: &serde_json::Value, key: &str) -> u64 {
     stats[key]
