@@ -1,7 +1,9 @@
 //! Issue 2's throughput target, measured on the real binary: 2,000 rows on the in-process mock
 //! with 100 ms latency at `--concurrency 32`. The ideal is concurrency / latency = 320 rows/s;
 //! the report gives the achieved rate as a fraction of it, measured end to end (process start,
-//! pre-flight, mock start-up and writing the results included).
+//! pre-flight, mock start-up and writing the results included) and from the first request on
+//! (read from the audit log), which leaves out the start-up that a real server would not have:
+//! the embedded mock building its tokenizer.
 //!
 //! Run: `cargo bench --bench core_throughput` (env BENCH_ROWS, BENCH_REPEAT to change the size).
 
@@ -33,6 +35,9 @@ fn main() {
     let mut rates = Vec::new();
     for run in 1..=repeat {
         let summary = dir.path().join("summary.json");
+        let log = dir.path().join("audit.jsonl");
+        let _ = std::fs::remove_file(&log);
+        let started = std::time::SystemTime::now();
         let status = Command::new(env!("CARGO_BIN_EXE_batch"))
             .args([
                 "run",
@@ -47,29 +52,56 @@ fn main() {
             .args(["--concurrency", &concurrency.to_string()])
             .args(["-o", dir.path().join("out.csv").to_str().unwrap()])
             .args(["--summary-json", summary.to_str().unwrap()])
+            .args(["--log", log.to_str().unwrap()])
             .env_remove("OPENAI_API_KEY")
             .status()
             .expect("run batch");
+        let ended = std::time::SystemTime::now();
         assert!(status.success(), "batch run failed: {status}");
         let s: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
         assert_eq!(s["ok"].as_u64(), Some(rows as u64), "every row ok");
         let rate = s["rows_per_second"].as_f64().unwrap();
+        let first = first_request(&log);
+        let running = ended.duration_since(first).unwrap().as_secs_f64();
+        let startup = first.duration_since(started).unwrap().as_secs_f64();
+        let from_first = rows as f64 / running;
         println!(
-            "run {run}: {rate:.1} rows/s = {:.1}% of ideal (wall {:.2} s, p50 {:.0} ms, p99 {:.0} ms)",
+            "run {run}: {rate:.1} rows/s = {:.1}% of ideal end to end; from the first request \
+             ({startup:.2} s after start) {from_first:.1} rows/s = {:.1}% (wall {:.2} s, p50 \
+             {:.0} ms, p99 {:.0} ms)",
             100.0 * rate / ideal,
+            100.0 * from_first / ideal,
             s["wall_seconds"].as_f64().unwrap(),
             s["latency_ms"]["p50"].as_f64().unwrap_or(f64::NAN),
             s["latency_ms"]["p99"].as_f64().unwrap_or(f64::NAN),
         );
-        rates.push(rate);
+        rates.push((rate, from_first));
     }
-    rates.sort_by(f64::total_cmp);
-    let median = rates[rates.len() / 2];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let e2e = median(rates.iter().map(|r| r.0).collect());
+    let running = median(rates.iter().map(|r| r.1).collect());
     println!(
-        "median: {median:.1} rows/s = {:.1}% of ideal (target: at least 90%)",
-        100.0 * median / ideal
+        "median: {e2e:.1} rows/s = {:.1}% of ideal end to end, {running:.1} rows/s = {:.1}% from \
+         the first request (target: at least 90%)",
+        100.0 * e2e / ideal,
+        100.0 * running / ideal
     );
+}
+
+/// When the first request of a run went out, from its audit log.
+fn first_request(log: &std::path::Path) -> std::time::SystemTime {
+    let text = std::fs::read_to_string(log).expect("audit log");
+    let first = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| humantime::parse_rfc3339(v["time"].as_str()?).ok())
+        .min()
+        .expect("the log has a request");
+    first
 }
 
 fn env_or(name: &str, default: usize) -> usize {

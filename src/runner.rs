@@ -482,7 +482,8 @@ fn write_results(
     missing_reason: &str,
 ) -> Result<(Stats, PathBuf), Error> {
     let mut stats = Stats::default();
-    // Merge: journal rows arrive in seq order; input rows without one are written as skipped.
+    // Merge: journal rows arrive in seq order; input rows without one are written as skipped,
+    // and journal rows past the input's end (a shorter input on resume) find none and are left.
     let journal = FinishedRows::open(state)?;
     let mut error = None;
     let mut pending_input = input.rows()?;
@@ -502,7 +503,8 @@ fn write_results(
                     next_input = pending_input.next();
                     break;
                 } else {
-                    // A journal row beyond the input's end (the input shrank): ignore it.
+                    // The journal has no row for this input row's position any more (journal
+                    // positions are unique and sorted): keep the input row for the next one.
                     next_input = Some(Ok(row));
                     break;
                 }

@@ -4,7 +4,6 @@
 
 mod util;
 
-
 use util::{
     MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, numbered_csv, responses,
     run, show, stat, stderr, stdout,
