@@ -95,13 +95,11 @@ fn main() {
 /// When the first request of a run went out, from its audit log.
 fn first_request(log: &std::path::Path) -> std::time::SystemTime {
     let text = std::fs::read_to_string(log).expect("audit log");
-    let first = text
-        .lines()
+    text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| humantime::parse_rfc3339(v["time"].as_str()?).ok())
         .min()
-        .expect("the log has a request");
-    first
+        .expect("the log has a request")
 }
 
 fn env_or(name: &str, default: usize) -> usize {
