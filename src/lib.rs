@@ -10,6 +10,9 @@
 //! - [`provider`] sends it over HTTP and maps the wire format to one [`provider::Completion`],
 //!   classifying failures as retryable or not; [`retry`] decides how long to wait before the next
 //!   attempt;
+//! - [`store`] journals every outcome (the run's state, for `--resume`); [`cache`] answers
+//!   requests already paid for; [`spend`] keeps the total under `--max-cost`; [`audit`] logs
+//!   every attempt;
 //! - [`output`] writes results in input order; [`summary`] and [`progress`] tell the user how it
 //!   went; [`pricing`] and [`tokens`] put numbers on it.
 //!

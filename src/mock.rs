@@ -4,8 +4,8 @@
 //! Answers are deterministic and quote the start and end of the prompt they answer, so a test can
 //! prove that each output landed on its own row. Usage is counted with the real tokenizer. Latency,
 //! jitter, slow responses and 500/503 errors are injected on request; so are OpenAI-style rate
-//! limits (429 with `x-ratelimit-*` and `retry-after` headers, see [`ratelimit`]), an exhausted
-//! quota, a bounded serving capacity and transport faults (see [`fault`]). `GET /stats` reports
+//! limits (429 with `x-ratelimit-*` and `retry-after` headers, see `mock/ratelimit.rs`), an exhausted
+//! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). `GET /stats` reports
 //! what the server saw, including the most requests it ever had in flight at once.
 
 use std::collections::BTreeMap;
