@@ -374,7 +374,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Local servers (vLLM, Ollama, the mock) usually need no key.
-fn is_loopback(url: &reqwest::Url) -> bool {
+pub fn is_loopback(url: &reqwest::Url) -> bool {
     match url.host_str() {
         Some("localhost") => true,
         Some(host) => host

@@ -287,6 +287,45 @@ pub fn result_header(input_headers: &[String]) -> Vec<String> {
     header
 }
 
+/// Fails now, before anything is spent, if a file given to `flag` could not be written at the
+/// end: its folder must exist, it must not be a folder, and it must open for writing (a file
+/// created to find out is removed again).
+pub fn check_writable(path: &Path, flag: &str) -> Result<(), Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "cannot write {flag} {}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        )));
+    }
+    if path.is_dir() {
+        return Err(Error::Usage(format!(
+            "cannot write {flag} {}: it is a folder; give a file name",
+            path.display()
+        )));
+    }
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| {
+            Error::Usage(format!(
+                "cannot write {flag} {}: {}",
+                path.display(),
+                describe_io(&e)
+            ))
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 /// Prefixes a cell that starts like a spreadsheet formula (`=`, `+`, `-`, `@`, tab, carriage
 /// return) with `'`, which spreadsheets show as text. OWASP's advice for CSV injection.
 pub fn neutralize_formula(s: &str) -> std::borrow::Cow<'_, str> {

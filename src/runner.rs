@@ -40,7 +40,7 @@ use crate::error::{Error, ExitStatus};
 use crate::input::{IdSet, InputFile, Row};
 use crate::limiter::RateBudget;
 use crate::mock::MockServer;
-use crate::output::{ResultsWriter, RowResult, RowStatus, format_cost};
+use crate::output::{ResultsWriter, RowResult, RowStatus, check_writable, format_cost};
 use crate::pricing::Price;
 use crate::progress::Progress;
 use crate::provider::openai::OpenAiChat;
@@ -236,7 +236,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     // Everything that could fail on a path fails now, before anything is spent.
     let writer = ResultsWriter::create(&cfg.output, &input.headers, cfg.sanitize)?;
     if let Some(path) = &cfg.summary_json {
-        check_writable_folder(path, "--summary-json")?;
+        check_writable(path, "--summary-json")?;
     }
     let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
     if matches!(cfg.resume, Resume::Yes { .. }) && !cfg.state.exists() {
@@ -580,23 +580,6 @@ fn canonical(path: &Path) -> String {
         .unwrap_or_else(|_| path.to_path_buf())
         .display()
         .to_string()
-}
-
-/// Fails now, before anything is spent, if `path` could not be written at the end.
-fn check_writable_folder(path: &Path, flag: &str) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if dir.is_dir() {
-        Ok(())
-    } else {
-        Err(Error::Usage(format!(
-            "cannot write {flag} {}: the folder {} does not exist",
-            path.display(),
-            dir.display()
-        )))
-    }
 }
 
 /// What the pre-flight learned.

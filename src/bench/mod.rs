@@ -39,7 +39,7 @@ use crate::concurrency::Concurrency;
 use crate::config::{CacheMode, Endpoint, Resume, RunConfig};
 use crate::error::{Error, ExitStatus, describe_io};
 use crate::input::InputFile;
-use crate::output::format_cost;
+use crate::output::{check_writable, format_cost};
 use crate::runner;
 use crate::template::Prompts;
 use crate::tokens;
@@ -369,42 +369,6 @@ fn refuse_run_only_flags(a: &RunArgs) -> Result<(), Error> {
 
 /// Fails now if `path` could not be written at the end: its folder must exist and it must not be
 /// a folder itself. A file that did not exist is created to prove it can be, then removed.
-fn check_writable(path: &Path, flag: &str) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    if !dir.is_dir() {
-        return Err(Error::Usage(format!(
-            "cannot write {flag} {}: the folder {} does not exist",
-            path.display(),
-            dir.display()
-        )));
-    }
-    if path.is_dir() {
-        return Err(Error::Usage(format!(
-            "cannot write {flag} {}: it is a folder; give a file name",
-            path.display()
-        )));
-    }
-    let existed = path.exists();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|e| {
-            Error::Usage(format!(
-                "cannot write {flag} {}: {}",
-                path.display(),
-                describe_io(&e)
-            ))
-        })?;
-    if !existed {
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(())
-}
-
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|e| {
         Error::Usage(format!(
@@ -611,16 +575,7 @@ fn real_api(endpoint: &Endpoint) -> Option<&str> {
     match endpoint {
         Endpoint::Mock(_) => None,
         Endpoint::Remote { base_url, .. } => {
-            let local = reqwest::Url::parse(base_url)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_string))
-                .is_some_and(|host| {
-                    host == "localhost"
-                        || host
-                            .trim_matches(['[', ']'])
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback())
-                });
+            let local = reqwest::Url::parse(base_url).is_ok_and(|u| crate::config::is_loopback(&u));
             (!local).then_some(base_url.as_str())
         }
     }
