@@ -106,26 +106,14 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
         .fold(0.0f64, f64::max)
         .max(1.0)
         * 1.3;
-    let mut chart = ChartBuilder::on(&top)
-        .margin(8)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .caption("Throughput (higher is better)", (FONT, 20))
-        .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..top_max)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(labels.len() + 1)
-        .x_label_formatter(&formatter)
-        .x_desc("concurrency (requests in flight)")
-        .y_desc("rows/s")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 17))
-        .bold_line_style(RGBColor(225, 225, 225))
-        .light_line_style(TRANSPARENT)
-        .y_labels(8)
-        .draw()?;
+    let mut chart = panel(
+        &top,
+        "Throughput (higher is better)",
+        "rows/s",
+        n,
+        top_max,
+        &formatter,
+    )?;
     if let Some(r) = rec {
         let line = 0.95 * r.best_rows_per_second;
         chart
@@ -233,26 +221,14 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
         .fold(0.0f64, f64::max)
         .max(1.0)
         * 1.22;
-    let mut chart = ChartBuilder::on(&bottom)
-        .margin(8)
-        .x_label_area_size(40)
-        .y_label_area_size(70)
-        .caption("p95 latency (lower is better)", (FONT, 20))
-        .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..bottom_max)?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(labels.len() + 1)
-        .x_label_formatter(&formatter)
-        .x_desc("concurrency (requests in flight)")
-        .y_desc("p95 latency, ms")
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 17))
-        .bold_line_style(RGBColor(225, 225, 225))
-        .light_line_style(TRANSPARENT)
-        .y_labels(8)
-        .draw()?;
+    let mut chart = panel(
+        &bottom,
+        "p95 latency (lower is better)",
+        "p95 latency, ms",
+        n,
+        bottom_max,
+        &formatter,
+    )?;
     let with_p95 = |v: &[(usize, &SettingResult)]| -> Vec<(usize, f64)> {
         v.iter()
             .filter_map(|(i, r)| r.latency_ms.p95.map(|l| (*i, l)))
@@ -298,6 +274,40 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
         }
     }
     Ok(())
+}
+
+/// One panel: the settings evenly spaced along x (labelled by `formatter`), 0 to `ymax` up.
+fn panel<'a>(
+    area: &DrawingArea<SVGBackend<'a>, Shift>,
+    caption: &str,
+    y_desc: &str,
+    n: i32,
+    ymax: f64,
+    formatter: &dyn Fn(&SegmentValue<i32>) -> String,
+) -> DrawResult<
+    ChartContext<'a, SVGBackend<'a>, Cartesian2d<SegmentedCoord<RangedCoordi32>, RangedCoordf64>>,
+> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(8)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .caption(caption, (FONT, 20))
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n as usize + 1)
+        .x_label_formatter(formatter)
+        .x_desc("concurrency (requests in flight)")
+        .y_desc(y_desc)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 17))
+        .bold_line_style(RGBColor(225, 225, 225))
+        .light_line_style(TRANSPARENT)
+        .y_labels(8)
+        .draw()?;
+    Ok(chart)
 }
 
 /// A dashed vertical line through the recommended setting.
