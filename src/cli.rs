@@ -59,15 +59,29 @@ pub enum Command {
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RunArgs {
-    /// Input CSV with a header row. Each row becomes one request.
+    /// Input CSV with a header row, or JSON Lines (.jsonl, .ndjson), or `-` for stdin. Each row
+    /// becomes one request.
     #[arg(value_name = "INPUT")]
     #[serde(skip)]
     pub input: PathBuf,
 
-    /// Results CSV [default: <input stem>.results.csv beside the input].
+    /// Results file, CSV or JSON Lines by extension, or `-` for stdout [default: <input
+    /// stem>.results.csv (or .jsonl for a JSON Lines input) beside the input; stdout for stdin].
     #[arg(short, long, value_name = "PATH")]
     #[serde(skip)]
     pub output: Option<PathBuf>,
+
+    /// Format of the input: csv or jsonl (one JSON object per line) [default: from the extension,
+    /// .jsonl and .ndjson are JSON Lines; csv for stdin].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(skip)]
+    pub input_format: Option<crate::format::Format>,
+
+    /// Format of the results: csv or jsonl [default: from the -o extension; without -o, or with
+    /// `-o -` (stdout), the input's format].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(skip)]
+    pub output_format: Option<crate::format::Format>,
 
     /// Settings file [default: ./batch.toml if it exists].
     #[arg(long, value_name = "PATH")]

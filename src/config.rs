@@ -12,6 +12,7 @@ use std::time::Duration;
 use crate::cli::{MockArgs, RunArgs};
 use crate::concurrency::{Concurrency, ConcurrencyList};
 use crate::error::{Error, describe_io};
+use crate::format::Format;
 use crate::mock::MockConfig;
 use crate::pricing::PriceTable;
 use crate::retry::RetryPolicy;
@@ -66,6 +67,8 @@ pub enum Endpoint {
 pub struct RunConfig {
     pub input: PathBuf,
     pub output: PathBuf,
+    pub input_format: Format,
+    pub output_format: Format,
     pub prompt: PromptSource,
     pub system: Option<String>,
     pub id_column: Option<String>,
@@ -180,10 +183,18 @@ impl RunConfig {
         if input.as_os_str().is_empty() {
             return Err(Error::Usage("no input file given".into()));
         }
+        let input_format = args
+            .input_format
+            .or_else(|| Format::from_extension(&input))
+            .unwrap_or_default();
         let output = match args.output {
             Some(p) => p,
-            None => default_output(&input),
+            None => default_output(&input, input_format),
         };
+        let output_format = args
+            .output_format
+            .or_else(|| Format::from_extension(&output))
+            .unwrap_or(input_format);
         if same_file(&output, &input) {
             return Err(Error::Usage(format!(
                 "the output path {} is the input file; choose another with -o",
@@ -312,6 +323,8 @@ impl RunConfig {
         Ok(RunConfig {
             input,
             output,
+            input_format,
+            output_format,
             prompt,
             system,
             id_column: args.id_column,
@@ -348,13 +361,14 @@ impl RunConfig {
     }
 }
 
-/// `reviews.csv` -> `reviews.results.csv`, beside the input.
-pub fn default_output(input: &Path) -> PathBuf {
+/// `reviews.csv` -> `reviews.results.csv`, beside the input; `reviews.jsonl` ->
+/// `reviews.results.jsonl`.
+pub fn default_output(input: &Path, format: Format) -> PathBuf {
     let stem = input
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into());
-    input.with_file_name(format!("{stem}.results.csv"))
+    input.with_file_name(format!("{stem}.results.{}", format.extension()))
 }
 
 /// Whether `a` and `b` name the same file however they are spelt (`./in.csv`, an absolute path,
@@ -433,8 +447,36 @@ mod tests {
     #[test]
     fn default_output_sits_beside_input() {
         assert_eq!(
-            default_output(Path::new("data/reviews.csv")),
+            default_output(Path::new("data/reviews.csv"), Format::Csv),
             PathBuf::from("data/reviews.results.csv")
+        );
+    }
+
+    #[test]
+    fn formats_follow_flags_then_extensions_then_the_input() {
+        let cfg = |a: RunArgs| RunConfig::from_merged(a, None, None).unwrap();
+        let mut a = args("in.jsonl");
+        a.mock = Some(String::new());
+        let c = cfg(a);
+        assert_eq!(
+            (c.input_format, c.output_format),
+            (Format::Jsonl, Format::Jsonl)
+        );
+        assert_eq!(c.output, PathBuf::from("in.results.jsonl"));
+
+        let mut a = args("in.jsonl");
+        a.mock = Some(String::new());
+        a.output = Some("out.csv".into());
+        assert_eq!(cfg(a).output_format, Format::Csv);
+
+        let mut a = args("in.txt");
+        a.mock = Some(String::new());
+        a.input_format = Some(Format::Jsonl);
+        a.output = Some("out.data".into());
+        let c = cfg(a);
+        assert_eq!(
+            (c.input_format, c.output_format),
+            (Format::Jsonl, Format::Jsonl)
         );
     }
 

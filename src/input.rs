@@ -1,4 +1,5 @@
-//! Streaming CSV input: a header row, then one request per row, each with a stable row id.
+//! Streaming input: a CSV with a header row, or JSON Lines ([`jsonl`]), one request per row, each
+//! with a stable row id. Both formats give the same [`Row`]: text cells in column order.
 //!
 //! The file is read twice. The first pass ([`crate::runner`]'s pre-flight) checks every row and
 //! renders every prompt before a single request is sent, so a bad line 90,000 fails the run in a
@@ -14,6 +15,9 @@ use std::path::{Path, PathBuf};
 use csv::StringRecord;
 
 use crate::error::{Error, describe_io};
+use crate::format::Format;
+
+pub mod jsonl;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -29,6 +33,27 @@ pub struct Row {
     /// The value of the id column, or the 1-based row number when there is none.
     pub id: String,
     pub record: StringRecord,
+    /// Cells that were JSON numbers, booleans, arrays or objects (JSON Lines input only), so
+    /// JSON results can give them back their type. Empty for a CSV.
+    pub json_cells: JsonCells,
+}
+
+/// A set of cell positions; allocates nothing while empty (every CSV row).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonCells(Vec<u64>);
+
+impl JsonCells {
+    pub fn insert(&mut self, i: usize) {
+        let (word, bit) = (i / 64, i % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    pub fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
 }
 
 /// An input file whose header has been read and checked.
@@ -38,19 +63,34 @@ pub struct InputFile {
     pub headers: Vec<String>,
     /// Index of the id column, if any.
     pub id_index: Option<usize>,
+    pub format: Format,
 }
 
 impl InputFile {
     /// Opens `path`, reads and checks the header, and finds the id column: `id_column` when
     /// given (it must exist), else a column named `id`, else none (row numbers are the ids).
     pub fn open(path: &Path, id_column: Option<&str>) -> Result<Self, Error> {
-        let mut reader = csv_reader(path)?;
-        let headers: Vec<String> = reader
-            .headers()
-            .map_err(|e| csv_error(path, &e, &[]))?
-            .iter()
-            .map(str::to_string)
-            .collect();
+        Self::open_as(path, Format::Csv, id_column)
+    }
+
+    /// [`InputFile::open`] for a file in `format`. A JSON Lines file is read through once here
+    /// to find its columns, and every line is checked on the way.
+    pub fn open_as(path: &Path, format: Format, id_column: Option<&str>) -> Result<Self, Error> {
+        let headers: Vec<String> = match format {
+            Format::Jsonl => jsonl::columns(path)?,
+            Format::Csv => csv_reader(path)?
+                .headers()
+                .map_err(|e| csv_error(path, &e, &[]))?
+                .iter()
+                .map(str::to_string)
+                .collect(),
+        };
+        if format == Format::Jsonl && headers.is_empty() {
+            return Err(Error::Input(format!(
+                "{}: every line is an empty object {{}}; give each line the keys the prompt uses",
+                path.display()
+            )));
+        }
         if headers.is_empty() || headers.iter().all(|h| h.is_empty()) {
             return Err(Error::Input(format!(
                 "{} is empty: it needs a header row naming the columns, then one row per request",
@@ -82,19 +122,26 @@ impl InputFile {
             path: path.to_path_buf(),
             headers,
             id_index,
+            format,
         })
     }
 
     /// Streams the data rows, in order.
     pub fn rows(&self) -> Result<Rows, Error> {
-        let mut reader = csv_reader(&self.path)?;
-        // Skip the header; it was checked in `open`.
-        reader
-            .headers()
-            .map_err(|e| csv_error(&self.path, &e, &[]))?;
+        let source = match self.format {
+            Format::Csv => {
+                let mut reader = csv_reader(&self.path)?;
+                // Skip the header; it was checked in `open`.
+                reader
+                    .headers()
+                    .map_err(|e| csv_error(&self.path, &e, &[]))?;
+                Source::Csv(reader)
+            }
+            Format::Jsonl => Source::Jsonl(jsonl::Reader::new(&self.path, &self.headers)?),
+        };
         Ok(Rows {
             input: self.clone(),
-            reader,
+            source,
             record: StringRecord::new(),
             seq: 0,
         })
@@ -107,6 +154,9 @@ impl InputFile {
     /// `last` is the file's last row, as the caller's pass over the rows saw it.
     pub fn unterminated_quote(&self, last: &Row) -> Result<Option<String>, Error> {
         use std::io::{Read, Seek, SeekFrom};
+        if self.format != Format::Csv {
+            return Ok(None);
+        }
         let mut file = File::open(&self.path).map_err(|e| Error::read(&self.path, &e))?;
         file.seek(SeekFrom::Start(last.byte))
             .map_err(|e| Error::read(&self.path, &e))?;
@@ -138,9 +188,14 @@ impl InputFile {
 /// Iterator over the rows of an [`InputFile`].
 pub struct Rows {
     input: InputFile,
-    reader: csv::Reader<BufReader<File>>,
+    source: Source,
     record: StringRecord,
     seq: u64,
+}
+
+enum Source {
+    Csv(csv::Reader<BufReader<File>>),
+    Jsonl(jsonl::Reader),
 }
 
 impl Iterator for Rows {
@@ -148,14 +203,22 @@ impl Iterator for Rows {
 
     fn next(&mut self) -> Option<Self::Item> {
         let path = &self.input.path;
-        match self.reader.read_record(&mut self.record) {
-            Ok(false) => None,
-            Err(e) => Some(Err(csv_error(path, &e, &self.input.headers))),
-            Ok(true) => {
-                let (line, byte) = self
+        let mut json_cells = JsonCells::default();
+        let read = match &mut self.source {
+            Source::Csv(reader) => match reader.read_record(&mut self.record) {
+                Ok(false) => None,
+                Err(e) => Some(Err(csv_error(path, &e, &self.input.headers))),
+                Ok(true) => Some(Ok(self
                     .record
                     .position()
-                    .map_or((0, 0), |p| (p.line(), p.byte()));
+                    .map_or((0, 0), |p| (p.line(), p.byte())))),
+            },
+            Source::Jsonl(reader) => reader.read(path, &mut self.record, &mut json_cells),
+        };
+        match read {
+            None => None,
+            Some(Err(e)) => Some(Err(e)),
+            Some(Ok((line, byte))) => {
                 let seq = self.seq;
                 self.seq += 1;
                 let id = match self.input.id_index {
@@ -179,6 +242,7 @@ impl Iterator for Rows {
                     byte,
                     id,
                     record: std::mem::take(&mut self.record),
+                    json_cells,
                 }))
             }
         }
@@ -252,6 +316,16 @@ fn id_fingerprint(id: &str) -> [u64; 2] {
 }
 
 fn csv_reader(path: &Path) -> Result<csv::Reader<BufReader<File>>, Error> {
+    let mut buf = open_buffered(path)?;
+    skip_bom(&mut buf, path)?;
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(buf))
+}
+
+/// Opens an input file for buffered reading, with a message that says what to do if it cannot.
+fn open_buffered(path: &Path) -> Result<BufReader<File>, Error> {
     let file = File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Input(format!(
@@ -266,20 +340,22 @@ fn csv_reader(path: &Path) -> Result<csv::Reader<BufReader<File>>, Error> {
             ))
         }
     })?;
-    let mut buf = BufReader::with_capacity(256 * 1024, file);
-    // Spreadsheet programs on Windows start UTF-8 CSVs with a byte-order mark; without this the
-    // first column would be named "\u{feff}id".
+    Ok(BufReader::with_capacity(256 * 1024, file))
+}
+
+/// Skips a UTF-8 byte-order mark and returns its length (0 when there is none). Spreadsheet
+/// programs on Windows start UTF-8 files with one; without this the first column would be named
+/// "\u{feff}id".
+fn skip_bom(buf: &mut BufReader<File>, path: &Path) -> Result<u64, Error> {
     let has_bom = buf
         .fill_buf()
         .map_err(|e| Error::read(path, &e))?
         .starts_with(UTF8_BOM);
     if has_bom {
         buf.consume(UTF8_BOM.len());
+        return Ok(UTF8_BOM.len() as u64);
     }
-    Ok(csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(false)
-        .from_reader(buf))
+    Ok(0)
 }
 
 /// Turns a csv error into a message with the file, line, column and a hint.

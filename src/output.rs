@@ -1,4 +1,5 @@
-//! The results CSV: the input's columns, then what happened to the row.
+//! The results file (CSV, or JSON Lines through [`jsonl`]): the input's columns, then what
+//! happened to the row.
 //!
 //! Rows are written in input order as they complete (the scheduler reorders them), to a
 //! temporary file beside the destination that is renamed over it only when the run ends. A run
@@ -14,7 +15,11 @@ use csv::StringRecord;
 use serde::Serialize;
 
 use crate::error::{Error, describe_io};
+use crate::format::Format;
+use crate::input::{JsonCells, Row};
 use crate::provider::Usage;
+
+pub mod jsonl;
 
 /// Columns added after the input's own, in this order.
 pub const RESULT_COLUMNS: [&str; 11] = [
@@ -118,7 +123,7 @@ impl RowResult {
 pub struct ResultsWriter {
     path: PathBuf,
     tmp: PathBuf,
-    writer: Option<csv::Writer<BufWriter<File>>>,
+    writer: Option<Sink>,
     buf: StringRecord,
     /// Neutralise cells that a spreadsheet would run as formulas.
     sanitize: bool,
@@ -126,10 +131,29 @@ pub struct ResultsWriter {
     done: bool,
 }
 
+/// Where the rows go, in the results' format.
+enum Sink {
+    Csv(Box<csv::Writer<BufWriter<File>>>),
+    Jsonl(BufWriter<File>, jsonl::Encoder),
+}
+
 impl ResultsWriter {
     /// Creates the temporary file and writes the header. Called before any request is sent, so
-    /// an unwritable destination fails at once.
+    /// an unwritable destination fails at once. The format follows the extension (CSV unless it
+    /// is `.jsonl` or `.ndjson`).
     pub fn create(path: &Path, input_headers: &[String], sanitize: bool) -> Result<Self, Error> {
+        let format = Format::from_extension(path).unwrap_or_default();
+        Self::create_as(path, format, input_headers, sanitize)
+    }
+
+    /// [`ResultsWriter::create`] in `format`. Formula neutralising is for spreadsheets, so JSON
+    /// Lines results are written as they are.
+    pub fn create_as(
+        path: &Path,
+        format: Format,
+        input_headers: &[String],
+        sanitize: bool,
+    ) -> Result<Self, Error> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -155,20 +179,26 @@ impl ResultsWriter {
                 describe_io(&e)
             ))
         })?;
-        let mut writer = csv::Writer::from_writer(BufWriter::with_capacity(256 * 1024, file));
+        let file = BufWriter::with_capacity(256 * 1024, file);
         let header = result_header(input_headers);
         let mut this = ResultsWriter {
             path: path.to_path_buf(),
             tmp,
             writer: None,
             buf: StringRecord::new(),
-            sanitize,
+            sanitize: sanitize && format == Format::Csv,
             done: false,
         };
-        writer
-            .write_record(&header)
-            .map_err(|e| this.write_error(e))?;
-        this.writer = Some(writer);
+        this.writer = Some(match format {
+            Format::Csv => {
+                let mut writer = csv::Writer::from_writer(file);
+                writer
+                    .write_record(&header)
+                    .map_err(|e| this.write_error(e))?;
+                Sink::Csv(Box::new(writer))
+            }
+            Format::Jsonl => Sink::Jsonl(file, jsonl::Encoder::new(&header, input_headers.len())),
+        });
         Ok(this)
     }
 
@@ -176,8 +206,22 @@ impl ResultsWriter {
         &self.path
     }
 
+    /// Appends one input row with its result.
+    pub fn write_row(&mut self, row: &Row, r: &RowResult) -> Result<(), Error> {
+        self.write_cells(&row.record, &row.json_cells, r)
+    }
+
     /// Appends one row: its input fields, then the result columns.
     pub fn write(&mut self, input: &StringRecord, r: &RowResult) -> Result<(), Error> {
+        self.write_cells(input, &JsonCells::default(), r)
+    }
+
+    fn write_cells(
+        &mut self,
+        input: &StringRecord,
+        json_cells: &JsonCells,
+        r: &RowResult,
+    ) -> Result<(), Error> {
         let mut cost = String::new();
         if let Some(c) = r.cost {
             cost = format_cost(c);
@@ -221,19 +265,22 @@ impl ResultsWriter {
         ] {
             self.buf.push_field(field);
         }
-        let writer = self.writer.as_mut().expect("writer is open until finish");
-        match writer.write_record(&self.buf) {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.write_error(e)),
-        }
+        let written = match self.writer.as_mut().expect("writer is open until finish") {
+            Sink::Csv(w) => w.write_record(&self.buf).map_err(WriteFailure::from),
+            Sink::Jsonl(w, enc) => enc.write(w, &self.buf, json_cells).map_err(WriteFailure),
+        };
+        written.map_err(|e| self.write_error(e))
     }
 
     /// Flushes, syncs and renames the temporary file over the destination.
     pub fn finish(mut self) -> Result<PathBuf, Error> {
-        let writer = self.writer.take().expect("finish is called once");
-        let file = writer
-            .into_inner()
-            .map_err(|e| self.write_error(e.into_error()))?
+        let buffered = match self.writer.take().expect("finish is called once") {
+            Sink::Csv(w) => w
+                .into_inner()
+                .map_err(|e| self.write_error(e.into_error()))?,
+            Sink::Jsonl(w, _) => w,
+        };
+        let file = buffered
             .into_inner()
             .map_err(|e| self.write_error(e.into_error()))?;
         file.sync_all().map_err(|e| self.write_error(e))?;

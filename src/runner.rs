@@ -21,6 +21,7 @@
 //!    order, and computes the summary. Nothing is held in memory but the current row, however
 //!    long the input.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,6 +47,7 @@ use crate::progress::Progress;
 use crate::provider::openai::OpenAiChat;
 use crate::provider::{CallError, Completion, ErrorKind, Exchange, Provider, Request, http_client};
 use crate::retry::RetryPolicy;
+use crate::row_settings::RowSettings;
 use crate::spend::SpendCap;
 use crate::store::{AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, SeqSet, Store};
 use crate::summary::{Stats, Summary};
@@ -72,6 +74,8 @@ struct Job {
     request_hash: String,
     /// Prompt tokens, counted on first need (a token budget or the spend cap).
     prompt_tokens: std::sync::OnceLock<u32>,
+    /// The price of the row's model (a row can name its own in a `model` column).
+    price: Option<Price>,
     /// The cache's answer to this exact request, if it has one.
     cached: Option<CachedAnswer>,
 }
@@ -147,8 +151,6 @@ struct Shared {
     slots: Slots,
     retry: RetryPolicy,
     timeout: Duration,
-    price: Option<Price>,
-    model: String,
     spend: Option<SpendCap>,
     audit: Option<AuditLog>,
     /// Identical requests are sent once: rows waiting on one in flight, and this run's journal
@@ -203,7 +205,7 @@ impl Shared {
     fn worst_cost(&self, job: &Job) -> f64 {
         let prompt = f64::from(job.prompt_tokens()) * 1.1 + 16.0;
         let completion = job.request.max_tokens.unwrap_or(0);
-        self.price.map_or(0.0, |p| {
+        job.price.map_or(0.0, |p| {
             p.estimate(prompt.ceil() as u64, u64::from(completion))
         })
     }
@@ -218,23 +220,30 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
 /// runner through this, so what it measures is exactly what `batch run` does.
 pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summary>), Error> {
     let started = Instant::now();
-    let input = InputFile::open(&cfg.input, cfg.id_column.as_deref())?;
+    let input = InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     let price = cfg.prices.lookup(&cfg.model);
     let plan = {
-        let (input, prompts, model) = (input.clone(), prompts.clone(), cfg.model.clone());
-        let count = cfg.dry_run;
-        tokio::task::spawn_blocking(move || preflight(&input, &prompts, &model, count))
+        let (input, prompts) = (input.clone(), prompts.clone());
+        let opts = PreflightOptions {
+            model: cfg.model.clone(),
+            max_tokens: cfg.max_tokens,
+            prices: cfg.prices.clone(),
+            capped: cfg.max_cost.is_some(),
+            count_tokens: cfg.dry_run,
+        };
+        tokio::task::spawn_blocking(move || preflight(&input, &prompts, &opts))
             .await
             .map_err(|e| Error::io("pre-flight check failed", std::io::Error::other(e)))??
     };
     if cfg.dry_run {
-        print_plan(&cfg, &plan, price);
+        print_plan(&cfg, &plan);
         return Ok((ExitStatus::Success, None));
     }
 
     // Everything that could fail on a path fails now, before anything is spent.
-    let writer = ResultsWriter::create(&cfg.output, &input.headers, cfg.sanitize)?;
+    let writer =
+        ResultsWriter::create_as(&cfg.output, cfg.output_format, &input.headers, cfg.sanitize)?;
     if let Some(path) = &cfg.summary_json {
         check_writable(path, "--summary-json")?;
     }
@@ -274,12 +283,15 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let resumed_run = prepare_state(&mut store, &cfg, &settings, plan.rows)?;
 
     let progress = Progress::new(plan.rows, cfg.quiet);
-    if price.is_none() {
-        progress.println(&format!(
-            "warning: no price is known for model {:?}, so costs will be left empty; add it with \
-             --price-file (prices as of {})",
-            cfg.model, cfg.prices.as_of
-        ));
+    // One warning per model that rows go to and that has no price.
+    for model in plan.models.keys() {
+        if cfg.prices.lookup(model).is_none() {
+            progress.println(&format!(
+                "warning: no price is known for model {model:?}, so costs will be left empty; \
+                 add it with --price-file (prices as of {})",
+                cfg.prices.as_of
+            ));
+        }
     }
     if let Some(run) = &resumed_run {
         progress.println(&format!(
@@ -319,8 +331,6 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         slots: Slots::new(cfg.concurrency),
         retry: cfg.retry,
         timeout: cfg.timeout,
-        price,
-        model: cfg.model.clone(),
         spend,
         audit,
         dedup: if cfg.dedup {
@@ -382,6 +392,8 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
             endpoint,
             cfg: cfg.clone(),
             cache,
+            settings: RowSettings::new(&input),
+            price,
         };
         let state = cfg.state.clone();
         std::thread::spawn(move || read_work(&maker, finished, &state, work_tx))
@@ -443,6 +455,10 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     }
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
     summary.resumed = stats.done().saturating_sub(live.done());
+    if plan.models.len() <= 1 {
+        // One model asked for (a dated name in some answers is still that one model).
+        summary.models.clear();
+    }
     if shared.stop.is_cancelled() {
         summary.stopped = Some(shared.stop_reason());
     }
@@ -482,6 +498,15 @@ fn write_results(
     missing_reason: &str,
 ) -> Result<(Stats, PathBuf), Error> {
     let mut stats = Stats::default();
+    // A row never sent still shows the model it was meant for.
+    let settings = RowSettings::new(input);
+    let model_of = |row: &Row| -> String {
+        settings
+            .read(row)
+            .ok()
+            .and_then(|o| o.model.map(str::to_string))
+            .unwrap_or_else(|| model.to_string())
+    };
     // Merge: journal rows arrive in seq order; input rows without one are written as skipped,
     // and journal rows past the input's end (a shorter input on resume) find none and are left.
     let journal = FinishedRows::open(state)?;
@@ -493,13 +518,18 @@ fn write_results(
             while let Some(row) = next_input.take() {
                 let row = row?;
                 if row.seq < prior.result.seq {
-                    let r = RowResult::skipped(row.seq, row.id, model, missing_reason);
+                    let r = RowResult::skipped(
+                        row.seq,
+                        row.id.clone(),
+                        &model_of(&row),
+                        missing_reason,
+                    );
                     stats.record(&r);
-                    writer.write(&row.record, &r)?;
+                    writer.write_row(&row, &r)?;
                     next_input = pending_input.next();
                 } else if row.seq == prior.result.seq {
                     stats.record(&prior.result);
-                    writer.write(&row.record, &prior.result)?;
+                    writer.write_row(&row, &prior.result)?;
                     next_input = pending_input.next();
                     break;
                 } else {
@@ -524,9 +554,9 @@ fn write_results(
     }
     while let Some(row) = next_input.take() {
         let row = row?;
-        let r = RowResult::skipped(row.seq, row.id, model, missing_reason);
+        let r = RowResult::skipped(row.seq, row.id.clone(), &model_of(&row), missing_reason);
         stats.record(&r);
-        writer.write(&row.record, &r)?;
+        writer.write_row(&row, &r)?;
         next_input = pending_input.next();
     }
     Ok((stats, writer.finish()?))
@@ -587,36 +617,87 @@ struct Plan {
     rows: u64,
     /// Prompt tokens of every row (counted only for a dry run).
     prompt_tokens: u64,
+    /// The rows by the model they go to (`--model`, or the row's `model` cell).
+    models: BTreeMap<String, ModelPlan>,
+}
+
+/// The rows that go to one model.
+#[derive(Debug, Default)]
+struct ModelPlan {
+    rows: u64,
+    /// Counted only for a dry run.
+    prompt_tokens: u64,
+    /// The sum of the rows' completion caps; `None` once a row has no cap.
+    completion_cap: Option<u64>,
+}
+
+/// What the pre-flight checks beyond the rows themselves.
+struct PreflightOptions {
+    model: String,
+    max_tokens: Option<u32>,
+    prices: crate::pricing::PriceTable,
+    /// `--max-cost` is set: every row's model needs a price.
+    capped: bool,
+    count_tokens: bool,
 }
 
 /// Checks every row and renders every prompt without sending anything. Lists the first few
 /// problems with their lines so they can all be fixed in one go.
-fn preflight(
-    input: &InputFile,
-    prompts: &Prompts,
-    model: &str,
-    count_tokens: bool,
-) -> Result<Plan, Error> {
+fn preflight(input: &InputFile, prompts: &Prompts, opts: &PreflightOptions) -> Result<Plan, Error> {
+    let settings = RowSettings::new(input);
     let mut ids = IdSet::default();
     let mut errors = Vec::new();
     let mut more = 0usize;
     let mut rows = 0u64;
     let mut prompt_tokens = 0u64;
+    let mut models: BTreeMap<String, ModelPlan> = BTreeMap::new();
     let mut last_row = None;
+    let at = |row: &Row| format!("{}: line {}", input.path.display(), row.line);
     for row in input.rows()? {
         let problem = match row {
             Err(e) => Some(e.to_string()),
             Ok(row) => {
                 rows += 1;
                 ids.insert(&row);
-                let problem = match prompts.render(input, &row) {
-                    Err(e) => Some(format!("{}: line {}: {e}", input.path.display(), row.line)),
-                    Ok(r) => {
-                        if count_tokens {
-                            prompt_tokens +=
-                                u64::from(tokens::count_chat(model, r.system.as_deref(), &r.user));
+                let checked = prompts
+                    .render(input, &row)
+                    .map_err(|e| format!("{}: {e}", at(&row)))
+                    .and_then(|r| {
+                        let o = settings
+                            .read(&row)
+                            .map_err(|e| format!("{}, {e}", at(&row)))?;
+                        Ok((r, o))
+                    });
+                let problem = match checked {
+                    Err(e) => Some(e),
+                    Ok((r, o)) => {
+                        let model = o.model(&opts.model);
+                        let plan = match models.get_mut(model) {
+                            Some(p) => p,
+                            None => {
+                                let first = ModelPlan {
+                                    completion_cap: Some(0),
+                                    ..Default::default()
+                                };
+                                models.entry(model.to_string()).or_insert(first)
+                            }
+                        };
+                        plan.rows += 1;
+                        let cap = o.max_tokens.or(opts.max_tokens).map(u64::from);
+                        plan.completion_cap = plan.completion_cap.zip(cap).map(|(a, b)| a + b);
+                        if opts.count_tokens {
+                            let system = o.system.or(r.system.as_deref());
+                            let n = u64::from(tokens::count_chat(model, system, &r.user));
+                            plan.prompt_tokens += n;
+                            prompt_tokens += n;
                         }
-                        None
+                        (opts.capped && opts.prices.lookup(model).is_none()).then(|| {
+                            format!(
+                                "{}, column \"model\": --max-cost needs a price for model \
+                                 {model:?}, and none is known; add it with --price-file",
+                                at(&row)
+                            )
+                        })
                     }
                 };
                 last_row = Some(row);
@@ -660,11 +741,12 @@ fn preflight(
     Ok(Plan {
         rows,
         prompt_tokens,
+        models,
     })
 }
 
-/// `--dry-run`: what the run would send and cost.
-fn print_plan(cfg: &RunConfig, plan: &Plan, price: Option<Price>) {
+/// `--dry-run`: what the run would send and cost, priced per row's model.
+fn print_plan(cfg: &RunConfig, plan: &Plan) {
     let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
     println!("Dry run: nothing was sent and nothing was written.");
     println!(
@@ -672,41 +754,88 @@ fn print_plan(cfg: &RunConfig, plan: &Plan, price: Option<Price>) {
         plan.rows,
         cfg.input.display()
     );
-    let completion = cfg.max_tokens.map(|m| plan.rows * u64::from(m));
-    match price {
-        Some(p) => {
-            println!(
-                "Prompts      {} tokens, {} at {}'s input price (${} per 1M)",
-                plan.prompt_tokens,
-                dollars(p.estimate(plan.prompt_tokens, 0)),
-                cfg.model,
-                p.input
-            );
-            match completion {
-                Some(c) => {
-                    println!(
-                        "Completions  at most {c} tokens (--max-tokens {} a row), {}",
-                        cfg.max_tokens.unwrap_or(0),
-                        dollars(p.estimate(0, c))
-                    );
-                    println!(
-                        "Worst case   {} (prices as of {})",
-                        dollars(p.estimate(plan.prompt_tokens, c)),
-                        cfg.prices.as_of
-                    );
-                }
-                None => println!(
-                    "Completions  unknown: without --max-tokens an answer's length has no bound \
-                     (${} per 1M output tokens)",
-                    p.output
-                ),
-            }
+    let priced: Vec<(&String, &ModelPlan, Option<Price>)> = plan
+        .models
+        .iter()
+        .map(|(m, p)| (m, p, cfg.prices.lookup(m)))
+        .collect();
+    let unpriced: Vec<String> = priced
+        .iter()
+        .filter(|(_, _, p)| p.is_none())
+        .map(|(m, _, _)| format!("{m:?}"))
+        .collect();
+    let completion = priced
+        .iter()
+        .try_fold(0u64, |sum, (_, p, _)| Some(sum + p.completion_cap?));
+    // Per-row caps are possible (a `max_tokens` column), so the cap is named per row only when
+    // every row has the flag's.
+    let cap_note = match cfg.max_tokens {
+        Some(m) if completion == Some(plan.rows * u64::from(m)) => {
+            format!("--max-tokens {m} a row")
         }
-        None => {
-            println!("Prompts      {} tokens", plan.prompt_tokens);
+        _ => "each row's max_tokens".into(),
+    };
+    if !unpriced.is_empty() {
+        println!("Prompts      {} tokens", plan.prompt_tokens);
+        println!(
+            "Cost         unknown: no price for model {}; add one with --price-file",
+            unpriced.join(", ")
+        );
+        return;
+    }
+    let prompt_cost: f64 = priced
+        .iter()
+        .map(|(_, m, p)| p.map_or(0.0, |p| p.estimate(m.prompt_tokens, 0)))
+        .sum();
+    match priced.as_slice() {
+        [(model, _, Some(p))] => println!(
+            "Prompts      {} tokens, {} at {model}'s input price (${} per 1M)",
+            plan.prompt_tokens,
+            dollars(prompt_cost),
+            p.input
+        ),
+        _ => println!(
+            "Prompts      {} tokens, {} at each row's model's input price",
+            plan.prompt_tokens,
+            dollars(prompt_cost),
+        ),
+    }
+    match completion {
+        Some(c) => {
+            let completion_cost: f64 = priced
+                .iter()
+                .map(|(_, m, p)| p.map_or(0.0, |p| p.estimate(0, m.completion_cap.unwrap_or(0))))
+                .sum();
             println!(
-                "Cost         unknown: no price for model {:?}; add one with --price-file",
-                cfg.model
+                "Completions  at most {c} tokens ({cap_note}), {}",
+                dollars(completion_cost)
+            );
+            println!(
+                "Worst case   {} (prices as of {})",
+                dollars(prompt_cost + completion_cost),
+                cfg.prices.as_of
+            );
+        }
+        None => println!(
+            "Completions  unknown: without --max-tokens an answer's length has no bound{}",
+            match priced.as_slice() {
+                [(_, _, Some(p))] => format!(" (${} per 1M output tokens)", p.output),
+                _ => String::new(),
+            }
+        ),
+    }
+    if priced.len() > 1 {
+        for (model, m, p) in &priced {
+            let worst = p
+                .zip(m.completion_cap)
+                .map(|(p, c)| dollars(p.estimate(m.prompt_tokens, c)));
+            println!(
+                "  {model:<22} {} rows, {} prompt tokens{}",
+                m.rows,
+                m.prompt_tokens,
+                worst
+                    .map(|w| format!(", worst case {w}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -723,6 +852,9 @@ struct JobMaker {
     cfg: RunConfig,
     /// Read for hits, unless the cache is off or being refreshed.
     cache: Option<Cache>,
+    settings: RowSettings,
+    /// The price of `--model`.
+    price: Option<Price>,
 }
 
 impl JobMaker {
@@ -735,12 +867,28 @@ impl JobMaker {
                 row.line
             ))
         })?;
-        let request = Request {
+        let mut request = Request {
             model: self.cfg.model.clone(),
             system: rendered.system,
             user: rendered.user,
             max_tokens: self.cfg.max_tokens,
             temperature: self.cfg.temperature,
+        };
+        // The pre-flight checked these cells too.
+        self.settings
+            .read(&row)
+            .map_err(|e| {
+                Error::Input(format!(
+                    "{}: line {}, {e} (did the file change during the run?)",
+                    self.input.path.display(),
+                    row.line
+                ))
+            })?
+            .apply(&mut request);
+        let price = if request.model == self.cfg.model {
+            self.price
+        } else {
+            self.cfg.prices.lookup(&request.model)
         };
         let body = Bytes::from(self.provider.body(&request));
         let request_hash = request_hash(&self.endpoint, &body);
@@ -759,6 +907,7 @@ impl JobMaker {
             body,
             request_hash,
             prompt_tokens: std::sync::OnceLock::new(),
+            price,
             cached,
         })
     }
@@ -983,7 +1132,7 @@ async fn dispatch(
     };
     let skip = |job: Job, leads: bool| {
         let reason = shared.stop_reason();
-        let result = RowResult::skipped(job.seq, job.id.clone(), &shared.model, &reason);
+        let result = RowResult::skipped(job.seq, job.id.clone(), &job.request.model, &reason);
         record(result, job, false, leads);
     };
     while let Some(item) = work.recv().await {
@@ -995,7 +1144,7 @@ async fn dispatch(
             }
         };
         if let Some(answer) = job.cached.take() {
-            let result = cached_result(&job, answer, shared.price.is_some());
+            let result = cached_result(&job, answer, job.price.is_some());
             record(result, job, false, false);
             continue;
         }
@@ -1072,7 +1221,7 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
         if let Some(e) = last {
             reason = format!("{reason}; last attempt: {e}");
         }
-        let mut r = RowResult::skipped(job.seq, job.id.clone(), &shared.model, &reason);
+        let mut r = RowResult::skipped(job.seq, job.id.clone(), &job.request.model, &reason);
         r.attempts = attempts.len() as u32;
         r.throttled = throttled;
         r
@@ -1135,7 +1284,7 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
         // unless the server may have billed an answer we never saw (then, under a cap, the
         // worst case).
         let charged = match &exchange.outcome {
-            Ok(c) => shared.price.map(|p| p.cost(&c.usage)),
+            Ok(c) => job.price.map(|p| p.cost(&c.usage)),
             Err(e) if cost_unknowable(e) => spend.as_ref().map(|r| r.worst()),
             Err(_) => spend.as_ref().map(|_| 0.0),
         };

@@ -3,6 +3,7 @@
 //! Failures are data here, not just log lines: the summary counts them by outcome so a user can
 //! tell at a glance whether a run was clean.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -35,6 +36,19 @@ pub struct Stats {
     pub saved_usd: f64,
     /// Latency of answered rows, microseconds.
     latency: Histogram<u64>,
+    /// Totals by the model in each row's `model` column (rows can name their own model).
+    pub by_model: BTreeMap<String, ModelSummary>,
+}
+
+/// One model's share of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ModelSummary {
+    pub rows: u64,
+    pub ok: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// `null` when none of its answered rows could be priced.
+    pub cost_usd: Option<f64>,
 }
 
 impl Default for Stats {
@@ -54,12 +68,26 @@ impl Default for Stats {
             tokens_saved: 0,
             saved_usd: 0.0,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            by_model: BTreeMap::new(),
         }
     }
 }
 
 impl Stats {
     pub fn record(&mut self, r: &RowResult) {
+        let m = match self.by_model.get_mut(&r.model) {
+            Some(m) => m,
+            None => self.by_model.entry(r.model.clone()).or_default(),
+        };
+        m.rows += 1;
+        m.ok += u64::from(r.status == RowStatus::Ok);
+        if let Some(u) = r.usage {
+            m.prompt_tokens += u.prompt_tokens;
+            m.completion_tokens += u.completion_tokens;
+            if let Some(c) = r.cost {
+                *m.cost_usd.get_or_insert(0.0) += c;
+            }
+        }
         match r.status {
             RowStatus::Ok => self.ok += 1,
             RowStatus::Failed => self.failed += 1,
@@ -135,6 +163,11 @@ impl Stats {
                 max: pct(1.0),
             },
             model: model.to_string(),
+            models: if self.by_model.len() > 1 {
+                self.by_model.clone()
+            } else {
+                BTreeMap::new()
+            },
             output: output.display().to_string(),
             stopped: None,
         }
@@ -173,6 +206,9 @@ pub struct Summary {
     pub rows_per_second: f64,
     pub latency_ms: Latency,
     pub model: String,
+    /// Totals per model, when rows went to more than one.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelSummary>,
     pub output: String,
     /// Why the run stopped before the end, if it did.
     pub stopped: Option<String>,
@@ -205,15 +241,31 @@ impl Summary {
         )?;
         let cost = match self.cost_usd {
             Some(c) if self.unpriced_rows > 0 => format!(
-                "${} (plus {} rows of {} with no known price; see --price-file)",
+                "${} (plus {} rows {} with no known price; see --price-file)",
                 format_cost(c),
                 self.unpriced_rows,
-                self.model
+                if self.models.is_empty() {
+                    format!("of {}", self.model)
+                } else {
+                    "of models".into()
+                }
             ),
             Some(c) => format!("${}", format_cost(c)),
             None => format!("unknown: no price for {} (see --price-file)", self.model),
         };
         writeln!(w, "Cost       {cost}")?;
+        for (name, m) in &self.models {
+            writeln!(
+                w,
+                "  {name:<22} {} rows ({} ok), {} prompt + {} completion tokens, {}",
+                m.rows,
+                m.ok,
+                m.prompt_tokens,
+                m.completion_tokens,
+                m.cost_usd
+                    .map_or("cost unknown".into(), |c| format!("${}", format_cost(c)))
+            )?;
+        }
         if self.cache_hits > 0 {
             writeln!(
                 w,
@@ -293,6 +345,7 @@ mod tests {
         );
         assert_eq!(sum.total_tokens, 101 * 12);
         assert!((sum.cost_usd.unwrap() - 1.01).abs() < 1e-9);
+        assert!(sum.models.is_empty(), "one model, no breakdown");
         let p50 = sum.latency_ms.p50.unwrap();
         assert!((49.0..=52.0).contains(&p50), "{p50}");
         assert!((sum.rows_per_second - 51.0).abs() < 1e-9);
@@ -310,6 +363,38 @@ mod tests {
             String::from_utf8(text)
                 .unwrap()
                 .contains("unknown: no price for mystery")
+        );
+    }
+
+    #[test]
+    fn several_models_get_a_breakdown_each_priced_on_its_own() {
+        let mut s = Stats::default();
+        for (model, cost) in [
+            ("a", Some(0.5)),
+            ("b", Some(0.25)),
+            ("a", Some(0.5)),
+            ("c", None),
+        ] {
+            let mut r = result(RowStatus::Ok, 1, 5, cost);
+            r.model = model.into();
+            s.record(&r);
+        }
+        let sum = s.summary(Duration::from_secs(1), Path::new("o.csv"), "a");
+        assert_eq!(sum.models.len(), 3);
+        assert_eq!(
+            (sum.models["a"].rows, sum.models["a"].cost_usd),
+            (2, Some(1.0))
+        );
+        assert_eq!(sum.models["b"].prompt_tokens, 10);
+        assert_eq!(sum.models["c"].cost_usd, None);
+        let json = serde_json::to_value(&sum).unwrap();
+        assert_eq!(json["models"]["b"]["cost_usd"], 0.25);
+        let mut text = Vec::new();
+        sum.print(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("cost unknown") && text.contains("2 rows (2 ok)"),
+            "{text}"
         );
     }
 }

@@ -154,6 +154,7 @@ mod tests {
             path: "in.csv".into(),
             headers: headers.iter().map(|s| s.to_string()).collect(),
             id_index: None,
+            format: Default::default(),
         }
     }
 
@@ -164,6 +165,7 @@ mod tests {
             byte: 0,
             id: "1".into(),
             record: StringRecord::from(fields.to_vec()),
+            json_cells: Default::default(),
         }
     }
 
