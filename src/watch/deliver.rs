@@ -53,6 +53,16 @@ impl Folders {
         Ok(f)
     }
 
+    /// Removes temporary files a crash left behind; only while holding the ledger's lock, so
+    /// no other watcher is using them.
+    pub fn clear_temporary(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.tmp) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// The work folder of the run with fingerprint `key`.
     pub fn work(&self, key: &str) -> PathBuf {
         self.runs.join(key)

@@ -63,6 +63,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitStatus, Error> {
     let base = RunConfig::resolve(run_args)?;
     let folders = Arc::new(Folders::create(&dir)?);
     let ledger = Ledger::open(&folders.state.join("ledger.sqlite"), &dir)?;
+    folders.clear_temporary();
     let mut watcher = Watcher {
         settings: Arc::new(request_settings(&base)),
         base,
