@@ -347,7 +347,8 @@ mod tests {
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "authentication_error");
 
-        let cases: Vec<(Vec<(&str, &str)>, Value, &str)> = vec![
+        type Case<'a> = (Vec<(&'a str, &'a str)>, Value, &'a str);
+        let cases: Vec<Case> = vec![
             (vec![key], good.clone(), "anthropic-version"),
             (
                 vec![key, ("anthropic-version", "1999-01-01")],
