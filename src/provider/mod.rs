@@ -56,6 +56,7 @@ impl Api {
         api: Option<ApiName>,
         model: &str,
     ) -> Result<Api, String> {
+        let inferred = provider.is_none();
         let provider = provider.unwrap_or(if model.starts_with("claude-") {
             ProviderName::Anthropic
         } else {
@@ -72,7 +73,7 @@ impl Api {
                     ApiName::Chat => "chat",
                     ApiName::Responses => "responses",
                 },
-                if model.starts_with("claude-") {
+                if inferred {
                     format!(" (inferred from the model {model:?})")
                 } else {
                     String::new()
