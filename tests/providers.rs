@@ -3,6 +3,7 @@
 //! well formed), answers with its usage (cached and reasoning tokens included) and injects the
 //! errors each API really sends.
 
+#[allow(dead_code)]
 mod util;
 
 use batch::pricing::PriceTable;
