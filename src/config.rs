@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::cli::{MockArgs, RunArgs};
 use crate::concurrency::{Concurrency, ConcurrencyList};
 use crate::error::{Error, describe_io};
-use crate::format::Format;
+use crate::format::{Format, is_std};
 use crate::mock::MockConfig;
 use crate::pricing::PriceTable;
 use crate::provider::{Api, ExtraHeaders};
@@ -70,7 +70,10 @@ pub enum Endpoint {
 
 #[derive(Debug, Clone)]
 pub struct RunConfig {
+    /// The input file; for `-`, the copy of stdin (see [`crate::stdio`]).
     pub input: PathBuf,
+    /// `input` is a copy of stdin, removed when the run completes.
+    pub spooled_stdin: bool,
     pub output: PathBuf,
     pub input_format: Format,
     pub output_format: Format,
@@ -225,13 +228,15 @@ impl RunConfig {
             .unwrap_or_default();
         let output = match args.output {
             Some(p) => p,
+            // Read from a pipe, write to one.
+            None if is_std(&input) => PathBuf::from("-"),
             None => default_output(&input, input_format),
         };
         let output_format = args
             .output_format
             .or_else(|| Format::from_extension(&output))
             .unwrap_or(input_format);
-        if same_file(&output, &input) {
+        if !is_std(&output) && same_file(&output, &input) {
             return Err(Error::Usage(format!(
                 "the output path {} is the input file; choose another with -o",
                 output.display()
@@ -318,9 +323,7 @@ impl RunConfig {
         } else {
             Resume::No
         };
-        let state = args
-            .state
-            .unwrap_or_else(|| crate::store::default_path(&output));
+        let state = args.state;
 
         let endpoint = match args.mock {
             Some(list) => Endpoint::Mock(
@@ -356,8 +359,17 @@ impl RunConfig {
             }
         };
 
+        // Last, once every flag is known to be good: stdin is read (and spooled) only for a run
+        // that will go ahead.
+        let runs_dir = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::cache::default_dir)
+            .join("runs");
+        let stdio = crate::stdio::resolve(&input, input_format, &output, state, &runs_dir)?;
         Ok(RunConfig {
-            input,
+            input: stdio.input,
+            spooled_stdin: stdio.spooled,
             output,
             input_format,
             output_format,
@@ -378,7 +390,7 @@ impl RunConfig {
             headers,
             summary_json: args.summary_json,
             quiet: args.quiet,
-            state,
+            state: stdio.state,
             resume,
             grace: Duration::from_secs_f64(grace),
             max_cost: args.max_cost,

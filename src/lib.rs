@@ -42,6 +42,7 @@ pub mod retry;
 pub mod row_settings;
 pub mod runner;
 pub mod spend;
+pub mod stdio;
 pub mod store;
 pub mod summary;
 pub mod template;

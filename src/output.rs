@@ -174,6 +174,33 @@ impl ResultsWriter {
         // A fixed name: a run killed before it could clean up leaves one stale file, which the
         // next run of the same job overwrites.
         let tmp = dir.join(format!(".{name}.partial"));
+        Self::open_at(path, tmp, format, input_headers, sanitize)
+    }
+
+    /// A writer for results on stdout (`-o -`): they are written to `tmp` and copied to stdout
+    /// by [`ResultsWriter::finish`], so a pipeline reads complete results in input order.
+    pub fn create_for_stdout(
+        tmp: &Path,
+        format: Format,
+        input_headers: &[String],
+        sanitize: bool,
+    ) -> Result<Self, Error> {
+        Self::open_at(
+            Path::new("-"),
+            tmp.to_path_buf(),
+            format,
+            input_headers,
+            sanitize,
+        )
+    }
+
+    fn open_at(
+        path: &Path,
+        tmp: PathBuf,
+        format: Format,
+        input_headers: &[String],
+        sanitize: bool,
+    ) -> Result<Self, Error> {
         let file = File::create(&tmp).map_err(|e| {
             Error::Usage(format!(
                 "cannot write results to {}: {}",
@@ -295,6 +322,12 @@ impl ResultsWriter {
         let file = buffered
             .into_inner()
             .map_err(|e| self.write_error(e.into_error()))?;
+        if crate::format::is_std(&self.path) {
+            drop(file);
+            crate::stdio::copy_to_stdout(&self.tmp).map_err(|e| self.write_error(e))?;
+            // `done` stays false: dropping removes the temporary file.
+            return Ok(self.path.clone());
+        }
         file.sync_all().map_err(|e| self.write_error(e))?;
         std::fs::rename(&self.tmp, &self.path).map_err(|e| self.write_error(e))?;
         self.done = true;

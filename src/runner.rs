@@ -238,22 +238,35 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
             .map_err(|e| Error::io("pre-flight check failed", std::io::Error::other(e)))??
     };
     if cfg.dry_run {
+        if cfg.spooled_stdin {
+            let _ = std::fs::remove_file(&cfg.input);
+        }
         print_plan(&cfg, &plan);
         return Ok((ExitStatus::Success, None));
     }
 
     // Everything that could fail on a path fails now, before anything is spent.
-    let writer =
-        ResultsWriter::create_as(&cfg.output, cfg.output_format, &input.headers, cfg.sanitize)?;
+    let writer = if crate::format::is_std(&cfg.output) {
+        let tmp = crate::stdio::stdout_partial(&cfg.state);
+        ResultsWriter::create_for_stdout(&tmp, cfg.output_format, &input.headers, cfg.sanitize)?
+    } else {
+        ResultsWriter::create_as(&cfg.output, cfg.output_format, &input.headers, cfg.sanitize)?
+    };
     if let Some(path) = &cfg.summary_json {
         check_writable(path, "--summary-json")?;
     }
     let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
     if matches!(cfg.resume, Resume::Yes { .. }) && !cfg.state.exists() {
         return Err(Error::Usage(format!(
-            "nothing to resume: {} does not exist (the state file sits beside the results; give \
-             the same -o, or --state PATH)",
-            cfg.state.display()
+            "nothing to resume: {} does not exist ({})",
+            cfg.state.display(),
+            if crate::format::is_std(&cfg.output) {
+                "with -o -, the state file is kept in the cache folder under a key made from the \
+                 input file's path, or from the data piped to stdin: pipe exactly the same data \
+                 again, or give --state PATH both times"
+            } else {
+                "the state file sits beside the results; give the same -o, or --state PATH"
+            }
         )));
     }
     let mut store = Store::open(&cfg.state)?;
@@ -459,6 +472,10 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     };
     let complete = stats.skipped == 0 && journal_error.is_none();
     store.set_finished(complete)?;
+    if complete && cfg.spooled_stdin {
+        // Nothing is left to resume; the copy of stdin has served its purpose.
+        let _ = std::fs::remove_file(&cfg.input);
+    }
     if let Some(audit) = Arc::into_inner(shared.clone()).and_then(|s| s.audit) {
         audit.finish()?;
     }

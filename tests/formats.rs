@@ -498,3 +498,262 @@ fn resume_with_jsonl_input_sends_only_the_unfinished_rows() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// stdin and stdout
+// ---------------------------------------------------------------------------------------------
+
+/// Runs the binary with `input` on its stdin.
+fn run_piped(dir: &TestDir, args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = util::cmd(dir, args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn batch");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.as_bytes().to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait for batch");
+    writer.join().unwrap();
+    out
+}
+
+/// A results CSV given as text, one map per row (latency dropped: it differs between runs).
+fn parse_csv(text: &str) -> Vec<util::Row> {
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let headers = r.headers().expect("a header").clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.expect("a CSV row");
+            headers
+                .iter()
+                .zip(rec.iter())
+                .filter(|(h, _)| *h != "latency_ms")
+                .map(|(h, v)| (h.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn stdin_to_stdout_gives_what_a_file_run_gives_and_leaves_no_files() {
+    let dir = TestDir::new();
+    dir.create("in.csv", ROWS_CSV);
+    let args = ["--prompt", "{{ text }} / {{ n }}", "--mock", "--no-cache"];
+    let out = run_piped(
+        &dir,
+        &[&["run", "-", "-o", "-"][..], &args].concat(),
+        ROWS_CSV,
+    );
+    assert_code(&out, 0);
+    let piped = parse_csv(&util::stdout(&out));
+    // Progress and summary stay on stderr.
+    assert!(stderr(&out).contains("3 ok"), "{}", show(&out));
+    assert_eq!(
+        dir.files(),
+        ["in.csv"],
+        "a pipeline run writes no files beside it"
+    );
+
+    let out = run(
+        &dir,
+        [&["run", "in.csv", "-o", "file.csv"][..], &args].concat(),
+    );
+    assert_code(&out, 0);
+    let from_file = parse_csv(&dir.read("file.csv"));
+    assert_eq!(piped, from_file);
+    assert_eq!(piped.len(), 3);
+    assert_eq!(
+        field(&piped[2], "output"),
+        mock_answer("third \"quoted\" / -2")
+    );
+}
+
+#[test]
+fn jsonl_on_stdin_gives_jsonl_on_stdout_unless_told_otherwise() {
+    let dir = TestDir::new();
+    let args = [
+        "run",
+        "-",
+        "--input-format",
+        "jsonl",
+        "--prompt",
+        "{{ text }}",
+        "--mock",
+    ];
+    // Without -o, stdin input writes to stdout, in the input's format.
+    let out = run_piped(&dir, &args, ROWS_JSONL);
+    assert_code(&out, 0);
+    let lines: Vec<serde_json::Value> = util::stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{}", show(&out));
+    assert_eq!(lines[1]["meta"], serde_json::json!({"k": [1, 2]}));
+    assert_eq!(lines[1]["output"], mock_answer("second"));
+
+    let out = run_piped(
+        &dir,
+        &[&args[..], &["--output-format", "csv"]].concat(),
+        ROWS_JSONL,
+    );
+    assert_code(&out, 0);
+    let rows = parse_csv(&util::stdout(&out));
+    assert_eq!(field(&rows[1], "meta"), "{\"k\":[1,2]}");
+    assert!(dir.files().is_empty(), "{:?}", dir.files());
+}
+
+#[test]
+fn stdin_with_a_results_file_keeps_its_copy_of_stdin_only_while_unfinished() {
+    let dir = TestDir::new();
+    let mut csv_text = String::from("id,text\n");
+    for i in 1..=30 {
+        csv_text.push_str(&format!("r{i},item {i}\n"));
+    }
+    let port = {
+        let mock = MockProcess::start(&["--quota-exhausted-after", "5"]);
+        let args = [
+            "run",
+            "-",
+            "-o",
+            "out.csv",
+            "--prompt",
+            "{{ text }}",
+            "--base-url",
+            &mock.url,
+            "-j",
+            "2",
+        ];
+        let out = run_piped(&dir, &args, &csv_text);
+        assert_code(&out, 1);
+        mock.port()
+    };
+    // The run is unfinished: its copy of stdin waits beside the state file for --resume.
+    assert_eq!(dir.read("out.stdin.csv"), csv_text);
+    let first = dir.results("out.csv");
+    let done = first.iter().filter(|r| field(r, "status") == "ok").count();
+    assert_eq!(done, 5);
+
+    // --resume with stdin: pipe the same data again.
+    let mock = MockProcess::start_on(port, &[]);
+    let args = [
+        "run",
+        "-",
+        "-o",
+        "out.csv",
+        "--prompt",
+        "{{ text }}",
+        "--base-url",
+        &mock.url,
+        "--resume",
+        "--retry-failed",
+    ];
+    let out = run_piped(&dir, &args, &csv_text);
+    assert_code(&out, 0);
+    assert_eq!(
+        util::stat(&mock.stats(), "requests"),
+        (30 - done) as u64,
+        "{}",
+        show(&out)
+    );
+    let rows = dir.results("out.csv");
+    assert!(rows.iter().all(|r| field(r, "status") == "ok"));
+    assert!(
+        !dir.join("out.stdin.csv").exists(),
+        "the copy of stdin outlived the run"
+    );
+}
+
+#[test]
+fn resume_to_stdout_finds_the_state_by_the_piped_data() {
+    let dir = TestDir::new();
+    let mut csv_text = String::from("id,text\n");
+    for i in 1..=24 {
+        csv_text.push_str(&format!("r{i},item {i}\n"));
+    }
+    let port = {
+        let mock = MockProcess::start(&["--quota-exhausted-after", "6"]);
+        let args = [
+            "run",
+            "-",
+            "-o",
+            "-",
+            "--prompt",
+            "{{ text }}",
+            "--base-url",
+            &mock.url,
+            "-j",
+            "2",
+        ];
+        let out = run_piped(&dir, &args, &csv_text);
+        assert_code(&out, 1);
+        // Results of an unfinished run still come out, every row in order.
+        assert_eq!(parse_csv(&util::stdout(&out)).len(), 24);
+        assert!(stderr(&out).contains("--resume"), "{}", show(&out));
+        mock.port()
+    };
+    let mock = MockProcess::start_on(port, &[]);
+    let args = [
+        "run",
+        "-",
+        "-o",
+        "-",
+        "--prompt",
+        "{{ text }}",
+        "--base-url",
+        &mock.url,
+        "--resume",
+        "--retry-failed",
+    ];
+    // Other data has no recorded run.
+    let out = run_piped(&dir, &args, "id,text\nx,other data\n");
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("pipe exactly the same data"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(util::stat(&mock.stats(), "requests"), 0);
+
+    let out = run_piped(&dir, &args, &csv_text);
+    assert_code(&out, 0);
+    let rows = parse_csv(&util::stdout(&out));
+    assert_eq!(rows.len(), 24);
+    assert!(
+        rows.iter().all(|r| field(r, "status") == "ok"),
+        "{}",
+        show(&out)
+    );
+    assert!(
+        util::stat(&mock.stats(), "requests") <= 24 - 6,
+        "finished rows were sent again"
+    );
+    assert!(dir.files().is_empty(), "{:?}", dir.files());
+}
+
+#[test]
+fn explicit_state_path_is_used_with_stdout_results() {
+    let dir = TestDir::new();
+    dir.create("in.csv", "id,text\n1,a\n");
+    let out = run(
+        &dir,
+        [
+            "run",
+            "in.csv",
+            "-o",
+            "-",
+            "--prompt",
+            "{{ text }}",
+            "--mock",
+            "--state",
+            "my.sqlite",
+        ],
+    );
+    assert_code(&out, 0);
+    assert_eq!(parse_csv(&util::stdout(&out)).len(), 1);
+    assert!(dir.join("my.sqlite").exists(), "{:?}", dir.files());
+}
