@@ -214,10 +214,26 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     run_to_summary(cfg).await.map(|(status, _)| status)
 }
 
+/// Whether the run must learn the server's rate limits from its headers, holding all but one
+/// request until the first answer. Not for the embedded mock without limits: the run started
+/// it and knows it has none, so the probe would only cost a round trip.
+fn learns_limits(endpoint: &Endpoint) -> bool {
+    match endpoint {
+        Endpoint::Mock(mc) => mc.rpm.is_some() || mc.tpm.is_some(),
+        Endpoint::Remote { .. } => true,
+    }
+}
+
 /// Runs the job and also returns its summary (`None` for a dry run). `batch bench` drives the
 /// runner through this, so what it measures is exactly what `batch run` does.
 pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summary>), Error> {
     let started = Instant::now();
+    if let Endpoint::Mock(_) = &cfg.endpoint {
+        // The embedded mock counts usage with the real tokenizer, which takes a moment to
+        // build: start now, so that it overlaps the pre-flight instead of following it.
+        let model = cfg.model.clone();
+        std::thread::spawn(move || crate::tokens::count(&model, "warm up"));
+    }
     let input = InputFile::open(&cfg.input, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     let price = cfg.prices.lookup(&cfg.model);
@@ -315,7 +331,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     ));
     let shared = Arc::new(Shared {
         provider: provider.clone(),
-        budget: RateBudget::new(cfg.rpm, cfg.tpm, true),
+        budget: RateBudget::new(cfg.rpm, cfg.tpm, learns_limits(&cfg.endpoint)),
         slots: Slots::new(cfg.concurrency),
         retry: cfg.retry,
         timeout: cfg.timeout,
