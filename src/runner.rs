@@ -12,7 +12,7 @@
 //!    that are not finished first, then checks the finished ones and sends again those whose
 //!    request changed.
 //! 4. The dispatcher takes a slot (at most `--concurrency` rows in flight) and spawns the row's
-//!    task ([`process_row`]); after a stop (Ctrl-C, spend cap, exhausted quota) it marks rows
+//!    task (`process_row`); after a stop (Ctrl-C, spend cap, exhausted quota) it marks rows
 //!    `skipped` instead of sending them.
 //! 5. The journal thread commits every outcome in groups and only then releases the row's slot,
 //!    so a `kill -9` loses at most the rows in flight. The collector (this task) keeps live
@@ -254,7 +254,6 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     if let Some(path) = &cfg.summary_json {
         check_writable(path, "--summary-json")?;
     }
-    let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
     if matches!(cfg.resume, Resume::Yes { .. }) && !cfg.state.exists() {
         return Err(Error::Usage(format!(
             "nothing to resume: {} does not exist (the state file sits beside the results; give \
@@ -262,6 +261,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
             cfg.state.display()
         )));
     }
+    let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
     let mut store = Store::open(&cfg.state)?;
     let (endpoint, base_url, api_key, _mock) = match &cfg.endpoint {
         Endpoint::Mock(mc) => {
