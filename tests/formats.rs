@@ -757,3 +757,39 @@ fn explicit_state_path_is_used_with_stdout_results() {
     assert_eq!(parse_csv(&util::stdout(&out)).len(), 1);
     assert!(dir.join("my.sqlite").exists(), "{:?}", dir.files());
 }
+
+#[test]
+fn bench_samples_the_head_of_a_jsonl_input() {
+    let dir = TestDir::new();
+    let mut jsonl = String::new();
+    for i in 1..=20 {
+        jsonl.push_str(&format!("{{\"id\": {i}, \"text\": \"item {i}\"}}\n"));
+    }
+    dir.create("in.jsonl", &jsonl);
+    let mock = MockProcess::start(&[]);
+    let out = run(
+        &dir,
+        [
+            "bench",
+            "in.jsonl",
+            "--prompt",
+            "{{ text }}",
+            "--base-url",
+            &mock.url,
+            "--concurrency",
+            "2",
+            "--rows",
+            "8",
+            "--warmup",
+            "0",
+            "--format",
+            "json",
+        ],
+    );
+    assert_code(&out, 0);
+    let report: serde_json::Value =
+        serde_json::from_str(&util::stdout(&out)).unwrap_or_else(|e| panic!("{e}\n{}", show(&out)));
+    assert_eq!(report["settings"][0]["runs"][0]["rows"], 8, "{report}");
+    assert_eq!(report["settings"][0]["runs"][0]["failed"], 0, "{report}");
+    assert_eq!(util::stat(&mock.stats(), "requests"), 8);
+}

@@ -104,8 +104,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
     let settings = dedupe(settings);
 
     let work = WorkDir::create()?;
-    let sample_path = work.path().join("sample.csv");
-    let sample_rows = write_head(&base.input, rows, &sample_path)?;
+    let ext = base.input_format.extension();
+    let sample_path = work.path().join(format!("sample.{ext}"));
+    let sample_rows = write_head(&base.input, base.input_format, rows, &sample_path)?;
     let relabel = |e: Error| relabel(e, &sample_path, &base.input);
     let prompt_tokens = count_prompts(&base, &sample_path).map_err(relabel)?;
     let warmups: Vec<u64> = settings
@@ -225,8 +226,8 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
             let path = match warm_files.get(&warm) {
                 Some(p) => p.clone(),
                 None => {
-                    let p = work.path().join(format!("warmup-{warm}.csv"));
-                    write_head(&base.input, warm, &p)?;
+                    let p = work.path().join(format!("warmup-{warm}.{ext}"));
+                    write_head(&base.input, base.input_format, warm, &p)?;
                     warm_files.insert(warm, p.clone());
                     p
                 }
@@ -398,7 +399,15 @@ fn dedupe(settings: Vec<Concurrency>) -> Vec<Concurrency> {
 /// Writes the header and the first `rows` records of `input` to `dest`, byte for byte as the
 /// csv crate reads them (ragged or non-UTF-8 rows are copied as they are, for the runner's
 /// pre-flight to report). Returns the number of data rows written.
-fn write_head(input: &Path, rows: u64, dest: &Path) -> Result<u64, Error> {
+fn write_head(
+    input: &Path,
+    format: crate::format::Format,
+    rows: u64,
+    dest: &Path,
+) -> Result<u64, Error> {
+    if format == crate::format::Format::Jsonl {
+        return write_head_jsonl(input, rows, dest);
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
@@ -437,6 +446,39 @@ fn write_head(input: &Path, rows: u64, dest: &Path) -> Result<u64, Error> {
     Ok(written)
 }
 
+/// [`write_head`] for JSON Lines: the first `rows` lines that are not blank, as they are.
+fn write_head_jsonl(input: &Path, rows: u64, dest: &Path) -> Result<u64, Error> {
+    use std::io::{BufRead, Write};
+    let file = std::fs::File::open(input).map_err(|e| Error::read(input, &e))?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(dest)
+            .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?,
+    );
+    let mut written = 0u64;
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        if written == rows {
+            break;
+        }
+        let line = line.map_err(|e| Error::read(input, &e))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.write_all(&line)
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
+        written += 1;
+    }
+    out.flush()
+        .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
+    if written == 0 {
+        return Err(Error::Input(format!(
+            "{} is empty: it needs one JSON object per line, one line per request",
+            input.display()
+        )));
+    }
+    Ok(written)
+}
+
 fn csv_error(path: &Path, e: csv::Error) -> Error {
     match e.into_kind() {
         csv::ErrorKind::Io(io) => Error::read(path, &io),
@@ -447,7 +489,7 @@ fn csv_error(path: &Path, e: csv::Error) -> Error {
 /// Prompt tokens of every row of the sample, counted as `--dry-run` counts them. Also checks
 /// every row and renders every prompt, so a bad template fails before anything is sent.
 fn count_prompts(cfg: &RunConfig, sample: &Path) -> Result<Vec<u64>, Error> {
-    let input = InputFile::open(sample, cfg.id_column.as_deref())?;
+    let input = InputFile::open_as(sample, cfg.input_format, cfg.id_column.as_deref())?;
     let prompts = Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?;
     let mut counts = Vec::new();
     for row in input.rows()? {
@@ -995,14 +1037,20 @@ mod tests {
         let input = dir.path().join("in.csv");
         std::fs::write(&input, "id,text\n1,\"a, b\"\n2,\"multi\nline\"\n3,c\n").unwrap();
         let out = dir.path().join("head.csv");
-        assert_eq!(write_head(&input, 2, &out).unwrap(), 2);
+        assert_eq!(
+            write_head(&input, crate::format::Format::Csv, 2, &out).unwrap(),
+            2
+        );
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
             "id,text\n1,\"a, b\"\n2,\"multi\nline\"\n"
         );
-        assert_eq!(write_head(&input, 10, &out).unwrap(), 3);
+        assert_eq!(
+            write_head(&input, crate::format::Format::Csv, 10, &out).unwrap(),
+            3
+        );
         std::fs::write(&input, "").unwrap();
-        assert!(write_head(&input, 10, &out).is_err());
+        assert!(write_head(&input, crate::format::Format::Csv, 10, &out).is_err());
     }
 
     #[test]
