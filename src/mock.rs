@@ -2,7 +2,9 @@
 //! test exercise the whole client path (connection pool, timeouts, status codes, JSON parsing).
 //!
 //! Answers are deterministic and quote the start and end of the prompt they answer, so a test can
-//! prove that each output landed on its own row. Usage is counted with the real tokenizer. Latency,
+//! prove that each output landed on its own row; a request with a JSON schema (`response_format`
+//! json_schema) gets JSON generated from it instead (see `mock/schema.rs`), some of it spoilt on
+//! request. Usage is counted with the real tokenizer. Latency,
 //! jitter, slow responses and 500/503 errors are injected on request; so are OpenAI-style rate
 //! limits (429 with `x-ratelimit-*` and `retry-after` headers, see `mock/ratelimit.rs`), an exhausted
 //! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). `GET /stats` reports
@@ -33,6 +35,7 @@ use crate::tokens;
 
 mod fault;
 mod ratelimit;
+pub mod schema;
 
 pub use fault::{FaultKind, FaultSpec};
 pub use ratelimit::go_duration;
@@ -61,6 +64,8 @@ pub struct MockConfig {
     pub faults: Vec<FaultSpec>,
     /// How long the body of a `trickle` fault takes.
     pub trickle: Duration,
+    /// Fraction of answers to schema requests that are spoilt (not JSON, or not fitting).
+    pub invalid_json_rate: f64,
 }
 
 impl Default for MockConfig {
@@ -79,6 +84,7 @@ impl Default for MockConfig {
             capacity: None,
             faults: Vec::new(),
             trickle: Duration::from_secs(10),
+            invalid_json_rate: 0.0,
         }
     }
 }
@@ -99,6 +105,7 @@ impl From<MockArgs> for MockConfig {
             capacity: a.capacity,
             faults: a.fault,
             trickle: Duration::from_millis(a.trickle_ms),
+            invalid_json_rate: a.invalid_json_rate.clamp(0.0, 1.0),
         }
     }
 }
@@ -150,6 +157,9 @@ pub struct MockStats {
     /// Injected faults by kind; every kind is listed.
     #[serde(default)]
     pub faults: BTreeMap<String, u64>,
+    /// Answers to schema requests sent spoilt on purpose (--invalid-json-rate).
+    #[serde(default)]
+    pub invalid_answers: u64,
 }
 
 struct Shared {
@@ -166,6 +176,7 @@ struct Shared {
     quota_rejected: AtomicU64,
     faults: [AtomicU64; FaultKind::ALL.len()],
     responses: Mutex<BTreeMap<u16, u64>>,
+    invalid_answers: AtomicU64,
 }
 
 impl Shared {
@@ -192,6 +203,7 @@ impl Shared {
                     (k.name().to_string(), n)
                 })
                 .collect(),
+            invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
         }
     }
 
@@ -200,6 +212,9 @@ impl Shared {
             .fetch_add(a.prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(a.completion_tokens, Ordering::Relaxed);
+        if a.spoilt {
+            self.invalid_answers.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -255,6 +270,7 @@ impl MockServer {
             quota_rejected: AtomicU64::new(0),
             faults: Default::default(),
             responses: Mutex::new(BTreeMap::new()),
+            invalid_answers: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
@@ -330,6 +346,7 @@ struct ChatRequest {
     messages: Vec<ChatMessage>,
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
+    response_format: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -432,7 +449,7 @@ async fn respond(
 
     // The answer is deterministic, so its cost is known on arrival, when a real API checks the
     // rate limits (and rejects at once, without the latency).
-    let parsed = parse(body);
+    let parsed = parse(s, body);
     if let Ok((req, answer)) = &parsed {
         let cost = answer.prompt_tokens + answer.completion_tokens;
         let verdict = s
@@ -503,7 +520,7 @@ fn json_reply(status: StatusCode, body: String) -> (Response, Option<StatusCode>
 }
 
 /// The request and the answer the mock gives it, or the 400 body.
-fn parse(body: &[u8]) -> Result<(ChatRequest, Answer), String> {
+fn parse(s: &Shared, body: &[u8]) -> Result<(ChatRequest, Answer), String> {
     match serde_json::from_slice::<ChatRequest>(body) {
         Err(e) => Err(error_body(
             &format!("We could not parse the JSON body of your request: {e}"),
@@ -516,7 +533,23 @@ fn parse(body: &[u8]) -> Result<(ChatRequest, Answer), String> {
             None,
         )),
         Ok(req) => {
-            let answer = Answer::to(&req);
+            let schema = match req.response_format.as_ref().map(schema::requested_schema) {
+                Some(Err(message)) => {
+                    return Err(error_body(&message, "invalid_request_error", None));
+                }
+                Some(Ok(schema)) => schema,
+                None => None,
+            };
+            let spoil = schema.is_some() && s.cfg.invalid_json_rate > 0.0 && {
+                let mut rng = s.rng.lock().expect("rng lock");
+                rng.random_bool(s.cfg.invalid_json_rate)
+            };
+            let roll = if spoil {
+                s.rng.lock().expect("rng lock").random::<f64>()
+            } else {
+                0.0
+            };
+            let answer = Answer::to(&req, schema, spoil.then_some(roll));
             Ok((req, answer))
         }
     }
@@ -528,10 +561,14 @@ struct Answer {
     finish: &'static str,
     prompt_tokens: u64,
     completion_tokens: u64,
+    /// Spoilt on purpose (`--invalid-json-rate`).
+    spoilt: bool,
 }
 
 impl Answer {
-    fn to(req: &ChatRequest) -> Self {
+    /// The answer to `req`: JSON generated from `schema` when it asks for one (spoilt when a
+    /// `spoil` roll is given), else the plain quoting answer.
+    fn to(req: &ChatRequest, schema: Option<&serde_json::Value>, spoil: Option<f64>) -> Self {
         let system = req
             .messages
             .iter()
@@ -547,7 +584,16 @@ impl Answer {
             .unwrap_or_default();
         let system = (!system.is_empty()).then(|| system.join("\n"));
         let prompt_tokens = u64::from(tokens::count_chat(&req.model, system.as_deref(), &user));
-        let mut text = answer(&user);
+        let mut text = match schema {
+            Some(schema) => {
+                let valid = schema::generate(schema, &user);
+                match spoil {
+                    Some(roll) => schema::break_answer(schema, &valid, roll),
+                    None => valid.to_string(),
+                }
+            }
+            None => answer(&user),
+        };
         let mut finish = "stop";
         let encoding = tokens::encoding_for(&req.model);
         let mut ids = encoding.encode_ordinary(&text);
@@ -563,6 +609,7 @@ impl Answer {
             finish,
             prompt_tokens,
             completion_tokens: ids.len() as u64,
+            spoilt: spoil.is_some(),
         }
     }
 }
