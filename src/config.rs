@@ -15,12 +15,12 @@ use crate::error::{Error, describe_io};
 use crate::expect::Expectation;
 use crate::mock::MockConfig;
 use crate::pricing::PriceTable;
+use crate::provider::{Api, ExtraHeaders};
 use crate::retry::RetryPolicy;
 use crate::schema::OutputSchema;
 use std::sync::Arc;
 
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
-pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_CONCURRENCY: Concurrency = Concurrency::Fixed(16);
 const DEFAULT_MAX_RETRIES: u32 = 6;
 const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
@@ -45,6 +45,11 @@ pub struct ApiKey(String);
 impl ApiKey {
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The key sent to the embedded mock, which wants one as the real APIs do.
+    pub fn placeholder() -> Self {
+        ApiKey("mock-key".into())
     }
 }
 
@@ -83,6 +88,10 @@ pub struct RunConfig {
     pub retry: RetryPolicy,
     pub timeout: Duration,
     pub endpoint: Endpoint,
+    /// The wire format requests use.
+    pub api: Api,
+    /// `--header`s sent with every request.
+    pub headers: ExtraHeaders,
     pub summary_json: Option<PathBuf>,
     pub quiet: bool,
     pub state: PathBuf,
@@ -157,8 +166,11 @@ impl RunConfig {
             fill_from_file!(args, file;
                 prompt, prompt_file, system, system_file, id_column, model, max_tokens,
                 temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
-                mock, summary_json, grace, max_cost, log, schema, schema_retries, expect,
-                match_mode);
+                mock, summary_json, grace, max_cost, log, provider, api, schema, schema_retries,
+                expect, match_mode);
+            if args.header.is_empty() {
+                args.header = std::mem::take(&mut file.header);
+            }
             args.no_strict |= file.no_strict;
             args.ignore_case |= file.ignore_case;
             args.ignore_whitespace |= file.ignore_whitespace;
@@ -170,10 +182,12 @@ impl RunConfig {
                 args.cache_dir = file.cache_dir.take();
             }
             // The environment sits between flags and the file for the base URL.
-            if args.base_url.is_none() && env("OPENAI_BASE_URL").is_none() {
+            if args.base_url.is_none() && env(api_of(&args).base_url_env()).is_none() {
                 args.base_url = file.base_url.take();
             }
         }
+        // Whose variables to read; a bad combination is reported by `from_merged`.
+        let api = api_of(&args);
         let list = args
             .concurrency
             .take()
@@ -181,7 +195,7 @@ impl RunConfig {
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| vec![DEFAULT_CONCURRENCY]);
         args.concurrency = Some(ConcurrencyList(vec![list[0]]));
-        Self::from_merged(args, env("OPENAI_BASE_URL"), env("OPENAI_API_KEY")).map(|c| (c, list))
+        Self::from_merged(args, env(api.base_url_env()), env(api.key_env())).map(|c| (c, list))
     }
 
     /// The pure half of [`RunConfig::resolve`]: no settings file, the environment passed in.
@@ -190,6 +204,28 @@ impl RunConfig {
         env_base_url: Option<String>,
         env_api_key: Option<String>,
     ) -> Result<Self, Error> {
+        let api = Api::resolve(
+            args.provider,
+            args.api,
+            args.model.as_deref().unwrap_or(DEFAULT_MODEL),
+        )
+        .map_err(Error::Usage)?;
+        let headers = ExtraHeaders::parse(&args.header).map_err(Error::Usage)?;
+        let mut args = args;
+        if api.is_anthropic() {
+            // The Messages API refuses a request without max_tokens; with the default set here
+            // the rate budget and --max-cost reserve what is really asked for.
+            args.max_tokens = args
+                .max_tokens
+                .or(Some(crate::provider::anthropic::DEFAULT_MAX_TOKENS));
+            if let Some(t) = args.temperature
+                && t > 1.0
+            {
+                return Err(Error::Usage(format!(
+                    "--temperature {t} is out of range for Anthropic; use a value from 0 to 1"
+                )));
+            }
+        }
         let input = args.input;
         if input.as_os_str().is_empty() {
             return Err(Error::Usage("no input file given".into()));
@@ -305,6 +341,13 @@ impl RunConfig {
                 "--no-strict applies to --schema, which is not given".into(),
             ));
         }
+        if args.schema.is_some() && api != Api::OpenAiChat {
+            return Err(Error::Usage(
+                "--schema is supported with the OpenAI Chat Completions API only, so far; leave \
+                 out --provider anthropic / --api responses"
+                    .into(),
+            ));
+        }
         let schema = args
             .schema
             .as_deref()
@@ -324,11 +367,11 @@ impl RunConfig {
                 let base_url = args
                     .base_url
                     .or(env_base_url)
-                    .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+                    .unwrap_or_else(|| api.default_base_url().to_string());
                 let url = reqwest::Url::parse(&base_url).map_err(|e| {
                     Error::Usage(format!(
-                        "--base-url {base_url:?} is not a URL ({e}); it looks like \
-                         https://api.openai.com/v1"
+                        "--base-url {base_url:?} is not a URL ({e}); it looks like {}",
+                        api.default_base_url()
                     ))
                 })?;
                 let api_key = match &args.api_key_file {
@@ -339,9 +382,9 @@ impl RunConfig {
                 .map(ApiKey);
                 if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
                     return Err(Error::Usage(format!(
-                        "no API key for {base_url}: set OPENAI_API_KEY (or pass --api-key-file \
-                         FILE). To try batch without a key, add --mock to use the embedded mock \
-                         server."
+                        "no API key for {base_url}: set {} (or pass --api-key-file FILE). To try \
+                         batch without a key, add --mock to use the embedded mock server.",
+                        api.key_env()
                     )));
                 }
                 Endpoint::Remote { base_url, api_key }
@@ -364,6 +407,8 @@ impl RunConfig {
             retry: RetryPolicy::new(args.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)),
             timeout: Duration::from_secs_f64(timeout_secs),
             endpoint,
+            api,
+            headers,
             summary_json: args.summary_json,
             quiet: args.quiet,
             state,
@@ -388,6 +433,17 @@ impl RunConfig {
             expect,
         })
     }
+}
+
+/// The wire format the (merged) flags ask for, defaulting where they conflict; `from_merged`
+/// reports the conflict.
+fn api_of(args: &RunArgs) -> Api {
+    Api::resolve(
+        args.provider,
+        args.api,
+        args.model.as_deref().unwrap_or(DEFAULT_MODEL),
+    )
+    .unwrap_or(Api::OpenAiChat)
 }
 
 /// `reviews.csv` -> `reviews.results.csv`, beside the input.
