@@ -269,6 +269,7 @@ mod tests {
             user: "hello world".into(),
             max_tokens,
             temperature: Some(0.5),
+            schema: None,
         }
     }
 

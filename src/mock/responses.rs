@@ -228,6 +228,7 @@ mod tests {
             user: "hello world".into(),
             max_tokens,
             temperature: None,
+            schema: None,
         }
     }
 

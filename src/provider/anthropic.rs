@@ -315,6 +315,7 @@ mod tests {
             user: "Classify: great".into(),
             max_tokens,
             temperature: Some(0.0),
+            schema: None,
         }
     }
 

@@ -292,6 +292,7 @@ mod tests {
             user: "hello".into(),
             max_tokens: Some(64),
             temperature: None,
+            schema: None,
         };
         let v = serde_json::to_value(request_body(&req)).unwrap();
         assert_eq!(
