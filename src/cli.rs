@@ -279,7 +279,8 @@ pub struct RunArgs {
     pub no_dedup: bool,
 
     // ---- Structured output ----
-    /// JSON Schema the answers must fit, sent as OpenAI's response_format json_schema (strict).
+    /// JSON Schema the answers must fit, sent the provider's way (OpenAI: json_schema format,
+    /// strict; Anthropic: a forced tool).
     /// Each answer is validated; an invalid one is retried (--schema-retries), then the row
     /// fails with the validation error. Each top-level property becomes a column `out.<name>`.
     #[arg(long, value_name = "FILE", help_heading = "Structured output")]

@@ -341,17 +341,12 @@ impl RunConfig {
                 "--no-strict applies to --schema, which is not given".into(),
             ));
         }
-        if args.schema.is_some() && api != Api::OpenAiChat {
-            return Err(Error::Usage(
-                "--schema is supported with the OpenAI Chat Completions API only, so far; leave \
-                 out --provider anthropic / --api responses"
-                    .into(),
-            ));
-        }
+        // Strict mode is OpenAI's; Anthropic takes the schema as a tool's input schema.
+        let strict = !args.no_strict && !api.is_anthropic();
         let schema = args
             .schema
             .as_deref()
-            .map(|p| OutputSchema::load(p, !args.no_strict).map(Arc::new))
+            .map(|p| OutputSchema::load(p, strict).map(Arc::new))
             .transpose()?;
         let state = args
             .state

@@ -606,6 +606,21 @@ fn roll_spoil(s: &Shared) -> Option<f64> {
     rng.random_bool(rate).then(|| rng.random::<f64>())
 }
 
+/// The answer to a request that asks for `schema`, with `spoil` as for [`roll_spoil`].
+fn structured_answer(
+    model: &str,
+    system: Option<&str>,
+    user: &str,
+    max: Option<u32>,
+    schema: &serde_json::Value,
+    spoil: Option<f64>,
+) -> Answer {
+    let text = structured_text(schema, user, spoil);
+    let mut a = Answer::with_text(model, system, user, max, text);
+    a.spoilt = spoil.is_some();
+    a
+}
+
 /// The text of an answer that must fit `schema`: JSON generated from it, spoilt when a `spoil`
 /// roll is given.
 fn structured_text(schema: &serde_json::Value, user: &str, spoil: Option<f64>) -> String {
@@ -636,6 +651,8 @@ struct Answer {
     prefix: Option<prompt_cache::Prefix>,
     /// Spoilt on purpose (`--invalid-json-rate`).
     spoilt: bool,
+    /// The forced tool whose input the answer is (Anthropic with a schema).
+    tool: Option<String>,
 }
 
 impl Answer {
@@ -708,6 +725,7 @@ impl Answer {
             reasoning_tokens: reasoning,
             prefix: None,
             spoilt: false,
+            tool: None,
         }
     }
 }

@@ -513,3 +513,55 @@ fn the_mock_checks_response_format_like_openai() {
     let stats = mock.stats();
     assert_eq!(stats["responses"]["400"], 7, "{stats}");
 }
+
+/// `--schema` on the other wire formats: the Responses API's `text.format` and Anthropic's
+/// forced tool, each checked by the mock as the real API checks it.
+#[test]
+fn responses_and_anthropic_send_the_schema_their_own_way() {
+    for (flags, key) in [
+        (
+            &["--api", "responses", "--model", "gpt-4.1-mini"][..],
+            "OPENAI_API_KEY",
+        ),
+        (&["--model", "claude-haiku-4-5"][..], "ANTHROPIC_API_KEY"),
+    ] {
+        let dir = TestDir::new();
+        let texts = setup(&dir, 10);
+        let mock = MockProcess::start(&["--latency-ms", "2"]);
+        let out = util::cmd(&dir, args(&mock.url, flags))
+            .env(key, "test-key")
+            .output()
+            .expect("run batch");
+        assert_code(&out, 0);
+        let rows = dir.results("in.results.csv");
+        for (row, text) in rows.iter().zip(&texts) {
+            assert_generated(row, text);
+            assert_eq!(attempts(row), 1, "{flags:?}: {row:?}");
+        }
+        if key == "ANTHROPIC_API_KEY" {
+            assert!(
+                rows.iter().all(|r| field(r, "finish_reason") == "tool_use"),
+                "{rows:?}"
+            );
+        }
+
+        // Spoilt answers fail validation there too.
+        let bad = MockProcess::start(&["--latency-ms", "2", "--invalid-json-rate", "1"]);
+        let mut a = args(&bad.url, flags);
+        a.extend(["--schema-retries", "1", "--no-cache"]);
+        let out = util::cmd(&dir, a)
+            .env(key, "test-key")
+            .output()
+            .expect("run batch");
+        assert_code(&out, 1);
+        for row in dir.results("in.results.csv") {
+            assert_eq!(field(&row, "status"), "failed", "{flags:?}");
+            assert!(
+                field(&row, "error").starts_with("invalid answer: "),
+                "{row:?}"
+            );
+            assert_eq!(attempts(&row), 2);
+        }
+        assert_eq!(stat(&bad.stats(), "requests"), 20, "{flags:?}");
+    }
+}

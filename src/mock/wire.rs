@@ -36,8 +36,8 @@ impl Wire {
             Wire::Chat => super::parse(body, spoil)
                 .map(|(req, a)| (Incoming { model: req.model }, a))
                 .map_err(|e| (StatusCode::BAD_REQUEST, e)),
-            Wire::Responses => responses::parse(body),
-            Wire::Messages => messages::parse(headers, body),
+            Wire::Responses => responses::parse(body, spoil),
+            Wire::Messages => messages::parse(headers, body, spoil),
         }
     }
 
