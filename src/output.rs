@@ -14,7 +14,9 @@ use std::time::Duration;
 use csv::StringRecord;
 use serde::Serialize;
 
+use crate::derived::DerivedColumns;
 use crate::error::{Error, describe_io};
+use crate::expect::PassRate;
 use crate::format::Format;
 use crate::input::{JsonCells, Row};
 use crate::provider::Usage;
@@ -131,6 +133,8 @@ pub struct ResultsWriter {
     sanitize: bool,
     /// Set once the temporary file has become the destination.
     done: bool,
+    /// `out.*` and `match` columns, when the run has `--schema` or `--expect`.
+    derived: Option<DerivedColumns>,
 }
 
 /// Where the rows go, in the results' format.
@@ -144,17 +148,28 @@ impl ResultsWriter {
     /// an unwritable destination fails at once. The format follows the extension (CSV unless it
     /// is `.jsonl` or `.ndjson`).
     pub fn create(path: &Path, input_headers: &[String], sanitize: bool) -> Result<Self, Error> {
-        let format = Format::from_extension(path).unwrap_or_default();
-        Self::create_as(path, format, input_headers, sanitize)
+        Self::create_with(path, input_headers, sanitize, None)
     }
 
-    /// [`ResultsWriter::create`] in `format`. Formula neutralising is for spreadsheets, so JSON
-    /// Lines results are written as they are.
+    /// Like [`ResultsWriter::create`], with the derived columns after the standard ones.
+    pub fn create_with(
+        path: &Path,
+        input_headers: &[String],
+        sanitize: bool,
+        derived: Option<DerivedColumns>,
+    ) -> Result<Self, Error> {
+        let format = Format::from_extension(path).unwrap_or_default();
+        Self::create_as(path, format, input_headers, sanitize, derived)
+    }
+
+    /// [`ResultsWriter::create_with`] in `format`. Formula neutralising is for spreadsheets, so
+    /// JSON Lines results are written as they are.
     pub fn create_as(
         path: &Path,
         format: Format,
         input_headers: &[String],
         sanitize: bool,
+        derived: Option<DerivedColumns>,
     ) -> Result<Self, Error> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -174,7 +189,7 @@ impl ResultsWriter {
         // A fixed name: a run killed before it could clean up leaves one stale file, which the
         // next run of the same job overwrites.
         let tmp = dir.join(format!(".{name}.partial"));
-        Self::open_at(path, tmp, format, input_headers, sanitize)
+        Self::open_at(path, tmp, format, input_headers, sanitize, derived)
     }
 
     /// A writer for results on stdout (`-o -`): they are written to `tmp` and copied to stdout
@@ -184,13 +199,16 @@ impl ResultsWriter {
         format: Format,
         input_headers: &[String],
         sanitize: bool,
+        derived: Option<DerivedColumns>,
     ) -> Result<Self, Error> {
+        let path = Path::new("-");
         Self::open_at(
-            Path::new("-"),
+            path,
             tmp.to_path_buf(),
             format,
             input_headers,
             sanitize,
+            derived,
         )
     }
 
@@ -200,6 +218,7 @@ impl ResultsWriter {
         format: Format,
         input_headers: &[String],
         sanitize: bool,
+        derived: Option<DerivedColumns>,
     ) -> Result<Self, Error> {
         let file = File::create(&tmp).map_err(|e| {
             Error::Usage(format!(
@@ -209,7 +228,14 @@ impl ResultsWriter {
             ))
         })?;
         let file = BufWriter::with_capacity(256 * 1024, file);
-        let header = result_header(input_headers);
+        let mut header = result_header(input_headers);
+        for col in derived.iter().flat_map(DerivedColumns::names) {
+            let mut name = col;
+            while header.contains(&name) {
+                name = format!("result_{name}");
+            }
+            header.push(name);
+        }
         let mut this = ResultsWriter {
             path: path.to_path_buf(),
             tmp,
@@ -217,6 +243,7 @@ impl ResultsWriter {
             buf: StringRecord::new(),
             sanitize: sanitize && format == Format::Csv,
             done: false,
+            derived,
         };
         this.writer = Some(match format {
             Format::Csv => {
@@ -304,11 +331,21 @@ impl ResultsWriter {
         ] {
             self.buf.push_field(field);
         }
+        if let Some(d) = self.derived.as_mut() {
+            for cell in d.cells(input, r) {
+                self.buf.push_field(&text(&cell, sanitize));
+            }
+        }
         let written = match self.writer.as_mut().expect("writer is open until finish") {
             Sink::Csv(w) => w.write_record(&self.buf).map_err(WriteFailure::from),
             Sink::Jsonl(w, enc) => enc.write(w, &self.buf, json_cells).map_err(WriteFailure),
         };
         written.map_err(|e| self.write_error(e))
+    }
+
+    /// The `--expect` pass rate over the rows written so far.
+    pub fn pass_rate(&self) -> Option<PassRate> {
+        self.derived.as_ref().and_then(DerivedColumns::pass_rate)
     }
 
     /// Flushes, syncs and renames the temporary file over the destination.

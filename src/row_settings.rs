@@ -154,6 +154,7 @@ mod tests {
             user: "u".into(),
             max_tokens: Some(100),
             temperature: Some(1.0),
+            schema: None,
         }
     }
 

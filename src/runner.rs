@@ -37,7 +37,9 @@ use crate::audit::AuditLog;
 use crate::cache::{Cache, CachedAnswer};
 use crate::concurrency::{Sample, Slots};
 use crate::config::{CacheMode, Endpoint, PromptSource, Resume, RunConfig};
+use crate::derived::DerivedColumns;
 use crate::error::{Error, ExitStatus};
+use crate::expect::Expectation;
 use crate::input::{IdSet, InputFile, Row};
 use crate::limiter::RateBudget;
 use crate::mock::MockServer;
@@ -45,10 +47,11 @@ use crate::output::{ResultsWriter, RowResult, RowStatus, check_writable, format_
 use crate::pricing::Price;
 use crate::progress::Progress;
 use crate::provider::{
-    self, Api, CallError, Completion, ErrorKind, Exchange, Provider, Request, http_client,
+    self, Api, CallError, Completion, ErrorKind, Exchange, Provider, Request, Usage, http_client,
 };
 use crate::retry::RetryPolicy;
 use crate::row_settings::RowSettings;
+use crate::schema::OutputSchema;
 use crate::spend::SpendCap;
 use crate::store::{AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, SeqSet, Store};
 use crate::summary::{Stats, Summary};
@@ -154,6 +157,9 @@ struct Shared {
     timeout: Duration,
     spend: Option<SpendCap>,
     audit: Option<AuditLog>,
+    /// Answers must fit this schema; one that does not is resent up to `schema_retries` times.
+    schema: Option<Arc<OutputSchema>>,
+    schema_retries: u32,
     /// Identical requests are sent once: rows waiting on one in flight, and this run's journal
     /// to find one already answered. `None` with `--no-dedup`.
     dedup: Option<(Mutex<Followers>, Mutex<FinishedRows>)>,
@@ -240,6 +246,10 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let input = InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     let price = cfg.prices.lookup(&cfg.model);
+    let expect = match &cfg.expect {
+        Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
+        None => None,
+    };
     let plan = {
         let (input, prompts) = (input.clone(), prompts.clone());
         let opts = PreflightOptions {
@@ -248,6 +258,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
             prices: cfg.prices.clone(),
             capped: cfg.max_cost.is_some(),
             count_tokens: cfg.dry_run,
+            expect: expect.clone(),
         };
         tokio::task::spawn_blocking(move || preflight(&input, &prompts, &opts))
             .await
@@ -262,11 +273,14 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     }
 
     // Everything that could fail on a path fails now, before anything is spent.
+    let derived = DerivedColumns::new(cfg.schema.clone(), expect);
     let writer = if crate::format::is_std(&cfg.output) {
         let tmp = crate::stdio::stdout_partial(&cfg.state);
-        ResultsWriter::create_for_stdout(&tmp, cfg.output_format, &input.headers, cfg.sanitize)?
+        let headers = &input.headers;
+        ResultsWriter::create_for_stdout(&tmp, cfg.output_format, headers, cfg.sanitize, derived)?
     } else {
-        ResultsWriter::create_as(&cfg.output, cfg.output_format, &input.headers, cfg.sanitize)?
+        let (out, format, headers) = (&cfg.output, cfg.output_format, &input.headers);
+        ResultsWriter::create_as(out, format, headers, cfg.sanitize, derived)?
     };
     if let Some(path) = &cfg.summary_json {
         check_writable(path, "--summary-json")?;
@@ -371,6 +385,8 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         timeout: cfg.timeout,
         spend,
         audit,
+        schema: cfg.schema.clone(),
+        schema_retries: cfg.schema_retries,
         dedup: if cfg.dedup {
             Some((
                 Mutex::default(),
@@ -601,6 +617,7 @@ fn write_results(
         writer.write_row(&row, &r)?;
         next_input = pending_input.next();
     }
+    stats.expect = writer.pass_rate();
     Ok((stats, writer.finish()?))
 }
 
@@ -681,6 +698,8 @@ struct PreflightOptions {
     /// `--max-cost` is set: every row's model needs a price.
     capped: bool,
     count_tokens: bool,
+    /// `--expect`: the expectation and its column, whose cells are checked too.
+    expect: Option<(Expectation, usize)>,
 }
 
 /// Checks every row and renders every prompt without sending anything. Lists the first few
@@ -701,6 +720,10 @@ fn preflight(input: &InputFile, prompts: &Prompts, opts: &PreflightOptions) -> R
             Ok(row) => {
                 rows += 1;
                 ids.insert(&row);
+                let expected = opts
+                    .expect
+                    .as_ref()
+                    .map(|(e, i)| e.check_expected(row.record.get(*i).unwrap_or("")));
                 let checked = prompts
                     .render(input, &row)
                     .map_err(|e| format!("{}: {e}", at(&row)))
@@ -708,6 +731,9 @@ fn preflight(input: &InputFile, prompts: &Prompts, opts: &PreflightOptions) -> R
                         let o = settings
                             .read(&row)
                             .map_err(|e| format!("{}, {e}", at(&row)))?;
+                        if let Some(Err(e)) = &expected {
+                            return Err(format!("{}: {e}", at(&row)));
+                        }
                         Ok((r, o))
                     });
                 let problem = match checked {
@@ -915,6 +941,7 @@ impl JobMaker {
             user: rendered.user,
             max_tokens: self.cfg.max_tokens,
             temperature: self.cfg.temperature,
+            schema: self.cfg.schema.clone(),
         };
         // The pre-flight checked these cells too.
         self.settings
@@ -1256,21 +1283,23 @@ async fn dispatch(
 async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecord>) {
     let mut rng = rand::rngs::SmallRng::from_os_rng();
     let mut journal = Vec::new();
-    let mut throttled = 0u32;
+    let mut tally = Tally::default();
     let mut last_error: Option<CallError> = None;
-    let stopped = |attempts: &[AttemptRecord], throttled, last: Option<&CallError>| {
+    let stopped = |attempts: &[AttemptRecord], tally: &Tally, last: Option<&CallError>| {
         let mut reason = shared.stop_reason();
         if let Some(e) = last {
             reason = format!("{reason}; last attempt: {e}");
         }
         let mut r = RowResult::skipped(job.seq, job.id.clone(), &job.request.model, &reason);
         r.attempts = attempts.len() as u32;
-        r.throttled = throttled;
+        r.throttled = tally.throttled;
+        r.usage = tally.billed;
+        r.cost = tally.billed_cost;
         r
     };
     loop {
         if shared.stop.is_cancelled() {
-            return (stopped(&journal, throttled, last_error.as_ref()), journal);
+            return (stopped(&journal, &tally, last_error.as_ref()), journal);
         }
         let spend = match &shared.spend {
             None => None,
@@ -1286,7 +1315,7 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                         usd(cap.cap()),
                         usd(shared.worst_cost(job))
                     ));
-                    return (stopped(&journal, throttled, last_error.as_ref()), journal);
+                    return (stopped(&journal, &tally, last_error.as_ref()), journal);
                 }
             },
         };
@@ -1302,7 +1331,7 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 if let (Some(cap), Some(r)) = (&shared.spend, spend) {
                     cap.settle(r, Some(0.0));
                 }
-                return (stopped(&journal, throttled, last_error.as_ref()), journal);
+                return (stopped(&journal, &tally, last_error.as_ref()), journal);
             }
         };
         let attempt = journal.len() as u32 + 1;
@@ -1340,8 +1369,20 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
             Ok(c) => c.rate_limits.as_ref(),
             Err(e) => e.rate_limits.as_deref(),
         });
+        // A complete answer that does not fit the schema was paid for, but fails like an error.
+        let invalid = match (&exchange.outcome, &shared.schema) {
+            (Ok(c), Some(schema)) => schema.check(&c.text).err().map(|m| CallError {
+                request_id: c.request_id.clone(),
+                ..CallError::new(ErrorKind::InvalidAnswer, m)
+            }),
+            _ => None,
+        };
+        let attempt_error = match (&exchange.outcome, &invalid) {
+            (Err(e), _) | (Ok(_), Some(e)) => Some(e),
+            (Ok(_), None) => None,
+        };
         if let Some(audit) = &shared.audit {
-            let error = exchange.outcome.as_ref().err().map(|e| e.to_string());
+            let error = attempt_error.map(|e| e.to_string());
             audit.attempt(
                 started_at,
                 &job.id,
@@ -1356,12 +1397,9 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
         journal.push(AttemptRecord {
             attempt,
             started_at,
-            outcome: match &exchange.outcome {
-                Ok(_) => "ok",
-                Err(e) => e.kind.label(),
-            },
+            outcome: attempt_error.map_or("ok", |e| e.kind.label()),
             http_status: exchange.status,
-            error: exchange.outcome.as_ref().err().map(|e| e.to_string()),
+            error: attempt_error.map(|e| e.to_string()),
             latency,
             request_id: match &exchange.outcome {
                 Ok(c) => c.request_id.clone(),
@@ -1374,41 +1412,60 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 let used = c.usage.prompt_tokens + c.usage.completion_tokens;
                 shared.budget.settle(permit, Some(used));
                 shared.learn_completion(c.usage.completion_tokens);
-                let cost = charged;
-                let result = RowResult {
-                    seq: job.seq,
-                    id: job.id.clone(),
-                    status: RowStatus::Ok,
-                    output: c.text,
-                    error: String::new(),
-                    attempts: attempt,
-                    throttled,
-                    latency: Some(latency),
-                    cost,
-                    usage: Some(c.usage),
-                    model: c.model.unwrap_or_else(|| job.request.model.clone()),
-                    finish_reason: c.finish_reason.unwrap_or_default(),
-                    cached: false,
-                    saved_usd: None,
-                };
-                return (result, journal);
+                if let Some(e) = invalid {
+                    tally.bill(c.usage, charged);
+                    tally.rejected_answer = c.text;
+                    e
+                } else {
+                    // The answers rejected before this one count in the row's tokens and cost.
+                    tally.bill(c.usage, charged);
+                    let result = RowResult {
+                        seq: job.seq,
+                        id: job.id.clone(),
+                        status: RowStatus::Ok,
+                        output: c.text,
+                        error: String::new(),
+                        attempts: attempt,
+                        throttled: tally.throttled,
+                        latency: Some(latency),
+                        cost: tally.billed_cost,
+                        usage: tally.billed,
+                        model: c.model.unwrap_or_else(|| job.request.model.clone()),
+                        finish_reason: c.finish_reason.unwrap_or_default(),
+                        cached: false,
+                        saved_usd: None,
+                    };
+                    return (result, journal);
+                }
             }
-            Err(e) => e,
+            Err(e) => {
+                // A rejected or failed request is not counted against the server's token
+                // budget.
+                shared.budget.settle(permit, None);
+                e
+            }
         };
-        // A rejected or failed request is not counted against the server's token budget.
-        shared.budget.settle(permit, None);
         if abandoned {
-            return (stopped(&journal, throttled, Some(&err)), journal);
+            return (stopped(&journal, &tally, Some(&err)), journal);
         }
         if err.kind == ErrorKind::RateLimited {
-            throttled += 1;
+            tally.throttled += 1;
             shared.budget.back_off(err.retry_after);
         }
         tracing::debug!(row = %job.id, attempt, error = %err, "attempt failed");
         if err.kind.stops_run() {
             shared.stop_with(stop_message(&err));
         }
-        match shared.retry.next_delay(attempt - 1, &err, &mut rng) {
+        // Answers that do not fit the schema have their own budget of resends, sent at once
+        // (nothing is overloaded); the other retries count without them.
+        let wait = if err.kind == ErrorKind::InvalidAnswer {
+            tally.invalid_answers += 1;
+            (tally.invalid_answers <= shared.schema_retries).then_some(Duration::ZERO)
+        } else {
+            let retries = attempt - 1 - tally.invalid_answers;
+            shared.retry.next_delay(retries, &err, &mut rng)
+        };
+        match wait {
             Some(wait) => {
                 last_error = Some(err);
                 tokio::select! {
@@ -1421,17 +1478,22 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                     seq: job.seq,
                     id: job.id.clone(),
                     status: RowStatus::Failed,
-                    output: String::new(),
+                    // The answer that did not fit, to see what went wrong.
+                    output: if err.kind == ErrorKind::InvalidAnswer {
+                        std::mem::take(&mut tally.rejected_answer)
+                    } else {
+                        String::new()
+                    },
                     error: if attempt > 1 {
                         format!("{err} (after {attempt} attempts)")
                     } else {
                         err.to_string()
                     },
                     attempts: attempt,
-                    throttled,
+                    throttled: tally.throttled,
                     latency: Some(latency),
-                    usage: None,
-                    cost: None,
+                    usage: tally.billed,
+                    cost: tally.billed_cost,
                     model: job.request.model.clone(),
                     finish_reason: String::new(),
                     cached: false,
@@ -1439,6 +1501,34 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 };
                 return (result, journal);
             }
+        }
+    }
+}
+
+/// What a row's attempts add up to.
+#[derive(Default)]
+struct Tally {
+    /// Attempts answered with a 429.
+    throttled: u32,
+    /// Answers that did not fit the schema.
+    invalid_answers: u32,
+    /// Usage and cost of the answers received (rejected ones included: they were paid for).
+    billed: Option<Usage>,
+    billed_cost: Option<f64>,
+    /// The last answer that did not fit the schema.
+    rejected_answer: String,
+}
+
+impl Tally {
+    fn bill(&mut self, usage: Usage, cost: Option<f64>) {
+        let b = self.billed.get_or_insert_with(Usage::default);
+        b.prompt_tokens += usage.prompt_tokens;
+        b.completion_tokens += usage.completion_tokens;
+        b.cached_tokens += usage.cached_tokens;
+        b.cache_write_tokens += usage.cache_write_tokens;
+        b.reasoning_tokens += usage.reasoning_tokens;
+        if let Some(c) = cost {
+            *self.billed_cost.get_or_insert(0.0) += c;
         }
     }
 }

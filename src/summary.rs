@@ -12,6 +12,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::error::{Error, describe_io};
+use crate::expect::PassRate;
 use crate::output::{RowResult, RowStatus, format_cost};
 
 /// Running totals, fed one [`RowResult`] at a time.
@@ -43,6 +44,8 @@ pub struct Stats {
     latency: Histogram<u64>,
     /// Totals by the model in each row's `model` column (rows can name their own model).
     pub by_model: BTreeMap<String, ModelSummary>,
+    /// The `--expect` pass rate, counted where the results are written.
+    pub expect: Option<PassRate>,
 }
 
 /// One model's share of a run.
@@ -77,6 +80,7 @@ impl Default for Stats {
             saved_usd: 0.0,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             by_model: BTreeMap::new(),
+            expect: None,
         }
     }
 }
@@ -184,6 +188,7 @@ impl Stats {
             },
             output: output.display().to_string(),
             stopped: None,
+            expect: self.expect.clone(),
         }
     }
 }
@@ -232,6 +237,9 @@ pub struct Summary {
     pub output: String,
     /// Why the run stopped before the end, if it did.
     pub stopped: Option<String>,
+    /// With `--expect`: answers compared with the expected column and how many matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<PassRate>,
 }
 
 impl Summary {
@@ -330,6 +338,17 @@ impl Summary {
             ms(self.latency_ms.p95),
             ms(self.latency_ms.p99)
         )?;
+        if let Some(e) = &self.expect {
+            let rate = e.rate.map_or("-".into(), |r| format!("{:.1}%", r * 100.0));
+            writeln!(
+                w,
+                "Expect     {} of {} answers match column {:?} ({}): pass rate {rate}",
+                e.matched,
+                e.compared,
+                e.column,
+                e.mode.name()
+            )?;
+        }
         writeln!(w, "Results    {}", self.output)
     }
 
