@@ -39,6 +39,10 @@ pub enum PromptSource {
 pub struct ApiKey(String);
 
 impl ApiKey {
+    pub fn new(key: String) -> Self {
+        ApiKey(key)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -91,6 +95,17 @@ pub struct RunConfig {
     pub cache: CacheMode,
     /// Send each distinct request once per run and share its answer.
     pub dedup: bool,
+    /// `--via batch` and the per-batch limits.
+    pub batch: BatchSettings,
+}
+
+/// How `--via batch` and `batch submit` cut the job into batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchSettings {
+    pub via_batch: bool,
+    /// Requests and bytes per batch at most (`None`: the provider's limit).
+    pub max_requests: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
 
 /// Whether and how the response cache is used.
@@ -147,7 +162,8 @@ impl RunConfig {
             fill_from_file!(args, file;
                 prompt, prompt_file, system, system_file, id_column, model, max_tokens,
                 temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
-                mock, summary_json, grace, max_cost, log);
+                mock, summary_json, grace, max_cost, log, via, batch_max_requests,
+                batch_max_bytes);
             args.no_sanitize |= file.no_sanitize;
             args.no_cache |= file.no_cache;
             args.no_dedup |= file.no_dedup;
@@ -344,6 +360,11 @@ impl RunConfig {
                 }
             },
             dedup: !args.no_dedup,
+            batch: BatchSettings {
+                via_batch: args.via == Some(crate::cli::Via::Batch),
+                max_requests: args.batch_max_requests,
+                max_bytes: args.batch_max_bytes,
+            },
         })
     }
 }

@@ -6,7 +6,8 @@
 //! jitter, slow responses and 500/503 errors are injected on request; so are OpenAI-style rate
 //! limits (429 with `x-ratelimit-*` and `retry-after` headers, see `mock/ratelimit.rs`), an exhausted
 //! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). `GET /stats` reports
-//! what the server saw, including the most requests it ever had in flight at once.
+//! what the server saw, including the most requests it ever had in flight at once. The Batch API
+//! (files and batches endpoints) is in `mock/batches.rs`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use crate::cli::MockArgs;
 use crate::error::{Error, ExitStatus};
 use crate::tokens;
 
+mod batches;
 mod fault;
 mod ratelimit;
 
@@ -61,6 +63,12 @@ pub struct MockConfig {
     pub faults: Vec<FaultSpec>,
     /// How long the body of a `trickle` fault takes.
     pub trickle: Duration,
+    /// Batch API: processing time of a batch, share of its requests that fail or expire, and
+    /// the most requests one batch may hold.
+    pub batch_latency: Duration,
+    pub batch_failure_rate: f64,
+    pub batch_expire_rate: f64,
+    pub batch_max_requests: u64,
 }
 
 impl Default for MockConfig {
@@ -79,6 +87,10 @@ impl Default for MockConfig {
             capacity: None,
             faults: Vec::new(),
             trickle: Duration::from_secs(10),
+            batch_latency: Duration::ZERO,
+            batch_failure_rate: 0.0,
+            batch_expire_rate: 0.0,
+            batch_max_requests: 50_000,
         }
     }
 }
@@ -99,6 +111,10 @@ impl From<MockArgs> for MockConfig {
             capacity: a.capacity,
             faults: a.fault,
             trickle: Duration::from_millis(a.trickle_ms),
+            batch_latency: Duration::from_millis(a.batch_latency_ms),
+            batch_failure_rate: a.batch_failure_rate.clamp(0.0, 1.0),
+            batch_expire_rate: a.batch_expire_rate.clamp(0.0, 1.0),
+            batch_max_requests: a.batch_max_requests,
         }
     }
 }
@@ -111,6 +127,14 @@ impl MockConfig {
         }
         if self.capacity == Some(0) {
             return Err("--capacity must be at least 1".into());
+        }
+        for (name, rate) in [
+            ("--batch-failure-rate", self.batch_failure_rate),
+            ("--batch-expire-rate", self.batch_expire_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name} {rate} must be between 0 and 1"));
+            }
         }
         if let Some(f) = self.faults.iter().find(|f| !(0.0..=1.0).contains(&f.rate)) {
             return Err(format!(
@@ -166,6 +190,7 @@ struct Shared {
     quota_rejected: AtomicU64,
     faults: [AtomicU64; FaultKind::ALL.len()],
     responses: Mutex<BTreeMap<u16, u64>>,
+    batches: batches::BatchStore,
 }
 
 impl Shared {
@@ -255,10 +280,12 @@ impl MockServer {
             quota_rejected: AtomicU64::new(0),
             faults: Default::default(),
             responses: Mutex::new(BTreeMap::new()),
+            batches: Default::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/stats", get(stats))
+            .merge(batches::routes())
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {

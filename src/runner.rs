@@ -583,15 +583,16 @@ fn canonical(path: &Path) -> String {
 }
 
 /// What the pre-flight learned.
-struct Plan {
-    rows: u64,
+pub(crate) struct Plan {
+    pub(crate) rows: u64,
     /// Prompt tokens of every row (counted only for a dry run).
-    prompt_tokens: u64,
+    pub(crate) prompt_tokens: u64,
 }
 
 /// Checks every row and renders every prompt without sending anything. Lists the first few
-/// problems with their lines so they can all be fixed in one go.
-fn preflight(
+/// problems with their lines so they can all be fixed in one go. `batch submit` checks its
+/// input with it too.
+pub(crate) fn preflight(
     input: &InputFile,
     prompts: &Prompts,
     model: &str,

@@ -1,0 +1,532 @@
+//! The mock's Batch API: OpenAI's files and batches endpoints, so `batch submit`, `status`,
+//! `collect` and `cancel` run offline against the same server as everything else.
+//!
+//! A batch is checked when it is created (like the provider's validation step: bad lines,
+//! duplicate `custom_id`s, more requests than `--batch-max-requests` fail the whole batch),
+//! then "processes" for `--batch-latency-ms`, during which its counts grow. The first poll
+//! after that settles every request at once: `--batch-expire-rate` of them expire, then
+//! `--batch-failure-rate` of the rest fail with a 500, and the others get the same
+//! deterministic answer and tokenizer usage as the chat endpoint. A cancelled batch answers the
+//! share of requests its elapsed time covers and leaves the rest out. Everything lives in
+//! memory: a restarted mock knows no batches.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Shared, completion, error_body, parse};
+
+/// Largest upload or batch body accepted (above the providers' 200 and 256 MB limits).
+const MAX_BODY: usize = 300 * 1024 * 1024;
+/// The only endpoint the mock runs batches for.
+const ENDPOINT: &str = "/v1/chat/completions";
+
+/// Files and batches the mock holds.
+#[derive(Default)]
+pub(super) struct BatchStore {
+    next_id: AtomicU64,
+    files: Mutex<HashMap<String, StoredFile>>,
+    batches: Mutex<Vec<MockBatch>>,
+    /// Batches refused at validation.
+    refused: AtomicU64,
+}
+
+impl BatchStore {
+    fn id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{prefix}_mock{n:06}")
+    }
+
+    fn add_file(&self, name: &str, purpose: &str, data: Bytes) -> Value {
+        let id = self.id("file");
+        let v = file_json(&id, name, purpose, data.len());
+        self.files.lock().expect("files lock").insert(
+            id,
+            StoredFile {
+                name: name.to_string(),
+                purpose: purpose.to_string(),
+                data,
+            },
+        );
+        v
+    }
+}
+
+struct StoredFile {
+    name: String,
+    purpose: String,
+    data: Bytes,
+}
+
+struct MockBatch {
+    id: String,
+    input_file_id: String,
+    metadata: Value,
+    created_at: u64,
+    started: Instant,
+    /// `custom_id` and body of each request, in input order.
+    requests: Vec<(String, Value)>,
+    /// Validation errors: the batch failed as a whole.
+    errors: Vec<Value>,
+    cancelled_at: Option<Instant>,
+    settled: Option<Settled>,
+}
+
+struct Settled {
+    status: &'static str,
+    output_file_id: Option<String>,
+    error_file_id: Option<String>,
+    completed: u64,
+    failed: u64,
+}
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/v1/files", post(upload))
+        .route("/v1/files/{id}/content", get(file_content))
+        .route("/v1/batches", post(create).get(list))
+        .route("/v1/batches/{id}", get(retrieve))
+        .route("/v1/batches/{id}/cancel", post(cancel))
+        .route("/stats/batches", get(stats))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn reply(status: StatusCode, body: String) -> Response {
+    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn invalid(message: &str) -> Response {
+    reply(
+        StatusCode::BAD_REQUEST,
+        error_body(message, "invalid_request_error", None),
+    )
+}
+
+fn not_found(what: &str, id: &str) -> Response {
+    reply(
+        StatusCode::NOT_FOUND,
+        error_body(
+            &format!("No {what} found with id '{id}'."),
+            "invalid_request_error",
+            None,
+        ),
+    )
+}
+
+fn file_json(id: &str, name: &str, purpose: &str, bytes: usize) -> Value {
+    json!({"id": id, "object": "file", "bytes": bytes, "created_at": now(),
+        "filename": name, "purpose": purpose, "status": "processed"})
+}
+
+/// `POST /v1/files`: multipart with `purpose` and `file`.
+async fn upload(State(s): State<Arc<Shared>>, mut form: Multipart) -> Response {
+    let (mut purpose, mut file) = (None, None);
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or_default().to_string();
+                let file_name = field.file_name().unwrap_or("upload.jsonl").to_string();
+                let Ok(data) = field.bytes().await else {
+                    return invalid("The multipart body could not be read.");
+                };
+                match name.as_str() {
+                    "purpose" => purpose = Some(String::from_utf8_lossy(&data).into_owned()),
+                    "file" => file = Some((file_name, data)),
+                    _ => {}
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return invalid(&format!("The multipart body is malformed: {e}")),
+        }
+    }
+    let Some(purpose) = purpose else {
+        return invalid("Missing required parameter: 'purpose'.");
+    };
+    let Some((name, data)) = file else {
+        return invalid("Missing required parameter: 'file'.");
+    };
+    if purpose != "batch" {
+        return invalid(&format!(
+            "The mock only takes files with purpose 'batch', not '{purpose}'."
+        ));
+    }
+    reply(
+        StatusCode::OK,
+        s.batches.add_file(&name, &purpose, data).to_string(),
+    )
+}
+
+async fn file_content(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match s.batches.files.lock().expect("files lock").get(&id) {
+        Some(f) => (
+            StatusCode::OK,
+            [(CONTENT_TYPE, "application/octet-stream")],
+            f.data.clone(),
+        )
+            .into_response(),
+        None => not_found("file", &id),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    input_file_id: String,
+    endpoint: String,
+    completion_window: String,
+    #[serde(default)]
+    metadata: Value,
+}
+
+/// `POST /v1/batches`.
+async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let req: CreateBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return invalid(&format!("We could not parse the JSON body: {e}")),
+    };
+    if req.endpoint != ENDPOINT {
+        return invalid(&format!(
+            "The mock runs batches for {ENDPOINT} only, not {}.",
+            req.endpoint
+        ));
+    }
+    if req.completion_window != "24h" {
+        return invalid("completion_window must be '24h'.");
+    }
+    let data = {
+        let files = s.batches.files.lock().expect("files lock");
+        match files.get(&req.input_file_id) {
+            Some(f) if f.purpose == "batch" => f.data.clone(),
+            Some(f) => {
+                return invalid(&format!(
+                    "File {} ({}) does not have purpose 'batch'.",
+                    req.input_file_id, f.name
+                ));
+            }
+            None => return not_found("file", &req.input_file_id),
+        }
+    };
+    let (requests, errors) = validate(&data, s.cfg.batch_max_requests);
+    if !errors.is_empty() {
+        s.batches.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    let batch = MockBatch {
+        id: s.batches.id("batch"),
+        input_file_id: req.input_file_id,
+        metadata: req.metadata,
+        created_at: now(),
+        started: Instant::now(),
+        requests,
+        errors,
+        cancelled_at: None,
+        settled: None,
+    };
+    let mut batches = s.batches.batches.lock().expect("batches lock");
+    let mut batch = batch;
+    if !batch.errors.is_empty() {
+        batch.settled = Some(Settled {
+            status: "failed",
+            output_file_id: None,
+            error_file_id: None,
+            completed: 0,
+            failed: 0,
+        });
+    }
+    let v = batch_json(&batch, &s, Instant::now(), Some("validating"));
+    batches.push(batch);
+    reply(StatusCode::OK, v.to_string())
+}
+
+/// Checks the input file like the provider's validation step: one JSON request per line.
+fn validate(data: &[u8], max: u64) -> (Vec<(String, Value)>, Vec<Value>) {
+    let mut requests = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+        let line_no = i + 1;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let mut error = |code: &str, message: String| {
+            if errors.len() < 100 {
+                errors.push(json!({"code": code, "line": line_no, "message": message,
+                    "param": null}));
+            }
+        };
+        let v: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => {
+                error(
+                    "invalid_json_line",
+                    format!("This line is not valid JSON: {e}"),
+                );
+                continue;
+            }
+        };
+        let custom_id = v["custom_id"].as_str().unwrap_or_default().to_string();
+        if custom_id.is_empty() {
+            error("missing_custom_id", "Each line needs a custom_id.".into());
+        } else if !seen.insert(custom_id.clone()) {
+            error(
+                "duplicate_custom_id",
+                format!("The custom_id '{custom_id}' is used more than once."),
+            );
+        }
+        if v["method"] != "POST" {
+            error("invalid_method", "method must be POST.".into());
+        }
+        if v["url"] != ENDPOINT {
+            error(
+                "mismatched_url",
+                format!("url must be the batch's endpoint {ENDPOINT}."),
+            );
+        }
+        if !v["body"].is_object() {
+            error("missing_body", "Each line needs a body object.".into());
+        }
+        requests.push((custom_id, v["body"].clone()));
+    }
+    if requests.is_empty() && errors.is_empty() {
+        errors.push(json!({"code": "empty_file", "line": null, "param": null,
+            "message": "The input file has no requests."}));
+    }
+    if requests.len() as u64 > max {
+        errors.push(
+            json!({"code": "too_many_requests", "line": null, "param": null,
+            "message": format!("The batch has {} requests, more than the {max} a batch may hold.",
+                requests.len())}),
+        );
+    }
+    (requests, errors)
+}
+
+/// Share of a batch's processing time that has passed, 0 to 1.
+fn progress(s: &Shared, b: &MockBatch, at: Instant) -> f64 {
+    let latency = s.cfg.batch_latency.as_secs_f64();
+    if latency <= 0.0 {
+        return 1.0;
+    }
+    (at.saturating_duration_since(b.started).as_secs_f64() / latency).min(1.0)
+}
+
+/// Settles every request once the batch's time is up (or it was cancelled).
+fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
+    if b.settled.is_some() {
+        return;
+    }
+    let share = match b.cancelled_at {
+        Some(at) => progress(s, b, at),
+        None if progress(s, b, now) >= 1.0 => 1.0,
+        None => return,
+    };
+    let answered = (b.requests.len() as f64 * share).floor() as usize;
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let (mut completed, mut failed, mut expired) = (0u64, 0u64, 0u64);
+    for (k, (custom_id, body)) in b.requests.iter().enumerate().take(answered) {
+        let (expire, fail) = {
+            let cfg = &s.cfg;
+            let mut rng = s.rng.lock().expect("rng lock");
+            let expire = cfg.batch_expire_rate > 0.0 && rng.random_bool(cfg.batch_expire_rate);
+            let fail = cfg.batch_failure_rate > 0.0 && rng.random_bool(cfg.batch_failure_rate);
+            (expire, fail)
+        };
+        let line_id = format!("batch_req_{}_{k}", b.id);
+        if expire && b.cancelled_at.is_none() {
+            expired += 1;
+            err.push(
+                json!({"id": line_id, "custom_id": custom_id, "response": null,
+                "error": {"code": "batch_expired", "message":
+                    "This request could not be executed before the completion window expired."}}),
+            );
+            continue;
+        }
+        if fail {
+            failed += 1;
+            let body: Value = serde_json::from_str(&error_body(
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            ))
+            .unwrap_or(Value::Null);
+            err.push(json!({"id": line_id, "custom_id": custom_id, "error": null,
+                "response": {"status_code": 500, "request_id": format!("req_{line_id}"),
+                    "body": body}}));
+            continue;
+        }
+        let raw = serde_json::to_vec(body).unwrap_or_default();
+        match parse(&raw) {
+            Ok((req, answer)) => {
+                completed += 1;
+                s.count_tokens(&answer);
+                let body: Value = serde_json::from_str(&completion(&req.model, &answer, k as u64))
+                    .unwrap_or_default();
+                out.push(json!({"id": line_id, "custom_id": custom_id, "error": null,
+                    "response": {"status_code": 200, "request_id": format!("req_{line_id}"),
+                        "body": body}}));
+            }
+            Err(reply) => {
+                failed += 1;
+                let body: Value = serde_json::from_str(&reply).unwrap_or_default();
+                err.push(json!({"id": line_id, "custom_id": custom_id, "error": null,
+                    "response": {"status_code": 400, "request_id": format!("req_{line_id}"),
+                        "body": body}}));
+            }
+        }
+    }
+    let store = |lines: Vec<Value>, kind: &str| -> Option<String> {
+        if lines.is_empty() {
+            return None;
+        }
+        let mut data = Vec::new();
+        for l in lines {
+            data.extend_from_slice(l.to_string().as_bytes());
+            data.push(b'\n');
+        }
+        let name = format!("{}_{kind}.jsonl", b.id);
+        let v = s
+            .batches
+            .add_file(&name, &format!("batch_{kind}"), data.into());
+        v["id"].as_str().map(str::to_string)
+    };
+    let status = if b.cancelled_at.is_some() {
+        "cancelled"
+    } else if expired > 0 {
+        "expired"
+    } else {
+        "completed"
+    };
+    b.settled = Some(Settled {
+        status,
+        output_file_id: store(out, "output"),
+        error_file_id: store(err, "error"),
+        completed,
+        failed: failed + expired,
+    });
+}
+
+fn batch_json(b: &MockBatch, s: &Shared, now: Instant, status: Option<&str>) -> Value {
+    let total = b.requests.len() as u64;
+    let (status, completed, failed, output, error) = match &b.settled {
+        Some(d) => (
+            status.unwrap_or(d.status),
+            d.completed,
+            d.failed,
+            d.output_file_id.clone(),
+            d.error_file_id.clone(),
+        ),
+        None => {
+            let done = (total as f64 * progress(s, b, now)).floor() as u64;
+            let running = if b.cancelled_at.is_some() {
+                "cancelling"
+            } else {
+                "in_progress"
+            };
+            (status.unwrap_or(running), done, 0, None, None)
+        }
+    };
+    let errors = (!b.errors.is_empty()).then(|| json!({"object": "list", "data": b.errors}));
+    json!({
+        "id": b.id,
+        "object": "batch",
+        "endpoint": ENDPOINT,
+        "errors": errors,
+        "input_file_id": b.input_file_id,
+        "completion_window": "24h",
+        "status": status,
+        "output_file_id": output,
+        "error_file_id": error,
+        "created_at": b.created_at,
+        "expires_at": b.created_at + 24 * 3600,
+        "request_counts": {"total": total, "completed": completed, "failed": failed},
+        "metadata": b.metadata,
+    })
+}
+
+async fn retrieve(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let now = Instant::now();
+    let mut batches = s.batches.batches.lock().expect("batches lock");
+    let Some(b) = batches.iter_mut().find(|b| b.id == id) else {
+        return not_found("batch", &id);
+    };
+    settle(&s, b, now);
+    reply(StatusCode::OK, batch_json(b, &s, now, None).to_string())
+}
+
+async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let now = Instant::now();
+    let mut batches = s.batches.batches.lock().expect("batches lock");
+    let Some(b) = batches.iter_mut().find(|b| b.id == id) else {
+        return not_found("batch", &id);
+    };
+    if b.settled.is_none() && b.cancelled_at.is_none() {
+        b.cancelled_at = Some(now);
+    }
+    // Like the provider: "cancelling" now, "cancelled" on a later look.
+    let status = b.settled.is_none().then_some("cancelling");
+    reply(StatusCode::OK, batch_json(b, &s, now, status).to_string())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `GET /v1/batches`: newest first, paged with `after`.
+async fn list(State(s): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Response {
+    let now = Instant::now();
+    let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    let batches = s.batches.batches.lock().expect("batches lock");
+    let newest_first: Vec<&MockBatch> = batches.iter().rev().collect();
+    let start = match &q.after {
+        Some(after) => newest_first
+            .iter()
+            .position(|b| &b.id == after)
+            .map_or(newest_first.len(), |p| p + 1),
+        None => 0,
+    };
+    let page: Vec<Value> = newest_first
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|b| batch_json(b, &s, now, None))
+        .collect();
+    let has_more = start + page.len() < newest_first.len();
+    let body = json!({"object": "list", "data": page, "has_more": has_more,
+        "first_id": page.first().map(|b| b["id"].clone()),
+        "last_id": page.last().map(|b| b["id"].clone())});
+    reply(StatusCode::OK, body.to_string())
+}
+
+/// `GET /stats/batches`: what the batch endpoints saw.
+async fn stats(State(s): State<Arc<Shared>>) -> Response {
+    let batches = s.batches.batches.lock().expect("batches lock");
+    let sizes: Vec<usize> = batches.iter().map(|b| b.requests.len()).collect();
+    let body = json!({
+        "files": s.batches.files.lock().expect("files lock").len(),
+        "batches": batches.len(),
+        "refused": s.batches.refused.load(Ordering::Relaxed),
+        "cancelled": batches.iter().filter(|b| b.cancelled_at.is_some()).count(),
+        "requests": sizes.iter().sum::<usize>(),
+        "batch_sizes": sizes,
+    });
+    reply(StatusCode::OK, body.to_string())
+}
