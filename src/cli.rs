@@ -143,7 +143,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batch API")]
     pub batch_max_requests: Option<u64>,
 
-    /// Bytes of batch input in one batch at most [default: the provider's limit, 200 MiB for
+    /// Bytes of batch input in one batch at most [default: the provider's limit, 200 MB for
     /// OpenAI].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batch API")]
     pub batch_max_bytes: Option<u64>,

@@ -919,6 +919,6 @@ mod tests {
     #[test]
     fn bytes_read_like_a_person_would() {
         assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(200 * 1024 * 1024), "209.7 MB");
+        assert_eq!(human_bytes(200_000_000), "200.0 MB");
     }
 }

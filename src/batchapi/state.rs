@@ -42,8 +42,9 @@ impl ProviderKind {
     /// The provider's documented per-batch limits: requests, and bytes of input.
     pub fn limits(self) -> (u64, u64) {
         match self {
-            ProviderKind::OpenAi => (50_000, 200 * 1024 * 1024),
-            ProviderKind::Anthropic => (100_000, 256 * 1024 * 1024),
+            // "200 MB" and "256 MB": read as decimal megabytes, the smaller reading.
+            ProviderKind::OpenAi => (50_000, 200_000_000),
+            ProviderKind::Anthropic => (100_000, 256_000_000),
         }
     }
 
