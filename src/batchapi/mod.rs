@@ -326,8 +326,7 @@ fn api_key(st: &BatchState, key_file: Option<&Path>) -> Result<Option<ApiKey>, E
     .filter(|k| !k.is_empty());
     let local = reqwest::Url::parse(&st.base_url)
         .ok()
-        .and_then(|u| u.host_str().map(str::to_string))
-        .is_some_and(|h| h == "127.0.0.1" || h == "localhost" || h == "[::1]");
+        .is_some_and(|u| crate::config::is_loopback(&u));
     if key.is_none() && !local {
         return Err(Error::Usage(format!(
             "no API key for {}: set {var} (or pass --api-key-file FILE)",
