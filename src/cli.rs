@@ -38,6 +38,9 @@ pub enum Command {
     /// Measure throughput, latency, 429s and cost at several --concurrency settings on a sample
     /// of the input, and recommend one.
     Bench(Box<BenchArgs>),
+    /// Watch a folder and run every CSV that lands in it once: results to DIR/done, the input
+    /// to DIR/processed (or DIR/failed with an error file).
+    Watch(Box<WatchArgs>),
     /// See or empty the response cache.
     Cache {
         #[command(subcommand)]
@@ -446,6 +449,65 @@ pub struct CollectArgs {
     /// No progress and no summary on stderr.
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// Flags of `batch watch`: the folder, how files are picked up, and every `batch run` flag, which
+/// applies to each file's run (`--max-cost` is per file).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each CSV that lands in DIR (hidden names such as .x.csv and other extensions \
+such as x.csv.partial are ignored) is run once its size and modification time have not changed \
+for --settle-ms. Results go to DIR/done/<stem>.results.csv with <stem>.summary.json; the input \
+moves to DIR/processed/, or to DIR/failed/ with <name>.error.txt when it cannot be run (bad \
+input). A run whose rows partly failed still counts as processed: its results mark them. A name \
+already taken in done/, processed/ or failed/ gets a suffix (-2, -3, ...). What was run is \
+recorded in DIR/.batch-watch, so restarting the watcher never runs a file twice and a run cut \
+short by a crash resumes without paying again for finished rows.\n\n\
+Exit codes: with --once, 0 every file processed with every row ok, 1 some file failed or had \
+failed rows; 2 usage error; 130 stopped by Ctrl-C or SIGTERM (the run in progress gets its \
+--grace, and resumes on the next start).",
+    mut_arg("input", |a| a
+        .value_name("DIR")
+        .help("Folder to watch: every CSV that lands in it is run once.")),
+    // Flags of `batch run` that name one run's files; the watcher chooses them per file.
+    mut_arg("output", |a| a.hide(true)),
+    mut_arg("state", |a| a.hide(true)),
+    mut_arg("resume", |a| a.hide(true)),
+    mut_arg("retry_failed", |a| a.hide(true)),
+    mut_arg("force", |a| a.hide(true)),
+    mut_arg("restart", |a| a.hide(true)),
+    mut_arg("summary_json", |a| a.hide(true)),
+    mut_arg("dry_run", |a| a.hide(true))
+)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Milliseconds a file's size and modification time must stay unchanged before it is run
+    /// (so a file still being written is not taken half-way).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1000,
+        help_heading = "Watch"
+    )]
+    pub settle_ms: u64,
+
+    /// Milliseconds between full rescans of DIR, a safety net for filesystem events that were
+    /// missed (network filesystems, overflowing event queues).
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = "Watch")]
+    pub rescan_ms: u64,
+
+    /// Files run at the same time; each run has its own --concurrency, so N files can have
+    /// N x --concurrency requests in flight.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Watch")]
+    pub parallel: u32,
+
+    /// Run the CSVs already in DIR (waiting for them to settle), then exit instead of watching.
+    #[arg(long, help_heading = "Watch")]
+    pub once: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,7 +22,8 @@
 //! [`mock`] is an OpenAI-compatible HTTP server used by `--mock`, `batch mock` and every test.
 //! [`cli`] holds the flag definitions and [`config`] resolves flags, `batch.toml` and the
 //! environment into one [`config::RunConfig`]. [`mod@bench`] drives the runner over a sample of
-//! rows at several `--concurrency` settings and reports, charts and recommends.
+//! rows at several `--concurrency` settings and reports, charts and recommends. [`watch`] runs
+//! every CSV that lands in a folder, once.
 
 pub mod audit;
 pub mod batchapi;
@@ -46,6 +47,7 @@ pub mod store;
 pub mod summary;
 pub mod template;
 pub mod tokens;
+pub mod watch;
 
 pub use error::{Error, ExitStatus};
 
@@ -76,6 +78,7 @@ pub fn main_entry() -> ExitStatus {
         cli::Command::Cache { action, cache_dir } => cache::command(action, cache_dir),
         cli::Command::Mock(args) => block_on(mock::serve_forever(args.into())),
         cli::Command::Bench(args) => block_on(bench::run(*args)),
+        cli::Command::Watch(args) => block_on(watch::run(*args)),
     };
     match result {
         Ok(status) => status,
