@@ -142,12 +142,12 @@ pub struct RunArgs {
     pub via: Option<Via>,
 
     /// Requests in one batch at most; more rows are split into several batches [default: the
-    /// provider's limit, 50,000 for OpenAI].
+    /// provider's limit: 50,000 for OpenAI, 100,000 for Anthropic].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batch API")]
     pub batch_max_requests: Option<u64>,
 
     /// Bytes of batch input in one batch at most [default: the provider's limit, 200 MB for
-    /// OpenAI].
+    /// OpenAI, 256 MB for Anthropic].
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batch API")]
     pub batch_max_bytes: Option<u64>,
 
@@ -187,14 +187,37 @@ pub struct RunArgs {
     pub timeout: Option<f64>,
 
     // ---- Endpoint ----
-    /// Base URL of an OpenAI-compatible API [env: OPENAI_BASE_URL; default:
-    /// https://api.openai.com/v1]. The key comes from OPENAI_API_KEY or --api-key-file.
+    /// Who serves the model: openai (OpenAI and every OpenAI-compatible server: vLLM, Ollama,
+    /// LiteLLM, OpenRouter) or anthropic (native Messages API) [default: anthropic for models
+    /// named claude-*, else openai].
+    #[arg(long, value_enum, value_name = "NAME", help_heading = "Endpoint")]
+    pub provider: Option<crate::provider::ProviderName>,
+
+    /// OpenAI's API to use: chat (Chat Completions) or responses (the Responses API)
+    /// [default: chat]. OpenAI only.
+    #[arg(long, value_enum, value_name = "API", help_heading = "Endpoint")]
+    pub api: Option<crate::provider::ApiName>,
+
+    /// Base URL of the API [env: OPENAI_BASE_URL, or ANTHROPIC_BASE_URL for anthropic; default:
+    /// https://api.openai.com/v1, https://api.anthropic.com]. The key comes from OPENAI_API_KEY
+    /// (ANTHROPIC_API_KEY for anthropic) or --api-key-file.
     #[arg(long, value_name = "URL", help_heading = "Endpoint")]
     pub base_url: Option<String>,
 
-    /// Read the API key from FILE instead of OPENAI_API_KEY.
+    /// Read the API key from FILE instead of OPENAI_API_KEY / ANTHROPIC_API_KEY.
     #[arg(long, value_name = "FILE", help_heading = "Endpoint")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Extra request header, repeatable: --header 'HTTP-Referer: https://example.com'. For
+    /// gateways and routers that want their own headers; it replaces a header batch would send
+    /// (e.g. anthropic-version). Values are never printed or logged. In batch.toml: header =
+    /// ["Name: value"].
+    #[arg(
+        long = "header",
+        value_name = "'NAME: VALUE'",
+        help_heading = "Endpoint"
+    )]
+    pub header: Vec<String>,
 
     /// Send the run to an embedded mock server on 127.0.0.1 instead (no key needed). Takes the
     /// `batch mock` options as a list: --mock=latency-ms=100,error-rate=0.05
@@ -404,7 +427,7 @@ pub struct BatchStateArgs {
     #[arg(value_name = "STATE")]
     pub state: PathBuf,
 
-    /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY).
+    /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY or ANTHROPIC_API_KEY).
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
 }
@@ -438,7 +461,7 @@ pub struct CollectArgs {
     #[arg(long, value_name = "SECS")]
     pub poll_max: Option<f64>,
 
-    /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY).
+    /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY or ANTHROPIC_API_KEY).
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
 

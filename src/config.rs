@@ -14,10 +14,10 @@ use crate::concurrency::{Concurrency, ConcurrencyList};
 use crate::error::{Error, describe_io};
 use crate::mock::MockConfig;
 use crate::pricing::PriceTable;
+use crate::provider::{Api, ExtraHeaders};
 use crate::retry::RetryPolicy;
 
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
-pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 const DEFAULT_CONCURRENCY: Concurrency = Concurrency::Fixed(16);
 const DEFAULT_MAX_RETRIES: u32 = 6;
 const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
@@ -45,6 +45,11 @@ impl ApiKey {
 
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The key sent to the embedded mock, which wants one as the real APIs do.
+    pub fn placeholder() -> Self {
+        ApiKey("mock-key".into())
     }
 }
 
@@ -83,6 +88,10 @@ pub struct RunConfig {
     pub retry: RetryPolicy,
     pub timeout: Duration,
     pub endpoint: Endpoint,
+    /// The wire format requests use.
+    pub api: Api,
+    /// `--header`s sent with every request.
+    pub headers: ExtraHeaders,
     pub summary_json: Option<PathBuf>,
     pub quiet: bool,
     pub state: PathBuf,
@@ -162,8 +171,11 @@ impl RunConfig {
             fill_from_file!(args, file;
                 prompt, prompt_file, system, system_file, id_column, model, max_tokens,
                 temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
-                mock, summary_json, grace, max_cost, log, via, batch_max_requests,
-                batch_max_bytes);
+                mock, summary_json, grace, max_cost, log, provider, api, via,
+                batch_max_requests, batch_max_bytes);
+            if args.header.is_empty() {
+                args.header = std::mem::take(&mut file.header);
+            }
             args.no_sanitize |= file.no_sanitize;
             args.no_cache |= file.no_cache;
             args.no_dedup |= file.no_dedup;
@@ -172,10 +184,12 @@ impl RunConfig {
                 args.cache_dir = file.cache_dir.take();
             }
             // The environment sits between flags and the file for the base URL.
-            if args.base_url.is_none() && env("OPENAI_BASE_URL").is_none() {
+            if args.base_url.is_none() && env(api_of(&args).base_url_env()).is_none() {
                 args.base_url = file.base_url.take();
             }
         }
+        // Whose variables to read; a bad combination is reported by `from_merged`.
+        let api = api_of(&args);
         let list = args
             .concurrency
             .take()
@@ -183,7 +197,7 @@ impl RunConfig {
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| vec![DEFAULT_CONCURRENCY]);
         args.concurrency = Some(ConcurrencyList(vec![list[0]]));
-        Self::from_merged(args, env("OPENAI_BASE_URL"), env("OPENAI_API_KEY")).map(|c| (c, list))
+        Self::from_merged(args, env(api.base_url_env()), env(api.key_env())).map(|c| (c, list))
     }
 
     /// The pure half of [`RunConfig::resolve`]: no settings file, the environment passed in.
@@ -192,6 +206,28 @@ impl RunConfig {
         env_base_url: Option<String>,
         env_api_key: Option<String>,
     ) -> Result<Self, Error> {
+        let api = Api::resolve(
+            args.provider,
+            args.api,
+            args.model.as_deref().unwrap_or(DEFAULT_MODEL),
+        )
+        .map_err(Error::Usage)?;
+        let headers = ExtraHeaders::parse(&args.header).map_err(Error::Usage)?;
+        let mut args = args;
+        if api.is_anthropic() {
+            // The Messages API refuses a request without max_tokens; with the default set here
+            // the rate budget and --max-cost reserve what is really asked for.
+            args.max_tokens = args
+                .max_tokens
+                .or(Some(crate::provider::anthropic::DEFAULT_MAX_TOKENS));
+            if let Some(t) = args.temperature
+                && t > 1.0
+            {
+                return Err(Error::Usage(format!(
+                    "--temperature {t} is out of range for Anthropic; use a value from 0 to 1"
+                )));
+            }
+        }
         let input = args.input;
         if input.as_os_str().is_empty() {
             return Err(Error::Usage("no input file given".into()));
@@ -301,11 +337,11 @@ impl RunConfig {
                 let base_url = args
                     .base_url
                     .or(env_base_url)
-                    .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+                    .unwrap_or_else(|| api.default_base_url().to_string());
                 let url = reqwest::Url::parse(&base_url).map_err(|e| {
                     Error::Usage(format!(
-                        "--base-url {base_url:?} is not a URL ({e}); it looks like \
-                         https://api.openai.com/v1"
+                        "--base-url {base_url:?} is not a URL ({e}); it looks like {}",
+                        api.default_base_url()
                     ))
                 })?;
                 let api_key = match &args.api_key_file {
@@ -316,9 +352,9 @@ impl RunConfig {
                 .map(ApiKey);
                 if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
                     return Err(Error::Usage(format!(
-                        "no API key for {base_url}: set OPENAI_API_KEY (or pass --api-key-file \
-                         FILE). To try batch without a key, add --mock to use the embedded mock \
-                         server."
+                        "no API key for {base_url}: set {} (or pass --api-key-file FILE). To try \
+                         batch without a key, add --mock to use the embedded mock server.",
+                        api.key_env()
                     )));
                 }
                 Endpoint::Remote { base_url, api_key }
@@ -341,6 +377,8 @@ impl RunConfig {
             retry: RetryPolicy::new(args.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)),
             timeout: Duration::from_secs_f64(timeout_secs),
             endpoint,
+            api,
+            headers,
             summary_json: args.summary_json,
             quiet: args.quiet,
             state,
@@ -367,6 +405,17 @@ impl RunConfig {
             },
         })
     }
+}
+
+/// The wire format the (merged) flags ask for, defaulting where they conflict; `from_merged`
+/// reports the conflict.
+fn api_of(args: &RunArgs) -> Api {
+    Api::resolve(
+        args.provider,
+        args.api,
+        args.model.as_deref().unwrap_or(DEFAULT_MODEL),
+    )
+    .unwrap_or(Api::OpenAiChat)
 }
 
 /// `reviews.csv` -> `reviews.results.csv`, beside the input.

@@ -19,7 +19,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::rngs::StdRng;
@@ -34,12 +34,17 @@ use crate::tokens;
 
 mod batches;
 mod fault;
+mod messages;
+mod prompt_cache;
 mod ratelimit;
+mod responses;
+mod wire;
 
 pub use fault::{FaultKind, FaultSpec};
 pub use ratelimit::go_duration;
 
 use ratelimit::Limits;
+use wire::Wire;
 
 /// How the mock behaves.
 #[derive(Debug, Clone)]
@@ -174,6 +179,12 @@ pub struct MockStats {
     /// Injected faults by kind; every kind is listed.
     #[serde(default)]
     pub faults: BTreeMap<String, u64>,
+    /// The parts of `prompt_tokens` answered from the prompt cache, and of `completion_tokens`
+    /// spent reasoning.
+    #[serde(default)]
+    pub cached_tokens: u64,
+    #[serde(default)]
+    pub reasoning_tokens: u64,
 }
 
 struct Shared {
@@ -190,6 +201,9 @@ struct Shared {
     quota_rejected: AtomicU64,
     faults: [AtomicU64; FaultKind::ALL.len()],
     responses: Mutex<BTreeMap<u16, u64>>,
+    prompt_cache: prompt_cache::PromptCache,
+    cached_tokens: AtomicU64,
+    reasoning_tokens: AtomicU64,
     batches: batches::BatchStore,
 }
 
@@ -217,10 +231,16 @@ impl Shared {
                     (k.name().to_string(), n)
                 })
                 .collect(),
+            cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
+            reasoning_tokens: self.reasoning_tokens.load(Ordering::Relaxed),
         }
     }
 
     fn count_tokens(&self, a: &Answer) {
+        self.cached_tokens
+            .fetch_add(a.cached_tokens + a.cache_read_tokens, Ordering::Relaxed);
+        self.reasoning_tokens
+            .fetch_add(a.reasoning_tokens, Ordering::Relaxed);
         self.prompt_tokens
             .fetch_add(a.prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
@@ -280,10 +300,15 @@ impl MockServer {
             quota_rejected: AtomicU64::new(0),
             faults: Default::default(),
             responses: Mutex::new(BTreeMap::new()),
+            prompt_cache: Default::default(),
+            cached_tokens: AtomicU64::new(0),
+            reasoning_tokens: AtomicU64::new(0),
             batches: Default::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/responses", post(responses_api))
+            .route("/v1/messages", post(messages_api))
             .route("/stats", get(stats))
             .merge(batches::routes())
             .with_state(shared.clone());
@@ -419,9 +444,27 @@ fn plan(s: &Shared, valid: bool) -> Plan {
     }
 }
 
-async fn chat_completions(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+async fn chat_completions(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(s, Wire::Chat, headers, body).await
+}
+
+async fn responses_api(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    serve(s, Wire::Responses, headers, body).await
+}
+
+async fn messages_api(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    serve(s, Wire::Messages, headers, body).await
+}
+
+/// Serves one request of any wire format: the same limits, latency, errors and faults, each
+/// in the format's own shape.
+async fn serve(s: Arc<Shared>, wire: Wire, headers: HeaderMap, body: Bytes) -> Response {
     let (guard, n) = InFlight::enter(&s);
-    let (mut resp, status) = respond(&s, n, &body, guard).await;
+    let (mut resp, status) = respond(&s, wire, n, &headers, &body, guard).await;
     if let Some(status) = status {
         *s.responses
             .lock()
@@ -430,11 +473,11 @@ async fn chat_completions(State(s): State<Arc<Shared>>, body: Bytes) -> Response
             .or_default() += 1;
     }
     if let Ok(v) = HeaderValue::from_str(&format!("req_mock_{n}")) {
-        resp.headers_mut().insert("x-request-id", v);
+        resp.headers_mut().insert(wire.request_id_header(), v);
     }
     let mut limits = s.limits.lock().expect("limits lock");
     if limits.is_active() {
-        limits.headers(Instant::now(), resp.headers_mut());
+        wire.limit_headers(&mut limits, resp.headers_mut());
     }
     resp
 }
@@ -442,24 +485,22 @@ async fn chat_completions(State(s): State<Arc<Shared>>, body: Bytes) -> Response
 /// Answers request number `n`, with the status to count (none when no status line is sent).
 async fn respond(
     s: &Arc<Shared>,
+    wire: Wire,
     n: u64,
+    headers: &HeaderMap,
     body: &[u8],
     guard: InFlight,
 ) -> (Response, Option<StatusCode>) {
     let cfg = &s.cfg;
     if cfg.quota_exhausted_after.is_some_and(|max| n > max) {
         s.quota_rejected.fetch_add(1, Ordering::Relaxed);
-        let body = error_body(
-            "You exceeded your current quota, please check your plan and billing details.",
-            "insufficient_quota",
-            Some("insufficient_quota"),
-        );
-        return json_reply(StatusCode::TOO_MANY_REQUESTS, body);
+        let (status, body) = wire.quota_error();
+        return json_reply(status, body);
     }
 
     // The answer is deterministic, so its cost is known on arrival, when a real API checks the
     // rate limits (and rejects at once, without the latency).
-    let parsed = parse(body);
+    let parsed = wire.parse(headers, body);
     if let Ok((req, answer)) = &parsed {
         let cost = answer.prompt_tokens + answer.completion_tokens;
         let verdict = s
@@ -469,9 +510,11 @@ async fn respond(
             .admit(cost, Instant::now());
         if let Err(rejection) = verdict {
             s.rate_limited.fetch_add(1, Ordering::Relaxed);
-            let (mut resp, status) =
-                json_reply(StatusCode::TOO_MANY_REQUESTS, rejection.body(&req.model));
-            rejection.retry_headers(resp.headers_mut());
+            let (mut resp, status) = json_reply(
+                StatusCode::TOO_MANY_REQUESTS,
+                wire.rate_limited(&rejection, &req.model),
+            );
+            wire.retry_headers(&rejection, resp.headers_mut());
             return (resp, status);
         }
     }
@@ -485,13 +528,16 @@ async fn respond(
         tokio::time::sleep(plan.delay).await;
     }
     if let Some(status) = plan.error {
-        return json_reply(status, server_error_body(status));
+        let (status, body) = wire.server_error(status);
+        return json_reply(status, body);
     }
-    let (req, answer) = match parsed {
+    let (req, mut answer) = match parsed {
         Ok(ok) => ok,
-        Err(reply) => return json_reply(StatusCode::BAD_REQUEST, reply),
+        Err((status, reply)) => return json_reply(status, reply),
     };
-    let json = completion(&req.model, &answer, n);
+    // Accepted: from now on the prompt is in the cache for the requests that follow.
+    s.prompt_cache.serve(&mut answer);
+    let json = wire.success(&req.model, &answer, n);
     let Some(kind) = plan.fault else {
         s.count_tokens(&answer);
         return json_reply(StatusCode::OK, json);
@@ -507,7 +553,7 @@ async fn respond(
         }
         FaultKind::Truncated => fault::truncated(json),
         FaultKind::Malformed => fault::malformed(json),
-        FaultKind::MissingFields => fault::missing_fields(&req.model, n),
+        FaultKind::MissingFields => wire.missing_fields(&req.model, n),
         FaultKind::Trickle => {
             let shared = s.clone();
             let keep: (InFlight, Option<OwnedSemaphorePermit>) = (guard, permit);
@@ -553,8 +599,20 @@ fn parse(body: &[u8]) -> Result<(ChatRequest, Answer), String> {
 struct Answer {
     text: String,
     finish: &'static str,
+    /// Every input token, cached ones included.
     prompt_tokens: u64,
+    /// Visible and reasoning tokens.
     completion_tokens: u64,
+    /// OpenAI-style automatic prompt caching: the part of `prompt_tokens` read from the cache.
+    cached_tokens: u64,
+    /// Anthropic-style explicit caching: the parts of `prompt_tokens` read from and written to
+    /// the cache.
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
+    /// The part of `completion_tokens` a reasoning model spent thinking.
+    reasoning_tokens: u64,
+    /// The prompt prefix the cache may hold, set by the wire format that can cache it.
+    prefix: Option<prompt_cache::Prefix>,
 }
 
 impl Answer {
@@ -573,15 +631,29 @@ impl Answer {
             .map(ChatMessage::text)
             .unwrap_or_default();
         let system = (!system.is_empty()).then(|| system.join("\n"));
-        let prompt_tokens = u64::from(tokens::count_chat(&req.model, system.as_deref(), &user));
-        let mut text = answer(&user);
+        let max = req.max_completion_tokens.or(req.max_tokens);
+        let mut a = Answer::new(&req.model, system.as_deref(), &user, max);
+        a.prefix = system
+            .as_deref()
+            .map(|sys| prompt_cache::Prefix::automatic(&req.model, sys));
+        a
+    }
+
+    /// The answer to a prompt in any wire format: the quoting text, cut to `max` tokens. A
+    /// reasoning model (o-series, gpt-5) first spends [`reasoning_tokens`] thinking, which count
+    /// against `max` as they do on OpenAI, so a small cap can leave no visible text at all.
+    fn new(model: &str, system: Option<&str>, user: &str, max: Option<u32>) -> Self {
+        let prompt_tokens = u64::from(tokens::count_chat(model, system, user));
+        let mut text = answer(user);
         let mut finish = "stop";
-        let encoding = tokens::encoding_for(&req.model);
+        let encoding = tokens::encoding_for(model);
         let mut ids = encoding.encode_ordinary(&text);
-        if let Some(max) = req.max_completion_tokens.or(req.max_tokens)
-            && ids.len() > max as usize
+        let mut reasoning = reasoning_tokens(model, user);
+        if let Some(max) = max.map(u64::from)
+            && ids.len() as u64 + reasoning > max
         {
-            ids.truncate(max as usize);
+            reasoning = reasoning.min(max);
+            ids.truncate((max - reasoning) as usize);
             text = encoding.decode(&ids).unwrap_or_default();
             finish = "length";
         }
@@ -589,9 +661,26 @@ impl Answer {
             text,
             finish,
             prompt_tokens,
-            completion_tokens: ids.len() as u64,
+            completion_tokens: ids.len() as u64 + reasoning,
+            cached_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: reasoning,
+            prefix: None,
         }
     }
+}
+
+/// What a reasoning model (o1, o3, o4-mini, gpt-5...) of the mock spends thinking before it
+/// answers: 64 tokens per started 64 tokens of the user prompt. Other models do not reason.
+pub fn reasoning_tokens(model: &str, user: &str) -> u64 {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    let reasons = m.starts_with("gpt-5")
+        || (m.starts_with('o') && m[1..].starts_with(|c: char| c.is_ascii_digit()));
+    if !reasons {
+        return 0;
+    }
+    u64::from(tokens::count(model, user)).div_ceil(64).max(1) * 64
 }
 
 fn completion(model: &str, a: &Answer, n: u64) -> String {
@@ -612,8 +701,8 @@ fn completion(model: &str, a: &Answer, n: u64) -> String {
             "prompt_tokens": a.prompt_tokens,
             "completion_tokens": a.completion_tokens,
             "total_tokens": a.prompt_tokens + a.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+            "prompt_tokens_details": {"cached_tokens": a.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": a.reasoning_tokens, "audio_tokens": 0,
                 "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
         },
         "service_tier": "default",

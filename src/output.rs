@@ -17,7 +17,7 @@ use crate::error::{Error, describe_io};
 use crate::provider::Usage;
 
 /// Columns added after the input's own, in this order.
-pub const RESULT_COLUMNS: [&str; 11] = [
+pub const RESULT_COLUMNS: [&str; 13] = [
     "output",
     "status",
     "error",
@@ -25,6 +25,8 @@ pub const RESULT_COLUMNS: [&str; 11] = [
     "latency_ms",
     "prompt_tokens",
     "completion_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
     "cost_usd",
     "model",
     "finish_reason",
@@ -182,9 +184,17 @@ impl ResultsWriter {
         if let Some(c) = r.cost {
             cost = format_cost(c);
         }
-        let (prompt, completion) = match r.usage {
-            Some(u) => (u.prompt_tokens.to_string(), u.completion_tokens.to_string()),
-            None => (String::new(), String::new()),
+        // Cached tokens (read from the prompt cache) are part of `prompt_tokens`, reasoning
+        // tokens part of `completion_tokens`.
+        let [prompt, completion, cached, reasoning] = match r.usage {
+            Some(u) => [
+                u.prompt_tokens,
+                u.completion_tokens,
+                u.cached_tokens,
+                u.reasoning_tokens,
+            ]
+            .map(|n| n.to_string()),
+            None => Default::default(),
         };
         let latency = r
             .latency
@@ -214,6 +224,8 @@ impl ResultsWriter {
             &latency,
             &prompt,
             &completion,
+            &cached,
+            &reasoning,
             &cost,
             &*model,
             &*finish,

@@ -43,8 +43,9 @@ use crate::mock::MockServer;
 use crate::output::{ResultsWriter, RowResult, RowStatus, check_writable, format_cost};
 use crate::pricing::Price;
 use crate::progress::Progress;
-use crate::provider::openai::OpenAiChat;
-use crate::provider::{CallError, Completion, ErrorKind, Exchange, Provider, Request, http_client};
+use crate::provider::{
+    self, Api, CallError, Completion, ErrorKind, Exchange, Provider, Request, http_client,
+};
 use crate::retry::RetryPolicy;
 use crate::spend::SpendCap;
 use crate::store::{AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, SeqSet, Store};
@@ -253,7 +254,9 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
                 .await
                 .map_err(|e| Error::io("cannot start the mock server on 127.0.0.1", e))?;
             let url = server.base_url();
-            ("mock".to_string(), url, None, Some(server))
+            // The mock checks that a key is sent, as the real APIs do; any key will do.
+            let key = Some(crate::config::ApiKey::placeholder());
+            ("mock".to_string(), url, key, Some(server))
         }
         Endpoint::Remote { base_url, api_key } => {
             (base_url.clone(), base_url.clone(), api_key.clone(), None)
@@ -261,7 +264,11 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     };
     let settings = RunSettings {
         input: canonical(&cfg.input),
-        endpoint,
+        // A run resumed against another API would mix answers to different requests.
+        endpoint: match cfg.api {
+            Api::OpenAiChat => endpoint,
+            api => format!("{endpoint} ({})", api.label()),
+        },
         model: cfg.model.clone(),
         prompt: match &cfg.prompt {
             PromptSource::Template(t) => t.clone(),
@@ -308,11 +315,13 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         None => None,
     };
 
-    let provider: Arc<dyn Provider> = Arc::new(OpenAiChat::new(
+    let provider = provider::build(
+        cfg.api,
         http_client(cfg.concurrency.ceiling()),
         &base_url,
         api_key.as_ref(),
-    ));
+        &cfg.headers,
+    );
     let shared = Arc::new(Shared {
         provider: provider.clone(),
         budget: RateBudget::new(cfg.rpm, cfg.tpm, true),
@@ -929,7 +938,7 @@ fn write_journal(
 /// Whether an answer may be cached: complete and successful, and not cut off by the token cap
 /// unless `truncated` allows it. Answers that came from the cache are there already.
 fn cacheable(r: &RowResult, truncated: bool) -> bool {
-    r.status == RowStatus::Ok && !r.cached && (truncated || r.finish_reason != "length")
+    r.status == RowStatus::Ok && !r.cached && (truncated || !Api::is_truncated(&r.finish_reason))
 }
 
 fn answer_of(r: &RowResult) -> CachedAnswer {

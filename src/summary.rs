@@ -20,6 +20,11 @@ pub struct Stats {
     pub skipped: u64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// Parts of `prompt_tokens` read from and written to the provider's prompt cache, and of
+    /// `completion_tokens` spent reasoning.
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
     pub cost_usd: f64,
     /// Answered rows with no price (unknown model).
     pub unpriced: u64,
@@ -45,6 +50,9 @@ impl Default for Stats {
             skipped: 0,
             prompt_tokens: 0,
             completion_tokens: 0,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: 0,
             cost_usd: 0.0,
             unpriced: 0,
             retries: 0,
@@ -77,6 +85,9 @@ impl Stats {
         if let Some(u) = r.usage {
             self.prompt_tokens += u.prompt_tokens;
             self.completion_tokens += u.completion_tokens;
+            self.cached_tokens += u.cached_tokens;
+            self.cache_write_tokens += u.cache_write_tokens;
+            self.reasoning_tokens += u.reasoning_tokens;
             match r.cost {
                 Some(c) => self.cost_usd += c,
                 None => self.unpriced += 1,
@@ -113,6 +124,9 @@ impl Stats {
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
             total_tokens: self.prompt_tokens + self.completion_tokens,
+            cached_tokens: self.cached_tokens,
+            cache_write_tokens: self.cache_write_tokens,
+            reasoning_tokens: self.reasoning_tokens,
             cost_usd: self.known_cost(),
             unpriced_rows: self.unpriced,
             retries: self.retries,
@@ -160,6 +174,12 @@ pub struct Summary {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     pub total_tokens: u64,
+    /// Of `prompt_tokens`: read from the provider's prompt cache (billed at the cached rate) and
+    /// written to it (Anthropic, billed at the cache-write rate).
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    /// Of `completion_tokens`: spent reasoning (billed as output, never shown).
+    pub reasoning_tokens: u64,
     /// `null` when no row's model has a known price.
     pub cost_usd: Option<f64>,
     pub unpriced_rows: u64,
@@ -198,10 +218,33 @@ impl Summary {
                 String::new()
             }
         )?;
+        let mut prompt_parts = Vec::new();
+        if self.cached_tokens > 0 {
+            prompt_parts.push(format!("{} cached", self.cached_tokens));
+        }
+        if self.cache_write_tokens > 0 {
+            prompt_parts.push(format!("{} cache writes", self.cache_write_tokens));
+        }
+        let parts = |p: Vec<String>| {
+            if p.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.join(", "))
+            }
+        };
+        let reasoning = if self.reasoning_tokens > 0 {
+            vec![format!("{} reasoning", self.reasoning_tokens)]
+        } else {
+            Vec::new()
+        };
         writeln!(
             w,
-            "Tokens     {} prompt + {} completion = {}",
-            self.prompt_tokens, self.completion_tokens, self.total_tokens
+            "Tokens     {} prompt{} + {} completion{} = {}",
+            self.prompt_tokens,
+            parts(prompt_parts),
+            self.completion_tokens,
+            parts(reasoning),
+            self.total_tokens
         )?;
         let cost = match self.cost_usd {
             Some(c) if self.unpriced_rows > 0 => format!(
@@ -296,6 +339,34 @@ mod tests {
         let p50 = sum.latency_ms.p50.unwrap();
         assert!((49.0..=52.0).contains(&p50), "{p50}");
         assert!((sum.rows_per_second - 51.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cached_and_reasoning_tokens_are_totalled_and_shown() {
+        let mut s = Stats::default();
+        let mut r = result(RowStatus::Ok, 1, 5, Some(0.01));
+        r.usage = Some(Usage {
+            prompt_tokens: 2000,
+            completion_tokens: 100,
+            cached_tokens: 1024,
+            cache_write_tokens: 0,
+            reasoning_tokens: 64,
+        });
+        s.record(&r);
+        s.record(&r);
+        let sum = s.summary(Duration::from_secs(1), Path::new("o.csv"), "m");
+        assert_eq!((sum.cached_tokens, sum.reasoning_tokens), (2048, 128));
+        let mut text = Vec::new();
+        sum.print(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("4000 prompt (2048 cached) + 200 completion (128 reasoning) = 4200"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&sum).unwrap();
+        assert_eq!(json["cached_tokens"], 2048);
+        assert_eq!(json["reasoning_tokens"], 128);
+        assert_eq!(json["cache_write_tokens"], 0);
     }
 
     #[test]

@@ -52,7 +52,7 @@ fn batch_stats(mock: &MockProcess) -> Value {
 /// What a row's answer costs at batch prices: half the embedded table's standard price.
 fn batch_cost(row: &Row) -> f64 {
     let p = batch::pricing::PriceTable::embedded()
-        .lookup(MODEL)
+        .lookup(field(row, "model"))
         .expect("the model has a price");
     let tokens = |col: &str| -> f64 {
         field(row, col)
@@ -64,8 +64,14 @@ fn batch_cost(row: &Row) -> f64 {
 
 #[track_caller]
 fn assert_answered(rows: &[Row], n: usize) {
+    assert_answered_by(rows, n, MODEL);
+}
+
+#[track_caller]
+fn assert_answered_by(rows: &[Row], n: usize, model: &str) {
     assert_eq!(rows.len(), n);
     for (i, row) in rows.iter().enumerate() {
+        assert_eq!(field(row, "model"), model, "{row:?}");
         assert_eq!(field(row, "id"), format!("r{:04}", i + 1), "input order");
         assert_eq!(field(row, "status"), "ok", "{row:?}");
         assert_eq!(
@@ -504,4 +510,133 @@ fn submit_to_the_embedded_mock_is_refused_because_it_dies_with_the_process() {
     assert_code(&out, 2);
     assert!(stderr(&out).contains("run --via batch"), "{}", show(&out));
     assert!(!Path::new(&dir.join(STATE)).exists());
+}
+
+const CLAUDE: &str = "claude-haiku-4-5";
+
+fn submit_claude(dir: &TestDir, mock: &MockProcess, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "submit",
+        "in.csv",
+        "--prompt",
+        "{{ text }}",
+        "--model",
+        CLAUDE,
+        "--max-tokens",
+        "50",
+        "--base-url",
+        &mock.url,
+    ];
+    args.extend_from_slice(extra);
+    util::cmd(dir, args)
+        .env("ANTHROPIC_API_KEY", "sk-ant-test-KEEP-OUT-OF-FILES")
+        .output()
+        .unwrap()
+}
+
+fn collect_claude(dir: &TestDir, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["collect", STATE, "--poll-max", "1"];
+    args.extend_from_slice(extra);
+    util::cmd(dir, args)
+        .env("ANTHROPIC_API_KEY", "sk-ant-test-KEEP-OUT-OF-FILES")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn anthropic_message_batches_split_expire_resubmit_and_collect_at_batch_prices() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(24));
+    let flaky = MockProcess::start(&[
+        "--batch-latency-ms",
+        "200",
+        "--batch-expire-rate",
+        "0.25",
+        "--batch-max-requests",
+        "10",
+        "--seed",
+        "3",
+    ]);
+    let out = submit_claude(&dir, &flaky, &["--batch-max-requests", "10"]);
+    assert_code(&out, 0);
+    assert!(
+        stderr(&out).contains("3 batches (24 requests) to the Anthropic Message Batches"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(
+        batch_stats(&flaky)["batch_sizes"],
+        serde_json::json!([10, 10, 4])
+    );
+    let st = state(&dir);
+    assert_eq!(st["provider"], "anthropic");
+    // The requests are the Messages bodies `run` sends.
+    let first = dir.read("in.results.batch-files/input-001.jsonl");
+    let line: Value = serde_json::from_str(first.lines().next().unwrap()).unwrap();
+    assert_eq!(line["custom_id"], "row-0");
+    assert_eq!(line["params"]["model"], CLAUDE);
+    assert_eq!(line["params"]["max_tokens"], 50);
+    assert_eq!(line["params"]["messages"][0]["content"], "item number 1");
+
+    let out = collect_claude(&dir, &["--wait"]);
+    assert_code(&out, 1);
+    let rows = dir.results("in.results.csv");
+    let expired: Vec<&str> = rows
+        .iter()
+        .filter(|r| field(r, "status") != "ok")
+        .map(|r| {
+            assert!(field(r, "error").starts_with("expired: "), "{r:?}");
+            field(r, "id")
+        })
+        .collect();
+    assert!(!expired.is_empty(), "the seed expires some requests");
+
+    let port = flaky.port();
+    drop(flaky);
+    let healthy = MockProcess::start_on(port, &["--batch-latency-ms", "200"]);
+    let out = collect_claude(&dir, &["--wait", "--resubmit-failed"]);
+    assert_code(&out, 0);
+    assert_eq!(
+        batch_stats(&healthy)["batch_sizes"],
+        serde_json::json!([expired.len()])
+    );
+    let rows = dir.results("in.results.csv");
+    assert_answered_by(&rows, 24, CLAUDE);
+    for row in &rows {
+        assert_eq!(field(row, "finish_reason"), "end_turn", "{row:?}");
+    }
+    for f in [STATE, "in.results.csv"] {
+        assert!(!dir.read(f).contains("KEEP-OUT"), "the key is in {f}");
+    }
+}
+
+#[test]
+fn anthropic_killed_after_the_create_request_collect_adopts_the_batch() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(7));
+    let mock = MockProcess::start(&["--batch-latency-ms", "200"]);
+    assert_code(
+        &submit_claude(&dir, &mock, &["--batch-max-requests", "4"]),
+        0,
+    );
+    as_if_killed(&dir, "creating");
+    let out = collect_claude(&dir, &["--wait"]);
+    assert_code(&out, 0);
+    assert_answered_by(&dir.results("in.results.csv"), 7, CLAUDE);
+    let stats = batch_stats(&mock);
+    assert_eq!(stats["batch_sizes"], serde_json::json!([4, 3]), "{stats}");
+
+    // Over the provider's limit, Anthropic refuses the create request itself: the submit
+    // fails with the reason, and says how to carry on.
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(7));
+    let strict = MockProcess::start(&["--batch-max-requests", "5"]);
+    let out = submit_claude(&dir, &strict, &[]);
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("more than the 5 a batch may hold"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(batch_stats(&strict)["batches"], 0);
 }

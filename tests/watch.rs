@@ -242,6 +242,12 @@ fn two_files_dropped_in_are_each_run_once() {
         serde_json::from_str(&std::fs::read_to_string(inbox.join("done/b.summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["ok"], 7, "{summary}");
+    assert!(
+        summary["output"]
+            .as_str()
+            .is_some_and(|o| o.ends_with("done/b.results.csv")),
+        "the summary names the results in done/: {summary}"
+    );
     assert_eq!(stat(&mock.stats(), "requests"), 12, "one request per row");
     assert_eq!(names(&inbox.join("processed")), ["a.csv", "b.csv"]);
     assert_eq!(
@@ -275,7 +281,7 @@ fn a_file_written_slowly_is_run_once_it_is_complete() {
     // between two pieces even on a loaded machine; -v logs every size the watcher sees.
     let mut args = watch_args(&mock, &["-v"]);
     let settle = args.iter().position(|a| *a == "--settle-ms").unwrap() + 1;
-    args[settle] = "3000";
+    args[settle] = "5000";
     let mut watcher = Watcher::start(&dir, &args);
     watcher.wait_for_log("watching");
 
@@ -284,18 +290,14 @@ fn a_file_written_slowly_is_run_once_it_is_complete() {
     let path = inbox.join("slow.csv");
     let mut file = std::fs::File::create(&path).expect("create slow.csv");
     let mut written = 0usize;
-    for (i, piece) in lines.chunks(3).enumerate() {
+    for piece in lines.chunks(3) {
         let piece = piece.concat();
         file.write_all(piece.as_bytes()).unwrap();
         file.flush().unwrap();
         written += piece.len();
-        // Wait until the watcher has seen this size before writing more.
-        let seen = if i == 0 {
-            format!("slow.csv: arrived ({written} bytes)")
-        } else {
-            format!("slow.csv: changed ({written} bytes)")
-        };
-        watcher.wait_for_log(&seen);
+        // Wait until the watcher has seen this size before writing more (as "arrived" or
+        // "changed": it may have seen the file empty, just created).
+        watcher.wait_for_log(&format!("({written} bytes); waiting for it to settle"));
         assert!(
             !watcher.log().contains("slow.csv: started"),
             "run before it was complete\n{}",
@@ -553,4 +555,80 @@ fn usage_errors_exit_2_before_anything_is_created() {
     assert_code(&out, 2);
     assert!(util::stderr(&out).contains("-o/--output"), "{}", show(&out));
     assert!(names(&dir.join("inbox")).is_empty(), "nothing created");
+}
+
+/// Runs `--once` with `BATCH_WATCH_FAULT=point`, which aborts the process at that point, then
+/// again without it, and checks that the file is filed once and its rows sent once.
+fn crash_at(point: &str) {
+    let dir = TestDir::new();
+    let inbox = inbox(&dir);
+    let mock = MockProcess::start(&["--latency-ms", "5"]);
+    drop_file(&inbox, "a.csv", &csv("a", 5));
+    let args = watch_args(&mock, &["--once"]);
+    let crashed = util::cmd(&dir, &args)
+        .env("BATCH_WATCH_FAULT", point)
+        .output()
+        .expect("run batch watch");
+    assert!(
+        !crashed.status.success() && util::stderr(&crashed).contains("aborting"),
+        "{}",
+        show(&crashed)
+    );
+    assert_eq!(
+        stat(&mock.stats(), "requests"),
+        5,
+        "the run itself finished"
+    );
+    assert!(inbox.join("a.csv").exists(), "not filed before the crash");
+
+    let out = run(&dir, &args);
+    assert_code(&out, 0);
+    assert_all_ok(&inbox.join("done/a.results.csv"), "a", 5);
+    assert_eq!(names(&inbox.join("processed")), ["a.csv"]);
+    assert_eq!(
+        names(&inbox.join("done")),
+        ["a.results.csv", "a.summary.json"]
+    );
+    assert!(!inbox.join("a.csv").exists());
+    assert_eq!(
+        stat(&mock.stats(), "requests"),
+        5,
+        "nothing sent again after the crash\n{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn a_crash_after_a_run_ends_files_it_on_the_next_start_without_sending_again() {
+    crash_at("after-run");
+}
+
+#[test]
+fn a_crash_while_filing_is_finished_on_the_next_start() {
+    crash_at("before-filing");
+}
+
+#[test]
+fn parallel_runs_files_side_by_side_and_the_default_one_at_a_time() {
+    for (parallel, expected) in [("1", 1), ("2", 2)] {
+        let dir = TestDir::new();
+        let inbox = inbox(&dir);
+        let mock = MockProcess::start(&["--latency-ms", "100"]);
+        drop_file(&inbox, "a.csv", &csv("a", 15));
+        drop_file(&inbox, "b.csv", &csv("b", 15));
+        let out = run(
+            &dir,
+            watch_args(&mock, &["--once", "-j", "1", "--parallel", parallel]),
+        );
+        assert_code(&out, 0);
+        assert_all_ok(&inbox.join("done/a.results.csv"), "a", 15);
+        assert_all_ok(&inbox.join("done/b.results.csv"), "b", 15);
+        let stats = mock.stats();
+        assert_eq!(stat(&stats, "requests"), 30);
+        assert_eq!(
+            stat(&stats, "max_in_flight"),
+            expected,
+            "--parallel {parallel} with -j 1: {stats}"
+        );
+    }
 }

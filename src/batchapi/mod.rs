@@ -8,6 +8,7 @@
 //! an interrupted submission, polls until every batch has ended, downloads the results and
 //! writes the same results CSV as `run`, priced at the batch discount.
 
+pub mod anthropic;
 pub mod openai;
 pub mod plan;
 pub mod results;
@@ -25,8 +26,7 @@ use crate::error::{Error, ExitStatus};
 use crate::mock::MockServer;
 use crate::output::format_cost;
 use crate::pricing::Price;
-use crate::provider::openai::OpenAiChat;
-use crate::provider::{CallError, Completion, ErrorKind, http_client};
+use crate::provider::{self as wire, CallError, Completion, ErrorKind, Provider, http_client};
 use crate::retry::RetryPolicy;
 
 use plan::Limits;
@@ -76,7 +76,7 @@ pub fn custom_id_seq(id: &str) -> Option<u64> {
 pub fn input_line(kind: ProviderKind, custom_id: &str, body: &[u8]) -> Vec<u8> {
     match kind {
         ProviderKind::OpenAi => openai::input_line(custom_id, body),
-        ProviderKind::Anthropic => unreachable!("Anthropic batches are not built yet"),
+        ProviderKind::Anthropic => anthropic::input_line(custom_id, body),
     }
 }
 
@@ -93,6 +93,7 @@ pub fn batch_price(p: Price) -> Price {
 /// One provider's Batch API.
 enum Api {
     OpenAi(openai::OpenAiBatches),
+    Anthropic(anthropic::AnthropicBatches),
 }
 
 impl Api {
@@ -100,7 +101,9 @@ impl Api {
         let client = http_client(4);
         match kind {
             ProviderKind::OpenAi => Api::OpenAi(openai::OpenAiBatches::new(client, base_url, key)),
-            ProviderKind::Anthropic => unreachable!("Anthropic batches are not built yet"),
+            ProviderKind::Anthropic => {
+                Api::Anthropic(anthropic::AnthropicBatches::new(client, base_url, key))
+            }
         }
     }
 
@@ -123,13 +126,18 @@ impl Api {
                         ))
                     })?;
                     let name = rec.input_file.clone();
-                    let Api::OpenAi(api) = self;
-                    let id = retrying("uploading the batch input", || {
-                        api.upload(&name, data.clone())
-                    })
-                    .await?;
+                    let rec_id = match self {
+                        Api::OpenAi(api) => Some(
+                            retrying("uploading the batch input", || {
+                                api.upload(&name, data.clone())
+                            })
+                            .await?,
+                        ),
+                        // Anthropic takes the requests in the create request itself.
+                        Api::Anthropic(_) => None,
+                    };
                     let rec = &mut st.batches[i];
-                    rec.input_file_id = Some(id);
+                    rec.input_file_id = rec_id;
                     rec.phase = Phase::Uploaded;
                     st.save(path)?;
                 }
@@ -159,7 +167,7 @@ impl Api {
                 Phase::Creating => {
                     // The create request may have reached the provider before the last process
                     // stopped: find that batch rather than create (and pay for) another.
-                    let found = self.find(rec).await?;
+                    let found = self.find(st, i).await?;
                     let rec = &mut st.batches[i];
                     match found {
                         Some(b) => {
@@ -179,7 +187,10 @@ impl Api {
     /// refused it outright.
     async fn create(&self, st: &BatchState, i: usize) -> Result<RemoteBatch, (Error, bool)> {
         let rec = &st.batches[i];
-        let Api::OpenAi(api) = self;
+        let api = match self {
+            Api::OpenAi(api) => api,
+            Api::Anthropic(api) => return self.create_anthropic(api, st, i).await,
+        };
         let file_id = rec.input_file_id.clone().unwrap_or_default();
         let metadata = serde_json::json!({
             "batch_number": rec.number.to_string(),
@@ -206,22 +217,82 @@ impl Api {
         }
     }
 
-    async fn find(&self, rec: &state::BatchRecord) -> Result<Option<RemoteBatch>, Error> {
-        let Api::OpenAi(api) = self;
-        match &rec.input_file_id {
-            Some(id) => retrying("looking for the batch", || api.find_by_input_file(id)).await,
-            None => Ok(None),
+    /// Anthropic: the requests of the stored input file in one create request. A failure that
+    /// leaves it unknown whether the batch was made is not retried blindly: the next command
+    /// looks for it first (the state says `creating`).
+    async fn create_anthropic(
+        &self,
+        api: &anthropic::AnthropicBatches,
+        st: &BatchState,
+        i: usize,
+    ) -> Result<RemoteBatch, (Error, bool)> {
+        let rec = &st.batches[i];
+        let file = st.file(&rec.input_file);
+        let data = std::fs::read(&file).map_err(|e| (Error::read(&file, &e), false))?;
+        api.create(&data).await.map_err(|e| {
+            let refused = e.status.is_some_and(|s| (400..500).contains(&s));
+            (api_error("creating the message batch", &e), refused)
+        })
+    }
+
+    /// The batch a create request that may have been sent made, if the provider has it.
+    async fn find(&self, st: &BatchState, i: usize) -> Result<Option<RemoteBatch>, Error> {
+        let rec = &st.batches[i];
+        match self {
+            Api::OpenAi(api) => match &rec.input_file_id {
+                Some(id) => retrying("looking for the batch", || api.find_by_input_file(id)).await,
+                None => Ok(None),
+            },
+            Api::Anthropic(api) => {
+                let since = rec.creating_since.unwrap_or(st.submitted_at);
+                let known: Vec<&str> = st
+                    .batches
+                    .iter()
+                    .filter_map(|b| b.batch_id.as_deref())
+                    .collect();
+                let found = retrying("looking for the message batch", || {
+                    api.candidates(since, rec.requests)
+                })
+                .await?;
+                let mut found: Vec<RemoteBatch> = found
+                    .into_iter()
+                    .filter(|b| !known.contains(&b.id.as_str()))
+                    .collect();
+                match found.len() {
+                    0 => Ok(None),
+                    1 => Ok(found.pop()),
+                    _ => Err(Error::Usage(format!(
+                        "{} may have been created before the last command stopped, and several \
+                         message batches of {} requests created since could be it ({}); cancel \
+                         the extra ones in the console and record the right id as \
+                         \"batch_id\" (with \"phase\": \"created\") in the state file",
+                        rec.name(),
+                        rec.requests,
+                        found
+                            .iter()
+                            .map(|b| b.id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))),
+                }
+            }
         }
     }
 
     async fn get(&self, id: &str) -> Result<RemoteBatch, Error> {
-        let Api::OpenAi(api) = self;
-        retrying("checking the batch", || api.get(id)).await
+        match self {
+            Api::OpenAi(api) => retrying("checking the batch", || api.get(id)).await,
+            Api::Anthropic(api) => retrying("checking the message batch", || api.get(id)).await,
+        }
     }
 
     async fn cancel(&self, id: &str) -> Result<RemoteBatch, Error> {
-        let Api::OpenAi(api) = self;
-        retrying("cancelling the batch", || api.cancel(id)).await
+        match self {
+            Api::OpenAi(api) => retrying("cancelling the batch", || api.cancel(id)).await,
+            Api::Anthropic(api) => {
+                retrying("cancelling the message batch", || api.cancel(id)).await
+            }
+        }
     }
 
     /// Checks batch `i` and, once it has ended, downloads its results beside the state.
@@ -234,8 +305,18 @@ impl Api {
         if !b.ended {
             return Ok(());
         }
-        let Api::OpenAi(api) = self;
         let number = st.batches[i].number;
+        let api = match self {
+            Api::OpenAi(api) => api,
+            Api::Anthropic(api) => {
+                let name = format!("output-{number:03}.jsonl");
+                let data = retrying("downloading batch results", || api.results(&b.id)).await?;
+                write_atomically(&st.file(&name), &data)?;
+                st.batches[i].output_file = Some(name);
+                st.batches[i].phase = Phase::Downloaded;
+                return st.save(path);
+            }
+        };
         for (file_id, name, is_output) in [
             (&b.output_file_id, format!("output-{number:03}.jsonl"), true),
             (&b.error_file_id, format!("errors-{number:03}.jsonl"), false),
@@ -345,6 +426,19 @@ fn state_path(cfg: &RunConfig) -> PathBuf {
     }
 }
 
+/// The Batch API for the config's wire format.
+fn kind_of(cfg: &RunConfig) -> Result<ProviderKind, Error> {
+    match cfg.api {
+        wire::Api::OpenAiChat => Ok(ProviderKind::OpenAi),
+        wire::Api::AnthropicMessages => Ok(ProviderKind::Anthropic),
+        wire::Api::OpenAiResponses => Err(Error::Usage(
+            "batches are sent as Chat Completions or Anthropic Messages; leave out --api \
+             responses (or use `batch run` without --via batch)"
+                .into(),
+        )),
+    }
+}
+
 fn limits(cfg: &RunConfig, kind: ProviderKind) -> Limits {
     let (requests, bytes) = kind.limits();
     Limits {
@@ -353,9 +447,9 @@ fn limits(cfg: &RunConfig, kind: ProviderKind) -> Limits {
     }
 }
 
-/// The body builder `run` uses for this config.
-fn body_provider(base_url: &str) -> OpenAiChat {
-    OpenAiChat::new(http_client(1), base_url, None)
+/// The provider `run` uses for this config: its `body()` makes every batch request.
+fn body_provider(cfg: &RunConfig, base_url: &str) -> std::sync::Arc<dyn Provider> {
+    wire::build(cfg.api, http_client(1), base_url, None, &cfg.headers)
 }
 
 /// `batch submit`.
@@ -373,6 +467,7 @@ pub async fn submit_command(args: SubmitArgs) -> Result<ExitStatus, Error> {
         Endpoint::Remote { base_url, api_key } => (base_url.clone(), api_key.clone()),
         Endpoint::Mock(_) => ("http://127.0.0.1/v1".to_string(), None),
     };
+    kind_of(&cfg)?;
     if cfg.dry_run {
         return dry_run(&cfg, &base_url);
     }
@@ -391,7 +486,7 @@ async fn submit(
     key: Option<&ApiKey>,
     path: &Path,
 ) -> Result<BatchState, Error> {
-    let kind = ProviderKind::OpenAi;
+    let kind = kind_of(cfg)?;
     if path.exists() && cfg.resume != Resume::Restart {
         let hint = match BatchState::load(path) {
             Ok(st) if st.batches.iter().all(|b| b.is_final()) => {
@@ -419,11 +514,11 @@ async fn submit(
     std::fs::create_dir_all(&files)
         .map_err(|e| Error::io(format!("cannot create {}", files.display()), e))?;
     let limits = limits(cfg, kind);
-    let provider = body_provider(base_url);
+    let provider = body_provider(cfg, base_url);
     let planned = {
         let (cfg, files) = (cfg.clone(), files.clone());
         tokio::task::spawn_blocking(move || {
-            plan::plan(&cfg, &provider, kind, limits, Some(&files), false)
+            plan::plan(&cfg, &*provider, kind, limits, Some(&files), false)
         })
         .await
         .map_err(|e| Error::io("planning the batches failed", std::io::Error::other(e)))??
@@ -494,10 +589,10 @@ fn print_submitted(st: &BatchState, path: &Path, quiet: bool) {
 
 /// `submit --dry-run` and `run --via batch --dry-run`: the batches and what they would cost.
 fn dry_run(cfg: &RunConfig, base_url: &str) -> Result<ExitStatus, Error> {
-    let kind = ProviderKind::OpenAi;
+    let kind = kind_of(cfg)?;
     let limits = limits(cfg, kind);
-    let provider = body_provider(base_url);
-    let planned = plan::plan(cfg, &provider, kind, limits, None, true)?;
+    let provider = body_provider(cfg, base_url);
+    let planned = plan::plan(cfg, &*provider, kind, limits, None, true)?;
     let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
     println!("Dry run: nothing was sent and nothing was written.");
     println!(
@@ -654,7 +749,7 @@ pub async fn cancel_command(args: BatchStateArgs) -> Result<ExitStatus, Error> {
     let api = Api::new(st.provider, &st.base_url, key.as_ref());
     for i in 0..st.batches.len() {
         if st.batches[i].phase == Phase::Creating
-            && let Some(b) = api.find(&st.batches[i]).await?
+            && let Some(b) = api.find(&st, i).await?
         {
             apply(&mut st.batches[i], &b);
             st.batches[i].phase = Phase::Created;
@@ -836,7 +931,7 @@ pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
             let server = MockServer::start(mc.clone())
                 .await
                 .map_err(|e| Error::io("cannot start the mock server on 127.0.0.1", e))?;
-            (server.base_url(), None, Some(server))
+            (server.base_url(), Some(ApiKey::placeholder()), Some(server))
         }
         Endpoint::Remote { base_url, api_key } => (base_url.clone(), api_key.clone(), None),
     };

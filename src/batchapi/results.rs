@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use super::plan::{Limits, Splitter};
-use super::state::{BatchState, Phase};
+use super::state::{BatchState, Phase, ProviderKind};
 use super::{Outcome, batch_price, custom_id_seq, file_sha256};
 use crate::error::Error;
 use crate::input::InputFile;
@@ -45,7 +45,11 @@ fn outcomes(st: &BatchState) -> Result<Outcomes, Error> {
         for name in [&b.output_file, &b.error_file].into_iter().flatten() {
             let path = st.file(name);
             for_each_line(&path, |line| {
-                match super::openai::parse_line(line) {
+                let parsed = match st.provider {
+                    ProviderKind::OpenAi => super::openai::parse_line(line),
+                    ProviderKind::Anthropic => super::anthropic::parse_line(line),
+                };
+                match parsed {
                     Ok((seq, o)) if owner.get(seq as usize) == Some(&Some(i)) => {
                         // An answer wins over an error line for the same request.
                         let keep = matches!(by_row.get(&seq), Some(Outcome::Answered(_)));

@@ -1,14 +1,16 @@
-//! The mock's Batch API: OpenAI's files and batches endpoints, so `batch submit`, `status`,
-//! `collect` and `cancel` run offline against the same server as everything else.
+//! The mock's Batch APIs: OpenAI's files and batches endpoints and Anthropic's Message Batches,
+//! so `batch submit`, `status`, `collect` and `cancel` run offline against the same server as
+//! everything else.
 //!
 //! A batch is checked when it is created (like the provider's validation step: bad lines,
 //! duplicate `custom_id`s, more requests than `--batch-max-requests` fail the whole batch),
 //! then "processes" for `--batch-latency-ms`, during which its counts grow. The first poll
 //! after that settles every request at once: `--batch-expire-rate` of them expire, then
 //! `--batch-failure-rate` of the rest fail with a 500, and the others get the same
-//! deterministic answer and tokenizer usage as the chat endpoint. A cancelled batch answers the
-//! share of requests its elapsed time covers and leaves the rest out. Everything lives in
-//! memory: a restarted mock knows no batches.
+//! deterministic answer and tokenizer usage as the chat (or messages) endpoint. A cancelled batch
+//! answers the share of requests its elapsed time covers; OpenAI's leaves the rest out, Anthropic's
+//! lists them as `canceled`. Anthropic refuses a bad batch at creation (400) rather than failing
+//! it later. Everything lives in memory: a restarted mock knows no batches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,15 +21,16 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
-use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{Shared, completion, error_body, parse};
+use super::wire::Wire;
+use super::{Shared, error_body, messages};
 
 /// Largest upload or batch body accepted (above the providers' 200 and 256 MB limits).
 const MAX_BODY: usize = 300 * 1024 * 1024;
@@ -72,6 +75,10 @@ struct StoredFile {
 }
 
 struct MockBatch {
+    /// `Wire::Chat` (OpenAI Batch API) or `Wire::Messages` (Anthropic Message Batches).
+    wire: Wire,
+    /// The create request's headers: what an Anthropic request inside it is checked with.
+    headers: HeaderMap,
     id: String,
     input_file_id: String,
     metadata: Value,
@@ -91,6 +98,17 @@ struct Settled {
     error_file_id: Option<String>,
     completed: u64,
     failed: u64,
+    expired: u64,
+    cancelled: u64,
+}
+
+/// What became of one request of a settled batch.
+enum Fate {
+    Answered(Value),
+    Failed(u16, Value),
+    Expired,
+    /// Not reached before the batch was cancelled.
+    Cancelled,
 }
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
@@ -100,6 +118,13 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/v1/batches", post(create).get(list))
         .route("/v1/batches/{id}", get(retrieve))
         .route("/v1/batches/{id}/cancel", post(cancel))
+        .route(
+            "/v1/messages/batches",
+            post(create_messages).get(list_messages),
+        )
+        .route("/v1/messages/batches/{id}", get(retrieve_messages))
+        .route("/v1/messages/batches/{id}/results", get(results_messages))
+        .route("/v1/messages/batches/{id}/cancel", post(cancel_messages))
         .route("/stats/batches", get(stats))
         .layer(DefaultBodyLimit::max(MAX_BODY))
 }
@@ -229,6 +254,8 @@ async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         s.batches.refused.fetch_add(1, Ordering::Relaxed);
     }
     let batch = MockBatch {
+        wire: Wire::Chat,
+        headers: HeaderMap::new(),
         id: s.batches.id("batch"),
         input_file_id: req.input_file_id,
         metadata: req.metadata,
@@ -248,6 +275,8 @@ async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
             error_file_id: None,
             completed: 0,
             failed: 0,
+            expired: 0,
+            cancelled: 0,
         });
     }
     let v = batch_json(&batch, &s, Instant::now(), Some("validating"));
@@ -337,10 +366,13 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
         None if progress(s, b, now) >= 1.0 => 1.0,
         None => return,
     };
-    let answered = (b.requests.len() as f64 * share).floor() as usize;
-    let (mut out, mut err) = (Vec::new(), Vec::new());
-    let (mut completed, mut failed, mut expired) = (0u64, 0u64, 0u64);
-    for (k, (custom_id, body)) in b.requests.iter().enumerate().take(answered) {
+    let reached = (b.requests.len() as f64 * share).floor() as usize;
+    let mut fates = Vec::with_capacity(b.requests.len());
+    for (k, (_, body)) in b.requests.iter().enumerate() {
+        if k >= reached {
+            fates.push(Fate::Cancelled);
+            continue;
+        }
         let (expire, fail) = {
             let cfg = &s.cfg;
             let mut rng = s.rng.lock().expect("rng lock");
@@ -348,49 +380,37 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
             let fail = cfg.batch_failure_rate > 0.0 && rng.random_bool(cfg.batch_failure_rate);
             (expire, fail)
         };
-        let line_id = format!("batch_req_{}_{k}", b.id);
         if expire && b.cancelled_at.is_none() {
-            expired += 1;
-            err.push(
-                json!({"id": line_id, "custom_id": custom_id, "response": null,
-                "error": {"code": "batch_expired", "message":
-                    "This request could not be executed before the completion window expired."}}),
-            );
+            fates.push(Fate::Expired);
             continue;
         }
         if fail {
-            failed += 1;
-            let body: Value = serde_json::from_str(&error_body(
-                "The server had an error while processing your request. Sorry about that!",
-                "server_error",
-                None,
-            ))
-            .unwrap_or(Value::Null);
-            err.push(json!({"id": line_id, "custom_id": custom_id, "error": null,
-                "response": {"status_code": 500, "request_id": format!("req_{line_id}"),
-                    "body": body}}));
+            let (status, body) = b.wire.server_error(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::from_str(&body).unwrap_or_default();
+            fates.push(Fate::Failed(status.as_u16(), body));
             continue;
         }
         let raw = serde_json::to_vec(body).unwrap_or_default();
-        match parse(&raw) {
-            Ok((req, answer)) => {
-                completed += 1;
+        match b.wire.parse(&b.headers, &raw) {
+            Ok((req, mut answer)) => {
+                s.prompt_cache.serve(&mut answer);
                 s.count_tokens(&answer);
-                let body: Value = serde_json::from_str(&completion(&req.model, &answer, k as u64))
-                    .unwrap_or_default();
-                out.push(json!({"id": line_id, "custom_id": custom_id, "error": null,
-                    "response": {"status_code": 200, "request_id": format!("req_{line_id}"),
-                        "body": body}}));
+                let body = b.wire.success(&req.model, &answer, k as u64);
+                fates.push(Fate::Answered(
+                    serde_json::from_str(&body).unwrap_or_default(),
+                ));
             }
-            Err(reply) => {
-                failed += 1;
-                let body: Value = serde_json::from_str(&reply).unwrap_or_default();
-                err.push(json!({"id": line_id, "custom_id": custom_id, "error": null,
-                    "response": {"status_code": 400, "request_id": format!("req_{line_id}"),
-                        "body": body}}));
-            }
+            Err((status, body)) => fates.push(Fate::Failed(
+                status.as_u16(),
+                serde_json::from_str(&body).unwrap_or_default(),
+            )),
         }
     }
+    let count = |f: fn(&Fate) -> bool| fates.iter().filter(|x| f(x)).count() as u64;
+    let completed = count(|f| matches!(f, Fate::Answered(_)));
+    let failed = count(|f| matches!(f, Fate::Failed(..)));
+    let expired = count(|f| matches!(f, Fate::Expired));
+    let cancelled = count(|f| matches!(f, Fate::Cancelled));
     let store = |lines: Vec<Value>, kind: &str| -> Option<String> {
         if lines.is_empty() {
             return None;
@@ -406,6 +426,45 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
             .add_file(&name, &format!("batch_{kind}"), data.into());
         v["id"].as_str().map(str::to_string)
     };
+    let (output_file_id, error_file_id) = match b.wire {
+        Wire::Messages => {
+            let lines = b
+                .requests
+                .iter()
+                .zip(fates)
+                .map(|((custom_id, _), fate)| {
+                    let result = match fate {
+                        Fate::Answered(message) => json!({"type": "succeeded", "message": message}),
+                        Fate::Failed(_, error) => json!({"type": "errored", "error": error}),
+                        Fate::Expired => json!({"type": "expired"}),
+                        Fate::Cancelled => json!({"type": "canceled"}),
+                    };
+                    json!({"custom_id": custom_id, "result": result})
+                })
+                .collect();
+            (store(lines, "results"), None)
+        }
+        _ => {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            for (k, ((custom_id, _), fate)) in b.requests.iter().zip(fates).enumerate() {
+                let line_id = format!("batch_req_{}_{k}", b.id);
+                let request_id = format!("req_{line_id}");
+                match fate {
+                    Fate::Answered(body) => out.push(json!({"id": line_id, "custom_id": custom_id,
+                        "error": null, "response": {"status_code": 200,
+                            "request_id": request_id, "body": body}})),
+                    Fate::Failed(status, body) => err.push(json!({"id": line_id,
+                        "custom_id": custom_id, "error": null, "response": {
+                            "status_code": status, "request_id": request_id, "body": body}})),
+                    Fate::Expired => err.push(json!({"id": line_id, "custom_id": custom_id,
+                        "response": null, "error": {"code": "batch_expired", "message":
+                            "This request could not be executed before the completion window expired."}})),
+                    Fate::Cancelled => {}
+                }
+            }
+            (store(out, "output"), store(err, "error"))
+        }
+    };
     let status = if b.cancelled_at.is_some() {
         "cancelled"
     } else if expired > 0 {
@@ -415,10 +474,12 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
     };
     b.settled = Some(Settled {
         status,
-        output_file_id: store(out, "output"),
-        error_file_id: store(err, "error"),
+        output_file_id,
+        error_file_id,
         completed,
         failed: failed + expired,
+        expired,
+        cancelled,
     });
 }
 
@@ -463,7 +524,10 @@ fn batch_json(b: &MockBatch, s: &Shared, now: Instant, status: Option<&str>) -> 
 async fn retrieve(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let now = Instant::now();
     let mut batches = s.batches.batches.lock().expect("batches lock");
-    let Some(b) = batches.iter_mut().find(|b| b.id == id) else {
+    let Some(b) = batches
+        .iter_mut()
+        .find(|b| b.id == id && b.wire == Wire::Chat)
+    else {
         return not_found("batch", &id);
     };
     settle(&s, b, now);
@@ -473,7 +537,10 @@ async fn retrieve(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respo
 async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
     let now = Instant::now();
     let mut batches = s.batches.batches.lock().expect("batches lock");
-    let Some(b) = batches.iter_mut().find(|b| b.id == id) else {
+    let Some(b) = batches
+        .iter_mut()
+        .find(|b| b.id == id && b.wire == Wire::Chat)
+    else {
         return not_found("batch", &id);
     };
     if b.settled.is_none() && b.cancelled_at.is_none() {
@@ -495,7 +562,11 @@ async fn list(State(s): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Respo
     let now = Instant::now();
     let limit = q.limit.unwrap_or(20).clamp(1, 100);
     let batches = s.batches.batches.lock().expect("batches lock");
-    let newest_first: Vec<&MockBatch> = batches.iter().rev().collect();
+    let newest_first: Vec<&MockBatch> = batches
+        .iter()
+        .rev()
+        .filter(|b| b.wire == Wire::Chat)
+        .collect();
     let start = match &q.after {
         Some(after) => newest_first
             .iter()
@@ -511,6 +582,253 @@ async fn list(State(s): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Respo
         .collect();
     let has_more = start + page.len() < newest_first.len();
     let body = json!({"object": "list", "data": page, "has_more": has_more,
+        "first_id": page.first().map(|b| b["id"].clone()),
+        "last_id": page.last().map(|b| b["id"].clone())});
+    reply(StatusCode::OK, body.to_string())
+}
+
+/// RFC 3339 (UTC) of `secs` since the epoch, as Anthropic writes its times.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    reply(status, messages::error_body(kind, message))
+}
+
+/// Anthropic's custom_id rule: `^[a-zA-Z0-9_-]{1,64}$`.
+fn valid_custom_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// `POST /v1/messages/batches`: `{"requests": [{"custom_id", "params"}]}`, checked at once.
+async fn create_messages(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let bad = |m: &str| anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", m);
+    if headers
+        .get("x-api-key")
+        .is_none_or(|k| k.as_bytes().is_empty())
+    {
+        return anthropic_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "x-api-key header is required",
+        );
+    }
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad(&format!("There was an error parsing the body: {e}")),
+    };
+    let Some(items) = v["requests"].as_array() else {
+        return bad("requests: Field required");
+    };
+    if items.is_empty() {
+        return bad("requests: List should have at least 1 item");
+    }
+    let max = s.cfg.batch_max_requests;
+    if items.len() as u64 > max {
+        s.batches.refused.fetch_add(1, Ordering::Relaxed);
+        return bad(&format!(
+            "requests: the batch has {} requests, more than the {max} a batch may hold",
+            items.len()
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut requests = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let id = item["custom_id"].as_str().unwrap_or_default();
+        if !valid_custom_id(id) {
+            return bad(&format!(
+                "requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+            ));
+        }
+        if !seen.insert(id.to_string()) {
+            return bad(&format!(
+                "requests.{i}.custom_id: duplicate custom_id {id:?}"
+            ));
+        }
+        if !item["params"].is_object() {
+            return bad(&format!("requests.{i}.params: Field required"));
+        }
+        requests.push((id.to_string(), item["params"].clone()));
+    }
+    // The requests inside are checked like /v1/messages requests, with this request's key and
+    // version; their body is JSON by construction.
+    let mut inner = headers.clone();
+    inner.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let batch = MockBatch {
+        wire: Wire::Messages,
+        headers: inner,
+        id: s.batches.id("msgbatch"),
+        input_file_id: String::new(),
+        metadata: Value::Null,
+        created_at: now(),
+        started: Instant::now(),
+        requests,
+        errors: Vec::new(),
+        cancelled_at: None,
+        settled: None,
+    };
+    let v = message_batch_json(&batch, &s, Instant::now());
+    s.batches.batches.lock().expect("batches lock").push(batch);
+    reply(StatusCode::OK, v.to_string())
+}
+
+fn message_batch_json(b: &MockBatch, s: &Shared, now: Instant) -> Value {
+    let total = b.requests.len() as u64;
+    let (status, counts, ended_at) = match &b.settled {
+        Some(d) => (
+            "ended",
+            json!({"processing": 0, "succeeded": d.completed,
+                "errored": d.failed - d.expired, "canceled": d.cancelled, "expired": d.expired}),
+            Some(rfc3339(now_secs_of(b, now))),
+        ),
+        None => (
+            if b.cancelled_at.is_some() {
+                "canceling"
+            } else {
+                "in_progress"
+            },
+            json!({"processing": total, "succeeded": 0, "errored": 0, "canceled": 0,
+                "expired": 0}),
+            None,
+        ),
+    };
+    let _ = s;
+    json!({
+        "id": b.id,
+        "type": "message_batch",
+        "processing_status": status,
+        "request_counts": counts,
+        "created_at": rfc3339(b.created_at),
+        "expires_at": rfc3339(b.created_at + 24 * 3600),
+        "ended_at": ended_at,
+        "cancel_initiated_at": b.cancelled_at.map(|_| rfc3339(b.created_at)),
+        "archived_at": null,
+        "results_url": b.settled.as_ref().map(|_| format!("/v1/messages/batches/{}/results", b.id)),
+    })
+}
+
+/// Wall-clock seconds of `at` for a batch (its creation time plus the time since it started).
+fn now_secs_of(b: &MockBatch, at: Instant) -> u64 {
+    b.created_at + at.saturating_duration_since(b.started).as_secs()
+}
+
+fn with_message_batch(
+    s: &Shared,
+    id: &str,
+    f: impl FnOnce(&mut MockBatch, Instant) -> Response,
+) -> Response {
+    let now = Instant::now();
+    let mut batches = s.batches.batches.lock().expect("batches lock");
+    match batches
+        .iter_mut()
+        .find(|b| b.id == id && b.wire == Wire::Messages)
+    {
+        Some(b) => f(b, now),
+        None => anthropic_error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            &format!("No message batch found with id '{id}'."),
+        ),
+    }
+}
+
+async fn retrieve_messages(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    with_message_batch(&s, &id, |b, now| {
+        settle(&s, b, now);
+        reply(StatusCode::OK, message_batch_json(b, &s, now).to_string())
+    })
+}
+
+async fn cancel_messages(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    with_message_batch(&s, &id, |b, now| {
+        if b.settled.is_none() && b.cancelled_at.is_none() {
+            b.cancelled_at = Some(now);
+        }
+        reply(StatusCode::OK, message_batch_json(b, &s, now).to_string())
+    })
+}
+
+async fn results_messages(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let file = with_message_batch(&s, &id, |b, now| {
+        settle(&s, b, now);
+        match b.settled.as_ref().and_then(|d| d.output_file_id.clone()) {
+            Some(f) => reply(StatusCode::OK, f),
+            None => anthropic_error(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                "The batch has not ended: its results are not ready.",
+            ),
+        }
+    });
+    if file.status() != StatusCode::OK {
+        return file;
+    }
+    let Ok(body) = axum::body::to_bytes(file.into_body(), 1024).await else {
+        return anthropic_error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "lost");
+    };
+    let file_id = String::from_utf8_lossy(&body).into_owned();
+    file_content(State(s), Path(file_id)).await
+}
+
+#[derive(Deserialize)]
+struct MessagesListQuery {
+    limit: Option<usize>,
+    after_id: Option<String>,
+}
+
+/// `GET /v1/messages/batches`: newest first, paged with `after_id`.
+async fn list_messages(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<MessagesListQuery>,
+) -> Response {
+    let now = Instant::now();
+    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
+    let batches = s.batches.batches.lock().expect("batches lock");
+    let newest_first: Vec<&MockBatch> = batches
+        .iter()
+        .rev()
+        .filter(|b| b.wire == Wire::Messages)
+        .collect();
+    let start = match &q.after_id {
+        Some(after) => newest_first
+            .iter()
+            .position(|b| &b.id == after)
+            .map_or(newest_first.len(), |p| p + 1),
+        None => 0,
+    };
+    let page: Vec<Value> = newest_first
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|b| message_batch_json(b, &s, now))
+        .collect();
+    let has_more = start + page.len() < newest_first.len();
+    let body = json!({"data": page, "has_more": has_more,
         "first_id": page.first().map(|b| b["id"].clone()),
         "last_id": page.last().map(|b| b["id"].clone())});
     reply(StatusCode::OK, body.to_string())

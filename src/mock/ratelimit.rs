@@ -6,7 +6,7 @@
 //! bigger than the burst can still pass when the bucket is full, leaving a debt). A rejected
 //! request takes nothing.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::http::{HeaderMap, HeaderValue};
 use serde_json::json;
@@ -116,6 +116,34 @@ impl Rejection {
         .to_string()
     }
 
+    /// The 429 body in Anthropic's shape.
+    pub fn anthropic_body(&self) -> String {
+        let message = format!(
+            "This request would exceed the rate limit for your organization (org-mock) of {} {} \
+             per minute. For details, refer to: \
+             https://docs.claude.com/en/api/rate-limits. You can see the response headers for \
+             current usage. Please reduce the prompt length or the maximum tokens requested, or \
+             try again later.",
+            self.limit,
+            match self.budget {
+                Budget::Requests => "requests",
+                Budget::Tokens => "tokens",
+            }
+        );
+        json!({"type": "error", "error": {"type": "rate_limit_error", "message": message},
+            "request_id": "req_mock_ratelimited"})
+        .to_string()
+    }
+
+    /// Anthropic sends only `retry-after`, in whole seconds.
+    pub fn anthropic_retry_headers(&self, headers: &mut HeaderMap) {
+        let ms = self.wait_ms().as_millis().max(1);
+        headers.insert(
+            "retry-after",
+            HeaderValue::from(ms.div_ceil(1000).max(1) as u64),
+        );
+    }
+
     /// `retry-after-ms` and `retry-after` (whole seconds, at least 1).
     pub fn retry_headers(&self, headers: &mut HeaderMap) {
         let ms = self.wait_ms().as_millis().max(1);
@@ -207,6 +235,37 @@ impl Limits {
                     headers.insert(
                         axum::http::HeaderName::try_from(format!("x-ratelimit-{what}-{name}"))
                             .expect("valid header name"),
+                        v,
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Limits {
+    /// Anthropic's `anthropic-ratelimit-{requests,tokens}-{limit,remaining,reset}` headers, the
+    /// resets as RFC 3339 times (`wall` is the wall-clock time of `now`).
+    pub fn anthropic_headers(&mut self, now: Instant, wall: SystemTime, headers: &mut HeaderMap) {
+        for (budget, bucket) in [
+            (Budget::Requests, &mut self.requests),
+            (Budget::Tokens, &mut self.tokens),
+        ] {
+            let Some(b) = bucket else { continue };
+            b.refill(now);
+            let name = budget.name();
+            let reset = humantime::format_rfc3339_millis(wall + ceil_ms(b.until(b.capacity)));
+            for (what, value) in [
+                ("limit", b.limit.to_string()),
+                ("remaining", b.remaining().to_string()),
+                ("reset", reset.to_string()),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(
+                        axum::http::HeaderName::try_from(format!(
+                            "anthropic-ratelimit-{name}-{what}"
+                        ))
+                        .expect("valid header name"),
                         v,
                     );
                 }

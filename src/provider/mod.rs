@@ -4,16 +4,300 @@
 //! The scheduler only ever sees these types, so adding a provider means adding a module, not
 //! touching the run loop.
 
+pub mod anthropic;
 pub mod openai;
+pub mod responses;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+use crate::config::ApiKey;
 pub use crate::limiter::RateLimitHeaders;
-use reqwest::header::HeaderMap;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
+
+/// The wire formats `batch` speaks. Which one a run uses comes from `--provider` and `--api`, or
+/// from the model name (see [`Api::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI Chat Completions, also spoken by vLLM, Ollama, LiteLLM, OpenRouter.
+    OpenAiChat,
+    /// OpenAI Responses (`--api responses`).
+    OpenAiResponses,
+    /// Anthropic Messages (`--provider anthropic`).
+    AnthropicMessages,
+}
+
+/// `--provider`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderName {
+    Openai,
+    Anthropic,
+}
+
+/// `--api` (OpenAI only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiName {
+    Chat,
+    Responses,
+}
+
+impl Api {
+    /// The wire format for the flags given: `--provider` wins; without it a model named
+    /// `claude-*` is Anthropic's (a router's `anthropic/claude-*` is not: routers speak OpenAI).
+    /// `--api` only chooses between OpenAI's two APIs, so it is refused for Anthropic.
+    pub fn resolve(
+        provider: Option<ProviderName>,
+        api: Option<ApiName>,
+        model: &str,
+    ) -> Result<Api, String> {
+        let inferred = provider.is_none();
+        let provider = provider.unwrap_or(if model.starts_with("claude-") {
+            ProviderName::Anthropic
+        } else {
+            ProviderName::Openai
+        });
+        match (provider, api) {
+            (ProviderName::Openai, None | Some(ApiName::Chat)) => Ok(Api::OpenAiChat),
+            (ProviderName::Openai, Some(ApiName::Responses)) => Ok(Api::OpenAiResponses),
+            (ProviderName::Anthropic, None) => Ok(Api::AnthropicMessages),
+            (ProviderName::Anthropic, Some(api)) => Err(format!(
+                "--api {} is for OpenAI, but the provider is Anthropic{}; leave --api out (Anthropic \
+                 has one API, Messages), or pass --provider openai for an OpenAI-compatible server",
+                match api {
+                    ApiName::Chat => "chat",
+                    ApiName::Responses => "responses",
+                },
+                if inferred {
+                    format!(" (inferred from the model {model:?})")
+                } else {
+                    String::new()
+                }
+            )),
+        }
+    }
+
+    pub fn is_anthropic(self) -> bool {
+        self == Api::AnthropicMessages
+    }
+
+    /// The environment variables for the key and the base URL.
+    pub fn key_env(self) -> &'static str {
+        if self.is_anthropic() {
+            "ANTHROPIC_API_KEY"
+        } else {
+            "OPENAI_API_KEY"
+        }
+    }
+
+    pub fn base_url_env(self) -> &'static str {
+        if self.is_anthropic() {
+            "ANTHROPIC_BASE_URL"
+        } else {
+            "OPENAI_BASE_URL"
+        }
+    }
+
+    /// The public base URL of the provider.
+    pub fn default_base_url(self) -> &'static str {
+        if self.is_anthropic() {
+            "https://api.anthropic.com"
+        } else {
+            "https://api.openai.com/v1"
+        }
+    }
+
+    /// How the user would name it: `openai chat`, `openai responses`, `anthropic messages`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Api::OpenAiChat => "openai chat",
+            Api::OpenAiResponses => "openai responses",
+            Api::AnthropicMessages => "anthropic messages",
+        }
+    }
+
+    /// Whether `finish_reason` (as this family spells it) means the answer was cut off by the
+    /// token cap: `length` (chat), `max_output_tokens` (responses), `max_tokens` (Anthropic).
+    pub fn is_truncated(finish_reason: &str) -> bool {
+        matches!(finish_reason, "length" | "max_output_tokens" | "max_tokens")
+    }
+}
+
+/// The provider for `api`, sending to `base_url` with `key` and the user's `--header`s.
+pub fn build(
+    api: Api,
+    client: reqwest::Client,
+    base_url: &str,
+    key: Option<&ApiKey>,
+    extra: &ExtraHeaders,
+) -> Arc<dyn Provider> {
+    match api {
+        Api::OpenAiChat => Arc::new(openai::OpenAiChat::new(client, base_url, key, extra)),
+        Api::OpenAiResponses => Arc::new(responses::OpenAiResponses::new(
+            client, base_url, key, extra,
+        )),
+        Api::AnthropicMessages => Arc::new(anthropic::AnthropicMessages::new(
+            client, base_url, key, extra,
+        )),
+    }
+}
+
+/// Extra request headers from `--header 'Name: value'` (OpenRouter's `HTTP-Referer`, a
+/// gateway's auth, a newer `anthropic-version`). Values may be secrets: they are marked
+/// sensitive and `Debug` shows only the names; nothing writes them anywhere.
+#[derive(Clone, Default)]
+pub struct ExtraHeaders(Vec<(HeaderName, HeaderValue)>);
+
+impl ExtraHeaders {
+    /// Parses every `Name: value`; an error names the flag and the header, never the value.
+    pub fn parse(specs: &[String]) -> Result<Self, String> {
+        let mut out = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let Some((name, value)) = spec.split_once(':') else {
+                return Err(format!(
+                    "--header number {} is not 'Name: value' (no colon); for example --header \
+                     'HTTP-Referer: https://example.com'",
+                    i + 1
+                ));
+            };
+            let name = name.trim();
+            // An invalid name is not echoed: it may be a value typed in the wrong place.
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                format!(
+                    "--header number {}: the part before the colon is not a header name \
+                     (letters, digits and - only, no spaces)",
+                    i + 1
+                )
+            })?;
+            let mut value = HeaderValue::from_str(value.trim()).map_err(|_| {
+                format!(
+                    "--header {}: the value has characters a header cannot carry (line breaks \
+                     or control characters)",
+                    name.as_str()
+                )
+            })?;
+            if matches!(name.as_str(), "content-type" | "content-length" | "host") {
+                return Err(format!(
+                    "--header {}: batch sets this header itself; leave it out",
+                    name.as_str()
+                ));
+            }
+            value.set_sensitive(true);
+            out.push((name, value));
+        }
+        Ok(ExtraHeaders(out))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds them to `headers`, replacing any header of the same name (so a user can send a
+    /// newer `anthropic-version`, or their own `authorization` to a gateway).
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.0 {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+impl fmt::Debug for ExtraHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(
+                self.0
+                    .iter()
+                    .map(|(n, _)| format!("{}: <redacted>", n.as_str())),
+            )
+            .finish()
+    }
+}
+
+/// A header value holding a secret, kept out of any `Debug` output.
+pub(crate) fn secret_header(value: &str) -> HeaderValue {
+    let mut v = HeaderValue::from_str(value)
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
+    v.set_sensitive(true);
+    v
+}
+
+/// The HTTP half every provider shares: POST a JSON body with fixed headers, then hand the
+/// response to the provider's parser (200) or error classifier (anything else).
+pub(crate) struct Transport {
+    client: reqwest::Client,
+    url: String,
+    headers: HeaderMap,
+}
+
+/// Maps a 200 body (and its headers) to a completion.
+pub(crate) type ParseFn = fn(&[u8], &HeaderMap) -> Result<Completion, CallError>;
+/// Maps a non-200 status, body and headers to a classified error.
+pub(crate) type ClassifyFn = fn(u16, &[u8], &HeaderMap) -> CallError;
+
+impl Transport {
+    /// `headers` are the provider's own (auth, version); `extra` (the user's) go on top.
+    pub fn new(
+        client: reqwest::Client,
+        url: String,
+        mut headers: HeaderMap,
+        extra: &ExtraHeaders,
+    ) -> Self {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        extra.apply(&mut headers);
+        Transport {
+            client,
+            url,
+            headers,
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub async fn post(&self, body: bytes::Bytes, parse: ParseFn, classify: ClassifyFn) -> Exchange {
+        let request = self
+            .client
+            .post(&self.url)
+            .headers(self.headers.clone())
+            .body(body);
+        let resp = match request.send().await {
+            Ok(resp) => resp,
+            Err(e) => return Exchange::failed(transport_error(&e)),
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let kept = kept_headers(&headers);
+        match resp.bytes().await {
+            // Headers came, the body broke off (reset, truncation): a connection error.
+            Err(e) => {
+                let mut err = transport_error(&e);
+                err.status = Some(status);
+                Exchange {
+                    outcome: Err(err),
+                    status: Some(status),
+                    body: None,
+                    headers: kept,
+                }
+            }
+            Ok(bytes) => Exchange {
+                outcome: if status == 200 {
+                    parse(&bytes, &headers)
+                } else {
+                    Err(classify(status, &bytes, &headers))
+                },
+                status: Some(status),
+                body: Some(bytes),
+                headers: kept,
+            },
+        }
+    }
+}
 
 /// One request, as rendered from a row; each provider turns it into its own wire format.
 #[derive(Debug, Clone, PartialEq, Serialize)]

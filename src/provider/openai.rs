@@ -4,12 +4,12 @@
 use bytes::Bytes;
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CallError, Completion, ErrorKind, Exchange, Provider, RateLimitHeaders, Request, Usage,
-    kept_headers, retry_after, should_retry, transport_error, truncate_message,
+    CallError, Completion, ErrorKind, Exchange, ExtraHeaders, Provider, RateLimitHeaders, Request,
+    Transport, Usage, retry_after, secret_header, should_retry, truncate_message,
 };
 use crate::config::ApiKey;
 
@@ -22,77 +22,52 @@ const QUOTA_CODES: &[&str] = &[
 ];
 
 pub struct OpenAiChat {
-    client: reqwest::Client,
-    url: String,
-    auth: Option<HeaderValue>,
+    transport: Transport,
     /// OpenAI itself wants `max_completion_tokens` (required by reasoning models); compatible
     /// servers widely understand only `max_tokens`.
     use_max_completion_tokens: bool,
 }
 
 impl OpenAiChat {
-    pub fn new(client: reqwest::Client, base_url: &str, key: Option<&ApiKey>) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        key: Option<&ApiKey>,
+        extra: &ExtraHeaders,
+    ) -> Self {
         let base = base_url.trim_end_matches('/');
-        let auth = key.map(|k| {
-            let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-                .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key-characters"));
-            // Keeps the key out of any Debug output of the request.
-            v.set_sensitive(true);
-            v
-        });
         OpenAiChat {
-            client,
-            url: format!("{base}/chat/completions"),
-            auth,
-            use_max_completion_tokens: base.contains("api.openai.com"),
-        }
-    }
-
-    async fn post(&self, body: Bytes) -> Exchange {
-        let mut builder = self
-            .client
-            .post(&self.url)
-            .header(CONTENT_TYPE, "application/json")
-            .body(body);
-        if let Some(auth) = &self.auth {
-            builder = builder.header(AUTHORIZATION, auth.clone());
-        }
-        let resp = match builder.send().await {
-            Ok(resp) => resp,
-            Err(e) => return Exchange::failed(transport_error(&e)),
-        };
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let kept = kept_headers(&headers);
-        match resp.bytes().await {
-            // Headers came, the body broke off (reset, truncation): a connection error.
-            Err(e) => {
-                let mut err = transport_error(&e);
-                err.status = Some(status);
-                Exchange {
-                    outcome: Err(err),
-                    status: Some(status),
-                    body: None,
-                    headers: kept,
-                }
-            }
-            Ok(bytes) => Exchange {
-                outcome: if status == 200 {
-                    parse_completion(&bytes, &headers)
-                } else {
-                    Err(classify_error(status, &bytes, &headers))
-                },
-                status: Some(status),
-                body: Some(bytes),
-                headers: kept,
-            },
+            transport: Transport::new(
+                client,
+                format!("{base}/chat/completions"),
+                auth_headers(key),
+                extra,
+            ),
+            use_max_completion_tokens: is_openai(base),
         }
     }
 }
 
+/// `Authorization: Bearer <key>`, the way every OpenAI-compatible server takes a key.
+pub(crate) fn auth_headers(key: Option<&ApiKey>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(k) = key {
+        headers.insert(
+            AUTHORIZATION,
+            secret_header(&format!("Bearer {}", k.expose())),
+        );
+    }
+    headers
+}
+
+/// Whether `base` is OpenAI's own API (which knows the newest field names).
+pub(crate) fn is_openai(base: &str) -> bool {
+    base.contains("api.openai.com")
+}
+
 impl Provider for OpenAiChat {
     fn endpoint(&self) -> &str {
-        &self.url
+        self.transport.url()
     }
 
     fn body(&self, req: &Request) -> Vec<u8> {
@@ -101,7 +76,9 @@ impl Provider for OpenAiChat {
     }
 
     fn send(&self, body: Bytes) -> BoxFuture<'_, Exchange> {
-        self.post(body).boxed()
+        self.transport
+            .post(body, parse_completion, classify_error)
+            .boxed()
     }
 }
 
@@ -311,7 +288,7 @@ pub fn classify_error(status: u16, body: &[u8], headers: &HeaderMap) -> CallErro
     }
 }
 
-fn request_id(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn request_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
@@ -321,6 +298,7 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::HeaderValue;
 
     /// Copies of the examples in `shared/reference/examples`.
     const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference/");

@@ -53,6 +53,16 @@ impl Folders {
         Ok(f)
     }
 
+    /// Removes temporary files a crash left behind; only while holding the ledger's lock, so
+    /// no other watcher is using them.
+    pub fn clear_temporary(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.tmp) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     /// The work folder of the run with fingerprint `key`.
     pub fn work(&self, key: &str) -> PathBuf {
         self.runs.join(key)
@@ -233,22 +243,9 @@ pub fn carry_out(folders: &Folders, d: &Delivery, settings: &str) -> Result<(), 
         let from = work.join(WORK_SUMMARY);
         let to = dest(rel);
         if !to.exists()
-            && let Ok(text) = std::fs::read_to_string(&from)
+            && let Ok(bytes) = std::fs::read(&from)
         {
-            // The summary names the results file: the one in done/, not the work copy.
-            let text = match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(mut v) => {
-                    v["output"] = serde_json::Value::String(
-                        d.results_to
-                            .as_deref()
-                            .map(|r| dest(r).display().to_string())
-                            .unwrap_or_default(),
-                    );
-                    serde_json::to_string_pretty(&v).unwrap_or(text)
-                }
-                Err(_) => text,
-            };
-            write_new(folders, &to, format!("{text}\n").as_bytes())?;
+            write_new(folders, &to, &bytes)?;
         }
     }
     if let (Some(rel), Some(text)) = (&d.error_to, &d.error_text) {
@@ -385,7 +382,7 @@ mod tests {
         adopt(&folders, &staged, &key).unwrap();
         let work = folders.work(&key);
         std::fs::write(work.join(WORK_RESULTS), "id,text,output\n1,x,y\n").unwrap();
-        std::fs::write(work.join(WORK_SUMMARY), r#"{"ok":1,"output":"work"}"#).unwrap();
+        std::fs::write(work.join(WORK_SUMMARY), r#"{"ok":1}"#).unwrap();
 
         let d = plan(&folders, &ledger, &key, "a.csv", None).unwrap();
         carry_out(&folders, &d, "s").unwrap();
@@ -403,12 +400,6 @@ mod tests {
         )
         .unwrap();
         assert_eq!(summary["ok"], 1);
-        assert!(
-            summary["output"]
-                .as_str()
-                .unwrap()
-                .ends_with("done/a.results.csv")
-        );
 
         // A new a.csv arrives; carrying out the old delivery again leaves it alone.
         std::fs::write(&input, "id,text\n2,new\n").unwrap();

@@ -63,6 +63,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitStatus, Error> {
     let base = RunConfig::resolve(run_args)?;
     let folders = Arc::new(Folders::create(&dir)?);
     let ledger = Ledger::open(&folders.state.join("ledger.sqlite"), &dir)?;
+    folders.clear_temporary();
     let mut watcher = Watcher {
         settings: Arc::new(request_settings(&base)),
         base,
@@ -153,7 +154,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitStatus, Error> {
                     Err(e) => {
                         watcher.failures += 1;
                         watcher.log.problem(&format!(
-                            "{}: cannot be read ({e}); left in place until it changes",
+                            "{}: cannot be started ({e}); left in place until it changes",
                             name_of(&path)
                         ));
                         inbox.pass_over(path, look);
@@ -324,43 +325,38 @@ impl Watcher {
     fn file(&mut self, f: Finished) -> Result<Filed, Error> {
         let name = name_of(&f.path);
         let work = self.folders.work(&f.key);
-        let (outcome, error) =
-            match f.result {
-                Ok((ExitStatus::Interrupted, summary)) => {
-                    self.log.problem(&format!(
-                    "{name}: interrupted{}; it stays in the folder and resumes on the next start",
-                    summary.map_or(String::new(), |s| format!(" ({} of {} rows ok)", s.ok, s.rows))
+        let (outcome, result) = match f.result {
+            Ok((ExitStatus::Interrupted, summary)) => {
+                let done = summary.map_or(String::new(), |s| {
+                    format!(" ({} of {} rows ok)", s.ok, s.rows)
+                });
+                self.log.problem(&format!(
+                    "{name}: interrupted{done}; it stays in the folder and resumes on the next \
+                     start"
                 ));
-                    return Ok(Filed::Interrupted);
+                return Ok(Filed::Interrupted);
+            }
+            Ok((status, Some(summary))) => {
+                if status != ExitStatus::Success {
+                    self.failures += 1;
                 }
-                Ok((status, Some(summary))) => {
-                    let json = serde_json::to_string_pretty(&summary).map_err(|e| {
-                        Error::io("cannot write the summary", std::io::Error::other(e))
-                    })?;
-                    let path = work.join(WORK_SUMMARY);
-                    std::fs::write(&path, json)
-                        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-                    if status != ExitStatus::Success {
-                        self.failures += 1;
-                    }
-                    (
-                        Outcome {
-                            processed: true,
-                            ok: summary.ok,
-                            failed: summary.failed,
-                            skipped: summary.skipped,
-                            cost_usd: summary.cost_usd,
-                        },
-                        None,
-                    )
-                }
-                Ok((_, None)) => (
-                    Outcome::failed(),
-                    Some(Error::Usage("the run produced no results".into())),
-                ),
-                Err(e) => (Outcome::failed(), Some(e)),
-            };
-        let error_text = error.as_ref().map(|e| {
+                let outcome = Outcome {
+                    processed: true,
+                    ok: summary.ok,
+                    failed: summary.failed,
+                    skipped: summary.skipped,
+                    cost_usd: summary.cost_usd,
+                };
+                (outcome, Ok(summary))
+            }
+            Ok((_, None)) => (
+                Outcome::failed(),
+                Err(Error::Usage("the run produced no results".into())),
+            ),
+            Err(e) => (Outcome::failed(), Err(e)),
+        };
+        crash_point("after-run");
+        let error_text = result.as_ref().err().map(|e| {
             let shown = self.folders.dir.join(&name);
             let msg = e
                 .to_string()
@@ -381,7 +377,13 @@ impl Watcher {
             &name,
             error_text.clone(),
         )?;
+        if let (Ok(mut summary), Some(results)) = (result, &d.results_to) {
+            // The summary names the results file that will be in done/, not the work copy.
+            summary.output = self.folders.dir.join(results).display().to_string();
+            summary.write_json(&work.join(WORK_SUMMARY))?;
+        }
         let d = self.ledger.finish(&f.key, &outcome, d)?;
+        crash_point("before-filing");
         deliver::carry_out(&self.folders, &d, &self.settings)?;
         self.ledger.delivered(d.id)?;
         deliver::tidy(&self.folders, &f.key);
@@ -445,6 +447,16 @@ impl Log {
             "{} {line}",
             humantime::format_rfc3339_seconds(SystemTime::now())
         );
+    }
+}
+
+/// Test hook: `BATCH_WATCH_FAULT=after-run` (a run has ended, nothing recorded yet) or
+/// `before-filing` (the delivery is recorded, no file moved yet) aborts the process there, so the
+/// end-to-end tests can prove that a crash at those points neither loses nor repeats a run.
+fn crash_point(name: &str) {
+    if std::env::var_os("BATCH_WATCH_FAULT").is_some_and(|v| v == name) {
+        eprintln!("BATCH_WATCH_FAULT={name}: aborting");
+        std::process::abort();
     }
 }
 

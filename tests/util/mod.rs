@@ -125,6 +125,8 @@ where
         .current_dir(dir.path())
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("ANTHROPIC_BASE_URL")
         .env_remove("RUST_LOG")
         .env("BATCH_CACHE_DIR", dir.cache_dir())
         .stdin(Stdio::null());

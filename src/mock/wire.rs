@@ -1,0 +1,119 @@
+//! The three wire formats the mock serves, and where each one's shapes are built: OpenAI Chat
+//! Completions (in `mock.rs`), OpenAI Responses (`responses.rs`) and Anthropic Messages
+//! (`messages.rs`). The serving machinery (limits, latency, errors, faults) is shared; only the
+//! bodies, error shapes and header names differ.
+
+use std::time::{Instant, SystemTime};
+
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::ratelimit::{Limits, Rejection};
+use super::{Answer, error_body, fault, messages, responses};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wire {
+    Chat,
+    Responses,
+    Messages,
+}
+
+/// What a request asked for, or the error status and body it gets.
+pub(super) type Parsed = Result<(Incoming, Answer), (StatusCode, String)>;
+
+/// The parts of a request the mock needs after parsing it.
+pub(super) struct Incoming {
+    pub model: String,
+}
+
+impl Wire {
+    /// Checks the request's shape (headers and body) as the real API would, and works out the
+    /// answer it gets.
+    pub fn parse(self, headers: &HeaderMap, body: &[u8]) -> Parsed {
+        match self {
+            Wire::Chat => super::parse(body)
+                .map(|(req, a)| (Incoming { model: req.model }, a))
+                .map_err(|e| (StatusCode::BAD_REQUEST, e)),
+            Wire::Responses => responses::parse(body),
+            Wire::Messages => messages::parse(headers, body),
+        }
+    }
+
+    /// The 200 body for answer `a` to request number `n`.
+    pub fn success(self, model: &str, a: &Answer, n: u64) -> String {
+        match self {
+            Wire::Chat => super::completion(model, a, n),
+            Wire::Responses => responses::body(model, a, n),
+            Wire::Messages => messages::body(model, a, n),
+        }
+    }
+
+    /// An injected 500 or 503; Anthropic's 503 is its 529 `overloaded_error`.
+    pub fn server_error(self, status: StatusCode) -> (StatusCode, String) {
+        match self {
+            Wire::Chat | Wire::Responses => (status, super::server_error_body(status)),
+            Wire::Messages => messages::server_error(status),
+        }
+    }
+
+    /// The answer once the quota is spent (`--quota-exhausted-after`).
+    pub fn quota_error(self) -> (StatusCode, String) {
+        match self {
+            Wire::Chat | Wire::Responses => (
+                StatusCode::TOO_MANY_REQUESTS,
+                error_body(
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    "insufficient_quota",
+                    Some("insufficient_quota"),
+                ),
+            ),
+            Wire::Messages => messages::credit_error(),
+        }
+    }
+
+    /// The 429 body for a request over the limits.
+    pub fn rate_limited(self, r: &Rejection, model: &str) -> String {
+        match self {
+            Wire::Chat | Wire::Responses => r.body(model),
+            Wire::Messages => r.anthropic_body(),
+        }
+    }
+
+    pub fn retry_headers(self, r: &Rejection, headers: &mut HeaderMap) {
+        match self {
+            Wire::Chat | Wire::Responses => r.retry_headers(headers),
+            Wire::Messages => r.anthropic_retry_headers(headers),
+        }
+    }
+
+    /// The rate-limit headers every response carries while limits are set.
+    pub fn limit_headers(self, limits: &mut Limits, headers: &mut HeaderMap) {
+        match self {
+            Wire::Chat | Wire::Responses => limits.headers(Instant::now(), headers),
+            Wire::Messages => limits.anthropic_headers(Instant::now(), SystemTime::now(), headers),
+        }
+    }
+
+    /// A 200 whose JSON lacks the answer and the usage (`--fault missing-fields`).
+    pub fn missing_fields(self, model: &str, n: u64) -> Response {
+        let body = match self {
+            Wire::Chat => return fault::missing_fields(model, n),
+            Wire::Responses => responses::missing_fields(model, n),
+            Wire::Messages => messages::missing_fields(model, n),
+        };
+        (
+            StatusCode::OK,
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response()
+    }
+
+    pub fn request_id_header(self) -> &'static str {
+        match self {
+            Wire::Chat | Wire::Responses => "x-request-id",
+            Wire::Messages => "request-id",
+        }
+    }
+}
