@@ -7,7 +7,8 @@
 //! - [`template`] renders the row into chat messages (minijinja `{{ column }}` templates);
 //! - [`limiter`] holds the request until the requests/min and tokens/min budgets allow it, and
 //!   [`concurrency`] bounds (or adapts) how many are in flight;
-//! - [`provider`] sends it over HTTP and maps the wire format to one [`provider::Completion`],
+//! - [`provider`] sends it over HTTP in the chosen wire format (OpenAI Chat Completions or
+//!   Responses, Anthropic Messages) and maps the answer to one [`provider::Completion`],
 //!   classifying failures as retryable or not; [`retry`] decides how long to wait before the next
 //!   attempt;
 //! - [`store`] journals every outcome (the run's state, for `--resume`); [`cache`] answers
@@ -19,7 +20,9 @@
 //! [`runner`] is the scheduler that drives that path with bounded concurrency and cancellation.
 //! [`batchapi`] hands the same rendered requests to the providers' Batch APIs instead (`batch
 //! submit`, `collect`, `run --via batch`): half the price, answers within 24 hours.
-//! [`mock`] is an OpenAI-compatible HTTP server used by `--mock`, `batch mock` and every test.
+//! [`mock`] is an HTTP server speaking all three wire formats (OpenAI chat and Responses,
+//! Anthropic Messages) and both providers' Batch APIs, used by `--mock`, `batch mock` and every
+//! test.
 //! [`cli`] holds the flag definitions and [`config`] resolves flags, `batch.toml` and the
 //! environment into one [`config::RunConfig`]. [`mod@bench`] drives the runner over a sample of
 //! rows at several `--concurrency` settings and reports, charts and recommends. [`watch`] runs

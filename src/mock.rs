@@ -1,5 +1,7 @@
-//! An OpenAI-compatible mock server: a real HTTP server on 127.0.0.1, so `--mock` runs and every
-//! test exercise the whole client path (connection pool, timeouts, status codes, JSON parsing).
+//! The mock server: a real HTTP server on 127.0.0.1, so `--mock` runs and every test exercise the
+//! whole client path (connection pool, timeouts, status codes, JSON parsing). It speaks OpenAI
+//! Chat Completions, OpenAI Responses and Anthropic Messages (see `mock/wire.rs`), checks each
+//! request's shape as the real API does, and reports prompt-cache and reasoning tokens.
 //!
 //! Answers are deterministic and quote the start and end of the prompt they answer, so a test can
 //! prove that each output landed on its own row. Usage is counted with the real tokenizer. Latency,
