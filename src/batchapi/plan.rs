@@ -178,7 +178,8 @@ pub fn plan(
     let input = InputFile::open(&cfg.input, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     // The same pre-flight as `run`: every problem listed with its line before anything else.
-    let checked = preflight(&input, &prompts, &cfg.model, count_tokens)?;
+    // `--expect` is checked against answers by `run` only; batch results are written as they come.
+    let checked = preflight(&input, &prompts, &cfg.model, count_tokens, None)?;
     let mut splitter = Splitter::new(kind, limits, dir, 1);
     for row in input.rows()? {
         let row = row?;
@@ -195,6 +196,7 @@ pub fn plan(
             user: rendered.user,
             max_tokens: cfg.max_tokens,
             temperature: cfg.temperature,
+            schema: cfg.schema.clone(),
         };
         let body = provider.body(&request);
         let line = input_line(kind, &custom_id(row.seq), &body);
