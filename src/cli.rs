@@ -50,6 +50,15 @@ pub enum Command {
         #[arg(long, value_name = "DIR", global = true)]
         cache_dir: Option<PathBuf>,
     },
+    /// Hand the rows to the provider's Batch API (half price, answers within 24 h) and save a
+    /// state file that `status`, `collect` and `cancel` carry on from.
+    Submit(Box<SubmitArgs>),
+    /// Show each batch of a submitted job: status and request counts.
+    Status(BatchStateArgs),
+    /// Wait for (with --wait) and download a submitted job's answers, and write the results CSV.
+    Collect(Box<CollectArgs>),
+    /// Cancel the batches of a submitted job.
+    Cancel(BatchStateArgs),
     /// Print shell completions for SHELL to stdout.
     Completions {
         #[arg(value_enum)]
@@ -138,6 +147,23 @@ pub struct RunArgs {
     /// Sampling temperature (0 to 2).
     #[arg(long, value_name = "T", help_heading = "Model")]
     pub temperature: Option<f32>,
+
+    // ---- Batch API ----
+    /// `api` sends every request now; `batch` hands them to the provider's Batch API (half the
+    /// price, answers within 24 h) and waits for the answers: `batch submit` plus `batch
+    /// collect --wait` in one command [default: api].
+    #[arg(long, value_enum, value_name = "HOW", help_heading = "Batch API")]
+    pub via: Option<Via>,
+
+    /// Requests in one batch at most; more rows are split into several batches [default: the
+    /// provider's limit: 50,000 for OpenAI, 100,000 for Anthropic].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batch API")]
+    pub batch_max_requests: Option<u64>,
+
+    /// Bytes of batch input in one batch at most [default: the provider's limit, 200 MB for
+    /// OpenAI, 256 MB for Anthropic].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batch API")]
+    pub batch_max_bytes: Option<u64>,
 
     /// JSON file of prices that add to or override the embedded table: {"model": {"input": 0.4,
     /// "cached_input": 0.1, "output": 1.6}} in USD per 1M tokens.
@@ -412,6 +438,103 @@ pub struct BenchArgs {
     pub plot: Option<PathBuf>,
 }
 
+/// How `batch run` gets its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// One request per row, now.
+    Api,
+    /// The provider's Batch API.
+    Batch,
+}
+
+/// Flags of `batch submit`: the request flags of `batch run`. `--state` is the job's JSON state
+/// file here [default: <results stem>.batch.json beside the results].
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Then: `batch status STATE`, `batch collect STATE --wait`, `batch cancel STATE`. \
+The state file never holds the API key: each command reads it from the environment.",
+    mut_arg("state", |a| a.help("The job's state file (JSON) [default: <results stem>.batch.json beside the results]")),
+    mut_arg("restart", |a| a.help("Replace a batch job already recorded in the state file (its batches keep running)")),
+    // Flags of `batch run` that pace or record requests sent one by one: no use here.
+    mut_arg("concurrency", |a| a.hide(true)),
+    mut_arg("rpm", |a| a.hide(true)),
+    mut_arg("tpm", |a| a.hide(true)),
+    mut_arg("max_retries", |a| a.hide(true)),
+    mut_arg("timeout", |a| a.hide(true)),
+    mut_arg("resume", |a| a.hide(true)),
+    mut_arg("retry_failed", |a| a.hide(true)),
+    mut_arg("force", |a| a.hide(true)),
+    mut_arg("grace", |a| a.hide(true)),
+    mut_arg("max_cost", |a| a.hide(true)),
+    mut_arg("log", |a| a.hide(true)),
+    mut_arg("no_cache", |a| a.hide(true)),
+    mut_arg("refresh", |a| a.hide(true)),
+    mut_arg("cache_dir", |a| a.hide(true)),
+    mut_arg("cache_truncated", |a| a.hide(true)),
+    mut_arg("no_dedup", |a| a.hide(true)),
+    mut_arg("via", |a| a.hide(true)),
+    mut_arg("summary_json", |a| a.hide(true))
+)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// A submitted job's state file, and the key to reach its provider.
+#[derive(Debug, Args)]
+pub struct BatchStateArgs {
+    /// The state file `batch submit` wrote.
+    #[arg(value_name = "STATE")]
+    pub state: PathBuf,
+
+    /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY or ANTHROPIC_API_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// Flags of `batch collect`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit codes as for `batch run`: 0 every row answered; 1 some rows failed, \
+expired or are still waiting; 2 usage, state or input error."
+)]
+pub struct CollectArgs {
+    /// The state file `batch submit` wrote.
+    #[arg(value_name = "STATE")]
+    pub state: PathBuf,
+
+    /// Poll (1 s, 2 s, 4 s ... up to --poll-max apart) until every batch has ended. Without it,
+    /// batches still running are checked once and their rows written as skipped.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Once every batch has ended, send the rows that failed, expired or were cancelled again
+    /// as new batches, recorded in the same state file (with --wait, also wait for them).
+    #[arg(long)]
+    pub resubmit_failed: bool,
+
+    /// Results CSV [default: the one given to `batch submit`].
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Longest pause between two polls, in seconds [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub poll_max: Option<f64>,
+
+    /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY or ANTHROPIC_API_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Also write the summary as JSON to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
+
+    /// No progress and no summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
 /// Flags of `batch watch`: the folder, how files are picked up, and every `batch run` flag, which
 /// applies to each file's run (`--max-cost` is per file).
 #[derive(Debug, Args)]
@@ -559,6 +682,43 @@ pub struct MockArgs {
     /// that are spoilt on purpose: half not JSON at all, half JSON that breaks the schema.
     #[arg(long, value_name = "R", default_value_t = 0.0, help_heading = "Faults")]
     pub invalid_json_rate: f64,
+
+    /// How long a batch takes to process (Batch API: /v1/files, /v1/batches), in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1_000,
+        help_heading = "Batch API"
+    )]
+    pub batch_latency_ms: u64,
+
+    /// Fraction of batch requests that fail (a 500 in the batch's error file).
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 0.0,
+        help_heading = "Batch API"
+    )]
+    pub batch_failure_rate: f64,
+
+    /// Fraction of batch requests left unprocessed when the 24 h window ends: batch_expired in
+    /// the error file, and the batch's status is `expired`.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 0.0,
+        help_heading = "Batch API"
+    )]
+    pub batch_expire_rate: f64,
+
+    /// Requests one batch may hold; a bigger batch fails validation as a whole.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 50_000,
+        help_heading = "Batch API"
+    )]
+    pub batch_max_requests: u64,
 }
 
 impl MockArgs {

@@ -44,6 +44,10 @@ pub enum PromptSource {
 pub struct ApiKey(String);
 
 impl ApiKey {
+    pub fn new(key: String) -> Self {
+        ApiKey(key)
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -116,6 +120,17 @@ pub struct RunConfig {
     pub schema_retries: u32,
     /// `--expect` and its options.
     pub expect: Option<Expectation>,
+    /// `--via batch` and the per-batch limits.
+    pub batch: BatchSettings,
+}
+
+/// How `--via batch` and `batch submit` cut the job into batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchSettings {
+    pub via_batch: bool,
+    /// Requests and bytes per batch at most (`None`: the provider's limit).
+    pub max_requests: Option<u64>,
+    pub max_bytes: Option<u64>,
 }
 
 /// Whether and how the response cache is used.
@@ -173,7 +188,7 @@ impl RunConfig {
                 prompt, prompt_file, system, system_file, id_column, model, max_tokens,
                 temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
                 mock, summary_json, grace, max_cost, log, provider, api, schema, schema_retries,
-                expect, match_mode);
+                expect, match_mode, via, batch_max_requests, batch_max_bytes);
             if args.header.is_empty() {
                 args.header = std::mem::take(&mut file.header);
             }
@@ -451,6 +466,11 @@ impl RunConfig {
             schema,
             schema_retries: args.schema_retries.unwrap_or(DEFAULT_SCHEMA_RETRIES),
             expect,
+            batch: BatchSettings {
+                via_batch: args.via == Some(crate::cli::Via::Batch),
+                max_requests: args.batch_max_requests,
+                max_bytes: args.batch_max_bytes,
+            },
         })
     }
 }

@@ -21,14 +21,18 @@
 //!   tell the user how it went; [`pricing`] and [`tokens`] put numbers on it.
 //!
 //! [`runner`] is the scheduler that drives that path with bounded concurrency and cancellation.
+//! [`batchapi`] hands the same rendered requests to the providers' Batch APIs instead (`batch
+//! submit`, `collect`, `run --via batch`): half the price, answers within 24 hours.
 //! [`mock`] is an HTTP server speaking all three wire formats (OpenAI chat and Responses,
-//! Anthropic Messages), used by `--mock`, `batch mock` and every test.
+//! Anthropic Messages) and both providers' Batch APIs, used by `--mock`, `batch mock` and every
+//! test.
 //! [`cli`] holds the flag definitions and [`config`] resolves flags, `batch.toml` and the
 //! environment into one [`config::RunConfig`]. [`mod@bench`] drives the runner over a sample of
 //! rows at several `--concurrency` settings and reports, charts and recommends. [`watch`] runs
 //! every CSV that lands in a folder, once.
 
 pub mod audit;
+pub mod batchapi;
 pub mod bench;
 pub mod cache;
 pub mod cli;
@@ -72,9 +76,17 @@ pub fn main_entry() -> ExitStatus {
             clap_complete::generate(shell, &mut cmd, "batch", &mut std::io::stdout());
             Ok(ExitStatus::Success)
         }
-        cli::Command::Run(args) => {
-            config::RunConfig::resolve(*args).and_then(|cfg| block_on(runner::run(cfg)))
-        }
+        cli::Command::Run(args) => config::RunConfig::resolve(*args).and_then(|cfg| {
+            if cfg.batch.via_batch {
+                block_on(batchapi::run_via_batch(cfg))
+            } else {
+                block_on(runner::run(cfg))
+            }
+        }),
+        cli::Command::Submit(args) => block_on(batchapi::submit_command(*args)),
+        cli::Command::Status(args) => block_on(batchapi::status_command(args)),
+        cli::Command::Collect(args) => block_on(batchapi::collect_command(*args)),
+        cli::Command::Cancel(args) => block_on(batchapi::cancel_command(args)),
         cli::Command::Cache { action, cache_dir } => cache::command(action, cache_dir),
         cli::Command::Mock(args) => block_on(mock::serve_forever(args.into())),
         cli::Command::Bench(args) => block_on(bench::run(*args)),

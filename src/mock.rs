@@ -10,7 +10,8 @@
 //! jitter, slow responses and 500/503 errors are injected on request; so are OpenAI-style rate
 //! limits (429 with `x-ratelimit-*` and `retry-after` headers, see `mock/ratelimit.rs`), an exhausted
 //! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). `GET /stats` reports
-//! what the server saw, including the most requests it ever had in flight at once.
+//! what the server saw, including the most requests it ever had in flight at once. The Batch API
+//! (files and batches endpoints) is in `mock/batches.rs`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -35,6 +36,7 @@ use crate::cli::MockArgs;
 use crate::error::{Error, ExitStatus};
 use crate::tokens;
 
+mod batches;
 mod fault;
 mod messages;
 mod prompt_cache;
@@ -73,6 +75,12 @@ pub struct MockConfig {
     pub trickle: Duration,
     /// Fraction of answers to schema requests that are spoilt (not JSON, or not fitting).
     pub invalid_json_rate: f64,
+    /// Batch API: processing time of a batch, share of its requests that fail or expire, and
+    /// the most requests one batch may hold.
+    pub batch_latency: Duration,
+    pub batch_failure_rate: f64,
+    pub batch_expire_rate: f64,
+    pub batch_max_requests: u64,
 }
 
 impl Default for MockConfig {
@@ -92,6 +100,10 @@ impl Default for MockConfig {
             faults: Vec::new(),
             trickle: Duration::from_secs(10),
             invalid_json_rate: 0.0,
+            batch_latency: Duration::ZERO,
+            batch_failure_rate: 0.0,
+            batch_expire_rate: 0.0,
+            batch_max_requests: 50_000,
         }
     }
 }
@@ -113,6 +125,10 @@ impl From<MockArgs> for MockConfig {
             faults: a.fault,
             trickle: Duration::from_millis(a.trickle_ms),
             invalid_json_rate: a.invalid_json_rate.clamp(0.0, 1.0),
+            batch_latency: Duration::from_millis(a.batch_latency_ms),
+            batch_failure_rate: a.batch_failure_rate.clamp(0.0, 1.0),
+            batch_expire_rate: a.batch_expire_rate.clamp(0.0, 1.0),
+            batch_max_requests: a.batch_max_requests,
         }
     }
 }
@@ -125,6 +141,14 @@ impl MockConfig {
         }
         if self.capacity == Some(0) {
             return Err("--capacity must be at least 1".into());
+        }
+        for (name, rate) in [
+            ("--batch-failure-rate", self.batch_failure_rate),
+            ("--batch-expire-rate", self.batch_expire_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name} {rate} must be between 0 and 1"));
+            }
         }
         if let Some(f) = self.faults.iter().find(|f| !(0.0..=1.0).contains(&f.rate)) {
             return Err(format!(
@@ -193,6 +217,7 @@ struct Shared {
     cached_tokens: AtomicU64,
     reasoning_tokens: AtomicU64,
     invalid_answers: AtomicU64,
+    batches: batches::BatchStore,
 }
 
 impl Shared {
@@ -296,12 +321,14 @@ impl MockServer {
             cached_tokens: AtomicU64::new(0),
             reasoning_tokens: AtomicU64::new(0),
             invalid_answers: AtomicU64::new(0),
+            batches: Default::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/responses", post(responses_api))
             .route("/v1/messages", post(messages_api))
             .route("/stats", get(stats))
+            .merge(batches::routes())
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {

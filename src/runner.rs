@@ -672,17 +672,17 @@ fn canonical(path: &Path) -> String {
 }
 
 /// What the pre-flight learned.
-struct Plan {
-    rows: u64,
+pub(crate) struct Plan {
+    pub(crate) rows: u64,
     /// Prompt tokens of every row (counted only for a dry run).
-    prompt_tokens: u64,
+    pub(crate) prompt_tokens: u64,
     /// The rows by the model they go to (`--model`, or the row's `model` cell).
-    models: BTreeMap<String, ModelPlan>,
+    pub(crate) models: BTreeMap<String, ModelPlan>,
 }
 
 /// The rows that go to one model.
 #[derive(Debug, Default)]
-struct ModelPlan {
+pub(crate) struct ModelPlan {
     rows: u64,
     /// Counted only for a dry run.
     prompt_tokens: u64,
@@ -691,20 +691,25 @@ struct ModelPlan {
 }
 
 /// What the pre-flight checks beyond the rows themselves.
-struct PreflightOptions {
-    model: String,
-    max_tokens: Option<u32>,
-    prices: crate::pricing::PriceTable,
+pub(crate) struct PreflightOptions {
+    pub(crate) model: String,
+    pub(crate) max_tokens: Option<u32>,
+    pub(crate) prices: crate::pricing::PriceTable,
     /// `--max-cost` is set: every row's model needs a price.
-    capped: bool,
-    count_tokens: bool,
+    pub(crate) capped: bool,
+    pub(crate) count_tokens: bool,
     /// `--expect`: the expectation and its column, whose cells are checked too.
-    expect: Option<(Expectation, usize)>,
+    pub(crate) expect: Option<(Expectation, usize)>,
 }
 
 /// Checks every row and renders every prompt without sending anything. Lists the first few
-/// problems with their lines so they can all be fixed in one go.
-fn preflight(input: &InputFile, prompts: &Prompts, opts: &PreflightOptions) -> Result<Plan, Error> {
+/// problems with their lines so they can all be fixed in one go. `batch submit` checks its
+/// input with it too.
+pub(crate) fn preflight(
+    input: &InputFile,
+    prompts: &Prompts,
+    opts: &PreflightOptions,
+) -> Result<Plan, Error> {
     let settings = RowSettings::new(input);
     let mut ids = IdSet::default();
     let mut errors = Vec::new();

@@ -238,13 +238,18 @@ impl MockProcess {
 
     /// `GET /stats` as JSON, over a plain HTTP/1.1 connection.
     pub fn stats(&self) -> serde_json::Value {
+        self.get_json("/stats")
+    }
+
+    /// `GET PATH` as JSON (a 200 is required), over a plain HTTP/1.1 connection.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
         let mut stream = TcpStream::connect(&self.addr).expect("connect to mock");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("set read timeout");
         write!(
             stream,
-            "GET /stats HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
             self.addr
         )
         .expect("send stats request");
@@ -256,7 +261,7 @@ impl MockProcess {
             .unwrap_or_else(|| panic!("malformed HTTP response: {raw:?}"));
         assert!(
             head.starts_with("HTTP/1.1 200"),
-            "stats request failed: {head}"
+            "GET {path} failed: {head}"
         );
         let body = if head
             .to_ascii_lowercase()
@@ -266,7 +271,7 @@ impl MockProcess {
         } else {
             body.to_string()
         };
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("stats is not JSON ({e}): {body}"))
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path} is not JSON ({e}): {body}"))
     }
 }
 

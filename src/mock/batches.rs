@@ -1,0 +1,850 @@
+//! The mock's Batch APIs: OpenAI's files and batches endpoints and Anthropic's Message Batches,
+//! so `batch submit`, `status`, `collect` and `cancel` run offline against the same server as
+//! everything else.
+//!
+//! A batch is checked when it is created (like the provider's validation step: bad lines,
+//! duplicate `custom_id`s, more requests than `--batch-max-requests` fail the whole batch),
+//! then "processes" for `--batch-latency-ms`, during which its counts grow. The first poll
+//! after that settles every request at once: `--batch-expire-rate` of them expire, then
+//! `--batch-failure-rate` of the rest fail with a 500, and the others get the same
+//! deterministic answer and tokenizer usage as the chat (or messages) endpoint. A cancelled batch
+//! answers the share of requests its elapsed time covers; OpenAI's leaves the rest out, Anthropic's
+//! lists them as `canceled`. Anthropic refuses a bad batch at creation (400) rather than failing
+//! it later. Everything lives in memory: a restarted mock knows no batches.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::wire::Wire;
+use super::{Shared, error_body, messages};
+
+/// Largest upload or batch body accepted (above the providers' 200 and 256 MB limits).
+const MAX_BODY: usize = 300 * 1024 * 1024;
+/// The only endpoint the mock runs batches for.
+const ENDPOINT: &str = "/v1/chat/completions";
+
+/// Files and batches the mock holds.
+#[derive(Default)]
+pub(super) struct BatchStore {
+    next_id: AtomicU64,
+    files: Mutex<HashMap<String, StoredFile>>,
+    batches: Mutex<Vec<MockBatch>>,
+    /// Batches refused at validation.
+    refused: AtomicU64,
+}
+
+impl BatchStore {
+    fn id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        format!("{prefix}_mock{n:06}")
+    }
+
+    fn add_file(&self, name: &str, purpose: &str, data: Bytes) -> Value {
+        let id = self.id("file");
+        let v = file_json(&id, name, purpose, data.len());
+        self.files.lock().expect("files lock").insert(
+            id,
+            StoredFile {
+                name: name.to_string(),
+                purpose: purpose.to_string(),
+                data,
+            },
+        );
+        v
+    }
+}
+
+struct StoredFile {
+    name: String,
+    purpose: String,
+    data: Bytes,
+}
+
+struct MockBatch {
+    /// `Wire::Chat` (OpenAI Batch API) or `Wire::Messages` (Anthropic Message Batches).
+    wire: Wire,
+    /// The create request's headers: what an Anthropic request inside it is checked with.
+    headers: HeaderMap,
+    id: String,
+    input_file_id: String,
+    metadata: Value,
+    created_at: u64,
+    started: Instant,
+    /// `custom_id` and body of each request, in input order.
+    requests: Vec<(String, Value)>,
+    /// Validation errors: the batch failed as a whole.
+    errors: Vec<Value>,
+    cancelled_at: Option<Instant>,
+    settled: Option<Settled>,
+}
+
+struct Settled {
+    status: &'static str,
+    output_file_id: Option<String>,
+    error_file_id: Option<String>,
+    completed: u64,
+    failed: u64,
+    expired: u64,
+    cancelled: u64,
+}
+
+/// What became of one request of a settled batch.
+enum Fate {
+    Answered(Value),
+    Failed(u16, Value),
+    Expired,
+    /// Not reached before the batch was cancelled.
+    Cancelled,
+}
+
+pub(super) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/v1/files", post(upload))
+        .route("/v1/files/{id}/content", get(file_content))
+        .route("/v1/batches", post(create).get(list))
+        .route("/v1/batches/{id}", get(retrieve))
+        .route("/v1/batches/{id}/cancel", post(cancel))
+        .route(
+            "/v1/messages/batches",
+            post(create_messages).get(list_messages),
+        )
+        .route("/v1/messages/batches/{id}", get(retrieve_messages))
+        .route("/v1/messages/batches/{id}/results", get(results_messages))
+        .route("/v1/messages/batches/{id}/cancel", post(cancel_messages))
+        .route("/stats/batches", get(stats))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn reply(status: StatusCode, body: String) -> Response {
+    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn invalid(message: &str) -> Response {
+    reply(
+        StatusCode::BAD_REQUEST,
+        error_body(message, "invalid_request_error", None),
+    )
+}
+
+fn not_found(what: &str, id: &str) -> Response {
+    reply(
+        StatusCode::NOT_FOUND,
+        error_body(
+            &format!("No {what} found with id '{id}'."),
+            "invalid_request_error",
+            None,
+        ),
+    )
+}
+
+fn file_json(id: &str, name: &str, purpose: &str, bytes: usize) -> Value {
+    json!({"id": id, "object": "file", "bytes": bytes, "created_at": now(),
+        "filename": name, "purpose": purpose, "status": "processed"})
+}
+
+/// `POST /v1/files`: multipart with `purpose` and `file`.
+async fn upload(State(s): State<Arc<Shared>>, mut form: Multipart) -> Response {
+    let (mut purpose, mut file) = (None, None);
+    loop {
+        match form.next_field().await {
+            Ok(Some(field)) => {
+                let name = field.name().unwrap_or_default().to_string();
+                let file_name = field.file_name().unwrap_or("upload.jsonl").to_string();
+                let Ok(data) = field.bytes().await else {
+                    return invalid("The multipart body could not be read.");
+                };
+                match name.as_str() {
+                    "purpose" => purpose = Some(String::from_utf8_lossy(&data).into_owned()),
+                    "file" => file = Some((file_name, data)),
+                    _ => {}
+                }
+            }
+            Ok(None) => break,
+            Err(e) => return invalid(&format!("The multipart body is malformed: {e}")),
+        }
+    }
+    let Some(purpose) = purpose else {
+        return invalid("Missing required parameter: 'purpose'.");
+    };
+    let Some((name, data)) = file else {
+        return invalid("Missing required parameter: 'file'.");
+    };
+    if purpose != "batch" {
+        return invalid(&format!(
+            "The mock only takes files with purpose 'batch', not '{purpose}'."
+        ));
+    }
+    reply(
+        StatusCode::OK,
+        s.batches.add_file(&name, &purpose, data).to_string(),
+    )
+}
+
+async fn file_content(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match s.batches.files.lock().expect("files lock").get(&id) {
+        Some(f) => (
+            StatusCode::OK,
+            [(CONTENT_TYPE, "application/octet-stream")],
+            f.data.clone(),
+        )
+            .into_response(),
+        None => not_found("file", &id),
+    }
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    input_file_id: String,
+    endpoint: String,
+    completion_window: String,
+    #[serde(default)]
+    metadata: Value,
+}
+
+/// `POST /v1/batches`.
+async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
+    let req: CreateBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return invalid(&format!("We could not parse the JSON body: {e}")),
+    };
+    if req.endpoint != ENDPOINT {
+        return invalid(&format!(
+            "The mock runs batches for {ENDPOINT} only, not {}.",
+            req.endpoint
+        ));
+    }
+    if req.completion_window != "24h" {
+        return invalid("completion_window must be '24h'.");
+    }
+    let data = {
+        let files = s.batches.files.lock().expect("files lock");
+        match files.get(&req.input_file_id) {
+            Some(f) if f.purpose == "batch" => f.data.clone(),
+            Some(f) => {
+                return invalid(&format!(
+                    "File {} ({}) does not have purpose 'batch'.",
+                    req.input_file_id, f.name
+                ));
+            }
+            None => return not_found("file", &req.input_file_id),
+        }
+    };
+    let (requests, errors) = validate(&data, s.cfg.batch_max_requests);
+    if !errors.is_empty() {
+        s.batches.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    let batch = MockBatch {
+        wire: Wire::Chat,
+        headers: HeaderMap::new(),
+        id: s.batches.id("batch"),
+        input_file_id: req.input_file_id,
+        metadata: req.metadata,
+        created_at: now(),
+        started: Instant::now(),
+        requests,
+        errors,
+        cancelled_at: None,
+        settled: None,
+    };
+    let mut batches = s.batches.batches.lock().expect("batches lock");
+    let mut batch = batch;
+    if !batch.errors.is_empty() {
+        batch.settled = Some(Settled {
+            status: "failed",
+            output_file_id: None,
+            error_file_id: None,
+            completed: 0,
+            failed: 0,
+            expired: 0,
+            cancelled: 0,
+        });
+    }
+    let v = batch_json(&batch, &s, Instant::now(), Some("validating"));
+    batches.push(batch);
+    reply(StatusCode::OK, v.to_string())
+}
+
+/// Checks the input file like the provider's validation step: one JSON request per line.
+fn validate(data: &[u8], max: u64) -> (Vec<(String, Value)>, Vec<Value>) {
+    let mut requests = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen = HashSet::new();
+    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+        let line_no = i + 1;
+        if line.trim_ascii().is_empty() {
+            continue;
+        }
+        let mut error = |code: &str, message: String| {
+            if errors.len() < 100 {
+                errors.push(json!({"code": code, "line": line_no, "message": message,
+                    "param": null}));
+            }
+        };
+        let v: Value = match serde_json::from_slice(line) {
+            Ok(v) => v,
+            Err(e) => {
+                error(
+                    "invalid_json_line",
+                    format!("This line is not valid JSON: {e}"),
+                );
+                continue;
+            }
+        };
+        let custom_id = v["custom_id"].as_str().unwrap_or_default().to_string();
+        if custom_id.is_empty() {
+            error("missing_custom_id", "Each line needs a custom_id.".into());
+        } else if !seen.insert(custom_id.clone()) {
+            error(
+                "duplicate_custom_id",
+                format!("The custom_id '{custom_id}' is used more than once."),
+            );
+        }
+        if v["method"] != "POST" {
+            error("invalid_method", "method must be POST.".into());
+        }
+        if v["url"] != ENDPOINT {
+            error(
+                "mismatched_url",
+                format!("url must be the batch's endpoint {ENDPOINT}."),
+            );
+        }
+        if !v["body"].is_object() {
+            error("missing_body", "Each line needs a body object.".into());
+        }
+        requests.push((custom_id, v["body"].clone()));
+    }
+    if requests.is_empty() && errors.is_empty() {
+        errors.push(json!({"code": "empty_file", "line": null, "param": null,
+            "message": "The input file has no requests."}));
+    }
+    if requests.len() as u64 > max {
+        errors.push(
+            json!({"code": "too_many_requests", "line": null, "param": null,
+            "message": format!("The batch has {} requests, more than the {max} a batch may hold.",
+                requests.len())}),
+        );
+    }
+    (requests, errors)
+}
+
+/// Share of a batch's processing time that has passed, 0 to 1.
+fn progress(s: &Shared, b: &MockBatch, at: Instant) -> f64 {
+    let latency = s.cfg.batch_latency.as_secs_f64();
+    if latency <= 0.0 {
+        return 1.0;
+    }
+    (at.saturating_duration_since(b.started).as_secs_f64() / latency).min(1.0)
+}
+
+/// Settles every request once the batch's time is up (or it was cancelled).
+fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
+    if b.settled.is_some() {
+        return;
+    }
+    let share = match b.cancelled_at {
+        Some(at) => progress(s, b, at),
+        None if progress(s, b, now) >= 1.0 => 1.0,
+        None => return,
+    };
+    let reached = (b.requests.len() as f64 * share).floor() as usize;
+    let mut fates = Vec::with_capacity(b.requests.len());
+    for (k, (_, body)) in b.requests.iter().enumerate() {
+        if k >= reached {
+            fates.push(Fate::Cancelled);
+            continue;
+        }
+        let (expire, fail) = {
+            let cfg = &s.cfg;
+            let mut rng = s.rng.lock().expect("rng lock");
+            let expire = cfg.batch_expire_rate > 0.0 && rng.random_bool(cfg.batch_expire_rate);
+            let fail = cfg.batch_failure_rate > 0.0 && rng.random_bool(cfg.batch_failure_rate);
+            (expire, fail)
+        };
+        if expire && b.cancelled_at.is_none() {
+            fates.push(Fate::Expired);
+            continue;
+        }
+        if fail {
+            let (status, body) = b.wire.server_error(StatusCode::INTERNAL_SERVER_ERROR);
+            let body = serde_json::from_str(&body).unwrap_or_default();
+            fates.push(Fate::Failed(status.as_u16(), body));
+            continue;
+        }
+        let raw = serde_json::to_vec(body).unwrap_or_default();
+        match b.wire.parse(&b.headers, &raw, None) {
+            Ok((req, mut answer)) => {
+                s.prompt_cache.serve(&mut answer);
+                s.count_tokens(&answer);
+                let body = b.wire.success(&req.model, &answer, k as u64);
+                fates.push(Fate::Answered(
+                    serde_json::from_str(&body).unwrap_or_default(),
+                ));
+            }
+            Err((status, body)) => fates.push(Fate::Failed(
+                status.as_u16(),
+                serde_json::from_str(&body).unwrap_or_default(),
+            )),
+        }
+    }
+    let count = |f: fn(&Fate) -> bool| fates.iter().filter(|x| f(x)).count() as u64;
+    let completed = count(|f| matches!(f, Fate::Answered(_)));
+    let failed = count(|f| matches!(f, Fate::Failed(..)));
+    let expired = count(|f| matches!(f, Fate::Expired));
+    let cancelled = count(|f| matches!(f, Fate::Cancelled));
+    let store = |lines: Vec<Value>, kind: &str| -> Option<String> {
+        if lines.is_empty() {
+            return None;
+        }
+        let mut data = Vec::new();
+        for l in lines {
+            data.extend_from_slice(l.to_string().as_bytes());
+            data.push(b'\n');
+        }
+        let name = format!("{}_{kind}.jsonl", b.id);
+        let v = s
+            .batches
+            .add_file(&name, &format!("batch_{kind}"), data.into());
+        v["id"].as_str().map(str::to_string)
+    };
+    let (output_file_id, error_file_id) = match b.wire {
+        Wire::Messages => {
+            let lines = b
+                .requests
+                .iter()
+                .zip(fates)
+                .map(|((custom_id, _), fate)| {
+                    let result = match fate {
+                        Fate::Answered(message) => json!({"type": "succeeded", "message": message}),
+                        Fate::Failed(_, error) => json!({"type": "errored", "error": error}),
+                        Fate::Expired => json!({"type": "expired"}),
+                        Fate::Cancelled => json!({"type": "canceled"}),
+                    };
+                    json!({"custom_id": custom_id, "result": result})
+                })
+                .collect();
+            (store(lines, "results"), None)
+        }
+        _ => {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            for (k, ((custom_id, _), fate)) in b.requests.iter().zip(fates).enumerate() {
+                let line_id = format!("batch_req_{}_{k}", b.id);
+                let request_id = format!("req_{line_id}");
+                match fate {
+                    Fate::Answered(body) => out.push(json!({"id": line_id, "custom_id": custom_id,
+                        "error": null, "response": {"status_code": 200,
+                            "request_id": request_id, "body": body}})),
+                    Fate::Failed(status, body) => err.push(json!({"id": line_id,
+                        "custom_id": custom_id, "error": null, "response": {
+                            "status_code": status, "request_id": request_id, "body": body}})),
+                    Fate::Expired => err.push(json!({"id": line_id, "custom_id": custom_id,
+                        "response": null, "error": {"code": "batch_expired", "message":
+                            "This request could not be executed before the completion window expired."}})),
+                    Fate::Cancelled => {}
+                }
+            }
+            (store(out, "output"), store(err, "error"))
+        }
+    };
+    let status = if b.cancelled_at.is_some() {
+        "cancelled"
+    } else if expired > 0 {
+        "expired"
+    } else {
+        "completed"
+    };
+    b.settled = Some(Settled {
+        status,
+        output_file_id,
+        error_file_id,
+        completed,
+        failed: failed + expired,
+        expired,
+        cancelled,
+    });
+}
+
+fn batch_json(b: &MockBatch, s: &Shared, now: Instant, status: Option<&str>) -> Value {
+    let total = b.requests.len() as u64;
+    let (status, completed, failed, output, error) = match &b.settled {
+        Some(d) => (
+            status.unwrap_or(d.status),
+            d.completed,
+            d.failed,
+            d.output_file_id.clone(),
+            d.error_file_id.clone(),
+        ),
+        None => {
+            let done = (total as f64 * progress(s, b, now)).floor() as u64;
+            let running = if b.cancelled_at.is_some() {
+                "cancelling"
+            } else {
+                "in_progress"
+            };
+            (status.unwrap_or(running), done, 0, None, None)
+        }
+    };
+    let errors = (!b.errors.is_empty()).then(|| json!({"object": "list", "data": b.errors}));
+    json!({
+        "id": b.id,
+        "object": "batch",
+        "endpoint": ENDPOINT,
+        "errors": errors,
+        "input_file_id": b.input_file_id,
+        "completion_window": "24h",
+        "status": status,
+        "output_file_id": output,
+        "error_file_id": error,
+        "created_at": b.created_at,
+        "expires_at": b.created_at + 24 * 3600,
+        "request_counts": {"total": total, "completed": completed, "failed": failed},
+        "metadata": b.metadata,
+    })
+}
+
+async fn retrieve(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let now = Instant::now();
+    let mut batches = s.batches.batches.lock().expect("batches lock");
+    let Some(b) = batches
+        .iter_mut()
+        .find(|b| b.id == id && b.wire == Wire::Chat)
+    else {
+        return not_found("batch", &id);
+    };
+    settle(&s, b, now);
+    reply(StatusCode::OK, batch_json(b, &s, now, None).to_string())
+}
+
+async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let now = Instant::now();
+    let mut batches = s.batches.batches.lock().expect("batches lock");
+    let Some(b) = batches
+        .iter_mut()
+        .find(|b| b.id == id && b.wire == Wire::Chat)
+    else {
+        return not_found("batch", &id);
+    };
+    if b.settled.is_none() && b.cancelled_at.is_none() {
+        b.cancelled_at = Some(now);
+    }
+    // Like the provider: "cancelling" now, "cancelled" on a later look.
+    let status = b.settled.is_none().then_some("cancelling");
+    reply(StatusCode::OK, batch_json(b, &s, now, status).to_string())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `GET /v1/batches`: newest first, paged with `after`.
+async fn list(State(s): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Response {
+    let now = Instant::now();
+    let limit = q.limit.unwrap_or(20).clamp(1, 100);
+    let batches = s.batches.batches.lock().expect("batches lock");
+    let newest_first: Vec<&MockBatch> = batches
+        .iter()
+        .rev()
+        .filter(|b| b.wire == Wire::Chat)
+        .collect();
+    let start = match &q.after {
+        Some(after) => newest_first
+            .iter()
+            .position(|b| &b.id == after)
+            .map_or(newest_first.len(), |p| p + 1),
+        None => 0,
+    };
+    let page: Vec<Value> = newest_first
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|b| batch_json(b, &s, now, None))
+        .collect();
+    let has_more = start + page.len() < newest_first.len();
+    let body = json!({"object": "list", "data": page, "has_more": has_more,
+        "first_id": page.first().map(|b| b["id"].clone()),
+        "last_id": page.last().map(|b| b["id"].clone())});
+    reply(StatusCode::OK, body.to_string())
+}
+
+/// RFC 3339 (UTC) of `secs` since the epoch, as Anthropic writes its times.
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn anthropic_error(status: StatusCode, kind: &str, message: &str) -> Response {
+    reply(status, messages::error_body(kind, message))
+}
+
+/// Anthropic's custom_id rule: `^[a-zA-Z0-9_-]{1,64}$`.
+fn valid_custom_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// `POST /v1/messages/batches`: `{"requests": [{"custom_id", "params"}]}`, checked at once.
+async fn create_messages(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let bad = |m: &str| anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", m);
+    if headers
+        .get("x-api-key")
+        .is_none_or(|k| k.as_bytes().is_empty())
+    {
+        return anthropic_error(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "x-api-key header is required",
+        );
+    }
+    let v: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return bad(&format!("There was an error parsing the body: {e}")),
+    };
+    let Some(items) = v["requests"].as_array() else {
+        return bad("requests: Field required");
+    };
+    if items.is_empty() {
+        return bad("requests: List should have at least 1 item");
+    }
+    let max = s.cfg.batch_max_requests;
+    if items.len() as u64 > max {
+        s.batches.refused.fetch_add(1, Ordering::Relaxed);
+        return bad(&format!(
+            "requests: the batch has {} requests, more than the {max} a batch may hold",
+            items.len()
+        ));
+    }
+    let mut seen = HashSet::new();
+    let mut requests = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let id = item["custom_id"].as_str().unwrap_or_default();
+        if !valid_custom_id(id) {
+            return bad(&format!(
+                "requests.{i}.custom_id: String should match pattern '^[a-zA-Z0-9_-]{{1,64}}$'"
+            ));
+        }
+        if !seen.insert(id.to_string()) {
+            return bad(&format!(
+                "requests.{i}.custom_id: duplicate custom_id {id:?}"
+            ));
+        }
+        if !item["params"].is_object() {
+            return bad(&format!("requests.{i}.params: Field required"));
+        }
+        requests.push((id.to_string(), item["params"].clone()));
+    }
+    // The requests inside are checked like /v1/messages requests, with this request's key and
+    // version; their body is JSON by construction.
+    let mut inner = headers.clone();
+    inner.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let batch = MockBatch {
+        wire: Wire::Messages,
+        headers: inner,
+        id: s.batches.id("msgbatch"),
+        input_file_id: String::new(),
+        metadata: Value::Null,
+        created_at: now(),
+        started: Instant::now(),
+        requests,
+        errors: Vec::new(),
+        cancelled_at: None,
+        settled: None,
+    };
+    let v = message_batch_json(&batch, &s, Instant::now());
+    s.batches.batches.lock().expect("batches lock").push(batch);
+    reply(StatusCode::OK, v.to_string())
+}
+
+fn message_batch_json(b: &MockBatch, s: &Shared, now: Instant) -> Value {
+    let total = b.requests.len() as u64;
+    let (status, counts, ended_at) = match &b.settled {
+        Some(d) => (
+            "ended",
+            json!({"processing": 0, "succeeded": d.completed,
+                "errored": d.failed - d.expired, "canceled": d.cancelled, "expired": d.expired}),
+            Some(rfc3339(now_secs_of(b, now))),
+        ),
+        None => (
+            if b.cancelled_at.is_some() {
+                "canceling"
+            } else {
+                "in_progress"
+            },
+            json!({"processing": total, "succeeded": 0, "errored": 0, "canceled": 0,
+                "expired": 0}),
+            None,
+        ),
+    };
+    let _ = s;
+    json!({
+        "id": b.id,
+        "type": "message_batch",
+        "processing_status": status,
+        "request_counts": counts,
+        "created_at": rfc3339(b.created_at),
+        "expires_at": rfc3339(b.created_at + 24 * 3600),
+        "ended_at": ended_at,
+        "cancel_initiated_at": b.cancelled_at.map(|_| rfc3339(b.created_at)),
+        "archived_at": null,
+        "results_url": b.settled.as_ref().map(|_| format!("/v1/messages/batches/{}/results", b.id)),
+    })
+}
+
+/// Wall-clock seconds of `at` for a batch (its creation time plus the time since it started).
+fn now_secs_of(b: &MockBatch, at: Instant) -> u64 {
+    b.created_at + at.saturating_duration_since(b.started).as_secs()
+}
+
+fn with_message_batch(
+    s: &Shared,
+    id: &str,
+    f: impl FnOnce(&mut MockBatch, Instant) -> Response,
+) -> Response {
+    let now = Instant::now();
+    let mut batches = s.batches.batches.lock().expect("batches lock");
+    match batches
+        .iter_mut()
+        .find(|b| b.id == id && b.wire == Wire::Messages)
+    {
+        Some(b) => f(b, now),
+        None => anthropic_error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            &format!("No message batch found with id '{id}'."),
+        ),
+    }
+}
+
+async fn retrieve_messages(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    with_message_batch(&s, &id, |b, now| {
+        settle(&s, b, now);
+        reply(StatusCode::OK, message_batch_json(b, &s, now).to_string())
+    })
+}
+
+async fn cancel_messages(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    with_message_batch(&s, &id, |b, now| {
+        if b.settled.is_none() && b.cancelled_at.is_none() {
+            b.cancelled_at = Some(now);
+        }
+        reply(StatusCode::OK, message_batch_json(b, &s, now).to_string())
+    })
+}
+
+async fn results_messages(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let file = with_message_batch(&s, &id, |b, now| {
+        settle(&s, b, now);
+        match b.settled.as_ref().and_then(|d| d.output_file_id.clone()) {
+            Some(f) => reply(StatusCode::OK, f),
+            None => anthropic_error(
+                StatusCode::NOT_FOUND,
+                "not_found_error",
+                "The batch has not ended: its results are not ready.",
+            ),
+        }
+    });
+    if file.status() != StatusCode::OK {
+        return file;
+    }
+    let Ok(body) = axum::body::to_bytes(file.into_body(), 1024).await else {
+        return anthropic_error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "lost");
+    };
+    let file_id = String::from_utf8_lossy(&body).into_owned();
+    file_content(State(s), Path(file_id)).await
+}
+
+#[derive(Deserialize)]
+struct MessagesListQuery {
+    limit: Option<usize>,
+    after_id: Option<String>,
+}
+
+/// `GET /v1/messages/batches`: newest first, paged with `after_id`.
+async fn list_messages(
+    State(s): State<Arc<Shared>>,
+    Query(q): Query<MessagesListQuery>,
+) -> Response {
+    let now = Instant::now();
+    let limit = q.limit.unwrap_or(20).clamp(1, 1000);
+    let batches = s.batches.batches.lock().expect("batches lock");
+    let newest_first: Vec<&MockBatch> = batches
+        .iter()
+        .rev()
+        .filter(|b| b.wire == Wire::Messages)
+        .collect();
+    let start = match &q.after_id {
+        Some(after) => newest_first
+            .iter()
+            .position(|b| &b.id == after)
+            .map_or(newest_first.len(), |p| p + 1),
+        None => 0,
+    };
+    let page: Vec<Value> = newest_first
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|b| message_batch_json(b, &s, now))
+        .collect();
+    let has_more = start + page.len() < newest_first.len();
+    let body = json!({"data": page, "has_more": has_more,
+        "first_id": page.first().map(|b| b["id"].clone()),
+        "last_id": page.last().map(|b| b["id"].clone())});
+    reply(StatusCode::OK, body.to_string())
+}
+
+/// `GET /stats/batches`: what the batch endpoints saw.
+async fn stats(State(s): State<Arc<Shared>>) -> Response {
+    let batches = s.batches.batches.lock().expect("batches lock");
+    let sizes: Vec<usize> = batches.iter().map(|b| b.requests.len()).collect();
+    let body = json!({
+        "files": s.batches.files.lock().expect("files lock").len(),
+        "batches": batches.len(),
+        "refused": s.batches.refused.load(Ordering::Relaxed),
+        "cancelled": batches.iter().filter(|b| b.cancelled_at.is_some()).count(),
+        "requests": sizes.iter().sum::<usize>(),
+        "batch_sizes": sizes,
+    });
+    reply(StatusCode::OK, body.to_string())
+}
