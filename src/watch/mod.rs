@@ -479,6 +479,7 @@ fn request_settings(cfg: &RunConfig) -> String {
     };
     serde_json::json!({
         "endpoint": endpoint,
+        "api": cfg.api.label(),
         "model": cfg.model,
         "prompt": prompt,
         "system": cfg.system,
@@ -546,19 +547,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_settings_change_with_the_prompt_but_not_with_pacing() {
-        let cfg = |prompt: &str, concurrency: &str| {
+    fn request_settings_change_with_the_prompt_and_api_but_not_with_pacing() {
+        let cfg = |prompt: &str, concurrency: &str, api| {
             let args = RunArgs {
                 input: "in".into(),
                 prompt: Some(prompt.into()),
                 concurrency: Some(concurrency.parse().unwrap()),
                 mock: Some(String::new()),
+                api,
                 ..RunArgs::default()
             };
             request_settings(&RunConfig::resolve(args).unwrap())
         };
-        assert_eq!(cfg("{{a}}", "4"), cfg("{{a}}", "8"));
-        assert_ne!(cfg("{{a}}", "4"), cfg("{{b}}", "4"));
+        use crate::provider::ApiName::Responses;
+        assert_eq!(cfg("{{a}}", "4", None), cfg("{{a}}", "8", None));
+        assert_ne!(cfg("{{a}}", "4", None), cfg("{{b}}", "4", None));
+        assert_ne!(cfg("{{a}}", "4", None), cfg("{{a}}", "4", Some(Responses)));
     }
 
     #[test]
