@@ -12,7 +12,7 @@
 //!    that are not finished first, then checks the finished ones and sends again those whose
 //!    request changed.
 //! 4. The dispatcher takes a slot (at most `--concurrency` rows in flight) and spawns the row's
-//!    task ([`process_row`]); after a stop (Ctrl-C, spend cap, exhausted quota) it marks rows
+//!    task (`process_row`); after a stop (Ctrl-C, spend cap, exhausted quota) it marks rows
 //!    `skipped` instead of sending them.
 //! 5. The journal thread commits every outcome in groups and only then releases the row's slot,
 //!    so a `kill -9` loses at most the rows in flight. The collector (this task) keeps live
@@ -215,10 +215,26 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     run_to_summary(cfg).await.map(|(status, _)| status)
 }
 
+/// Whether the run must learn the server's rate limits from its headers, holding all but one
+/// request until the first answer. Not for the embedded mock without limits: the run started
+/// it and knows it has none, so the probe would only cost a round trip.
+fn learns_limits(endpoint: &Endpoint) -> bool {
+    match endpoint {
+        Endpoint::Mock(mc) => mc.rpm.is_some() || mc.tpm.is_some(),
+        Endpoint::Remote { .. } => true,
+    }
+}
+
 /// Runs the job and also returns its summary (`None` for a dry run). `batch bench` drives the
 /// runner through this, so what it measures is exactly what `batch run` does.
 pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summary>), Error> {
     let started = Instant::now();
+    if let Endpoint::Mock(_) = &cfg.endpoint {
+        // The embedded mock counts usage with the real tokenizer, which takes a moment to
+        // build: start now, so that it overlaps the pre-flight instead of following it.
+        let model = cfg.model.clone();
+        std::thread::spawn(move || crate::tokens::count(&model, "warm up"));
+    }
     let input = InputFile::open(&cfg.input, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     let price = cfg.prices.lookup(&cfg.model);
@@ -239,7 +255,6 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     if let Some(path) = &cfg.summary_json {
         check_writable(path, "--summary-json")?;
     }
-    let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
     if matches!(cfg.resume, Resume::Yes { .. }) && !cfg.state.exists() {
         return Err(Error::Usage(format!(
             "nothing to resume: {} does not exist (the state file sits beside the results; give \
@@ -247,6 +262,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
             cfg.state.display()
         )));
     }
+    let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
     let mut store = Store::open(&cfg.state)?;
     let (endpoint, base_url, api_key, _mock) = match &cfg.endpoint {
         Endpoint::Mock(mc) => {
@@ -324,7 +340,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     );
     let shared = Arc::new(Shared {
         provider: provider.clone(),
-        budget: RateBudget::new(cfg.rpm, cfg.tpm, true),
+        budget: RateBudget::new(cfg.rpm, cfg.tpm, learns_limits(&cfg.endpoint)),
         slots: Slots::new(cfg.concurrency),
         retry: cfg.retry,
         timeout: cfg.timeout,
