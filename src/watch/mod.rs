@@ -171,7 +171,8 @@ pub async fn run(args: WatchArgs) -> Result<ExitStatus, Error> {
             .max(Duration::from_millis(10));
         tokio::select! {
             Some(joined) = running.join_next(), if !running.is_empty() => {
-                let finished = joined.map_err(|e| Error::io("a run failed", std::io::Error::other(e)))?;
+                let finished = joined
+                    .map_err(|e| Error::io("a run failed", std::io::Error::other(e)))?;
                 busy_files.remove(&finished.path);
                 busy_keys.remove(&finished.key);
                 if watcher.file(finished)? == Filed::Interrupted {
@@ -182,7 +183,9 @@ pub async fn run(args: WatchArgs) -> Result<ExitStatus, Error> {
             () = tokio::time::sleep(tick) => {}
             () = stop.cancelled(), if !stop.is_cancelled() => {
                 if !running.is_empty() {
-                    watcher.log.problem("interrupted: the run in progress gets its --grace, then the watcher stops");
+                    watcher.log.problem(
+                        "interrupted: the run in progress gets its --grace, then the watcher stops",
+                    );
                 }
             }
         }
