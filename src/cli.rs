@@ -278,6 +278,53 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Cache")]
     pub no_dedup: bool,
 
+    // ---- Structured output ----
+    /// JSON Schema the answers must fit, sent the provider's way (OpenAI: json_schema format,
+    /// strict; Anthropic: a forced tool).
+    /// Each answer is validated; an invalid one is retried (--schema-retries), then the row
+    /// fails with the validation error. Each top-level property becomes a column `out.<name>`.
+    #[arg(long, value_name = "FILE", help_heading = "Structured output")]
+    pub schema: Option<PathBuf>,
+
+    /// Send the schema with strict: false. Strict mode needs "additionalProperties": false and
+    /// every property in "required" on every object; a schema without them is refused unless
+    /// this is given (answers are validated either way).
+    #[arg(long, help_heading = "Structured output")]
+    pub no_strict: bool,
+
+    /// Answers that do not fit the schema are sent again up to N times (each is a billed
+    /// attempt), apart from --max-retries [default: 2].
+    #[arg(long, value_name = "N", help_heading = "Structured output")]
+    pub schema_retries: Option<u32>,
+
+    // ---- Verification ----
+    /// Compare each answer with this input column (expected answers); adds `match` and
+    /// `match_detail` columns and a pass rate to the summary. Rows with an empty expected cell
+    /// are not compared.
+    #[arg(long, value_name = "COLUMN", help_heading = "Verification")]
+    pub expect: Option<String>,
+
+    /// How --expect compares [default: exact]: exact (whole answer), contains, regex (the
+    /// expected cell is a pattern searched in the answer) or json (parsed values; with
+    /// --schema, field by field, only the fields the expected object gives).
+    #[arg(
+        long = "match",
+        value_name = "MODE",
+        value_enum,
+        help_heading = "Verification"
+    )]
+    #[serde(rename = "match")]
+    pub match_mode: Option<crate::expect::MatchMode>,
+
+    /// --expect ignores letter case.
+    #[arg(long, help_heading = "Verification")]
+    pub ignore_case: bool,
+
+    /// --expect treats runs of whitespace as one space and ignores leading and trailing
+    /// whitespace.
+    #[arg(long, help_heading = "Verification")]
+    pub ignore_whitespace: bool,
+
     // ---- Output ----
     /// Write answers as they are, even those starting with =, +, -, @, tab or carriage return
     /// (by default such cells get a leading ' so spreadsheets do not run them as formulas).
@@ -493,6 +540,11 @@ pub struct MockArgs {
         help_heading = "Faults"
     )]
     pub trickle_ms: u64,
+
+    /// Fraction of the answers to requests with a JSON schema (response_format json_schema)
+    /// that are spoilt on purpose: half not JSON at all, half JSON that breaks the schema.
+    #[arg(long, value_name = "R", default_value_t = 0.0, help_heading = "Faults")]
+    pub invalid_json_rate: f64,
 }
 
 impl MockArgs {

@@ -12,16 +12,20 @@ use std::time::Duration;
 use crate::cli::{MockArgs, RunArgs};
 use crate::concurrency::{Concurrency, ConcurrencyList};
 use crate::error::{Error, describe_io};
+use crate::expect::Expectation;
 use crate::mock::MockConfig;
 use crate::pricing::PriceTable;
 use crate::provider::{Api, ExtraHeaders};
 use crate::retry::RetryPolicy;
+use crate::schema::OutputSchema;
+use std::sync::Arc;
 
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
 const DEFAULT_CONCURRENCY: Concurrency = Concurrency::Fixed(16);
 const DEFAULT_MAX_RETRIES: u32 = 6;
 const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
 const DEFAULT_GRACE_SECS: f64 = 30.0;
+const DEFAULT_SCHEMA_RETRIES: u32 = 2;
 const SETTINGS_FILE: &str = "batch.toml";
 
 /// Where the user prompt comes from.
@@ -100,6 +104,12 @@ pub struct RunConfig {
     pub cache: CacheMode,
     /// Send each distinct request once per run and share its answer.
     pub dedup: bool,
+    /// `--schema`, loaded and compiled.
+    pub schema: Option<Arc<OutputSchema>>,
+    /// Resends of an answer that does not fit the schema.
+    pub schema_retries: u32,
+    /// `--expect` and its options.
+    pub expect: Option<Expectation>,
 }
 
 /// Whether and how the response cache is used.
@@ -156,10 +166,14 @@ impl RunConfig {
             fill_from_file!(args, file;
                 prompt, prompt_file, system, system_file, id_column, model, max_tokens,
                 temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
-                mock, summary_json, grace, max_cost, log, provider, api);
+                mock, summary_json, grace, max_cost, log, provider, api, schema, schema_retries,
+                expect, match_mode);
             if args.header.is_empty() {
                 args.header = std::mem::take(&mut file.header);
             }
+            args.no_strict |= file.no_strict;
+            args.ignore_case |= file.ignore_case;
+            args.ignore_whitespace |= file.ignore_whitespace;
             args.no_sanitize |= file.no_sanitize;
             args.no_cache |= file.no_cache;
             args.no_dedup |= file.no_dedup;
@@ -307,6 +321,33 @@ impl RunConfig {
         } else {
             Resume::No
         };
+        if (args.ignore_case || args.ignore_whitespace || args.match_mode.is_some())
+            && args.expect.is_none()
+        {
+            return Err(Error::Usage(
+                "--match, --ignore-case and --ignore-whitespace apply to --expect COLUMN, which \
+                 is not given"
+                    .into(),
+            ));
+        }
+        let expect = args.expect.map(|column| Expectation {
+            column,
+            mode: args.match_mode.unwrap_or_default(),
+            ignore_case: args.ignore_case,
+            ignore_whitespace: args.ignore_whitespace,
+        });
+        if args.no_strict && args.schema.is_none() {
+            return Err(Error::Usage(
+                "--no-strict applies to --schema, which is not given".into(),
+            ));
+        }
+        // Strict mode is OpenAI's; Anthropic takes the schema as a tool's input schema.
+        let strict = !args.no_strict && !api.is_anthropic();
+        let schema = args
+            .schema
+            .as_deref()
+            .map(|p| OutputSchema::load(p, strict).map(Arc::new))
+            .transpose()?;
         let state = args
             .state
             .unwrap_or_else(|| crate::store::default_path(&output));
@@ -382,6 +423,9 @@ impl RunConfig {
                 }
             },
             dedup: !args.no_dedup,
+            schema,
+            schema_retries: args.schema_retries.unwrap_or(DEFAULT_SCHEMA_RETRIES),
+            expect,
         })
     }
 }

@@ -14,8 +14,11 @@
 //! - [`store`] journals every outcome (the run's state, for `--resume`); [`cache`] answers
 //!   requests already paid for; [`spend`] keeps the total under `--max-cost`; [`audit`] logs
 //!   every attempt;
-//! - [`output`] writes results in input order; [`summary`] and [`progress`] tell the user how it
-//!   went; [`pricing`] and [`tokens`] put numbers on it.
+//! - [`schema`] holds the `--schema` every answer must fit (sent with each request, checked on
+//!   each answer, a failed check retried like an error);
+//! - [`output`] writes results in input order, with the columns [`derived`] computes from each
+//!   answer (`out.<name>` from the schema, `match` from [`expect`]); [`summary`] and [`progress`]
+//!   tell the user how it went; [`pricing`] and [`tokens`] put numbers on it.
 //!
 //! [`runner`] is the scheduler that drives that path with bounded concurrency and cancellation.
 //! [`mock`] is an HTTP server speaking all three wire formats (OpenAI chat and Responses,
@@ -31,7 +34,9 @@ pub mod cache;
 pub mod cli;
 pub mod concurrency;
 pub mod config;
+pub mod derived;
 pub mod error;
+pub mod expect;
 pub mod input;
 pub mod limiter;
 pub mod mock;
@@ -41,6 +46,7 @@ pub mod progress;
 pub mod provider;
 pub mod retry;
 pub mod runner;
+pub mod schema;
 pub mod spend;
 pub mod store;
 pub mod summary;

@@ -4,7 +4,9 @@
 //! request's shape as the real API does, and reports prompt-cache and reasoning tokens.
 //!
 //! Answers are deterministic and quote the start and end of the prompt they answer, so a test can
-//! prove that each output landed on its own row. Usage is counted with the real tokenizer. Latency,
+//! prove that each output landed on its own row; a request with a JSON schema (`response_format`
+//! json_schema) gets JSON generated from it instead (see `mock/schema.rs`), some of it spoilt on
+//! request. Usage is counted with the real tokenizer. Latency,
 //! jitter, slow responses and 500/503 errors are injected on request; so are OpenAI-style rate
 //! limits (429 with `x-ratelimit-*` and `retry-after` headers, see `mock/ratelimit.rs`), an exhausted
 //! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). `GET /stats` reports
@@ -38,6 +40,7 @@ mod messages;
 mod prompt_cache;
 mod ratelimit;
 mod responses;
+pub mod schema;
 mod wire;
 
 pub use fault::{FaultKind, FaultSpec};
@@ -68,6 +71,8 @@ pub struct MockConfig {
     pub faults: Vec<FaultSpec>,
     /// How long the body of a `trickle` fault takes.
     pub trickle: Duration,
+    /// Fraction of answers to schema requests that are spoilt (not JSON, or not fitting).
+    pub invalid_json_rate: f64,
 }
 
 impl Default for MockConfig {
@@ -86,6 +91,7 @@ impl Default for MockConfig {
             capacity: None,
             faults: Vec::new(),
             trickle: Duration::from_secs(10),
+            invalid_json_rate: 0.0,
         }
     }
 }
@@ -106,6 +112,7 @@ impl From<MockArgs> for MockConfig {
             capacity: a.capacity,
             faults: a.fault,
             trickle: Duration::from_millis(a.trickle_ms),
+            invalid_json_rate: a.invalid_json_rate.clamp(0.0, 1.0),
         }
     }
 }
@@ -163,6 +170,9 @@ pub struct MockStats {
     pub cached_tokens: u64,
     #[serde(default)]
     pub reasoning_tokens: u64,
+    /// Answers to schema requests sent spoilt on purpose (--invalid-json-rate).
+    #[serde(default)]
+    pub invalid_answers: u64,
 }
 
 struct Shared {
@@ -182,6 +192,7 @@ struct Shared {
     prompt_cache: prompt_cache::PromptCache,
     cached_tokens: AtomicU64,
     reasoning_tokens: AtomicU64,
+    invalid_answers: AtomicU64,
 }
 
 impl Shared {
@@ -210,6 +221,7 @@ impl Shared {
                 .collect(),
             cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
             reasoning_tokens: self.reasoning_tokens.load(Ordering::Relaxed),
+            invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
         }
     }
 
@@ -222,6 +234,9 @@ impl Shared {
             .fetch_add(a.prompt_tokens, Ordering::Relaxed);
         self.completion_tokens
             .fetch_add(a.completion_tokens, Ordering::Relaxed);
+        if a.spoilt {
+            self.invalid_answers.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -280,6 +295,7 @@ impl MockServer {
             prompt_cache: Default::default(),
             cached_tokens: AtomicU64::new(0),
             reasoning_tokens: AtomicU64::new(0),
+            invalid_answers: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
@@ -357,6 +373,7 @@ struct ChatRequest {
     messages: Vec<ChatMessage>,
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
+    response_format: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -475,7 +492,10 @@ async fn respond(
 
     // The answer is deterministic, so its cost is known on arrival, when a real API checks the
     // rate limits (and rejects at once, without the latency).
-    let parsed = wire.parse(headers, body);
+    // Dice for --invalid-json-rate are rolled for every request, but only a request with a schema
+    // can have its answer spoilt.
+    let spoil = roll_spoil(s);
+    let parsed = wire.parse(headers, body, spoil);
     if let Ok((req, answer)) = &parsed {
         let cost = answer.prompt_tokens + answer.completion_tokens;
         let verdict = s
@@ -551,7 +571,7 @@ fn json_reply(status: StatusCode, body: String) -> (Response, Option<StatusCode>
 }
 
 /// The request and the answer the mock gives it, or the 400 body.
-fn parse(body: &[u8]) -> Result<(ChatRequest, Answer), String> {
+fn parse(body: &[u8], spoil: Option<f64>) -> Result<(ChatRequest, Answer), String> {
     match serde_json::from_slice::<ChatRequest>(body) {
         Err(e) => Err(error_body(
             &format!("We could not parse the JSON body of your request: {e}"),
@@ -564,9 +584,52 @@ fn parse(body: &[u8]) -> Result<(ChatRequest, Answer), String> {
             None,
         )),
         Ok(req) => {
-            let answer = Answer::to(&req);
+            let schema = match req.response_format.as_ref().map(schema::requested_schema) {
+                Some(Err(message)) => {
+                    return Err(error_body(&message, "invalid_request_error", None));
+                }
+                Some(Ok(schema)) => schema,
+                None => None,
+            };
+            let answer = Answer::to(&req, schema, spoil);
             Ok((req, answer))
         }
+    }
+}
+
+/// Whether this request's answer is to be spoilt if it has a schema (`--invalid-json-rate`),
+/// with the roll that picks how.
+fn roll_spoil(s: &Shared) -> Option<f64> {
+    let rate = s.cfg.invalid_json_rate;
+    if rate <= 0.0 {
+        return None;
+    }
+    let mut rng = s.rng.lock().expect("rng lock");
+    rng.random_bool(rate).then(|| rng.random::<f64>())
+}
+
+/// The answer to a request that asks for `schema`, with `spoil` as for [`roll_spoil`].
+fn structured_answer(
+    model: &str,
+    system: Option<&str>,
+    user: &str,
+    max: Option<u32>,
+    schema: &serde_json::Value,
+    spoil: Option<f64>,
+) -> Answer {
+    let text = structured_text(schema, user, spoil);
+    let mut a = Answer::with_text(model, system, user, max, text);
+    a.spoilt = spoil.is_some();
+    a
+}
+
+/// The text of an answer that must fit `schema`: JSON generated from it, spoilt when a `spoil`
+/// roll is given.
+fn structured_text(schema: &serde_json::Value, user: &str, spoil: Option<f64>) -> String {
+    let valid = schema::generate(schema, user);
+    match spoil {
+        Some(roll) => schema::break_answer(schema, &valid, roll),
+        None => valid.to_string(),
     }
 }
 
@@ -588,10 +651,16 @@ struct Answer {
     reasoning_tokens: u64,
     /// The prompt prefix the cache may hold, set by the wire format that can cache it.
     prefix: Option<prompt_cache::Prefix>,
+    /// Spoilt on purpose (`--invalid-json-rate`).
+    spoilt: bool,
+    /// The forced tool whose input the answer is (Anthropic with a schema).
+    tool: Option<String>,
 }
 
 impl Answer {
-    fn to(req: &ChatRequest) -> Self {
+    /// The answer to `req`: JSON generated from `schema` when it asks for one (spoilt when a
+    /// `spoil` roll is given), else the plain quoting answer.
+    fn to(req: &ChatRequest, schema: Option<&serde_json::Value>, spoil: Option<f64>) -> Self {
         let system = req
             .messages
             .iter()
@@ -607,19 +676,34 @@ impl Answer {
             .unwrap_or_default();
         let system = (!system.is_empty()).then(|| system.join("\n"));
         let max = req.max_completion_tokens.or(req.max_tokens);
-        let mut a = Answer::new(&req.model, system.as_deref(), &user, max);
+        let text = match schema {
+            Some(schema) => structured_text(schema, &user, spoil),
+            None => answer(&user),
+        };
+        let mut a = Answer::with_text(&req.model, system.as_deref(), &user, max, text);
+        a.spoilt = schema.is_some() && spoil.is_some();
         a.prefix = system
             .as_deref()
             .map(|sys| prompt_cache::Prefix::automatic(&req.model, sys));
         a
     }
 
-    /// The answer to a prompt in any wire format: the quoting text, cut to `max` tokens. A
-    /// reasoning model (o-series, gpt-5) first spends [`reasoning_tokens`] thinking, which count
-    /// against `max` as they do on OpenAI, so a small cap can leave no visible text at all.
+    /// The answer to a prompt in any wire format: the quoting text, cut to `max` tokens.
     fn new(model: &str, system: Option<&str>, user: &str, max: Option<u32>) -> Self {
+        Answer::with_text(model, system, user, max, answer(user))
+    }
+
+    /// The answer `text` to a prompt, cut to `max` tokens. A reasoning model (o-series, gpt-5)
+    /// first spends [`reasoning_tokens`] thinking, which count against `max` as they do on
+    /// OpenAI, so a small cap can leave no visible text at all.
+    fn with_text(
+        model: &str,
+        system: Option<&str>,
+        user: &str,
+        max: Option<u32>,
+        mut text: String,
+    ) -> Self {
         let prompt_tokens = u64::from(tokens::count_chat(model, system, user));
-        let mut text = answer(user);
         let mut finish = "stop";
         let encoding = tokens::encoding_for(model);
         let mut ids = encoding.encode_ordinary(&text);
@@ -642,6 +726,8 @@ impl Answer {
             cache_write_tokens: 0,
             reasoning_tokens: reasoning,
             prefix: None,
+            spoilt: false,
+            tool: None,
         }
     }
 }

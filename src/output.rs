@@ -13,7 +13,9 @@ use std::time::Duration;
 use csv::StringRecord;
 use serde::Serialize;
 
+use crate::derived::DerivedColumns;
 use crate::error::{Error, describe_io};
+use crate::expect::PassRate;
 use crate::provider::Usage;
 
 /// Columns added after the input's own, in this order.
@@ -126,12 +128,24 @@ pub struct ResultsWriter {
     sanitize: bool,
     /// Set once the temporary file has become the destination.
     done: bool,
+    /// `out.*` and `match` columns, when the run has `--schema` or `--expect`.
+    derived: Option<DerivedColumns>,
 }
 
 impl ResultsWriter {
     /// Creates the temporary file and writes the header. Called before any request is sent, so
     /// an unwritable destination fails at once.
     pub fn create(path: &Path, input_headers: &[String], sanitize: bool) -> Result<Self, Error> {
+        Self::create_with(path, input_headers, sanitize, None)
+    }
+
+    /// Like [`ResultsWriter::create`], with the derived columns after the standard ones.
+    pub fn create_with(
+        path: &Path,
+        input_headers: &[String],
+        sanitize: bool,
+        derived: Option<DerivedColumns>,
+    ) -> Result<Self, Error> {
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -158,7 +172,14 @@ impl ResultsWriter {
             ))
         })?;
         let mut writer = csv::Writer::from_writer(BufWriter::with_capacity(256 * 1024, file));
-        let header = result_header(input_headers);
+        let mut header = result_header(input_headers);
+        for col in derived.iter().flat_map(DerivedColumns::names) {
+            let mut name = col;
+            while header.contains(&name) {
+                name = format!("result_{name}");
+            }
+            header.push(name);
+        }
         let mut this = ResultsWriter {
             path: path.to_path_buf(),
             tmp,
@@ -166,6 +187,7 @@ impl ResultsWriter {
             buf: StringRecord::new(),
             sanitize,
             done: false,
+            derived,
         };
         writer
             .write_record(&header)
@@ -233,11 +255,21 @@ impl ResultsWriter {
         ] {
             self.buf.push_field(field);
         }
+        if let Some(d) = self.derived.as_mut() {
+            for cell in d.cells(input, r) {
+                self.buf.push_field(&text(&cell, sanitize));
+            }
+        }
         let writer = self.writer.as_mut().expect("writer is open until finish");
         match writer.write_record(&self.buf) {
             Ok(()) => Ok(()),
             Err(e) => Err(self.write_error(e)),
         }
+    }
+
+    /// The `--expect` pass rate over the rows written so far.
+    pub fn pass_rate(&self) -> Option<PassRate> {
+        self.derived.as_ref().and_then(DerivedColumns::pass_rate)
     }
 
     /// Flushes, syncs and renames the temporary file over the destination.

@@ -36,7 +36,9 @@ use crate::audit::AuditLog;
 use crate::cache::{Cache, CachedAnswer};
 use crate::concurrency::{Sample, Slots};
 use crate::config::{CacheMode, Endpoint, PromptSource, Resume, RunConfig};
+use crate::derived::DerivedColumns;
 use crate::error::{Error, ExitStatus};
+use crate::expect::Expectation;
 use crate::input::{IdSet, InputFile, Row};
 use crate::limiter::RateBudget;
 use crate::mock::MockServer;
@@ -44,9 +46,10 @@ use crate::output::{ResultsWriter, RowResult, RowStatus, check_writable, format_
 use crate::pricing::Price;
 use crate::progress::Progress;
 use crate::provider::{
-    self, Api, CallError, Completion, ErrorKind, Exchange, Provider, Request, http_client,
+    self, Api, CallError, Completion, ErrorKind, Exchange, Provider, Request, Usage, http_client,
 };
 use crate::retry::RetryPolicy;
+use crate::schema::OutputSchema;
 use crate::spend::SpendCap;
 use crate::store::{AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, SeqSet, Store};
 use crate::summary::{Stats, Summary};
@@ -152,6 +155,9 @@ struct Shared {
     model: String,
     spend: Option<SpendCap>,
     audit: Option<AuditLog>,
+    /// Answers must fit this schema; one that does not is resent up to `schema_retries` times.
+    schema: Option<Arc<OutputSchema>>,
+    schema_retries: u32,
     /// Identical requests are sent once: rows waiting on one in flight, and this run's journal
     /// to find one already answered. `None` with `--no-dedup`.
     dedup: Option<(Mutex<Followers>, Mutex<FinishedRows>)>,
@@ -238,12 +244,19 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let input = InputFile::open(&cfg.input, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     let price = cfg.prices.lookup(&cfg.model);
+    let expect = match &cfg.expect {
+        Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
+        None => None,
+    };
     let plan = {
         let (input, prompts, model) = (input.clone(), prompts.clone(), cfg.model.clone());
         let count = cfg.dry_run;
-        tokio::task::spawn_blocking(move || preflight(&input, &prompts, &model, count))
-            .await
-            .map_err(|e| Error::io("pre-flight check failed", std::io::Error::other(e)))??
+        let expect = expect.clone();
+        tokio::task::spawn_blocking(move || {
+            preflight(&input, &prompts, &model, count, expect.as_ref())
+        })
+        .await
+        .map_err(|e| Error::io("pre-flight check failed", std::io::Error::other(e)))??
     };
     if cfg.dry_run {
         print_plan(&cfg, &plan, price);
@@ -251,7 +264,8 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     }
 
     // Everything that could fail on a path fails now, before anything is spent.
-    let writer = ResultsWriter::create(&cfg.output, &input.headers, cfg.sanitize)?;
+    let derived = DerivedColumns::new(cfg.schema.clone(), expect);
+    let writer = ResultsWriter::create_with(&cfg.output, &input.headers, cfg.sanitize, derived)?;
     if let Some(path) = &cfg.summary_json {
         check_writable(path, "--summary-json")?;
     }
@@ -348,6 +362,8 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         model: cfg.model.clone(),
         spend,
         audit,
+        schema: cfg.schema.clone(),
+        schema_retries: cfg.schema_retries,
         dedup: if cfg.dedup {
             Some((
                 Mutex::default(),
@@ -554,6 +570,7 @@ fn write_results(
         writer.write(&row.record, &r)?;
         next_input = pending_input.next();
     }
+    stats.expect = writer.pass_rate();
     Ok((stats, writer.finish()?))
 }
 
@@ -621,6 +638,7 @@ fn preflight(
     prompts: &Prompts,
     model: &str,
     count_tokens: bool,
+    expect: Option<&(Expectation, usize)>,
 ) -> Result<Plan, Error> {
     let mut ids = IdSet::default();
     let mut errors = Vec::new();
@@ -634,8 +652,16 @@ fn preflight(
             Ok(row) => {
                 rows += 1;
                 ids.insert(&row);
+                let expected =
+                    expect.map(|(e, i)| e.check_expected(row.record.get(*i).unwrap_or("")));
                 let problem = match prompts.render(input, &row) {
                     Err(e) => Some(format!("{}: line {}: {e}", input.path.display(), row.line)),
+                    Ok(_) if matches!(expected, Some(Err(_))) => Some(format!(
+                        "{}: line {}: {}",
+                        input.path.display(),
+                        row.line,
+                        expected.and_then(Result::err).unwrap_or_default()
+                    )),
                     Ok(r) => {
                         if count_tokens {
                             prompt_tokens +=
@@ -766,6 +792,7 @@ impl JobMaker {
             user: rendered.user,
             max_tokens: self.cfg.max_tokens,
             temperature: self.cfg.temperature,
+            schema: self.cfg.schema.clone(),
         };
         let body = Bytes::from(self.provider.body(&request));
         let request_hash = request_hash(&self.endpoint, &body);
@@ -1090,21 +1117,23 @@ async fn dispatch(
 async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecord>) {
     let mut rng = rand::rngs::SmallRng::from_os_rng();
     let mut journal = Vec::new();
-    let mut throttled = 0u32;
+    let mut tally = Tally::default();
     let mut last_error: Option<CallError> = None;
-    let stopped = |attempts: &[AttemptRecord], throttled, last: Option<&CallError>| {
+    let stopped = |attempts: &[AttemptRecord], tally: &Tally, last: Option<&CallError>| {
         let mut reason = shared.stop_reason();
         if let Some(e) = last {
             reason = format!("{reason}; last attempt: {e}");
         }
         let mut r = RowResult::skipped(job.seq, job.id.clone(), &shared.model, &reason);
         r.attempts = attempts.len() as u32;
-        r.throttled = throttled;
+        r.throttled = tally.throttled;
+        r.usage = tally.billed;
+        r.cost = tally.billed_cost;
         r
     };
     loop {
         if shared.stop.is_cancelled() {
-            return (stopped(&journal, throttled, last_error.as_ref()), journal);
+            return (stopped(&journal, &tally, last_error.as_ref()), journal);
         }
         let spend = match &shared.spend {
             None => None,
@@ -1120,7 +1149,7 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                         usd(cap.cap()),
                         usd(shared.worst_cost(job))
                     ));
-                    return (stopped(&journal, throttled, last_error.as_ref()), journal);
+                    return (stopped(&journal, &tally, last_error.as_ref()), journal);
                 }
             },
         };
@@ -1136,7 +1165,7 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 if let (Some(cap), Some(r)) = (&shared.spend, spend) {
                     cap.settle(r, Some(0.0));
                 }
-                return (stopped(&journal, throttled, last_error.as_ref()), journal);
+                return (stopped(&journal, &tally, last_error.as_ref()), journal);
             }
         };
         let attempt = journal.len() as u32 + 1;
@@ -1174,8 +1203,20 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
             Ok(c) => c.rate_limits.as_ref(),
             Err(e) => e.rate_limits.as_deref(),
         });
+        // A complete answer that does not fit the schema was paid for, but fails like an error.
+        let invalid = match (&exchange.outcome, &shared.schema) {
+            (Ok(c), Some(schema)) => schema.check(&c.text).err().map(|m| CallError {
+                request_id: c.request_id.clone(),
+                ..CallError::new(ErrorKind::InvalidAnswer, m)
+            }),
+            _ => None,
+        };
+        let attempt_error = match (&exchange.outcome, &invalid) {
+            (Err(e), _) | (Ok(_), Some(e)) => Some(e),
+            (Ok(_), None) => None,
+        };
         if let Some(audit) = &shared.audit {
-            let error = exchange.outcome.as_ref().err().map(|e| e.to_string());
+            let error = attempt_error.map(|e| e.to_string());
             audit.attempt(
                 started_at,
                 &job.id,
@@ -1190,12 +1231,9 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
         journal.push(AttemptRecord {
             attempt,
             started_at,
-            outcome: match &exchange.outcome {
-                Ok(_) => "ok",
-                Err(e) => e.kind.label(),
-            },
+            outcome: attempt_error.map_or("ok", |e| e.kind.label()),
             http_status: exchange.status,
-            error: exchange.outcome.as_ref().err().map(|e| e.to_string()),
+            error: attempt_error.map(|e| e.to_string()),
             latency,
             request_id: match &exchange.outcome {
                 Ok(c) => c.request_id.clone(),
@@ -1208,41 +1246,60 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 let used = c.usage.prompt_tokens + c.usage.completion_tokens;
                 shared.budget.settle(permit, Some(used));
                 shared.learn_completion(c.usage.completion_tokens);
-                let cost = charged;
-                let result = RowResult {
-                    seq: job.seq,
-                    id: job.id.clone(),
-                    status: RowStatus::Ok,
-                    output: c.text,
-                    error: String::new(),
-                    attempts: attempt,
-                    throttled,
-                    latency: Some(latency),
-                    cost,
-                    usage: Some(c.usage),
-                    model: c.model.unwrap_or_else(|| job.request.model.clone()),
-                    finish_reason: c.finish_reason.unwrap_or_default(),
-                    cached: false,
-                    saved_usd: None,
-                };
-                return (result, journal);
+                if let Some(e) = invalid {
+                    tally.bill(c.usage, charged);
+                    tally.rejected_answer = c.text;
+                    e
+                } else {
+                    // The answers rejected before this one count in the row's tokens and cost.
+                    tally.bill(c.usage, charged);
+                    let result = RowResult {
+                        seq: job.seq,
+                        id: job.id.clone(),
+                        status: RowStatus::Ok,
+                        output: c.text,
+                        error: String::new(),
+                        attempts: attempt,
+                        throttled: tally.throttled,
+                        latency: Some(latency),
+                        cost: tally.billed_cost,
+                        usage: tally.billed,
+                        model: c.model.unwrap_or_else(|| job.request.model.clone()),
+                        finish_reason: c.finish_reason.unwrap_or_default(),
+                        cached: false,
+                        saved_usd: None,
+                    };
+                    return (result, journal);
+                }
             }
-            Err(e) => e,
+            Err(e) => {
+                // A rejected or failed request is not counted against the server's token
+                // budget.
+                shared.budget.settle(permit, None);
+                e
+            }
         };
-        // A rejected or failed request is not counted against the server's token budget.
-        shared.budget.settle(permit, None);
         if abandoned {
-            return (stopped(&journal, throttled, Some(&err)), journal);
+            return (stopped(&journal, &tally, Some(&err)), journal);
         }
         if err.kind == ErrorKind::RateLimited {
-            throttled += 1;
+            tally.throttled += 1;
             shared.budget.back_off(err.retry_after);
         }
         tracing::debug!(row = %job.id, attempt, error = %err, "attempt failed");
         if err.kind.stops_run() {
             shared.stop_with(stop_message(&err));
         }
-        match shared.retry.next_delay(attempt - 1, &err, &mut rng) {
+        // Answers that do not fit the schema have their own budget of resends, sent at once
+        // (nothing is overloaded); the other retries count without them.
+        let wait = if err.kind == ErrorKind::InvalidAnswer {
+            tally.invalid_answers += 1;
+            (tally.invalid_answers <= shared.schema_retries).then_some(Duration::ZERO)
+        } else {
+            let retries = attempt - 1 - tally.invalid_answers;
+            shared.retry.next_delay(retries, &err, &mut rng)
+        };
+        match wait {
             Some(wait) => {
                 last_error = Some(err);
                 tokio::select! {
@@ -1255,17 +1312,22 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                     seq: job.seq,
                     id: job.id.clone(),
                     status: RowStatus::Failed,
-                    output: String::new(),
+                    // The answer that did not fit, to see what went wrong.
+                    output: if err.kind == ErrorKind::InvalidAnswer {
+                        std::mem::take(&mut tally.rejected_answer)
+                    } else {
+                        String::new()
+                    },
                     error: if attempt > 1 {
                         format!("{err} (after {attempt} attempts)")
                     } else {
                         err.to_string()
                     },
                     attempts: attempt,
-                    throttled,
+                    throttled: tally.throttled,
                     latency: Some(latency),
-                    usage: None,
-                    cost: None,
+                    usage: tally.billed,
+                    cost: tally.billed_cost,
                     model: job.request.model.clone(),
                     finish_reason: String::new(),
                     cached: false,
@@ -1273,6 +1335,34 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 };
                 return (result, journal);
             }
+        }
+    }
+}
+
+/// What a row's attempts add up to.
+#[derive(Default)]
+struct Tally {
+    /// Attempts answered with a 429.
+    throttled: u32,
+    /// Answers that did not fit the schema.
+    invalid_answers: u32,
+    /// Usage and cost of the answers received (rejected ones included: they were paid for).
+    billed: Option<Usage>,
+    billed_cost: Option<f64>,
+    /// The last answer that did not fit the schema.
+    rejected_answer: String,
+}
+
+impl Tally {
+    fn bill(&mut self, usage: Usage, cost: Option<f64>) {
+        let b = self.billed.get_or_insert_with(Usage::default);
+        b.prompt_tokens += usage.prompt_tokens;
+        b.completion_tokens += usage.completion_tokens;
+        b.cached_tokens += usage.cached_tokens;
+        b.cache_write_tokens += usage.cache_write_tokens;
+        b.reasoning_tokens += usage.reasoning_tokens;
+        if let Some(c) = cost {
+            *self.billed_cost.get_or_insert(0.0) += c;
         }
     }
 }

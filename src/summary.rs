@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::error::{Error, describe_io};
+use crate::expect::PassRate;
 use crate::output::{RowResult, RowStatus, format_cost};
 
 /// Running totals, fed one [`RowResult`] at a time.
@@ -40,6 +41,8 @@ pub struct Stats {
     pub saved_usd: f64,
     /// Latency of answered rows, microseconds.
     latency: Histogram<u64>,
+    /// The `--expect` pass rate, counted where the results are written.
+    pub expect: Option<PassRate>,
 }
 
 impl Default for Stats {
@@ -62,6 +65,7 @@ impl Default for Stats {
             tokens_saved: 0,
             saved_usd: 0.0,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            expect: None,
         }
     }
 }
@@ -151,6 +155,7 @@ impl Stats {
             model: model.to_string(),
             output: output.display().to_string(),
             stopped: None,
+            expect: self.expect.clone(),
         }
     }
 }
@@ -196,6 +201,9 @@ pub struct Summary {
     pub output: String,
     /// Why the run stopped before the end, if it did.
     pub stopped: Option<String>,
+    /// With `--expect`: answers compared with the expected column and how many matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect: Option<PassRate>,
 }
 
 impl Summary {
@@ -278,6 +286,17 @@ impl Summary {
             ms(self.latency_ms.p95),
             ms(self.latency_ms.p99)
         )?;
+        if let Some(e) = &self.expect {
+            let rate = e.rate.map_or("-".into(), |r| format!("{:.1}%", r * 100.0));
+            writeln!(
+                w,
+                "Expect     {} of {} answers match column {:?} ({}): pass rate {rate}",
+                e.matched,
+                e.compared,
+                e.column,
+                e.mode.name()
+            )?;
+        }
         writeln!(w, "Results    {}", self.output)
     }
 

@@ -48,7 +48,7 @@ fn invalid(message: impl Into<String>) -> (StatusCode, String) {
 }
 
 /// Checks headers and body; returns what was asked, or Anthropic's error for the first problem.
-pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Parsed {
+pub(super) fn parse(headers: &HeaderMap, body: &[u8], spoil: Option<f64>) -> Parsed {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if header("x-api-key").is_none_or(str::is_empty) {
         return Err((
@@ -105,16 +105,71 @@ pub(super) fn parse(headers: &HeaderMap, body: &[u8]) -> Parsed {
     }
     let (system, marked) = system(&req)?;
     let user = last_user_text(&req)?;
-    let mut a = Answer::new(
-        &model,
-        system.as_deref(),
-        &user,
-        Some(u32::try_from(max_tokens).unwrap_or(u32::MAX)),
-    );
+    let max = Some(u32::try_from(max_tokens).unwrap_or(u32::MAX));
+    let mut a = match forced_tool(&req)? {
+        Some((name, schema)) => {
+            let mut a =
+                super::structured_answer(&model, system.as_deref(), &user, max, schema, spoil);
+            a.tool = Some(name);
+            a
+        }
+        None => Answer::new(&model, system.as_deref(), &user, max),
+    };
     if marked && let Some(s) = &system {
         a.prefix = Some(Prefix::marked(&model, s));
     }
     Ok((Incoming { model }, a))
+}
+
+/// The tool `tool_choice` forces (`{"type": "tool", "name"}`), with its input schema, checked the
+/// way Anthropic checks tools: a name, an `input_schema` of type object, a forced name that is
+/// one of the tools.
+fn forced_tool(req: &Map<String, Value>) -> Result<Option<(String, &Value)>, (StatusCode, String)> {
+    static NO_TOOLS: Vec<Value> = Vec::new();
+    let tools = match req.get("tools") {
+        None => &NO_TOOLS,
+        Some(Value::Array(t)) => t,
+        Some(_) => return Err(invalid("tools: Input should be a valid list")),
+    };
+    for (i, t) in tools.iter().enumerate() {
+        if !t.get("name").is_some_and(Value::is_string) {
+            return Err(invalid(format!("tools.{i}.name: Field required")));
+        }
+        match t.get("input_schema") {
+            None => return Err(invalid(format!("tools.{i}.input_schema: Field required"))),
+            Some(s) if s.get("type") != Some(&json!("object")) => {
+                return Err(invalid(format!(
+                    "tools.{i}.input_schema.type: Input should be 'object'"
+                )));
+            }
+            Some(s) if jsonschema::validator_for(s).is_err() => {
+                return Err(invalid(format!(
+                    "tools.{i}.input_schema: JSON schema is invalid"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(choice) = req.get("tool_choice") else {
+        return Ok(None);
+    };
+    match choice.get("type").and_then(Value::as_str) {
+        Some("tool") => {}
+        Some("auto") | Some("any") | Some("none") => return Ok(None),
+        _ => {
+            return Err(invalid(
+                "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'",
+            ));
+        }
+    }
+    let Some(name) = choice.get("name").and_then(Value::as_str) else {
+        return Err(invalid("tool_choice.tool.name: Field required"));
+    };
+    let tool = tools
+        .iter()
+        .find(|t| t.get("name").and_then(Value::as_str) == Some(name))
+        .ok_or_else(|| invalid(format!("tool_choice: tool {name:?} not found in tools")))?;
+    Ok(Some((name.to_string(), &tool["input_schema"])))
 }
 
 /// The system prompt (a string or text blocks) and whether a block asks to be cached.
@@ -212,13 +267,35 @@ fn last_user_text(req: &Map<String, Value>) -> Result<String, (StatusCode, Strin
 /// `input_tokens` leaves out the tokens read from or written to the cache.
 pub(super) fn body(model: &str, a: &Answer, n: u64) -> String {
     let cache = a.cache_read_tokens + a.cache_write_tokens;
+    // A forced tool's answer is a tool_use block; one that is not a JSON object (spoilt, or cut
+    // off by max_tokens) comes back as prose, as from a model that ignored the tool.
+    let tool_input = a.tool.as_ref().zip(
+        serde_json::from_str::<Value>(&a.text)
+            .ok()
+            .filter(Value::is_object),
+    );
+    let (content, stop) = match tool_input {
+        Some((name, input)) => (
+            json!([{"type": "tool_use", "id": format!("toolu_mock{n}"), "name": name,
+                "input": input}]),
+            "tool_use",
+        ),
+        None => (
+            json!([{"type": "text", "text": a.text}]),
+            if a.finish == "length" {
+                "max_tokens"
+            } else {
+                "end_turn"
+            },
+        ),
+    };
     json!({
         "id": format!("msg_mock{n}"),
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": a.text}],
-        "stop_reason": if a.finish == "length" { "max_tokens" } else { "end_turn" },
+        "content": content,
+        "stop_reason": stop,
         "stop_sequence": null,
         "usage": {
             "input_tokens": a.prompt_tokens - cache.min(a.prompt_tokens),
@@ -269,6 +346,7 @@ mod tests {
             user: "hello world".into(),
             max_tokens,
             temperature: Some(0.5),
+            schema: None,
         }
     }
 

@@ -52,7 +52,7 @@ fn invalid(message: String, param: Option<&str>, code: &str) -> (StatusCode, Str
     )
 }
 
-pub(super) fn parse(body: &[u8]) -> Parsed {
+pub(super) fn parse(body: &[u8], spoil: Option<f64>) -> Parsed {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         (
             StatusCode::BAD_REQUEST,
@@ -124,7 +124,25 @@ pub(super) fn parse(body: &[u8]) -> Parsed {
         }
     };
     let user = input_text(req.get("input"))?;
-    let mut a = Answer::new(&model, instructions.as_deref(), &user, max);
+    // The Responses API's format is Chat's json_schema object with the type beside it.
+    let as_chat = match req.get("text").and_then(|t| t.get("format")) {
+        None | Some(Value::Null) => None,
+        Some(format) if format.get("type").and_then(Value::as_str) == Some("json_schema") => {
+            Some(json!({"type": "json_schema", "json_schema": format}))
+        }
+        Some(format) => Some(format.clone()),
+    };
+    let schema = match &as_chat {
+        None => None,
+        Some(f) => super::schema::requested_schema(f)
+            .map_err(|m| invalid(m, Some("text.format"), "invalid_value"))?,
+    };
+    let mut a = match schema {
+        Some(schema) => {
+            super::structured_answer(&model, instructions.as_deref(), &user, max, schema, spoil)
+        }
+        None => Answer::new(&model, instructions.as_deref(), &user, max),
+    };
     a.prefix = instructions
         .as_deref()
         .map(|s| Prefix::automatic(&model, s));
@@ -228,6 +246,7 @@ mod tests {
             user: "hello world".into(),
             max_tokens,
             temperature: None,
+            schema: None,
         }
     }
 

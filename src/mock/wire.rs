@@ -30,13 +30,14 @@ pub(super) struct Incoming {
 impl Wire {
     /// Checks the request's shape (headers and body) as the real API would, and works out the
     /// answer it gets.
-    pub fn parse(self, headers: &HeaderMap, body: &[u8]) -> Parsed {
+    /// `spoil` spoils the answer of a request with a schema (`--invalid-json-rate`).
+    pub fn parse(self, headers: &HeaderMap, body: &[u8], spoil: Option<f64>) -> Parsed {
         match self {
-            Wire::Chat => super::parse(body)
+            Wire::Chat => super::parse(body, spoil)
                 .map(|(req, a)| (Incoming { model: req.model }, a))
                 .map_err(|e| (StatusCode::BAD_REQUEST, e)),
-            Wire::Responses => responses::parse(body),
-            Wire::Messages => messages::parse(headers, body),
+            Wire::Responses => responses::parse(body, spoil),
+            Wire::Messages => messages::parse(headers, body, spoil),
         }
     }
 

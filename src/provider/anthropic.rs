@@ -89,7 +89,30 @@ pub struct MessagesBody<'a> {
     pub messages: Vec<Message<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    /// `--schema`: one tool whose input is the schema, which the model is forced to call; its
+    /// input is the answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<ToolChoice<'a>>,
 }
+
+#[derive(Debug, Serialize)]
+pub struct Tool<'a> {
+    pub name: &'a str,
+    pub description: &'static str,
+    pub input_schema: &'a serde_json::Value,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ToolChoice<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub name: &'a str,
+}
+
+/// What the forced tool says it is for (the model reads it).
+const TOOL_DESCRIPTION: &str = "Record the answer. Call this with the answer as its input.";
 
 /// The system prompt as a text block, which (unlike a plain string) can carry a cache mark.
 #[derive(Debug, Serialize)]
@@ -131,6 +154,17 @@ pub fn request_body(req: &Request) -> MessagesBody<'_> {
             content: &req.user,
         }],
         temperature: req.temperature,
+        tools: req.schema.as_deref().map(|s| {
+            vec![Tool {
+                name: &s.name,
+                description: TOOL_DESCRIPTION,
+                input_schema: &s.schema,
+            }]
+        }),
+        tool_choice: req.schema.as_deref().map(|s| ToolChoice {
+            kind: "tool",
+            name: &s.name,
+        }),
     }
 }
 
@@ -149,6 +183,9 @@ struct ContentBlock {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    /// A `tool_use` block's input: the answer when a schema forced the tool.
+    #[serde(default)]
+    input: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -178,11 +215,21 @@ pub fn parse_message(body: &[u8], headers: &HeaderMap) -> Result<Completion, Cal
     let u = resp
         .usage
         .ok_or_else(|| invalid("response has no usage".into()))?;
-    let text: String = content
-        .into_iter()
-        .filter(|b| b.kind == "text")
-        .filter_map(|b| b.text)
-        .collect();
+    // A forced tool's input is the answer (as JSON text, key order kept); otherwise the text
+    // blocks (a model that answered in prose instead fails the schema check).
+    let tool_input = content
+        .iter()
+        .find(|b| b.kind == "tool_use")
+        .and_then(|b| b.input.as_ref())
+        .map(|v| v.to_string());
+    let text: String = match tool_input {
+        Some(t) => t,
+        None => content
+            .into_iter()
+            .filter(|b| b.kind == "text")
+            .filter_map(|b| b.text)
+            .collect(),
+    };
     let cached = u.cache_read_input_tokens.unwrap_or(0);
     let written = u.cache_creation_input_tokens.unwrap_or(0);
     Ok(Completion {
@@ -315,6 +362,7 @@ mod tests {
             user: "Classify: great".into(),
             max_tokens,
             temperature: Some(0.0),
+            schema: None,
         }
     }
 
@@ -495,5 +543,34 @@ mod tests {
             messages_url("http://127.0.0.1:9/v1"),
             "http://127.0.0.1:9/v1/messages"
         );
+    }
+
+    #[test]
+    fn a_schema_is_a_forced_tool_and_its_input_is_the_answer() {
+        let schema = serde_json::json!({"type": "object",
+            "properties": {"b": {"type": "string"}, "a": {"type": "integer"}},
+            "required": ["b", "a"]});
+        let s = crate::schema::OutputSchema::new("review".into(), schema.clone(), false).unwrap();
+        let req = Request {
+            model: "claude-haiku-4-5".into(),
+            system: None,
+            user: "u".into(),
+            max_tokens: Some(100),
+            temperature: None,
+            schema: Some(std::sync::Arc::new(s)),
+        };
+        let v = serde_json::to_value(request_body(&req)).unwrap();
+        assert_eq!(v["tools"][0]["name"], "review");
+        assert_eq!(v["tools"][0]["input_schema"], schema);
+        assert_eq!(
+            v["tool_choice"],
+            serde_json::json!({"type": "tool", "name": "review"})
+        );
+        let body = br#"{"id":"msg_1","model":"claude-haiku-4-5","stop_reason":"tool_use",
+            "content":[{"type":"tool_use","id":"toolu_1","name":"review",
+            "input":{"b":"x","a":2}}],"usage":{"input_tokens":10,"output_tokens":5}}"#;
+        let c = parse_message(body, &HeaderMap::new()).unwrap();
+        assert_eq!(c.text, r#"{"b":"x","a":2}"#);
+        assert_eq!(c.finish_reason.as_deref(), Some("tool_use"));
     }
 }

@@ -307,6 +307,10 @@ pub struct Request {
     pub user: String,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
+    /// The `--schema` the answer must fit, sent the provider's native way (shared by every
+    /// row's request).
+    #[serde(skip)]
+    pub schema: Option<std::sync::Arc<crate::schema::OutputSchema>>,
 }
 
 /// Token usage as the server reported it, normalised: `prompt_tokens` is all input tokens, and
@@ -348,6 +352,9 @@ pub enum ErrorKind {
     Server,
     /// 200, but the body is not a usable answer (malformed JSON, missing fields).
     InvalidResponse,
+    /// A complete, billed answer that does not fit `--schema` (not JSON, or not valid against
+    /// it). Retried up to `--schema-retries`, apart from the other retries.
+    InvalidAnswer,
     /// Out of credit or over a billing limit: no request can succeed, so the run stops.
     QuotaExhausted,
     /// 401/403: the key is wrong or lacks access; the run stops.
@@ -381,6 +388,7 @@ impl ErrorKind {
             ErrorKind::RateLimited => "rate limited",
             ErrorKind::Server => "server error",
             ErrorKind::InvalidResponse => "invalid response",
+            ErrorKind::InvalidAnswer => "invalid answer",
             ErrorKind::QuotaExhausted => "quota exhausted",
             ErrorKind::Auth => "authentication error",
             ErrorKind::Rejected => "request rejected",

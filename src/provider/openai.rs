@@ -92,6 +92,23 @@ pub struct ChatBody<'a> {
     pub max_tokens: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<ResponseFormat<'a>>,
+}
+
+/// `response_format: {type: "json_schema", json_schema: {name, schema, strict}}`.
+#[derive(Debug, Serialize)]
+pub struct ResponseFormat<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub json_schema: JsonSchemaFormat<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JsonSchemaFormat<'a> {
+    pub name: &'a str,
+    pub schema: &'a serde_json::Value,
+    pub strict: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -123,6 +140,14 @@ pub fn request_body(req: &Request, use_max_completion_tokens: bool) -> ChatBody<
         max_completion_tokens,
         max_tokens,
         temperature: req.temperature,
+        response_format: req.schema.as_deref().map(|s| ResponseFormat {
+            kind: "json_schema",
+            json_schema: JsonSchemaFormat {
+                name: &s.name,
+                schema: &s.schema,
+                strict: s.strict,
+            },
+        }),
     }
 }
 
@@ -376,6 +401,7 @@ mod tests {
             user: "u".into(),
             max_tokens: Some(5),
             temperature: None,
+            schema: None,
         };
         let v = serde_json::to_value(request_body(&req, true)).unwrap();
         assert_eq!(v["max_completion_tokens"], 5);
@@ -383,5 +409,34 @@ mod tests {
         assert_eq!(v["messages"][0]["role"], "system");
         let v = serde_json::to_value(request_body(&req, false)).unwrap();
         assert_eq!(v["max_tokens"], 5);
+        assert!(v.get("response_format").is_none());
+    }
+
+    #[test]
+    fn schema_goes_in_response_format_strict() {
+        let schema = serde_json::json!({"type": "object",
+            "properties": {"z": {"type": "string"}, "a": {"type": "integer"}},
+            "required": ["z", "a"], "additionalProperties": false});
+        let s = crate::schema::OutputSchema::new("review".into(), schema.clone(), true).unwrap();
+        let req = Request {
+            model: "m".into(),
+            system: None,
+            user: "u".into(),
+            max_tokens: None,
+            temperature: None,
+            schema: Some(std::sync::Arc::new(s)),
+        };
+        let body = serde_json::to_string(&request_body(&req, true)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let f = &v["response_format"];
+        assert_eq!(f["type"], "json_schema");
+        assert_eq!(f["json_schema"]["name"], "review");
+        assert_eq!(f["json_schema"]["strict"], true);
+        assert_eq!(f["json_schema"]["schema"], schema);
+        // The schema's key order is kept: strict mode answers in the order given.
+        assert!(
+            body.find("\"z\"").unwrap() < body.find("\"a\"").unwrap(),
+            "{body}"
+        );
     }
 }

@@ -69,6 +69,23 @@ pub struct ResponsesBody<'a> {
     /// A batch job never refers back to a response, so there is no reason to have OpenAI keep
     /// each one (the default) for 30 days.
     pub store: bool,
+    /// `--schema`: `text: {format: {type: "json_schema", name, schema, strict}}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextConfig<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TextConfig<'a> {
+    pub format: TextFormat<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TextFormat<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub name: &'a str,
+    pub schema: &'a serde_json::Value,
+    pub strict: bool,
 }
 
 pub fn request_body(req: &Request) -> ResponsesBody<'_> {
@@ -79,6 +96,14 @@ pub fn request_body(req: &Request) -> ResponsesBody<'_> {
         max_output_tokens: req.max_tokens,
         temperature: req.temperature,
         store: false,
+        text: req.schema.as_deref().map(|s| TextConfig {
+            format: TextFormat {
+                kind: "json_schema",
+                name: &s.name,
+                schema: &s.schema,
+                strict: s.strict,
+            },
+        }),
     }
 }
 
@@ -292,12 +317,35 @@ mod tests {
             user: "hello".into(),
             max_tokens: Some(64),
             temperature: None,
+            schema: None,
         };
         let v = serde_json::to_value(request_body(&req)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"model": "gpt-5-mini", "input": "hello",
                 "instructions": "Be brief.", "max_output_tokens": 64, "store": false})
+        );
+    }
+
+    #[test]
+    fn a_schema_goes_in_text_format() {
+        let schema = serde_json::json!({"type": "object",
+            "properties": {"a": {"type": "string"}}, "required": ["a"],
+            "additionalProperties": false});
+        let s = crate::schema::OutputSchema::new("r".into(), schema.clone(), true).unwrap();
+        let req = Request {
+            model: "gpt-4.1-mini".into(),
+            system: None,
+            user: "u".into(),
+            max_tokens: None,
+            temperature: None,
+            schema: Some(std::sync::Arc::new(s)),
+        };
+        let v = serde_json::to_value(request_body(&req)).unwrap();
+        assert_eq!(
+            v["text"],
+            serde_json::json!({"format": {"type": "json_schema", "name": "r",
+                "schema": schema, "strict": true}})
         );
     }
 }
