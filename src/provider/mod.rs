@@ -643,6 +643,7 @@ mod provider_choice_tests {
             user: "u".into(),
             max_tokens: Some(32),
             temperature: None,
+            schema: None,
         };
         let client = reqwest::Client::new();
         let built: Vec<_> = [
