@@ -213,8 +213,8 @@ pub struct RunArgs {
     pub api: Option<crate::provider::ApiName>,
 
     /// Base URL of the API [env: OPENAI_BASE_URL, or ANTHROPIC_BASE_URL for anthropic; default:
-    /// https://api.openai.com/v1, https://api.anthropic.com]. The key comes from OPENAI_API_KEY
-    /// (ANTHROPIC_API_KEY for anthropic) or --api-key-file.
+    /// `https://api.openai.com/v1`, `https://api.anthropic.com`]. The key comes from
+    /// OPENAI_API_KEY (ANTHROPIC_API_KEY for anthropic) or --api-key-file.
     #[arg(long, value_name = "URL", help_heading = "Endpoint")]
     pub base_url: Option<String>,
 
@@ -222,7 +222,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE", help_heading = "Endpoint")]
     pub api_key_file: Option<PathBuf>,
 
-    /// Extra request header, repeatable: --header 'HTTP-Referer: https://example.com'. For
+    /// Extra request header, repeatable: `--header 'HTTP-Referer: https://example.com'`. For
     /// gateways and routers that want their own headers; it replaces a header batch would send
     /// (e.g. anthropic-version). Values are never printed or logged. In batch.toml: header =
     /// ["Name: value"].

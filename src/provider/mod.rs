@@ -592,3 +592,116 @@ mod tests {
         assert!(t.ends_with('…') && t.len() < s.len());
     }
 }
+
+#[cfg(test)]
+mod provider_choice_tests {
+    use super::*;
+
+    #[test]
+    fn provider_is_inferred_from_the_model_and_api_is_openai_only() {
+        use ApiName::*;
+        use ProviderName::*;
+        assert_eq!(
+            Api::resolve(None, None, "gpt-4.1-mini"),
+            Ok(Api::OpenAiChat)
+        );
+        assert_eq!(
+            Api::resolve(None, None, "claude-haiku-4-5"),
+            Ok(Api::AnthropicMessages)
+        );
+        // A router's name for a Claude model speaks OpenAI.
+        assert_eq!(
+            Api::resolve(None, None, "anthropic/claude-sonnet-4.5"),
+            Ok(Api::OpenAiChat)
+        );
+        assert_eq!(
+            Api::resolve(Some(Openai), None, "claude-haiku-4-5"),
+            Ok(Api::OpenAiChat)
+        );
+        assert_eq!(
+            Api::resolve(None, Some(Responses), "gpt-5"),
+            Ok(Api::OpenAiResponses)
+        );
+        assert_eq!(
+            Api::resolve(Some(Anthropic), None, "my-proxy-model"),
+            Ok(Api::AnthropicMessages)
+        );
+        let e = Api::resolve(Some(Anthropic), Some(Chat), "m").unwrap_err();
+        assert!(
+            e.contains("--api chat is for OpenAI") && !e.contains("inferred"),
+            "{e}"
+        );
+        let e = Api::resolve(None, Some(Responses), "claude-x").unwrap_err();
+        assert!(e.contains("inferred from the model"), "{e}");
+    }
+
+    #[test]
+    fn the_three_apis_never_share_an_endpoint_or_a_body() {
+        let req = Request {
+            model: "m".into(),
+            system: Some("s".into()),
+            user: "u".into(),
+            max_tokens: Some(32),
+            temperature: None,
+            schema: None,
+        };
+        let client = reqwest::Client::new();
+        let built: Vec<_> = [
+            Api::OpenAiChat,
+            Api::OpenAiResponses,
+            Api::AnthropicMessages,
+        ]
+        .into_iter()
+        .map(|api| {
+            let p = build(
+                api,
+                client.clone(),
+                "http://127.0.0.1:9/v1",
+                None,
+                &ExtraHeaders::default(),
+            );
+            (p.endpoint().to_string(), p.body(&req))
+        })
+        .collect();
+        for (i, a) in built.iter().enumerate() {
+            for b in &built[i + 1..] {
+                assert_ne!(a.0, b.0);
+                assert_ne!(a.1, b.1);
+                // So the resume and cache key differ too.
+                assert_ne!(
+                    crate::runner::request_hash(&a.0, &a.1),
+                    crate::runner::request_hash(&b.0, &b.1)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn extra_headers_are_checked_redacted_and_win() {
+        let h = ExtraHeaders::parse(&[
+            "X-Title: batch".into(),
+            "anthropic-version:  2023-01-01 ".into(),
+            "Authorization: Bearer sk-secret".into(),
+        ])
+        .unwrap();
+        let dbg = format!("{h:?}");
+        assert!(
+            dbg.contains("x-title") && !dbg.contains("sk-secret"),
+            "{dbg}"
+        );
+        let mut map = HeaderMap::new();
+        map.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+        h.apply(&mut map);
+        assert_eq!(map["anthropic-version"], "2023-01-01");
+        assert!(map["authorization"].is_sensitive());
+        for (bad, says) in [
+            ("no colon", "number 1"),
+            ("Bad Name: v", "not a header name"),
+            ("X: a\u{7}b", "cannot carry"),
+            ("Content-Type: text/plain", "sets this header itself"),
+        ] {
+            let e = ExtraHeaders::parse(&[bad.to_string()]).unwrap_err();
+            assert!(e.contains("--header") && e.contains(says), "{bad}: {e}");
+        }
+    }
+}
