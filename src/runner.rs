@@ -1606,8 +1606,9 @@ async fn watch_signals(
     }
 }
 
-/// Waits for Ctrl-C or SIGTERM; `false` if signals cannot be watched.
-async fn wait_for_signal() -> bool {
+/// Waits for Ctrl-C or SIGTERM; `false` if signals cannot be watched. (`batch watch` waits with
+/// it too; the run in progress sees the same signal and stops by itself after its grace.)
+pub(crate) async fn wait_for_signal() -> bool {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -78,7 +78,7 @@ pub async fn run(args: WatchArgs) -> Result<ExitStatus, Error> {
     {
         let stop = stop.clone();
         tokio::spawn(async move {
-            if wait_for_signal().await {
+            if crate::runner::wait_for_signal().await {
                 stop.cancel();
             }
         });
@@ -523,26 +523,6 @@ fn fs_events(
     })?;
     w.watch(dir, notify::RecursiveMode::NonRecursive)?;
     Ok(w)
-}
-
-/// Waits for Ctrl-C or SIGTERM; `false` if signals cannot be watched. The run in progress sees
-/// the same signal and stops by itself after its grace period.
-async fn wait_for_signal() -> bool {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return tokio::signal::ctrl_c().await.is_ok();
-        };
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.is_ok(),
-            r = term.recv() => r.is_some(),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.is_ok()
-    }
 }
 
 #[cfg(test)]
