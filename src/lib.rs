@@ -38,6 +38,7 @@ pub mod cache;
 pub mod cli;
 pub mod concurrency;
 pub mod config;
+pub mod dedup;
 pub mod derived;
 pub mod error;
 pub mod expect;

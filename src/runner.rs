@@ -37,6 +37,7 @@ use crate::audit::AuditLog;
 use crate::cache::{Cache, CachedAnswer};
 use crate::concurrency::{Sample, Slots};
 use crate::config::{CacheMode, Endpoint, PromptSource, Resume, RunConfig};
+use crate::dedup::{Dedup, Turn};
 use crate::derived::DerivedColumns;
 use crate::error::{Error, ExitStatus};
 use crate::expect::Expectation;
@@ -102,52 +103,6 @@ struct JournalEntry {
     leads: bool,
 }
 
-/// Rows waiting for the answer to an identical request in flight, by request hash.
-type Followers = std::collections::HashMap<String, Vec<(u64, String)>>;
-
-/// The requests this run has sent, as a Bloom filter: "no" is certain, so only a "maybe" costs a
-/// look in the journal for an identical request already answered. Ten bits a row (a million
-/// rows in 1.25 MB) give about 1% false maybes.
-struct SentRequests {
-    bits: Vec<u64>,
-}
-
-impl SentRequests {
-    const HASHES: u64 = 7;
-
-    fn new(rows: u64) -> Self {
-        SentRequests {
-            bits: vec![0; (rows.max(64) * 10).div_ceil(64) as usize],
-        }
-    }
-
-    /// Bit positions for a request hash (hex SHA-256): double hashing over two 64-bit parts.
-    fn positions(&self, hash: &str) -> impl Iterator<Item = (usize, u64)> + use<> {
-        let part = |r: std::ops::Range<usize>| {
-            hash.get(r)
-                .and_then(|h| u64::from_str_radix(h, 16).ok())
-                .unwrap_or(0)
-        };
-        let (h1, h2) = (part(0..16), part(16..32) | 1);
-        let n = self.bits.len() as u64 * 64;
-        (0..Self::HASHES).map(move |i| {
-            let bit = h1.wrapping_add(i.wrapping_mul(h2)) % n;
-            ((bit / 64) as usize, bit % 64)
-        })
-    }
-
-    fn insert(&mut self, hash: &str) {
-        for (word, bit) in self.positions(hash) {
-            self.bits[word] |= 1 << bit;
-        }
-    }
-
-    fn may_contain(&self, hash: &str) -> bool {
-        self.positions(hash)
-            .all(|(word, bit)| self.bits[word] & (1 << bit) != 0)
-    }
-}
-
 /// What every row task needs, shared.
 struct Shared {
     provider: Arc<dyn Provider>,
@@ -160,9 +115,8 @@ struct Shared {
     /// Answers must fit this schema; one that does not is resent up to `schema_retries` times.
     schema: Option<Arc<OutputSchema>>,
     schema_retries: u32,
-    /// Identical requests are sent once: rows waiting on one in flight, and this run's journal
-    /// to find one already answered. `None` with `--no-dedup`.
-    dedup: Option<(Mutex<Followers>, Mutex<FinishedRows>)>,
+    /// Identical requests are sent once. `None` with `--no-dedup`.
+    dedup: Option<Dedup>,
     /// Completion tokens an answer is expected to need: a running mean of the answers seen.
     completion_estimate: Mutex<f64>,
     /// Cancelled when the run must stop dispatching.
@@ -388,10 +342,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         schema: cfg.schema.clone(),
         schema_retries: cfg.schema_retries,
         dedup: if cfg.dedup {
-            Some((
-                Mutex::default(),
-                Mutex::new(FinishedRows::open(&cfg.state)?),
-            ))
+            Some(Dedup::new(FinishedRows::open(&cfg.state)?))
         } else {
             None
         },
@@ -462,7 +413,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         };
         std::thread::spawn(move || write_journal(store, cache, journal_rx, &shared, &result_tx))
     };
-    let dispatcher = tokio::spawn(dispatch(work_rx, shared.clone(), journal_tx, plan.rows));
+    let dispatcher = tokio::spawn(dispatch(work_rx, shared.clone(), journal_tx));
 
     // Collector: live totals for the progress bar.
     let mut live = Stats::default();
@@ -1117,13 +1068,12 @@ fn write_journal(
         // Rows that waited for an identical request get its answer, now that it is committed
         // (so a later identical row finds it in the journal).
         let mut reused = Vec::new();
-        if let Some((followers, _)) = &shared.dedup {
-            let mut followers = followers.lock().expect("followers lock");
+        if let Some(dedup) = &shared.dedup {
             for (f, (_, leads)) in finished.iter().zip(&flags) {
                 if !*leads {
                     continue;
                 }
-                for (seq, id) in followers.remove(&f.request_hash).unwrap_or_default() {
+                for (seq, id) in dedup.answered(&f.request_hash, &f.result) {
                     reused.push(Finished {
                         result: RowResult::reused(seq, id, &f.result),
                         request_hash: f.request_hash.clone(),
@@ -1189,9 +1139,7 @@ async fn dispatch(
     mut work: mpsc::Receiver<Result<Job, Error>>,
     shared: Arc<Shared>,
     journal: std::sync::mpsc::Sender<JournalEntry>,
-    rows: u64,
 ) -> Option<Error> {
-    let mut sent = SentRequests::new(rows);
     let record = |result: RowResult, job: Job, holds_slot: bool, leads: bool| {
         let finished = Finished {
             result,
@@ -1224,31 +1172,15 @@ async fn dispatch(
         }
         // Identical requests are sent once: wait for the one in flight, or reuse the answer.
         let mut leads = false;
-        if let Some((followers, journal_rows)) = &shared.dedup {
-            let mut followers = followers.lock().expect("followers lock");
-            if let Some(waiting) = followers.get_mut(&job.request_hash) {
-                waiting.push((job.seq, job.id.clone()));
-                continue;
+        if let Some(dedup) = &shared.dedup {
+            match dedup.turn(job.seq, &job.id, &job.request_hash) {
+                Turn::Follow => continue,
+                Turn::Reuse(result) => {
+                    record(*result, job, false, false);
+                    continue;
+                }
+                Turn::Lead => {}
             }
-            let answered = if sent.may_contain(&job.request_hash) {
-                journal_rows
-                    .lock()
-                    .expect("journal reader lock")
-                    .answered(&job.request_hash)
-                    .unwrap_or_else(|e| {
-                        tracing::warn!("{e}");
-                        None
-                    })
-            } else {
-                None
-            };
-            if let Some(original) = answered {
-                let result = RowResult::reused(job.seq, job.id.clone(), &original);
-                record(result, job, false, false);
-                continue;
-            }
-            followers.insert(job.request_hash.clone(), Vec::new());
-            sent.insert(&job.request_hash);
             leads = true;
         }
         if shared.stop.is_cancelled() {
@@ -1324,11 +1256,9 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 }
             },
         };
-        let reserve = if shared.budget.counts_tokens() {
+        let reserve = || {
             job.prompt_tokens()
                 .saturating_add(shared.completion_reservation(job.request.max_tokens))
-        } else {
-            0
         };
         let permit = tokio::select! {
             permit = shared.budget.acquire(reserve) => permit,
@@ -1629,20 +1559,6 @@ pub(crate) async fn wait_for_signal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sent_requests_never_forget_and_rarely_imagine() {
-        let hash = |i: u64| request_hash("e", i.to_string().as_bytes());
-        let mut sent = SentRequests::new(10_000);
-        for i in 0..10_000 {
-            sent.insert(&hash(i));
-        }
-        assert!((0..10_000).all(|i| sent.may_contain(&hash(i))));
-        let false_maybes = (10_000..20_000)
-            .filter(|i| sent.may_contain(&hash(*i)))
-            .count();
-        assert!(false_maybes < 300, "{false_maybes} false maybes in 10,000");
-    }
 
     #[test]
     fn request_hash_covers_endpoint_and_body() {

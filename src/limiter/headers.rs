@@ -36,6 +36,15 @@ pub struct RateLimitHeaders {
 impl RateLimitHeaders {
     /// Reads OpenAI's or Anthropic's headers; `None` when there are none.
     pub fn parse(headers: &HeaderMap, now: SystemTime) -> Option<Self> {
+        // Most responses of a server without limits have none: one pass over the names
+        // settles that, before the eighteen lookups below.
+        let limited = headers.keys().any(|k| {
+            let k = k.as_str();
+            k.starts_with("x-ratelimit-") || k.starts_with("anthropic-ratelimit-")
+        });
+        if !limited {
+            return None;
+        }
         let get = |name: &str| {
             headers
                 .get(name)
@@ -43,25 +52,50 @@ impl RateLimitHeaders {
                 .map(str::trim)
         };
         let number = |name: &str| get(name).and_then(parse_count);
-        let openai = |kind: &str| LimitSnapshot {
-            limit: number(&format!("x-ratelimit-limit-{kind}")),
-            remaining: number(&format!("x-ratelimit-remaining-{kind}")),
-            reset: get(&format!("x-ratelimit-reset-{kind}")).and_then(parse_go_duration),
+        let openai = |[limit, remaining, reset]: [&str; 3]| LimitSnapshot {
+            limit: number(limit),
+            remaining: number(remaining),
+            reset: get(reset).and_then(parse_go_duration),
         };
-        let anthropic = |kind: &str| LimitSnapshot {
-            limit: number(&format!("anthropic-ratelimit-{kind}-limit")),
-            remaining: number(&format!("anthropic-ratelimit-{kind}-remaining")),
-            reset: get(&format!("anthropic-ratelimit-{kind}-reset"))
-                .and_then(|s| parse_rfc3339_reset(s, now)),
+        let anthropic = |[limit, remaining, reset]: [&str; 3]| LimitSnapshot {
+            limit: number(limit),
+            remaining: number(remaining),
+            reset: get(reset).and_then(|s| parse_rfc3339_reset(s, now)),
         };
         let first = |a: LimitSnapshot, b: LimitSnapshot| if a.is_empty() { b } else { a };
         let parsed = RateLimitHeaders {
-            requests: first(openai("requests"), anthropic("requests")),
+            requests: first(
+                openai([
+                    "x-ratelimit-limit-requests",
+                    "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests",
+                ]),
+                anthropic([
+                    "anthropic-ratelimit-requests-limit",
+                    "anthropic-ratelimit-requests-remaining",
+                    "anthropic-ratelimit-requests-reset",
+                ]),
+            ),
             // Anthropic's combined token budget when present, else its input-token budget (the
             // one a prompt-heavy batch job runs into).
             tokens: first(
-                openai("tokens"),
-                first(anthropic("tokens"), anthropic("input-tokens")),
+                openai([
+                    "x-ratelimit-limit-tokens",
+                    "x-ratelimit-remaining-tokens",
+                    "x-ratelimit-reset-tokens",
+                ]),
+                first(
+                    anthropic([
+                        "anthropic-ratelimit-tokens-limit",
+                        "anthropic-ratelimit-tokens-remaining",
+                        "anthropic-ratelimit-tokens-reset",
+                    ]),
+                    anthropic([
+                        "anthropic-ratelimit-input-tokens-limit",
+                        "anthropic-ratelimit-input-tokens-remaining",
+                        "anthropic-ratelimit-input-tokens-reset",
+                    ]),
+                ),
             ),
         };
         (!parsed.requests.is_empty() || !parsed.tokens.is_empty()).then_some(parsed)

@@ -136,12 +136,9 @@ impl RateBudget {
         }
     }
 
-    /// Whether requests must say how many tokens they take: there is a token budget, or there
-    /// may be one (the server has not answered yet). Counting costs more than anything else a
-    /// row does before it is sent, so it is skipped when nothing needs it.
-    pub fn counts_tokens(&self) -> bool {
-        let s = self.state.lock().expect("budget lock");
-        s.tokens.is_some() || s.probing
+    /// Whether requests must say how many tokens they take: there is a token budget.
+    fn counts_tokens(&self) -> bool {
+        self.state.lock().expect("budget lock").tokens.is_some()
     }
 
     /// The paced limits now in force, per minute: (requests, tokens).
@@ -151,10 +148,16 @@ impl RateBudget {
         (per_min(&s.requests), per_min(&s.tokens))
     }
 
-    /// Waits until a request of `tokens` tokens fits every budget, and takes it. Requests are
+    /// Waits until a request of `tokens()` tokens fits every budget, and takes it. Requests are
     /// served first come, first served, so a large one is not starved by a stream of small ones.
     /// Cancel-safe: a dropped call leaves the queue.
-    pub async fn acquire(&self, tokens: u32) -> Permit {
+    ///
+    /// `tokens` is called only if there is a token budget once the limits are known: counting
+    /// costs more than anything else a row does before it is sent (and the first count builds
+    /// the tokenizer, a fifth of a second), so it is skipped when nothing needs it. The probe
+    /// itself reserves nothing; if the server then turns out to have a token limit, settling
+    /// the probe takes its real usage from the new budget, a slight over-count on the safe side.
+    pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Permit {
         // Hold back everyone but the first request until the server has told us its limits.
         loop {
             let notified = self.learned.notified();
@@ -170,7 +173,11 @@ impl RateBudget {
             }
             notified.await;
         }
-        let tokens = f64::from(tokens);
+        let tokens = if self.counts_tokens() {
+            f64::from(tokens())
+        } else {
+            0.0
+        };
         let ticket = Ticket::join(self);
         loop {
             let turn = self.turn.notified();
@@ -319,7 +326,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let mut times = Vec::new();
         for _ in 0..100 {
-            let p = budget.acquire(1).await;
+            let p = budget.acquire(|| 1).await;
             budget.settle(p, Some(1));
             times.push(start.elapsed().as_secs_f64());
         }
@@ -340,19 +347,19 @@ mod tests {
     async fn token_refunds_make_room() {
         // 6000 tpm = 100/s paced at 99, burst 49.5: reserve 49.5, use 10, the rest comes back.
         let budget = RateBudget::new(None, Some(6000), false);
-        let p = budget.acquire(49).await;
+        let p = budget.acquire(|| 49).await;
         budget.settle(p, Some(10));
         let start = tokio::time::Instant::now();
-        let _p = budget.acquire(39).await;
+        let _p = budget.acquire(|| 39).await;
         assert!(start.elapsed() < Duration::from_millis(10));
     }
 
     #[tokio::test(start_paused = true)]
     async fn probe_holds_others_until_the_first_answer() {
         let budget = std::sync::Arc::new(RateBudget::new(None, None, true));
-        let first = budget.acquire(1).await;
+        let first = budget.acquire(|| 1).await;
         let b2 = budget.clone();
-        let second = tokio::spawn(async move { b2.acquire(1).await });
+        let second = tokio::spawn(async move { b2.acquire(|| 1).await });
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(
             !second.is_finished(),
@@ -380,7 +387,7 @@ mod tests {
         let budget = RateBudget::new(None, None, false);
         budget.back_off(Some(Duration::from_secs(2)));
         let start = tokio::time::Instant::now();
-        let _p = budget.acquire(1).await;
+        let _p = budget.acquire(|| 1).await;
         assert!(start.elapsed() >= Duration::from_secs(2));
     }
 
@@ -389,7 +396,7 @@ mod tests {
         let budget = RateBudget::new(None, None, false);
         let start = tokio::time::Instant::now();
         for _ in 0..10_000 {
-            let p = budget.acquire(1_000_000).await;
+            let p = budget.acquire(|| 1_000_000).await;
             budget.settle(p, None);
         }
         assert_eq!(start.elapsed(), Duration::ZERO);
