@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the per-row hot paths, in process: reading the input CSV, writing
-//! the results CSV, rendering the prompt templates, counting tokens, and the whole runner on an
+//! the results CSV, rendering the prompt templates, counting tokens, committing outcomes to the
+//! run's journal (the state file), and the whole runner on an
 //! instant mock (latency 0), reported per row, which is the runner's own cost of one row:
 //! scheduling, limiter, HTTP to the in-process mock and back, journal and results.
 //!
@@ -14,11 +15,13 @@ use batch::config::{CacheMode, PromptSource, Resume, RunConfig};
 use batch::input::{InputFile, Row};
 use batch::output::{ResultsWriter, RowResult, RowStatus};
 use batch::provider::Usage;
+use batch::store::{AttemptRecord, Finished, RunSettings, Store};
 use batch::template::Prompts;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const INPUT_ROWS: usize = 10_000;
 const RUNNER_ROWS: usize = 2_000;
+const JOURNAL_ROWS: usize = 50_000;
 const PROMPT: &str = "Classify the sentiment of this customer review of {{ product }} as exactly \
 one word: positive, negative or neutral.\n\nReview: {{ review }}";
 const SYSTEM: &str = "You are a careful annotator. Answer with a single lowercase word.";
@@ -213,5 +216,88 @@ fn runner(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, csv_read, csv_write, template, tokens, runner);
+/// A finished one-attempt row shaped like the zero-latency overhead run's.
+fn finished_row(seq: u64) -> Finished {
+    let text = format!(
+        "mock answer to \"Classify: The blender was fine, arrived in 3 days, would buy again. \
+         #{seq:06}\""
+    );
+    Finished {
+        result: RowResult {
+            seq,
+            id: format!("r{seq}"),
+            status: RowStatus::Ok,
+            output: text,
+            error: String::new(),
+            attempts: 1,
+            throttled: 0,
+            latency: Some(Duration::from_millis(1)),
+            usage: Some(Usage {
+                prompt_tokens: 28,
+                completion_tokens: 26,
+                ..Default::default()
+            }),
+            cost: Some(5.28e-5),
+            model: MODEL.into(),
+            finish_reason: "stop".into(),
+            cached: false,
+            saved_usd: None,
+        },
+        request_hash: format!(
+            "{:064x}",
+            u128::from(seq).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ),
+        attempts: vec![AttemptRecord {
+            attempt: 1,
+            started_at: std::time::SystemTime::now(),
+            outcome: "ok",
+            http_status: Some(200),
+            error: None,
+            latency: Duration::from_millis(1),
+            request_id: Some(format!("req_mock_{seq}")),
+            charged_usd: Some(5.28e-5),
+        }],
+    }
+}
+
+/// The journal as the runner drives it: 50,000 outcomes (enough for WAL checkpoints) committed
+/// in groups of 16 (the average group on the zero-latency mock at concurrency 64), into a new
+/// state file each iteration.
+fn journal(c: &mut Criterion) {
+    const GROUP: usize = 16;
+    let rows: Vec<Finished> = (0..JOURNAL_ROWS as u64).map(finished_row).collect();
+    let settings = RunSettings {
+        input: "input.csv".into(),
+        endpoint: "mock".into(),
+        model: MODEL.into(),
+        prompt: PROMPT.into(),
+        system: None,
+        max_tokens: None,
+        temperature: None,
+    };
+    let mut g = c.benchmark_group("journal");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(JOURNAL_ROWS as u64));
+    g.bench_function("record_50k_rows_in_groups_of_16", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let dir = tempfile::tempdir().unwrap();
+                let mut store = Store::open(&dir.path().join("state.sqlite")).unwrap();
+                store.start_run(&settings, JOURNAL_ROWS as u64).unwrap();
+                let start = Instant::now();
+                for group in rows.chunks(GROUP) {
+                    store.record(group).unwrap();
+                }
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches, csv_read, csv_write, template, tokens, journal, runner
+);
 criterion_main!(benches);
