@@ -231,6 +231,9 @@ pub(crate) fn secret_header(value: &str) -> HeaderValue {
 pub(crate) struct Transport {
     client: reqwest::Client,
     url: String,
+    /// `url`, parsed once rather than for every request (`None` if it does not parse: each
+    /// request then fails with the parser's error).
+    parsed: Option<reqwest::Url>,
     headers: HeaderMap,
 }
 
@@ -251,6 +254,7 @@ impl Transport {
         extra.apply(&mut headers);
         Transport {
             client,
+            parsed: reqwest::Url::parse(&url).ok(),
             url,
             headers,
         }
@@ -261,17 +265,17 @@ impl Transport {
     }
 
     pub async fn post(&self, body: bytes::Bytes, parse: ParseFn, classify: ClassifyFn) -> Exchange {
-        let request = self
-            .client
-            .post(&self.url)
-            .headers(self.headers.clone())
-            .body(body);
-        let resp = match request.send().await {
+        let request = match &self.parsed {
+            Some(url) => self.client.post(url.clone()),
+            None => self.client.post(&self.url),
+        };
+        let request = request.headers(self.headers.clone()).body(body);
+        let mut resp = match request.send().await {
             Ok(resp) => resp,
             Err(e) => return Exchange::failed(transport_error(&e)),
         };
         let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
+        let headers = std::mem::take(resp.headers_mut());
         let kept = kept_headers(&headers);
         match resp.bytes().await {
             // Headers came, the body broke off (reset, truncation): a connection error.
