@@ -374,7 +374,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         None => None,
     };
     progress.start_at(finished.as_ref().map_or(0, SeqSet::len));
-    let (work_tx, work_rx) = mpsc::channel::<Result<Job, Error>>(256);
+    let (work_tx, work_rx) = mpsc::channel::<Vec<Result<Job, Error>>>(256 / WORK_CHUNK);
     let reader = {
         // The embedded mock listens on a new port each run; identify it by name so that a
         // resumed run (and the cache) recognise its requests as the same.
@@ -968,16 +968,17 @@ fn read_work(
     maker: &JobMaker,
     finished: Option<SeqSet>,
     state: &Path,
-    tx: mpsc::Sender<Result<Job, Error>>,
+    tx: mpsc::Sender<Vec<Result<Job, Error>>>,
 ) {
-    let send = |job: Result<Job, Error>| -> bool {
-        let failed = job.is_err();
-        tx.blocking_send(job).is_ok() && !failed
-    };
+    let tx = std::cell::RefCell::new(WorkSender {
+        tx,
+        chunk: Vec::with_capacity(WORK_CHUNK),
+    });
+    let send = |job: Result<Job, Error>| -> bool { tx.borrow_mut().send(job) };
     let rows = match maker.input.rows() {
         Ok(rows) => rows,
         Err(e) => {
-            let _ = tx.blocking_send(Err(e));
+            send(Err(e));
             return;
         }
     };
@@ -1026,7 +1027,42 @@ fn read_work(
         error.map_or(Ok(()), Err)
     };
     if let Err(e) = recheck() {
-        let _ = tx.blocking_send(Err(e));
+        send(Err(e));
+    }
+}
+
+/// Jobs go to the dispatcher in chunks: the reader is faster than the dispatcher and waits on
+/// a full channel, and each job sent alone would wake it again (a futex and a context switch
+/// per row).
+const WORK_CHUNK: usize = 64;
+
+/// The reader's end of the work channel; what is left is sent when it is dropped.
+struct WorkSender {
+    tx: mpsc::Sender<Vec<Result<Job, Error>>>,
+    chunk: Vec<Result<Job, Error>>,
+}
+
+impl WorkSender {
+    /// Queues a job; false when reading should stop (an error, or the dispatcher is gone).
+    /// An error is sent at once, with the jobs before it.
+    fn send(&mut self, job: Result<Job, Error>) -> bool {
+        let failed = job.is_err();
+        self.chunk.push(job);
+        if (failed || self.chunk.len() >= WORK_CHUNK) && !self.flush() {
+            return false;
+        }
+        !failed
+    }
+
+    fn flush(&mut self) -> bool {
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(WORK_CHUNK));
+        chunk.is_empty() || self.tx.blocking_send(chunk).is_ok()
+    }
+}
+
+impl Drop for WorkSender {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -1148,7 +1184,7 @@ fn cached_result(job: &Job, a: CachedAnswer, priced: bool) -> RowResult {
 
 /// Starts each job when a slot is free; returns the input error that ended reading, if any.
 async fn dispatch(
-    mut work: mpsc::Receiver<Result<Job, Error>>,
+    mut work: mpsc::Receiver<Vec<Result<Job, Error>>>,
     shared: Arc<Shared>,
     journal: std::sync::mpsc::Sender<JournalEntry>,
 ) -> Option<Error> {
@@ -1169,7 +1205,17 @@ async fn dispatch(
         let result = RowResult::skipped(job.seq, job.id.clone(), &job.request.model, &reason);
         record(result, job, false, leads);
     };
-    while let Some(item) = work.recv().await {
+    let mut chunk = Vec::new().into_iter();
+    loop {
+        let Some(item) = chunk.next() else {
+            match work.recv().await {
+                Some(next) => {
+                    chunk = next.into_iter();
+                    continue;
+                }
+                None => break,
+            }
+        };
         let mut job = match item {
             Ok(job) => job,
             Err(e) => {
@@ -1230,7 +1276,8 @@ async fn dispatch(
 
 /// One row's path: reserve spend and rate budget, send, classify, then retry or record.
 async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecord>) {
-    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    // Seeded only if the row is retried: most are not, and seeding is a system call.
+    let mut rng = None;
     let mut journal = Vec::new();
     let mut tally = Tally::default();
     let mut last_error: Option<CallError> = None;
@@ -1410,7 +1457,11 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
             (tally.invalid_answers <= shared.schema_retries).then_some(Duration::ZERO)
         } else {
             let retries = attempt - 1 - tally.invalid_answers;
-            shared.retry.next_delay(retries, &err, &mut rng)
+            shared.retry.next_delay(
+                retries,
+                &err,
+                rng.get_or_insert_with(rand::rngs::SmallRng::from_os_rng),
+            )
         };
         match wait {
             Some(wait) => {
