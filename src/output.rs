@@ -105,18 +105,29 @@ impl RowResult {
     }
 
     /// The result of a row whose answer is reused from `original` (another row's, or the
-    /// cache's), at no cost.
+    /// cache's), at no cost. A row that waited for an identical request that failed or was
+    /// skipped shares its outcome, but not its attempts or spend: it sent nothing itself.
     pub fn reused(seq: u64, id: String, original: &RowResult) -> Self {
         let mut r = original.clone();
         r.seq = seq;
         r.id = id;
-        if r.status == RowStatus::Ok {
-            r.cached = true;
-            r.saved_usd = original.saved_usd.or(original.cost);
-            r.cost = original.cost.map(|_| 0.0);
-            r.attempts = 0;
-            r.throttled = 0;
-            r.latency = None;
+        r.cost = original.cost.map(|_| 0.0);
+        r.attempts = 0;
+        r.throttled = 0;
+        r.latency = None;
+        match r.status {
+            RowStatus::Ok => {
+                r.cached = true;
+                r.saved_usd = original.saved_usd.or(original.cost);
+            }
+            RowStatus::Failed => {
+                r.usage = None;
+                r.error = format!(
+                    "not sent: the identical request of row {} failed: {}",
+                    original.id, original.error
+                );
+            }
+            RowStatus::Skipped => r.usage = None,
         }
         r
     }
@@ -497,6 +508,49 @@ mod tests {
         w.finish().unwrap();
         let text = std::fs::read_to_string(&dest).unwrap();
         assert!(text.contains("=input,\"'=HYPERLINK"), "{text}");
+    }
+
+    #[test]
+    fn a_reused_row_shares_the_outcome_but_not_the_spend() {
+        let mut leader = RowResult::skipped(3, "lead".into(), "m", "");
+        leader.attempts = 4;
+        leader.throttled = 2;
+        leader.latency = Some(Duration::from_millis(80));
+        leader.cost = Some(0.25);
+        leader.usage = Some(Usage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            ..Default::default()
+        });
+        leader.status = RowStatus::Ok;
+        leader.output = "yes".into();
+        let ok = RowResult::reused(9, "follow".into(), &leader);
+        assert_eq!(
+            (ok.seq, ok.id.as_str(), ok.output.as_str()),
+            (9, "follow", "yes")
+        );
+        assert_eq!((ok.attempts, ok.throttled, ok.latency), (0, 0, None));
+        assert_eq!(
+            (ok.cost, ok.saved_usd, ok.cached),
+            (Some(0.0), Some(0.25), true)
+        );
+        assert_eq!(
+            ok.usage, leader.usage,
+            "the answer's tokens are still shown"
+        );
+
+        leader.status = RowStatus::Failed;
+        leader.error = "server error: 503".into();
+        let failed = RowResult::reused(9, "follow".into(), &leader);
+        assert_eq!(failed.status, RowStatus::Failed);
+        assert_eq!(
+            (failed.attempts, failed.cost, failed.usage),
+            (0, Some(0.0), None)
+        );
+        assert_eq!(
+            failed.error,
+            "not sent: the identical request of row lead failed: server error: 503"
+        );
     }
 
     #[test]

@@ -995,6 +995,10 @@ fn read_work(
     let Some(finished) = finished else {
         return;
     };
+    // The rows left to send go now, not after the recheck of every finished row.
+    if !tx.borrow_mut().flush() {
+        return;
+    }
     let recheck = || -> Result<(), Error> {
         let mut rows = maker.input.rows()?;
         let mut go_on = true;

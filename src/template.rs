@@ -52,10 +52,9 @@ impl Plain {
     /// The fast form of `source`, if it has one. Mirrors minijinja's defaults: one trailing
     /// newline of the template is dropped; values are written as they are (no escaping).
     fn new(source: &str, headers: &[String]) -> Option<Plain> {
-        let mut rest = match source.strip_suffix('\n') {
-            Some(s) => s.strip_suffix('\r').unwrap_or(s),
-            None => source,
-        };
+        // As minijinja's lexer: a trailing `\n`, then (separately) a trailing `\r`.
+        let rest = source.strip_suffix('\n').unwrap_or(source);
+        let mut rest = rest.strip_suffix('\r').unwrap_or(rest);
         if rest.contains("{%") || rest.contains("{#") {
             return None;
         }
@@ -306,6 +305,8 @@ mod tests {
             "{{review}}{{product}}",
             "{{ product }} says {{ review }}.\n",
             "{{ product }}\r\n",
+            "old Mac line end {{ product }}\r",
+            "{{ product }}\n\r",
             "ends with two newlines\n\n{{ review }}\n\n",
             "}} { } {{ review }} }}",
             "no variables at all",
