@@ -42,8 +42,8 @@ impl MatchMode {
     }
 }
 
-/// The resolved `--expect` settings.
-#[derive(Debug, Clone, PartialEq)]
+/// The resolved `--expect` settings (kept in a batch job's state file for `batch collect`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Expectation {
     pub column: String,
     pub mode: MatchMode,

@@ -640,3 +640,84 @@ fn anthropic_killed_after_the_create_request_collect_adopts_the_batch() {
     );
     assert_eq!(batch_stats(&strict)["batches"], 0);
 }
+
+#[test]
+fn schema_and_expect_apply_to_batch_answers_as_they_do_in_run() {
+    let dir = TestDir::new();
+    let mut csv = String::from("id,text,want\n");
+    for i in 1..=12 {
+        let text = format!("item number {i}");
+        // Rows 1-6 expect exactly what the mock answers; rows 7-12 expect something else.
+        let want = if i <= 6 {
+            mock_answer(&text)
+        } else {
+            "no".to_string()
+        };
+        csv.push_str(&format!(
+            "r{i:04},{text},\"{}\"\n",
+            want.replace('"', "\"\"")
+        ));
+    }
+    dir.create("in.csv", &csv);
+    let mock = MockProcess::start(&["--batch-latency-ms", "100"]);
+    assert_code(&submit(&dir, &mock, &["--expect", "want"]), 0);
+    assert_eq!(state(&dir)["expect"]["column"], "want", "kept for collect");
+    // A mismatch is a finding, not a failure: the exit status is 0 as in `batch run`.
+    let out = collect(&dir, &["--wait", "--summary-json", "s.json"]);
+    assert_code(&out, 0);
+    let rows = dir.results("in.results.csv");
+    assert_eq!(rows.len(), 12);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(field(row, "status"), "ok", "{row:?}");
+        assert_eq!(field(row, "match"), (i < 6).to_string(), "{row:?}");
+    }
+    let s: Value = serde_json::from_str(&dir.read("s.json")).unwrap();
+    assert_eq!(
+        (&s["expect"]["compared"], &s["expect"]["matched"]),
+        (&Value::from(12), &Value::from(6)),
+        "{s}"
+    );
+
+    // --schema: the answers are checked and split into out.<name> columns; a spoilt one fails
+    // its row, as in `batch run`.
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(40));
+    dir.create(
+        "schema.json",
+        r#"{"type": "object", "properties": {"label": {"type": "string", "enum": ["a", "b"]},
+            "score": {"type": "integer"}}, "required": ["label", "score"],
+            "additionalProperties": false}"#,
+    );
+    let mock = MockProcess::start(&["--batch-latency-ms", "100", "--invalid-json-rate", "0.3"]);
+    assert_code(&submit(&dir, &mock, &["--schema", "schema.json"]), 0);
+    assert_eq!(state(&dir)["schema"]["name"], "schema");
+    let out = collect(&dir, &["--wait"]);
+    let rows = dir.results("in.results.csv");
+    let spoilt = mock.get_json("/stats")["invalid_answers"].as_u64().unwrap();
+    let failed: Vec<&Row> = rows
+        .iter()
+        .filter(|r| field(r, "status") == "failed")
+        .collect();
+    assert!(spoilt > 0 && spoilt < 40, "the mock spoils some: {spoilt}");
+    assert_eq!(
+        failed.len() as u64,
+        spoilt,
+        "each spoilt answer fails its row"
+    );
+    assert_code(&out, 1);
+    for row in &rows {
+        if field(row, "status") == "failed" {
+            assert!(
+                field(row, "error").starts_with("invalid answer: "),
+                "{row:?}"
+            );
+            assert!(
+                !field(row, "output").is_empty(),
+                "the billed answer is kept"
+            );
+        } else {
+            assert!(["a", "b"].contains(&field(row, "out.label")), "{row:?}");
+            field(row, "out.score").parse::<i64>().expect("an integer");
+        }
+    }
+}

@@ -504,10 +504,15 @@ async fn submit(
             path.display()
         )));
     }
-    // Fail on an unwritable results path now, not after the batches ran.
+    // Fail on an unwritable results path or a missing --expect column now, not after the
+    // batches ran.
+    let headers = crate::input::InputFile::open(&cfg.input, cfg.id_column.as_deref())?.headers;
+    if let Some(e) = &cfg.expect {
+        e.column_index(&headers, &cfg.input)?;
+    }
     drop(crate::output::ResultsWriter::create(
         &cfg.output,
-        &crate::input::InputFile::open(&cfg.input, cfg.id_column.as_deref())?.headers,
+        &headers,
         cfg.sanitize,
     )?);
     let files = state::files_dir(path);
@@ -541,6 +546,8 @@ async fn submit(
         max_requests: limits.requests,
         max_bytes: limits.bytes,
         batches: planned.batches,
+        schema: cfg.schema.as_deref().map(state::SchemaRecord::of),
+        expect: cfg.expect.clone(),
     };
     st.save(path)?;
     let api = Api::new(kind, base_url, key);
@@ -822,11 +829,20 @@ async fn collect(
     results::check_input(st)?;
     // Fail on an unwritable results path before waiting for hours.
     let input = crate::input::InputFile::open(&st.input, st.id_column.as_deref())?;
-    drop(crate::output::ResultsWriter::create(
-        &st.output,
-        &input.headers,
-        st.sanitize,
-    )?);
+    let schema = match &st.schema {
+        Some(r) => Some(std::sync::Arc::new(r.compile(path)?)),
+        None => None,
+    };
+    let expect = match &st.expect {
+        Some(e) => Some((e.clone(), e.column_index(&input.headers, &st.input)?)),
+        None => None,
+    };
+    let (output, sanitize) = (st.output.clone(), st.sanitize);
+    let writer = || {
+        let derived = crate::derived::DerivedColumns::new(schema.clone(), expect.clone());
+        crate::output::ResultsWriter::create_with(&output, &input.headers, sanitize, derived)
+    };
+    drop(writer()?);
     let mut resubmitted = false;
     loop {
         drive(api, st, path, opts).await?;
@@ -851,10 +867,10 @@ async fn collect(
         }
         break;
     }
-    let writer = crate::output::ResultsWriter::create(&st.output, &input.headers, st.sanitize)?;
+    let writer = writer()?;
     let (stats, output, saved) = {
         let st = st.clone();
-        tokio::task::spawn_blocking(move || results::write(&st, &input, writer))
+        tokio::task::spawn_blocking(move || results::write(&st, &input, writer, schema.as_deref()))
             .await
             .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))??
     };

@@ -12,6 +12,8 @@ use super::{Outcome, batch_price, custom_id_seq, file_sha256};
 use crate::error::Error;
 use crate::input::InputFile;
 use crate::output::{ResultsWriter, RowResult, RowStatus};
+use crate::provider::ErrorKind;
+use crate::schema::OutputSchema;
 use crate::summary::Stats;
 
 /// Answers are matched to rows by position, so the input must be the one submitted.
@@ -139,6 +141,7 @@ pub fn write(
     st: &BatchState,
     input: &InputFile,
     mut writer: ResultsWriter,
+    schema: Option<&OutputSchema>,
 ) -> Result<(Stats, PathBuf, Option<f64>), Error> {
     let mut out = outcomes(st)?;
     let standard = st.price.map(|p| p.standard());
@@ -158,12 +161,22 @@ pub fn write(
                 if let (Some(s), Some(b)) = (standard, cost) {
                     saved += s.cost(&c.usage) - b;
                 }
+                // Billed either way; an answer that does not fit the schema fails the row, as
+                // in `batch run` (resubmitting it is `collect --resubmit-failed`'s job only for
+                // rows the provider failed).
+                let invalid = schema.and_then(|s| s.check(&c.text).err());
                 RowResult {
                     seq,
                     id: row.id,
-                    status: RowStatus::Ok,
+                    status: if invalid.is_some() {
+                        RowStatus::Failed
+                    } else {
+                        RowStatus::Ok
+                    },
+                    error: invalid
+                        .map(|m| format!("{}: {m}", ErrorKind::InvalidAnswer.label()))
+                        .unwrap_or_default(),
                     output: c.text,
-                    error: String::new(),
                     attempts,
                     throttled: 0,
                     latency: None,
@@ -193,6 +206,7 @@ pub fn write(
         stats.record(&result);
         writer.write(&row.record, &result)?;
     }
+    stats.expect = writer.pass_rate();
     let path = writer.finish()?;
     Ok((stats, path, standard.map(|_| saved)))
 }

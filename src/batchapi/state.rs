@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, describe_io};
 use crate::pricing::Price;
+use crate::schema::OutputSchema;
 
 /// Written into every state file; a file without it is not one of ours.
 pub const FORMAT: &str = "batch-state/1";
@@ -206,6 +207,41 @@ pub struct BatchState {
     pub max_requests: u64,
     pub max_bytes: u64,
     pub batches: Vec<BatchRecord>,
+    /// `--schema` as submitted: answers are checked against it and its properties become
+    /// `out.<name>` columns, as in `batch run` (absent in files from before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<SchemaRecord>,
+    /// `--expect` as submitted: `match` and `match_detail` columns and a pass rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<crate::expect::Expectation>,
+}
+
+/// A `--schema` as the state file keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SchemaRecord {
+    pub name: String,
+    pub schema: serde_json::Value,
+    pub strict: bool,
+}
+
+impl SchemaRecord {
+    pub fn of(s: &OutputSchema) -> Self {
+        SchemaRecord {
+            name: s.name.clone(),
+            schema: s.schema.clone(),
+            strict: s.strict,
+        }
+    }
+
+    /// The schema compiled again; a state file edited into something else is an input error.
+    pub fn compile(&self, path: &Path) -> Result<OutputSchema, Error> {
+        OutputSchema::new(self.name.clone(), self.schema.clone(), self.strict).map_err(|e| {
+            Error::Input(format!(
+                "the schema kept in {} does not compile: {e}",
+                path.display()
+            ))
+        })
+    }
 }
 
 impl BatchState {

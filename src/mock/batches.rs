@@ -391,7 +391,7 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
             continue;
         }
         let raw = serde_json::to_vec(body).unwrap_or_default();
-        match b.wire.parse(&b.headers, &raw, None) {
+        match b.wire.parse(&b.headers, &raw, super::roll_spoil(s)) {
             Ok((req, mut answer)) => {
                 s.prompt_cache.serve(&mut answer);
                 s.count_tokens(&answer);
