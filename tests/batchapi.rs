@@ -721,3 +721,46 @@ fn schema_and_expect_apply_to_batch_answers_as_they_do_in_run() {
         }
     }
 }
+
+#[test]
+fn jsonl_input_is_submitted_and_collected_as_jsonl_with_its_json_cells_kept() {
+    let dir = TestDir::new();
+    let lines: String = (1..=5)
+        .map(|i| {
+            serde_json::json!({"id": format!("r{i:04}"), "text": format!("item number {i}"),
+                "meta": {"n": i, "tags": ["a", "b"]}})
+            .to_string()
+                + "\n"
+        })
+        .collect();
+    dir.create("in.jsonl", &lines);
+    let mock = MockProcess::start(&["--batch-latency-ms", "50"]);
+    let out = run(
+        &dir,
+        [
+            "submit",
+            "in.jsonl",
+            "--prompt",
+            "{{ text }}",
+            "--model",
+            MODEL,
+            "--base-url",
+            &mock.url,
+        ],
+    );
+    assert_code(&out, 0);
+    assert_eq!(state(&dir)["input_format"], "jsonl");
+    assert_code(&collect(&dir, &["--wait"]), 0);
+    let results: Vec<Value> = dir
+        .read("in.results.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(results.len(), 5);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["id"], format!("r{:04}", i + 1));
+        assert_eq!(r["status"], "ok", "{r}");
+        assert_eq!(r["output"], mock_answer(&format!("item number {}", i + 1)));
+        assert_eq!(r["meta"]["n"], i + 1, "the nested value stays JSON: {r}");
+    }
+}

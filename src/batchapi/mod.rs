@@ -506,14 +506,17 @@ async fn submit(
     }
     // Fail on an unwritable results path or a missing --expect column now, not after the
     // batches ran.
-    let headers = crate::input::InputFile::open(&cfg.input, cfg.id_column.as_deref())?.headers;
+    let input =
+        crate::input::InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
     if let Some(e) = &cfg.expect {
-        e.column_index(&headers, &cfg.input)?;
+        e.column_index(&input.headers, &cfg.input)?;
     }
-    drop(crate::output::ResultsWriter::create(
+    drop(crate::output::ResultsWriter::create_as(
         &cfg.output,
-        &headers,
+        cfg.output_format,
+        &input.headers,
         cfg.sanitize,
+        None,
     )?);
     let files = state::files_dir(path);
     std::fs::create_dir_all(&files)
@@ -533,6 +536,8 @@ async fn submit(
         provider: kind,
         base_url: base_url.to_string(),
         input: absolute(&cfg.input),
+        input_format: cfg.input_format,
+        output_format: cfg.output_format,
         input_sha256: file_sha256(&cfg.input)?,
         output: absolute(&cfg.output),
         files: absolute(&files),
@@ -828,7 +833,8 @@ async fn collect(
     let started = std::time::Instant::now();
     results::check_input(st)?;
     // Fail on an unwritable results path before waiting for hours.
-    let input = crate::input::InputFile::open(&st.input, st.id_column.as_deref())?;
+    let input =
+        crate::input::InputFile::open_as(&st.input, st.input_format, st.id_column.as_deref())?;
     let schema = match &st.schema {
         Some(r) => Some(std::sync::Arc::new(r.compile(path)?)),
         None => None,
@@ -837,10 +843,10 @@ async fn collect(
         Some(e) => Some((e.clone(), e.column_index(&input.headers, &st.input)?)),
         None => None,
     };
-    let (output, sanitize) = (st.output.clone(), st.sanitize);
+    let (output, format, sanitize) = (st.output.clone(), st.output_format, st.sanitize);
     let writer = || {
         let derived = crate::derived::DerivedColumns::new(schema.clone(), expect.clone());
-        crate::output::ResultsWriter::create_with(&output, &input.headers, sanitize, derived)
+        crate::output::ResultsWriter::create_as(&output, format, &input.headers, sanitize, derived)
     };
     drop(writer()?);
     let mut resubmitted = false;

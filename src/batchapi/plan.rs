@@ -175,17 +175,21 @@ pub fn plan(
     dir: Option<&Path>,
     count_tokens: bool,
 ) -> Result<Plan, Error> {
-    let input = InputFile::open(&cfg.input, cfg.id_column.as_deref())?;
+    let input = InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
-    // The same pre-flight as `run`: every problem listed with its line before anything else.
-    // `--expect` is checked against answers by `run` only; batch results are written as they come.
+    // The same pre-flight as `run`: every problem listed with its line before anything else,
+    // bad `--expect` cells included (answers are compared with them when collected).
+    let expect = match &cfg.expect {
+        Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
+        None => None,
+    };
     let opts = crate::runner::PreflightOptions {
         model: cfg.model.clone(),
         max_tokens: cfg.max_tokens,
         prices: cfg.prices.clone(),
         capped: cfg.max_cost.is_some(),
         count_tokens,
-        expect: None,
+        expect,
     };
     let checked = preflight(&input, &prompts, &opts)?;
     let mut splitter = Splitter::new(kind, limits, dir, 1);

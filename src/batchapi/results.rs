@@ -154,7 +154,7 @@ pub fn write(
         let owner = out.owner.get(seq as usize).copied().flatten();
         let attempts = out.tries.get(seq as usize).copied().unwrap_or(0);
         let result = match (owner, out.by_row.remove(&seq)) {
-            (None, _) => RowResult::skipped(seq, row.id, &st.model, "not in any batch"),
+            (None, _) => RowResult::skipped(seq, row.id.clone(), &st.model, "not in any batch"),
             (Some(_), Some(Outcome::Answered(c))) => {
                 let c = *c;
                 let cost = batch.map(|p| p.cost(&c.usage));
@@ -167,7 +167,7 @@ pub fn write(
                 let invalid = schema.and_then(|s| s.check(&c.text).err());
                 RowResult {
                     seq,
-                    id: row.id,
+                    id: row.id.clone(),
                     status: if invalid.is_some() {
                         RowStatus::Failed
                     } else {
@@ -193,7 +193,7 @@ pub fn write(
                     Some(Outcome::Failed(reason)) => (RowStatus::Failed, reason),
                     _ => missing_reason(st, i),
                 };
-                let mut r = RowResult::skipped(seq, row.id, &st.model, &reason);
+                let mut r = RowResult::skipped(seq, row.id.clone(), &st.model, &reason);
                 r.status = status;
                 r.attempts = if status == RowStatus::Skipped {
                     attempts.saturating_sub(1)
@@ -204,7 +204,7 @@ pub fn write(
             }
         };
         stats.record(&result);
-        writer.write(&row.record, &result)?;
+        writer.write_row(&row, &result)?;
     }
     stats.expect = writer.pass_rate();
     let path = writer.finish()?;

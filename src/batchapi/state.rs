@@ -188,6 +188,11 @@ pub struct BatchState {
     /// Where the API is (no key: that comes from the environment).
     pub base_url: String,
     pub input: PathBuf,
+    /// How the input and the results are read and written (CSV in files from before).
+    #[serde(default)]
+    pub input_format: crate::format::Format,
+    #[serde(default)]
+    pub output_format: crate::format::Format,
     /// SHA-256 of the input at submission: the results pair answers with rows by position, so
     /// an input changed since would mislabel them.
     pub input_sha256: String,
