@@ -45,6 +45,7 @@ pub mod expect;
 pub mod format;
 pub mod input;
 pub mod limiter;
+pub mod lock;
 pub mod mock;
 pub mod output;
 pub mod pricing;

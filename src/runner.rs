@@ -43,6 +43,7 @@ use crate::error::{Error, ExitStatus};
 use crate::expect::Expectation;
 use crate::input::{IdSet, InputFile, Row};
 use crate::limiter::RateBudget;
+use crate::lock::StateLock;
 use crate::mock::MockServer;
 use crate::output::{ResultsWriter, RowResult, RowStatus, check_writable, format_cost};
 use crate::pricing::Price;
@@ -226,6 +227,8 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         return Ok((ExitStatus::Success, None));
     }
 
+    // One process per job: a second one would send the same rows, and write the same files.
+    let _lock = StateLock::acquire(&cfg.state)?;
     // Everything that could fail on a path fails now, before anything is spent.
     let derived = DerivedColumns::new(cfg.schema.clone(), expect);
     let writer = if crate::format::is_std(&cfg.output) {

@@ -1611,3 +1611,43 @@ fn audit_log_has_one_line_per_attempt_and_the_api_key_appears_nowhere() {
         }
     }
 }
+
+#[test]
+fn a_second_process_on_the_same_job_is_refused_while_the_first_runs() {
+    const ROWS: usize = 40;
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(ROWS));
+    let mock = MockProcess::start(&["--latency-ms", "50"]);
+    let first = Running::start(&dir, &numbered_args(&mock.url, &["-j", "2"]));
+    wait_until(
+        Duration::from_secs(60),
+        "the first run's first request",
+        || stat(&mock.stats(), "requests") > 0,
+    );
+    // Same job (same results, same state), with --resume and with --restart alike.
+    for extra in [&[][..], &["--resume"], &["--restart"]] {
+        let out = run(&dir, numbered_args(&mock.url, extra));
+        assert_code(&out, 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains("in use by another batch process (pid ")
+                && err.contains(&first.pid().to_string()),
+            "{}",
+            show(&out)
+        );
+    }
+    let out = first.wait(Duration::from_secs(60));
+    assert_code(&out, 0);
+    assert_numbered_rows_all_ok(&dir.results("in.results.csv"), ROWS);
+    assert_eq!(
+        stat(&mock.stats(), "requests"),
+        ROWS as u64,
+        "each row sent once: the refused runs sent nothing"
+    );
+    assert!(
+        !dir.join("in.results.sqlite-lock").exists(),
+        "the lock file goes with the run"
+    );
+    // Once it has ended, the job is free again.
+    assert_code(&run(&dir, numbered_args(&mock.url, &["--restart"])), 0);
+}

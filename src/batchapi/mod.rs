@@ -23,6 +23,7 @@ use rand::SeedableRng;
 use crate::cli::{BatchStateArgs, CollectArgs, SubmitArgs};
 use crate::config::{ApiKey, Endpoint, Resume, RunConfig};
 use crate::error::{Error, ExitStatus};
+use crate::lock::StateLock;
 use crate::mock::MockServer;
 use crate::output::format_cost;
 use crate::pricing::Price;
@@ -472,6 +473,7 @@ pub async fn submit_command(args: SubmitArgs) -> Result<ExitStatus, Error> {
         return dry_run(&cfg, &base_url);
     }
     let path = state_path(&cfg);
+    let _lock = StateLock::acquire(&path)?;
     let mut st = submit(&cfg, &base_url, key.as_ref(), &path).await?;
     print_submitted(&st, &path, cfg.quiet);
     // Nothing is answered yet: the exit status says whether everything was handed over.
@@ -756,6 +758,7 @@ fn print_status(st: &BatchState, path: &Path) {
 /// `batch cancel STATE`.
 pub async fn cancel_command(args: BatchStateArgs) -> Result<ExitStatus, Error> {
     let path = &args.state;
+    let _lock = StateLock::acquire(path)?;
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, args.api_key_file.as_deref())?;
     let api = Api::new(st.provider, &st.base_url, key.as_ref());
@@ -791,6 +794,7 @@ pub async fn cancel_command(args: BatchStateArgs) -> Result<ExitStatus, Error> {
 /// `batch collect STATE`.
 pub async fn collect_command(args: CollectArgs) -> Result<ExitStatus, Error> {
     let path = args.state.clone();
+    let _lock = StateLock::acquire(&path)?;
     let mut st = BatchState::load(&path)?;
     let key = api_key(&st, args.api_key_file.as_deref())?;
     let api = Api::new(st.provider, &st.base_url, key.as_ref());
@@ -961,6 +965,7 @@ pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
         return dry_run(&cfg, &base_url);
     }
     let path = state_path(&cfg);
+    let _lock = StateLock::acquire(&path)?;
     let mut st = if matches!(cfg.resume, Resume::Yes { .. }) {
         BatchState::load(&path)?
     } else {
