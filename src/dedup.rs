@@ -100,7 +100,7 @@ impl Dedup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Finished, RunSettings, Store};
+    use crate::store::{Finished, Store};
 
     fn hash(n: u8) -> String {
         format!("{n:02x}").repeat(32)
@@ -122,16 +122,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sqlite");
         let mut store = Store::open(&path).unwrap();
-        let settings = RunSettings {
-            input: "in.csv".into(),
-            endpoint: "mock".into(),
-            model: "m".into(),
-            prompt: "p".into(),
-            system: None,
-            max_tokens: None,
-            temperature: None,
-        };
-        store.start_run(&settings, 10).unwrap();
+        store
+            .start_run(&crate::store::tests::settings(), 10)
+            .unwrap();
         let dedup = Dedup::new(FinishedRows::open(&path).unwrap());
         let (a, b) = (hash(0xa), hash(0xb));
 

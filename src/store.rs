@@ -520,10 +520,11 @@ fn db_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn settings() -> RunSettings {
+    /// Settings of a run for tests that need a state file.
+    pub(crate) fn settings() -> RunSettings {
         RunSettings {
             input: "in.csv".into(),
             endpoint: "mock".into(),

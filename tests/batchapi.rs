@@ -21,9 +21,18 @@ const STATE: &str = "in.results.batch.json";
 
 /// `batch submit in.csv` against `mock`, with `extra` flags.
 fn submit(dir: &TestDir, mock: &MockProcess, extra: &[&str]) -> std::process::Output {
+    submit_file(dir, mock, "in.csv", extra)
+}
+
+fn submit_file(
+    dir: &TestDir,
+    mock: &MockProcess,
+    input: &str,
+    extra: &[&str],
+) -> std::process::Output {
     let mut args = vec![
         "submit",
-        "in.csv",
+        input,
         "--prompt",
         "{{ text }}",
         "--model",
@@ -735,20 +744,7 @@ fn jsonl_input_is_submitted_and_collected_as_jsonl_with_its_json_cells_kept() {
         .collect();
     dir.create("in.jsonl", &lines);
     let mock = MockProcess::start(&["--batch-latency-ms", "50"]);
-    let out = run(
-        &dir,
-        [
-            "submit",
-            "in.jsonl",
-            "--prompt",
-            "{{ text }}",
-            "--model",
-            MODEL,
-            "--base-url",
-            &mock.url,
-        ],
-    );
-    assert_code(&out, 0);
+    assert_code(&submit_file(&dir, &mock, "in.jsonl", &[]), 0);
     assert_eq!(state(&dir)["input_format"], "jsonl");
     assert_code(&collect(&dir, &["--wait"]), 0);
     let results: Vec<Value> = dir
