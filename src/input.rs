@@ -398,6 +398,34 @@ pub fn list_columns(headers: &[String]) -> String {
         .join(", ")
 }
 
+/// An input and a row built in memory, for unit tests of what reads them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A CSV input `in.csv` with these columns.
+    pub(crate) fn input(headers: &[&str]) -> InputFile {
+        InputFile {
+            path: "in.csv".into(),
+            headers: headers.iter().map(|s| s.to_string()).collect(),
+            id_index: None,
+            format: Default::default(),
+        }
+    }
+
+    /// Its first row (line 2), with these cells.
+    pub(crate) fn row(fields: &[&str]) -> Row {
+        Row {
+            seq: 0,
+            line: 2,
+            byte: 0,
+            id: "1".into(),
+            record: StringRecord::from(fields.to_vec()),
+            json_cells: Default::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

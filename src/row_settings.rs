@@ -125,27 +125,7 @@ impl Overrides<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use csv::StringRecord;
-
-    fn input(headers: &[&str]) -> InputFile {
-        InputFile {
-            path: "in.csv".into(),
-            headers: headers.iter().map(|s| s.to_string()).collect(),
-            id_index: None,
-            format: Default::default(),
-        }
-    }
-
-    fn row(fields: &[&str]) -> Row {
-        Row {
-            seq: 0,
-            line: 2,
-            byte: 0,
-            id: "1".into(),
-            record: StringRecord::from(fields.to_vec()),
-            json_cells: Default::default(),
-        }
-    }
+    use crate::input::fixtures::{input, row};
 
     fn request() -> Request {
         Request {
