@@ -760,3 +760,33 @@ fn jsonl_input_is_submitted_and_collected_as_jsonl_with_its_json_cells_kept() {
         assert_eq!(r["meta"]["n"], i + 1, "the nested value stays JSON: {r}");
     }
 }
+
+#[test]
+fn responses_api_bodies_go_to_the_batch_endpoint_v1_responses() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(8));
+    let mock = MockProcess::start(&["--batch-latency-ms", "50"]);
+    assert_code(&submit(&dir, &mock, &["--api", "responses"]), 0);
+    let st = state(&dir);
+    assert_eq!(st["provider"], "openai-responses");
+    let files = dir.join(st["files"].as_str().unwrap());
+    let input = std::fs::read_dir(&files)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(".jsonl"))
+        .expect("the batch input file");
+    let first: Value = serde_json::from_str(
+        std::fs::read_to_string(input)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(first["url"], "/v1/responses");
+    assert_eq!(first["body"]["input"], "item number 1", "{first}");
+    assert_code(&collect(&dir, &["--wait"]), 0);
+    let rows = dir.results("in.results.csv");
+    assert_answered(&rows, 8);
+    assert_eq!(batch_stats(&mock)["batches"], 1);
+}

@@ -76,7 +76,9 @@ pub fn custom_id_seq(id: &str) -> Option<u64> {
 /// One request as a line of the provider's batch input.
 pub fn input_line(kind: ProviderKind, custom_id: &str, body: &[u8]) -> Vec<u8> {
     match kind {
-        ProviderKind::OpenAi => openai::input_line(custom_id, body),
+        ProviderKind::OpenAi | ProviderKind::OpenAiResponses => {
+            openai::input_line(openai::endpoint(kind), custom_id, body)
+        }
         ProviderKind::Anthropic => anthropic::input_line(custom_id, body),
     }
 }
@@ -101,7 +103,9 @@ impl Api {
     fn new(kind: ProviderKind, base_url: &str, key: Option<&ApiKey>) -> Self {
         let client = http_client(4);
         match kind {
-            ProviderKind::OpenAi => Api::OpenAi(openai::OpenAiBatches::new(client, base_url, key)),
+            ProviderKind::OpenAi | ProviderKind::OpenAiResponses => Api::OpenAi(
+                openai::OpenAiBatches::new(client, base_url, key, openai::endpoint(kind)),
+            ),
             ProviderKind::Anthropic => {
                 Api::Anthropic(anthropic::AnthropicBatches::new(client, base_url, key))
             }
@@ -432,11 +436,7 @@ fn kind_of(cfg: &RunConfig) -> Result<ProviderKind, Error> {
     match cfg.api {
         wire::Api::OpenAiChat => Ok(ProviderKind::OpenAi),
         wire::Api::AnthropicMessages => Ok(ProviderKind::Anthropic),
-        wire::Api::OpenAiResponses => Err(Error::Usage(
-            "batches are sent as Chat Completions or Anthropic Messages; leave out --api \
-             responses (or use `batch run` without --via batch)"
-                .into(),
-        )),
+        wire::Api::OpenAiResponses => Ok(ProviderKind::OpenAiResponses),
     }
 }
 

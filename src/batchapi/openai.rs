@@ -12,24 +12,29 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::state::Counts;
+use super::state::{Counts, ProviderKind};
 use super::{Outcome, RemoteBatch, custom_id_seq};
 use crate::config::ApiKey;
-use crate::provider::openai::{classify_error, parse_completion};
-use crate::provider::{CallError, transport_error};
+use crate::provider::openai::classify_error;
+use crate::provider::{CallError, ParseFn, transport_error};
 
-/// The endpoint every request of a batch goes to (the run's chat completions).
-pub const ENDPOINT: &str = "/v1/chat/completions";
+/// The endpoint every request of a batch goes to: the one `run` would send it to.
+pub fn endpoint(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::OpenAiResponses => "/v1/responses",
+        _ => "/v1/chat/completions",
+    }
+}
 
 /// One line of the batch input: the row's id and the exact body `run` would send.
-pub fn input_line(custom_id: &str, body: &[u8]) -> Vec<u8> {
+pub fn input_line(endpoint: &str, custom_id: &str, body: &[u8]) -> Vec<u8> {
     // Written around the body's bytes rather than re-serialized, so the request is byte for
     // byte the one `Provider::body` made.
     let mut line = Vec::with_capacity(body.len() + 96);
     line.extend_from_slice(b"{\"custom_id\":");
     line.extend_from_slice(json!(custom_id).to_string().as_bytes());
     line.extend_from_slice(b",\"method\":\"POST\",\"url\":");
-    line.extend_from_slice(json!(ENDPOINT).to_string().as_bytes());
+    line.extend_from_slice(json!(endpoint).to_string().as_bytes());
     line.extend_from_slice(b",\"body\":");
     line.extend_from_slice(body);
     line.push(b'}');
@@ -40,6 +45,7 @@ pub struct OpenAiBatches {
     client: reqwest::Client,
     base: String,
     auth: Option<HeaderValue>,
+    endpoint: &'static str,
 }
 
 #[derive(Deserialize)]
@@ -135,7 +141,12 @@ impl From<WireBatch> for RemoteBatch {
 }
 
 impl OpenAiBatches {
-    pub fn new(client: reqwest::Client, base_url: &str, key: Option<&ApiKey>) -> Self {
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        key: Option<&ApiKey>,
+        endpoint: &'static str,
+    ) -> Self {
         let auth = key.map(|k| {
             let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
                 .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key-characters"));
@@ -146,6 +157,7 @@ impl OpenAiBatches {
             client,
             base: base_url.trim_end_matches('/').to_string(),
             auth,
+            endpoint,
         }
     }
 
@@ -210,7 +222,7 @@ impl OpenAiBatches {
             .request(reqwest::Method::POST, "/batches")
             .json(&json!({
                 "input_file_id": input_file_id,
-                "endpoint": ENDPOINT,
+                "endpoint": self.endpoint,
                 "completion_window": "24h",
                 "metadata": metadata,
             }));
@@ -293,7 +305,7 @@ struct OutputError {
 
 /// One line of an output or error file: the row it answers and what happened. Lines that name
 /// no row of ours come back as `Err` with a reason (reported, never fatal).
-pub fn parse_line(line: &[u8]) -> Result<(u64, Outcome), String> {
+pub fn parse_line(line: &[u8], parse: ParseFn) -> Result<(u64, Outcome), String> {
     let l: OutputLine =
         serde_json::from_slice(line).map_err(|e| format!("unreadable result line: {e}"))?;
     let seq = custom_id_seq(&l.custom_id)
@@ -315,7 +327,7 @@ pub fn parse_line(line: &[u8]) -> Result<(u64, Outcome), String> {
         headers.insert("x-request-id", id);
     }
     let outcome = if r.status_code == 200 {
-        match parse_completion(&body, &headers) {
+        match parse(&body, &headers) {
             Ok(c) => Outcome::Answered(Box::new(c)),
             Err(e) => Outcome::Failed(e.to_string()),
         }
@@ -328,13 +340,14 @@ pub fn parse_line(line: &[u8]) -> Result<(u64, Outcome), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::provider::openai::parse_completion as chat;
 
     const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference/");
 
     #[test]
     fn input_line_has_the_reference_shape() {
         let body = br#"{"model":"gpt-4.1-mini","messages":[{"role":"user","content":"Classify: great product"}],"max_completion_tokens":16}"#;
-        let line = input_line("r000001", body);
+        let line = input_line(endpoint(ProviderKind::OpenAi), "r000001", body);
         let ours: serde_json::Value = serde_json::from_slice(&line).unwrap();
         let reference =
             std::fs::read_to_string(format!("{REF}openai-batch-input-line.jsonl")).unwrap();
@@ -350,14 +363,14 @@ mod tests {
             .replace("\"r000001\"", "\"row-0\"")
             .replace("\"r000002\"", "\"row-1\"");
         let mut lines = text.lines();
-        let (seq, ok) = parse_line(lines.next().unwrap().as_bytes()).unwrap();
+        let (seq, ok) = parse_line(lines.next().unwrap().as_bytes(), chat).unwrap();
         assert_eq!(seq, 0);
         let Outcome::Answered(c) = ok else {
             panic!("not answered: {ok:?}")
         };
         assert_eq!(c.text, "positive");
         assert_eq!((c.usage.prompt_tokens, c.usage.completion_tokens), (14, 1));
-        let (seq, expired) = parse_line(lines.next().unwrap().as_bytes()).unwrap();
+        let (seq, expired) = parse_line(lines.next().unwrap().as_bytes(), chat).unwrap();
         assert_eq!(seq, 1);
         let Outcome::Failed(reason) = expired else {
             panic!("not failed")
@@ -368,11 +381,11 @@ mod tests {
     #[test]
     fn error_file_lines_with_a_4xx_response_are_failures_with_the_message() {
         let line = br#"{"id":"x","custom_id":"row-7","response":{"status_code":400,"request_id":"req_1","body":{"error":{"message":"bad model","type":"invalid_request_error","code":"model_not_found"}}},"error":null}"#;
-        let (seq, o) = parse_line(line).unwrap();
+        let (seq, o) = parse_line(line, chat).unwrap();
         assert_eq!(seq, 7);
         let Outcome::Failed(reason) = o else { panic!() };
         assert!(reason.contains("HTTP 400") && reason.contains("model_not_found: bad model"));
-        assert!(parse_line(br#"{"custom_id":"elsewhere"}"#).is_err());
-        assert!(parse_line(b"not json").is_err());
+        assert!(parse_line(br#"{"custom_id":"elsewhere"}"#, chat).is_err());
+        assert!(parse_line(b"not json", chat).is_err());
     }
 }

@@ -70,7 +70,9 @@ impl Splitter {
     /// and its comma in the create body (Anthropic).
     fn cost(&self, line: &[u8]) -> u64 {
         match self.kind {
-            ProviderKind::OpenAi | ProviderKind::Anthropic => line.len() as u64 + 1,
+            ProviderKind::OpenAi | ProviderKind::OpenAiResponses | ProviderKind::Anthropic => {
+                line.len() as u64 + 1
+            }
         }
     }
 

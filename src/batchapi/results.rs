@@ -48,7 +48,12 @@ fn outcomes(st: &BatchState) -> Result<Outcomes, Error> {
             let path = st.file(name);
             for_each_line(&path, |line| {
                 let parsed = match st.provider {
-                    ProviderKind::OpenAi => super::openai::parse_line(line),
+                    ProviderKind::OpenAi => {
+                        super::openai::parse_line(line, crate::provider::openai::parse_completion)
+                    }
+                    ProviderKind::OpenAiResponses => {
+                        super::openai::parse_line(line, crate::provider::responses::parse_response)
+                    }
                     ProviderKind::Anthropic => super::anthropic::parse_line(line),
                 };
                 match parsed {

@@ -28,6 +28,9 @@ pub const FORMAT: &str = "batch-state/1";
 pub enum ProviderKind {
     /// OpenAI Batch API: a JSONL file uploaded to `/v1/files`, then `POST /v1/batches`.
     OpenAi,
+    /// The same, for Responses API bodies (`--api responses`): endpoint `/v1/responses`.
+    #[serde(rename = "openai-responses")]
+    OpenAiResponses,
     /// Anthropic Message Batches: the requests in the body of `POST /v1/messages/batches`.
     Anthropic,
 }
@@ -36,6 +39,7 @@ impl ProviderKind {
     pub fn label(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "OpenAI Batch API",
+            ProviderKind::OpenAiResponses => "OpenAI Batch API (Responses)",
             ProviderKind::Anthropic => "Anthropic Message Batches",
         }
     }
@@ -44,7 +48,7 @@ impl ProviderKind {
     pub fn limits(self) -> (u64, u64) {
         match self {
             // "200 MB" and "256 MB": read as decimal megabytes, the smaller reading.
-            ProviderKind::OpenAi => (50_000, 200_000_000),
+            ProviderKind::OpenAi | ProviderKind::OpenAiResponses => (50_000, 200_000_000),
             ProviderKind::Anthropic => (100_000, 256_000_000),
         }
     }
@@ -52,7 +56,7 @@ impl ProviderKind {
     /// The environment variable the key comes from.
     pub fn key_variable(self) -> &'static str {
         match self {
-            ProviderKind::OpenAi => "OPENAI_API_KEY",
+            ProviderKind::OpenAi | ProviderKind::OpenAiResponses => "OPENAI_API_KEY",
             ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
         }
     }

@@ -34,8 +34,19 @@ use super::{Shared, error_body, messages};
 
 /// Largest upload or batch body accepted (above the providers' 200 and 256 MB limits).
 const MAX_BODY: usize = 300 * 1024 * 1024;
-/// The only endpoint the mock runs batches for.
-const ENDPOINT: &str = "/v1/chat/completions";
+/// The endpoints the mock runs OpenAI batches for, and the wire format of each.
+const ENDPOINTS: [(&str, Wire); 2] = [
+    ("/v1/chat/completions", Wire::Chat),
+    ("/v1/responses", Wire::Responses),
+];
+
+/// The OpenAI endpoint of a batch's wire format.
+fn endpoint_of(wire: Wire) -> &'static str {
+    ENDPOINTS
+        .iter()
+        .find(|(_, w)| *w == wire)
+        .map_or("/v1/chat/completions", |(e, _)| *e)
+}
 
 /// Files and batches the mock holds.
 #[derive(Default)]
@@ -227,12 +238,12 @@ async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return invalid(&format!("We could not parse the JSON body: {e}")),
     };
-    if req.endpoint != ENDPOINT {
+    let Some(&(endpoint, wire)) = ENDPOINTS.iter().find(|(e, _)| *e == req.endpoint) else {
         return invalid(&format!(
-            "The mock runs batches for {ENDPOINT} only, not {}.",
+            "The mock runs batches for /v1/chat/completions and /v1/responses only, not {}.",
             req.endpoint
         ));
-    }
+    };
     if req.completion_window != "24h" {
         return invalid("completion_window must be '24h'.");
     }
@@ -249,12 +260,12 @@ async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
             None => return not_found("file", &req.input_file_id),
         }
     };
-    let (requests, errors) = validate(&data, s.cfg.batch_max_requests);
+    let (requests, errors) = validate(&data, s.cfg.batch_max_requests, endpoint);
     if !errors.is_empty() {
         s.batches.refused.fetch_add(1, Ordering::Relaxed);
     }
     let batch = MockBatch {
-        wire: Wire::Chat,
+        wire,
         headers: HeaderMap::new(),
         id: s.batches.id("batch"),
         input_file_id: req.input_file_id,
@@ -285,7 +296,7 @@ async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
 }
 
 /// Checks the input file like the provider's validation step: one JSON request per line.
-fn validate(data: &[u8], max: u64) -> (Vec<(String, Value)>, Vec<Value>) {
+fn validate(data: &[u8], max: u64, endpoint: &str) -> (Vec<(String, Value)>, Vec<Value>) {
     let mut requests = Vec::new();
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
@@ -322,10 +333,10 @@ fn validate(data: &[u8], max: u64) -> (Vec<(String, Value)>, Vec<Value>) {
         if v["method"] != "POST" {
             error("invalid_method", "method must be POST.".into());
         }
-        if v["url"] != ENDPOINT {
+        if v["url"] != endpoint {
             error(
                 "mismatched_url",
-                format!("url must be the batch's endpoint {ENDPOINT}."),
+                format!("url must be the batch's endpoint {endpoint}."),
             );
         }
         if !v["body"].is_object() {
@@ -507,7 +518,7 @@ fn batch_json(b: &MockBatch, s: &Shared, now: Instant, status: Option<&str>) -> 
     json!({
         "id": b.id,
         "object": "batch",
-        "endpoint": ENDPOINT,
+        "endpoint": endpoint_of(b.wire),
         "errors": errors,
         "input_file_id": b.input_file_id,
         "completion_window": "24h",
@@ -526,7 +537,7 @@ async fn retrieve(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respo
     let mut batches = s.batches.batches.lock().expect("batches lock");
     let Some(b) = batches
         .iter_mut()
-        .find(|b| b.id == id && b.wire == Wire::Chat)
+        .find(|b| b.id == id && b.wire != Wire::Messages)
     else {
         return not_found("batch", &id);
     };
@@ -539,7 +550,7 @@ async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respons
     let mut batches = s.batches.batches.lock().expect("batches lock");
     let Some(b) = batches
         .iter_mut()
-        .find(|b| b.id == id && b.wire == Wire::Chat)
+        .find(|b| b.id == id && b.wire != Wire::Messages)
     else {
         return not_found("batch", &id);
     };
@@ -565,7 +576,7 @@ async fn list(State(s): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Respo
     let newest_first: Vec<&MockBatch> = batches
         .iter()
         .rev()
-        .filter(|b| b.wire == Wire::Chat)
+        .filter(|b| b.wire != Wire::Messages)
         .collect();
     let start = match &q.after {
         Some(after) => newest_first
