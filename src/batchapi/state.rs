@@ -39,7 +39,7 @@ impl ProviderKind {
     pub fn label(self) -> &'static str {
         match self {
             ProviderKind::OpenAi => "OpenAI Batch API",
-            ProviderKind::OpenAiResponses => "OpenAI Batch API (Responses)",
+            ProviderKind::OpenAiResponses => "OpenAI Batch API for /v1/responses",
             ProviderKind::Anthropic => "Anthropic Message Batches",
         }
     }
