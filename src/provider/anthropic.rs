@@ -202,11 +202,8 @@ struct WireUsage {
 /// the three add up to the prompt; the text is every `text` block joined.
 pub fn parse_message(body: &[u8], headers: &HeaderMap) -> Result<Completion, CallError> {
     let request_id = request_id(headers);
-    let invalid = |msg: String| CallError {
-        request_id: request_id.clone(),
-        status: Some(200),
-        ..CallError::new(ErrorKind::InvalidResponse, msg)
-    };
+    let invalid =
+        |msg: String| CallError::in_200(ErrorKind::InvalidResponse, request_id.clone(), msg);
     let resp: MessageResponse = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("response is not valid Anthropic message JSON: {e}")))?;
     let content = resp

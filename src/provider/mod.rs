@@ -430,6 +430,16 @@ impl CallError {
         }
     }
 
+    /// A problem found in a 200 response (a body that is no usable answer, or one reporting a
+    /// failure), with the response's request id: every provider's parser makes these.
+    pub fn in_200(kind: ErrorKind, request_id: Option<String>, message: String) -> Self {
+        CallError {
+            request_id,
+            status: Some(200),
+            ..CallError::new(kind, message)
+        }
+    }
+
     pub fn retryable(&self) -> bool {
         self.should_retry.unwrap_or_else(|| self.kind.retryable())
     }

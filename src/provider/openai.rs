@@ -197,11 +197,8 @@ struct CompletionDetails {
 /// is retried: truncated and garbled bodies are usually transient.
 pub fn parse_completion(body: &[u8], headers: &HeaderMap) -> Result<Completion, CallError> {
     let request_id = request_id(headers);
-    let invalid = |msg: String| CallError {
-        request_id: request_id.clone(),
-        status: Some(200),
-        ..CallError::new(ErrorKind::InvalidResponse, msg)
-    };
+    let invalid =
+        |msg: String| CallError::in_200(ErrorKind::InvalidResponse, request_id.clone(), msg);
     let resp: ChatResponse = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("response is not valid chat-completion JSON: {e}")))?;
     let choice = resp

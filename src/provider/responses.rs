@@ -169,11 +169,7 @@ struct OutputDetails {
 /// for an incomplete answer the reason it stopped (`max_output_tokens`, `content_filter`).
 pub fn parse_response(body: &[u8], headers: &HeaderMap) -> Result<Completion, CallError> {
     let request_id = request_id(headers);
-    let fail = |kind: ErrorKind, msg: String| CallError {
-        request_id: request_id.clone(),
-        status: Some(200),
-        ..CallError::new(kind, msg)
-    };
+    let fail = |kind: ErrorKind, msg: String| CallError::in_200(kind, request_id.clone(), msg);
     let resp: ResponseObject = serde_json::from_slice(body).map_err(|e| {
         fail(
             ErrorKind::InvalidResponse,
