@@ -10,13 +10,13 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use batch::cli::RunArgs;
-use batch::config::{CacheMode, PromptSource, Resume, RunConfig};
-use batch::input::{InputFile, Row};
-use batch::output::{ResultsWriter, RowResult, RowStatus};
-use batch::provider::Usage;
-use batch::store::{AttemptRecord, Finished, RunSettings, Store};
-use batch::template::Prompts;
+use batch::commands::cli::RunArgs;
+use batch::run::settings::{CacheMode, PromptSource, Resume, RunConfig};
+use batch::engine::input::{InputFile, Row};
+use batch::engine::output::{ResultsWriter, RowResult, RowStatus};
+use batch::engine::provider::Usage;
+use batch::engine::store::{AttemptRecord, Finished, RunSettings, Store};
+use batch::engine::template::Prompts;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const INPUT_ROWS: usize = 10_000;
@@ -151,13 +151,13 @@ fn tokens(c: &mut Criterion) {
         .map(|r| prompts.render(&input, r).unwrap())
         .collect();
     // Build the tokenizer outside the measurement.
-    batch::tokens::count(MODEL, "warm up");
+    batch::engine::tokens::count(MODEL, "warm up");
     let mut g = c.benchmark_group("tokens");
     g.throughput(Throughput::Elements(rendered.len() as u64));
     g.bench_function("count_chat_1k_rows", |b| {
         b.iter(|| {
             for r in &rendered {
-                black_box(batch::tokens::count_chat(
+                black_box(batch::engine::tokens::count_chat(
                     MODEL,
                     r.system.as_deref(),
                     &r.user,
@@ -203,7 +203,7 @@ fn runner(c: &mut Criterion) {
                 let cfg = cfg.clone();
                 let start = Instant::now();
                 let (_, summary) = rt
-                    .block_on(batch::runner::run_to_summary(cfg))
+                    .block_on(batch::run::runner::run_to_summary(cfg))
                     .expect("runner");
                 total += start.elapsed();
                 assert_eq!(summary.expect("summary").ok, RUNNER_ROWS as u64);

@@ -27,72 +27,45 @@
 //! Anthropic Messages) and both providers' Batch APIs, used by `--mock`, `batch mock` and every
 //! test.
 //! [`cli`] holds the flag definitions and [`config`] resolves flags, `batch.toml` and the
-//! environment into one [`config::RunConfig`]. [`mod@bench`] drives the runner over a sample of
+//! environment into one [`run::settings::RunConfig`]. [`mod@bench`] drives the runner over a sample of
 //! rows at several `--concurrency` settings and reports, charts and recommends. [`watch`] runs
 //! every CSV that lands in a folder, once.
 
-pub mod audit;
-pub mod batchapi;
-pub mod bench;
-pub mod cache;
-pub mod cli;
-pub mod concurrency;
-pub mod config;
-pub mod dedup;
-pub mod derived;
-pub mod error;
-pub mod expect;
-pub mod format;
-pub mod input;
-pub mod limiter;
-pub mod lock;
-pub mod mock;
-pub mod output;
-pub mod pricing;
-pub mod progress;
-pub mod provider;
-pub mod retry;
-pub mod row_settings;
-pub mod runner;
-pub mod schema;
-pub mod spend;
-pub mod stdio;
-pub mod store;
-pub mod summary;
-pub mod template;
-pub mod tokens;
-pub mod watch;
+pub mod base;
+pub mod commands;
+pub mod engine;
+pub mod run;
 
-pub use error::{Error, ExitStatus};
+pub use base::error::{Error, ExitStatus};
 
 use clap::{CommandFactory, Parser};
 
 /// Parses the process arguments, runs the command and returns its exit status. Everything the
 /// binary does goes through here, so `main.rs` stays a one-liner.
 pub fn main_entry() -> ExitStatus {
-    let cli = cli::Cli::parse();
+    let cli = commands::cli::Cli::parse();
     init_tracing(cli.verbose);
     let result = match cli.command {
-        cli::Command::Completions { shell } => {
-            let mut cmd = cli::Cli::command();
+        commands::cli::Command::Completions { shell } => {
+            let mut cmd = commands::cli::Cli::command();
             clap_complete::generate(shell, &mut cmd, "batch", &mut std::io::stdout());
             Ok(ExitStatus::Success)
         }
-        cli::Command::Run(args) => config::RunConfig::resolve(*args).and_then(|cfg| {
+        commands::cli::Command::Run(args) => run::settings::RunConfig::resolve(*args).and_then(|cfg| {
             if cfg.batch.via_batch {
-                block_on(batchapi::run_via_batch(cfg))
+                block_on(run::batchapi::run_via_batch(cfg))
             } else {
-                block_on(runner::run(cfg))
+                block_on(run::runner::run(cfg))
             }
         }),
-        cli::Command::Submit(args) => block_on(batchapi::submit_command(*args)),
-        cli::Command::Status(args) => block_on(batchapi::status_command(args)),
-        cli::Command::Collect(args) => block_on(batchapi::collect_command(*args)),
-        cli::Command::Cancel(args) => block_on(batchapi::cancel_command(args)),
-        cli::Command::Cache { action, cache_dir } => cache::command(action, cache_dir),
-        cli::Command::Mock(args) => block_on(mock::serve_forever(args.into())),
-        cli::Command::Bench(args) => block_on(bench::run(*args)),
-        cli::Command::Watch(args) => block_on(watch::run(*args)),
+        commands::cli::Command::Submit(args) => block_on(run::batchapi::submit_command(*args)),
+        commands::cli::Command::Status(args) => block_on(run::batchapi::status_command(args)),
+        commands::cli::Command::Collect(args) => block_on(run::batchapi::collect_command(*args)),
+        commands::cli::Command::Cancel(args) => block_on(run::batchapi::cancel_command(args)),
+        commands::cli::Command::Cache { action, cache_dir } => engine::cache::command(action, cache_dir),
+        commands::cli::Command::Mock(args) => block_on(engine::mock::serve_forever(args.into())),
+        commands::cli::Command::Bench(args) => block_on(run::bench::run(*args)),
+        commands::cli::Command::Watch(args) => block_on(run::watch::run(*args)),
     };
     match result {
         Ok(status) => status,

@@ -60,7 +60,7 @@ fn batch_stats(mock: &MockProcess) -> Value {
 
 /// What a row's answer costs at batch prices: half the embedded table's standard price.
 fn batch_cost(row: &Row) -> f64 {
-    let p = batch::pricing::PriceTable::embedded()
+    let p = batch::engine::pricing::PriceTable::embedded()
         .lookup(field(row, "model"))
         .expect("the model has a price");
     let tokens = |col: &str| -> f64 {

@@ -216,7 +216,7 @@ fn json_with_a_schema_reports_the_fields_that_differ() {
         "third review",
         "fourth review",
     ];
-    let answer = |t: &str| batch::mock::schema::generate(&schema, t);
+    let answer = |t: &str| batch::engine::mock::schema::generate(&schema, t);
     let other = |s: &Value| {
         ["positive", "negative", "neutral"]
             .into_iter()

@@ -6,8 +6,8 @@
 #[allow(dead_code)]
 mod util;
 
-use batch::pricing::PriceTable;
-use batch::provider::Usage;
+use batch::engine::pricing::PriceTable;
+use batch::engine::provider::Usage;
 use util::{
     MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, responses, show, stat,
     stderr,
@@ -110,7 +110,7 @@ fn every_wire_format_answers_every_row_with_usage_cache_reasoning_and_cost() {
         let stats = mock.stats();
         assert_eq!(stat(&stats, "requests"), 5, "{}: {stats}", case.name);
 
-        let system_tokens = u64::from(batch::tokens::count(case.model, &system));
+        let system_tokens = u64::from(batch::engine::tokens::count(case.model, &system));
         let price = prices.lookup(case.model).expect("a price for the model");
         let summary: serde_json::Value = serde_json::from_str(&dir.read("summary.json")).unwrap();
         let mut totals = [0u64; 4];

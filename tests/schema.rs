@@ -90,7 +90,7 @@ fn cell(value: &Value) -> String {
 #[track_caller]
 fn assert_generated(row: &Row, text: &str) {
     assert_eq!(field(row, "status"), "ok", "{row:?}");
-    let expected = batch::mock::schema::generate(&review_schema(), &prompt(text));
+    let expected = batch::engine::mock::schema::generate(&review_schema(), &prompt(text));
     let output: Value = serde_json::from_str(field(row, "output")).expect("output is JSON");
     assert_eq!(output, expected, "{row:?}");
     for p in PROPERTIES {

@@ -1,0 +1,76 @@
+//! Errors that end a command before or outside the per-row path, and the exit codes they map to.
+//!
+//! A failure on one row is not an [`Error`]: it is recorded in that row's result and the run goes
+//! on (see [`crate::run::runner`]). An `Error` means the command itself could not do its job: bad
+//! flags, bad input, an unwritable output. Every message names the file, line or flag involved
+//! and says what to do, because the user reads it at the start of an overnight job.
+
+use std::path::Path;
+
+/// How the process ends. The numbers are part of the interface: scripts test them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Every row is `ok`.
+    Success = 0,
+    /// The run finished and wrote its results, but some rows failed or were skipped.
+    RowsFailed = 1,
+    /// Usage, configuration or input error: nothing was sent and no results file was written.
+    Error = 2,
+    /// Stopped by Ctrl-C or SIGTERM after writing what was finished.
+    Interrupted = 130,
+}
+
+impl From<ExitStatus> for std::process::ExitCode {
+    fn from(s: ExitStatus) -> Self {
+        std::process::ExitCode::from(s as u8)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A flag or configuration value is wrong or missing.
+    #[error("{0}")]
+    Usage(String),
+    /// The input file (or a prompt file) cannot be used as it is.
+    #[error("{0}")]
+    Input(String),
+    /// An I/O failure with what we were doing at the time.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Reading `path` failed; says which file.
+    pub fn read(path: &Path, source: &std::io::Error) -> Self {
+        Error::Input(format!(
+            "cannot read {}: {}",
+            path.display(),
+            describe_io(source)
+        ))
+    }
+
+    pub fn exit_status(&self) -> ExitStatus {
+        ExitStatus::Error
+    }
+}
+
+/// The short form of an I/O error for a message that already names the file.
+pub fn describe_io(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::IsADirectory => "it is a directory".into(),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,4 @@
+//! Leaf types: what every other layer speaks, importing nothing else of the crate.
+
+pub mod error;
+pub mod format;

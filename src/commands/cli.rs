@@ -1,0 +1,828 @@
+//! Command-line definitions (clap derive). No I/O happens here: [`crate::run::settings`] turns these
+//! literal flags into resolved settings, merging them with `batch.toml` and the environment.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "batch",
+    version,
+    about = "Run a prompt over every row of a CSV through an LLM API.",
+    long_about = "Run a prompt over every row of a CSV through an LLM API (OpenAI-compatible chat \
+completions), with bounded concurrency, rate limits, retries and per-request timeouts, and write \
+every answer with its tokens and cost to a results CSV.\n\n\
+Try it without an API key on the embedded mock server:\n  \
+batch run samples/reviews.csv --prompt-file samples/classify.txt --mock",
+    after_help = "Exit codes: 0 every row ok; 1 the run finished but some rows failed or were \
+skipped; 2 usage, configuration or input error (nothing sent, no results written); 130 \
+interrupted."
+)]
+pub struct Cli {
+    /// More diagnostics on stderr (-v, -vv, -vvv); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a prompt over every row of a CSV and write a results CSV.
+    Run(Box<RunArgs>),
+    /// Run the OpenAI-compatible mock server on 127.0.0.1 and print its base URL.
+    Mock(MockArgs),
+    /// Measure throughput, latency, 429s and cost at several --concurrency settings on a sample
+    /// of the input, and recommend one.
+    Bench(Box<BenchArgs>),
+    /// Watch a folder and run every CSV that lands in it once: results to DIR/done, the input
+    /// to DIR/processed (or DIR/failed with an error file).
+    Watch(Box<WatchArgs>),
+    /// See or empty the response cache.
+    Cache {
+        #[command(subcommand)]
+        action: CacheAction,
+        /// Folder of the cache [env: BATCH_CACHE_DIR; default: $XDG_CACHE_HOME/batch or
+        /// ~/.cache/batch].
+        #[arg(long, value_name = "DIR", global = true)]
+        cache_dir: Option<PathBuf>,
+    },
+    /// Hand the rows to the provider's Batch API (half price, answers within 24 h) and save a
+    /// state file that `status`, `collect` and `cancel` carry on from.
+    Submit(Box<SubmitArgs>),
+    /// Show each batch of a submitted job: status and request counts.
+    Status(BatchStateArgs),
+    /// Wait for (with --wait) and download a submitted job's answers, and write the results CSV.
+    Collect(Box<CollectArgs>),
+    /// Cancel the batches of a submitted job.
+    Cancel(BatchStateArgs),
+    /// Print shell completions for SHELL to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Flags of `batch run`. Every field except the input, output and config paths can also be set in
+/// `batch.toml` under the same name (kebab-case); a flag given on the command line wins.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RunArgs {
+    /// Input CSV with a header row, or JSON Lines (.jsonl, .ndjson), or `-` for stdin. Each row
+    /// becomes one request.
+    #[arg(value_name = "INPUT")]
+    #[serde(skip)]
+    pub input: PathBuf,
+
+    /// Results file, CSV or JSON Lines by extension, or `-` for stdout [default: <input
+    /// stem>.results.csv (or .jsonl for a JSON Lines input) beside the input; stdout for stdin].
+    #[arg(short, long, value_name = "PATH")]
+    #[serde(skip)]
+    pub output: Option<PathBuf>,
+
+    /// Format of the input: csv or jsonl (one JSON object per line) [default: from the extension,
+    /// .jsonl and .ndjson are JSON Lines; csv for stdin].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(skip)]
+    pub input_format: Option<crate::base::format::Format>,
+
+    /// Format of the results: csv or jsonl [default: from the -o extension; without -o, or with
+    /// `-o -` (stdout), the input's format].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    #[serde(skip)]
+    pub output_format: Option<crate::base::format::Format>,
+
+    /// Settings file [default: ./batch.toml if it exists].
+    #[arg(long, value_name = "PATH")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    // ---- Prompt ----
+    /// Prompt template over the input's columns, e.g. 'Classify: {{review}}' (minijinja syntax;
+    /// a column whose name is not an identifier is `row["my column"]`). With neither --prompt nor
+    /// --prompt-file, a column named `prompt` is sent as it is.
+    #[arg(long, value_name = "TEMPLATE", help_heading = "Prompt")]
+    pub prompt: Option<String>,
+
+    /// Read the prompt template from FILE.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "prompt",
+        help_heading = "Prompt"
+    )]
+    pub prompt_file: Option<PathBuf>,
+
+    /// System message (a template too).
+    #[arg(long, value_name = "TEMPLATE", help_heading = "Prompt")]
+    pub system: Option<String>,
+
+    /// Read the system message from FILE.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with = "system",
+        help_heading = "Prompt"
+    )]
+    pub system_file: Option<PathBuf>,
+
+    /// Column that identifies a row in the results [default: `id` if there is one, else the row
+    /// number].
+    #[arg(long, value_name = "COLUMN", help_heading = "Prompt")]
+    pub id_column: Option<String>,
+
+    // ---- Model ----
+    /// Model name, sent as is and used to look up the price [default: gpt-4.1-mini].
+    #[arg(short, long, help_heading = "Model")]
+    pub model: Option<String>,
+
+    /// Completion token cap per request (sent as max_completion_tokens to OpenAI, max_tokens to
+    /// other servers).
+    #[arg(long, value_name = "N", help_heading = "Model")]
+    pub max_tokens: Option<u32>,
+
+    /// Sampling temperature (0 to 2).
+    #[arg(long, value_name = "T", help_heading = "Model")]
+    pub temperature: Option<f32>,
+
+    // ---- Batch API ----
+    /// `api` sends every request now; `batch` hands them to the provider's Batch API (half the
+    /// price, answers within 24 h) and waits for the answers: `batch submit` plus `batch
+    /// collect --wait` in one command [default: api].
+    #[arg(long, value_enum, value_name = "HOW", help_heading = "Batch API")]
+    pub via: Option<Via>,
+
+    /// Requests in one batch at most; more rows are split into several batches [default: the
+    /// provider's limit: 50,000 for OpenAI, 100,000 for Anthropic].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batch API")]
+    pub batch_max_requests: Option<u64>,
+
+    /// Bytes of batch input in one batch at most [default: the provider's limit, 200 MB for
+    /// OpenAI, 256 MB for Anthropic].
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Batch API")]
+    pub batch_max_bytes: Option<u64>,
+
+    /// JSON file of prices that add to or override the embedded table: {"model": {"input": 0.4,
+    /// "cached_input": 0.1, "output": 1.6}} in USD per 1M tokens.
+    #[arg(long, value_name = "FILE", help_heading = "Model")]
+    pub price_file: Option<PathBuf>,
+
+    // ---- Pacing ----
+    /// Requests in flight at most, or `auto` to adapt it to the server: grow while latency
+    /// stays flat, shrink when it climbs or on 429s and timeouts [default: 16]. `batch bench`
+    /// takes a list: 1,2,4,8.
+    #[arg(short = 'j', long, value_name = "N|auto", help_heading = "Pacing")]
+    pub concurrency: Option<crate::engine::concurrency::ConcurrencyList>,
+
+    /// Requests per minute at most. Without it, the limit is learned from the server's
+    /// x-ratelimit-* (or anthropic-ratelimit-*) headers.
+    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    pub rpm: Option<u32>,
+
+    /// Tokens per minute at most: prompt tokens (counted before sending) plus the completion
+    /// reservation (--max-tokens, else learned from answers), reconciled with the real usage.
+    /// Without it, learned from the server's headers like --rpm.
+    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    pub tpm: Option<u32>,
+
+    /// Retries per row after the first attempt [default: 6]. Retried: connection errors,
+    /// timeouts, 408, 409, 429 rate limits and 5xx, after exponential backoff with full jitter
+    /// (0.5 s doubling to 30 s) or the server's retry-after. Not retried: other 4xx, and 429
+    /// insufficient_quota, which stops the run. A server's x-should-retry header wins.
+    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    pub max_retries: Option<u32>,
+
+    /// Seconds one attempt may take, response body included, before it is cut off and retried
+    /// [default: 120].
+    #[arg(long, value_name = "SECS", help_heading = "Pacing")]
+    pub timeout: Option<f64>,
+
+    // ---- Endpoint ----
+    /// Who serves the model: openai (OpenAI and every OpenAI-compatible server: vLLM, Ollama,
+    /// LiteLLM, OpenRouter) or anthropic (native Messages API) [default: anthropic for models
+    /// named claude-*, else openai].
+    #[arg(long, value_enum, value_name = "NAME", help_heading = "Endpoint")]
+    pub provider: Option<crate::engine::provider::ProviderName>,
+
+    /// OpenAI's API to use: chat (Chat Completions) or responses (the Responses API)
+    /// [default: chat]. OpenAI only.
+    #[arg(long, value_enum, value_name = "API", help_heading = "Endpoint")]
+    pub api: Option<crate::engine::provider::ApiName>,
+
+    /// Base URL of the API [env: OPENAI_BASE_URL, or ANTHROPIC_BASE_URL for anthropic; default:
+    /// `https://api.openai.com/v1`, `https://api.anthropic.com`]. The key comes from
+    /// OPENAI_API_KEY (ANTHROPIC_API_KEY for anthropic) or --api-key-file.
+    #[arg(long, value_name = "URL", help_heading = "Endpoint")]
+    pub base_url: Option<String>,
+
+    /// Read the API key from FILE instead of OPENAI_API_KEY / ANTHROPIC_API_KEY.
+    #[arg(long, value_name = "FILE", help_heading = "Endpoint")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Extra request header, repeatable: `--header 'HTTP-Referer: https://example.com'`. For
+    /// gateways and routers that want their own headers; it replaces a header batch would send
+    /// (e.g. anthropic-version). Values are never printed or logged. In batch.toml: header =
+    /// ["Name: value"].
+    #[arg(
+        long = "header",
+        value_name = "'NAME: VALUE'",
+        help_heading = "Endpoint"
+    )]
+    pub header: Vec<String>,
+
+    /// Send the run to an embedded mock server on 127.0.0.1 instead (no key needed). Takes the
+    /// `batch mock` options as a list: --mock=latency-ms=100,error-rate=0.05
+    #[arg(
+        long,
+        value_name = "OPTIONS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "",
+        help_heading = "Endpoint"
+    )]
+    pub mock: Option<String>,
+
+    // ---- Durability ----
+    /// Continue the run recorded in the state file: rows already finished are not sent again
+    /// (unless their request changed); failed rows only with --retry-failed.
+    #[arg(long, help_heading = "Durability")]
+    #[serde(skip)]
+    pub resume: bool,
+
+    /// With --resume: send the rows that failed last time again.
+    #[arg(long, requires = "resume", help_heading = "Durability")]
+    #[serde(skip)]
+    pub retry_failed: bool,
+
+    /// With --resume: continue even though settings that shape requests changed (rows whose
+    /// request changed are sent again).
+    #[arg(long, requires = "resume", help_heading = "Durability")]
+    #[serde(skip)]
+    pub force: bool,
+
+    /// Discard an unfinished run recorded in the state file and start over.
+    #[arg(long, conflicts_with = "resume", help_heading = "Durability")]
+    #[serde(skip)]
+    pub restart: bool,
+
+    /// The run's state file (SQLite) [default: the results path with extension .sqlite].
+    #[arg(long, value_name = "PATH", help_heading = "Durability")]
+    #[serde(skip)]
+    pub state: Option<PathBuf>,
+
+    /// Seconds that requests in flight may still take after Ctrl-C or SIGTERM [default: 30].
+    #[arg(long, value_name = "SECS", help_heading = "Durability")]
+    pub grace: Option<f64>,
+
+    /// Stop sending before the run's total cost could exceed USD. Each request reserves its
+    /// worst case (prompt plus --max-tokens at the model's price) before it is sent; needs
+    /// --max-tokens and a known price.
+    #[arg(long, value_name = "USD", help_heading = "Durability")]
+    pub max_cost: Option<f64>,
+
+    /// Read the input, render every prompt, count tokens and print the expected cost; send
+    /// nothing and write nothing.
+    #[arg(long, help_heading = "Durability")]
+    #[serde(skip)]
+    pub dry_run: bool,
+
+    /// Append every attempt (time, row, request body, status, response body or error, rate-limit
+    /// headers, latency) to FILE as JSON lines. The API key is never written.
+    #[arg(long, value_name = "FILE", help_heading = "Durability")]
+    pub log: Option<PathBuf>,
+
+    // ---- Cache ----
+    /// Neither read nor write the response cache.
+    #[arg(long, help_heading = "Cache")]
+    pub no_cache: bool,
+
+    /// Ignore cached answers (send every request) but store the new ones.
+    #[arg(long, conflicts_with = "no_cache", help_heading = "Cache")]
+    #[serde(skip)]
+    pub refresh: bool,
+
+    /// Folder of the response cache [env: BATCH_CACHE_DIR; default: $XDG_CACHE_HOME/batch or
+    /// ~/.cache/batch].
+    #[arg(long, value_name = "DIR", help_heading = "Cache")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Also cache answers cut off by the token cap (finish_reason "length").
+    #[arg(long, help_heading = "Cache")]
+    pub cache_truncated: bool,
+
+    /// Send identical requests within the run separately (independent samples when
+    /// --temperature > 0); by default each distinct request is sent once and its answer shared.
+    #[arg(long, help_heading = "Cache")]
+    pub no_dedup: bool,
+
+    // ---- Structured output ----
+    /// JSON Schema the answers must fit, sent the provider's way (OpenAI: json_schema format,
+    /// strict; Anthropic: a forced tool).
+    /// Each answer is validated; an invalid one is retried (--schema-retries), then the row
+    /// fails with the validation error. Each top-level property becomes a column `out.<name>`.
+    #[arg(long, value_name = "FILE", help_heading = "Structured output")]
+    pub schema: Option<PathBuf>,
+
+    /// Send the schema with strict: false. Strict mode needs "additionalProperties": false and
+    /// every property in "required" on every object; a schema without them is refused unless
+    /// this is given (answers are validated either way).
+    #[arg(long, help_heading = "Structured output")]
+    pub no_strict: bool,
+
+    /// Answers that do not fit the schema are sent again up to N times (each is a billed
+    /// attempt), apart from --max-retries [default: 2].
+    #[arg(long, value_name = "N", help_heading = "Structured output")]
+    pub schema_retries: Option<u32>,
+
+    // ---- Verification ----
+    /// Compare each answer with this input column (expected answers); adds `match` and
+    /// `match_detail` columns and a pass rate to the summary. Rows with an empty expected cell
+    /// are not compared.
+    #[arg(long, value_name = "COLUMN", help_heading = "Verification")]
+    pub expect: Option<String>,
+
+    /// How --expect compares [default: exact]: exact (whole answer), contains, regex (the
+    /// expected cell is a pattern searched in the answer) or json (parsed values; with
+    /// --schema, field by field, only the fields the expected object gives).
+    #[arg(
+        long = "match",
+        value_name = "MODE",
+        value_enum,
+        help_heading = "Verification"
+    )]
+    #[serde(rename = "match")]
+    pub match_mode: Option<crate::engine::expect::MatchMode>,
+
+    /// --expect ignores letter case.
+    #[arg(long, help_heading = "Verification")]
+    pub ignore_case: bool,
+
+    /// --expect treats runs of whitespace as one space and ignores leading and trailing
+    /// whitespace.
+    #[arg(long, help_heading = "Verification")]
+    pub ignore_whitespace: bool,
+
+    // ---- Output ----
+    /// Write answers as they are, even those starting with =, +, -, @, tab or carriage return
+    /// (by default such cells get a leading ' so spreadsheets do not run them as formulas).
+    #[arg(long, help_heading = "Output")]
+    pub no_sanitize: bool,
+
+    /// Also write the run summary as JSON to PATH.
+    #[arg(long, value_name = "PATH", help_heading = "Output")]
+    pub summary_json: Option<PathBuf>,
+
+    /// No progress bar and no summary on stderr (errors are still printed).
+    #[arg(short, long, help_heading = "Output")]
+    #[serde(skip)]
+    pub quiet: bool,
+}
+
+/// Flags of `batch bench`: every `batch run` flag that shapes requests, plus the sweep and its
+/// reports. `--concurrency` takes a list here: `--concurrency 1,2,4,8,16,32,64,auto`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Against a real API (not --mock, not a server on localhost) bench needs \
+--max-cost USD (which needs --max-tokens) and prints the expected cost of the whole sweep first; \
+--dry-run prints it without sending anything.",
+    // Flags of `batch run` that a sweep of throw-away runs cannot honour (refused if given).
+    mut_arg("output", |a| a.hide(true)),
+    mut_arg("state", |a| a.hide(true)),
+    mut_arg("resume", |a| a.hide(true)),
+    mut_arg("retry_failed", |a| a.hide(true)),
+    mut_arg("force", |a| a.hide(true)),
+    mut_arg("restart", |a| a.hide(true)),
+    mut_arg("summary_json", |a| a.hide(true))
+)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Rows of the input (from the top) sent at each setting and repeat.
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = "Bench")]
+    pub rows: u64,
+
+    /// Runs per setting; with more than one, medians are reported with their spread.
+    #[arg(long, value_name = "K", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Bench")]
+    pub repeat: u32,
+
+    /// Rows of a discarded warm-up run before each setting, 0 for none [default: the setting's
+    /// concurrency, at most 20].
+    #[arg(long, value_name = "N", help_heading = "Bench")]
+    pub warmup: Option<u64>,
+
+    /// How the results are printed on stdout.
+    #[arg(long, value_enum, default_value_t = crate::run::bench::Format::Table, help_heading = "Bench")]
+    pub format: crate::run::bench::Format,
+
+    /// Also write the results as CSV to PATH.
+    #[arg(long, value_name = "PATH", help_heading = "Bench")]
+    pub export_csv: Option<PathBuf>,
+
+    /// Also write the results (every run included) as JSON to PATH.
+    #[arg(long, value_name = "PATH", help_heading = "Bench")]
+    pub export_json: Option<PathBuf>,
+
+    /// Also write the results as a Markdown table to PATH.
+    #[arg(long, value_name = "PATH", help_heading = "Bench")]
+    pub export_markdown: Option<PathBuf>,
+
+    /// Draw throughput and p95 latency against concurrency, the recommended setting marked, as
+    /// an SVG chart at PATH.
+    #[arg(long, value_name = "PATH.svg", help_heading = "Bench")]
+    pub plot: Option<PathBuf>,
+}
+
+/// How `batch run` gets its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Via {
+    /// One request per row, now.
+    Api,
+    /// The provider's Batch API.
+    Batch,
+}
+
+/// Flags of `batch submit`: the request flags of `batch run`. `--state` is the job's JSON state
+/// file here [default: <results stem>.batch.json beside the results].
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Then: `batch status STATE`, `batch collect STATE --wait`, `batch cancel STATE`. \
+The state file never holds the API key: each command reads it from the environment.",
+    mut_arg("state", |a| a.help("The job's state file (JSON) [default: <results stem>.batch.json beside the results]")),
+    mut_arg("restart", |a| a.help("Replace a batch job already recorded in the state file (its batches keep running)")),
+    // Flags of `batch run` that pace or record requests sent one by one: no use here.
+    mut_arg("concurrency", |a| a.hide(true)),
+    mut_arg("rpm", |a| a.hide(true)),
+    mut_arg("tpm", |a| a.hide(true)),
+    mut_arg("max_retries", |a| a.hide(true)),
+    mut_arg("timeout", |a| a.hide(true)),
+    mut_arg("resume", |a| a.hide(true)),
+    mut_arg("retry_failed", |a| a.hide(true)),
+    mut_arg("force", |a| a.hide(true)),
+    mut_arg("grace", |a| a.hide(true)),
+    mut_arg("max_cost", |a| a.hide(true)),
+    mut_arg("log", |a| a.hide(true)),
+    mut_arg("no_cache", |a| a.hide(true)),
+    mut_arg("refresh", |a| a.hide(true)),
+    mut_arg("cache_dir", |a| a.hide(true)),
+    mut_arg("cache_truncated", |a| a.hide(true)),
+    mut_arg("no_dedup", |a| a.hide(true)),
+    mut_arg("via", |a| a.hide(true)),
+    mut_arg("summary_json", |a| a.hide(true))
+)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// A submitted job's state file, and the key to reach its provider.
+#[derive(Debug, Args)]
+pub struct BatchStateArgs {
+    /// The state file `batch submit` wrote.
+    #[arg(value_name = "STATE")]
+    pub state: PathBuf,
+
+    /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY or ANTHROPIC_API_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// Flags of `batch collect`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Exit codes as for `batch run`: 0 every row answered; 1 some rows failed, \
+expired or are still waiting; 2 usage, state or input error."
+)]
+pub struct CollectArgs {
+    /// The state file `batch submit` wrote.
+    #[arg(value_name = "STATE")]
+    pub state: PathBuf,
+
+    /// Poll (1 s, 2 s, 4 s ... up to --poll-max apart) until every batch has ended. Without it,
+    /// batches still running are checked once and their rows written as skipped.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// Once every batch has ended, send the rows that failed, expired or were cancelled again
+    /// as new batches, recorded in the same state file (with --wait, also wait for them).
+    #[arg(long)]
+    pub resubmit_failed: bool,
+
+    /// Results CSV [default: the one given to `batch submit`].
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Longest pause between two polls, in seconds [default: 60].
+    #[arg(long, value_name = "SECS")]
+    pub poll_max: Option<f64>,
+
+    /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY or ANTHROPIC_API_KEY).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Also write the summary as JSON to PATH.
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
+
+    /// No progress and no summary on stderr.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Flags of `batch watch`: the folder, how files are picked up, and every `batch run` flag, which
+/// applies to each file's run (`--max-cost` is per file).
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each CSV that lands in DIR (hidden names such as .x.csv and other extensions \
+such as x.csv.partial are ignored) is run once its size and modification time have not changed \
+for --settle-ms. Results go to DIR/done/<stem>.results.csv with <stem>.summary.json; the input \
+moves to DIR/processed/, or to DIR/failed/ with <name>.error.txt when it cannot be run (bad \
+input). A run whose rows partly failed still counts as processed: its results mark them. A name \
+already taken in done/, processed/ or failed/ gets a suffix (-2, -3, ...). What was run is \
+recorded in DIR/.batch-watch, so restarting the watcher never runs a file twice and a run cut \
+short by a crash resumes without paying again for finished rows.\n\n\
+Exit codes: with --once, 0 every file processed with every row ok, 1 some file failed or had \
+failed rows; 2 usage error; 130 stopped by Ctrl-C or SIGTERM (the run in progress gets its \
+--grace, and resumes on the next start).",
+    mut_arg("input", |a| a
+        .value_name("DIR")
+        .help("Folder to watch: every CSV that lands in it is run once.")),
+    // Flags of `batch run` that name one run's files; the watcher chooses them per file.
+    mut_arg("output", |a| a.hide(true)),
+    mut_arg("state", |a| a.hide(true)),
+    mut_arg("resume", |a| a.hide(true)),
+    mut_arg("retry_failed", |a| a.hide(true)),
+    mut_arg("force", |a| a.hide(true)),
+    mut_arg("restart", |a| a.hide(true)),
+    mut_arg("summary_json", |a| a.hide(true)),
+    mut_arg("dry_run", |a| a.hide(true))
+)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Milliseconds a file's size and modification time must stay unchanged before it is run
+    /// (so a file still being written is not taken half-way).
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1000,
+        help_heading = "Watch"
+    )]
+    pub settle_ms: u64,
+
+    /// Milliseconds between full rescans of DIR, a safety net for filesystem events that were
+    /// missed (network filesystems, overflowing event queues).
+    #[arg(long, value_name = "MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..), help_heading = "Watch")]
+    pub rescan_ms: u64,
+
+    /// Files run at the same time; each run has its own --concurrency, so N files can have
+    /// N x --concurrency requests in flight.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..), help_heading = "Watch")]
+    pub parallel: u32,
+
+    /// Run the CSVs already in DIR (waiting for them to settle), then exit instead of watching.
+    #[arg(long, help_heading = "Watch")]
+    pub once: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheAction {
+    /// Entries, size, tokens and what the cached answers cost.
+    Stats,
+    /// Remove entries (all, or those older than --older-than).
+    Clear {
+        /// Only entries older than this, e.g. 30d, 12h.
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
+}
+
+/// Options of the mock server, shared by `batch mock` and `batch run --mock=...`.
+#[derive(Debug, Clone, Args)]
+pub struct MockArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+
+    /// Base latency of every response, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    pub latency_ms: u64,
+
+    /// Extra random latency, uniform in 0..=MS.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub jitter_ms: u64,
+
+    /// Fraction of requests answered with an injected 500 or 503.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub error_rate: f64,
+
+    /// Fraction of requests that take --slow-ms longer.
+    #[arg(long, value_name = "R", default_value_t = 0.0)]
+    pub slow_rate: f64,
+
+    /// Extra latency of a slow request, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pub slow_ms: u64,
+
+    /// Seed for the random choices, for reproducible runs.
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Requests per minute accepted, like an API rate limit: a token bucket holding one second's
+    /// worth (at least 1) that refills continuously. A request over it is answered at once with
+    /// 429 rate_limit_exceeded (type "requests") and retry-after-ms / retry-after headers. With
+    /// --rpm or --tpm every response carries OpenAI's x-ratelimit-{limit,remaining,reset}-*
+    /// headers.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    pub rpm: Option<u32>,
+
+    /// Tokens per minute accepted (prompt plus completion tokens of the answer the mock gives),
+    /// bucketed like --rpm; over it, 429 rate_limit_exceeded with type "tokens".
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    pub tpm: Option<u32>,
+
+    /// Answer every completion request after the first N with 429 insufficient_quota (out of
+    /// credit: not worth retrying), without retry-after.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub quota_exhausted_after: Option<u64>,
+
+    /// Serve at most N requests at once; the others wait for a turn (still counted in flight) and
+    /// only then start their latency, so latency grows with load like a self-hosted server's.
+    #[arg(long, value_name = "N", help_heading = "Limits")]
+    pub capacity: Option<usize>,
+
+    /// Inject a fault into fraction RATE of the accepted requests; repeatable (at most one fault
+    /// per request, rates adding up to 1 at most). In --mock=... write fault=KIND=RATE (or
+    /// fault=KIND:RATE). KIND is reset (connection closed, no response), truncated (200 whose
+    /// body stops halfway), malformed (200 whose body is cut-off JSON), missing-fields (200 JSON
+    /// without choices and usage), trickle (200 whose body takes --trickle-ms to arrive) or hang
+    /// (no response until the client gives up).
+    #[arg(long, value_name = "KIND=RATE", help_heading = "Faults")]
+    pub fault: Vec<crate::engine::mock::FaultSpec>,
+
+    /// How long the body of a trickle fault takes to arrive, in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 10_000,
+        help_heading = "Faults"
+    )]
+    pub trickle_ms: u64,
+
+    /// Fraction of the answers to requests with a JSON schema (response_format json_schema)
+    /// that are spoilt on purpose: half not JSON at all, half JSON that breaks the schema.
+    #[arg(long, value_name = "R", default_value_t = 0.0, help_heading = "Faults")]
+    pub invalid_json_rate: f64,
+
+    /// How long a batch takes to process (Batch API: /v1/files, /v1/batches), in milliseconds.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1_000,
+        help_heading = "Batch API"
+    )]
+    pub batch_latency_ms: u64,
+
+    /// Fraction of batch requests that fail (a 500 in the batch's error file).
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 0.0,
+        help_heading = "Batch API"
+    )]
+    pub batch_failure_rate: f64,
+
+    /// Fraction of batch requests left unprocessed when the 24 h window ends: batch_expired in
+    /// the error file, and the batch's status is `expired`.
+    #[arg(
+        long,
+        value_name = "R",
+        default_value_t = 0.0,
+        help_heading = "Batch API"
+    )]
+    pub batch_expire_rate: f64,
+
+    /// Requests one batch may hold; a bigger batch fails validation as a whole.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 50_000,
+        help_heading = "Batch API"
+    )]
+    pub batch_max_requests: u64,
+}
+
+impl MockArgs {
+    /// Parses the `--mock=latency-ms=100,error-rate=0.05` form with the same definitions as
+    /// `batch mock`, so the two can never drift apart.
+    pub fn from_option_list(list: &str) -> Result<Self, String> {
+        #[derive(Parser)]
+        #[command(name = "--mock", no_binary_name = true)]
+        struct Wrapper {
+            #[command(flatten)]
+            args: MockArgs,
+        }
+        let mut argv = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let (k, v) = item.split_once('=').unwrap_or((item, ""));
+            argv.push(format!("--{}", k.trim()));
+            if !v.is_empty() {
+                argv.push(v.trim().to_string());
+            }
+        }
+        let args = Wrapper::try_parse_from(argv)
+            .map(|w| w.args)
+            .map_err(|e| e.render().to_string())?;
+        crate::engine::mock::MockConfig::from(args.clone()).validate()?;
+        Ok(args)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn mock_option_list_uses_mock_flags() {
+        let m = MockArgs::from_option_list("latency-ms=5, error-rate=0.25,seed=7").unwrap();
+        assert_eq!(m.latency_ms, 5);
+        assert_eq!(m.error_rate, 0.25);
+        assert_eq!(m.seed, Some(7));
+        let defaults = MockArgs::from_option_list("").unwrap();
+        assert_eq!(defaults.latency_ms, 100);
+        assert!(MockArgs::from_option_list("latency=5").is_err());
+    }
+
+    #[test]
+    fn mock_option_list_takes_limits_and_repeated_faults() {
+        use crate::engine::mock::{FaultKind, FaultSpec};
+        let m = MockArgs::from_option_list(
+            "rpm=600,tpm=90000,quota-exhausted-after=5,capacity=2,\
+             fault=reset=0.05,fault=trickle:0.01,trickle-ms=300",
+        )
+        .unwrap();
+        assert_eq!((m.rpm, m.tpm), (Some(600), Some(90000)));
+        assert_eq!(m.quota_exhausted_after, Some(5));
+        assert_eq!(m.capacity, Some(2));
+        assert_eq!(
+            m.fault,
+            [
+                FaultSpec {
+                    kind: FaultKind::Reset,
+                    rate: 0.05
+                },
+                FaultSpec {
+                    kind: FaultKind::Trickle,
+                    rate: 0.01
+                }
+            ]
+        );
+        assert_eq!(m.trickle_ms, 300);
+        assert!(MockArgs::from_option_list("fault=reset").is_err());
+        assert!(MockArgs::from_option_list("fault=sneeze=0.1").is_err());
+        assert!(MockArgs::from_option_list("fault=reset=0.6,fault=hang=0.6").is_err());
+        assert!(MockArgs::from_option_list("rpm=0").is_err());
+
+        let cli = Cli::try_parse_from([
+            "batch",
+            "mock",
+            "--fault",
+            "hang=0.5",
+            "--fault",
+            "malformed=0.5",
+            "--rpm",
+            "60",
+        ])
+        .unwrap();
+        let Command::Mock(m) = cli.command else {
+            panic!("expected mock")
+        };
+        assert_eq!(m.fault.len(), 2);
+        assert_eq!(m.rpm, Some(60));
+    }
+
+    #[test]
+    fn mock_flag_needs_equals_so_it_does_not_eat_the_input() {
+        let cli = Cli::try_parse_from(["batch", "run", "--mock", "in.csv"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.input, PathBuf::from("in.csv"));
+        assert_eq!(args.mock.as_deref(), Some(""));
+    }
+}

@@ -1,0 +1,3 @@
+//! One module per subcommand, the only layer that knows [`cli`].
+
+pub mod cli;

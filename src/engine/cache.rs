@@ -1,0 +1,318 @@
+//! The response cache: answers to exact requests, kept across runs so that rerunning a job,
+//! or the part of it that did not change, costs nothing.
+//!
+//! The key is the request hash (SHA-256 of the endpoint and the exact body sent: model,
+//! messages, every generation parameter), so any change to any of them misses. Only complete,
+//! successful answers are kept: never errors, and never answers cut off by the token cap unless
+//! asked (`--cache-truncated`). The cache is an SQLite file in the user's cache directory
+//! (`--cache-dir`, `BATCH_CACHE_DIR`, else `$XDG_CACHE_HOME/batch` or `~/.cache/batch`), so it is
+//! shared by every job of the user and can be inspected with any SQLite client.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::base::error::Error;
+use crate::engine::provider::Usage;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS answers (
+    key               TEXT PRIMARY KEY,
+    created_at        INTEGER NOT NULL,
+    text              TEXT NOT NULL,
+    finish_reason     TEXT NOT NULL,
+    model             TEXT NOT NULL,
+    prompt_tokens     INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cached_tokens     INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    reasoning_tokens  INTEGER NOT NULL,
+    cost_usd          REAL
+);
+";
+
+/// An answer as cached: what the row's result needs, and what it cost the first time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedAnswer {
+    pub text: String,
+    pub finish_reason: String,
+    pub model: String,
+    pub usage: Usage,
+    pub cost_usd: Option<f64>,
+}
+
+/// The default cache folder.
+pub fn default_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BATCH_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("batch");
+    }
+    match std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".cache").join("batch"),
+        None => std::env::temp_dir().join("batch-cache"),
+    }
+}
+
+pub struct Cache {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// What `batch cache stats` shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CacheStats {
+    pub path: String,
+    pub entries: u64,
+    pub file_bytes: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// What the cached answers cost when they were first paid for.
+    pub cost_usd: f64,
+    pub oldest: Option<String>,
+    pub newest: Option<String>,
+}
+
+impl Cache {
+    /// Opens (creating if need be) the cache in folder `dir`.
+    pub fn open(dir: &Path) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Usage(format!(
+                "cannot create the cache folder {}: {e} (choose another with --cache-dir, or \
+                 --no-cache)",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join("cache.sqlite");
+        let conn = Connection::open(&path).map_err(|e| cache_error(&path, &e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+        )
+        .and_then(|_| conn.execute_batch(SCHEMA))
+        .map_err(|e| cache_error(&path, &e))?;
+        Ok(Cache { conn, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<CachedAnswer>, Error> {
+        self.conn
+            .prepare_cached(
+                "SELECT text, finish_reason, model, prompt_tokens, completion_tokens, \
+                 cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd FROM answers \
+                 WHERE key = ?1",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_row([key], |r| {
+                    let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)? as u64) };
+                    Ok(CachedAnswer {
+                        text: r.get(0)?,
+                        finish_reason: r.get(1)?,
+                        model: r.get(2)?,
+                        usage: Usage {
+                            prompt_tokens: n(3)?,
+                            completion_tokens: n(4)?,
+                            cached_tokens: n(5)?,
+                            cache_write_tokens: n(6)?,
+                            reasoning_tokens: n(7)?,
+                        },
+                        cost_usd: r.get(8)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(|e| cache_error(&self.path, &e))
+    }
+
+    /// Stores answers (replacing any under the same key) in one transaction.
+    pub fn put_many<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a str, &'a CachedAnswer)>,
+    ) -> Result<(), Error> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| cache_error(&path, &e))?;
+        let now = unix_now();
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO answers (key, created_at, text, finish_reason, model, \
+                     prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, \
+                     reasoning_tokens, cost_usd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )
+                .map_err(|e| cache_error(&path, &e))?;
+            for (key, a) in entries {
+                let u = a.usage;
+                stmt.execute(params![
+                    key,
+                    now,
+                    a.text,
+                    a.finish_reason,
+                    a.model,
+                    u.prompt_tokens as i64,
+                    u.completion_tokens as i64,
+                    u.cached_tokens as i64,
+                    u.cache_write_tokens as i64,
+                    u.reasoning_tokens as i64,
+                    a.cost_usd,
+                ])
+                .map_err(|e| cache_error(&path, &e))?;
+            }
+        }
+        tx.commit().map_err(|e| cache_error(&path, &e))
+    }
+
+    pub fn stats(&self) -> Result<CacheStats, Error> {
+        let (entries, prompt, completion, cost, oldest, newest) = self
+            .conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), \
+                 COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0), \
+                 MIN(created_at), MAX(created_at) FROM answers",
+                [],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)? as u64,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u64,
+                        r.get::<_, f64>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                    ))
+                },
+            )
+            .map_err(|e| cache_error(&self.path, &e))?;
+        let when = |t: Option<i64>| {
+            t.map(|t| {
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+                    .to_string()
+            })
+        };
+        let file_bytes = ["", "-wal"]
+            .iter()
+            .filter_map(|suffix| std::fs::metadata(format!("{}{suffix}", self.path.display())).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(CacheStats {
+            path: self.path.display().to_string(),
+            entries,
+            file_bytes,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            cost_usd: cost,
+            oldest: when(oldest),
+            newest: when(newest),
+        })
+    }
+
+    /// Removes every entry, or those older than `older_than`; returns how many.
+    pub fn clear(&mut self, older_than: Option<Duration>) -> Result<u64, Error> {
+        let cutoff = match older_than {
+            Some(age) => unix_now() - age.as_secs() as i64,
+            None => i64::MAX,
+        };
+        let n = self
+            .conn
+            .execute("DELETE FROM answers WHERE created_at <= ?1", [cutoff])
+            .map_err(|e| cache_error(&self.path, &e))?;
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
+            .map_err(|e| cache_error(&self.path, &e))?;
+        Ok(n as u64)
+    }
+}
+
+/// `batch cache stats|clear`.
+pub fn command(
+    action: crate::commands::cli::CacheAction,
+    dir: Option<PathBuf>,
+) -> Result<crate::ExitStatus, Error> {
+    let mut cache = Cache::open(&dir.unwrap_or_else(default_dir))?;
+    match action {
+        crate::commands::cli::CacheAction::Stats => {
+            let s = cache.stats()?;
+            println!("Cache      {}", s.path);
+            println!("Entries    {} ({} bytes)", s.entries, s.file_bytes);
+            println!(
+                "Tokens     {} prompt + {} completion",
+                s.prompt_tokens, s.completion_tokens
+            );
+            println!(
+                "Cost       ${} when first paid for; each reuse saves it again",
+                crate::engine::output::format_cost(s.cost_usd)
+            );
+            if let (Some(old), Some(new)) = (s.oldest, s.newest) {
+                println!("Stored     {old} to {new}");
+            }
+        }
+        crate::commands::cli::CacheAction::Clear { older_than } => {
+            let n = cache.clear(older_than)?;
+            println!("removed {n} cached answers from {}", cache.path().display());
+        }
+    }
+    Ok(crate::ExitStatus::Success)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn cache_error(path: &Path, e: &rusqlite::Error) -> Error {
+    Error::Usage(format!(
+        "cannot use the response cache {}: {e} (--cache-dir puts it elsewhere; --no-cache runs \
+         without it)",
+        path.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(text: &str) -> CachedAnswer {
+        CachedAnswer {
+            text: text.into(),
+            finish_reason: "stop".into(),
+            model: "m".into(),
+            usage: Usage {
+                prompt_tokens: 10,
+                completion_tokens: 2,
+                ..Default::default()
+            },
+            cost_usd: Some(0.25),
+        }
+    }
+
+    #[test]
+    fn answers_round_trip_and_are_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Cache::open(dir.path()).unwrap();
+        assert_eq!(c.get("k").unwrap(), None);
+        c.put_many([("k", &answer("one")), ("j", &answer("two"))])
+            .unwrap();
+        assert_eq!(c.get("k").unwrap().unwrap().text, "one");
+        c.put_many([("k", &answer("three"))]).unwrap();
+        assert_eq!(c.get("k").unwrap(), Some(answer("three")));
+        let s = c.stats().unwrap();
+        assert_eq!((s.entries, s.prompt_tokens), (2, 20));
+        assert!((s.cost_usd - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn clear_by_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Cache::open(dir.path()).unwrap();
+        c.put_many([("k", &answer("one"))]).unwrap();
+        assert_eq!(c.clear(Some(Duration::from_secs(3600))).unwrap(), 0);
+        assert_eq!(c.clear(None).unwrap(), 1);
+        assert_eq!(c.stats().unwrap().entries, 0);
+    }
+}

@@ -1,0 +1,555 @@
+//! Streaming input: a CSV with a header row, or JSON Lines ([`jsonl`]), one request per row, each
+//! with a stable row id. Both formats give the same [`Row`]: text cells in column order.
+//!
+//! The file is read twice. The first pass ([`crate::run::runner`]'s pre-flight) checks every row and
+//! renders every prompt before a single request is sent, so a bad line 90,000 fails the run in a
+//! second instead of after an hour of spending. The second pass streams rows to the scheduler.
+//! Neither pass holds the file in memory: a million-row input costs the same as a small one.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use csv::StringRecord;
+
+use crate::base::error::{Error, describe_io};
+use crate::base::format::Format;
+
+pub mod jsonl;
+
+const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One input row.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// 0-based position among data rows; results are written in this order.
+    pub seq: u64,
+    /// 1-based line of the file where the row starts (for messages).
+    pub line: u64,
+    /// Byte offset in the file where the row starts.
+    pub byte: u64,
+    /// The value of the id column, or the 1-based row number when there is none.
+    pub id: String,
+    pub record: StringRecord,
+    /// Cells that were JSON numbers, booleans, arrays or objects (JSON Lines input only), so
+    /// JSON results can give them back their type. Empty for a CSV.
+    pub json_cells: JsonCells,
+}
+
+/// A set of cell positions; allocates nothing while empty (every CSV row).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JsonCells(Vec<u64>);
+
+impl JsonCells {
+    pub fn insert(&mut self, i: usize) {
+        let (word, bit) = (i / 64, i % 64);
+        if self.0.len() <= word {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << bit;
+    }
+
+    pub fn contains(&self, i: usize) -> bool {
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+}
+
+/// An input file whose header has been read and checked.
+#[derive(Debug, Clone)]
+pub struct InputFile {
+    pub path: PathBuf,
+    pub headers: Vec<String>,
+    /// Index of the id column, if any.
+    pub id_index: Option<usize>,
+    pub format: Format,
+}
+
+impl InputFile {
+    /// Opens `path`, reads and checks the header, and finds the id column: `id_column` when
+    /// given (it must exist), else a column named `id`, else none (row numbers are the ids).
+    pub fn open(path: &Path, id_column: Option<&str>) -> Result<Self, Error> {
+        Self::open_as(path, Format::Csv, id_column)
+    }
+
+    /// [`InputFile::open`] for a file in `format`. A JSON Lines file is read through once here
+    /// to find its columns, and every line is checked on the way.
+    pub fn open_as(path: &Path, format: Format, id_column: Option<&str>) -> Result<Self, Error> {
+        let headers: Vec<String> = match format {
+            Format::Jsonl => jsonl::columns(path)?,
+            Format::Csv => csv_reader(path)?
+                .headers()
+                .map_err(|e| csv_error(path, &e, &[]))?
+                .iter()
+                .map(str::to_string)
+                .collect(),
+        };
+        if format == Format::Jsonl && headers.is_empty() {
+            return Err(Error::Input(format!(
+                "{}: every line is an empty object {{}}; give each line the keys the prompt uses",
+                path.display()
+            )));
+        }
+        if headers.is_empty() || headers.iter().all(|h| h.is_empty()) {
+            return Err(Error::Input(format!(
+                "{} is empty: it needs a header row naming the columns, then one row per request",
+                path.display()
+            )));
+        }
+        let mut seen = HashSet::new();
+        for (i, h) in headers.iter().enumerate() {
+            if !seen.insert(h.as_str()) {
+                return Err(Error::Input(format!(
+                    "{}: line 1, column {}: the column name {h:?} appears twice in the header; \
+                     rename one so prompts can refer to each",
+                    path.display(),
+                    i + 1
+                )));
+            }
+        }
+        let id_index = match id_column {
+            Some(name) => Some(headers.iter().position(|h| h == name).ok_or_else(|| {
+                Error::Input(format!(
+                    "--id-column {name:?} is not a column of {}; its columns are: {}",
+                    path.display(),
+                    list_columns(&headers)
+                ))
+            })?),
+            None => headers.iter().position(|h| h == "id"),
+        };
+        Ok(InputFile {
+            path: path.to_path_buf(),
+            headers,
+            id_index,
+            format,
+        })
+    }
+
+    /// Streams the data rows, in order.
+    pub fn rows(&self) -> Result<Rows, Error> {
+        let source = match self.format {
+            Format::Csv => {
+                let mut reader = csv_reader(&self.path)?;
+                // Skip the header; it was checked in `open`.
+                reader
+                    .headers()
+                    .map_err(|e| csv_error(&self.path, &e, &[]))?;
+                Source::Csv(reader)
+            }
+            Format::Jsonl => Source::Jsonl(jsonl::Reader::new(&self.path, &self.headers)?),
+        };
+        Ok(Rows {
+            input: self.clone(),
+            source,
+            record: StringRecord::new(),
+            seq: 0,
+        })
+    }
+
+    /// An unterminated quoted field runs to the end of the file, swallowing every row after it
+    /// into one field, and CSV readers accept that without complaint. Only the last record can be
+    /// affected, and in a well-formed record quotes come in pairs (`""` inside a field), so an odd
+    /// number of them in the last record's bytes proves the quote was never closed.
+    /// `last` is the file's last row, as the caller's pass over the rows saw it.
+    pub fn unterminated_quote(&self, last: &Row) -> Result<Option<String>, Error> {
+        use std::io::{Read, Seek, SeekFrom};
+        if self.format != Format::Csv {
+            return Ok(None);
+        }
+        let mut file = File::open(&self.path).map_err(|e| Error::read(&self.path, &e))?;
+        file.seek(SeekFrom::Start(last.byte))
+            .map_err(|e| Error::read(&self.path, &e))?;
+        let (mut quotes, mut buf) = (0u64, [0u8; 64 * 1024]);
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| Error::read(&self.path, &e))?;
+            if n == 0 {
+                break;
+            }
+            quotes += buf[..n].iter().filter(|b| **b == b'"').count() as u64;
+        }
+        Ok((quotes % 2 == 1).then(|| {
+            format!(
+                "{}: line {}: a quoted field is never closed, so everything after it was read as \
+                 one field; add the missing closing \"",
+                self.path.display(),
+                last.line
+            )
+        }))
+    }
+
+    pub fn column_name(&self, index: usize) -> &str {
+        self.headers.get(index).map(String::as_str).unwrap_or("?")
+    }
+}
+
+/// Iterator over the rows of an [`InputFile`].
+pub struct Rows {
+    input: InputFile,
+    source: Source,
+    record: StringRecord,
+    seq: u64,
+}
+
+enum Source {
+    Csv(csv::Reader<BufReader<File>>),
+    Jsonl(jsonl::Reader),
+}
+
+impl Iterator for Rows {
+    type Item = Result<Row, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let path = &self.input.path;
+        let mut json_cells = JsonCells::default();
+        let read = match &mut self.source {
+            Source::Csv(reader) => match reader.read_record(&mut self.record) {
+                Ok(false) => None,
+                Err(e) => Some(Err(csv_error(path, &e, &self.input.headers))),
+                Ok(true) => Some(Ok(self
+                    .record
+                    .position()
+                    .map_or((0, 0), |p| (p.line(), p.byte())))),
+            },
+            Source::Jsonl(reader) => reader.read(path, &mut self.record, &mut json_cells),
+        };
+        match read {
+            None => None,
+            Some(Err(e)) => Some(Err(e)),
+            Some(Ok((line, byte))) => {
+                let seq = self.seq;
+                self.seq += 1;
+                let id = match self.input.id_index {
+                    Some(i) => {
+                        let id = self.record.get(i).unwrap_or("").to_string();
+                        if id.trim().is_empty() {
+                            return Some(Err(Error::Input(format!(
+                                "{}: line {line}, column {:?}: the row id is empty; every row \
+                                 needs a unique id (or choose another --id-column)",
+                                path.display(),
+                                self.input.column_name(i)
+                            ))));
+                        }
+                        id
+                    }
+                    None => (seq + 1).to_string(),
+                };
+                Some(Ok(Row {
+                    seq,
+                    line,
+                    byte,
+                    id,
+                    record: std::mem::take(&mut self.record),
+                    json_cells,
+                }))
+            }
+        }
+    }
+}
+
+/// Finds duplicate row ids in 24 bytes per row however long the ids are (a 128-bit
+/// fingerprint and the line), so checking a million-row file stays small. The ids themselves are
+/// read again only when there is a duplicate to report.
+#[derive(Default)]
+pub struct IdSet {
+    seen: Vec<([u64; 2], u64)>,
+}
+
+impl IdSet {
+    pub fn insert(&mut self, row: &Row) {
+        self.seen.push((id_fingerprint(&row.id), row.line));
+    }
+
+    /// One message per row whose id an earlier row already has, naming both lines.
+    pub fn duplicates(mut self, input: &InputFile) -> Result<Vec<String>, Error> {
+        self.seen.sort_unstable();
+        let mut pairs = Vec::new();
+        for group in self.seen.chunk_by(|a, b| a.0 == b.0) {
+            for (_, line) in &group[1..] {
+                pairs.push((group[0].1, *line));
+            }
+        }
+        if pairs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: HashSet<u64> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
+        let mut ids = std::collections::HashMap::new();
+        for row in input.rows()?.flatten() {
+            if wanted.contains(&row.line) {
+                ids.insert(row.line, row.id);
+            }
+        }
+        let col = input
+            .id_index
+            .map(|i| format!("column {:?}", input.column_name(i)))
+            .unwrap_or_else(|| "id".into());
+        pairs.sort_by_key(|(_, dup)| *dup);
+        Ok(pairs
+            .into_iter()
+            // Equal fingerprints of different ids (astronomically rare) are not duplicates.
+            .filter(|(a, b)| ids.contains_key(a) && ids.get(a) == ids.get(b))
+            .map(|(first, dup)| {
+                format!(
+                    "{}: line {dup}, {col}: the id {:?} is also on line {first}; row ids must be \
+                     unique so results and resumed runs can be matched to rows",
+                    input.path.display(),
+                    ids[&dup]
+                )
+            })
+            .collect())
+    }
+}
+
+fn id_fingerprint(id: &str) -> [u64; 2] {
+    // Two independently seeded SipHashes: a false "duplicate" needs a collision of both, and is
+    // then ruled out by comparing the ids themselves.
+    static SEEDS: std::sync::OnceLock<(std::hash::RandomState, std::hash::RandomState)> =
+        std::sync::OnceLock::new();
+    let (a, b) = SEEDS.get_or_init(Default::default);
+    let mut ha = a.build_hasher();
+    let mut hb = b.build_hasher();
+    ha.write(id.as_bytes());
+    hb.write(id.as_bytes());
+    [ha.finish(), hb.finish()]
+}
+
+fn csv_reader(path: &Path) -> Result<csv::Reader<BufReader<File>>, Error> {
+    let mut buf = open_buffered(path)?;
+    skip_bom(&mut buf, path)?;
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(buf))
+}
+
+/// Opens an input file for buffered reading, with a message that says what to do if it cannot.
+fn open_buffered(path: &Path) -> Result<BufReader<File>, Error> {
+    let file = File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Input(format!(
+                "input file {} does not exist; check the path",
+                path.display()
+            ))
+        } else {
+            Error::Input(format!(
+                "cannot read input file {}: {}",
+                path.display(),
+                describe_io(&e)
+            ))
+        }
+    })?;
+    Ok(BufReader::with_capacity(256 * 1024, file))
+}
+
+/// Skips a UTF-8 byte-order mark and returns its length (0 when there is none). Spreadsheet
+/// programs on Windows start UTF-8 files with one; without this the first column would be named
+/// "\u{feff}id".
+fn skip_bom(buf: &mut BufReader<File>, path: &Path) -> Result<u64, Error> {
+    let has_bom = buf
+        .fill_buf()
+        .map_err(|e| Error::read(path, &e))?
+        .starts_with(UTF8_BOM);
+    if has_bom {
+        buf.consume(UTF8_BOM.len());
+        return Ok(UTF8_BOM.len() as u64);
+    }
+    Ok(0)
+}
+
+/// Turns a csv error into a message with the file, line, column and a hint.
+fn csv_error(path: &Path, e: &csv::Error, headers: &[String]) -> Error {
+    let p = path.display();
+    match e.kind() {
+        csv::ErrorKind::Io(io) => Error::Input(format!("cannot read {p}: {}", describe_io(io))),
+        csv::ErrorKind::Utf8 { pos, err } => {
+            let line = pos.as_ref().map_or(0, |p| p.line());
+            let col = headers
+                .get(err.field())
+                .map(|h| format!("column {} ({h:?})", err.field() + 1))
+                .unwrap_or_else(|| format!("column {}", err.field() + 1));
+            Error::Input(format!(
+                "{p}: line {line}, {col}: not valid UTF-8; save the file as UTF-8 (in a \
+                 spreadsheet: \"CSV UTF-8\")"
+            ))
+        }
+        csv::ErrorKind::UnequalLengths {
+            pos,
+            expected_len,
+            len,
+        } => {
+            let line = pos.as_ref().map_or(0, |p| p.line());
+            Error::Input(format!(
+                "{p}: line {line} has {len} fields but the header has {expected_len}; a field \
+                 that contains a comma, quote or line break must be enclosed in double quotes"
+            ))
+        }
+        _ => Error::Input(format!("{p}: malformed CSV: {e}")),
+    }
+}
+
+/// `a`, `b`, `c` for an error message.
+pub fn list_columns(headers: &[String]) -> String {
+    headers
+        .iter()
+        .map(|h| format!("{h:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// An input and a row built in memory, for unit tests of what reads them.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A CSV input `in.csv` with these columns.
+    pub(crate) fn input(headers: &[&str]) -> InputFile {
+        InputFile {
+            path: "in.csv".into(),
+            headers: headers.iter().map(|s| s.to_string()).collect(),
+            id_index: None,
+            format: Default::default(),
+        }
+    }
+
+    /// Its first row (line 2), with these cells.
+    pub(crate) fn row(fields: &[&str]) -> Row {
+        Row {
+            seq: 0,
+            line: 2,
+            byte: 0,
+            id: "1".into(),
+            record: StringRecord::from(fields.to_vec()),
+            json_cells: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(content: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content).unwrap();
+        f
+    }
+
+    fn read_all(content: &[u8]) -> Result<(InputFile, Vec<Row>), Error> {
+        let f = file(content);
+        let input = InputFile::open(f.path(), None)?;
+        let rows = input.rows()?.collect::<Result<Vec<_>, _>>()?;
+        Ok((input, rows))
+    }
+
+    #[test]
+    fn bom_is_stripped_from_first_header() {
+        let (input, rows) = read_all(b"\xEF\xBB\xBFid,text\nA,hello\n").unwrap();
+        assert_eq!(input.headers, ["id", "text"]);
+        assert_eq!(rows[0].id, "A");
+    }
+
+    #[test]
+    fn multiline_quoted_fields_keep_their_line_numbers() {
+        let (_, rows) = read_all(b"text\n\"two\nlines\"\nnext\n").unwrap();
+        assert_eq!(rows[0].record.get(0), Some("two\nlines"));
+        assert_eq!((rows[0].line, rows[1].line), (2, 4));
+        assert_eq!((rows[0].id.as_str(), rows[1].id.as_str()), ("1", "2"));
+    }
+
+    #[test]
+    fn ragged_row_names_line_and_counts() {
+        let msg = read_all(b"a,b\n1,2\n1,2,3\n").unwrap_err().to_string();
+        assert!(
+            msg.contains("line 3 has 3 fields but the header has 2"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_names_line_and_column() {
+        let msg = read_all(b"a,b\n1,ok\n2,caf\xE9\n").unwrap_err().to_string();
+        assert!(
+            msg.contains("line 3") && msg.contains("column 2 (\"b\")"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn unterminated_quote_is_found_on_its_line() {
+        let f = file(b"id,t\n1,\"fine \"\"quoted\"\"\"\n2,\"never closed\n3,x\n4,y\n");
+        let input = InputFile::open(f.path(), None).unwrap();
+        let last = input.rows().unwrap().last().unwrap().unwrap();
+        let msg = input.unterminated_quote(&last).unwrap().unwrap();
+        assert!(
+            msg.contains("line 3") && msg.contains("never closed"),
+            "{msg}"
+        );
+        let ok = file(b"id,t\n1,\"a \"\"b\"\" c\"\n2,\"multi\nline\"\n");
+        let input = InputFile::open(ok.path(), None).unwrap();
+        let last = input.rows().unwrap().last().unwrap().unwrap();
+        assert_eq!(input.unterminated_quote(&last).unwrap(), None);
+    }
+
+    #[test]
+    fn empty_file_is_rejected() {
+        let msg = read_all(b"").unwrap_err().to_string();
+        assert!(msg.contains("is empty"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_header_is_rejected() {
+        let msg = read_all(b"a,a\n1,2\n").unwrap_err().to_string();
+        assert!(msg.contains("appears twice"), "{msg}");
+    }
+
+    #[test]
+    fn duplicate_ids_are_found_with_both_lines() {
+        let f = file(b"id,t\nx,1\ny,2\nx,3\nz,4\nx,5\n");
+        let input = InputFile::open(f.path(), None).unwrap();
+        let mut ids = IdSet::default();
+        for row in input.rows().unwrap() {
+            ids.insert(&row.unwrap());
+        }
+        let msgs = ids.duplicates(&input).unwrap();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].contains("line 4") && msgs[0].contains("line 2"),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].contains("line 6") && msgs[1].contains("\"x\""),
+            "{msgs:?}"
+        );
+    }
+
+    #[test]
+    fn unique_ids_give_no_duplicates() {
+        let f = file(b"id\na\nb\nc\n");
+        let input = InputFile::open(f.path(), None).unwrap();
+        let mut ids = IdSet::default();
+        for row in input.rows().unwrap() {
+            ids.insert(&row.unwrap());
+        }
+        assert!(ids.duplicates(&input).unwrap().is_empty());
+    }
+
+    #[test]
+    fn unknown_id_column_lists_columns() {
+        let f = file(b"a,b\n1,2\n");
+        let msg = InputFile::open(f.path(), Some("key"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("\"a\", \"b\""), "{msg}");
+    }
+
+    #[test]
+    fn missing_file_says_so() {
+        let msg = InputFile::open(Path::new("/nonexistent/x.csv"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("does not exist"), "{msg}");
+    }
+}

@@ -1,0 +1,1270 @@
+//! The mock server: a real HTTP server on 127.0.0.1, so `--mock` runs and every test exercise the
+//! whole client path (connection pool, timeouts, status codes, JSON parsing). It speaks OpenAI
+//! Chat Completions, OpenAI Responses and Anthropic Messages (see `mock/wire.rs`), checks each
+//! request's shape as the real API does, and reports prompt-cache and reasoning tokens.
+//!
+//! Answers are deterministic and quote the start and end of the prompt they answer, so a test can
+//! prove that each output landed on its own row; a request with a JSON schema (`response_format`
+//! json_schema) gets JSON generated from it instead (see `mock/schema.rs`), some of it spoilt on
+//! request. Usage is counted with the real tokenizer. Latency,
+//! jitter, slow responses and 500/503 errors are injected on request; so are OpenAI-style rate
+//! limits (429 with `x-ratelimit-*` and `retry-after` headers, see `mock/ratelimit.rs`), an exhausted
+//! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). `GET /stats` reports
+//! what the server saw, including the most requests it ever had in flight at once. The Batch API
+//! (files and batches endpoints) is in `mock/batches.rs`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::commands::cli::MockArgs;
+use crate::base::error::{Error, ExitStatus};
+use crate::engine::tokens;
+
+mod batches;
+mod fault;
+mod messages;
+mod prompt_cache;
+mod ratelimit;
+mod responses;
+pub mod schema;
+mod wire;
+
+pub use fault::{FaultKind, FaultSpec};
+pub use ratelimit::go_duration;
+
+use ratelimit::Limits;
+use wire::Wire;
+
+/// How the mock behaves.
+#[derive(Debug, Clone)]
+pub struct MockConfig {
+    pub port: u16,
+    pub latency: Duration,
+    pub jitter: Duration,
+    pub error_rate: f64,
+    pub slow_rate: f64,
+    pub slow: Duration,
+    pub seed: Option<u64>,
+    /// Requests per minute accepted; more is answered 429 rate_limit_exceeded (type requests).
+    pub rpm: Option<u32>,
+    /// Tokens (prompt + completion) per minute accepted; more is answered 429 (type tokens).
+    pub tpm: Option<u32>,
+    /// Completion requests after this many are answered 429 insufficient_quota.
+    pub quota_exhausted_after: Option<u64>,
+    /// Requests served at once at most; the rest wait their turn.
+    pub capacity: Option<usize>,
+    /// Faults injected into accepted requests; their rates add up to 1 at most.
+    pub faults: Vec<FaultSpec>,
+    /// How long the body of a `trickle` fault takes.
+    pub trickle: Duration,
+    /// Fraction of answers to schema requests that are spoilt (not JSON, or not fitting).
+    pub invalid_json_rate: f64,
+    /// Batch API: processing time of a batch, share of its requests that fail or expire, and
+    /// the most requests one batch may hold.
+    pub batch_latency: Duration,
+    pub batch_failure_rate: f64,
+    pub batch_expire_rate: f64,
+    pub batch_max_requests: u64,
+}
+
+impl Default for MockConfig {
+    fn default() -> Self {
+        MockConfig {
+            port: 0,
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            error_rate: 0.0,
+            slow_rate: 0.0,
+            slow: Duration::from_secs(30),
+            seed: None,
+            rpm: None,
+            tpm: None,
+            quota_exhausted_after: None,
+            capacity: None,
+            faults: Vec::new(),
+            trickle: Duration::from_secs(10),
+            invalid_json_rate: 0.0,
+            batch_latency: Duration::ZERO,
+            batch_failure_rate: 0.0,
+            batch_expire_rate: 0.0,
+            batch_max_requests: 50_000,
+        }
+    }
+}
+
+impl From<MockArgs> for MockConfig {
+    fn from(a: MockArgs) -> Self {
+        MockConfig {
+            port: a.port,
+            latency: Duration::from_millis(a.latency_ms),
+            jitter: Duration::from_millis(a.jitter_ms),
+            error_rate: a.error_rate.clamp(0.0, 1.0),
+            slow_rate: a.slow_rate.clamp(0.0, 1.0),
+            slow: Duration::from_millis(a.slow_ms),
+            seed: a.seed,
+            rpm: a.rpm,
+            tpm: a.tpm,
+            quota_exhausted_after: a.quota_exhausted_after,
+            capacity: a.capacity,
+            faults: a.fault,
+            trickle: Duration::from_millis(a.trickle_ms),
+            invalid_json_rate: a.invalid_json_rate.clamp(0.0, 1.0),
+            batch_latency: Duration::from_millis(a.batch_latency_ms),
+            batch_failure_rate: a.batch_failure_rate.clamp(0.0, 1.0),
+            batch_expire_rate: a.batch_expire_rate.clamp(0.0, 1.0),
+            batch_max_requests: a.batch_max_requests,
+        }
+    }
+}
+
+impl MockConfig {
+    /// Checks what the flag parsers cannot check one value at a time.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.rpm == Some(0) || self.tpm == Some(0) {
+            return Err("--rpm and --tpm must be at least 1".into());
+        }
+        if self.capacity == Some(0) {
+            return Err("--capacity must be at least 1".into());
+        }
+        for (name, rate) in [
+            ("--batch-failure-rate", self.batch_failure_rate),
+            ("--batch-expire-rate", self.batch_expire_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(format!("{name} {rate} must be between 0 and 1"));
+            }
+        }
+        if let Some(f) = self.faults.iter().find(|f| !(0.0..=1.0).contains(&f.rate)) {
+            return Err(format!(
+                "--fault {}={}: the rate must be between 0 and 1",
+                f.kind, f.rate
+            ));
+        }
+        let total: f64 = self.faults.iter().map(|f| f.rate).sum();
+        if total > 1.0 + 1e-9 {
+            return Err(format!(
+                "the --fault rates add up to {total}, more than 1 (a request gets one fault at most)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What `GET /stats` returns.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct MockStats {
+    /// Requests received on the completion endpoint.
+    pub requests: u64,
+    /// Responses sent, by HTTP status. A fault that sends a status line (truncated, malformed,
+    /// missing-fields, trickle) counts as the 200 it claims to be; reset and hang send none.
+    pub responses: BTreeMap<String, u64>,
+    pub in_flight: u64,
+    pub max_in_flight: u64,
+    /// Tokens of the complete, well-formed answers sent (trickled ones once fully sent).
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// 429 rate_limit_exceeded answers (--rpm, --tpm).
+    #[serde(default)]
+    pub rate_limited: u64,
+    /// 429 insufficient_quota answers (--quota-exhausted-after).
+    #[serde(default)]
+    pub quota_rejected: u64,
+    /// Injected faults by kind; every kind is listed.
+    #[serde(default)]
+    pub faults: BTreeMap<String, u64>,
+    /// The parts of `prompt_tokens` answered from the prompt cache, and of `completion_tokens`
+    /// spent reasoning.
+    #[serde(default)]
+    pub cached_tokens: u64,
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+    /// Answers to schema requests sent spoilt on purpose (--invalid-json-rate).
+    #[serde(default)]
+    pub invalid_answers: u64,
+}
+
+struct Shared {
+    cfg: MockConfig,
+    rng: Mutex<StdRng>,
+    limits: Mutex<Limits>,
+    capacity: Option<Arc<Semaphore>>,
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    prompt_tokens: AtomicU64,
+    completion_tokens: AtomicU64,
+    rate_limited: AtomicU64,
+    quota_rejected: AtomicU64,
+    faults: [AtomicU64; FaultKind::ALL.len()],
+    responses: Mutex<BTreeMap<u16, u64>>,
+    prompt_cache: prompt_cache::PromptCache,
+    cached_tokens: AtomicU64,
+    reasoning_tokens: AtomicU64,
+    invalid_answers: AtomicU64,
+    batches: batches::BatchStore,
+}
+
+impl Shared {
+    fn stats(&self) -> MockStats {
+        MockStats {
+            requests: self.requests.load(Ordering::Relaxed),
+            responses: self
+                .responses
+                .lock()
+                .expect("stats lock")
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            max_in_flight: self.max_in_flight.load(Ordering::Relaxed),
+            prompt_tokens: self.prompt_tokens.load(Ordering::Relaxed),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+            rate_limited: self.rate_limited.load(Ordering::Relaxed),
+            quota_rejected: self.quota_rejected.load(Ordering::Relaxed),
+            faults: FaultKind::ALL
+                .iter()
+                .map(|k| {
+                    let n = self.faults[k.index()].load(Ordering::Relaxed);
+                    (k.name().to_string(), n)
+                })
+                .collect(),
+            cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
+            reasoning_tokens: self.reasoning_tokens.load(Ordering::Relaxed),
+            invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
+        }
+    }
+
+    fn count_tokens(&self, a: &Answer) {
+        self.cached_tokens
+            .fetch_add(a.cached_tokens + a.cache_read_tokens, Ordering::Relaxed);
+        self.reasoning_tokens
+            .fetch_add(a.reasoning_tokens, Ordering::Relaxed);
+        self.prompt_tokens
+            .fetch_add(a.prompt_tokens, Ordering::Relaxed);
+        self.completion_tokens
+            .fetch_add(a.completion_tokens, Ordering::Relaxed);
+        if a.spoilt {
+            self.invalid_answers.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts a request in flight for as long as it lives, including when the client gives up and
+/// the handler (or the body it streams) is dropped mid-way.
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    /// Also counts the request; returns its number (1-based).
+    fn enter(s: &Arc<Shared>) -> (Self, u64) {
+        let n = s.requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        (InFlight(s.clone()), n)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A running mock server; stops when dropped.
+pub struct MockServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl MockServer {
+    /// Binds 127.0.0.1:`cfg.port` and serves in the background of the current runtime.
+    pub async fn start(cfg: MockConfig) -> std::io::Result<Self> {
+        cfg.validate()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", cfg.port)).await?;
+        let addr = listener.local_addr()?;
+        let rng = match cfg.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        let shared = Arc::new(Shared {
+            rng: Mutex::new(rng),
+            limits: Mutex::new(Limits::new(cfg.rpm, cfg.tpm, Instant::now())),
+            capacity: cfg.capacity.map(|n| Arc::new(Semaphore::new(n))),
+            cfg,
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            prompt_tokens: AtomicU64::new(0),
+            completion_tokens: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
+            quota_rejected: AtomicU64::new(0),
+            faults: Default::default(),
+            responses: Mutex::new(BTreeMap::new()),
+            prompt_cache: Default::default(),
+            cached_tokens: AtomicU64::new(0),
+            reasoning_tokens: AtomicU64::new(0),
+            invalid_answers: AtomicU64::new(0),
+            batches: Default::default(),
+        });
+        let app = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/responses", post(responses_api))
+            .route("/v1/messages", post(messages_api))
+            .route("/stats", get(stats))
+            .merge(batches::routes())
+            .with_state(shared.clone());
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let server = axum::serve(listener, app);
+            tokio::select! {
+                _ = server => {}
+                _ = rx => {}
+            }
+        });
+        // The tokenizer takes a moment to build; do it now rather than in the first request.
+        tokio::task::spawn_blocking(|| tokens::count("gpt-4o", "warm up"))
+            .await
+            .ok();
+        Ok(MockServer {
+            addr,
+            shared,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// The base URL clients use, `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn stats(&self) -> MockStats {
+        self.shared.stats()
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// `batch mock`: serve until Ctrl-C, printing the base URL first so scripts can read it.
+pub async fn serve_forever(cfg: MockConfig) -> Result<ExitStatus, Error> {
+    cfg.validate().map_err(Error::Usage)?;
+    let port = cfg.port;
+    let server = MockServer::start(cfg)
+        .await
+        .map_err(|e| Error::Usage(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{}", server.base_url());
+        let _ = out.flush();
+    }
+    eprintln!(
+        "mock server listening; stats at http://{}/stats; Ctrl-C to stop",
+        server.addr
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .map_err(|e| Error::io("cannot wait for Ctrl-C", e))?;
+    Ok(ExitStatus::Success)
+}
+
+async fn stats(State(s): State<Arc<Shared>>) -> Response {
+    axum::Json(s.stats()).into_response()
+}
+
+#[derive(Deserialize)]
+struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessage>,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    response_format: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: serde_json::Value,
+}
+
+impl ChatMessage {
+    /// Content as text: a string, or the text parts of a content array.
+    fn text(&self) -> String {
+        match &self.content {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(parts) => parts
+                .iter()
+                .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+                .collect::<Vec<_>>()
+                .join(""),
+            _ => String::new(),
+        }
+    }
+}
+
+/// What the dice said for one request.
+struct Plan {
+    delay: Duration,
+    error: Option<StatusCode>,
+    fault: Option<FaultKind>,
+}
+
+/// Rolls latency and injected errors; faults only for `valid` requests. A fault replaces an
+/// injected 5xx.
+fn plan(s: &Shared, valid: bool) -> Plan {
+    let cfg = &s.cfg;
+    let mut rng = s.rng.lock().expect("rng lock");
+    let mut delay = cfg.latency;
+    if !cfg.jitter.is_zero() {
+        delay += Duration::from_micros(rng.random_range(0..=cfg.jitter.as_micros() as u64));
+    }
+    if cfg.slow_rate > 0.0 && rng.random_bool(cfg.slow_rate) {
+        delay += cfg.slow;
+    }
+    let mut error = (cfg.error_rate > 0.0 && rng.random_bool(cfg.error_rate)).then(|| {
+        if rng.random_bool(0.5) {
+            StatusCode::INTERNAL_SERVER_ERROR
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    });
+    let fault = (valid && !cfg.faults.is_empty())
+        .then(|| fault::pick(&cfg.faults, rng.random::<f64>()))
+        .flatten();
+    if fault.is_some() {
+        error = None;
+    }
+    Plan {
+        delay,
+        error,
+        fault,
+    }
+}
+
+async fn chat_completions(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(s, Wire::Chat, headers, body).await
+}
+
+async fn responses_api(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    serve(s, Wire::Responses, headers, body).await
+}
+
+async fn messages_api(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    serve(s, Wire::Messages, headers, body).await
+}
+
+/// Serves one request of any wire format: the same limits, latency, errors and faults, each
+/// in the format's own shape.
+async fn serve(s: Arc<Shared>, wire: Wire, headers: HeaderMap, body: Bytes) -> Response {
+    let (guard, n) = InFlight::enter(&s);
+    let (mut resp, status) = respond(&s, wire, n, &headers, &body, guard).await;
+    if let Some(status) = status {
+        *s.responses
+            .lock()
+            .expect("stats lock")
+            .entry(status.as_u16())
+            .or_default() += 1;
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("req_mock_{n}")) {
+        resp.headers_mut().insert(wire.request_id_header(), v);
+    }
+    let mut limits = s.limits.lock().expect("limits lock");
+    if limits.is_active() {
+        wire.limit_headers(&mut limits, resp.headers_mut());
+    }
+    resp
+}
+
+/// Answers request number `n`, with the status to count (none when no status line is sent).
+async fn respond(
+    s: &Arc<Shared>,
+    wire: Wire,
+    n: u64,
+    headers: &HeaderMap,
+    body: &[u8],
+    guard: InFlight,
+) -> (Response, Option<StatusCode>) {
+    let cfg = &s.cfg;
+    if cfg.quota_exhausted_after.is_some_and(|max| n > max) {
+        s.quota_rejected.fetch_add(1, Ordering::Relaxed);
+        let (status, body) = wire.quota_error();
+        return json_reply(status, body);
+    }
+
+    // The answer is deterministic, so its cost is known on arrival, when a real API checks the
+    // rate limits (and rejects at once, without the latency).
+    // Dice for --invalid-json-rate are rolled for every request, but only a request with a schema
+    // can have its answer spoilt.
+    let spoil = roll_spoil(s);
+    let parsed = wire.parse(headers, body, spoil);
+    if let Ok((req, answer)) = &parsed {
+        let cost = answer.prompt_tokens + answer.completion_tokens;
+        let verdict = s
+            .limits
+            .lock()
+            .expect("limits lock")
+            .admit(cost, Instant::now());
+        if let Err(rejection) = verdict {
+            s.rate_limited.fetch_add(1, Ordering::Relaxed);
+            let (mut resp, status) = json_reply(
+                StatusCode::TOO_MANY_REQUESTS,
+                wire.rate_limited(&rejection, &req.model),
+            );
+            wire.retry_headers(&rejection, resp.headers_mut());
+            return (resp, status);
+        }
+    }
+
+    let permit = match &s.capacity {
+        Some(sem) => Some(sem.clone().acquire_owned().await.expect("never closed")),
+        None => None,
+    };
+    let plan = plan(s, parsed.is_ok());
+    if !plan.delay.is_zero() {
+        tokio::time::sleep(plan.delay).await;
+    }
+    if let Some(status) = plan.error {
+        let (status, body) = wire.server_error(status);
+        return json_reply(status, body);
+    }
+    let (req, mut answer) = match parsed {
+        Ok(ok) => ok,
+        Err((status, reply)) => return json_reply(status, reply),
+    };
+    // Accepted: from now on the prompt is in the cache for the requests that follow.
+    s.prompt_cache.serve(&mut answer);
+    let json = wire.success(&req.model, &answer, n);
+    let Some(kind) = plan.fault else {
+        s.count_tokens(&answer);
+        return json_reply(StatusCode::OK, json);
+    };
+    s.faults[kind.index()].fetch_add(1, Ordering::Relaxed);
+    let resp = match kind {
+        FaultKind::Reset => return (fault::reset(), None),
+        FaultKind::Hang => {
+            // Holds the permit and the in-flight count until the client gives up, which drops
+            // this future.
+            std::future::pending::<()>().await;
+            unreachable!("pending never resolves")
+        }
+        FaultKind::Truncated => fault::truncated(json),
+        FaultKind::Malformed => fault::malformed(json),
+        FaultKind::MissingFields => wire.missing_fields(&req.model, n),
+        FaultKind::Trickle => {
+            let shared = s.clone();
+            let keep: (InFlight, Option<OwnedSemaphorePermit>) = (guard, permit);
+            fault::trickle(json, cfg.trickle, keep, move || {
+                shared.count_tokens(&answer)
+            })
+        }
+    };
+    (resp, Some(StatusCode::OK))
+}
+
+fn json_reply(status: StatusCode, body: String) -> (Response, Option<StatusCode>) {
+    let resp = (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response();
+    (resp, Some(status))
+}
+
+/// The request and the answer the mock gives it, or the 400 body.
+fn parse(body: &[u8], spoil: Option<f64>) -> Result<(ChatRequest, Answer), String> {
+    match serde_json::from_slice::<ChatRequest>(body) {
+        Err(e) => Err(error_body(
+            &format!("We could not parse the JSON body of your request: {e}"),
+            "invalid_request_error",
+            None,
+        )),
+        Ok(req) if req.messages.is_empty() => Err(error_body(
+            "[] is too short - 'messages'",
+            "invalid_request_error",
+            None,
+        )),
+        Ok(req) => {
+            let schema = match req.response_format.as_ref().map(schema::requested_schema) {
+                Some(Err(message)) => {
+                    return Err(error_body(&message, "invalid_request_error", None));
+                }
+                Some(Ok(schema)) => schema,
+                None => None,
+            };
+            let answer = Answer::to(&req, schema, spoil);
+            Ok((req, answer))
+        }
+    }
+}
+
+/// Whether this request's answer is to be spoilt if it has a schema (`--invalid-json-rate`),
+/// with the roll that picks how.
+fn roll_spoil(s: &Shared) -> Option<f64> {
+    let rate = s.cfg.invalid_json_rate;
+    if rate <= 0.0 {
+        return None;
+    }
+    let mut rng = s.rng.lock().expect("rng lock");
+    rng.random_bool(rate).then(|| rng.random::<f64>())
+}
+
+/// The answer to a request that asks for `schema`, with `spoil` as for [`roll_spoil`].
+fn structured_answer(
+    model: &str,
+    system: Option<&str>,
+    user: &str,
+    max: Option<u32>,
+    schema: &serde_json::Value,
+    spoil: Option<f64>,
+) -> Answer {
+    let text = structured_text(schema, user, spoil);
+    let mut a = Answer::with_text(model, system, user, max, text);
+    a.spoilt = spoil.is_some();
+    a
+}
+
+/// The text of an answer that must fit `schema`: JSON generated from it, spoilt when a `spoil`
+/// roll is given.
+fn structured_text(schema: &serde_json::Value, user: &str, spoil: Option<f64>) -> String {
+    let valid = schema::generate(schema, user);
+    match spoil {
+        Some(roll) => schema::break_answer(schema, &valid, roll),
+        None => valid.to_string(),
+    }
+}
+
+/// The deterministic answer to one request, with its usage.
+struct Answer {
+    text: String,
+    finish: &'static str,
+    /// Every input token, cached ones included.
+    prompt_tokens: u64,
+    /// Visible and reasoning tokens.
+    completion_tokens: u64,
+    /// OpenAI-style automatic prompt caching: the part of `prompt_tokens` read from the cache.
+    cached_tokens: u64,
+    /// Anthropic-style explicit caching: the parts of `prompt_tokens` read from and written to
+    /// the cache.
+    cache_read_tokens: u64,
+    cache_write_tokens: u64,
+    /// The part of `completion_tokens` a reasoning model spent thinking.
+    reasoning_tokens: u64,
+    /// The prompt prefix the cache may hold, set by the wire format that can cache it.
+    prefix: Option<prompt_cache::Prefix>,
+    /// Spoilt on purpose (`--invalid-json-rate`).
+    spoilt: bool,
+    /// The forced tool whose input the answer is (Anthropic with a schema).
+    tool: Option<String>,
+}
+
+impl Answer {
+    /// The answer to `req`: JSON generated from `schema` when it asks for one (spoilt when a
+    /// `spoil` roll is given), else the plain quoting answer.
+    fn to(req: &ChatRequest, schema: Option<&serde_json::Value>, spoil: Option<f64>) -> Self {
+        let system = req
+            .messages
+            .iter()
+            .filter(|m| m.role == "system" || m.role == "developer")
+            .map(ChatMessage::text)
+            .collect::<Vec<_>>();
+        let user = req
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(ChatMessage::text)
+            .unwrap_or_default();
+        let system = (!system.is_empty()).then(|| system.join("\n"));
+        let max = req.max_completion_tokens.or(req.max_tokens);
+        let text = match schema {
+            Some(schema) => structured_text(schema, &user, spoil),
+            None => answer(&user),
+        };
+        let mut a = Answer::with_text(&req.model, system.as_deref(), &user, max, text);
+        a.spoilt = schema.is_some() && spoil.is_some();
+        a.prefix = system
+            .as_deref()
+            .map(|sys| prompt_cache::Prefix::automatic(&req.model, sys));
+        a
+    }
+
+    /// The answer to a prompt in any wire format: the quoting text, cut to `max` tokens.
+    fn new(model: &str, system: Option<&str>, user: &str, max: Option<u32>) -> Self {
+        Answer::with_text(model, system, user, max, answer(user))
+    }
+
+    /// The answer `text` to a prompt, cut to `max` tokens. A reasoning model (o-series, gpt-5)
+    /// first spends [`reasoning_tokens`] thinking, which count against `max` as they do on
+    /// OpenAI, so a small cap can leave no visible text at all.
+    fn with_text(
+        model: &str,
+        system: Option<&str>,
+        user: &str,
+        max: Option<u32>,
+        mut text: String,
+    ) -> Self {
+        let prompt_tokens = u64::from(tokens::count_chat(model, system, user));
+        let mut finish = "stop";
+        let encoding = tokens::encoding_for(model);
+        let mut ids = encoding.encode_ordinary(&text);
+        let mut reasoning = reasoning_tokens(model, user);
+        if let Some(max) = max.map(u64::from)
+            && ids.len() as u64 + reasoning > max
+        {
+            reasoning = reasoning.min(max);
+            ids.truncate((max - reasoning) as usize);
+            text = encoding.decode(&ids).unwrap_or_default();
+            finish = "length";
+        }
+        Answer {
+            text,
+            finish,
+            prompt_tokens,
+            completion_tokens: ids.len() as u64 + reasoning,
+            cached_tokens: 0,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
+            reasoning_tokens: reasoning,
+            prefix: None,
+            spoilt: false,
+            tool: None,
+        }
+    }
+}
+
+/// What a reasoning model (o1, o3, o4-mini, gpt-5...) of the mock spends thinking before it
+/// answers: 64 tokens per started 64 tokens of the user prompt. Other models do not reason.
+pub fn reasoning_tokens(model: &str, user: &str) -> u64 {
+    let m = model.rsplit('/').next().unwrap_or(model);
+    let reasons = m.starts_with("gpt-5")
+        || (m.starts_with('o') && m[1..].starts_with(|c: char| c.is_ascii_digit()));
+    if !reasons {
+        return 0;
+    }
+    u64::from(tokens::count(model, user)).div_ceil(64).max(1) * 64
+}
+
+fn completion(model: &str, a: &Answer, n: u64) -> String {
+    json!({
+        "id": format!("chatcmpl-mock{n}"),
+        "object": "chat.completion",
+        "created": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": a.text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": a.finish,
+        }],
+        "usage": {
+            "prompt_tokens": a.prompt_tokens,
+            "completion_tokens": a.completion_tokens,
+            "total_tokens": a.prompt_tokens + a.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": a.cached_tokens, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": a.reasoning_tokens, "audio_tokens": 0,
+                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_mock",
+    })
+    .to_string()
+}
+
+/// The deterministic answer to `prompt`: it quotes the prompt's start and end (whitespace folded)
+/// so the answer can be traced back to its row.
+pub fn answer(prompt: &str) -> String {
+    const EDGE: usize = 40;
+    let folded = prompt.split_whitespace().collect::<Vec<_>>().join(" ");
+    let chars: Vec<char> = folded.chars().collect();
+    let quote = if chars.len() <= 2 * EDGE {
+        folded
+    } else {
+        let head: String = chars[..EDGE].iter().collect();
+        let tail: String = chars[chars.len() - EDGE..].iter().collect();
+        format!("{head}…{tail}")
+    };
+    format!("mock answer to \"{quote}\"")
+}
+
+fn server_error_body(status: StatusCode) -> String {
+    let message = if status == StatusCode::SERVICE_UNAVAILABLE {
+        "The engine is currently overloaded, please try again later"
+    } else {
+        "The server had an error while processing your request. Sorry about that!"
+    };
+    error_body(message, "server_error", None)
+}
+
+fn error_body(message: &str, kind: &str, code: Option<&str>) -> String {
+    json!({"error": {"message": message, "type": kind, "param": null, "code": code}}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answer_quotes_both_ends_of_long_prompts() {
+        assert_eq!(answer("short  one\n"), "mock answer to \"short one\"");
+        let long = format!("{} middle {}", "a".repeat(50), "z".repeat(50));
+        let a = answer(&long);
+        assert!(a.contains(&"a".repeat(40)) && a.contains(&"z".repeat(40)) && a.contains('…'));
+        assert!(!a.contains("middle"));
+    }
+
+    #[tokio::test]
+    async fn serves_completions_with_real_usage_and_counts_them() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let client = reqwest::Client::new();
+        let url = format!("{}/chat/completions", server.base_url());
+        let body =
+            json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "hello world"}]});
+        let v: serde_json::Value = client
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "mock answer to \"hello world\""
+        );
+        assert_eq!(v["usage"]["prompt_tokens"], 9);
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+
+        let capped = json!({"model": "gpt-4o", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "hello world"}]});
+        let v: serde_json::Value = client
+            .post(&url)
+            .json(&capped)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["usage"]["completion_tokens"], 2);
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+
+        let bad = client.post(&url).body("{").send().await.unwrap();
+        assert_eq!(bad.status(), 400);
+
+        let stats: MockStats = client
+            .get(format!("http://{}/stats", server.addr))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(stats.requests, 3);
+        assert_eq!(stats.responses.get("200"), Some(&2));
+        assert_eq!(stats.responses.get("400"), Some(&1));
+        assert_eq!(stats.in_flight, 0);
+    }
+
+    fn chat(content: &str) -> serde_json::Value {
+        json!({"model": "gpt-4o", "messages": [{"role": "user", "content": content}]})
+    }
+
+    async fn post(client: &reqwest::Client, server: &MockServer) -> reqwest::Response {
+        client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .json(&chat("hello world"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+        r.headers()
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} header"))
+            .to_str()
+            .unwrap()
+    }
+
+    fn with_fault(kind: FaultKind) -> MockConfig {
+        MockConfig {
+            faults: vec![FaultSpec { kind, rate: 1.0 }],
+            trickle: Duration::from_millis(300),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn rpm_admits_a_second_of_burst_then_answers_429_like_openai() {
+        let cfg = MockConfig {
+            rpm: Some(300),
+            ..Default::default()
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let replies = futures::future::join_all((0..12).map(|_| post(&client, &server))).await;
+        let (ok, limited): (Vec<_>, Vec<_>) = replies.into_iter().partition(|r| r.status() == 200);
+        // A 5-request bucket, plus one refilled every 200 ms while the burst arrives.
+        assert!((5..=7).contains(&ok.len()), "{} accepted", ok.len());
+        let r = limited.into_iter().next().unwrap();
+        assert_eq!(r.status(), 429);
+        let ms: u64 = header(&r, "retry-after-ms").parse().unwrap();
+        assert!((1..=200).contains(&ms), "retry-after-ms {ms}");
+        assert_eq!(header(&r, "retry-after"), "1");
+        assert_eq!(header(&r, "x-ratelimit-limit-requests"), "300");
+        assert!(header(&r, "x-ratelimit-reset-requests").ends_with('s'));
+        assert!(r.headers().get("x-ratelimit-limit-tokens").is_none());
+        let v: serde_json::Value = r.json().await.unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "Rate limit reached for gpt-4o in organization org-mock on requests per min \
+                 (RPM): Limit 300, Used "
+            ) && message.contains(", Requested 1. Please try again in ")
+                && message.ends_with("ms."),
+            "{message}"
+        );
+        assert_eq!(v["error"]["type"], "requests");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert!(v["error"]["param"].is_null());
+
+        let stats = server.stats();
+        assert_eq!(stats.rate_limited, 12 - ok.len() as u64);
+        assert_eq!(stats.responses.get("429"), Some(&stats.rate_limited));
+        // Rejected requests cost no tokens.
+        assert_eq!(stats.prompt_tokens, 9 * ok.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn every_response_carries_the_ratelimit_headers() {
+        let cfg = MockConfig {
+            rpm: Some(600),
+            tpm: Some(6_000),
+            ..Default::default()
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 200);
+        let remaining: u64 = header(&r, "x-ratelimit-remaining-requests")
+            .parse()
+            .unwrap();
+        assert!((598..=599).contains(&remaining), "{remaining}");
+        let reset = header(&r, "x-ratelimit-reset-requests").to_string();
+        let reset_ms: u64 = reset.strip_suffix("ms").unwrap().parse().unwrap();
+        assert!((1..=100).contains(&reset_ms), "{reset}");
+        assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "6000");
+        let remaining: u64 = header(&r, "x-ratelimit-remaining-tokens").parse().unwrap();
+        assert!(r.headers().contains_key("x-ratelimit-reset-tokens"));
+        assert!(!r.headers().contains_key("retry-after"));
+        let v: serde_json::Value = r.json().await.unwrap();
+        let cost = v["usage"]["total_tokens"].as_u64().unwrap();
+        // 100 tokens a second come back, so the cost shows for about 170 ms.
+        assert!(
+            (6_000 - cost..6_000).contains(&remaining),
+            "{remaining} after {cost}"
+        );
+
+        // Also on errors.
+        let bad = client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .body("{")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400);
+        assert_eq!(header(&bad, "x-ratelimit-limit-requests"), "600");
+    }
+
+    #[tokio::test]
+    async fn tpm_over_budget_is_a_tokens_429() {
+        let cfg = MockConfig {
+            tpm: Some(600),
+            ..Default::default()
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        // The first request costs more than the 10-token bucket but finds it full.
+        let first = post(&client, &server).await;
+        assert_eq!(first.status(), 200);
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(header(&r, "x-ratelimit-limit-tokens"), "600");
+        assert!(r.headers().contains_key("retry-after-ms"));
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "tokens");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("on tokens per min (TPM): Limit 600, Used "),
+            "{message}"
+        );
+        let stats = server.stats();
+        assert_eq!(stats.rate_limited, 1);
+        assert_eq!(stats.responses.get("200"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn quota_runs_out_after_n_requests() {
+        let cfg = MockConfig {
+            quota_exhausted_after: Some(2),
+            ..Default::default()
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        for _ in 0..2 {
+            assert_eq!(post(&client, &server).await.status(), 200);
+        }
+        for _ in 0..2 {
+            let r = post(&client, &server).await;
+            assert_eq!(r.status(), 429);
+            assert!(!r.headers().contains_key("retry-after"));
+            assert!(!r.headers().contains_key("retry-after-ms"));
+            let v: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["type"], "insufficient_quota");
+            assert_eq!(v["error"]["code"], "insufficient_quota");
+            assert_eq!(
+                v["error"]["message"],
+                "You exceeded your current quota, please check your plan and billing details."
+            );
+        }
+        let stats = server.stats();
+        assert_eq!(stats.quota_rejected, 2);
+        assert_eq!(stats.rate_limited, 0);
+        assert_eq!(stats.requests, 4);
+    }
+
+    #[tokio::test]
+    async fn capacity_bounds_the_requests_served_at_once() {
+        let cfg = MockConfig {
+            capacity: Some(2),
+            latency: Duration::from_millis(100),
+            ..Default::default()
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let started = std::time::Instant::now();
+        let replies = futures::future::join_all((0..6).map(|_| post(&client, &server))).await;
+        let took = started.elapsed();
+        assert!(replies.iter().all(|r| r.status() == 200));
+        // Three rounds of two.
+        assert!(took >= Duration::from_millis(290), "took {took:?}");
+        let stats = server.stats();
+        // The waiting ones count as in flight.
+        assert!(stats.max_in_flight > 2, "{stats:?}");
+        assert_eq!(stats.in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn reset_closes_the_connection_without_a_response() {
+        let server = MockServer::start(with_fault(FaultKind::Reset))
+            .await
+            .unwrap();
+        let client = reqwest::Client::new();
+        let sent = client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .json(&chat("x"))
+            .send()
+            .await;
+        assert!(sent.is_err(), "got a response: {sent:?}");
+        let stats = server.stats();
+        assert_eq!(stats.faults["reset"], 1);
+        assert!(stats.responses.is_empty());
+        assert_eq!(stats.prompt_tokens, 0);
+    }
+
+    #[tokio::test]
+    async fn truncated_body_fails_to_read() {
+        let server = MockServer::start(with_fault(FaultKind::Truncated))
+            .await
+            .unwrap();
+        let r = post(&reqwest::Client::new(), &server).await;
+        assert_eq!(r.status(), 200);
+        let len = r.content_length().unwrap();
+        assert!(len > 100);
+        assert!(r.bytes().await.is_err());
+        assert_eq!(server.stats().faults["truncated"], 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_and_missing_fields_are_200s_without_a_usable_completion() {
+        let server = MockServer::start(with_fault(FaultKind::Malformed))
+            .await
+            .unwrap();
+        let r = post(&reqwest::Client::new(), &server).await;
+        assert_eq!(r.status(), 200);
+        let body = r.bytes().await.unwrap();
+        assert!(body.starts_with(b"{"));
+        assert!(serde_json::from_slice::<serde_json::Value>(&body).is_err());
+        assert_eq!(server.stats().faults["malformed"], 1);
+
+        let server = MockServer::start(with_fault(FaultKind::MissingFields))
+            .await
+            .unwrap();
+        let r = post(&reqwest::Client::new(), &server).await;
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["object"], "chat.completion");
+        assert!(v.get("choices").is_none() && v.get("usage").is_none());
+        let stats = server.stats();
+        assert_eq!(stats.faults["missing-fields"], 1);
+        assert_eq!(stats.responses.get("200"), Some(&1));
+        assert_eq!(stats.completion_tokens, 0);
+    }
+
+    #[tokio::test]
+    async fn trickle_takes_trickle_ms_to_send_the_body() {
+        let server = MockServer::start(with_fault(FaultKind::Trickle))
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let r = post(&reqwest::Client::new(), &server).await;
+        assert_eq!(r.status(), 200);
+        // In flight while the body trickles.
+        assert_eq!(server.stats().in_flight, 1);
+        let v: serde_json::Value = r.json().await.unwrap();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(300), "took {took:?}");
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "mock answer to \"hello world\""
+        );
+        let stats = server.stats();
+        assert_eq!(stats.faults["trickle"], 1);
+        assert_eq!(stats.prompt_tokens, 9);
+        assert_eq!(stats.in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn hang_holds_until_the_client_gives_up_then_leaves_flight() {
+        let cfg = MockConfig {
+            capacity: Some(1),
+            ..with_fault(FaultKind::Hang)
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let err = client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .json(&chat("x"))
+            .send()
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        assert_eq!(server.stats().faults["hang"], 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while server.stats().in_flight != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still in flight after the client left"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The hung request gave its capacity back too.
+        let permits = server.shared.capacity.as_ref().unwrap().available_permits();
+        assert_eq!(permits, 1);
+    }
+
+    #[tokio::test]
+    async fn stats_json_has_the_new_counters() {
+        let cfg = MockConfig {
+            rpm: Some(60),
+            quota_exhausted_after: Some(2),
+            faults: vec![FaultSpec {
+                kind: FaultKind::MissingFields,
+                rate: 1.0,
+            }],
+            ..Default::default()
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        assert_eq!(post(&client, &server).await.status(), 200);
+        assert_eq!(post(&client, &server).await.status(), 429);
+        assert_eq!(post(&client, &server).await.status(), 429);
+        let v: serde_json::Value = client
+            .get(format!("http://{}/stats", server.addr))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["requests"], 3);
+        assert_eq!(v["rate_limited"], 1);
+        assert_eq!(v["quota_rejected"], 1);
+        assert_eq!(v["responses"]["429"], 2);
+        assert_eq!(
+            v["faults"],
+            json!({"reset": 0, "truncated": 0, "malformed": 0, "missing-fields": 1,
+                "trickle": 0, "hang": 0})
+        );
+    }
+
+    #[tokio::test]
+    async fn fault_rates_over_one_are_refused() {
+        let cfg = MockConfig {
+            faults: vec![
+                FaultSpec {
+                    kind: FaultKind::Reset,
+                    rate: 0.7,
+                },
+                FaultSpec {
+                    kind: FaultKind::Hang,
+                    rate: 0.7,
+                },
+            ],
+            ..Default::default()
+        };
+        assert!(MockServer::start(cfg).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn injected_errors_have_the_openai_shape() {
+        let cfg = MockConfig {
+            error_rate: 1.0,
+            ..Default::default()
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let resp = reqwest::Client::new()
+            .post(format!("{}/chat/completions", server.base_url()))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status() == 500 || resp.status() == 503);
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "server_error");
+    }
+}

@@ -1,0 +1,123 @@
+//! When to try a failed request again, and how long to wait first.
+//!
+//! One policy for every provider and every error: the kind of failure decides whether it is
+//! worth another attempt ([`crate::engine::provider::ErrorKind::retryable`], overridden by the server's
+//! `x-should-retry`), and the wait is the server's `retry-after` when it gives a sane one, else
+//! exponential backoff with full jitter so that a crowd of failed requests does not come back
+//! in lockstep.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::engine::provider::CallError;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Backoff ceiling of the first retry; doubles each time.
+    pub base: Duration,
+    /// Largest backoff ceiling.
+    pub cap: Duration,
+    /// A `retry-after` longer than this is ignored in favour of backoff (the OpenAI SDK's rule).
+    pub max_retry_after: Duration,
+}
+
+impl RetryPolicy {
+    pub fn new(max_retries: u32) -> Self {
+        RetryPolicy {
+            max_retries,
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+
+    /// The wait before the next attempt, or `None` to give up. `retries_done` counts the retries
+    /// already made for this row.
+    pub fn next_delay(
+        &self,
+        retries_done: u32,
+        err: &CallError,
+        rng: &mut impl Rng,
+    ) -> Option<Duration> {
+        if !err.retryable() || retries_done >= self.max_retries {
+            return None;
+        }
+        if let Some(wait) = err.retry_after.filter(|w| *w <= self.max_retry_after) {
+            return Some(wait);
+        }
+        Some(self.backoff(retries_done, rng))
+    }
+
+    /// Full jitter: uniform in `0..=min(cap, base * 2^n)`.
+    pub fn backoff(&self, retries_done: u32, rng: &mut impl Rng) -> Duration {
+        let ceiling = self
+            .base
+            .saturating_mul(2u32.saturating_pow(retries_done.min(30)))
+            .min(self.cap);
+        Duration::from_nanos(rng.random_range(0..=ceiling.as_nanos() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::provider::ErrorKind;
+    use rand::SeedableRng;
+
+    fn rng() -> rand::rngs::StdRng {
+        rand::rngs::StdRng::seed_from_u64(1)
+    }
+
+    #[test]
+    fn backoff_stays_under_a_doubling_ceiling_and_the_cap() {
+        let p = RetryPolicy::new(10);
+        let mut r = rng();
+        for n in 0..12 {
+            let ceiling = (p.base * 2u32.pow(n)).min(p.cap);
+            for _ in 0..200 {
+                assert!(p.backoff(n, &mut r) <= ceiling);
+            }
+        }
+        // Jitter actually spreads the waits.
+        let waits: Vec<_> = (0..50).map(|_| p.backoff(3, &mut r)).collect();
+        assert!(waits.iter().any(|w| *w < Duration::from_secs(2)));
+        assert!(waits.iter().any(|w| *w > Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn gives_up_after_max_retries_and_on_permanent_errors() {
+        let p = RetryPolicy::new(2);
+        let server = CallError::new(ErrorKind::Server, "boom");
+        let mut r = rng();
+        assert!(p.next_delay(0, &server, &mut r).is_some());
+        assert!(p.next_delay(1, &server, &mut r).is_some());
+        assert!(p.next_delay(2, &server, &mut r).is_none());
+        for kind in [
+            ErrorKind::Rejected,
+            ErrorKind::Auth,
+            ErrorKind::QuotaExhausted,
+        ] {
+            assert!(
+                p.next_delay(0, &CallError::new(kind, "x"), &mut r)
+                    .is_none()
+            );
+        }
+    }
+
+    #[test]
+    fn honours_sane_retry_after_only() {
+        let p = RetryPolicy::new(5);
+        let mut r = rng();
+        let mut e = CallError::new(ErrorKind::RateLimited, "slow down");
+        e.retry_after = Some(Duration::from_millis(1500));
+        assert_eq!(
+            p.next_delay(0, &e, &mut r),
+            Some(Duration::from_millis(1500))
+        );
+        e.retry_after = Some(Duration::from_secs(3600));
+        assert!(p.next_delay(0, &e, &mut r).unwrap() <= p.base);
+    }
+}

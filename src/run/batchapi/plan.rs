@@ -1,0 +1,264 @@
+//! Turning the input into batch input files: every row rendered and checked exactly as `run`
+//! does (same pre-flight, same template, same `Provider::body`), the lines cut into batches
+//! that fit the provider's limits.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::state::{BatchRecord, Phase, ProviderKind, ranges};
+use super::{custom_id, input_line};
+use crate::run::settings::RunConfig;
+use crate::base::error::Error;
+use crate::engine::input::InputFile;
+use crate::engine::provider::{Provider, Request};
+use crate::run::runner::preflight;
+use crate::engine::template::Prompts;
+
+/// Per-batch limits in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub requests: u64,
+    pub bytes: u64,
+}
+
+/// What the rows come to.
+pub struct Plan {
+    pub rows: u64,
+    /// Prompt tokens of every row (counted only when asked).
+    pub prompt_tokens: u64,
+    pub batches: Vec<BatchRecord>,
+}
+
+/// Cuts lines into batches: a new batch starts when the next line would pass a limit.
+pub struct Splitter {
+    limits: Limits,
+    kind: ProviderKind,
+    /// Where the input files go; `None` only counts (dry run).
+    dir: Option<PathBuf>,
+    /// The number the first batch made here gets.
+    first_number: usize,
+    done: Vec<BatchRecord>,
+    current: Option<Open>,
+}
+
+struct Open {
+    record: BatchRecord,
+    seqs: Vec<u64>,
+    writer: Option<BufWriter<File>>,
+}
+
+impl Splitter {
+    pub fn new(
+        kind: ProviderKind,
+        limits: Limits,
+        dir: Option<&Path>,
+        first_number: usize,
+    ) -> Self {
+        Splitter {
+            limits,
+            kind,
+            dir: dir.map(Path::to_path_buf),
+            first_number,
+            done: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// Bytes a line adds to a batch: the line and its newline (OpenAI's file), or the request
+    /// and its comma in the create body (Anthropic).
+    fn cost(&self, line: &[u8]) -> u64 {
+        match self.kind {
+            ProviderKind::OpenAi | ProviderKind::OpenAiResponses | ProviderKind::Anthropic => {
+                line.len() as u64 + 1
+            }
+        }
+    }
+
+    /// Adds the line of row `seq`; `where_` names the row for the error if it cannot fit any
+    /// batch.
+    pub fn push(
+        &mut self,
+        seq: u64,
+        line: &[u8],
+        where_: &dyn Fn() -> String,
+    ) -> Result<(), Error> {
+        let cost = self.cost(line);
+        if cost > self.limits.bytes {
+            return Err(Error::Input(format!(
+                "{}: its request is {cost} bytes, more than a batch may hold ({} bytes); shorten \
+                 it, or send this input with `batch run`",
+                where_(),
+                self.limits.bytes
+            )));
+        }
+        let full = self.current.as_ref().is_some_and(|c| {
+            c.record.requests >= self.limits.requests || c.record.bytes + cost > self.limits.bytes
+        });
+        if full {
+            self.close()?;
+        }
+        if self.current.is_none() {
+            let number = self.first_number + self.done.len();
+            let name = format!("input-{number:03}.jsonl");
+            let writer = match &self.dir {
+                Some(d) => {
+                    let path = d.join(&name);
+                    Some(BufWriter::new(File::create(&path).map_err(|e| {
+                        Error::io(format!("cannot write {}", path.display()), e)
+                    })?))
+                }
+                None => None,
+            };
+            self.current = Some(Open {
+                record: BatchRecord {
+                    number,
+                    rows: Vec::new(),
+                    requests: 0,
+                    bytes: 0,
+                    input_file: name,
+                    phase: Phase::Written,
+                    input_file_id: None,
+                    batch_id: None,
+                    creating_since: None,
+                    status: None,
+                    counts: Default::default(),
+                    errors: Vec::new(),
+                    output_file: None,
+                    error_file: None,
+                    resubmits: None,
+                },
+                seqs: Vec::new(),
+                writer,
+            });
+        }
+        let open = self.current.as_mut().expect("a batch is open");
+        if let Some(w) = open.writer.as_mut() {
+            w.write_all(line)
+                .and_then(|()| w.write_all(b"\n"))
+                .map_err(|e| Error::io("cannot write a batch input file", e))?;
+        }
+        open.record.requests += 1;
+        open.record.bytes += cost;
+        open.seqs.push(seq);
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<(), Error> {
+        if let Some(mut open) = self.current.take() {
+            if let Some(w) = open.writer.take() {
+                let file = w
+                    .into_inner()
+                    .map_err(|e| Error::io("cannot write a batch input file", e.into_error()))?;
+                file.sync_all()
+                    .map_err(|e| Error::io("cannot write a batch input file", e))?;
+            }
+            open.seqs.sort_unstable();
+            open.record.rows = ranges(&open.seqs);
+            self.done.push(open.record);
+        }
+        Ok(())
+    }
+
+    pub fn finish(mut self) -> Result<Vec<BatchRecord>, Error> {
+        self.close()?;
+        Ok(self.done)
+    }
+}
+
+/// Checks and renders every row and cuts the requests into batches; with `dir`, writes the
+/// batch input files there. Nothing is sent.
+pub fn plan(
+    cfg: &RunConfig,
+    provider: &dyn Provider,
+    kind: ProviderKind,
+    limits: Limits,
+    dir: Option<&Path>,
+    count_tokens: bool,
+) -> Result<Plan, Error> {
+    let input = InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
+    let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
+    // The same pre-flight as `run`: every problem listed with its line before anything else,
+    // bad `--expect` cells included (answers are compared with them when collected).
+    let expect = match &cfg.expect {
+        Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
+        None => None,
+    };
+    let opts = crate::run::runner::PreflightOptions {
+        model: cfg.model.clone(),
+        max_tokens: cfg.max_tokens,
+        prices: cfg.prices.clone(),
+        capped: cfg.max_cost.is_some(),
+        count_tokens,
+        expect,
+    };
+    let checked = preflight(&input, &prompts, &opts)?;
+    let mut splitter = Splitter::new(kind, limits, dir, 1);
+    for row in input.rows()? {
+        let row = row?;
+        let rendered = prompts.render(&input, &row).map_err(|e| {
+            Error::Input(format!(
+                "{}: line {}: {e} (did the file change while it was read?)",
+                input.path.display(),
+                row.line
+            ))
+        })?;
+        let request = Request {
+            model: cfg.model.clone(),
+            system: rendered.system,
+            user: rendered.user,
+            max_tokens: cfg.max_tokens,
+            temperature: cfg.temperature,
+            schema: cfg.schema.clone(),
+        };
+        let body = provider.body(&request);
+        let line = input_line(kind, &custom_id(row.seq), &body);
+        let (path, line_no) = (&input.path, row.line);
+        splitter.push(row.seq, &line, &|| {
+            format!("{}: line {line_no}", path.display())
+        })?;
+    }
+    Ok(Plan {
+        rows: checked.rows,
+        prompt_tokens: checked.prompt_tokens,
+        batches: splitter.finish()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_request_count_and_on_bytes() {
+        let limits = Limits {
+            requests: 3,
+            bytes: 1000,
+        };
+        let mut s = Splitter::new(ProviderKind::OpenAi, limits, None, 1);
+        for seq in 0..7 {
+            s.push(seq, b"0123456789", &|| "row".into()).unwrap();
+        }
+        let b = s.finish().unwrap();
+        assert_eq!(b.iter().map(|b| b.requests).collect::<Vec<_>>(), [3, 3, 1]);
+        assert_eq!(b[1].rows, vec![[3, 6]]);
+        assert_eq!(b[2].number, 3);
+        assert_eq!(b[0].bytes, 33);
+
+        let limits = Limits {
+            requests: 100,
+            bytes: 25,
+        };
+        let mut s = Splitter::new(ProviderKind::OpenAi, limits, None, 1);
+        for seq in 0..5 {
+            s.push(seq, b"0123456789", &|| "row".into()).unwrap();
+        }
+        let b = s.finish().unwrap();
+        assert_eq!(b.iter().map(|b| b.requests).collect::<Vec<_>>(), [2, 2, 1]);
+        let e = Splitter::new(ProviderKind::OpenAi, limits, None, 1)
+            .push(0, &[b'x'; 40], &|| "in.csv: line 2".into())
+            .unwrap_err();
+        assert!(e.to_string().contains("in.csv: line 2"), "{e}");
+    }
+}

@@ -1,0 +1,1090 @@
+//! `batch bench`: the same run as `batch run`, over a sample of the input, at each of several
+//! `--concurrency` settings, measured, compared, charted, and a setting recommended.
+//!
+//! For each setting (and each `--repeat`) the first `--rows` rows of the input go through
+//! [`crate::run::runner::run_to_summary`] exactly as `batch run` would send them, in a temporary
+//! folder with a fresh results file and state file, after a short discarded warm-up run. What is
+//! measured:
+//!
+//! - **rows/s**, sustained: rows answered per second from the first round of the full run
+//!   coming back to the last dispatch, read from the attempts the run journaled in its state
+//!   file (see [`sustained_rate`]). This leaves out what a run of N rows pays once (pre-flight,
+//!   the single probe request sent while the rate limits are learned, the last half-empty round
+//!   of requests), which an overnight job of 100,000 rows does not feel. When a run is too short
+//!   for it (every row in one or two rounds), the end-to-end rate is used and marked. The
+//!   end-to-end rate (rows / wall time) is reported beside it.
+//! - tokens/s (rows/s times the tokens of an average row), latency percentiles of answered rows,
+//!   the 429 rate (429s over attempts), the error rate (failed rows over rows), retries, and the
+//!   cost per 1,000 rows at the model's price.
+//!
+//! With `--repeat K` every figure is the median of the K runs, and the spread of rows/s (min,
+//! max, standard deviation) is reported. [`report`] holds the numbers, the pure exporters and the
+//! recommendation; [`plot`] draws the chart.
+
+pub mod plot;
+pub mod report;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub use plot::render_svg;
+pub use report::{
+    Point, Recommendation, Report, RunMeasure, SettingResult, compare_auto, fmt_rate, label,
+    recommend, to_csv, to_json, to_markdown, to_table,
+};
+
+use crate::commands::cli::{BenchArgs, RunArgs};
+use crate::engine::concurrency::Concurrency;
+use crate::run::settings::{CacheMode, Endpoint, Resume, RunConfig};
+use crate::base::error::{Error, ExitStatus, describe_io};
+use crate::engine::input::InputFile;
+use crate::engine::output::{check_writable, format_cost};
+use crate::run::runner;
+use crate::engine::template::Prompts;
+use crate::engine::tokens;
+
+/// Warm-up rows at most, when `--warmup` is not given.
+const DEFAULT_MAX_WARMUP: u64 = 20;
+/// Below this many rows per slot, a note says the numbers at that setting rest on few rounds.
+const ROWS_PER_SLOT_NOTE: u64 = 4;
+
+/// `--format`: how the results are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// An aligned table, then the recommendation.
+    Table,
+    /// A Markdown table, then the recommendation.
+    Markdown,
+    /// One CSV line per setting (the recommendation goes to stderr).
+    Csv,
+    /// Everything, every run included, as JSON (the recommendation is in it).
+    Json,
+}
+
+/// Runs `batch bench`.
+pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
+    let BenchArgs {
+        run: run_args,
+        rows,
+        repeat,
+        warmup,
+        format,
+        export_csv,
+        export_json,
+        export_markdown,
+        plot,
+    } = args;
+    refuse_run_only_flags(&run_args)?;
+    // Every path we will write at the end is checked now, before anything is sent.
+    let exports = [
+        (export_csv.as_deref(), "--export-csv"),
+        (export_json.as_deref(), "--export-json"),
+        (export_markdown.as_deref(), "--export-markdown"),
+        (plot.as_deref(), "--plot"),
+    ];
+    for (path, flag) in exports {
+        if let Some(path) = path {
+            check_writable(path, flag)?;
+        }
+    }
+    if let Some(path) = &plot
+        && !path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+    {
+        return Err(Error::Usage(format!(
+            "--plot {}: the chart is written as SVG; give a path ending in .svg",
+            path.display()
+        )));
+    }
+    let quiet = run_args.quiet;
+    let dry_run = run_args.dry_run;
+    let (base, settings) = RunConfig::resolve_sweep(run_args)?;
+    let settings = dedupe(settings);
+
+    let work = WorkDir::create()?;
+    let ext = base.input_format.extension();
+    let sample_path = work.path().join(format!("sample.{ext}"));
+    let sample_rows = write_head(&base.input, base.input_format, rows, &sample_path)?;
+    let relabel = |e: Error| relabel(e, &sample_path, &base.input);
+    let prompt_tokens = count_prompts(&base, &sample_path).map_err(relabel)?;
+    let warmups: Vec<u64> = settings
+        .iter()
+        .map(|c| {
+            warmup
+                .unwrap_or_else(|| (c.ceiling() as u64).min(DEFAULT_MAX_WARMUP))
+                .min(sample_rows)
+        })
+        .collect();
+    let plan = SweepPlan {
+        settings: settings.len() as u64,
+        repeat: u64::from(repeat),
+        rows: sample_rows,
+        warmup_rows: warmups.iter().sum(),
+        prompt_tokens: settings
+            .iter()
+            .zip(&warmups)
+            .map(|(_, w)| {
+                u64::from(repeat) * prompt_tokens.iter().sum::<u64>()
+                    + prompt_tokens[..*w as usize].iter().sum::<u64>()
+            })
+            .sum(),
+    };
+    // The most one attempt can cost, as the runner's spend cap reckons it: the longest prompt
+    // with its margin, and a full completion.
+    let worst_attempt = base.prices.lookup(&base.model).map_or(0.0, |p| {
+        let prompt = prompt_tokens.iter().copied().max().unwrap_or(0) as f64 * 1.1 + 16.0;
+        p.estimate(
+            prompt.ceil() as u64,
+            u64::from(base.max_tokens.unwrap_or(0)),
+        )
+    });
+    let real_api = real_api(&base.endpoint);
+    if dry_run {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "Dry run: nothing was sent.");
+        let _ = plan.print(&mut out, &base);
+        if real_api.is_some() && base.max_cost.is_none() {
+            let _ = writeln!(
+                out,
+                "A real sweep against {} needs --max-cost USD (and --max-tokens N).",
+                real_api.unwrap_or_default()
+            );
+        }
+        return Ok(ExitStatus::Success);
+    }
+    if let Some(url) = real_api {
+        if base.max_cost.is_none() {
+            let mut text = Vec::new();
+            let _ = plan.print(&mut text, &base);
+            return Err(Error::Usage(format!(
+                "batch bench would send {} requests (retries not counted) to {url}, a real API \
+                 that bills them, and refuses to do so without a spending limit: add --max-cost \
+                 USD (it needs --max-tokens N), or try the sweep free on the embedded mock \
+                 server with --mock. What the sweep would cost:\n{}",
+                plan.requests(),
+                String::from_utf8_lossy(&text).trim_end()
+            )));
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = writeln!(err, "Expected cost of the sweep against {url}:");
+        let _ = plan.print(&mut err, &base);
+        let _ = writeln!(
+            err,
+            "Spend cap  ${} over the whole sweep (--max-cost)",
+            format_cost(base.max_cost.unwrap_or(0.0))
+        );
+    }
+
+    let mut notes = Vec::new();
+    if sample_rows < rows {
+        notes.push(format!(
+            "{} has only {sample_rows} rows, so each run sends {sample_rows} instead of {rows}",
+            base.input.display()
+        ));
+    }
+    if let Some(c) = settings
+        .iter()
+        .filter_map(|c| match c {
+            Concurrency::Fixed(n) => Some(*n as u64),
+            Concurrency::Auto => None,
+        })
+        .max()
+        .filter(|c| *c > 1 && sample_rows < ROWS_PER_SLOT_NOTE * c)
+    {
+        notes.push(format!(
+            "at --concurrency {c}, {sample_rows} rows are {:.1} rows per slot, so that setting \
+             is measured over few rounds of requests; --rows {} or more gives steadier numbers",
+            sample_rows as f64 / c as f64,
+            ROWS_PER_SLOT_NOTE * c
+        ));
+    }
+
+    let say = |msg: &str| {
+        if !quiet {
+            eprintln!("{msg}");
+        }
+    };
+    say(&format!(
+        "bench: {} x {} x {} on {}",
+        plural(settings.len() as u64, "setting"),
+        plural(u64::from(repeat), "run"),
+        plural(sample_rows, "row"),
+        endpoint_name(&base.endpoint)
+    ));
+
+    let mut warm_files: BTreeMap<u64, PathBuf> = BTreeMap::new();
+    let mut results: Vec<SettingResult> = Vec::new();
+    let mut spent = 0.0f64;
+    let mut status = ExitStatus::Success;
+    let mut run_no = 0usize;
+    'sweep: for (setting, warm) in settings.iter().copied().zip(warmups) {
+        let name = label(setting);
+        let mut planned: Vec<(PathBuf, bool)> = Vec::new();
+        if warm > 0 {
+            let path = match warm_files.get(&warm) {
+                Some(p) => p.clone(),
+                None => {
+                    let p = work.path().join(format!("warmup-{warm}.{ext}"));
+                    write_head(&base.input, base.input_format, warm, &p)?;
+                    warm_files.insert(warm, p.clone());
+                    p
+                }
+            };
+            planned.push((path, true));
+        }
+        for _ in 0..repeat {
+            planned.push((sample_path.clone(), false));
+        }
+        let mut runs = Vec::new();
+        for (input, is_warmup) in planned {
+            let cap = match base.max_cost {
+                Some(cap) if cap - spent <= 0.0 => {
+                    notes.push(format!(
+                        "the sweep stopped before --concurrency {name}: --max-cost ${} is spent",
+                        format_cost(cap)
+                    ));
+                    status = ExitStatus::RowsFailed;
+                    break 'sweep;
+                }
+                // Rounded down to a nanodollar, so messages show a readable amount.
+                Some(cap) => Some(((cap - spent) * 1e9).floor() / 1e9),
+                None => None,
+            };
+            run_no += 1;
+            let what = if is_warmup {
+                format!("warm-up, {}", plural(warm, "row"))
+            } else {
+                format!("run {}/{repeat}", runs.len() + 1)
+            };
+            let (run_status, measure, unknown_cost) =
+                one_run(&base, setting, &input, work.path(), run_no, cap)
+                    .await
+                    .map_err(|e| relabel_any(e, work.path(), &base.input))?;
+            // What the run's own cap counted: the answers' cost, and the worst case of every
+            // attempt whose cost could not be known.
+            spent += measure.cost_usd.unwrap_or(0.0) + unknown_cost as f64 * worst_attempt;
+            if run_status == ExitStatus::Interrupted {
+                notes.push(format!(
+                    "interrupted during --concurrency {name} ({what}); settings measured so far \
+                     are reported"
+                ));
+                status = ExitStatus::Interrupted;
+                break 'sweep;
+            }
+            if let Some(reason) = &measure.stopped {
+                notes.push(format!(
+                    "the sweep stopped at --concurrency {name} ({what}): {reason}; that run is \
+                     left out"
+                ));
+                status = ExitStatus::RowsFailed;
+                break 'sweep;
+            }
+            say(&format!(
+                "concurrency {name:>4}: {what}: {} rows/s{}, p95 {}, {} failed, {} retries",
+                fmt_rate(measure.rows_per_second()),
+                if measure.sustained_rows_per_second.is_some() {
+                    ""
+                } else {
+                    " (end to end)"
+                },
+                report::fmt_ms(measure.latency_ms.p95),
+                measure.failed,
+                measure.retries
+            ));
+            if !is_warmup {
+                runs.push(measure);
+            }
+        }
+        if !runs.is_empty() {
+            results.push(SettingResult::from_runs(setting, runs));
+        }
+    }
+    if results.is_empty() {
+        for n in &notes {
+            eprintln!("note: {n}");
+        }
+        return Err(Error::Usage(
+            "no setting could be measured (see the notes above)".into(),
+        ));
+    }
+
+    let report = Report::new(
+        &base.input,
+        &base.model,
+        endpoint_name(&base.endpoint),
+        sample_rows,
+        repeat,
+        results,
+        notes,
+    );
+    let stdout_text = match format {
+        Format::Table => to_table(&report),
+        Format::Markdown => to_markdown(&report),
+        Format::Csv => to_csv(&report),
+        Format::Json => to_json(&report),
+    };
+    print!("{stdout_text}");
+    if matches!(format, Format::Csv | Format::Json) {
+        eprint!("{}", report.conclusion());
+    }
+    for (path, text) in [
+        (export_csv.as_deref(), to_csv as fn(&Report) -> String),
+        (export_json.as_deref(), to_json),
+        (export_markdown.as_deref(), to_markdown),
+    ] {
+        if let Some(path) = path {
+            write_file(path, &text(&report))?;
+        }
+    }
+    if let Some(path) = &plot {
+        let svg = render_svg(&report).map_err(|e| {
+            Error::io(
+                format!("cannot draw the chart {}", path.display()),
+                std::io::Error::other(e),
+            )
+        })?;
+        write_file(path, &svg)?;
+    }
+    Ok(status)
+}
+
+/// Flags of `batch run` that make no sense for a sweep of throw-away runs.
+fn refuse_run_only_flags(a: &RunArgs) -> Result<(), Error> {
+    let given = [
+        ("-o/--output", a.output.is_some()),
+        ("--state", a.state.is_some()),
+        ("--resume", a.resume),
+        ("--restart", a.restart),
+        ("--summary-json", a.summary_json.is_some()),
+    ];
+    match given.iter().find(|(_, set)| *set) {
+        Some((flag, _)) => Err(Error::Usage(format!(
+            "{flag} is for `batch run`; bench writes its runs to a temporary folder and reports \
+             with --format, --export-csv, --export-json, --export-markdown and --plot"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Fails now if `path` could not be written at the end: its folder must exist and it must not be
+/// a folder itself. A file that did not exist is created to prove it can be, then removed.
+fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|e| {
+        Error::Usage(format!(
+            "cannot write {}: {}",
+            path.display(),
+            describe_io(&e)
+        ))
+    })
+}
+
+/// `1 row`, `2 rows`.
+fn plural(n: u64, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+/// The settings in the order given, each once.
+fn dedupe(settings: Vec<Concurrency>) -> Vec<Concurrency> {
+    let mut out: Vec<Concurrency> = Vec::new();
+    for c in settings {
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Writes the header and the first `rows` records of `input` to `dest`, byte for byte as the
+/// csv crate reads them (ragged or non-UTF-8 rows are copied as they are, for the runner's
+/// pre-flight to report). Returns the number of data rows written.
+fn write_head(
+    input: &Path,
+    format: crate::base::format::Format,
+    rows: u64,
+    dest: &Path,
+) -> Result<u64, Error> {
+    if format == crate::base::format::Format::Jsonl {
+        return write_head_jsonl(input, rows, dest);
+    }
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_path(input)
+        .map_err(|e| csv_error(input, e))?;
+    let mut writer = csv::WriterBuilder::new()
+        .flexible(true)
+        .from_path(dest)
+        .map_err(|e| csv_error(dest, e))?;
+    let mut record = csv::ByteRecord::new();
+    let mut written = 0u64;
+    let mut header = true;
+    while written < rows
+        && reader
+            .read_byte_record(&mut record)
+            .map_err(|e| csv_error(input, e))?
+    {
+        writer
+            .write_byte_record(&record)
+            .map_err(|e| csv_error(dest, e))?;
+        if header {
+            header = false;
+        } else {
+            written += 1;
+        }
+    }
+    writer
+        .flush()
+        .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
+    if header {
+        return Err(Error::Input(format!(
+            "{} is empty: it needs a header row naming the columns, then one row per request",
+            input.display()
+        )));
+    }
+    Ok(written)
+}
+
+/// [`write_head`] for JSON Lines: the first `rows` lines that are not blank, as they are.
+fn write_head_jsonl(input: &Path, rows: u64, dest: &Path) -> Result<u64, Error> {
+    use std::io::{BufRead, Write};
+    let file = std::fs::File::open(input).map_err(|e| Error::read(input, &e))?;
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(dest)
+            .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?,
+    );
+    let mut written = 0u64;
+    for line in std::io::BufReader::new(file).split(b'\n') {
+        if written == rows {
+            break;
+        }
+        let line = line.map_err(|e| Error::read(input, &e))?;
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        out.write_all(&line)
+            .and_then(|()| out.write_all(b"\n"))
+            .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
+        written += 1;
+    }
+    out.flush()
+        .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
+    if written == 0 {
+        return Err(Error::Input(format!(
+            "{} is empty: it needs one JSON object per line, one line per request",
+            input.display()
+        )));
+    }
+    Ok(written)
+}
+
+fn csv_error(path: &Path, e: csv::Error) -> Error {
+    match e.into_kind() {
+        csv::ErrorKind::Io(io) => Error::read(path, &io),
+        other => Error::Input(format!("{}: {other:?}", path.display())),
+    }
+}
+
+/// Prompt tokens of every row of the sample, counted as `--dry-run` counts them. Also checks
+/// every row and renders every prompt, so a bad template fails before anything is sent.
+fn count_prompts(cfg: &RunConfig, sample: &Path) -> Result<Vec<u64>, Error> {
+    let input = InputFile::open_as(sample, cfg.input_format, cfg.id_column.as_deref())?;
+    let prompts = Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?;
+    let mut counts = Vec::new();
+    for row in input.rows()? {
+        let row = row?;
+        let r = prompts
+            .render(&input, &row)
+            .map_err(|e| Error::Input(format!("{}: line {}: {e}", sample.display(), row.line)))?;
+        counts.push(u64::from(tokens::count_chat(
+            &cfg.model,
+            r.system.as_deref(),
+            &r.user,
+        )));
+    }
+    Ok(counts)
+}
+
+/// Messages about the sample file name the user's input instead (the lines are the same).
+fn relabel(e: Error, sample: &Path, input: &Path) -> Error {
+    let fix = |m: String| m.replace(&sample.display().to_string(), &input.display().to_string());
+    match e {
+        Error::Usage(m) => Error::Usage(fix(m)),
+        Error::Input(m) => Error::Input(fix(m)),
+        other => other,
+    }
+}
+
+/// Like [`relabel`] for any file of the work folder (sample or warm-up).
+fn relabel_any(e: Error, work: &Path, input: &Path) -> Error {
+    let prefix = work.display().to_string();
+    let fix = |m: String| {
+        let mut out = m;
+        while let Some(start) = out.find(&prefix) {
+            let rest = &out[start + prefix.len()..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == ':' || c == ',')
+                .unwrap_or(rest.len());
+            out.replace_range(
+                start..start + prefix.len() + end,
+                &input.display().to_string(),
+            );
+        }
+        out
+    };
+    match e {
+        Error::Usage(m) => Error::Usage(fix(m)),
+        Error::Input(m) => Error::Input(fix(m)),
+        other => other,
+    }
+}
+
+/// What the whole sweep will send, for the expected cost.
+struct SweepPlan {
+    settings: u64,
+    repeat: u64,
+    rows: u64,
+    warmup_rows: u64,
+    prompt_tokens: u64,
+}
+
+impl SweepPlan {
+    fn requests(&self) -> u64 {
+        self.settings * self.repeat * self.rows + self.warmup_rows
+    }
+
+    /// The same numbers as `batch run --dry-run`, for the whole sweep.
+    fn print(&self, w: &mut impl Write, cfg: &RunConfig) -> std::io::Result<()> {
+        let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
+        writeln!(
+            w,
+            "Sweep        {} x {} x {} + {} warm-up rows = {} requests (retries not counted)",
+            plural(self.settings, "setting"),
+            plural(self.repeat, "run"),
+            plural(self.rows, "row"),
+            self.warmup_rows,
+            self.requests()
+        )?;
+        let completion = cfg.max_tokens.map(|m| self.requests() * u64::from(m));
+        match cfg.prices.lookup(&cfg.model) {
+            Some(p) => {
+                writeln!(
+                    w,
+                    "Prompts      {} tokens, {} at {}'s input price (${} per 1M)",
+                    self.prompt_tokens,
+                    dollars(p.estimate(self.prompt_tokens, 0)),
+                    cfg.model,
+                    p.input
+                )?;
+                match completion {
+                    Some(c) => {
+                        writeln!(
+                            w,
+                            "Completions  at most {c} tokens (--max-tokens {} a row), {}",
+                            cfg.max_tokens.unwrap_or(0),
+                            dollars(p.estimate(0, c))
+                        )?;
+                        writeln!(
+                            w,
+                            "Worst case   {} (prices as of {})",
+                            dollars(p.estimate(self.prompt_tokens, c)),
+                            cfg.prices.as_of
+                        )
+                    }
+                    None => writeln!(
+                        w,
+                        "Completions  unknown: without --max-tokens an answer's length has no \
+                         bound (${} per 1M output tokens)",
+                        p.output
+                    ),
+                }
+            }
+            None => {
+                writeln!(w, "Prompts      {} tokens", self.prompt_tokens)?;
+                writeln!(
+                    w,
+                    "Cost         unknown: no price for model {:?}; add one with --price-file",
+                    cfg.model
+                )
+            }
+        }
+    }
+}
+
+/// The base URL when requests go to a real API: not the mock, not a server on this machine.
+fn real_api(endpoint: &Endpoint) -> Option<&str> {
+    match endpoint {
+        Endpoint::Mock(_) => None,
+        Endpoint::Remote { base_url, .. } => {
+            let local = reqwest::Url::parse(base_url).is_ok_and(|u| crate::run::settings::is_loopback(&u));
+            (!local).then_some(base_url.as_str())
+        }
+    }
+}
+
+fn endpoint_name(endpoint: &Endpoint) -> String {
+    match endpoint {
+        Endpoint::Mock(m) => {
+            let mut s = format!("the mock ({} ms latency", m.latency.as_millis());
+            if !m.jitter.is_zero() {
+                s.push_str(&format!(" + up to {} ms", m.jitter.as_millis()));
+            }
+            if let Some(c) = m.capacity {
+                s.push_str(&format!(", capacity {c}"));
+            }
+            if let Some(r) = m.rpm {
+                s.push_str(&format!(", {r} rpm"));
+            }
+            if let Some(t) = m.tpm {
+                s.push_str(&format!(", {t} tpm"));
+            }
+            s.push(')');
+            s
+        }
+        Endpoint::Remote { base_url, .. } => base_url.clone(),
+    }
+}
+
+/// One run of `input` at `setting`, in `dir`, measured.
+async fn one_run(
+    base: &RunConfig,
+    setting: Concurrency,
+    input: &Path,
+    dir: &Path,
+    n: usize,
+    max_cost: Option<f64>,
+) -> Result<(ExitStatus, RunMeasure, u64), Error> {
+    let mut cfg = base.clone();
+    cfg.input = input.to_path_buf();
+    cfg.output = dir.join(format!("run-{n}.results.csv"));
+    cfg.state = dir.join(format!("run-{n}.sqlite"));
+    cfg.concurrency = setting;
+    cfg.quiet = true;
+    cfg.summary_json = None;
+    cfg.resume = Resume::No;
+    cfg.dry_run = false;
+    cfg.max_cost = max_cost;
+    // Every row is a request: answers from the response cache (filled by the warm-up and every
+    // earlier run of the same rows) or shared between identical rows would measure nothing.
+    cfg.cache = CacheMode::Off;
+    cfg.dedup = false;
+    let state = cfg.state.clone();
+    let (status, summary) = runner::run_to_summary(cfg).await?;
+    let summary = summary.ok_or_else(|| {
+        Error::io(
+            "the runner returned no summary",
+            std::io::Error::other("dry run"),
+        )
+    })?;
+    // The journal is the runner's; if it cannot be read the end-to-end rate stands in (and no
+    // attempt is taken to have an unknown cost).
+    let (spans, unknown_cost) = read_journal(&state).unwrap_or_default();
+    let measure = RunMeasure::new(&summary, sustained_rate(&spans, setting));
+    Ok((status, measure, unknown_cost))
+}
+
+/// One attempt as journaled: when it started and how long it took, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Span {
+    pub seq: u64,
+    pub attempt: u32,
+    pub start_ms: i64,
+    pub latency_ms: i64,
+}
+
+/// Outcomes of attempts whose cost cannot be known (the server may have billed an answer we
+/// never saw): the spend cap charges them their worst case, and so does the sweep's budget.
+const UNKNOWN_COST_OUTCOMES: [&str; 3] = ["timeout", "connection error", "invalid response"];
+
+/// The attempts of a finished run, from its state file, and how many of them have an unknown
+/// cost.
+fn read_journal(state: &Path) -> Result<(Vec<Span>, u64), rusqlite::Error> {
+    let conn =
+        rusqlite::Connection::open_with_flags(state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut stmt =
+        conn.prepare("SELECT seq, attempt, started_at, latency_ms, outcome FROM attempts")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, Option<i64>>(3)?,
+            r.get::<_, String>(4)?,
+        ))
+    })?;
+    let mut spans = Vec::new();
+    let mut unknown_cost = 0;
+    for row in rows {
+        let (seq, attempt, started, latency, outcome) = row?;
+        if UNKNOWN_COST_OUTCOMES.contains(&outcome.as_str()) {
+            unknown_cost += 1;
+        }
+        let Ok(t) = humantime::parse_rfc3339_weak(&started) else {
+            continue;
+        };
+        let Ok(since) = t.duration_since(std::time::UNIX_EPOCH) else {
+            continue;
+        };
+        spans.push(Span {
+            seq: seq as u64,
+            attempt: attempt as u32,
+            start_ms: since.as_millis() as i64,
+            latency_ms: latency.unwrap_or(0),
+        });
+    }
+    Ok((spans, unknown_cost))
+}
+
+/// Shortest window, in milliseconds, and fewest rows a sustained rate is computed from.
+const MIN_WINDOW_MS: i64 = 10;
+const MIN_WINDOW_ROWS: usize = 5;
+/// Answers this close together belong to one round (the journal keeps whole milliseconds).
+const EDGE_MS: i64 = 2;
+
+/// Rows per second while the run was in full swing, from its journaled attempts, leaving out
+/// what a run of a few hundred rows pays once and an endless one would not: the start-up, the
+/// single probe request sent while the rate limits are learned, the burst that fills the slots,
+/// and the tail where they drain. `None` when the run is too short to tell (every row went out
+/// in one or two rounds).
+///
+/// With a fixed number of slots see [`block_rate`]; with `auto`, whose slots change as it
+/// goes, [`window_rate`].
+pub fn sustained_rate(spans: &[Span], concurrency: Concurrency) -> Option<f64> {
+    match concurrency {
+        Concurrency::Fixed(c) => block_rate(spans, c),
+        Concurrency::Auto => window_rate(spans),
+    }
+}
+
+/// The rate at which rows are sent between two blocks of `c` consecutive sends, timed at their
+/// means. In a closed loop of `c` slots the send of the (k + c)-th row follows the k-th answer,
+/// so the mean of a block moves on by one round trip per `c` rows whether the rows of a round
+/// go out together (a server with fixed latency answers in rounds) or one by one; paced by a
+/// rate limit instead, sends are steady anyway. The first block is the first one that answers
+/// sent: after the probe request and the burst that filled the slots when it came back. The last
+/// block is the last `c` sends, each following an answer until the very last.
+pub fn block_rate(spans: &[Span], c: usize) -> Option<f64> {
+    let c = c.max(1);
+    let first_answer = spans.iter().map(|s| s.start_ms + s.latency_ms).min()?;
+    // Each row's first send (its retries hold the same slot).
+    let mut first_send: HashMap<u64, (u32, i64)> = HashMap::new();
+    for s in spans {
+        let e = first_send.entry(s.seq).or_insert((s.attempt, s.start_ms));
+        if s.attempt < e.0 {
+            *e = (s.attempt, s.start_ms);
+        }
+    }
+    let mut sends: Vec<i64> = first_send.values().map(|(_, t)| *t).collect();
+    sends.sort_unstable();
+    let before = sends.iter().filter(|t| **t < first_answer).count();
+    // One request went alone (the probe), then every slot was filled at once.
+    let start = if before < c { before + c } else { before };
+    let n = sends.len();
+    if start + 2 * c > n {
+        return None;
+    }
+    let mean = |block: &[i64]| block.iter().map(|t| *t as f64).sum::<f64>() / block.len() as f64;
+    let first = mean(&sends[start..start + c]);
+    let last = mean(&sends[n - c..]);
+    let rows = n - c - start;
+    let window = last - first;
+    (window >= MIN_WINDOW_MS as f64 && rows >= MIN_WINDOW_ROWS)
+        .then(|| rows as f64 * 1000.0 / window)
+}
+
+/// Rows answered per second between two answers, A and B, with every slot busy in between: A
+/// is the first answer to a row sent after the first answer of the run (the first round of the
+/// full run coming back), B the last send (after it the slots drain). For `auto`, whose slots
+/// change as it goes; it counts whole rounds only approximately when answers come in rounds.
+pub fn window_rate(spans: &[Span]) -> Option<f64> {
+    let first_answer = spans.iter().map(|s| s.start_ms + s.latency_ms).min()?;
+    let mut last_attempt: HashMap<u64, Span> = HashMap::new();
+    for s in spans {
+        let e = last_attempt.entry(s.seq).or_insert(*s);
+        if s.attempt > e.attempt {
+            *e = *s;
+        }
+    }
+    let ends: Vec<(i64, i64)> = last_attempt
+        .values()
+        .map(|s| (s.start_ms, s.start_ms + s.latency_ms))
+        .collect();
+    let last_send = ends.iter().map(|(start, _)| *start).max()?;
+    let a = ends
+        .iter()
+        .filter(|(start, _)| *start >= first_answer)
+        .map(|(_, end)| *end)
+        .min()?;
+    let b = last_send;
+    let answered_by = |t: i64| ends.iter().filter(|(_, end)| *end <= t).count();
+    let rows = answered_by(b).saturating_sub(answered_by(a + EDGE_MS));
+    let window = b - a;
+    (window >= MIN_WINDOW_MS && rows >= MIN_WINDOW_ROWS)
+        .then(|| rows as f64 * 1000.0 / window as f64)
+}
+
+/// A folder under the system's temporary folder, removed with everything in it when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn create() -> Result<Self, Error> {
+        let base = std::env::temp_dir();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let mut last = None;
+        for i in 0..100u32 {
+            let path = base.join(format!(
+                "batch-bench-{}-{}",
+                std::process::id(),
+                nanos.wrapping_add(i)
+            ));
+            match std::fs::create_dir(&path) {
+                Ok(()) => return Ok(WorkDir(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("cannot create a temporary folder in {}", base.display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        Err(Error::io(
+            "cannot create a temporary folder",
+            last.unwrap_or_else(|| std::io::Error::other("name clash")),
+        ))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Concurrency::{Auto, Fixed};
+
+    fn span(seq: u64, attempt: u32, start_ms: i64, latency_ms: i64) -> Span {
+        Span {
+            seq,
+            attempt,
+            start_ms,
+            latency_ms,
+        }
+    }
+
+    /// A closed loop of `c` slots with a fixed latency, opened by one probe request as the
+    /// runner does while it learns the rate limits.
+    fn waves(rows: u64, c: u64, latency: i64, probe: bool) -> Vec<Span> {
+        let mut spans = Vec::new();
+        let mut t = 0;
+        let mut seq = 0;
+        if probe {
+            spans.push(span(0, 1, 0, latency));
+            seq = 1;
+            t = latency;
+        }
+        while seq < rows {
+            for _ in 0..c.min(rows - seq) {
+                spans.push(span(seq, 1, t, latency));
+                seq += 1;
+            }
+            t += latency;
+        }
+        spans
+    }
+
+    #[track_caller]
+    fn assert_near(r: Option<f64>, expected: f64, tolerance: f64) {
+        let r = r.expect("a sustained rate");
+        assert!(
+            (r / expected - 1.0).abs() <= tolerance,
+            "{r} is not within {tolerance} of {expected}"
+        );
+    }
+
+    #[test]
+    fn sustained_rate_is_the_steady_state_of_a_closed_loop() {
+        // 200 rows at 64 in flight and 100 ms: a probe, then rounds of 64, 64, 64 and 7. The
+        // end-to-end rate is 200 / 0.5 s = 400 rows/s; the loop runs at 640.
+        for spans in [waves(200, 64, 100, true), waves(200, 64, 100, false)] {
+            assert_near(block_rate(&spans, 64), 640.0, 0.001);
+            assert_near(window_rate(&spans), 640.0, 0.001);
+        }
+        let spans = waves(200, 1, 100, true);
+        assert_near(block_rate(&spans, 1), 10.0, 0.001);
+        assert_near(window_rate(&spans), 10.0, 0.001);
+        let spans = waves(80, 16, 20, true);
+        assert_near(block_rate(&spans, 16), 800.0, 0.001);
+        assert_near(window_rate(&spans), 800.0, 0.001);
+        assert_near(sustained_rate(&spans, Fixed(16)), 800.0, 0.001);
+        assert_near(sustained_rate(&spans, Auto), 800.0, 0.001);
+    }
+
+    /// A closed loop of `c` slots against a server of `capacity` that serves each request in
+    /// `latency` plus up to `jitter` ms (a fixed pseudo-random sequence), first come first
+    /// served; with `probe`, one request goes alone first, as the runner sends it.
+    fn simulate(
+        rows: u64,
+        c: usize,
+        capacity: usize,
+        latency: f64,
+        jitter: f64,
+        probe: bool,
+    ) -> Vec<Span> {
+        let mut servers = vec![0.0f64; capacity];
+        let mut rng = 12345u64;
+        let mut serve = |sent: f64| {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let extra = jitter * ((rng >> 33) as f64 / (1u64 << 31) as f64);
+            let (i, free) = servers
+                .iter()
+                .copied()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            let end = sent.max(free) + latency + extra;
+            servers[i] = end;
+            end
+        };
+        let mut spans = Vec::new();
+        let mut record = |seq: u64, sent: f64, end: f64| {
+            // Whole milliseconds, truncated, as the journal keeps them.
+            let start = (1_700_000_000_000.0 + sent).floor() as i64;
+            spans.push(span(seq, 1, start, (end - sent).floor() as i64));
+        };
+        let mut next = 0u64;
+        let mut now = 0.0;
+        if probe {
+            let end = serve(0.0);
+            record(0, 0.0, end);
+            next = 1;
+            now = end;
+        }
+        // Slots become free at these times.
+        let mut free: Vec<f64> = vec![now; c];
+        while next < rows {
+            let (i, t) = free
+                .iter()
+                .copied()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            let end = serve(t);
+            record(next, t, end);
+            free[i] = end;
+            next += 1;
+        }
+        spans
+    }
+
+    #[test]
+    fn sustained_rate_with_jitter_and_a_server_queue() {
+        // Latency 100 to 140 ms (mean 120): 64 in flight make 533 rows/s, 8 make 67.
+        let spans = simulate(400, 64, 1000, 100.0, 40.0, true);
+        assert_near(block_rate(&spans, 64), 64.0 / 0.120, 0.03);
+        assert_near(window_rate(&spans), 64.0 / 0.120, 0.05);
+        let spans = simulate(200, 8, 1000, 100.0, 40.0, true);
+        assert_near(block_rate(&spans, 8), 8.0 / 0.120, 0.03);
+        assert_near(window_rate(&spans), 8.0 / 0.120, 0.05);
+        // Rounds whose answers spread over 4 ms (a loaded machine): still whole rounds.
+        let spans = simulate(200, 16, 1000, 100.0, 4.0, true);
+        assert_near(block_rate(&spans, 16), 16.0 / 0.102, 0.01);
+        // A server that serves 16 at once in 50 ms tops out at 320 rows/s however many are
+        // sent; the opening burst of 64 must not count as throughput.
+        for c in [32, 64] {
+            let spans = simulate(300, c, 16, 50.0, 0.0, true);
+            assert_near(block_rate(&spans, c), 320.0, 0.01);
+            assert_near(window_rate(&spans), 320.0, 0.03);
+        }
+        let spans = simulate(300, 16, 16, 50.0, 0.0, false);
+        assert_near(block_rate(&spans, 16), 320.0, 0.01);
+    }
+
+    #[test]
+    fn retries_count_once_and_short_runs_have_no_sustained_rate() {
+        // Everything in one or two rounds after the probe: nothing to measure.
+        assert_eq!(sustained_rate(&waves(40, 64, 100, true), Fixed(64)), None);
+        assert_eq!(sustained_rate(&waves(40, 64, 100, true), Auto), None);
+        assert_eq!(sustained_rate(&waves(128, 64, 100, true), Fixed(64)), None);
+        assert_eq!(sustained_rate(&[], Fixed(4)), None);
+        assert_eq!(sustained_rate(&[], Auto), None);
+        // Row 5 failed its first attempt and was sent again in the same slot: it is still one
+        // row, started when its first attempt was.
+        let mut spans = waves(100, 10, 100, true);
+        let first = spans.iter_mut().find(|s| s.seq == 5).unwrap();
+        first.latency_ms = 30;
+        let retry = span(5, 2, first.start_ms + 60, 40);
+        spans.push(retry);
+        assert_near(block_rate(&spans, 10), 100.0, 0.001);
+    }
+
+    #[test]
+    fn head_of_the_input_is_copied_with_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.csv");
+        std::fs::write(&input, "id,text\n1,\"a, b\"\n2,\"multi\nline\"\n3,c\n").unwrap();
+        let out = dir.path().join("head.csv");
+        assert_eq!(
+            write_head(&input, crate::base::format::Format::Csv, 2, &out).unwrap(),
+            2
+        );
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "id,text\n1,\"a, b\"\n2,\"multi\nline\"\n"
+        );
+        assert_eq!(
+            write_head(&input, crate::base::format::Format::Csv, 10, &out).unwrap(),
+            3
+        );
+        std::fs::write(&input, "").unwrap();
+        assert!(write_head(&input, crate::base::format::Format::Csv, 10, &out).is_err());
+    }
+
+    #[test]
+    fn real_api_is_anything_but_the_mock_and_this_machine() {
+        let remote = |u: &str| Endpoint::Remote {
+            base_url: u.into(),
+            api_key: None,
+        };
+        assert_eq!(
+            real_api(&remote("https://api.openai.com/v1")),
+            Some("https://api.openai.com/v1")
+        );
+        assert_eq!(real_api(&remote("http://127.0.0.1:8000/v1")), None);
+        assert_eq!(real_api(&remote("http://localhost:11434/v1")), None);
+        assert_eq!(real_api(&remote("http://[::1]:8000/v1")), None);
+        assert_eq!(real_api(&Endpoint::Mock(Default::default())), None);
+    }
+
+    #[test]
+    fn export_paths_are_checked_up_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = dir.path().join("out.json");
+        check_writable(&ok, "--export-json").unwrap();
+        assert!(!ok.exists(), "the probe file is removed");
+        let err = check_writable(&dir.path().join("nope/out.json"), "--export-json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("does not exist") && err.contains("--export-json"),
+            "{err}"
+        );
+        let err = check_writable(dir.path(), "--plot")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("folder"), "{err}");
+    }
+}

@@ -1,0 +1,9 @@
+//! A run: the settings it was resolved into and the loops that carry its rows through the engine.
+
+pub mod batchapi;
+pub mod bench;
+pub mod progress;
+pub mod runner;
+pub mod settings;
+pub mod summary;
+pub mod watch;
