@@ -10,13 +10,16 @@ use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use batch::base::record::RowResult;
+use batch::base::record::RowStatus;
+use batch::base::usage::Usage;
 use batch::commands::cli::RunArgs;
-use batch::run::settings::{CacheMode, PromptSource, Resume, RunConfig};
 use batch::engine::input::{InputFile, Row};
-use batch::engine::output::{ResultsWriter, RowResult, RowStatus};
-use batch::engine::provider::Usage;
+use batch::engine::output::ResultsWriter;
 use batch::engine::store::{AttemptRecord, Finished, RunSettings, Store};
+use batch::engine::template::PromptSource;
 use batch::engine::template::Prompts;
+use batch::run::settings::{CacheMode, Resume, RunConfig};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const INPUT_ROWS: usize = 10_000;

@@ -51,18 +51,22 @@ pub fn main_entry() -> ExitStatus {
             clap_complete::generate(shell, &mut cmd, "batch", &mut std::io::stdout());
             Ok(ExitStatus::Success)
         }
-        commands::cli::Command::Run(args) => run::settings::RunConfig::resolve(*args).and_then(|cfg| {
-            if cfg.batch.via_batch {
-                block_on(run::batchapi::run_via_batch(cfg))
-            } else {
-                block_on(run::runner::run(cfg))
-            }
-        }),
+        commands::cli::Command::Run(args) => {
+            run::settings::RunConfig::resolve(*args).and_then(|cfg| {
+                if cfg.batch.via_batch {
+                    block_on(run::batchapi::run_via_batch(cfg))
+                } else {
+                    block_on(run::runner::run(cfg))
+                }
+            })
+        }
         commands::cli::Command::Submit(args) => block_on(run::batchapi::submit_command(*args)),
         commands::cli::Command::Status(args) => block_on(run::batchapi::status_command(args)),
         commands::cli::Command::Collect(args) => block_on(run::batchapi::collect_command(*args)),
         commands::cli::Command::Cancel(args) => block_on(run::batchapi::cancel_command(args)),
-        commands::cli::Command::Cache { action, cache_dir } => engine::cache::command(action, cache_dir),
+        commands::cli::Command::Cache { action, cache_dir } => {
+            engine::cache::command(action, cache_dir)
+        }
         commands::cli::Command::Mock(args) => block_on(engine::mock::serve_forever(args.into())),
         commands::cli::Command::Bench(args) => block_on(run::bench::run(*args)),
         commands::cli::Command::Watch(args) => block_on(run::watch::run(*args)),

@@ -5,8 +5,8 @@
 #[allow(dead_code)]
 mod util;
 
+use batch::base::usage::Usage;
 use batch::engine::pricing::PriceTable;
-use batch::engine::provider::Usage;
 use util::{MockProcess, TestDir, assert_code, field, mock_answer, run, show, stderr};
 
 /// The request bodies of an audit log (`--log`), by row id.

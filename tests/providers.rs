@@ -6,8 +6,8 @@
 #[allow(dead_code)]
 mod util;
 
+use batch::base::usage::Usage;
 use batch::engine::pricing::PriceTable;
-use batch::engine::provider::Usage;
 use util::{
     MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, responses, show, stat,
     stderr,

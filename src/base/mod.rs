@@ -2,3 +2,7 @@
 
 pub mod error;
 pub mod format;
+pub mod money;
+pub mod record;
+pub mod secret;
+pub mod usage;

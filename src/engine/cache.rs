@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::base::error::Error;
-use crate::engine::provider::Usage;
+use crate::base::usage::Usage;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS answers (
@@ -245,7 +245,7 @@ pub fn command(
             );
             println!(
                 "Cost       ${} when first paid for; each reuse saves it again",
-                crate::engine::output::format_cost(s.cost_usd)
+                crate::base::money::format_cost(s.cost_usd)
             );
             if let (Some(old), Some(new)) = (s.oldest, s.newest) {
                 println!("Stored     {old} to {new}");

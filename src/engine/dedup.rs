@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::base::error::Error;
-use crate::engine::output::{RowResult, RowStatus};
+use crate::base::record::RowResult;
+use crate::base::record::RowStatus;
 use crate::engine::store::FinishedRows;
 
 /// What a row should do about identical requests.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use csv::StringRecord;
 
+use crate::base::record::RowResult;
+use crate::base::record::RowStatus;
 use crate::engine::expect::{Expectation, PassRate};
-use crate::engine::output::{RowResult, RowStatus};
 use crate::engine::schema::OutputSchema;
 
 pub struct DerivedColumns {

@@ -32,8 +32,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::commands::cli::MockArgs;
 use crate::base::error::{Error, ExitStatus};
+use crate::commands::cli::MockArgs;
 use crate::engine::tokens;
 
 mod batches;

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::base::error::Error;
-use crate::engine::provider::Usage;
+use crate::base::usage::Usage;
 
 const EMBEDDED: &str = include_str!("prices.toml");
 

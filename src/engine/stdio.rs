@@ -46,7 +46,8 @@ pub fn resolve(
     state: Option<PathBuf>,
     runs_dir: &Path,
 ) -> Result<Resolved, Error> {
-    let state = state.or_else(|| (!is_std(output)).then(|| crate::engine::store::default_path(output)));
+    let state =
+        state.or_else(|| (!is_std(output)).then(|| crate::engine::store::default_path(output)));
     if !is_std(input) {
         let state = match state {
             Some(s) => s,

@@ -19,8 +19,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::base::error::Error;
-use crate::engine::output::{RowResult, RowStatus};
-use crate::engine::provider::Usage;
+use crate::base::record::RowResult;
+use crate::base::record::RowStatus;
+use crate::base::usage::Usage;
 
 /// Bumped when the tables change; a state file of another version is refused, not misread.
 const SCHEMA_VERSION: i64 = 2;
@@ -54,7 +55,7 @@ CREATE TABLE IF NOT EXISTS rows (
 );
 -- Every commit rewrites the last page of each b-tree it touches, so the journal keeps to two:
 -- no index on request_hash (identical requests are found through a map in memory, see
--- crate::engine::dedup; a hash index put every new row on a random page), none on attempts (seq) and
+-- engine/dedup.rs; a hash index put every new row on a random page), none on attempts (seq) and
 -- no AUTOINCREMENT counter. Together they were 40% of a commit. Older files drop theirs.
 DROP INDEX IF EXISTS rows_by_request;
 CREATE TABLE IF NOT EXISTS attempts (

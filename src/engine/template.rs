@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use minijinja::{Environment, UndefinedBehavior, Value};
 
-use crate::run::settings::PromptSource;
 use crate::base::error::Error;
 use crate::engine::input::{InputFile, Row, list_columns};
 
@@ -343,4 +342,13 @@ mod tests {
             .to_string();
         assert!(msg.contains("--prompt"), "{msg}");
     }
+}
+
+/// Where the user prompt comes from.
+#[derive(Debug, Clone)]
+pub enum PromptSource {
+    /// A minijinja template over the columns.
+    Template(String),
+    /// The text of the column named `prompt`, sent as it is.
+    PromptColumn,
 }

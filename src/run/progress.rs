@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::engine::output::format_cost;
+use crate::base::money::format_cost;
 use crate::run::summary::Stats;
 
 pub struct Progress {

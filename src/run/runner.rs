@@ -29,36 +29,42 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rand::SeedableRng;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::base::error::{Error, ExitStatus};
+use crate::base::money::format_cost;
+use crate::base::record::RowResult;
+use crate::base::record::RowStatus;
+use crate::base::usage::Usage;
 use crate::engine::audit::AuditLog;
 use crate::engine::cache::{Cache, CachedAnswer};
 use crate::engine::concurrency::{Sample, Slots};
-use crate::run::settings::{CacheMode, Endpoint, PromptSource, Resume, RunConfig};
 use crate::engine::dedup::{Dedup, Turn};
 use crate::engine::derived::DerivedColumns;
-use crate::base::error::{Error, ExitStatus};
 use crate::engine::expect::Expectation;
 use crate::engine::input::{IdSet, InputFile, Row};
 use crate::engine::limiter::RateBudget;
 use crate::engine::lock::StateLock;
 use crate::engine::mock::MockServer;
-use crate::engine::output::{ResultsWriter, RowResult, RowStatus, check_writable, format_cost};
+use crate::engine::output::{ResultsWriter, check_writable};
 use crate::engine::pricing::Price;
-use crate::run::progress::Progress;
 use crate::engine::provider::{
-    self, Api, CallError, Completion, ErrorKind, Exchange, Provider, Request, Usage, http_client,
+    self, Api, CallError, Completion, ErrorKind, Exchange, Provider, Request, http_client,
 };
 use crate::engine::retry::RetryPolicy;
 use crate::engine::row_settings::RowSettings;
 use crate::engine::schema::OutputSchema;
 use crate::engine::spend::SpendCap;
-use crate::engine::store::{AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, SeqSet, Store};
-use crate::run::summary::{Stats, Summary};
+use crate::engine::store::{
+    AttemptRecord, Finished, FinishedRows, RunRecord, RunSettings, SeqSet, Store,
+};
+use crate::engine::template::PromptSource;
 use crate::engine::template::Prompts;
 use crate::engine::tokens;
+use crate::run::progress::Progress;
+use crate::run::settings::{CacheMode, Endpoint, Resume, RunConfig};
+use crate::run::summary::{Stats, Summary};
 
 /// Completion tokens reserved against the token budget before any answer has been seen, when
 /// `--max-tokens` is not given; afterwards the reservation follows the answers.
@@ -264,7 +270,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
                 .map_err(|e| Error::io("cannot start the mock server on 127.0.0.1", e))?;
             let url = server.base_url();
             // The mock checks that a key is sent, as the real APIs do; any key will do.
-            let key = Some(crate::run::settings::ApiKey::placeholder());
+            let key = Some(crate::base::secret::ApiKey::placeholder());
             ("mock".to_string(), url, key, Some(server))
         }
         Endpoint::Remote { base_url, api_key } => {
@@ -925,7 +931,7 @@ impl JobMaker {
             self.cfg.prices.lookup(&request.model)
         };
         let body = Bytes::from(self.provider.body(&request));
-        let request_hash = request_hash(&self.endpoint, &body);
+        let request_hash = provider::request_hash(&self.endpoint, &body);
         let cached = match &self.cache {
             // A cache that cannot be read is a cache that misses.
             Some(c) => c.get(&request_hash).unwrap_or_else(|e| {
@@ -945,21 +951,6 @@ impl JobMaker {
             cached,
         })
     }
-}
-
-/// SHA-256 of where a request goes and exactly what it says.
-pub fn request_hash(endpoint: &str, body: &[u8]) -> String {
-    let mut h = Sha256::new();
-    h.update(endpoint.as_bytes());
-    h.update(b"\n");
-    h.update(body);
-    let mut hex = String::with_capacity(64);
-    for b in h.finalize() {
-        for nibble in [b >> 4, b & 0xf] {
-            hex.push(char::from_digit(u32::from(nibble), 16).expect("a nibble is a hex digit"));
-        }
-    }
-    hex
 }
 
 /// The reader thread: renders rows into jobs and sends them until the input ends or the
@@ -1623,22 +1614,5 @@ pub(crate) async fn wait_for_signal() -> bool {
     #[cfg(not(unix))]
     {
         tokio::signal::ctrl_c().await.is_ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_hash_covers_endpoint_and_body() {
-        assert_ne!(request_hash("a", b"x"), request_hash("b", b"x"));
-        assert_ne!(request_hash("a", b"x"), request_hash("a", b"y"));
-        assert_eq!(request_hash("a", b"x").len(), 64);
-        // SHA-256 of "\nabc", in the lowercase hex the state files and caches already hold.
-        assert_eq!(
-            request_hash("", b"abc"),
-            "f39d39bfc99287b848780d4110eb663f0e7c344ae41f46a390c4135b89dc2756"
-        );
     }
 }

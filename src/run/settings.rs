@@ -5,20 +5,21 @@
 //! value is checked and every file the run needs (prompt files, price file) has been read, so a
 //! typo fails in the first second rather than an hour into the job.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::base::error::{Error, describe_io};
+use crate::base::format::{Format, is_std};
+use crate::base::secret::ApiKey;
 use crate::commands::cli::{MockArgs, RunArgs};
 use crate::engine::concurrency::{Concurrency, ConcurrencyList};
-use crate::base::error::{Error, describe_io};
 use crate::engine::expect::Expectation;
-use crate::base::format::{Format, is_std};
 use crate::engine::mock::MockConfig;
 use crate::engine::pricing::PriceTable;
 use crate::engine::provider::{Api, ExtraHeaders};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::schema::OutputSchema;
+use crate::engine::template::PromptSource;
 use std::sync::Arc;
 
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
@@ -28,41 +29,6 @@ const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
 const DEFAULT_GRACE_SECS: f64 = 30.0;
 const DEFAULT_SCHEMA_RETRIES: u32 = 2;
 const SETTINGS_FILE: &str = "batch.toml";
-
-/// Where the user prompt comes from.
-#[derive(Debug, Clone)]
-pub enum PromptSource {
-    /// A minijinja template over the columns.
-    Template(String),
-    /// The text of the column named `prompt`, sent as it is.
-    PromptColumn,
-}
-
-/// An API key. Its `Debug` and `Display` never show it, so it cannot leak through a log line or
-/// an error message by accident; [`ApiKey::expose`] is the one way to read it.
-#[derive(Clone)]
-pub struct ApiKey(String);
-
-impl ApiKey {
-    pub fn new(key: String) -> Self {
-        ApiKey(key)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The key sent to the embedded mock, which wants one as the real APIs do.
-    pub fn placeholder() -> Self {
-        ApiKey("mock-key".into())
-    }
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKey(<redacted>)")
-    }
-}
 
 /// Where requests go.
 #[derive(Debug, Clone)]
@@ -403,7 +369,7 @@ impl RunConfig {
                     None => env_api_key,
                 }
                 .filter(|k| !k.is_empty())
-                .map(ApiKey);
+                .map(ApiKey::new);
                 if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
                     return Err(Error::Usage(format!(
                         "no API key for {base_url}: set {} (or pass --api-key-file FILE). To try \
@@ -457,7 +423,9 @@ impl RunConfig {
                 CacheMode::Off
             } else {
                 CacheMode::On {
-                    dir: args.cache_dir.unwrap_or_else(crate::engine::cache::default_dir),
+                    dir: args
+                        .cache_dir
+                        .unwrap_or_else(crate::engine::cache::default_dir),
                     refresh: args.refresh,
                     truncated: args.cache_truncated,
                 }

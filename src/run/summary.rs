@@ -12,8 +12,10 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::base::error::{Error, describe_io};
+use crate::base::money::format_cost;
+use crate::base::record::RowResult;
+use crate::base::record::RowStatus;
 use crate::engine::expect::PassRate;
-use crate::engine::output::{RowResult, RowStatus, format_cost};
 
 /// Running totals, fed one [`RowResult`] at a time.
 pub struct Stats {
@@ -367,7 +369,7 @@ impl Summary {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::provider::Usage;
+    use crate::base::usage::Usage;
 
     fn result(status: RowStatus, attempts: u32, ms: u64, cost: Option<f64>) -> RowResult {
         RowResult {

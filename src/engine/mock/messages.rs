@@ -334,7 +334,7 @@ pub(super) fn missing_fields(model: &str, n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::{MockConfig, MockServer};
-    use crate::run::settings::ApiKey;
+    use crate::base::secret::ApiKey;
     use crate::engine::provider::anthropic::AnthropicMessages;
     use crate::engine::provider::{ErrorKind, ExtraHeaders, Provider, Request};
     use serde_json::{Value, json};

@@ -293,7 +293,10 @@ mod tests {
             .unwrap();
         assert_eq!(c.finish_reason.as_deref(), Some("max_output_tokens"));
         assert_eq!(c.usage.completion_tokens, 70);
-        assert_eq!(u64::from(crate::engine::tokens::count("gpt-5-mini", &c.text)), 6);
+        assert_eq!(
+            u64::from(crate::engine::tokens::count("gpt-5-mini", &c.text)),
+            6
+        );
         let stats = server.stats();
         assert_eq!(stats.reasoning_tokens, 128);
     }

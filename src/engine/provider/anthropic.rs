@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CallError, Completion, ErrorKind, Exchange, ExtraHeaders, Provider, RateLimitHeaders, Request,
-    Transport, Usage, retry_after, secret_header, should_retry, truncate_message,
+    Transport, retry_after, secret_header, should_retry, truncate_message,
 };
-use crate::run::settings::ApiKey;
+use crate::base::secret::ApiKey;
+use crate::base::usage::Usage;
 
 /// The API version every request names. Anthropic's SDKs still send this one; `--header
 /// 'anthropic-version: ...'` replaces it.
@@ -547,7 +548,8 @@ mod tests {
         let schema = serde_json::json!({"type": "object",
             "properties": {"b": {"type": "string"}, "a": {"type": "integer"}},
             "required": ["b", "a"]});
-        let s = crate::engine::schema::OutputSchema::new("review".into(), schema.clone(), false).unwrap();
+        let s = crate::engine::schema::OutputSchema::new("review".into(), schema.clone(), false)
+            .unwrap();
         let req = Request {
             model: "claude-haiku-4-5".into(),
             system: None,

@@ -14,10 +14,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::run::settings::ApiKey;
+use crate::base::secret::ApiKey;
+use crate::base::usage::Usage;
 pub use crate::engine::limiter::RateLimitHeaders;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 /// The wire formats `batch` speaks. Which one a run uses comes from `--provider` and `--api`, or
 /// from the model name (see [`Api::resolve`]).
@@ -317,18 +319,6 @@ pub struct Request {
     pub schema: Option<std::sync::Arc<crate::engine::schema::OutputSchema>>,
 }
 
-/// Token usage as the server reported it, normalised: `prompt_tokens` is all input tokens, and
-/// `cached_tokens` and `cache_write_tokens` are parts of it; `reasoning_tokens` is part of
-/// `completion_tokens`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub cached_tokens: u64,
-    pub cache_write_tokens: u64,
-    pub reasoning_tokens: u64,
-}
-
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
@@ -573,6 +563,18 @@ pub fn truncate_message(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_hash_covers_endpoint_and_body() {
+        assert_ne!(request_hash("a", b"x"), request_hash("b", b"x"));
+        assert_ne!(request_hash("a", b"x"), request_hash("a", b"y"));
+        assert_eq!(request_hash("a", b"x").len(), 64);
+        // SHA-256 of "\nabc", in the lowercase hex the state files and caches already hold.
+        assert_eq!(
+            request_hash("", b"abc"),
+            "f39d39bfc99287b848780d4110eb663f0e7c344ae41f46a390c4135b89dc2756"
+        );
+    }
     use reqwest::header::HeaderValue;
 
     #[test]
@@ -683,8 +685,8 @@ mod provider_choice_tests {
                 assert_ne!(a.1, b.1);
                 // So the resume and cache key differ too.
                 assert_ne!(
-                    crate::run::runner::request_hash(&a.0, &a.1),
-                    crate::run::runner::request_hash(&b.0, &b.1)
+                    crate::engine::provider::request_hash(&a.0, &a.1),
+                    crate::engine::provider::request_hash(&b.0, &b.1)
                 );
             }
         }
@@ -718,4 +720,19 @@ mod provider_choice_tests {
             assert!(e.contains("--header") && e.contains(says), "{bad}: {e}");
         }
     }
+}
+
+/// SHA-256 of where a request goes and exactly what it says.
+pub fn request_hash(endpoint: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(endpoint.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    let mut hex = String::with_capacity(64);
+    for b in h.finalize() {
+        for nibble in [b >> 4, b & 0xf] {
+            hex.push(char::from_digit(u32::from(nibble), 16).expect("a nibble is a hex digit"));
+        }
+    }
+    hex
 }

@@ -9,9 +9,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     CallError, Completion, ErrorKind, Exchange, ExtraHeaders, Provider, RateLimitHeaders, Request,
-    Transport, Usage, retry_after, secret_header, should_retry, truncate_message,
+    Transport, retry_after, secret_header, should_retry, truncate_message,
 };
-use crate::run::settings::ApiKey;
+use crate::base::secret::ApiKey;
+use crate::base::usage::Usage;
 
 /// 429 codes that mean "no more money" rather than "slow down": retrying them only burns time.
 const QUOTA_CODES: &[&str] = &[
@@ -414,7 +415,8 @@ mod tests {
         let schema = serde_json::json!({"type": "object",
             "properties": {"z": {"type": "string"}, "a": {"type": "integer"}},
             "required": ["z", "a"], "additionalProperties": false});
-        let s = crate::engine::schema::OutputSchema::new("review".into(), schema.clone(), true).unwrap();
+        let s = crate::engine::schema::OutputSchema::new("review".into(), schema.clone(), true)
+            .unwrap();
         let req = Request {
             model: "m".into(),
             system: None,

@@ -12,9 +12,10 @@ use serde::{Deserialize, Serialize};
 use super::openai::{auth_headers, classify_error, request_id};
 use super::{
     CallError, Completion, ErrorKind, Exchange, ExtraHeaders, Provider, RateLimitHeaders, Request,
-    Transport, Usage,
+    Transport,
 };
-use crate::run::settings::ApiKey;
+use crate::base::secret::ApiKey;
+use crate::base::usage::Usage;
 
 pub struct OpenAiResponses {
     transport: Transport,

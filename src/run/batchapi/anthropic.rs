@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::state::Counts;
 use super::{Outcome, RemoteBatch, custom_id_seq};
-use crate::run::settings::ApiKey;
+use crate::base::secret::ApiKey;
 use crate::engine::provider::anthropic::{API_VERSION, classify_error, parse_message};
 use crate::engine::provider::{CallError, ErrorKind, transport_error};
 

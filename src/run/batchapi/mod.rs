@@ -20,15 +20,18 @@ use std::time::Duration;
 
 use rand::SeedableRng;
 
-use crate::commands::cli::{BatchStateArgs, CollectArgs, SubmitArgs};
-use crate::run::settings::{ApiKey, Endpoint, Resume, RunConfig};
 use crate::base::error::{Error, ExitStatus};
+use crate::base::money::format_cost;
+use crate::base::secret::ApiKey;
+use crate::commands::cli::{BatchStateArgs, CollectArgs, SubmitArgs};
 use crate::engine::lock::StateLock;
 use crate::engine::mock::MockServer;
-use crate::engine::output::format_cost;
 use crate::engine::pricing::Price;
-use crate::engine::provider::{self as wire, CallError, Completion, ErrorKind, Provider, http_client};
+use crate::engine::provider::{
+    self as wire, CallError, Completion, ErrorKind, Provider, http_client,
+};
 use crate::engine::retry::RetryPolicy;
+use crate::run::settings::{Endpoint, Resume, RunConfig};
 
 use plan::Limits;
 use state::{BatchState, Counts, Phase, ProviderKind};
@@ -508,8 +511,11 @@ async fn submit(
     }
     // Fail on an unwritable results path or a missing --expect column now, not after the
     // batches ran.
-    let input =
-        crate::engine::input::InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
+    let input = crate::engine::input::InputFile::open_as(
+        &cfg.input,
+        cfg.input_format,
+        cfg.id_column.as_deref(),
+    )?;
     if let Some(e) = &cfg.expect {
         e.column_index(&input.headers, &cfg.input)?;
     }
@@ -837,8 +843,11 @@ async fn collect(
     let started = std::time::Instant::now();
     results::check_input(st)?;
     // Fail on an unwritable results path before waiting for hours.
-    let input =
-        crate::engine::input::InputFile::open_as(&st.input, st.input_format, st.id_column.as_deref())?;
+    let input = crate::engine::input::InputFile::open_as(
+        &st.input,
+        st.input_format,
+        st.id_column.as_deref(),
+    )?;
     let schema = match &st.schema {
         Some(r) => Some(std::sync::Arc::new(r.compile(path)?)),
         None => None,
@@ -850,7 +859,13 @@ async fn collect(
     let (output, format, sanitize) = (st.output.clone(), st.output_format, st.sanitize);
     let writer = || {
         let derived = crate::engine::derived::DerivedColumns::new(schema.clone(), expect.clone());
-        crate::engine::output::ResultsWriter::create_as(&output, format, &input.headers, sanitize, derived)
+        crate::engine::output::ResultsWriter::create_as(
+            &output,
+            format,
+            &input.headers,
+            sanitize,
+            derived,
+        )
     };
     drop(writer()?);
     let mut resubmitted = false;

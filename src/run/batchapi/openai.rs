@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::state::{Counts, ProviderKind};
 use super::{Outcome, RemoteBatch, custom_id_seq};
-use crate::run::settings::ApiKey;
+use crate::base::secret::ApiKey;
 use crate::engine::provider::openai::classify_error;
 use crate::engine::provider::{CallError, ParseFn, transport_error};
 

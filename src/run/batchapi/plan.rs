@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use super::state::{BatchRecord, Phase, ProviderKind, ranges};
 use super::{custom_id, input_line};
-use crate::run::settings::RunConfig;
 use crate::base::error::Error;
 use crate::engine::input::InputFile;
 use crate::engine::provider::{Provider, Request};
-use crate::run::runner::preflight;
 use crate::engine::template::Prompts;
+use crate::run::runner::preflight;
+use crate::run::settings::RunConfig;
 
 /// Per-batch limits in force.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

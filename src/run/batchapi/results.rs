@@ -10,8 +10,10 @@ use super::plan::{Limits, Splitter};
 use super::state::{BatchState, Phase, ProviderKind};
 use super::{Outcome, batch_price, custom_id_seq, file_sha256};
 use crate::base::error::Error;
+use crate::base::record::RowResult;
+use crate::base::record::RowStatus;
 use crate::engine::input::InputFile;
-use crate::engine::output::{ResultsWriter, RowResult, RowStatus};
+use crate::engine::output::ResultsWriter;
 use crate::engine::provider::ErrorKind;
 use crate::engine::schema::OutputSchema;
 use crate::run::summary::Stats;
@@ -48,12 +50,14 @@ fn outcomes(st: &BatchState) -> Result<Outcomes, Error> {
             let path = st.file(name);
             for_each_line(&path, |line| {
                 let parsed = match st.provider {
-                    ProviderKind::OpenAi => {
-                        super::openai::parse_line(line, crate::engine::provider::openai::parse_completion)
-                    }
-                    ProviderKind::OpenAiResponses => {
-                        super::openai::parse_line(line, crate::engine::provider::responses::parse_response)
-                    }
+                    ProviderKind::OpenAi => super::openai::parse_line(
+                        line,
+                        crate::engine::provider::openai::parse_completion,
+                    ),
+                    ProviderKind::OpenAiResponses => super::openai::parse_line(
+                        line,
+                        crate::engine::provider::responses::parse_response,
+                    ),
                     ProviderKind::Anthropic => super::anthropic::parse_line(line),
                 };
                 match parsed {

@@ -34,15 +34,16 @@ pub use report::{
     recommend, to_csv, to_json, to_markdown, to_table,
 };
 
+use crate::base::error::{Error, ExitStatus, describe_io};
+use crate::base::money::format_cost;
 use crate::commands::cli::{BenchArgs, RunArgs};
 use crate::engine::concurrency::Concurrency;
-use crate::run::settings::{CacheMode, Endpoint, Resume, RunConfig};
-use crate::base::error::{Error, ExitStatus, describe_io};
 use crate::engine::input::InputFile;
-use crate::engine::output::{check_writable, format_cost};
-use crate::run::runner;
+use crate::engine::output::check_writable;
 use crate::engine::template::Prompts;
 use crate::engine::tokens;
+use crate::run::runner;
+use crate::run::settings::{CacheMode, Endpoint, Resume, RunConfig};
 
 /// Warm-up rows at most, when `--warmup` is not given.
 const DEFAULT_MAX_WARMUP: u64 = 20;
@@ -617,7 +618,8 @@ fn real_api(endpoint: &Endpoint) -> Option<&str> {
     match endpoint {
         Endpoint::Mock(_) => None,
         Endpoint::Remote { base_url, .. } => {
-            let local = reqwest::Url::parse(base_url).is_ok_and(|u| crate::run::settings::is_loopback(&u));
+            let local =
+                reqwest::Url::parse(base_url).is_ok_and(|u| crate::run::settings::is_loopback(&u));
             (!local).then_some(base_url.as_str())
         }
     }

@@ -33,12 +33,13 @@ use futures::FutureExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::cli::{RunArgs, WatchArgs};
-use crate::run::settings::{Endpoint, PromptSource, Resume, RunConfig};
 use crate::base::error::{Error, ExitStatus};
-use crate::engine::output::format_cost;
-use crate::run::runner;
+use crate::base::money::format_cost;
+use crate::commands::cli::{RunArgs, WatchArgs};
 use crate::engine::store::Store;
+use crate::engine::template::PromptSource;
+use crate::run::runner;
+use crate::run::settings::{Endpoint, Resume, RunConfig};
 use crate::run::summary::Summary;
 use deliver::{Folders, WORK_RESULTS, WORK_SUMMARY};
 use inbox::{Inbox, Noticed};
