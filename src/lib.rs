@@ -38,39 +38,14 @@ pub mod run;
 
 pub use base::error::{Error, ExitStatus};
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 
 /// Parses the process arguments, runs the command and returns its exit status. Everything the
 /// binary does goes through here, so `main.rs` stays a one-liner.
 pub fn main_entry() -> ExitStatus {
     let cli = commands::cli::Cli::parse();
     init_tracing(cli.verbose);
-    let result = match cli.command {
-        commands::cli::Command::Completions { shell } => {
-            let mut cmd = commands::cli::Cli::command();
-            clap_complete::generate(shell, &mut cmd, "batch", &mut std::io::stdout());
-            Ok(ExitStatus::Success)
-        }
-        commands::cli::Command::Run(args) => {
-            run::settings::RunConfig::resolve(*args).and_then(|cfg| {
-                if cfg.batch.via_batch {
-                    block_on(run::batchapi::run_via_batch(cfg))
-                } else {
-                    block_on(run::runner::run(cfg))
-                }
-            })
-        }
-        commands::cli::Command::Submit(args) => block_on(run::batchapi::submit_command(*args)),
-        commands::cli::Command::Status(args) => block_on(run::batchapi::status_command(args)),
-        commands::cli::Command::Collect(args) => block_on(run::batchapi::collect_command(*args)),
-        commands::cli::Command::Cancel(args) => block_on(run::batchapi::cancel_command(args)),
-        commands::cli::Command::Cache { action, cache_dir } => {
-            engine::cache::command(action, cache_dir)
-        }
-        commands::cli::Command::Mock(args) => block_on(engine::mock::serve_forever(args.into())),
-        commands::cli::Command::Bench(args) => block_on(run::bench::run(*args)),
-        commands::cli::Command::Watch(args) => block_on(run::watch::run(*args)),
-    };
+    let result = commands::dispatch(cli.command);
     match result {
         Ok(status) => status,
         Err(err) => {
@@ -78,16 +53,6 @@ pub fn main_entry() -> ExitStatus {
             err.exit_status()
         }
     }
-}
-
-fn block_on<F: std::future::Future<Output = Result<ExitStatus, Error>>>(
-    fut: F,
-) -> Result<ExitStatus, Error> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("cannot start the async runtime", e))?
-        .block_on(fut)
 }
 
 /// Diagnostics go to stderr through `tracing`, off unless `-v` or `RUST_LOG` asks for them; what

@@ -145,7 +145,7 @@ fn modules_of_one_layer_import_each_other_without_a_loop() {
 
 #[test]
 fn the_check_sees_real_imports_and_skips_comments() {
-    let refs = references("use crate::base::usage::Usage;\n// crate::commands::cli\n");
+    let refs = references("use crate::engine::provider::Request;\n// crate::commands::cli\n");
     assert_eq!(
         refs,
         vec![Module {

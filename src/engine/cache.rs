@@ -228,37 +228,6 @@ impl Cache {
     }
 }
 
-/// `batch cache stats|clear`.
-pub fn command(
-    action: crate::commands::cli::CacheAction,
-    dir: Option<PathBuf>,
-) -> Result<crate::ExitStatus, Error> {
-    let mut cache = Cache::open(&dir.unwrap_or_else(default_dir))?;
-    match action {
-        crate::commands::cli::CacheAction::Stats => {
-            let s = cache.stats()?;
-            println!("Cache      {}", s.path);
-            println!("Entries    {} ({} bytes)", s.entries, s.file_bytes);
-            println!(
-                "Tokens     {} prompt + {} completion",
-                s.prompt_tokens, s.completion_tokens
-            );
-            println!(
-                "Cost       ${} when first paid for; each reuse saves it again",
-                crate::base::money::format_cost(s.cost_usd)
-            );
-            if let (Some(old), Some(new)) = (s.oldest, s.newest) {
-                println!("Stored     {old} to {new}");
-            }
-        }
-        crate::commands::cli::CacheAction::Clear { older_than } => {
-            let n = cache.clear(older_than)?;
-            println!("removed {n} cached answers from {}", cache.path().display());
-        }
-    }
-    Ok(crate::ExitStatus::Success)
-}
-
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

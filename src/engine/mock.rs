@@ -33,7 +33,6 @@ use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::base::error::{Error, ExitStatus};
-use crate::commands::cli::MockArgs;
 use crate::engine::tokens;
 
 mod batches;
@@ -104,31 +103,6 @@ impl Default for MockConfig {
             batch_failure_rate: 0.0,
             batch_expire_rate: 0.0,
             batch_max_requests: 50_000,
-        }
-    }
-}
-
-impl From<MockArgs> for MockConfig {
-    fn from(a: MockArgs) -> Self {
-        MockConfig {
-            port: a.port,
-            latency: Duration::from_millis(a.latency_ms),
-            jitter: Duration::from_millis(a.jitter_ms),
-            error_rate: a.error_rate.clamp(0.0, 1.0),
-            slow_rate: a.slow_rate.clamp(0.0, 1.0),
-            slow: Duration::from_millis(a.slow_ms),
-            seed: a.seed,
-            rpm: a.rpm,
-            tpm: a.tpm,
-            quota_exhausted_after: a.quota_exhausted_after,
-            capacity: a.capacity,
-            faults: a.fault,
-            trickle: Duration::from_millis(a.trickle_ms),
-            invalid_json_rate: a.invalid_json_rate.clamp(0.0, 1.0),
-            batch_latency: Duration::from_millis(a.batch_latency_ms),
-            batch_failure_rate: a.batch_failure_rate.clamp(0.0, 1.0),
-            batch_expire_rate: a.batch_expire_rate.clamp(0.0, 1.0),
-            batch_max_requests: a.batch_max_requests,
         }
     }
 }

@@ -23,7 +23,6 @@ use rand::SeedableRng;
 use crate::base::error::{Error, ExitStatus};
 use crate::base::money::format_cost;
 use crate::base::secret::ApiKey;
-use crate::commands::cli::{BatchStateArgs, CollectArgs, SubmitArgs};
 use crate::engine::lock::StateLock;
 use crate::engine::mock::MockServer;
 use crate::engine::pricing::Price;
@@ -41,7 +40,7 @@ pub const BATCH_DISCOUNT: f64 = 0.5;
 /// Retries of one management call (upload, create, poll, download) on transient failures.
 const MANAGEMENT_RETRIES: u32 = 6;
 /// Longest pause between polls by default.
-const DEFAULT_POLL_MAX: Duration = Duration::from_secs(60);
+pub const DEFAULT_POLL_MAX: Duration = Duration::from_secs(60);
 
 /// What became of one request.
 #[derive(Debug, Clone)]
@@ -457,8 +456,7 @@ fn body_provider(cfg: &RunConfig, base_url: &str) -> std::sync::Arc<dyn Provider
 }
 
 /// `batch submit`.
-pub async fn submit_command(args: SubmitArgs) -> Result<ExitStatus, Error> {
-    let cfg = RunConfig::resolve(args.run)?;
+pub async fn submit_command(cfg: RunConfig) -> Result<ExitStatus, Error> {
     if matches!(cfg.endpoint, Endpoint::Mock(_)) && !cfg.dry_run {
         return Err(Error::Usage(
             "`batch submit --mock` would send the batches to a server that ends with this \
@@ -693,9 +691,9 @@ fn dry_run(cfg: &RunConfig, base_url: &str) -> Result<ExitStatus, Error> {
 }
 
 /// `batch status STATE`.
-pub async fn status_command(args: BatchStateArgs) -> Result<ExitStatus, Error> {
-    let mut st = BatchState::load(&args.state)?;
-    let key = api_key(&st, args.api_key_file.as_deref())?;
+pub async fn status_command(path: &Path, api_key_file: Option<&Path>) -> Result<ExitStatus, Error> {
+    let mut st = BatchState::load(path)?;
+    let key = api_key(&st, api_key_file)?;
     let api = Api::new(st.provider, &st.base_url, key.as_ref());
     for i in 0..st.batches.len() {
         if let (Phase::Created, Some(id)) = (st.batches[i].phase, st.batches[i].batch_id.clone()) {
@@ -705,7 +703,7 @@ pub async fn status_command(args: BatchStateArgs) -> Result<ExitStatus, Error> {
     }
     // Only shown: `collect` is the one that records progress, so two commands never race on
     // the file.
-    print_status(&st, &args.state);
+    print_status(&st, path);
     Ok(ExitStatus::Success)
 }
 
@@ -762,11 +760,10 @@ fn print_status(st: &BatchState, path: &Path) {
 }
 
 /// `batch cancel STATE`.
-pub async fn cancel_command(args: BatchStateArgs) -> Result<ExitStatus, Error> {
-    let path = &args.state;
+pub async fn cancel_command(path: &Path, api_key_file: Option<&Path>) -> Result<ExitStatus, Error> {
     let _lock = StateLock::acquire(path)?;
     let mut st = BatchState::load(path)?;
-    let key = api_key(&st, args.api_key_file.as_deref())?;
+    let key = api_key(&st, api_key_file)?;
     let api = Api::new(st.provider, &st.base_url, key.as_ref());
     for i in 0..st.batches.len() {
         if st.batches[i].phase == Phase::Creating
@@ -798,40 +795,32 @@ pub async fn cancel_command(args: BatchStateArgs) -> Result<ExitStatus, Error> {
 }
 
 /// `batch collect STATE`.
-pub async fn collect_command(args: CollectArgs) -> Result<ExitStatus, Error> {
-    let path = args.state.clone();
-    let _lock = StateLock::acquire(&path)?;
-    let mut st = BatchState::load(&path)?;
-    let key = api_key(&st, args.api_key_file.as_deref())?;
+pub async fn collect_command(
+    path: &Path,
+    api_key_file: Option<&Path>,
+    output: Option<PathBuf>,
+    opts: Collect,
+) -> Result<ExitStatus, Error> {
+    let _lock = StateLock::acquire(path)?;
+    let mut st = BatchState::load(path)?;
+    let key = api_key(&st, api_key_file)?;
     let api = Api::new(st.provider, &st.base_url, key.as_ref());
-    if let Some(o) = &args.output {
-        st.output = o.clone();
+    if let Some(o) = output {
+        st.output = o;
     }
-    let poll_max = match args.poll_max {
-        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
-        Some(s) => {
-            return Err(Error::Usage(format!(
-                "--poll-max {s} must be a positive number of seconds"
-            )));
-        }
-        None => DEFAULT_POLL_MAX,
-    };
-    let opts = Collect {
-        wait: args.wait,
-        resubmit_failed: args.resubmit_failed,
-        poll_max,
-        quiet: args.quiet,
-        summary_json: args.summary_json.clone(),
-    };
-    collect(&api, &mut st, &path, &opts).await
+    collect(&api, &mut st, path, &opts).await
 }
 
-struct Collect {
-    wait: bool,
-    resubmit_failed: bool,
-    poll_max: Duration,
-    quiet: bool,
-    summary_json: Option<PathBuf>,
+/// How `collect` goes about it.
+pub struct Collect {
+    /// Poll until every batch has ended.
+    pub wait: bool,
+    /// Send failed, expired or cancelled rows again as new batches.
+    pub resubmit_failed: bool,
+    /// The longest pause between two polls.
+    pub poll_max: Duration,
+    pub quiet: bool,
+    pub summary_json: Option<PathBuf>,
 }
 
 async fn collect(

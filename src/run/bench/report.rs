@@ -642,7 +642,7 @@ pub fn fmt_rate(v: f64) -> String {
     }
 }
 
-pub(super) fn fmt_ms(v: Option<f64>) -> String {
+pub(crate) fn fmt_ms(v: Option<f64>) -> String {
     match v {
         Some(v) => format!("{} ms", ms_cell(Some(v))),
         None => "-".into(),

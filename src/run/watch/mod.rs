@@ -20,208 +20,49 @@
 //! `failed/` with `<name>.error.txt`. A file dropped in again after it was processed is resumed
 //! with its failed rows sent again, so dropping a file back in is how to retry it.
 
-mod deliver;
-mod inbox;
-mod ledger;
+pub(crate) mod deliver;
+pub(crate) mod inbox;
+pub(crate) mod ledger;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use futures::FutureExt;
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::base::error::{Error, ExitStatus};
 use crate::base::money::format_cost;
-use crate::commands::cli::{RunArgs, WatchArgs};
 use crate::engine::store::Store;
 use crate::engine::template::PromptSource;
 use crate::run::runner;
 use crate::run::settings::{Endpoint, Resume, RunConfig};
 use crate::run::summary::Summary;
 use deliver::{Folders, WORK_RESULTS, WORK_SUMMARY};
-use inbox::{Inbox, Noticed};
 use ledger::{Ledger, Outcome, RunState};
 
-/// Runs `batch watch`.
-pub async fn run(args: WatchArgs) -> Result<ExitStatus, Error> {
-    let WatchArgs {
-        run: run_args,
-        settle_ms,
-        rescan_ms,
-        parallel,
-        once,
-    } = args;
-    refuse_run_only_flags(&run_args)?;
-    let dir = run_args.input.clone();
-    if dir.as_os_str().is_empty() {
-        return Err(Error::Usage("no folder to watch given".into()));
-    }
-    let quiet = run_args.quiet;
-    // Every flag is checked (and prompt files read) now, not when the first file arrives.
-    let base = RunConfig::resolve(run_args)?;
-    let folders = Arc::new(Folders::create(&dir)?);
-    let ledger = Ledger::open(&folders.state.join("ledger.sqlite"), &dir)?;
-    folders.clear_temporary();
-    let mut watcher = Watcher {
-        settings: Arc::new(request_settings(&base)),
-        base,
-        folders,
-        ledger,
-        log: Log { quiet },
-        failures: 0,
-    };
-    watcher.finish_cut_short_deliveries()?;
-
-    let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            if crate::run::runner::wait_for_signal().await {
-                stop.cancel();
-            }
-        });
-    }
-    // Filesystem events only wake the loop, which then looks at the folder itself; so a missed
-    // or coalesced event costs at most one rescan period.
-    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let _events = if once {
-        None
-    } else {
-        match fs_events(&dir, wake_tx.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                eprintln!(
-                    "warning: cannot watch {} for filesystem events ({e}); looking every {rescan_ms} \
-                     ms instead",
-                    dir.display()
-                );
-                None
-            }
-        }
-    };
-    let settle = Duration::from_millis(settle_ms);
-    let rescan = Duration::from_millis(rescan_ms);
-    watcher.log.info(&if once {
-        format!(
-            "processing the CSVs in {} once each has not changed for {settle_ms} ms; results in {}",
-            dir.display(),
-            dir.join("done").display()
-        )
-    } else {
-        format!(
-            "watching {}: each CSV that lands there is run once it has not changed for {settle_ms} \
-             ms; results in {}; Ctrl-C to stop",
-            dir.display(),
-            dir.join("done").display()
-        )
-    });
-
-    let mut inbox = Inbox::new(&dir, settle);
-    let mut running: JoinSet<Finished> = JoinSet::new();
-    let mut busy_files: HashSet<PathBuf> = HashSet::new();
-    let mut busy_keys: HashSet<String> = HashSet::new();
-    loop {
-        if !stop.is_cancelled() {
-            for n in inbox.scan(&busy_files, Instant::now()) {
-                match n {
-                    Noticed::Arrived(p, size) => {
-                        tracing::info!(
-                            "{}: arrived ({size} bytes); waiting for it to settle",
-                            name_of(&p)
-                        )
-                    }
-                    Noticed::Changed(p, size) => {
-                        tracing::info!(
-                            "{}: changed ({size} bytes); waiting for it to settle",
-                            name_of(&p)
-                        )
-                    }
-                }
-            }
-            while running.len() < parallel as usize {
-                let Some((path, look)) = inbox.take_ready(Instant::now()) else {
-                    break;
-                };
-                match watcher.start(&path, &busy_keys).await {
-                    Ok(Start::Run(key, job)) => {
-                        busy_files.insert(path);
-                        busy_keys.insert(key);
-                        running.spawn(job);
-                    }
-                    Ok(Start::Later) => inbox.put_back(path, look, Instant::now()),
-                    Err(e) => {
-                        watcher.failures += 1;
-                        watcher.log.problem(&format!(
-                            "{}: cannot be started ({e}); left in place until it changes",
-                            name_of(&path)
-                        ));
-                        inbox.pass_over(path, look);
-                    }
-                }
-            }
-        }
-        if running.is_empty() && (stop.is_cancelled() || (once && inbox.is_empty())) {
-            break;
-        }
-        let tick = inbox
-            .next_due(Instant::now())
-            .map_or(rescan, |d| d.min(rescan))
-            .max(Duration::from_millis(10));
-        tokio::select! {
-            Some(joined) = running.join_next(), if !running.is_empty() => {
-                let finished = joined
-                    .map_err(|e| Error::io("a run failed", std::io::Error::other(e)))?;
-                busy_files.remove(&finished.path);
-                busy_keys.remove(&finished.key);
-                if watcher.file(finished)? == Filed::Interrupted {
-                    stop.cancel();
-                }
-            }
-            Some(()) = wake_rx.recv() => while wake_rx.try_recv().is_ok() {},
-            () = tokio::time::sleep(tick) => {}
-            () = stop.cancelled(), if !stop.is_cancelled() => {
-                if !running.is_empty() {
-                    watcher.log.problem(
-                        "interrupted: the run in progress gets its --grace, then the watcher stops",
-                    );
-                }
-            }
-        }
-    }
-    Ok(if stop.is_cancelled() {
-        ExitStatus::Interrupted
-    } else if watcher.failures > 0 {
-        ExitStatus::RowsFailed
-    } else {
-        ExitStatus::Success
-    })
-}
-
 /// What the loop needs across files.
-struct Watcher {
-    base: RunConfig,
+pub(crate) struct Watcher {
+    pub(crate) base: RunConfig,
     /// The request-shaping settings, part of every fingerprint.
-    settings: Arc<String>,
-    folders: Arc<Folders>,
-    ledger: Ledger,
-    log: Log,
+    pub(crate) settings: Arc<String>,
+    pub(crate) folders: Arc<Folders>,
+    pub(crate) ledger: Ledger,
+    pub(crate) log: Log,
     /// Files that failed or had failed rows.
-    failures: u64,
+    pub(crate) failures: u64,
 }
 
 /// A run that ended, with what is needed to file it.
-struct Finished {
-    path: PathBuf,
-    key: String,
+pub(crate) struct Finished {
+    pub(crate) path: PathBuf,
+    pub(crate) key: String,
     /// The copy that was run (error messages name it; they are relabelled with the input's name).
-    input: PathBuf,
-    result: Result<(ExitStatus, Option<Summary>), Error>,
+    pub(crate) input: PathBuf,
+    pub(crate) result: Result<(ExitStatus, Option<Summary>), Error>,
 }
 
-enum Start {
+pub(crate) enum Start {
     /// The run, to spawn; keyed by its fingerprint.
     Run(String, futures::future::BoxFuture<'static, Finished>),
     /// The same bytes are being run right now (a copy dropped in twice): wait for that run.
@@ -229,7 +70,7 @@ enum Start {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Filed {
+pub(crate) enum Filed {
     Done,
     Interrupted,
 }
@@ -237,7 +78,7 @@ enum Filed {
 impl Watcher {
     /// Deliveries a crash cut short are carried out before anything else, so no file is left half
     /// filed and no name they chose is taken by another.
-    fn finish_cut_short_deliveries(&mut self) -> Result<(), Error> {
+    pub(crate) fn finish_cut_short_deliveries(&mut self) -> Result<(), Error> {
         for d in self.ledger.pending()? {
             deliver::carry_out(&self.folders, &d, &self.settings)?;
             self.ledger.delivered(d.id)?;
@@ -252,7 +93,11 @@ impl Watcher {
     }
 
     /// Copies, fingerprints and records the file, and prepares its run.
-    async fn start(&mut self, path: &Path, busy_keys: &HashSet<String>) -> Result<Start, Error> {
+    pub(crate) async fn start(
+        &mut self,
+        path: &Path,
+        busy_keys: &HashSet<String>,
+    ) -> Result<Start, Error> {
         let name = name_of(path);
         let (key, staged) = {
             let (src, folders, settings) = (
@@ -326,7 +171,7 @@ impl Watcher {
     }
 
     /// Records how a run ended and files its input and results.
-    fn file(&mut self, f: Finished) -> Result<Filed, Error> {
+    pub(crate) fn file(&mut self, f: Finished) -> Result<Filed, Error> {
         let name = name_of(&f.path);
         let work = self.folders.work(&f.key);
         let (outcome, result) = match f.result {
@@ -422,7 +267,7 @@ impl Watcher {
 }
 
 impl Outcome {
-    fn failed() -> Outcome {
+    pub(crate) fn failed() -> Outcome {
         Outcome {
             processed: false,
             ok: 0,
@@ -435,18 +280,18 @@ impl Outcome {
 
 /// One line per event on stderr, with the time: the watcher runs unattended and its log is read
 /// later. `-q` keeps only problems.
-struct Log {
-    quiet: bool,
+pub(crate) struct Log {
+    pub(crate) quiet: bool,
 }
 
 impl Log {
-    fn info(&self, line: &str) {
+    pub(crate) fn info(&self, line: &str) {
         if !self.quiet {
             self.problem(line);
         }
     }
 
-    fn problem(&self, line: &str) {
+    pub(crate) fn problem(&self, line: &str) {
         eprintln!(
             "{} {line}",
             humantime::format_rfc3339_seconds(SystemTime::now())
@@ -457,14 +302,14 @@ impl Log {
 /// Test hook: `BATCH_WATCH_FAULT=after-run` (a run has ended, nothing recorded yet) or
 /// `before-filing` (the delivery is recorded, no file moved yet) aborts the process there, so the
 /// end-to-end tests can prove that a crash at those points neither loses nor repeats a run.
-fn crash_point(name: &str) {
+pub(crate) fn crash_point(name: &str) {
     if std::env::var_os("BATCH_WATCH_FAULT").is_some_and(|v| v == name) {
         eprintln!("BATCH_WATCH_FAULT={name}: aborting");
         std::process::abort();
     }
 }
 
-fn name_of(path: &Path) -> String {
+pub(crate) fn name_of(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
@@ -472,7 +317,7 @@ fn name_of(path: &Path) -> String {
 
 /// The settings that shape requests (what the journal checks when resuming), as one string that
 /// goes into every fingerprint: the same file under another prompt or model is another run.
-fn request_settings(cfg: &RunConfig) -> String {
+pub(crate) fn request_settings(cfg: &RunConfig) -> String {
     let endpoint = match &cfg.endpoint {
         Endpoint::Mock(_) => "mock".to_string(),
         Endpoint::Remote { base_url, .. } => base_url.clone(),
@@ -493,28 +338,8 @@ fn request_settings(cfg: &RunConfig) -> String {
     .to_string()
 }
 
-/// Flags of `batch run` that name one run's files or choose how one run resumes: the watcher
-/// decides those per file.
-fn refuse_run_only_flags(a: &RunArgs) -> Result<(), Error> {
-    let given = [
-        ("-o/--output", a.output.is_some()),
-        ("--state", a.state.is_some()),
-        ("--resume", a.resume),
-        ("--restart", a.restart),
-        ("--summary-json", a.summary_json.is_some()),
-        ("--dry-run", a.dry_run),
-    ];
-    match given.iter().find(|(_, set)| *set) {
-        Some((flag, _)) => Err(Error::Usage(format!(
-            "{flag} is for `batch run`; the watcher writes each file's results and summary to \
-             DIR/done and resumes runs by itself"
-        ))),
-        None => Ok(()),
-    }
-}
-
 /// Wakes the loop on any change in `dir` (not its subfolders).
-fn fs_events(
+pub(crate) fn fs_events(
     dir: &Path,
     wake: tokio::sync::mpsc::UnboundedSender<()>,
 ) -> notify::Result<notify::RecommendedWatcher> {
@@ -524,41 +349,4 @@ fn fs_events(
     })?;
     w.watch(dir, notify::RecursiveMode::NonRecursive)?;
     Ok(w)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_settings_change_with_the_prompt_and_api_but_not_with_pacing() {
-        let cfg = |prompt: &str, concurrency: &str, api| {
-            let args = RunArgs {
-                input: "in".into(),
-                prompt: Some(prompt.into()),
-                concurrency: Some(concurrency.parse().unwrap()),
-                mock: Some(String::new()),
-                api,
-                ..RunArgs::default()
-            };
-            request_settings(&RunConfig::resolve(args).unwrap())
-        };
-        use crate::engine::provider::ApiName::Responses;
-        assert_eq!(cfg("{{a}}", "4", None), cfg("{{a}}", "8", None));
-        assert_ne!(cfg("{{a}}", "4", None), cfg("{{b}}", "4", None));
-        assert_ne!(cfg("{{a}}", "4", None), cfg("{{a}}", "4", Some(Responses)));
-    }
-
-    #[test]
-    fn flags_for_a_single_run_are_refused() {
-        let args = RunArgs {
-            output: Some("x.csv".into()),
-            ..RunArgs::default()
-        };
-        let Err(Error::Usage(msg)) = refuse_run_only_flags(&args) else {
-            panic!("expected a usage error")
-        };
-        assert!(msg.contains("-o/--output"), "{msg}");
-        assert!(refuse_run_only_flags(&RunArgs::default()).is_ok());
-    }
 }

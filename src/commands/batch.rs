@@ -1,0 +1,45 @@
+//! `batch submit`, `status`, `collect` and `cancel`: a job through the providers' Batch APIs
+//! (half the price, answers within 24 hours). The work is in [`crate::run::batchapi`].
+
+use std::time::Duration;
+
+use crate::base::error::{Error, ExitStatus};
+use crate::commands::cli::{BatchStateArgs, CollectArgs, SubmitArgs};
+use crate::run::batchapi::{self, Collect, DEFAULT_POLL_MAX};
+use crate::run::settings::RunConfig;
+
+/// `batch submit`.
+pub async fn submit(args: SubmitArgs) -> Result<ExitStatus, Error> {
+    batchapi::submit_command(RunConfig::resolve(args.run)?).await
+}
+
+/// `batch status STATE`.
+pub async fn status(args: BatchStateArgs) -> Result<ExitStatus, Error> {
+    batchapi::status_command(&args.state, args.api_key_file.as_deref()).await
+}
+
+/// `batch cancel STATE`.
+pub async fn cancel(args: BatchStateArgs) -> Result<ExitStatus, Error> {
+    batchapi::cancel_command(&args.state, args.api_key_file.as_deref()).await
+}
+
+/// `batch collect STATE`.
+pub async fn collect(args: CollectArgs) -> Result<ExitStatus, Error> {
+    let poll_max = match args.poll_max {
+        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
+        Some(s) => {
+            return Err(Error::Usage(format!(
+                "--poll-max {s} must be a positive number of seconds"
+            )));
+        }
+        None => DEFAULT_POLL_MAX,
+    };
+    let opts = Collect {
+        wait: args.wait,
+        resubmit_failed: args.resubmit_failed,
+        poll_max,
+        quiet: args.quiet,
+        summary_json: args.summary_json,
+    };
+    batchapi::collect_command(&args.state, args.api_key_file.as_deref(), args.output, opts).await
+}

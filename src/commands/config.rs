@@ -1,0 +1,537 @@
+//! Flags, `batch.toml` and the environment resolved into one [`RunConfig`] (ripgrep's "low"
+//! arguments to "high" settings).
+//!
+//! Precedence, highest first: a flag on the command line, the environment (`OPENAI_BASE_URL`,
+//! `OPENAI_API_KEY`), the settings file, built-in defaults. After [`RunConfig::resolve`] every
+//! value is checked and every file the run needs (prompt files, price file) has been read, so a
+//! typo fails in the first second rather than an hour into the job.
+
+use crate::base::error::{Error, describe_io};
+use crate::base::format::{Format, is_std};
+use crate::base::secret::ApiKey;
+use crate::commands::cli::{MockArgs, RunArgs};
+use crate::engine::concurrency::{Concurrency, ConcurrencyList};
+use crate::engine::expect::Expectation;
+use crate::engine::pricing::PriceTable;
+use crate::engine::provider::{Api, ExtraHeaders};
+use crate::engine::retry::RetryPolicy;
+use crate::engine::schema::OutputSchema;
+use crate::engine::template::PromptSource;
+use crate::run::settings::*;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_CONCURRENCY: Concurrency = Concurrency::Fixed(16);
+const DEFAULT_MAX_RETRIES: u32 = 6;
+const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
+const DEFAULT_GRACE_SECS: f64 = 30.0;
+const DEFAULT_SCHEMA_RETRIES: u32 = 2;
+const SETTINGS_FILE: &str = "batch.toml";
+
+/// Fills every unset field of `$cli` from `$file`.
+macro_rules! fill_from_file {
+    ($cli:ident, $file:ident; $($field:ident),* $(,)?) => {
+        $( if $cli.$field.is_none() { $cli.$field = $file.$field.take(); } )*
+    };
+}
+
+impl RunConfig {
+    /// Merges flags with the settings file and environment, reads the files the run needs and
+    /// checks every value.
+    pub fn resolve(args: RunArgs) -> Result<Self, Error> {
+        let (cfg, list) = Self::resolve_sweep(args)?;
+        if list.len() > 1 {
+            return Err(Error::Usage(
+                "--concurrency takes one value for `batch run` (a list such as 1,2,4 is for \
+                 `batch bench`)"
+                    .into(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// Like [`RunConfig::resolve`], for `batch bench`: also returns every `--concurrency`
+    /// setting of the list (the config holds the first).
+    pub fn resolve_sweep(mut args: RunArgs) -> Result<(Self, Vec<Concurrency>), Error> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if let Some(mut file) = load_settings(args.config.as_deref())? {
+            fill_from_file!(args, file;
+                prompt, prompt_file, system, system_file, id_column, model, max_tokens,
+                temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
+                mock, summary_json, grace, max_cost, log, provider, api, schema, schema_retries,
+                expect, match_mode, via, batch_max_requests, batch_max_bytes);
+            if args.header.is_empty() {
+                args.header = std::mem::take(&mut file.header);
+            }
+            args.no_strict |= file.no_strict;
+            args.ignore_case |= file.ignore_case;
+            args.ignore_whitespace |= file.ignore_whitespace;
+            args.no_sanitize |= file.no_sanitize;
+            args.no_cache |= file.no_cache;
+            args.no_dedup |= file.no_dedup;
+            args.cache_truncated |= file.cache_truncated;
+            if args.cache_dir.is_none() {
+                args.cache_dir = file.cache_dir.take();
+            }
+            // The environment sits between flags and the file for the base URL.
+            if args.base_url.is_none() && env(api_of(&args).base_url_env()).is_none() {
+                args.base_url = file.base_url.take();
+            }
+        }
+        // Whose variables to read; a bad combination is reported by `from_merged`.
+        let api = api_of(&args);
+        let list = args
+            .concurrency
+            .take()
+            .map(|l| l.0)
+            .filter(|l| !l.is_empty())
+            .unwrap_or_else(|| vec![DEFAULT_CONCURRENCY]);
+        args.concurrency = Some(ConcurrencyList(vec![list[0]]));
+        Self::from_merged(args, env(api.base_url_env()), env(api.key_env())).map(|c| (c, list))
+    }
+
+    /// The pure half of [`RunConfig::resolve`]: no settings file, the environment passed in.
+    fn from_merged(
+        args: RunArgs,
+        env_base_url: Option<String>,
+        env_api_key: Option<String>,
+    ) -> Result<Self, Error> {
+        let api = Api::resolve(
+            args.provider,
+            args.api,
+            args.model.as_deref().unwrap_or(DEFAULT_MODEL),
+        )
+        .map_err(Error::Usage)?;
+        let headers = ExtraHeaders::parse(&args.header).map_err(Error::Usage)?;
+        let mut args = args;
+        if api.is_anthropic() {
+            // The Messages API refuses a request without max_tokens; with the default set here
+            // the rate budget and --max-cost reserve what is really asked for.
+            args.max_tokens = args
+                .max_tokens
+                .or(Some(crate::engine::provider::anthropic::DEFAULT_MAX_TOKENS));
+            if let Some(t) = args.temperature
+                && t > 1.0
+            {
+                return Err(Error::Usage(format!(
+                    "--temperature {t} is out of range for Anthropic; use a value from 0 to 1"
+                )));
+            }
+        }
+        let input = args.input;
+        if input.as_os_str().is_empty() {
+            return Err(Error::Usage("no input file given".into()));
+        }
+        let input_format = args
+            .input_format
+            .or_else(|| Format::from_extension(&input))
+            .unwrap_or_default();
+        let output = match args.output {
+            Some(p) => p,
+            // Read from a pipe, write to one.
+            None if is_std(&input) => PathBuf::from("-"),
+            None => default_output(&input, input_format),
+        };
+        let output_format = args
+            .output_format
+            .or_else(|| Format::from_extension(&output))
+            .unwrap_or(input_format);
+        if !is_std(&output) && same_file(&output, &input) {
+            return Err(Error::Usage(format!(
+                "the output path {} is the input file; choose another with -o",
+                output.display()
+            )));
+        }
+
+        let prompt = match (args.prompt, args.prompt_file) {
+            (Some(t), _) => PromptSource::Template(t),
+            (None, Some(path)) => PromptSource::Template(read_text(&path, "--prompt-file")?),
+            (None, None) => PromptSource::PromptColumn,
+        };
+        let system = match (args.system, args.system_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(path)) => Some(read_text(&path, "--system-file")?),
+            (None, None) => None,
+        };
+
+        let concurrency = args
+            .concurrency
+            .and_then(|l| l.0.first().copied())
+            .unwrap_or(DEFAULT_CONCURRENCY);
+        if let Some(t) = args.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(Error::Usage(format!(
+                "--temperature {t} is out of range; use a value from 0 to 2"
+            )));
+        }
+        for (name, v) in [("--rpm", args.rpm), ("--tpm", args.tpm)] {
+            if v == Some(0) {
+                return Err(Error::Usage(format!(
+                    "{name} 0 would never send anything; leave it out for no limit"
+                )));
+            }
+        }
+        if args.max_tokens == Some(0) {
+            return Err(Error::Usage("--max-tokens must be at least 1".into()));
+        }
+        let timeout_secs = args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if !(timeout_secs.is_finite() && timeout_secs > 0.0) {
+            return Err(Error::Usage(format!(
+                "--timeout {timeout_secs} must be a positive number of seconds"
+            )));
+        }
+
+        let mut prices = PriceTable::embedded();
+        if let Some(path) = &args.price_file {
+            prices.merge_file(path)?;
+        }
+        let model = args.model.unwrap_or_else(|| DEFAULT_MODEL.to_string());
+        if let Some(cap) = args.max_cost {
+            if !(cap.is_finite() && cap > 0.0) {
+                return Err(Error::Usage(format!(
+                    "--max-cost {cap} must be a positive amount of USD"
+                )));
+            }
+            if args.max_tokens.is_none() {
+                return Err(Error::Usage(
+                    "--max-cost needs --max-tokens: without a completion cap a request's worst \
+                     case has no bound, so no cap could be guaranteed"
+                        .into(),
+                ));
+            }
+            if prices.lookup(&model).is_none() {
+                return Err(Error::Usage(format!(
+                    "--max-cost needs a price for model {model:?}, and none is known; add it with \
+                     --price-file"
+                )));
+            }
+        }
+        let grace = args.grace.unwrap_or(DEFAULT_GRACE_SECS);
+        if !(grace.is_finite() && grace >= 0.0) {
+            return Err(Error::Usage(format!(
+                "--grace {grace} must be a number of seconds, 0 or more"
+            )));
+        }
+        let resume = if args.resume {
+            Resume::Yes {
+                retry_failed: args.retry_failed,
+                force: args.force,
+            }
+        } else if args.restart {
+            Resume::Restart
+        } else {
+            Resume::No
+        };
+        if (args.ignore_case || args.ignore_whitespace || args.match_mode.is_some())
+            && args.expect.is_none()
+        {
+            return Err(Error::Usage(
+                "--match, --ignore-case and --ignore-whitespace apply to --expect COLUMN, which \
+                 is not given"
+                    .into(),
+            ));
+        }
+        let expect = args.expect.map(|column| Expectation {
+            column,
+            mode: args.match_mode.unwrap_or_default(),
+            ignore_case: args.ignore_case,
+            ignore_whitespace: args.ignore_whitespace,
+        });
+        if args.no_strict && args.schema.is_none() {
+            return Err(Error::Usage(
+                "--no-strict applies to --schema, which is not given".into(),
+            ));
+        }
+        // Strict mode is OpenAI's; Anthropic takes the schema as a tool's input schema.
+        let strict = !args.no_strict && !api.is_anthropic();
+        let schema = args
+            .schema
+            .as_deref()
+            .map(|p| OutputSchema::load(p, strict).map(Arc::new))
+            .transpose()?;
+        let state = args.state;
+
+        let endpoint = match args.mock {
+            Some(list) => Endpoint::Mock(
+                MockArgs::from_option_list(&list)
+                    .map_err(|e| Error::Usage(format!("in --mock options: {e}")))?
+                    .into(),
+            ),
+            None => {
+                let base_url = args
+                    .base_url
+                    .or(env_base_url)
+                    .unwrap_or_else(|| api.default_base_url().to_string());
+                let url = reqwest::Url::parse(&base_url).map_err(|e| {
+                    Error::Usage(format!(
+                        "--base-url {base_url:?} is not a URL ({e}); it looks like {}",
+                        api.default_base_url()
+                    ))
+                })?;
+                let api_key = match &args.api_key_file {
+                    Some(path) => Some(read_text(path, "--api-key-file")?.trim().to_string()),
+                    None => env_api_key,
+                }
+                .filter(|k| !k.is_empty())
+                .map(ApiKey::new);
+                if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
+                    return Err(Error::Usage(format!(
+                        "no API key for {base_url}: set {} (or pass --api-key-file FILE). To try \
+                         batch without a key, add --mock to use the embedded mock server.",
+                        api.key_env()
+                    )));
+                }
+                Endpoint::Remote { base_url, api_key }
+            }
+        };
+
+        // Last, once every flag is known to be good: stdin is read (and spooled) only for a run
+        // that will go ahead.
+        let runs_dir = args
+            .cache_dir
+            .clone()
+            .unwrap_or_else(crate::engine::cache::default_dir)
+            .join("runs");
+        let stdio = crate::engine::stdio::resolve(&input, input_format, &output, state, &runs_dir)?;
+        Ok(RunConfig {
+            input: stdio.input,
+            spooled_stdin: stdio.spooled,
+            output,
+            input_format,
+            output_format,
+            prompt,
+            system,
+            id_column: args.id_column,
+            model,
+            max_tokens: args.max_tokens,
+            temperature: args.temperature,
+            prices,
+            concurrency,
+            rpm: args.rpm,
+            tpm: args.tpm,
+            retry: RetryPolicy::new(args.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)),
+            timeout: Duration::from_secs_f64(timeout_secs),
+            endpoint,
+            api,
+            headers,
+            summary_json: args.summary_json,
+            quiet: args.quiet,
+            state: stdio.state,
+            resume,
+            grace: Duration::from_secs_f64(grace),
+            max_cost: args.max_cost,
+            dry_run: args.dry_run,
+            log: args.log,
+            sanitize: !args.no_sanitize,
+            cache: if args.no_cache {
+                CacheMode::Off
+            } else {
+                CacheMode::On {
+                    dir: args
+                        .cache_dir
+                        .unwrap_or_else(crate::engine::cache::default_dir),
+                    refresh: args.refresh,
+                    truncated: args.cache_truncated,
+                }
+            },
+            dedup: !args.no_dedup,
+            schema,
+            schema_retries: args.schema_retries.unwrap_or(DEFAULT_SCHEMA_RETRIES),
+            expect,
+            batch: BatchSettings {
+                via_batch: args.via == Some(crate::commands::cli::Via::Batch),
+                max_requests: args.batch_max_requests,
+                max_bytes: args.batch_max_bytes,
+            },
+        })
+    }
+}
+
+/// The wire format the (merged) flags ask for, defaulting where they conflict; `from_merged`
+/// reports the conflict.
+fn api_of(args: &RunArgs) -> Api {
+    Api::resolve(
+        args.provider,
+        args.api,
+        args.model.as_deref().unwrap_or(DEFAULT_MODEL),
+    )
+    .unwrap_or(Api::OpenAiChat)
+}
+
+/// Whether `a` and `b` name the same file however they are spelt (`./in.csv`, an absolute path,
+/// a symlink). `a` need not exist yet.
+fn same_file(a: &Path, b: &Path) -> bool {
+    fn resolve(p: &Path) -> Option<PathBuf> {
+        if let Ok(c) = p.canonicalize() {
+            return Some(c);
+        }
+        let parent = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+    }
+    a == b || matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
+}
+
+fn read_text(path: &Path, flag: &str) -> Result<String, Error> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        Error::Input(format!(
+            "cannot read {} (given to {flag}): {}",
+            path.display(),
+            describe_io(&e)
+        ))
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        Error::Input(format!(
+            "{} (given to {flag}) is not valid UTF-8 near byte {}; save it as UTF-8",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+fn load_settings(explicit: Option<&Path>) -> Result<Option<RunArgs>, Error> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from(SETTINGS_FILE);
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let text = read_text(&path, "--config")?;
+    toml::from_str::<RunArgs>(&text)
+        .map(Some)
+        .map_err(|e| Error::Usage(format!("in settings file {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(input: &str) -> RunArgs {
+        RunArgs {
+            input: input.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn default_output_sits_beside_input() {
+        assert_eq!(
+            default_output(Path::new("data/reviews.csv"), Format::Csv),
+            PathBuf::from("data/reviews.results.csv")
+        );
+    }
+
+    #[test]
+    fn formats_follow_flags_then_extensions_then_the_input() {
+        let cfg = |a: RunArgs| RunConfig::from_merged(a, None, None).unwrap();
+        let mut a = args("in.jsonl");
+        a.mock = Some(String::new());
+        let c = cfg(a);
+        assert_eq!(
+            (c.input_format, c.output_format),
+            (Format::Jsonl, Format::Jsonl)
+        );
+        assert_eq!(c.output, PathBuf::from("in.results.jsonl"));
+
+        let mut a = args("in.jsonl");
+        a.mock = Some(String::new());
+        a.output = Some("out.csv".into());
+        assert_eq!(cfg(a).output_format, Format::Csv);
+
+        let mut a = args("in.txt");
+        a.mock = Some(String::new());
+        a.input_format = Some(Format::Jsonl);
+        a.output = Some("out.data".into());
+        let c = cfg(a);
+        assert_eq!(
+            (c.input_format, c.output_format),
+            (Format::Jsonl, Format::Jsonl)
+        );
+    }
+
+    #[test]
+    fn output_that_is_the_input_spelt_differently_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.csv");
+        std::fs::write(&input, "a\n1\n").unwrap();
+        let other = dir.path().join(".").join("in.csv");
+        assert!(same_file(&other, &input));
+        assert!(!same_file(&dir.path().join("out.csv"), &input));
+        let mut a = args(input.to_str().unwrap());
+        a.output = Some(other);
+        a.mock = Some(String::new());
+        let msg = RunConfig::from_merged(a, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("is the input file"), "{msg}");
+    }
+
+    #[test]
+    fn missing_key_mentions_mock() {
+        let err = RunConfig::from_merged(args("in.csv"), None, None).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("OPENAI_API_KEY") && msg.contains("--mock"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn loopback_server_needs_no_key() {
+        let mut a = args("in.csv");
+        a.base_url = Some("http://127.0.0.1:8080/v1".into());
+        let cfg = RunConfig::from_merged(a, None, None).unwrap();
+        assert!(matches!(
+            cfg.endpoint,
+            Endpoint::Remote { api_key: None, .. }
+        ));
+    }
+
+    #[test]
+    fn key_is_redacted_in_debug() {
+        let cfg =
+            RunConfig::from_merged(args("in.csv"), None, Some("sk-secret-123".into())).unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("sk-secret-123"), "{dbg}");
+    }
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let mut cli = args("in.csv");
+        cli.concurrency = Some(ConcurrencyList(vec![Concurrency::Fixed(3)]));
+        let mut file: RunArgs =
+            toml::from_str("concurrency = 9\nmodel = \"gpt-4o\"\nmock = \"\"").unwrap();
+        fill_from_file!(cli, file; concurrency, model, mock);
+        let cfg = RunConfig::from_merged(cli, None, None).unwrap();
+        assert_eq!(cfg.concurrency, Concurrency::Fixed(3));
+        assert_eq!(cfg.model, "gpt-4o");
+        assert!(matches!(cfg.endpoint, Endpoint::Mock(_)));
+    }
+
+    #[test]
+    fn unknown_settings_key_is_named() {
+        let err = toml::from_str::<RunArgs>("concurency = 9").unwrap_err();
+        assert!(err.to_string().contains("concurency"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let mut a = args("in.csv");
+        a.temperature = Some(3.0);
+        a.mock = Some(String::new());
+        let msg = RunConfig::from_merged(a, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("--temperature"), "{msg}");
+        let err = toml::from_str::<RunArgs>("concurrency = 0").unwrap_err();
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+}
