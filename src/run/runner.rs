@@ -1348,7 +1348,7 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
         // worst case).
         let charged = match &exchange.outcome {
             Ok(c) => job.price.map(|p| p.cost(&c.usage)),
-            Err(e) if cost_unknowable(e) => spend.as_ref().map(|r| r.worst()),
+            Err(e) if e.kind.may_have_been_billed() => spend.as_ref().map(|r| r.worst()),
             Err(_) => spend.as_ref().map(|_| 0.0),
         };
         if let (Some(cap), Some(r)) = (&shared.spend, spend) {
@@ -1527,15 +1527,6 @@ impl Tally {
             *self.billed_cost.get_or_insert(0.0) += c;
         }
     }
-}
-
-/// Whether a failed attempt may have been billed all the same: it timed out, or its answer was
-/// lost or garbled after the server produced it. An HTTP refusal costs nothing.
-fn cost_unknowable(e: &CallError) -> bool {
-    matches!(
-        e.kind,
-        ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::InvalidResponse
-    )
 }
 
 /// What an attempt tells the concurrency controller: 429s, timeouts and 503s are overload.

@@ -388,6 +388,33 @@ impl ErrorKind {
             ErrorKind::Rejected => "request rejected",
         }
     }
+
+    /// Every kind, for reading a [`label`](Self::label) back from the journal.
+    pub const ALL: [ErrorKind; 9] = [
+        ErrorKind::Timeout,
+        ErrorKind::Connection,
+        ErrorKind::RateLimited,
+        ErrorKind::Server,
+        ErrorKind::InvalidResponse,
+        ErrorKind::InvalidAnswer,
+        ErrorKind::QuotaExhausted,
+        ErrorKind::Auth,
+        ErrorKind::Rejected,
+    ];
+
+    /// The kind a journal's outcome string names, if it names one.
+    pub fn from_label(label: &str) -> Option<ErrorKind> {
+        Self::ALL.into_iter().find(|k| k.label() == label)
+    }
+
+    /// Whether a failed attempt may have been billed all the same: it timed out, or its answer
+    /// was lost or garbled after the server produced it. An HTTP refusal costs nothing.
+    pub fn may_have_been_billed(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::InvalidResponse
+        )
+    }
 }
 
 /// A failed attempt.
@@ -563,6 +590,26 @@ pub fn truncate_message(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_kinds_read_back_from_their_labels() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::from_label(kind.label()), Some(kind));
+        }
+        assert_eq!(ErrorKind::from_label("ok"), None);
+        let billed: Vec<_> = ErrorKind::ALL
+            .into_iter()
+            .filter(|k| k.may_have_been_billed())
+            .collect();
+        assert_eq!(
+            billed,
+            [
+                ErrorKind::Timeout,
+                ErrorKind::Connection,
+                ErrorKind::InvalidResponse
+            ]
+        );
+    }
 
     #[test]
     fn request_hash_covers_endpoint_and_body() {

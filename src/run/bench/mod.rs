@@ -38,6 +38,7 @@ use crate::base::error::{Error, ExitStatus, describe_io};
 use crate::base::money::format_cost;
 use crate::engine::concurrency::Concurrency;
 use crate::engine::input::InputFile;
+use crate::engine::provider::ErrorKind;
 use crate::engine::template::Prompts;
 use crate::engine::tokens;
 use crate::run::runner;
@@ -389,9 +390,6 @@ pub struct Span {
 
 /// Outcomes of attempts whose cost cannot be known (the server may have billed an answer we
 /// never saw): the spend cap charges them their worst case, and so does the sweep's budget.
-pub(crate) const UNKNOWN_COST_OUTCOMES: [&str; 3] =
-    ["timeout", "connection error", "invalid response"];
-
 /// The attempts of a finished run, from its state file, and how many of them have an unknown
 /// cost.
 pub(crate) fn read_journal(state: &Path) -> Result<(Vec<Span>, u64), rusqlite::Error> {
@@ -412,7 +410,7 @@ pub(crate) fn read_journal(state: &Path) -> Result<(Vec<Span>, u64), rusqlite::E
     let mut unknown_cost = 0;
     for row in rows {
         let (seq, attempt, started, latency, outcome) = row?;
-        if UNKNOWN_COST_OUTCOMES.contains(&outcome.as_str()) {
+        if ErrorKind::from_label(&outcome).is_some_and(ErrorKind::may_have_been_billed) {
             unknown_cost += 1;
         }
         let Ok(t) = humantime::parse_rfc3339_weak(&started) else {
@@ -567,8 +565,8 @@ impl Drop for WorkDir {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Concurrency::{Auto, Fixed};
     use crate::engine::output::check_writable;
+    use Concurrency::{Auto, Fixed};
 
     fn span(seq: u64, attempt: u32, start_ms: i64, latency_ms: i64) -> Span {
         Span {
