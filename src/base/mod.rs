@@ -3,6 +3,7 @@
 pub mod error;
 pub mod format;
 pub mod money;
+pub mod printer;
 pub mod record;
 pub mod secret;
 pub mod usage;

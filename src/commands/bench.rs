@@ -89,7 +89,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
             u64::from(base.max_tokens.unwrap_or(0)),
         )
     });
-    let real_api = real_api(&base.endpoint);
+    let real_api = base.endpoint.real_api();
     if dry_run {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "Dry run: nothing was sent.");
@@ -160,7 +160,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
         plural(settings.len() as u64, "setting"),
         plural(u64::from(repeat), "run"),
         plural(sample_rows, "row"),
-        endpoint_name(&base.endpoint)
+        base.endpoint.describe()
     ));
 
     let mut warm_files: BTreeMap<u64, PathBuf> = BTreeMap::new();
@@ -262,7 +262,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
     let report = Report::new(
         &base.input,
         &base.model,
-        endpoint_name(&base.endpoint),
+        base.endpoint.describe(),
         sample_rows,
         repeat,
         results,

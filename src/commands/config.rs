@@ -17,6 +17,7 @@ use crate::engine::provider::{Api, ExtraHeaders};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::schema::OutputSchema;
 use crate::engine::template::PromptSource;
+use crate::run::connection::is_loopback;
 use crate::run::settings::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 
 pub mod batchapi;
 pub mod bench;
+pub mod connection;
 pub mod progress;
 pub mod runner;
 pub mod settings;

@@ -46,7 +46,6 @@ use crate::engine::expect::Expectation;
 use crate::engine::input::{IdSet, InputFile, Row};
 use crate::engine::limiter::RateBudget;
 use crate::engine::lock::StateLock;
-use crate::engine::mock::MockServer;
 use crate::engine::output::{ResultsWriter, check_writable};
 use crate::engine::pricing::Price;
 use crate::engine::provider::{
@@ -62,8 +61,9 @@ use crate::engine::store::{
 use crate::engine::template::PromptSource;
 use crate::engine::template::Prompts;
 use crate::engine::tokens;
+use crate::run::connection::Connection;
 use crate::run::progress::Progress;
-use crate::run::settings::{CacheMode, Endpoint, Resume, RunConfig};
+use crate::run::settings::{CacheMode, Resume, RunConfig};
 use crate::run::summary::{Stats, Summary};
 
 /// Completion tokens reserved against the token budget before any answer has been seen, when
@@ -184,21 +184,11 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
     run_to_summary(cfg).await.map(|(status, _)| status)
 }
 
-/// Whether the run must learn the server's rate limits from its headers, holding all but one
-/// request until the first answer. Not for the embedded mock without limits: the run started
-/// it and knows it has none, so the probe would only cost a round trip.
-fn learns_limits(endpoint: &Endpoint) -> bool {
-    match endpoint {
-        Endpoint::Mock(mc) => mc.rpm.is_some() || mc.tpm.is_some(),
-        Endpoint::Remote { .. } => true,
-    }
-}
-
 /// Runs the job and also returns its summary (`None` for a dry run). `batch bench` drives the
 /// runner through this, so what it measures is exactly what `batch run` does.
 pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summary>), Error> {
     let started = Instant::now();
-    if let Endpoint::Mock(_) = &cfg.endpoint {
+    if cfg.endpoint.is_mock() {
         // The embedded mock counts usage with the real tokenizer, which takes a moment to
         // build: start now, so that it overlaps the pre-flight instead of following it.
         let model = cfg.model.clone();
@@ -263,20 +253,8 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     }
     let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
     let mut store = Store::open(&cfg.state)?;
-    let (endpoint, base_url, api_key, _mock) = match &cfg.endpoint {
-        Endpoint::Mock(mc) => {
-            let server = MockServer::start(mc.clone())
-                .await
-                .map_err(|e| Error::io("cannot start the mock server on 127.0.0.1", e))?;
-            let url = server.base_url();
-            // The mock checks that a key is sent, as the real APIs do; any key will do.
-            let key = Some(crate::base::secret::ApiKey::placeholder());
-            ("mock".to_string(), url, key, Some(server))
-        }
-        Endpoint::Remote { base_url, api_key } => {
-            (base_url.clone(), base_url.clone(), api_key.clone(), None)
-        }
-    };
+    let conn = Connection::open(&cfg.endpoint).await?;
+    let endpoint = conn.name.clone();
     let settings = RunSettings {
         input: canonical(&cfg.input),
         // A run resumed against another API would mix answers to different requests.
@@ -336,13 +314,13 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let provider = provider::build(
         cfg.api,
         http_client(cfg.concurrency.ceiling()),
-        &base_url,
-        api_key.as_ref(),
+        &conn.base_url,
+        conn.api_key.as_ref(),
         &cfg.headers,
     );
     let shared = Arc::new(Shared {
         provider: provider.clone(),
-        budget: RateBudget::new(cfg.rpm, cfg.tpm, learns_limits(&cfg.endpoint)),
+        budget: RateBudget::new(cfg.rpm, cfg.tpm, cfg.endpoint.learns_limits()),
         slots: Slots::new(cfg.concurrency),
         retry: cfg.retry,
         timeout: cfg.timeout,
@@ -385,12 +363,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     progress.start_at(finished.as_ref().map_or(0, SeqSet::len));
     let (work_tx, work_rx) = mpsc::channel::<Vec<Result<Job, Error>>>(256 / WORK_CHUNK);
     let reader = {
-        // The embedded mock listens on a new port each run; identify it by name so that a
-        // resumed run (and the cache) recognise its requests as the same.
-        let endpoint = match &cfg.endpoint {
-            Endpoint::Mock(_) => provider.endpoint().replacen(&base_url, "mock:", 1),
-            Endpoint::Remote { .. } => provider.endpoint().to_string(),
-        };
+        let endpoint = conn.stable_url(provider.endpoint());
         let cache = match &cfg.cache {
             CacheMode::On {
                 dir,

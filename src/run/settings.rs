@@ -6,30 +6,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::base::format::Format;
-use crate::base::secret::ApiKey;
+use crate::base::printer::Printer;
 use crate::engine::concurrency::Concurrency;
 use crate::engine::expect::Expectation;
-use crate::engine::mock::MockConfig;
 use crate::engine::pricing::PriceTable;
 use crate::engine::provider::{Api, ExtraHeaders};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::schema::OutputSchema;
 use crate::engine::template::PromptSource;
+pub use crate::run::connection::Endpoint;
 use std::sync::Arc;
 
 pub const DEFAULT_MODEL: &str = "gpt-4.1-mini";
-
-/// Where requests go.
-#[derive(Debug, Clone)]
-pub enum Endpoint {
-    /// Start the embedded mock server and send everything there.
-    Mock(MockConfig),
-    /// A real (or self-hosted) OpenAI-compatible server.
-    Remote {
-        base_url: String,
-        api_key: Option<ApiKey>,
-    },
-}
 
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -79,6 +67,13 @@ pub struct RunConfig {
     pub batch: BatchSettings,
 }
 
+impl RunConfig {
+    /// What this run may print, and where.
+    pub fn printer(&self) -> Printer {
+        Printer::new(self.quiet)
+    }
+}
+
 /// How `--via batch` and `batch submit` cut the job into batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct BatchSettings {
@@ -120,16 +115,4 @@ pub fn default_output(input: &Path, format: Format) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into());
     input.with_file_name(format!("{stem}.results.{}", format.extension()))
-}
-
-/// Local servers (vLLM, Ollama, the mock) usually need no key.
-pub fn is_loopback(url: &reqwest::Url) -> bool {
-    match url.host_str() {
-        Some("localhost") => true,
-        Some(host) => host
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback()),
-        None => false,
-    }
 }

@@ -24,12 +24,12 @@ use crate::base::error::{Error, ExitStatus};
 use crate::base::money::format_cost;
 use crate::base::secret::ApiKey;
 use crate::engine::lock::StateLock;
-use crate::engine::mock::MockServer;
 use crate::engine::pricing::Price;
 use crate::engine::provider::{
     self as wire, CallError, Completion, ErrorKind, Provider, http_client,
 };
 use crate::engine::retry::RetryPolicy;
+use crate::run::connection::Connection;
 use crate::run::settings::{Endpoint, Resume, RunConfig};
 
 use plan::Limits;
@@ -414,7 +414,7 @@ fn api_key(st: &BatchState, key_file: Option<&Path>) -> Result<Option<ApiKey>, E
     .filter(|k| !k.is_empty());
     let local = reqwest::Url::parse(&st.base_url)
         .ok()
-        .is_some_and(|u| crate::run::settings::is_loopback(&u));
+        .is_some_and(|u| crate::run::connection::is_loopback(&u));
     if key.is_none() && !local {
         return Err(Error::Usage(format!(
             "no API key for {}: set {var} (or pass --api-key-file FILE)",
@@ -457,7 +457,7 @@ fn body_provider(cfg: &RunConfig, base_url: &str) -> std::sync::Arc<dyn Provider
 
 /// `batch submit`.
 pub async fn submit_command(cfg: RunConfig) -> Result<ExitStatus, Error> {
-    if matches!(cfg.endpoint, Endpoint::Mock(_)) && !cfg.dry_run {
+    if cfg.endpoint.is_mock() && !cfg.dry_run {
         return Err(Error::Usage(
             "`batch submit --mock` would send the batches to a server that ends with this \
              process; start `batch mock` and pass its --base-url, or use `batch run --via batch \
@@ -956,15 +956,8 @@ async fn drive(api: &Api, st: &mut BatchState, path: &Path, opts: &Collect) -> R
 
 /// `batch run --via batch`: submit, then collect with --wait, in one command.
 pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
-    let (base_url, key, _mock) = match &cfg.endpoint {
-        Endpoint::Mock(mc) => {
-            let server = MockServer::start(mc.clone())
-                .await
-                .map_err(|e| Error::io("cannot start the mock server on 127.0.0.1", e))?;
-            (server.base_url(), Some(ApiKey::placeholder()), Some(server))
-        }
-        Endpoint::Remote { base_url, api_key } => (base_url.clone(), api_key.clone(), None),
-    };
+    let conn = Connection::open(&cfg.endpoint).await?;
+    let (base_url, key) = (conn.base_url.clone(), conn.api_key.clone());
     if cfg.dry_run {
         return dry_run(&cfg, &base_url);
     }

@@ -42,7 +42,7 @@ use crate::engine::provider::ErrorKind;
 use crate::engine::template::Prompts;
 use crate::engine::tokens;
 use crate::run::runner;
-use crate::run::settings::{CacheMode, Endpoint, Resume, RunConfig};
+use crate::run::settings::{CacheMode, Resume, RunConfig};
 
 /// Warm-up rows at most, when `--warmup` is not given.
 pub(crate) const DEFAULT_MAX_WARMUP: u64 = 20;
@@ -303,41 +303,6 @@ impl SweepPlan {
                 )
             }
         }
-    }
-}
-
-/// The base URL when requests go to a real API: not the mock, not a server on this machine.
-pub(crate) fn real_api(endpoint: &Endpoint) -> Option<&str> {
-    match endpoint {
-        Endpoint::Mock(_) => None,
-        Endpoint::Remote { base_url, .. } => {
-            let local =
-                reqwest::Url::parse(base_url).is_ok_and(|u| crate::run::settings::is_loopback(&u));
-            (!local).then_some(base_url.as_str())
-        }
-    }
-}
-
-pub(crate) fn endpoint_name(endpoint: &Endpoint) -> String {
-    match endpoint {
-        Endpoint::Mock(m) => {
-            let mut s = format!("the mock ({} ms latency", m.latency.as_millis());
-            if !m.jitter.is_zero() {
-                s.push_str(&format!(" + up to {} ms", m.jitter.as_millis()));
-            }
-            if let Some(c) = m.capacity {
-                s.push_str(&format!(", capacity {c}"));
-            }
-            if let Some(r) = m.rpm {
-                s.push_str(&format!(", {r} rpm"));
-            }
-            if let Some(t) = m.tpm {
-                s.push_str(&format!(", {t} tpm"));
-            }
-            s.push(')');
-            s
-        }
-        Endpoint::Remote { base_url, .. } => base_url.clone(),
     }
 }
 
@@ -745,22 +710,6 @@ mod tests {
         );
         std::fs::write(&input, "").unwrap();
         assert!(write_head(&input, crate::base::format::Format::Csv, 10, &out).is_err());
-    }
-
-    #[test]
-    fn real_api_is_anything_but_the_mock_and_this_machine() {
-        let remote = |u: &str| Endpoint::Remote {
-            base_url: u.into(),
-            api_key: None,
-        };
-        assert_eq!(
-            real_api(&remote("https://api.openai.com/v1")),
-            Some("https://api.openai.com/v1")
-        );
-        assert_eq!(real_api(&remote("http://127.0.0.1:8000/v1")), None);
-        assert_eq!(real_api(&remote("http://localhost:11434/v1")), None);
-        assert_eq!(real_api(&remote("http://[::1]:8000/v1")), None);
-        assert_eq!(real_api(&Endpoint::Mock(Default::default())), None);
     }
 
     #[test]
