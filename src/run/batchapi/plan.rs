@@ -13,7 +13,7 @@ use crate::base::error::Error;
 use crate::engine::input::InputFile;
 use crate::engine::provider::{Provider, Request};
 use crate::engine::template::Prompts;
-use crate::run::runner::preflight;
+use crate::run::runner::preflight::{PreflightOptions, preflight};
 use crate::run::settings::RunConfig;
 
 /// Per-batch limits in force.
@@ -185,7 +185,7 @@ pub fn plan(
         Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
         None => None,
     };
-    let opts = crate::run::runner::PreflightOptions {
+    let opts = PreflightOptions {
         model: cfg.model.clone(),
         max_tokens: cfg.max_tokens,
         prices: cfg.prices.clone(),

@@ -1,0 +1,193 @@
+//! The journal: every outcome committed to the state file in groups (a `kill -9` loses at most the rows in flight), answers stored in the cache, slots released, and rows that waited for an identical request answered. Also the start of a run in the state file: new, or resumed after checking that the settings match.
+
+use std::path::Path;
+
+use tokio::sync::mpsc;
+
+use super::job::Job;
+use super::shared::Shared;
+use crate::base::error::Error;
+use crate::base::record::RowResult;
+use crate::base::record::RowStatus;
+use crate::engine::cache::{Cache, CachedAnswer};
+use crate::engine::provider::Api;
+use crate::engine::store::{Finished, RunRecord, RunSettings, Store};
+use crate::run::settings::{Resume, RunConfig};
+
+/// Row outcomes committed to the journal in one transaction, at most.
+pub(super) const JOURNAL_GROUP: usize = 1024;
+
+/// An outcome on its way to the journal.
+pub(super) struct JournalEntry {
+    pub(super) finished: Finished,
+    /// The row had a concurrency slot, which the journal releases once the outcome is committed.
+    pub(super) holds_slot: bool,
+    /// The row's request was sent for identical ones too, whose answers the journal then writes.
+    pub(super) leads: bool,
+}
+
+/// The journal thread: commits outcomes in groups, stores new answers in the cache, releases
+/// the slots of the rows that had one, writes the answers of rows that waited for an identical
+/// request, and passes every result on. Returns the store (for the final bookkeeping) and the
+/// first write error, if any; a journal that cannot be written stops the run.
+pub(super) fn write_journal(
+    mut store: Store,
+    mut cache: Option<(Cache, bool)>,
+    rx: std::sync::mpsc::Receiver<JournalEntry>,
+    shared: &Shared,
+    results: &mpsc::UnboundedSender<RowResult>,
+) -> (Store, Option<Error>) {
+    let mut error = None;
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        while group.len() < JOURNAL_GROUP {
+            match rx.try_recv() {
+                Ok(item) => group.push(item),
+                Err(_) => break,
+            }
+        }
+        let mut commit = |finished: &[Finished]| {
+            if error.is_none()
+                && let Err(e) = store.record(finished)
+            {
+                shared.stop_with(format!("{e}"));
+                error = Some(e);
+            }
+        };
+        let (finished, flags): (Vec<_>, Vec<_>) = group
+            .into_iter()
+            .map(|e| (e.finished, (e.holds_slot, e.leads)))
+            .unzip();
+        commit(&finished);
+        if let Some((c, truncated)) = cache.as_mut() {
+            let answers: Vec<(&str, CachedAnswer)> = finished
+                .iter()
+                .filter(|f| cacheable(&f.result, *truncated))
+                .map(|f| (f.request_hash.as_str(), answer_of(&f.result)))
+                .collect();
+            if !answers.is_empty()
+                && let Err(e) = c.put_many(answers.iter().map(|(k, a)| (*k, a)))
+            {
+                // The run goes on without storing answers rather than stopping for the cache.
+                eprintln!("warning: {e}; answers of this run will not be cached");
+                cache = None;
+            }
+        }
+        // Rows that waited for an identical request get its answer, now that it is committed
+        // (so a later identical row finds it in the journal).
+        let mut reused = Vec::new();
+        if let Some(dedup) = &shared.dedup {
+            for (f, (_, leads)) in finished.iter().zip(&flags) {
+                if !*leads {
+                    continue;
+                }
+                for (seq, id) in dedup.answered(&f.request_hash, &f.result) {
+                    reused.push(Finished {
+                        result: RowResult::reused(seq, id, &f.result),
+                        request_hash: f.request_hash.clone(),
+                        attempts: Vec::new(),
+                    });
+                }
+            }
+        }
+        if !reused.is_empty() {
+            commit(&reused);
+        }
+        for (f, (holds_slot, _)) in finished.into_iter().zip(flags) {
+            if holds_slot {
+                shared.slots.release();
+            }
+            let _ = results.send(f.result);
+        }
+        for f in reused {
+            let _ = results.send(f.result);
+        }
+    }
+    (store, error)
+}
+
+/// Whether an answer may be cached: complete and successful, and not cut off by the token cap
+/// unless `truncated` allows it. Answers that came from the cache are there already.
+pub(super) fn cacheable(r: &RowResult, truncated: bool) -> bool {
+    r.status == RowStatus::Ok && !r.cached && (truncated || !Api::is_truncated(&r.finish_reason))
+}
+
+pub(super) fn answer_of(r: &RowResult) -> CachedAnswer {
+    CachedAnswer {
+        text: r.output.clone(),
+        finish_reason: r.finish_reason.clone(),
+        model: r.model.clone(),
+        usage: r.usage.unwrap_or_default(),
+        cost_usd: r.cost,
+    }
+}
+
+/// The result of a row answered from the cache: nothing paid, the original usage kept.
+pub(super) fn cached_result(job: &Job, a: CachedAnswer, priced: bool) -> RowResult {
+    RowResult {
+        seq: job.seq,
+        id: job.id.clone(),
+        status: RowStatus::Ok,
+        output: a.text,
+        error: String::new(),
+        attempts: 0,
+        throttled: 0,
+        latency: None,
+        usage: Some(a.usage),
+        cost: priced.then_some(0.0),
+        model: a.model,
+        finish_reason: a.finish_reason,
+        cached: true,
+        saved_usd: a.cost_usd,
+    }
+}
+
+/// Records a new run in the state file, or checks that the recorded one may be resumed. Returns
+/// the recorded run when resuming.
+pub(super) fn prepare_state(
+    store: &mut Store,
+    cfg: &RunConfig,
+    settings: &RunSettings,
+    rows: u64,
+) -> Result<Option<RunRecord>, Error> {
+    let recorded = store.run()?;
+    let state = cfg.state.display();
+    match (recorded, cfg.resume) {
+        (None, Resume::Yes { .. }) => Err(Error::Usage(format!(
+            "nothing to resume: {state} records no run (the state file sits beside the results; \
+             give the same -o, or --state PATH)"
+        ))),
+        (Some(run), Resume::No) if !run.finished => Err(Error::Usage(format!(
+            "an unfinished run is recorded in {state} ({} ok and {} failed of {} rows); add \
+             --resume to continue it without paying again for finished rows, or --restart to \
+             discard it",
+            run.ok, run.failed, run.total_rows
+        ))),
+        (Some(run), Resume::Yes { force, .. }) => {
+            let changed = run.settings.differences(settings);
+            if !changed.is_empty() && !force {
+                return Err(Error::Usage(format!(
+                    "cannot resume: the run recorded in {state} was made with a different {}; \
+                     resuming would mix answers to different requests in one file. Use --force \
+                     to resume anyway (rows whose request changed are sent again), or --restart \
+                     to start over",
+                    changed.join(", ")
+                )));
+            }
+            store.update_settings(settings, rows)?;
+            store.set_finished(false)?;
+            Ok(Some(run))
+        }
+        _ => {
+            store.start_run(settings, rows)?;
+            Ok(None)
+        }
+    }
+}
+
+pub(super) fn canonical(path: &Path) -> String {
+    path.canonicalize()
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}

@@ -1,0 +1,259 @@
+//! Pre-flight: every row read, checked and rendered before anything is sent or written, so every problem in the input is listed at once, with its line. `--dry-run` prints the plan it makes.
+
+use std::collections::BTreeMap;
+
+use crate::base::error::Error;
+use crate::base::money::format_cost;
+use crate::engine::expect::Expectation;
+use crate::engine::input::{IdSet, InputFile, Row};
+use crate::engine::pricing::Price;
+use crate::engine::row_settings::RowSettings;
+use crate::engine::template::Prompts;
+use crate::engine::tokens;
+use crate::run::settings::RunConfig;
+
+/// Input errors listed before "... and N more".
+pub(super) const MAX_LISTED_ERRORS: usize = 10;
+
+/// What the pre-flight learned.
+pub(crate) struct Plan {
+    pub(crate) rows: u64,
+    /// Prompt tokens of every row (counted only for a dry run).
+    pub(crate) prompt_tokens: u64,
+    /// The rows by the model they go to (`--model`, or the row's `model` cell).
+    pub(crate) models: BTreeMap<String, ModelPlan>,
+}
+
+/// The rows that go to one model.
+#[derive(Debug, Default)]
+pub(crate) struct ModelPlan {
+    pub(super) rows: u64,
+    /// Counted only for a dry run.
+    pub(super) prompt_tokens: u64,
+    /// The sum of the rows' completion caps; `None` once a row has no cap.
+    pub(super) completion_cap: Option<u64>,
+}
+
+/// What the pre-flight checks beyond the rows themselves.
+pub(crate) struct PreflightOptions {
+    pub(crate) model: String,
+    pub(crate) max_tokens: Option<u32>,
+    pub(crate) prices: crate::engine::pricing::PriceTable,
+    /// `--max-cost` is set: every row's model needs a price.
+    pub(crate) capped: bool,
+    pub(crate) count_tokens: bool,
+    /// `--expect`: the expectation and its column, whose cells are checked too.
+    pub(crate) expect: Option<(Expectation, usize)>,
+}
+
+/// Checks every row and renders every prompt without sending anything. Lists the first few
+/// problems with their lines so they can all be fixed in one go. `batch submit` checks its
+/// input with it too.
+pub(crate) fn preflight(
+    input: &InputFile,
+    prompts: &Prompts,
+    opts: &PreflightOptions,
+) -> Result<Plan, Error> {
+    let settings = RowSettings::new(input);
+    let mut ids = IdSet::default();
+    let mut errors = Vec::new();
+    let mut more = 0usize;
+    let mut rows = 0u64;
+    let mut prompt_tokens = 0u64;
+    let mut models: BTreeMap<String, ModelPlan> = BTreeMap::new();
+    let mut last_row = None;
+    let at = |row: &Row| format!("{}: line {}", input.path.display(), row.line);
+    for row in input.rows()? {
+        let problem = match row {
+            Err(e) => Some(e.to_string()),
+            Ok(row) => {
+                rows += 1;
+                ids.insert(&row);
+                let expected = opts
+                    .expect
+                    .as_ref()
+                    .map(|(e, i)| e.check_expected(row.record.get(*i).unwrap_or("")));
+                let checked = prompts
+                    .render(input, &row)
+                    .map_err(|e| format!("{}: {e}", at(&row)))
+                    .and_then(|r| {
+                        let o = settings
+                            .read(&row)
+                            .map_err(|e| format!("{}, {e}", at(&row)))?;
+                        if let Some(Err(e)) = &expected {
+                            return Err(format!("{}: {e}", at(&row)));
+                        }
+                        Ok((r, o))
+                    });
+                let problem = match checked {
+                    Err(e) => Some(e),
+                    Ok((r, o)) => {
+                        let model = o.model(&opts.model);
+                        let plan = match models.get_mut(model) {
+                            Some(p) => p,
+                            None => {
+                                let first = ModelPlan {
+                                    completion_cap: Some(0),
+                                    ..Default::default()
+                                };
+                                models.entry(model.to_string()).or_insert(first)
+                            }
+                        };
+                        plan.rows += 1;
+                        let cap = o.max_tokens.or(opts.max_tokens).map(u64::from);
+                        plan.completion_cap = plan.completion_cap.zip(cap).map(|(a, b)| a + b);
+                        if opts.count_tokens {
+                            let system = o.system.or(r.system.as_deref());
+                            let n = u64::from(tokens::count_chat(model, system, &r.user));
+                            plan.prompt_tokens += n;
+                            prompt_tokens += n;
+                        }
+                        (opts.capped && opts.prices.lookup(model).is_none()).then(|| {
+                            format!(
+                                "{}, column \"model\": --max-cost needs a price for model \
+                                 {model:?}, and none is known; add it with --price-file",
+                                at(&row)
+                            )
+                        })
+                    }
+                };
+                last_row = Some(row);
+                problem
+            }
+        };
+        if let Some(p) = problem {
+            if errors.len() < MAX_LISTED_ERRORS {
+                errors.push(p);
+            } else {
+                more += 1;
+            }
+        }
+    }
+    if let Some(last) = &last_row
+        && let Some(problem) = input.unterminated_quote(last)?
+    {
+        errors.push(problem);
+    }
+    for dup in ids.duplicates(input)? {
+        if errors.len() < MAX_LISTED_ERRORS {
+            errors.push(dup);
+        } else {
+            more += 1;
+        }
+    }
+    if !errors.is_empty() {
+        let mut msg = errors.join("\n");
+        if more > 0 {
+            msg.push_str(&format!("\n... and {more} more problems"));
+        }
+        msg.push_str("\nNothing was sent; fix the input and run again.");
+        return Err(Error::Input(msg));
+    }
+    if rows == 0 {
+        return Err(Error::Input(format!(
+            "{} has a header but no rows; add one row per request",
+            input.path.display()
+        )));
+    }
+    Ok(Plan {
+        rows,
+        prompt_tokens,
+        models,
+    })
+}
+
+/// `--dry-run`: what the run would send and cost, priced per row's model.
+pub(super) fn print_plan(cfg: &RunConfig, plan: &Plan) {
+    let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
+    println!("Dry run: nothing was sent and nothing was written.");
+    println!(
+        "Rows         {} in {} (every row checked, every prompt rendered)",
+        plan.rows,
+        cfg.input.display()
+    );
+    let priced: Vec<(&String, &ModelPlan, Option<Price>)> = plan
+        .models
+        .iter()
+        .map(|(m, p)| (m, p, cfg.prices.lookup(m)))
+        .collect();
+    let unpriced: Vec<String> = priced
+        .iter()
+        .filter(|(_, _, p)| p.is_none())
+        .map(|(m, _, _)| format!("{m:?}"))
+        .collect();
+    let completion = priced
+        .iter()
+        .try_fold(0u64, |sum, (_, p, _)| Some(sum + p.completion_cap?));
+    // Per-row caps are possible (a `max_tokens` column), so the cap is named per row only when
+    // every row has the flag's.
+    let cap_note = match cfg.max_tokens {
+        Some(m) if completion == Some(plan.rows * u64::from(m)) => {
+            format!("--max-tokens {m} a row")
+        }
+        _ => "each row's max_tokens".into(),
+    };
+    if !unpriced.is_empty() {
+        println!("Prompts      {} tokens", plan.prompt_tokens);
+        println!(
+            "Cost         unknown: no price for model {}; add one with --price-file",
+            unpriced.join(", ")
+        );
+        return;
+    }
+    let prompt_cost: f64 = priced
+        .iter()
+        .map(|(_, m, p)| p.map_or(0.0, |p| p.estimate(m.prompt_tokens, 0)))
+        .sum();
+    match priced.as_slice() {
+        [(model, _, Some(p))] => println!(
+            "Prompts      {} tokens, {} at {model}'s input price (${} per 1M)",
+            plan.prompt_tokens,
+            dollars(prompt_cost),
+            p.input
+        ),
+        _ => println!(
+            "Prompts      {} tokens, {} at each row's model's input price",
+            plan.prompt_tokens,
+            dollars(prompt_cost),
+        ),
+    }
+    match completion {
+        Some(c) => {
+            let completion_cost: f64 = priced
+                .iter()
+                .map(|(_, m, p)| p.map_or(0.0, |p| p.estimate(0, m.completion_cap.unwrap_or(0))))
+                .sum();
+            println!(
+                "Completions  at most {c} tokens ({cap_note}), {}",
+                dollars(completion_cost)
+            );
+            println!(
+                "Worst case   {} (prices as of {})",
+                dollars(prompt_cost + completion_cost),
+                cfg.prices.as_of
+            );
+        }
+        None => println!(
+            "Completions  unknown: without --max-tokens an answer's length has no bound{}",
+            match priced.as_slice() {
+                [(_, _, Some(p))] => format!(" (${} per 1M output tokens)", p.output),
+                _ => String::new(),
+            }
+        ),
+    }
+    if priced.len() > 1 {
+        for (model, m, p) in &priced {
+            let worst = p
+                .zip(m.completion_cap)
+                .map(|(p, c)| dollars(p.estimate(m.prompt_tokens, c)));
+            println!(
+                "  {model:<22} {} rows, {} prompt tokens{}",
+                m.rows,
+                m.prompt_tokens,
+                worst
+                    .map(|w| format!(", worst case {w}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+}

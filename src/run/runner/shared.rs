@@ -1,0 +1,89 @@
+//! What every row task shares: the provider, budgets, slots, policies, and the stop signals.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::job::Job;
+use crate::engine::audit::AuditLog;
+use crate::engine::concurrency::Slots;
+use crate::engine::dedup::Dedup;
+use crate::engine::limiter::RateBudget;
+use crate::engine::provider::Provider;
+use crate::engine::retry::RetryPolicy;
+use crate::engine::schema::OutputSchema;
+use crate::engine::spend::SpendCap;
+
+/// Completion tokens reserved against the token budget before any answer has been seen, when
+/// `--max-tokens` is not given; afterwards the reservation follows the answers.
+pub(super) const INITIAL_COMPLETION_ESTIMATE: f64 = 256.0;
+
+/// What every row task needs, shared.
+pub(super) struct Shared {
+    pub(super) provider: Arc<dyn Provider>,
+    pub(super) budget: RateBudget,
+    pub(super) slots: Slots,
+    pub(super) retry: RetryPolicy,
+    pub(super) timeout: Duration,
+    pub(super) spend: Option<SpendCap>,
+    pub(super) audit: Option<AuditLog>,
+    /// Answers must fit this schema; one that does not is resent up to `schema_retries` times.
+    pub(super) schema: Option<Arc<OutputSchema>>,
+    pub(super) schema_retries: u32,
+    /// Identical requests are sent once. `None` with `--no-dedup`.
+    pub(super) dedup: Option<Dedup>,
+    /// Completion tokens an answer is expected to need: a running mean of the answers seen.
+    pub(super) completion_estimate: Mutex<f64>,
+    /// Cancelled when the run must stop dispatching.
+    pub(super) stop: CancellationToken,
+    /// Cancelled when requests in flight must be abandoned (the grace period is over).
+    pub(super) abort: CancellationToken,
+    pub(super) stop_reason: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Stops dispatching; the first reason given is the one reported.
+    pub(super) fn stop_with(&self, reason: String) {
+        let mut r = self.stop_reason.lock().expect("stop reason lock");
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.stop.cancel();
+    }
+
+    pub(super) fn stop_reason(&self) -> String {
+        self.stop_reason
+            .lock()
+            .expect("stop reason lock")
+            .clone()
+            .unwrap_or_else(|| "the run was stopped".into())
+    }
+
+    /// Completion tokens to reserve for one request: the learned mean with a margin, never
+    /// more than `--max-tokens` (the most an answer can be).
+    pub(super) fn completion_reservation(&self, max_tokens: Option<u32>) -> u32 {
+        let learned = *self.completion_estimate.lock().expect("estimate lock") * 1.25;
+        let learned = learned.ceil() as u32 + 1;
+        max_tokens.map_or(learned, |m| m.min(learned))
+    }
+
+    pub(super) fn learn_completion(&self, tokens: u64) {
+        let mut e = self.completion_estimate.lock().expect("estimate lock");
+        *e = if *e == INITIAL_COMPLETION_ESTIMATE {
+            tokens as f64
+        } else {
+            *e * 0.9 + tokens as f64 * 0.1
+        };
+    }
+
+    /// The most one attempt of `job` can cost: its prompt (with a margin for tokenizer
+    /// differences) and a full completion, at full price.
+    pub(super) fn worst_cost(&self, job: &Job) -> f64 {
+        let prompt = f64::from(job.prompt_tokens()) * 1.1 + 16.0;
+        let completion = job.request.max_tokens.unwrap_or(0);
+        job.price.map_or(0.0, |p| {
+            p.estimate(prompt.ceil() as u64, u64::from(completion))
+        })
+    }
+}
