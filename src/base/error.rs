@@ -74,3 +74,66 @@ pub fn describe_io(e: &std::io::Error) -> String {
         _ => e.to_string(),
     }
 }
+
+/// Problems found in the input, collected so that all of them can be fixed in one go: the first
+/// few are listed, the rest counted.
+#[derive(Debug, Default)]
+pub struct Problems {
+    listed: Vec<String>,
+    more: usize,
+}
+
+impl Problems {
+    /// Problems listed before "... and N more".
+    const LISTED: usize = 10;
+
+    pub fn push(&mut self, problem: impl Into<String>) {
+        if self.listed.len() < Self::LISTED {
+            self.listed.push(problem.into());
+        } else {
+            self.more += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty()
+    }
+
+    /// `Ok` if there were none; otherwise one input error that lists them and says nothing was
+    /// sent.
+    pub fn check(self) -> Result<(), Error> {
+        if self.listed.is_empty() {
+            return Ok(());
+        }
+        let mut msg = self.listed.join("\n");
+        if self.more > 0 {
+            msg.push_str(&format!("\n... and {} more problems", self.more));
+        }
+        msg.push_str("\nNothing was sent; fix the input and run again.");
+        Err(Error::Input(msg))
+    }
+}
+
+#[cfg(test)]
+mod problems_tests {
+    use super::*;
+
+    #[test]
+    fn ten_problems_are_listed_and_the_rest_counted() {
+        assert!(Problems::default().check().is_ok());
+        let mut p = Problems::default();
+        for i in 0..12 {
+            p.push(format!("line {i}: bad"));
+        }
+        let msg = p.check().unwrap_err().to_string();
+        assert!(
+            msg.contains("line 9: bad") && !msg.contains("line 10: bad"),
+            "{msg}"
+        );
+        assert!(msg.contains("... and 2 more problems"), "{msg}");
+        assert!(
+            msg.ends_with("Nothing was sent; fix the input and run again."),
+            "{msg}"
+        );
+    }
+}

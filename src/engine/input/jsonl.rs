@@ -23,10 +23,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::JsonCells;
-use crate::base::error::Error;
-
-/// Problems listed before "... and N more".
-const MAX_LISTED: usize = 10;
+use crate::base::error::{Error, Problems};
 
 /// The keys of one line, in order, with their values as written.
 struct Object<'a>(Vec<(String, &'a RawValue)>);
@@ -129,7 +126,7 @@ pub fn columns(path: &Path) -> Result<Vec<String>, Error> {
     let mut lines = Lines::open(path)?;
     let mut headers: Vec<String> = Vec::new();
     let mut known: HashMap<String, ()> = HashMap::new();
-    let (mut errors, mut more) = (Vec::new(), 0usize);
+    let mut problems = Problems::default();
     while lines.advance(path)? {
         match lines.parse(path) {
             Ok(Object(entries)) => {
@@ -140,18 +137,10 @@ pub fn columns(path: &Path) -> Result<Vec<String>, Error> {
                     }
                 }
             }
-            Err(e) if errors.len() < MAX_LISTED => errors.push(e.to_string()),
-            Err(_) => more += 1,
+            Err(e) => problems.push(e.to_string()),
         }
     }
-    if !errors.is_empty() {
-        let mut msg = errors.join("\n");
-        if more > 0 {
-            msg.push_str(&format!("\n... and {more} more problems"));
-        }
-        msg.push_str("\nNothing was sent; fix the input and run again.");
-        return Err(Error::Input(msg));
-    }
+    problems.check()?;
     if lines.line == 0 {
         return Err(Error::Input(format!(
             "{} is empty: it needs one JSON object per line, one line per request",

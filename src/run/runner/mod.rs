@@ -1,6 +1,7 @@
 //! The scheduler: every row of the input through limiter, provider and retry policy into the
 //! results, with a bounded number of requests in flight, a journal that makes the run
-//! resumable, and a spend cap.
+//! resumable, and a spend cap. [`run_to_summary`] is the whole run in order; one row's path is
+//! [`attempt`] (reserve, send, classify, retry or record).
 //!
 //! Shape of a run:
 //!
@@ -13,7 +14,7 @@
 //!    request changed.
 //! 4. The dispatcher takes a slot (at most `--concurrency` rows in flight) and spawns the row's
 //!    task (`process_row`); after a stop (Ctrl-C, spend cap, exhausted quota) it marks rows
-//!    `skipped` instead of sending them.
+//!    `skipped` instead of sending them ([`dispatch`]).
 //! 5. The journal thread commits every outcome in groups and only then releases the row's slot,
 //!    so a `kill -9` loses at most the rows in flight. The collector (this task) keeps live
 //!    totals for the progress bar.
@@ -35,6 +36,7 @@ use crate::engine::cache::Cache;
 use crate::engine::concurrency::Slots;
 use crate::engine::dedup::Dedup;
 use crate::engine::derived::DerivedColumns;
+use crate::engine::expect::Expectation;
 use crate::engine::input::InputFile;
 use crate::engine::limiter::RateBudget;
 use crate::engine::lock::StateLock;
@@ -42,7 +44,7 @@ use crate::engine::output::{ResultsWriter, check_writable};
 use crate::engine::provider::{self, Api, http_client};
 use crate::engine::row_settings::RowSettings;
 use crate::engine::spend::SpendCap;
-use crate::engine::store::{FinishedRows, RunSettings, SeqSet, Store};
+use crate::engine::store::{FinishedRows, RunRecord, RunSettings, SeqSet, Store};
 use crate::engine::template::PromptSource;
 use crate::engine::template::Prompts;
 use crate::run::connection::Connection;
@@ -62,7 +64,7 @@ mod signals;
 use dispatch::dispatch;
 use job::{Job, JobMaker, WORK_CHUNK, read_work};
 use journal::{JournalEntry, canonical, prepare_state, write_journal};
-use preflight::{PreflightOptions, preflight, print_plan};
+use preflight::{Plan, PreflightOptions, preflight, print_plan};
 use results::write_results;
 use shared::{INITIAL_COMPLETION_ESTIMATE, Shared};
 pub(crate) use signals::wait_for_signal;
@@ -77,156 +79,24 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
 /// runner through this, so what it measures is exactly what `batch run` does.
 pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summary>), Error> {
     let started = Instant::now();
-    if cfg.endpoint.is_mock() {
-        // The embedded mock counts usage with the real tokenizer, which takes a moment to
-        // build: start now, so that it overlaps the pre-flight instead of following it.
-        let model = cfg.model.clone();
-        std::thread::spawn(move || crate::engine::tokens::count(&model, "warm up"));
-    }
-    let input = InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
-    let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
-    let price = cfg.prices.lookup(&cfg.model);
-    let expect = match &cfg.expect {
-        Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
-        None => None,
-    };
-    let plan = {
-        let (input, prompts) = (input.clone(), prompts.clone());
-        let opts = PreflightOptions {
-            model: cfg.model.clone(),
-            max_tokens: cfg.max_tokens,
-            prices: cfg.prices.clone(),
-            capped: cfg.max_cost.is_some(),
-            count_tokens: cfg.dry_run,
-            expect: expect.clone(),
-        };
-        tokio::task::spawn_blocking(move || preflight(&input, &prompts, &opts))
-            .await
-            .map_err(|e| Error::io("pre-flight check failed", std::io::Error::other(e)))??
-    };
+    warm_up_mock(&cfg);
+    let checked = check_input(&cfg).await?;
     if cfg.dry_run {
         if cfg.spooled_stdin {
             let _ = std::fs::remove_file(&cfg.input);
         }
-        print_plan(&cfg, &plan);
+        print_plan(&cfg, &checked.plan);
         return Ok((ExitStatus::Success, None));
     }
-
     // One process per job: a second one would send the same rows, and write the same files.
     let _lock = StateLock::acquire(&cfg.state)?;
-    // Everything that could fail on a path fails now, before anything is spent.
-    let derived = DerivedColumns::new(cfg.schema.clone(), expect);
-    let writer = if crate::base::format::is_std(&cfg.output) {
-        let tmp = crate::engine::stdio::stdout_partial(&cfg.state);
-        let headers = &input.headers;
-        ResultsWriter::create_for_stdout(&tmp, cfg.output_format, headers, cfg.sanitize, derived)?
-    } else {
-        let (out, format, headers) = (&cfg.output, cfg.output_format, &input.headers);
-        ResultsWriter::create_as(out, format, headers, cfg.sanitize, derived)?
-    };
-    if let Some(path) = &cfg.summary_json {
-        check_writable(path, "--summary-json")?;
-    }
-    if matches!(cfg.resume, Resume::Yes { .. }) && !cfg.state.exists() {
-        return Err(Error::Usage(format!(
-            "nothing to resume: {} does not exist ({})",
-            cfg.state.display(),
-            if crate::base::format::is_std(&cfg.output) {
-                "with -o -, the state file is kept in the cache folder under a key made from the \
-                 input file's path, or from the data piped to stdin: pipe exactly the same data \
-                 again, or give --state PATH both times"
-            } else {
-                "the state file sits beside the results; give the same -o, or --state PATH"
-            }
-        )));
-    }
-    let audit = cfg.log.as_deref().map(AuditLog::open).transpose()?;
-    let mut store = Store::open(&cfg.state)?;
+    let (writer, mut store) = open_files(&cfg, &checked)?;
     let conn = Connection::open(&cfg.endpoint).await?;
-    let endpoint = conn.name.clone();
-    let settings = RunSettings {
-        input: canonical(&cfg.input),
-        // A run resumed against another API would mix answers to different requests.
-        endpoint: match cfg.api {
-            Api::OpenAiChat => endpoint,
-            api => format!("{endpoint} ({})", api.label()),
-        },
-        model: cfg.model.clone(),
-        prompt: match &cfg.prompt {
-            PromptSource::Template(t) => t.clone(),
-            PromptSource::PromptColumn => "<column prompt>".into(),
-        },
-        system: cfg.system.clone(),
-        max_tokens: cfg.max_tokens,
-        temperature: cfg.temperature,
-    };
-    let resumed_run = prepare_state(&mut store, &cfg, &settings, plan.rows)?;
-
-    let progress = Progress::new(plan.rows, cfg.quiet);
-    // One warning per model that rows go to and that has no price.
-    for model in plan.models.keys() {
-        if cfg.prices.lookup(model).is_none() {
-            progress.println(&format!(
-                "warning: no price is known for model {model:?}, so costs will be left empty; \
-                 add it with --price-file (prices as of {})",
-                cfg.prices.as_of
-            ));
-        }
-    }
-    if let Some(run) = &resumed_run {
-        progress.println(&format!(
-            "resuming: {} rows ok and {} failed of {} are recorded in {}{}",
-            run.ok,
-            run.failed,
-            run.total_rows,
-            cfg.state.display(),
-            match cfg.resume {
-                Resume::Yes {
-                    retry_failed: true, ..
-                } => "; failed rows will be sent again",
-                _ => "",
-            }
-        ));
-    }
-    let spend = match cfg.max_cost {
-        Some(cap) => Some(SpendCap::new(
-            cap,
-            if resumed_run.is_some() {
-                store.spent()?
-            } else {
-                0.0
-            },
-        )),
-        None => None,
-    };
-
-    let provider = provider::build(
-        cfg.api,
-        http_client(cfg.concurrency.ceiling()),
-        &conn.base_url,
-        conn.api_key.as_ref(),
-        &cfg.headers,
-    );
-    let shared = Arc::new(Shared {
-        provider: provider.clone(),
-        budget: RateBudget::new(cfg.rpm, cfg.tpm, cfg.endpoint.learns_limits()),
-        slots: Slots::new(cfg.concurrency),
-        retry: cfg.retry,
-        timeout: cfg.timeout,
-        spend,
-        audit,
-        schema: cfg.schema.clone(),
-        schema_retries: cfg.schema_retries,
-        dedup: if cfg.dedup {
-            Some(Dedup::new(FinishedRows::open(&cfg.state)?))
-        } else {
-            None
-        },
-        completion_estimate: Mutex::new(INITIAL_COMPLETION_ESTIMATE),
-        stop: CancellationToken::new(),
-        abort: CancellationToken::new(),
-        stop_reason: Mutex::new(None),
-    });
+    let settings = request_settings(&cfg, &conn);
+    let resumed = prepare_state(&mut store, &cfg, &settings, checked.plan.rows)?;
+    let progress = Progress::new(checked.plan.rows, cfg.quiet);
+    announce(&cfg, &checked, resumed.as_ref(), &progress);
+    let shared = share(&cfg, &conn, resumed.is_some(), &store)?;
     let interrupted = Arc::new(AtomicBool::new(false));
     let signals = tokio::spawn(watch_signals(
         shared.clone(),
@@ -234,126 +104,38 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         cfg.grace,
         cfg.state.clone(),
     ));
-
-    // Reader thread -> dispatcher -> row tasks -> journal thread -> collector.
-    let finished = match &resumed_run {
-        Some(_) => {
-            let retry_failed = matches!(
-                cfg.resume,
-                Resume::Yes {
-                    retry_failed: true,
-                    ..
-                }
-            );
-            Some(FinishedRows::open(&cfg.state)?.finished_set(retry_failed)?)
-        }
-        None => None,
-    };
+    let finished = finished_rows(&cfg, resumed.is_some())?;
     progress.start_at(finished.as_ref().map_or(0, SeqSet::len));
-    let (work_tx, work_rx) = mpsc::channel::<Vec<Result<Job, Error>>>(256 / WORK_CHUNK);
-    let reader = {
-        let endpoint = conn.stable_url(provider.endpoint());
-        let cache = match &cfg.cache {
-            CacheMode::On {
-                dir,
-                refresh: false,
-                ..
-            } => Some(Cache::open(dir)?),
-            _ => None,
-        };
-        let maker = JobMaker {
-            input: input.clone(),
-            prompts: prompts.clone(),
-            provider,
-            endpoint,
-            cfg: cfg.clone(),
-            cache,
-            settings: RowSettings::new(&input),
-            price,
-        };
-        let state = cfg.state.clone();
-        std::thread::spawn(move || read_work(&maker, finished, &state, work_tx))
-    };
-    let (result_tx, mut result_rx) = mpsc::unbounded_channel::<RowResult>();
-    let (journal_tx, journal_rx) = std::sync::mpsc::channel::<JournalEntry>();
-    let journal = {
-        let shared = shared.clone();
-        let cache = match &cfg.cache {
-            CacheMode::On { dir, truncated, .. } => Some((Cache::open(dir)?, *truncated)),
-            CacheMode::Off => None,
-        };
-        std::thread::spawn(move || write_journal(store, cache, journal_rx, &shared, &result_tx))
-    };
-    let dispatcher = tokio::spawn(dispatch(work_rx, shared.clone(), journal_tx));
-
-    // Collector: live totals for the progress bar.
-    let mut live = Stats::default();
-    let mut last_draw = Instant::now();
-    while let Some(result) = result_rx.recv().await {
-        live.record(&result);
-        if last_draw.elapsed() >= Duration::from_millis(100) {
-            progress.update(&live);
-            last_draw = Instant::now();
-        }
-    }
-    // The channel closes once the dispatcher, every row task and the journal are done.
-    let read_error = dispatcher
-        .await
-        .map_err(|e| Error::io("dispatcher failed", std::io::Error::other(e)))?;
-    let (store, journal_error) = journal
-        .join()
-        .map_err(|_| Error::io("journal failed", std::io::Error::other("panic")))?;
-    let _ = reader.join();
+    let mut pipeline = Pipeline::start(&cfg, &checked, &conn, &shared, store, finished)?;
+    let live = pipeline.collect(&progress).await;
+    let (store, journal_error) = pipeline.join().await;
     signals.abort();
     progress.update(&live);
     progress.finish();
-    if let Some(e) = read_error {
-        return Err(e);
-    }
-
-    // The results file: the input merged with the journal, in input order.
+    let (store, journal_error) = (store?, journal_error);
+    let stopped = shared.stop.is_cancelled().then(|| shared.stop_reason());
     let missing_reason = journal_error
         .as_ref()
         .map(|e| format!("not recorded: {e}"))
         .unwrap_or_else(|| shared.stop_reason());
-    let (stats, output) = {
-        let (input, state, model) = (input.clone(), cfg.state.clone(), cfg.model.clone());
-        tokio::task::spawn_blocking(move || {
-            write_results(&input, &state, writer, &model, &missing_reason)
-        })
-        .await
-        .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))??
-    };
+    let (stats, output) = merge_results(&cfg, &checked, writer, missing_reason).await?;
     let complete = stats.skipped == 0 && journal_error.is_none();
     store.set_finished(complete)?;
     if complete && cfg.spooled_stdin {
         // Nothing is left to resume; the copy of stdin has served its purpose.
         let _ = std::fs::remove_file(&cfg.input);
     }
-    if let Some(audit) = Arc::into_inner(shared.clone()).and_then(|s| s.audit) {
+    if let Some(audit) = Arc::into_inner(shared).and_then(|s| s.audit) {
         audit.finish()?;
     }
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
     summary.resumed = stats.done().saturating_sub(live.done());
-    if plan.models.len() <= 1 {
+    if checked.plan.models.len() <= 1 {
         // One model asked for (a dated name in some answers is still that one model).
         summary.models.clear();
     }
-    if shared.stop.is_cancelled() {
-        summary.stopped = Some(shared.stop_reason());
-    }
-    if let Some(path) = &cfg.summary_json {
-        summary.write_json(path)?;
-    }
-    if !cfg.quiet {
-        let _ = summary.print(&mut std::io::stderr().lock());
-        if !complete {
-            eprintln!(
-                "State      {} (run again with --resume to finish)",
-                cfg.state.display()
-            );
-        }
-    }
+    summary.stopped = stopped;
+    report(&cfg, &summary, complete)?;
     if let Some(e) = journal_error {
         return Err(e);
     }
@@ -365,4 +147,315 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         ExitStatus::Success
     };
     Ok((status, Some(summary)))
+}
+
+/// The embedded mock counts usage with the real tokenizer, which takes a moment to build:
+/// start now, so that it overlaps the pre-flight instead of following it.
+fn warm_up_mock(cfg: &RunConfig) {
+    if cfg.endpoint.is_mock() {
+        let model = cfg.model.clone();
+        std::thread::spawn(move || crate::engine::tokens::count(&model, "warm up"));
+    }
+}
+
+/// The input, opened and checked: every row read and rendered once before anything is sent.
+struct Checked {
+    input: InputFile,
+    prompts: Arc<Prompts>,
+    /// `--expect` and the index of its column.
+    expect: Option<(Expectation, usize)>,
+    plan: Plan,
+}
+
+/// Step 1, the pre-flight (on a blocking thread: it reads the whole input).
+async fn check_input(cfg: &RunConfig) -> Result<Checked, Error> {
+    let input = InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
+    let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
+    let expect = match &cfg.expect {
+        Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
+        None => None,
+    };
+    let opts = PreflightOptions {
+        model: cfg.model.clone(),
+        max_tokens: cfg.max_tokens,
+        prices: cfg.prices.clone(),
+        capped: cfg.max_cost.is_some(),
+        count_tokens: cfg.dry_run,
+        expect: expect.clone(),
+    };
+    let (i, p) = (input.clone(), prompts.clone());
+    let plan = tokio::task::spawn_blocking(move || preflight(&i, &p, &opts))
+        .await
+        .map_err(|e| Error::io("pre-flight check failed", std::io::Error::other(e)))??;
+    Ok(Checked {
+        input,
+        prompts,
+        expect,
+        plan,
+    })
+}
+
+/// Step 2: everything that could fail on a path fails now, before anything is spent: the
+/// results file (written through a temporary file), `--summary-json`, the state file.
+fn open_files(cfg: &RunConfig, checked: &Checked) -> Result<(ResultsWriter, Store), Error> {
+    let derived = DerivedColumns::new(cfg.schema.clone(), checked.expect.clone());
+    let headers = &checked.input.headers;
+    let stdout = crate::base::format::is_std(&cfg.output);
+    let writer = if stdout {
+        let tmp = crate::engine::stdio::stdout_partial(&cfg.state);
+        ResultsWriter::create_for_stdout(&tmp, cfg.output_format, headers, cfg.sanitize, derived)?
+    } else {
+        let (out, format) = (&cfg.output, cfg.output_format);
+        ResultsWriter::create_as(out, format, headers, cfg.sanitize, derived)?
+    };
+    if let Some(path) = &cfg.summary_json {
+        check_writable(path, "--summary-json")?;
+    }
+    if matches!(cfg.resume, Resume::Yes { .. }) && !cfg.state.exists() {
+        return Err(Error::Usage(format!(
+            "nothing to resume: {} does not exist ({})",
+            cfg.state.display(),
+            if stdout {
+                "with -o -, the state file is kept in the cache folder under a key made from the \
+                 input file's path, or from the data piped to stdin: pipe exactly the same data \
+                 again, or give --state PATH both times"
+            } else {
+                "the state file sits beside the results; give the same -o, or --state PATH"
+            }
+        )));
+    }
+    Ok((writer, Store::open(&cfg.state)?))
+}
+
+/// The settings that shape requests, recorded so that a resumed run can refuse to mix answers
+/// to different requests in one file.
+fn request_settings(cfg: &RunConfig, conn: &Connection) -> RunSettings {
+    RunSettings {
+        input: canonical(&cfg.input),
+        // A run resumed against another API would mix answers to different requests.
+        endpoint: match cfg.api {
+            Api::OpenAiChat => conn.name.clone(),
+            api => format!("{} ({})", conn.name, api.label()),
+        },
+        model: cfg.model.clone(),
+        prompt: match &cfg.prompt {
+            PromptSource::Template(t) => t.clone(),
+            PromptSource::PromptColumn => "<column prompt>".into(),
+        },
+        system: cfg.system.clone(),
+        max_tokens: cfg.max_tokens,
+        temperature: cfg.temperature,
+    }
+}
+
+/// Warns once per model that has no price, and says what a resumed run picks up.
+fn announce(cfg: &RunConfig, checked: &Checked, resumed: Option<&RunRecord>, progress: &Progress) {
+    for model in checked.plan.models.keys() {
+        if cfg.prices.lookup(model).is_none() {
+            progress.println(&format!(
+                "warning: no price is known for model {model:?}, so costs will be left empty; \
+                 add it with --price-file (prices as of {})",
+                cfg.prices.as_of
+            ));
+        }
+    }
+    if let Some(run) = resumed {
+        progress.println(&format!(
+            "resuming: {} rows ok and {} failed of {} are recorded in {}{}",
+            run.ok,
+            run.failed,
+            run.total_rows,
+            cfg.state.display(),
+            if retry_failed(cfg) {
+                "; failed rows will be sent again"
+            } else {
+                ""
+            }
+        ));
+    }
+}
+
+fn retry_failed(cfg: &RunConfig) -> bool {
+    matches!(
+        cfg.resume,
+        Resume::Yes {
+            retry_failed: true,
+            ..
+        }
+    )
+}
+
+/// What every row task shares: the provider on the connection, the budgets and the policies.
+fn share(
+    cfg: &RunConfig,
+    conn: &Connection,
+    resumed: bool,
+    store: &Store,
+) -> Result<Arc<Shared>, Error> {
+    let spend = match cfg.max_cost {
+        Some(cap) => Some(SpendCap::new(
+            cap,
+            if resumed { store.spent()? } else { 0.0 },
+        )),
+        None => None,
+    };
+    let provider = provider::build(
+        cfg.api,
+        http_client(cfg.concurrency.ceiling()),
+        &conn.base_url,
+        conn.api_key.as_ref(),
+        &cfg.headers,
+    );
+    Ok(Arc::new(Shared {
+        provider,
+        budget: RateBudget::new(cfg.rpm, cfg.tpm, cfg.endpoint.learns_limits()),
+        slots: Slots::new(cfg.concurrency),
+        retry: cfg.retry,
+        timeout: cfg.timeout,
+        spend,
+        audit: cfg.log.as_deref().map(AuditLog::open).transpose()?,
+        schema: cfg.schema.clone(),
+        schema_retries: cfg.schema_retries,
+        dedup: if cfg.dedup {
+            Some(Dedup::new(FinishedRows::open(&cfg.state)?))
+        } else {
+            None
+        },
+        completion_estimate: Mutex::new(INITIAL_COMPLETION_ESTIMATE),
+        stop: CancellationToken::new(),
+        abort: CancellationToken::new(),
+        stop_reason: Mutex::new(None),
+    }))
+}
+
+/// On resume, the rows the journal has finished (failed ones too, unless `--retry-failed`).
+fn finished_rows(cfg: &RunConfig, resumed: bool) -> Result<Option<SeqSet>, Error> {
+    if !resumed {
+        return Ok(None);
+    }
+    Ok(Some(
+        FinishedRows::open(&cfg.state)?.finished_set(retry_failed(cfg))?,
+    ))
+}
+
+/// Reader thread -> dispatcher -> row tasks -> journal thread -> collector (the caller).
+struct Pipeline {
+    reader: std::thread::JoinHandle<()>,
+    dispatcher: tokio::task::JoinHandle<Option<Error>>,
+    journal: std::thread::JoinHandle<(Store, Option<Error>)>,
+    results: mpsc::UnboundedReceiver<RowResult>,
+}
+
+impl Pipeline {
+    /// Starts the reader and journal threads and the dispatcher task.
+    fn start(
+        cfg: &RunConfig,
+        checked: &Checked,
+        conn: &Connection,
+        shared: &Arc<Shared>,
+        store: Store,
+        finished: Option<SeqSet>,
+    ) -> Result<Self, Error> {
+        let (work_tx, work_rx) = mpsc::channel::<Vec<Result<Job, Error>>>(256 / WORK_CHUNK);
+        let maker = JobMaker {
+            input: checked.input.clone(),
+            prompts: checked.prompts.clone(),
+            provider: shared.provider.clone(),
+            endpoint: conn.stable_url(shared.provider.endpoint()),
+            cfg: cfg.clone(),
+            cache: match &cfg.cache {
+                CacheMode::On {
+                    dir,
+                    refresh: false,
+                    ..
+                } => Some(Cache::open(dir)?),
+                _ => None,
+            },
+            settings: RowSettings::new(&checked.input),
+            price: cfg.prices.lookup(&cfg.model),
+        };
+        let state = cfg.state.clone();
+        let reader = std::thread::spawn(move || read_work(&maker, finished, &state, work_tx));
+        let (result_tx, results) = mpsc::unbounded_channel::<RowResult>();
+        let (journal_tx, journal_rx) = std::sync::mpsc::channel::<JournalEntry>();
+        let cache = match &cfg.cache {
+            CacheMode::On { dir, truncated, .. } => Some((Cache::open(dir)?, *truncated)),
+            CacheMode::Off => None,
+        };
+        let s = shared.clone();
+        let journal =
+            std::thread::spawn(move || write_journal(store, cache, journal_rx, &s, &result_tx));
+        let dispatcher = tokio::spawn(dispatch(work_rx, shared.clone(), journal_tx));
+        Ok(Pipeline {
+            reader,
+            dispatcher,
+            journal,
+            results,
+        })
+    }
+
+    /// The collector: live totals for the progress bar, until every row is journaled. The
+    /// channel closes once the dispatcher, every row task and the journal are done.
+    async fn collect(&mut self, progress: &Progress) -> Stats {
+        let mut live = Stats::default();
+        let mut last_draw = Instant::now();
+        while let Some(result) = self.results.recv().await {
+            live.record(&result);
+            if last_draw.elapsed() >= Duration::from_millis(100) {
+                progress.update(&live);
+                last_draw = Instant::now();
+            }
+        }
+        live
+    }
+
+    /// Waits for the threads; returns the store, and the error that ended the run early (the
+    /// input could not be read, or the journal could not be written).
+    async fn join(self) -> (Result<Store, Error>, Option<Error>) {
+        let read_error = self
+            .dispatcher
+            .await
+            .unwrap_or_else(|e| Some(Error::io("dispatcher failed", std::io::Error::other(e))));
+        let joined = self
+            .journal
+            .join()
+            .map_err(|_| Error::io("journal failed", std::io::Error::other("panic")));
+        let _ = self.reader.join();
+        match (joined, read_error) {
+            (Err(e), _) => (Err(e), None),
+            (Ok(_), Some(e)) => (Err(e), None),
+            (Ok((store, journal_error)), None) => (Ok(store), journal_error),
+        }
+    }
+}
+
+/// The results file: the input merged with the journal, in input order (on a blocking thread).
+async fn merge_results(
+    cfg: &RunConfig,
+    checked: &Checked,
+    writer: ResultsWriter,
+    missing_reason: String,
+) -> Result<(Stats, std::path::PathBuf), Error> {
+    let (input, state, model) = (checked.input.clone(), cfg.state.clone(), cfg.model.clone());
+    tokio::task::spawn_blocking(move || {
+        write_results(&input, &state, writer, &model, &missing_reason)
+    })
+    .await
+    .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))?
+}
+
+/// The summary: to `--summary-json`, and to stderr unless `-q`.
+fn report(cfg: &RunConfig, summary: &Summary, complete: bool) -> Result<(), Error> {
+    if let Some(path) = &cfg.summary_json {
+        summary.write_json(path)?;
+    }
+    let printer = cfg.printer();
+    printer.note_with(|mut w| summary.print(&mut w));
+    if !complete {
+        printer.note(format_args!(
+            "State      {} (run again with --resume to finish)",
+            cfg.state.display()
+        ));
+    }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::base::error::Error;
+use crate::base::error::{Error, Problems};
 use crate::base::money::format_cost;
 use crate::engine::expect::Expectation;
 use crate::engine::input::{IdSet, InputFile, Row};
@@ -11,9 +11,6 @@ use crate::engine::row_settings::RowSettings;
 use crate::engine::template::Prompts;
 use crate::engine::tokens;
 use crate::run::settings::RunConfig;
-
-/// Input errors listed before "... and N more".
-pub(super) const MAX_LISTED_ERRORS: usize = 10;
 
 /// What the pre-flight learned.
 pub(crate) struct Plan {
@@ -56,110 +53,85 @@ pub(crate) fn preflight(
 ) -> Result<Plan, Error> {
     let settings = RowSettings::new(input);
     let mut ids = IdSet::default();
-    let mut errors = Vec::new();
-    let mut more = 0usize;
-    let mut rows = 0u64;
-    let mut prompt_tokens = 0u64;
-    let mut models: BTreeMap<String, ModelPlan> = BTreeMap::new();
+    let mut problems = Problems::default();
+    let mut plan = Plan {
+        rows: 0,
+        prompt_tokens: 0,
+        models: BTreeMap::new(),
+    };
     let mut last_row = None;
-    let at = |row: &Row| format!("{}: line {}", input.path.display(), row.line);
     for row in input.rows()? {
-        let problem = match row {
-            Err(e) => Some(e.to_string()),
+        match row {
+            Err(e) => problems.push(e.to_string()),
             Ok(row) => {
-                rows += 1;
+                plan.rows += 1;
                 ids.insert(&row);
-                let expected = opts
-                    .expect
-                    .as_ref()
-                    .map(|(e, i)| e.check_expected(row.record.get(*i).unwrap_or("")));
-                let checked = prompts
-                    .render(input, &row)
-                    .map_err(|e| format!("{}: {e}", at(&row)))
-                    .and_then(|r| {
-                        let o = settings
-                            .read(&row)
-                            .map_err(|e| format!("{}, {e}", at(&row)))?;
-                        if let Some(Err(e)) = &expected {
-                            return Err(format!("{}: {e}", at(&row)));
-                        }
-                        Ok((r, o))
-                    });
-                let problem = match checked {
-                    Err(e) => Some(e),
-                    Ok((r, o)) => {
-                        let model = o.model(&opts.model);
-                        let plan = match models.get_mut(model) {
-                            Some(p) => p,
-                            None => {
-                                let first = ModelPlan {
-                                    completion_cap: Some(0),
-                                    ..Default::default()
-                                };
-                                models.entry(model.to_string()).or_insert(first)
-                            }
-                        };
-                        plan.rows += 1;
-                        let cap = o.max_tokens.or(opts.max_tokens).map(u64::from);
-                        plan.completion_cap = plan.completion_cap.zip(cap).map(|(a, b)| a + b);
-                        if opts.count_tokens {
-                            let system = o.system.or(r.system.as_deref());
-                            let n = u64::from(tokens::count_chat(model, system, &r.user));
-                            plan.prompt_tokens += n;
-                            prompt_tokens += n;
-                        }
-                        (opts.capped && opts.prices.lookup(model).is_none()).then(|| {
-                            format!(
-                                "{}, column \"model\": --max-cost needs a price for model \
-                                 {model:?}, and none is known; add it with --price-file",
-                                at(&row)
-                            )
-                        })
-                    }
-                };
+                if let Err(p) = check_row(input, prompts, &settings, opts, &row, &mut plan) {
+                    problems.push(p);
+                }
                 last_row = Some(row);
-                problem
-            }
-        };
-        if let Some(p) = problem {
-            if errors.len() < MAX_LISTED_ERRORS {
-                errors.push(p);
-            } else {
-                more += 1;
             }
         }
     }
     if let Some(last) = &last_row
         && let Some(problem) = input.unterminated_quote(last)?
     {
-        errors.push(problem);
+        problems.push(problem);
     }
     for dup in ids.duplicates(input)? {
-        if errors.len() < MAX_LISTED_ERRORS {
-            errors.push(dup);
-        } else {
-            more += 1;
-        }
+        problems.push(dup);
     }
-    if !errors.is_empty() {
-        let mut msg = errors.join("\n");
-        if more > 0 {
-            msg.push_str(&format!("\n... and {more} more problems"));
-        }
-        msg.push_str("\nNothing was sent; fix the input and run again.");
-        return Err(Error::Input(msg));
-    }
-    if rows == 0 {
+    problems.check()?;
+    if plan.rows == 0 {
         return Err(Error::Input(format!(
             "{} has a header but no rows; add one row per request",
             input.path.display()
         )));
     }
-    Ok(Plan {
-        rows,
-        prompt_tokens,
-        models,
-    })
+    Ok(plan)
+}
+
+/// One row: renders its prompt, reads its setting cells and its expected answer, and counts it
+/// in the plan under the model it goes to. The error is the row's problem, with file and line.
+fn check_row(
+    input: &InputFile,
+    prompts: &Prompts,
+    settings: &RowSettings,
+    opts: &PreflightOptions,
+    row: &Row,
+    plan: &mut Plan,
+) -> Result<(), String> {
+    let at = || format!("{}: line {}", input.path.display(), row.line);
+    let rendered = prompts
+        .render(input, row)
+        .map_err(|e| format!("{}: {e}", at()))?;
+    let o = settings.read(row).map_err(|e| format!("{}, {e}", at()))?;
+    if let Some((e, i)) = &opts.expect {
+        e.check_expected(row.record.get(*i).unwrap_or(""))
+            .map_err(|e| format!("{}: {e}", at()))?;
+    }
+    let model = o.model(&opts.model);
+    let per_model = plan.models.entry(model.to_string()).or_insert(ModelPlan {
+        completion_cap: Some(0),
+        ..Default::default()
+    });
+    per_model.rows += 1;
+    let cap = o.max_tokens.or(opts.max_tokens).map(u64::from);
+    per_model.completion_cap = per_model.completion_cap.zip(cap).map(|(a, b)| a + b);
+    if opts.count_tokens {
+        let system = o.system.or(rendered.system.as_deref());
+        let n = u64::from(tokens::count_chat(model, system, &rendered.user));
+        per_model.prompt_tokens += n;
+        plan.prompt_tokens += n;
+    }
+    if opts.capped && opts.prices.lookup(model).is_none() {
+        return Err(format!(
+            "{}, column \"model\": --max-cost needs a price for model {model:?}, and none is \
+             known; add it with --price-file",
+            at()
+        ));
+    }
+    Ok(())
 }
 
 /// `--dry-run`: what the run would send and cost, priced per row's model.
