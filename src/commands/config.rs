@@ -98,196 +98,19 @@ impl RunConfig {
         env_base_url: Option<String>,
         env_api_key: Option<String>,
     ) -> Result<Self, Error> {
-        let api = Api::resolve(
-            args.provider,
-            args.api,
-            args.model.as_deref().unwrap_or(DEFAULT_MODEL),
-        )
-        .map_err(Error::Usage)?;
-        let headers = ExtraHeaders::parse(&args.header).map_err(Error::Usage)?;
         let mut args = args;
-        if api.is_anthropic() {
-            // The Messages API refuses a request without max_tokens; with the default set here
-            // the rate budget and --max-cost reserve what is really asked for.
-            args.max_tokens = args
-                .max_tokens
-                .or(Some(crate::engine::provider::anthropic::DEFAULT_MAX_TOKENS));
-            if let Some(t) = args.temperature
-                && t > 1.0
-            {
-                return Err(Error::Usage(format!(
-                    "--temperature {t} is out of range for Anthropic; use a value from 0 to 1"
-                )));
-            }
-        }
-        let input = args.input;
-        if input.as_os_str().is_empty() {
-            return Err(Error::Usage("no input file given".into()));
-        }
-        let input_format = args
-            .input_format
-            .or_else(|| Format::from_extension(&input))
-            .unwrap_or_default();
-        let output = match args.output {
-            Some(p) => p,
-            // Read from a pipe, write to one.
-            None if is_std(&input) => PathBuf::from("-"),
-            None => default_output(&input, input_format),
-        };
-        let output_format = args
-            .output_format
-            .or_else(|| Format::from_extension(&output))
-            .unwrap_or(input_format);
-        if !is_std(&output) && same_file(&output, &input) {
-            return Err(Error::Usage(format!(
-                "the output path {} is the input file; choose another with -o",
-                output.display()
-            )));
-        }
-
-        let prompt = match (args.prompt, args.prompt_file) {
-            (Some(t), _) => PromptSource::Template(t),
-            (None, Some(path)) => PromptSource::Template(read_text(&path, "--prompt-file")?),
-            (None, None) => PromptSource::PromptColumn,
-        };
-        let system = match (args.system, args.system_file) {
-            (Some(t), _) => Some(t),
-            (None, Some(path)) => Some(read_text(&path, "--system-file")?),
-            (None, None) => None,
-        };
-
-        let concurrency = args
-            .concurrency
-            .and_then(|l| l.0.first().copied())
-            .unwrap_or(DEFAULT_CONCURRENCY);
-        if let Some(t) = args.temperature
-            && !(0.0..=2.0).contains(&t)
-        {
-            return Err(Error::Usage(format!(
-                "--temperature {t} is out of range; use a value from 0 to 2"
-            )));
-        }
-        for (name, v) in [("--rpm", args.rpm), ("--tpm", args.tpm)] {
-            if v == Some(0) {
-                return Err(Error::Usage(format!(
-                    "{name} 0 would never send anything; leave it out for no limit"
-                )));
-            }
-        }
-        if args.max_tokens == Some(0) {
-            return Err(Error::Usage("--max-tokens must be at least 1".into()));
-        }
-        let timeout_secs = args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
-        if !(timeout_secs.is_finite() && timeout_secs > 0.0) {
-            return Err(Error::Usage(format!(
-                "--timeout {timeout_secs} must be a positive number of seconds"
-            )));
-        }
-
-        let mut prices = PriceTable::embedded();
-        if let Some(path) = &args.price_file {
-            prices.merge_file(path)?;
-        }
-        let model = args.model.unwrap_or_else(|| DEFAULT_MODEL.to_string());
-        if let Some(cap) = args.max_cost {
-            if !(cap.is_finite() && cap > 0.0) {
-                return Err(Error::Usage(format!(
-                    "--max-cost {cap} must be a positive amount of USD"
-                )));
-            }
-            if args.max_tokens.is_none() {
-                return Err(Error::Usage(
-                    "--max-cost needs --max-tokens: without a completion cap a request's worst \
-                     case has no bound, so no cap could be guaranteed"
-                        .into(),
-                ));
-            }
-            if prices.lookup(&model).is_none() {
-                return Err(Error::Usage(format!(
-                    "--max-cost needs a price for model {model:?}, and none is known; add it with \
-                     --price-file"
-                )));
-            }
-        }
-        let grace = args.grace.unwrap_or(DEFAULT_GRACE_SECS);
-        if !(grace.is_finite() && grace >= 0.0) {
-            return Err(Error::Usage(format!(
-                "--grace {grace} must be a number of seconds, 0 or more"
-            )));
-        }
-        let resume = if args.resume {
-            Resume::Yes {
-                retry_failed: args.retry_failed,
-                force: args.force,
-            }
-        } else if args.restart {
-            Resume::Restart
-        } else {
-            Resume::No
-        };
-        if (args.ignore_case || args.ignore_whitespace || args.match_mode.is_some())
-            && args.expect.is_none()
-        {
-            return Err(Error::Usage(
-                "--match, --ignore-case and --ignore-whitespace apply to --expect COLUMN, which \
-                 is not given"
-                    .into(),
-            ));
-        }
-        let expect = args.expect.map(|column| Expectation {
-            column,
-            mode: args.match_mode.unwrap_or_default(),
-            ignore_case: args.ignore_case,
-            ignore_whitespace: args.ignore_whitespace,
-        });
-        if args.no_strict && args.schema.is_none() {
-            return Err(Error::Usage(
-                "--no-strict applies to --schema, which is not given".into(),
-            ));
-        }
-        // Strict mode is OpenAI's; Anthropic takes the schema as a tool's input schema.
-        let strict = !args.no_strict && !api.is_anthropic();
-        let schema = args
-            .schema
-            .as_deref()
-            .map(|p| OutputSchema::load(p, strict).map(Arc::new))
-            .transpose()?;
-        let state = args.state;
-
-        let endpoint = match args.mock {
-            Some(list) => Endpoint::Mock(
-                MockArgs::from_option_list(&list)
-                    .map_err(|e| Error::Usage(format!("in --mock options: {e}")))?
-                    .into(),
-            ),
-            None => {
-                let base_url = args
-                    .base_url
-                    .or(env_base_url)
-                    .unwrap_or_else(|| api.default_base_url().to_string());
-                let url = reqwest::Url::parse(&base_url).map_err(|e| {
-                    Error::Usage(format!(
-                        "--base-url {base_url:?} is not a URL ({e}); it looks like {}",
-                        api.default_base_url()
-                    ))
-                })?;
-                let api_key = match &args.api_key_file {
-                    Some(path) => Some(read_text(path, "--api-key-file")?.trim().to_string()),
-                    None => env_api_key,
-                }
-                .filter(|k| !k.is_empty())
-                .map(ApiKey::new);
-                if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
-                    return Err(Error::Usage(format!(
-                        "no API key for {base_url}: set {} (or pass --api-key-file FILE). To try \
-                         batch without a key, add --mock to use the embedded mock server.",
-                        api.key_env()
-                    )));
-                }
-                Endpoint::Remote { base_url, api_key }
-            }
-        };
-
+        let api = resolve_api(&mut args)?;
+        let headers = ExtraHeaders::parse(&args.header).map_err(Error::Usage)?;
+        let paths = Paths::of(&args)?;
+        let (prompt, system) = prompts_of(&args)?;
+        let limits = Limits::of(&args)?;
+        let model = args
+            .model
+            .clone()
+            .unwrap_or_else(|| DEFAULT_MODEL.to_string());
+        let prices = prices_for(&args, &model)?;
+        let (expect, schema) = checks_of(&args, api)?;
+        let endpoint = endpoint_of(&args, api, env_base_url, env_api_key)?;
         // Last, once every flag is known to be good: stdin is read (and spooled) only for a run
         // that will go ahead.
         let runs_dir = args
@@ -295,13 +118,19 @@ impl RunConfig {
             .clone()
             .unwrap_or_else(crate::engine::cache::default_dir)
             .join("runs");
-        let stdio = crate::engine::stdio::resolve(&input, input_format, &output, state, &runs_dir)?;
+        let stdio = crate::engine::stdio::resolve(
+            &paths.input,
+            paths.input_format,
+            &paths.output,
+            args.state.clone(),
+            &runs_dir,
+        )?;
         Ok(RunConfig {
             input: stdio.input,
             spooled_stdin: stdio.spooled,
-            output,
-            input_format,
-            output_format,
+            output: paths.output,
+            input_format: paths.input_format,
+            output_format: paths.output_format,
             prompt,
             system,
             id_column: args.id_column,
@@ -309,19 +138,19 @@ impl RunConfig {
             max_tokens: args.max_tokens,
             temperature: args.temperature,
             prices,
-            concurrency,
+            concurrency: limits.concurrency,
             rpm: args.rpm,
             tpm: args.tpm,
             retry: RetryPolicy::new(args.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)),
-            timeout: Duration::from_secs_f64(timeout_secs),
+            timeout: limits.timeout,
             endpoint,
             api,
             headers,
             summary_json: args.summary_json,
             quiet: args.quiet,
             state: stdio.state,
-            resume,
-            grace: Duration::from_secs_f64(grace),
+            resume: resume_of(args.resume, args.restart, args.retry_failed, args.force),
+            grace: limits.grace,
             max_cost: args.max_cost,
             dry_run: args.dry_run,
             log: args.log,
@@ -348,6 +177,252 @@ impl RunConfig {
             },
         })
     }
+}
+
+/// The wire format, and what it implies: Anthropic requires `max_tokens` (so a default is set
+/// here, and the rate budget and `--max-cost` reserve what is really asked for) and takes
+/// temperatures up to 1.
+fn resolve_api(args: &mut RunArgs) -> Result<Api, Error> {
+    let model = args.model.as_deref().unwrap_or(DEFAULT_MODEL);
+    let api = Api::resolve(args.provider, args.api, model).map_err(Error::Usage)?;
+    if api.is_anthropic() {
+        args.max_tokens = args
+            .max_tokens
+            .or(Some(crate::engine::provider::anthropic::DEFAULT_MAX_TOKENS));
+        if let Some(t) = args.temperature
+            && t > 1.0
+        {
+            return Err(Error::Usage(format!(
+                "--temperature {t} is out of range for Anthropic; use a value from 0 to 1"
+            )));
+        }
+    }
+    Ok(api)
+}
+
+/// The input and output, with their formats (flag, then extension, then the input's).
+struct Paths {
+    input: PathBuf,
+    input_format: Format,
+    output: PathBuf,
+    output_format: Format,
+}
+
+impl Paths {
+    fn of(args: &RunArgs) -> Result<Self, Error> {
+        let input = args.input.clone();
+        if input.as_os_str().is_empty() {
+            return Err(Error::Usage("no input file given".into()));
+        }
+        let input_format = args
+            .input_format
+            .or_else(|| Format::from_extension(&input))
+            .unwrap_or_default();
+        let output = match &args.output {
+            Some(p) => p.clone(),
+            // Read from a pipe, write to one.
+            None if is_std(&input) => PathBuf::from("-"),
+            None => default_output(&input, input_format),
+        };
+        let output_format = args
+            .output_format
+            .or_else(|| Format::from_extension(&output))
+            .unwrap_or(input_format);
+        if !is_std(&output) && same_file(&output, &input) {
+            return Err(Error::Usage(format!(
+                "the output path {} is the input file; choose another with -o",
+                output.display()
+            )));
+        }
+        Ok(Paths {
+            input,
+            input_format,
+            output,
+            output_format,
+        })
+    }
+}
+
+/// The user prompt (a template, or the `prompt` column) and the system prompt, files read.
+fn prompts_of(args: &RunArgs) -> Result<(PromptSource, Option<String>), Error> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(t), _) => PromptSource::Template(t.clone()),
+        (None, Some(path)) => PromptSource::Template(read_text(path, "--prompt-file")?),
+        (None, None) => PromptSource::PromptColumn,
+    };
+    let system = match (&args.system, &args.system_file) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(path)) => Some(read_text(path, "--system-file")?),
+        (None, None) => None,
+    };
+    Ok((prompt, system))
+}
+
+/// The numeric flags, checked: each out-of-range value is refused with the flag's name.
+struct Limits {
+    concurrency: Concurrency,
+    timeout: Duration,
+    grace: Duration,
+}
+
+impl Limits {
+    fn of(args: &RunArgs) -> Result<Self, Error> {
+        if let Some(t) = args.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(Error::Usage(format!(
+                "--temperature {t} is out of range; use a value from 0 to 2"
+            )));
+        }
+        for (name, v) in [("--rpm", args.rpm), ("--tpm", args.tpm)] {
+            if v == Some(0) {
+                return Err(Error::Usage(format!(
+                    "{name} 0 would never send anything; leave it out for no limit"
+                )));
+            }
+        }
+        if args.max_tokens == Some(0) {
+            return Err(Error::Usage("--max-tokens must be at least 1".into()));
+        }
+        let timeout = args.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(Error::Usage(format!(
+                "--timeout {timeout} must be a positive number of seconds"
+            )));
+        }
+        let grace = args.grace.unwrap_or(DEFAULT_GRACE_SECS);
+        if !(grace.is_finite() && grace >= 0.0) {
+            return Err(Error::Usage(format!(
+                "--grace {grace} must be a number of seconds, 0 or more"
+            )));
+        }
+        Ok(Limits {
+            concurrency: args
+                .concurrency
+                .as_ref()
+                .and_then(|l| l.0.first().copied())
+                .unwrap_or(DEFAULT_CONCURRENCY),
+            timeout: Duration::from_secs_f64(timeout),
+            grace: Duration::from_secs_f64(grace),
+        })
+    }
+}
+
+/// The price table (embedded, then `--price-file`), and the checks `--max-cost` needs: a
+/// completion cap, and a price for the model, or no cap could be guaranteed.
+fn prices_for(args: &RunArgs, model: &str) -> Result<PriceTable, Error> {
+    let mut prices = PriceTable::embedded();
+    if let Some(path) = &args.price_file {
+        prices.merge_file(path)?;
+    }
+    if let Some(cap) = args.max_cost {
+        if !(cap.is_finite() && cap > 0.0) {
+            return Err(Error::Usage(format!(
+                "--max-cost {cap} must be a positive amount of USD"
+            )));
+        }
+        if args.max_tokens.is_none() {
+            return Err(Error::Usage(
+                "--max-cost needs --max-tokens: without a completion cap a request's worst case \
+                 has no bound, so no cap could be guaranteed"
+                    .into(),
+            ));
+        }
+        if prices.lookup(model).is_none() {
+            return Err(Error::Usage(format!(
+                "--max-cost needs a price for model {model:?}, and none is known; add it with \
+                 --price-file"
+            )));
+        }
+    }
+    Ok(prices)
+}
+
+fn resume_of(resume: bool, restart: bool, retry_failed: bool, force: bool) -> Resume {
+    if resume {
+        Resume::Yes {
+            retry_failed,
+            force,
+        }
+    } else if restart {
+        Resume::Restart
+    } else {
+        Resume::No
+    }
+}
+
+/// `--expect` and `--schema`, with the flags that only make sense beside them.
+type Checks = (Option<Expectation>, Option<Arc<OutputSchema>>);
+
+fn checks_of(args: &RunArgs, api: Api) -> Result<Checks, Error> {
+    if (args.ignore_case || args.ignore_whitespace || args.match_mode.is_some())
+        && args.expect.is_none()
+    {
+        return Err(Error::Usage(
+            "--match, --ignore-case and --ignore-whitespace apply to --expect COLUMN, which is \
+             not given"
+                .into(),
+        ));
+    }
+    let expect = args.expect.clone().map(|column| Expectation {
+        column,
+        mode: args.match_mode.unwrap_or_default(),
+        ignore_case: args.ignore_case,
+        ignore_whitespace: args.ignore_whitespace,
+    });
+    if args.no_strict && args.schema.is_none() {
+        return Err(Error::Usage(
+            "--no-strict applies to --schema, which is not given".into(),
+        ));
+    }
+    // Strict mode is OpenAI's; Anthropic takes the schema as a tool's input schema.
+    let strict = !args.no_strict && !api.is_anthropic();
+    let schema = args
+        .schema
+        .as_deref()
+        .map(|p| OutputSchema::load(p, strict).map(Arc::new))
+        .transpose()?;
+    Ok((expect, schema))
+}
+
+/// Where requests go: the embedded mock (`--mock`), or a server with its base URL and key. A
+/// server that is not on this machine needs a key, unless nothing will be sent.
+fn endpoint_of(
+    args: &RunArgs,
+    api: Api,
+    env_base_url: Option<String>,
+    env_api_key: Option<String>,
+) -> Result<Endpoint, Error> {
+    if let Some(list) = &args.mock {
+        let mock = MockArgs::from_option_list(list)
+            .map_err(|e| Error::Usage(format!("in --mock options: {e}")))?;
+        return Ok(Endpoint::Mock(mock.into()));
+    }
+    let base_url = args
+        .base_url
+        .clone()
+        .or(env_base_url)
+        .unwrap_or_else(|| api.default_base_url().to_string());
+    let url = reqwest::Url::parse(&base_url).map_err(|e| {
+        Error::Usage(format!(
+            "--base-url {base_url:?} is not a URL ({e}); it looks like {}",
+            api.default_base_url()
+        ))
+    })?;
+    let api_key = match &args.api_key_file {
+        Some(path) => Some(read_text(path, "--api-key-file")?.trim().to_string()),
+        None => env_api_key,
+    }
+    .filter(|k| !k.is_empty())
+    .map(ApiKey::new);
+    if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
+        return Err(Error::Usage(format!(
+            "no API key for {base_url}: set {} (or pass --api-key-file FILE). To try batch \
+             without a key, add --mock to use the embedded mock server.",
+            api.key_env()
+        )));
+    }
+    Ok(Endpoint::Remote { base_url, api_key })
 }
 
 /// The wire format the (merged) flags ask for, defaulting where they conflict; `from_merged`
