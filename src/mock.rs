@@ -46,9 +46,9 @@ pub mod schema;
 mod wire;
 
 pub use fault::{FaultKind, FaultSpec};
-pub use ratelimit::go_duration;
+pub use ratelimit::{RetryAfter, go_duration};
 
-use ratelimit::Limits;
+use ratelimit::{LimitSpec, Limits};
 use wire::Wire;
 
 /// How the mock behaves.
@@ -81,6 +81,20 @@ pub struct MockConfig {
     pub batch_failure_rate: f64,
     pub batch_expire_rate: f64,
     pub batch_max_requests: u64,
+    /// How the server departs from the plain OpenAI-like one, to imitate others.
+    pub server: Box<ServerOptions>,
+}
+
+/// The options that make the mock behave like other servers: other rate-limit schemes and
+/// headers. Boxed in [`MockConfig`] to keep it small.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Requests per day accepted (Groq-style); reported in the `*-requests` headers.
+    pub rpd: Option<u32>,
+    /// Enforce `rpm` and `tpm` in fixed windows of this length instead of a refilling bucket.
+    pub rate_window: Option<Duration>,
+    /// The retry headers of a 429 over the rate limits.
+    pub retry_after: RetryAfter,
 }
 
 impl Default for MockConfig {
@@ -104,6 +118,7 @@ impl Default for MockConfig {
             batch_failure_rate: 0.0,
             batch_expire_rate: 0.0,
             batch_max_requests: 50_000,
+            server: Box::default(),
         }
     }
 }
@@ -129,6 +144,11 @@ impl From<MockArgs> for MockConfig {
             batch_failure_rate: a.batch_failure_rate.clamp(0.0, 1.0),
             batch_expire_rate: a.batch_expire_rate.clamp(0.0, 1.0),
             batch_max_requests: a.batch_max_requests,
+            server: Box::new(ServerOptions {
+                rpd: a.rpd,
+                rate_window: a.rate_window,
+                retry_after: a.retry_after,
+            }),
         }
     }
 }
@@ -136,8 +156,16 @@ impl From<MockArgs> for MockConfig {
 impl MockConfig {
     /// Checks what the flag parsers cannot check one value at a time.
     pub fn validate(&self) -> Result<(), String> {
-        if self.rpm == Some(0) || self.tpm == Some(0) {
-            return Err("--rpm and --tpm must be at least 1".into());
+        if self.rpm == Some(0) || self.tpm == Some(0) || self.server.rpd == Some(0) {
+            return Err("--rpm, --tpm and --rpd must be at least 1".into());
+        }
+        if let Some(w) = self.server.rate_window {
+            if w.is_zero() {
+                return Err("--rate-window must be longer than 0s".into());
+            }
+            if self.rpm.is_none() && self.tpm.is_none() {
+                return Err("--rate-window needs --rpm or --tpm to enforce".into());
+            }
         }
         if self.capacity == Some(0) {
             return Err("--capacity must be at least 1".into());
@@ -305,7 +333,16 @@ impl MockServer {
         };
         let shared = Arc::new(Shared {
             rng: Mutex::new(rng),
-            limits: Mutex::new(Limits::new(cfg.rpm, cfg.tpm, Instant::now())),
+            limits: Mutex::new(Limits::new(
+                LimitSpec {
+                    rpm: cfg.rpm,
+                    tpm: cfg.tpm,
+                    rpd: cfg.server.rpd,
+                    window: cfg.server.rate_window,
+                    retry_after: cfg.server.retry_after,
+                },
+                Instant::now(),
+            )),
             capacity: cfg.capacity.map(|n| Arc::new(Semaphore::new(n))),
             cfg,
             requests: AtomicU64::new(0),
@@ -1266,5 +1303,126 @@ mod tests {
         assert!(resp.status() == 500 || resp.status() == 503);
         let v: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["type"], "server_error");
+    }
+
+    fn shaped(server: ServerOptions) -> MockConfig {
+        MockConfig {
+            server: Box::new(server),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_window_enforces_fixed_windows_with_window_relative_headers() {
+        let cfg = MockConfig {
+            rpm: Some(12),
+            ..shaped(ServerOptions {
+                rate_window: Some(Duration::from_secs(10)),
+                ..Default::default()
+            })
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        // 12 a minute in 10-second windows: 2 per window.
+        let first = post(&client, &server).await;
+        assert_eq!(first.status(), 200);
+        assert_eq!(header(&first, "x-ratelimit-limit-requests"), "12");
+        assert_eq!(header(&first, "x-ratelimit-remaining-requests"), "1");
+        assert_eq!(post(&client, &server).await.status(), 200);
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
+        // The reset and the wait are the time to the window's end, not a refill.
+        let reset = header(&r, "x-ratelimit-reset-requests");
+        let reset_ms = match reset.strip_suffix("ms") {
+            Some(ms) => ms.parse::<f64>().unwrap(),
+            None => reset.strip_suffix('s').unwrap().parse::<f64>().unwrap() * 1000.0,
+        };
+        let wait: u64 = header(&r, "retry-after-ms").parse().unwrap();
+        assert!((9_000..=10_000).contains(&wait), "{wait}");
+        assert!((reset_ms - wait as f64).abs() <= 50.0, "{reset} / {wait}");
+        assert_eq!(header(&r, "retry-after"), "10");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    }
+
+    #[tokio::test]
+    async fn rpd_fills_the_requests_headers_groq_style_and_runs_out() {
+        let cfg = shaped(ServerOptions {
+            rpd: Some(14_400),
+            ..Default::default()
+        });
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-ratelimit-limit-requests"), "14400");
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "14399");
+        // One request takes 6 s to come back (86400 s / 14400), written to the 1/100 s.
+        let reset = header(&r, "x-ratelimit-reset-requests");
+        assert!(reset == "6s" || reset == "5.99s", "{reset}");
+
+        let cfg = shaped(ServerOptions {
+            rpd: Some(1),
+            ..Default::default()
+        });
+        let server = MockServer::start(cfg).await.unwrap();
+        assert_eq!(post(&client, &server).await.status(), 200);
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
+        let reset = header(&r, "x-ratelimit-reset-requests");
+        assert!(
+            reset == "24h0m0s" || reset.starts_with("23h59m59."),
+            "{reset}"
+        );
+        let v: serde_json::Value = r.json().await.unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("requests per day (RPD): Limit 1"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_after_none_and_litellm_change_the_headers_of_a_429() {
+        let client = reqwest::Client::new();
+        for (style, present, absent) in [
+            (
+                RetryAfter::None,
+                None,
+                ["retry-after", "retry-after-ms", "llm_provider-retry-after"],
+            ),
+            (
+                RetryAfter::Litellm,
+                Some("llm_provider-retry-after"),
+                ["retry-after", "retry-after-ms", "x-none"],
+            ),
+            (
+                RetryAfter::Seconds,
+                Some("retry-after"),
+                ["retry-after-ms", "llm_provider-retry-after", "x-none"],
+            ),
+        ] {
+            let cfg = MockConfig {
+                rpm: Some(60),
+                ..shaped(ServerOptions {
+                    retry_after: style,
+                    ..Default::default()
+                })
+            };
+            let server = MockServer::start(cfg).await.unwrap();
+            assert_eq!(post(&client, &server).await.status(), 200);
+            let r = post(&client, &server).await;
+            assert_eq!(r.status(), 429, "{style:?}");
+            for name in absent {
+                assert!(!r.headers().contains_key(name), "{style:?}: {name}");
+            }
+            if let Some(name) = present {
+                assert_eq!(header(&r, name), "1", "{style:?}");
+            }
+            // The rate-limit headers are still there.
+            assert_eq!(header(&r, "x-ratelimit-limit-requests"), "60");
+        }
     }
 }
