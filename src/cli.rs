@@ -709,6 +709,17 @@ pub struct MockArgs {
     #[arg(long, value_name = "R", default_value_t = 0.0, help_heading = "Faults")]
     pub invalid_json_rate: f64,
 
+    /// Refuse OpenAI requests that carry no `Authorization: Bearer` key with 401, in OpenAI's
+    /// error shape, as the real API does (Anthropic requests always need a key). Off by default,
+    /// so that keyless runs against a local mock work.
+    #[arg(long, help_heading = "Server")]
+    pub require_key: bool,
+
+    /// Answer 404, in the API's error shape, for PATH and every path below it, like a server
+    /// without that endpoint (e.g. /v1/responses); repeatable. Paths outside /v1 are always 404.
+    #[arg(long, value_name = "PATH", help_heading = "Server")]
+    pub not_found: Vec<String>,
+
     /// How long a batch takes to process (Batch API: /v1/files, /v1/batches), in milliseconds.
     #[arg(
         long,

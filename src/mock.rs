@@ -42,6 +42,7 @@ mod messages;
 mod prompt_cache;
 mod ratelimit;
 mod responses;
+mod routes;
 pub mod schema;
 mod wire;
 
@@ -86,7 +87,7 @@ pub struct MockConfig {
 }
 
 /// The options that make the mock behave like other servers: other rate-limit schemes and
-/// headers. Boxed in [`MockConfig`] to keep it small.
+/// headers, a key requirement, missing endpoints. Boxed in [`MockConfig`] to keep it small.
 #[derive(Debug, Clone, Default)]
 pub struct ServerOptions {
     /// Requests per day accepted (Groq-style); reported in the `*-requests` headers.
@@ -95,6 +96,10 @@ pub struct ServerOptions {
     pub rate_window: Option<Duration>,
     /// The retry headers of a 429 over the rate limits.
     pub retry_after: RetryAfter,
+    /// OpenAI endpoints refuse requests without an `Authorization: Bearer` key (401).
+    pub require_key: bool,
+    /// Paths answered 404, with the paths below them, like a server without those endpoints.
+    pub not_found: Vec<String>,
 }
 
 impl Default for MockConfig {
@@ -148,6 +153,8 @@ impl From<MockArgs> for MockConfig {
                 rpd: a.rpd,
                 rate_window: a.rate_window,
                 retry_after: a.retry_after,
+                require_key: a.require_key,
+                not_found: a.not_found,
             }),
         }
     }
@@ -166,6 +173,11 @@ impl MockConfig {
             if self.rpm.is_none() && self.tpm.is_none() {
                 return Err("--rate-window needs --rpm or --tpm to enforce".into());
             }
+        }
+        if let Some(p) = self.server.not_found.iter().find(|p| !p.starts_with('/')) {
+            return Err(format!(
+                "--not-found {p:?}: give a path that starts with /, e.g. /v1/responses"
+            ));
         }
         if self.capacity == Some(0) {
             return Err("--capacity must be at least 1".into());
@@ -366,6 +378,12 @@ impl MockServer {
             .route("/v1/messages", post(messages_api))
             .route("/stats", get(stats))
             .merge(batches::routes())
+            .fallback(routes::fallback)
+            .method_not_allowed_fallback(routes::wrong_method)
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                routes::gate,
+            ))
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -520,7 +538,10 @@ async fn messages_api(State(s): State<Arc<Shared>>, headers: HeaderMap, body: By
 /// in the format's own shape.
 async fn serve(s: Arc<Shared>, wire: Wire, headers: HeaderMap, body: Bytes) -> Response {
     let (guard, n) = InFlight::enter(&s);
-    let (mut resp, status) = respond(&s, wire, n, &headers, &body, guard).await;
+    let (mut resp, status) = match wire.missing_key(&headers, s.cfg.server.require_key) {
+        Some((status, body)) => json_reply(status, body),
+        None => respond(&s, wire, n, &headers, &body, guard).await,
+    };
     if let Some(status) = status {
         *s.responses
             .lock()
@@ -1423,6 +1444,174 @@ mod tests {
             }
             // The rate-limit headers are still there.
             assert_eq!(header(&r, "x-ratelimit-limit-requests"), "60");
+        }
+    }
+
+    async fn send(
+        client: &reqwest::Client,
+        server: &MockServer,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        let mut req = client.request(method, format!("http://{}{path}", server.addr));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, headers, v)
+    }
+
+    #[tokio::test]
+    async fn require_key_refuses_openai_requests_without_a_bearer_key() {
+        let cfg = shaped(ServerOptions {
+            require_key: true,
+            ..Default::default()
+        });
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 401);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("API key"));
+        for (method, path) in [
+            (reqwest::Method::GET, "/v1/files"),
+            (reqwest::Method::GET, "/v1/batches"),
+            (reqwest::Method::POST, "/v1/responses"),
+        ] {
+            let (status, _, v) = send(&client, &server, method, path, Some(json!({}))).await;
+            assert_eq!(status, 401, "{path}");
+            assert!(v["error"]["message"].is_string(), "{path}: {v}");
+        }
+        let ok = client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .bearer_auth("any-key")
+            .json(&chat("hello world"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        // The completion endpoints count their 401s.
+        let stats = server.stats();
+        assert_eq!(stats.responses.get("401"), Some(&2));
+        assert_eq!(stats.responses.get("200"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn not_found_paths_and_paths_outside_v1_are_404s_in_the_api_shape() {
+        let cfg = shaped(ServerOptions {
+            not_found: vec!["/v1/responses".into(), "/v1/messages/batches".into()],
+            ..Default::default()
+        });
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let input = json!({"model": "gpt-4o", "input": "hi"});
+        let (status, _, v) = send(
+            &client,
+            &server,
+            reqwest::Method::POST,
+            "/v1/responses",
+            Some(input),
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert_eq!(v["error"]["message"], "Invalid URL (POST /v1/responses)");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(post(&client, &server).await.status(), 200);
+        let (status, _, v) = send(
+            &client,
+            &server,
+            reqwest::Method::GET,
+            "/v1/messages/batches/msgbatch_1",
+            None,
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "not_found_error");
+
+        // Without the option: paths without /v1, and unknown ones, are 404s too.
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        for path in [
+            "/chat/completions",
+            "/v2/chat/completions",
+            "/v1/embeddings",
+        ] {
+            let (status, _, v) = send(
+                &client,
+                &server,
+                reqwest::Method::POST,
+                path,
+                Some(chat("x")),
+            )
+            .await;
+            assert_eq!(status, 404, "{path}");
+            assert_eq!(
+                v["error"]["message"],
+                format!("Invalid URL (POST {path})"),
+                "{path}"
+            );
+        }
+        let (status, _, v) = send(
+            &client,
+            &server,
+            reqwest::Method::POST,
+            "/v1/messages/x",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, &v["error"]["type"]),
+            (404, &json!("not_found_error"))
+        );
+        let (status, _, v) = send(
+            &client,
+            &server,
+            reqwest::Method::GET,
+            "/v1/chat/completions",
+            None,
+        )
+        .await;
+        assert_eq!(status, 405);
+        assert_eq!(
+            v["error"]["message"],
+            "Invalid method for URL (GET /v1/chat/completions)"
+        );
+        // The mock's own /stats is not an API path.
+        let (status, _, v) = send(&client, &server, reqwest::Method::GET, "/stats", None).await;
+        assert_eq!(status, 200);
+        assert!(v["requests"].is_u64());
+    }
+
+    #[test]
+    fn the_option_list_takes_the_new_flags_and_checks_them() {
+        let m = MockArgs::from_option_list(
+            "rpm=3000,rpd=14400,rate-window=1s,retry-after=litellm,require-key,\
+             not-found=/v1/responses,not-found=/v1/batches",
+        )
+        .unwrap();
+        let cfg = MockConfig::from(m).server;
+        assert_eq!(cfg.rpd, Some(14_400));
+        assert_eq!(cfg.rate_window, Some(Duration::from_secs(1)));
+        assert_eq!(cfg.retry_after, RetryAfter::Litellm);
+        assert!(cfg.require_key);
+        assert_eq!(cfg.not_found, ["/v1/responses", "/v1/batches"]);
+        let defaults = MockConfig::from(MockArgs::from_option_list("").unwrap()).server;
+        assert_eq!(defaults.retry_after, RetryAfter::Standard);
+        assert!(!defaults.require_key);
+        for bad in [
+            "rate-window=1s",
+            "rpm=60,rate-window=0s",
+            "rpd=0",
+            "retry-after=sometimes",
+            "not-found=v1/responses",
+        ] {
+            assert!(MockArgs::from_option_list(bad).is_err(), "{bad}");
         }
     }
 }

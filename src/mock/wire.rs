@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::ratelimit::{Limits, Rejection};
-use super::{Answer, error_body, fault, messages, responses};
+use super::{Answer, error_body, fault, messages, responses, routes};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wire {
@@ -38,6 +38,17 @@ impl Wire {
                 .map_err(|e| (StatusCode::BAD_REQUEST, e)),
             Wire::Responses => responses::parse(body, spoil),
             Wire::Messages => messages::parse(headers, body, spoil),
+        }
+    }
+
+    /// The 401 for a request without a key, where this format checks it here: OpenAI's with
+    /// `--require-key` (Anthropic's key is checked with the rest of the request).
+    pub fn missing_key(self, headers: &HeaderMap, required: bool) -> Option<(StatusCode, String)> {
+        match self {
+            Wire::Chat | Wire::Responses if required && !routes::has_bearer(headers) => {
+                Some((StatusCode::UNAUTHORIZED, routes::missing_key_body()))
+            }
+            _ => None,
         }
     }
 
