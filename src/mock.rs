@@ -39,11 +39,14 @@ use crate::tokens;
 mod batches;
 mod fault;
 mod messages;
+mod models;
 mod prompt_cache;
 mod ratelimit;
 mod responses;
 mod routes;
 pub mod schema;
+mod stream;
+mod tools;
 mod wire;
 
 pub use fault::{FaultKind, FaultSpec};
@@ -376,6 +379,9 @@ impl MockServer {
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/responses", post(responses_api))
             .route("/v1/messages", post(messages_api))
+            .route("/v1/messages/count_tokens", post(messages::count_tokens))
+            .route("/v1/models", get(models::list))
+            .route("/v1/models/{id}", get(models::retrieve))
             .route("/stats", get(stats))
             .merge(batches::routes())
             .fallback(routes::fallback)
@@ -456,11 +462,17 @@ struct ChatRequest {
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
     response_format: Option<serde_json::Value>,
+    n: Option<serde_json::Value>,
+    stream: Option<bool>,
+    stream_options: Option<serde_json::Value>,
+    tools: Option<serde_json::Value>,
+    tool_choice: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct ChatMessage {
     role: String,
+    #[serde(default)]
     content: serde_json::Value,
 }
 
@@ -617,13 +629,21 @@ async fn respond(
     };
     // Accepted: from now on the prompt is in the cache for the requests that follow.
     s.prompt_cache.serve(&mut answer);
-    let json = wire.success(&req.model, &answer, n);
+    let mut json = wire.success(&req, &answer, n);
+    if req.stream {
+        json = wire.stream(&req, &json);
+    }
     let Some(kind) = plan.fault else {
         s.count_tokens(&answer);
-        return json_reply(StatusCode::OK, json);
+        let (mut resp, status) = json_reply(StatusCode::OK, json);
+        if req.stream {
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        }
+        return (resp, status);
     };
     s.faults[kind.index()].fetch_add(1, Ordering::Relaxed);
-    let resp = match kind {
+    let mut resp = match kind {
         FaultKind::Reset => return (fault::reset(), None),
         FaultKind::Hang => {
             // Holds the permit and the in-flight count until the client gives up, which drops
@@ -642,6 +662,10 @@ async fn respond(
             })
         }
     };
+    if req.stream && kind != FaultKind::MissingFields {
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    }
     (resp, Some(StatusCode::OK))
 }
 
@@ -655,31 +679,119 @@ fn json_reply(status: StatusCode, body: String) -> (Response, Option<StatusCode>
     (resp, Some(status))
 }
 
-/// The request and the answer the mock gives it, or the 400 body.
-fn parse(body: &[u8], spoil: Option<f64>) -> Result<(ChatRequest, Answer), String> {
-    match serde_json::from_slice::<ChatRequest>(body) {
-        Err(e) => Err(error_body(
-            &format!("We could not parse the JSON body of your request: {e}"),
-            "invalid_request_error",
-            None,
-        )),
-        Ok(req) if req.messages.is_empty() => Err(error_body(
-            "[] is too short - 'messages'",
-            "invalid_request_error",
-            None,
-        )),
-        Ok(req) => {
-            let schema = match req.response_format.as_ref().map(schema::requested_schema) {
-                Some(Err(message)) => {
-                    return Err(error_body(&message, "invalid_request_error", None));
-                }
-                Some(Ok(schema)) => schema,
-                None => None,
-            };
-            let answer = Answer::to(&req, schema, spoil);
-            Ok((req, answer))
+/// The most choices (`n`) one request may ask for.
+const MAX_CHOICES: u64 = 128;
+
+/// What a Chat request asks for and the answer the mock gives it, or the 400 body.
+fn parse(body: &[u8], spoil: Option<f64>) -> Result<(wire::Incoming, Answer), String> {
+    let invalid = |message: &str, param: &str, code: &str| {
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": param,
+            "code": code}})
+        .to_string()
+    };
+    let req = match serde_json::from_slice::<ChatRequest>(body) {
+        Err(e) => {
+            return Err(error_body(
+                &format!("We could not parse the JSON body of your request: {e}"),
+                "invalid_request_error",
+                None,
+            ));
         }
+        Ok(req) if req.messages.is_empty() => {
+            return Err(error_body(
+                "[] is too short - 'messages'",
+                "invalid_request_error",
+                None,
+            ));
+        }
+        Ok(req) => req,
+    };
+    let choices = match &req.n {
+        None | Some(serde_json::Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_CHOICES).contains(&n) => n as u32,
+            Some(0) => {
+                return Err(invalid(
+                    "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0                      instead.",
+                    "n",
+                    "integer_below_min_value",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    &format!(
+                        "Invalid 'n': expected an integer from 1 to {MAX_CHOICES}, but got {v}                          instead."
+                    ),
+                    "n",
+                    "invalid_value",
+                ));
+            }
+        },
+    };
+    let stream = req.stream.unwrap_or(false);
+    let stream_usage = match &req.stream_options {
+        None | Some(serde_json::Value::Null) => false,
+        Some(_) if !stream => {
+            return Err(invalid(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                "stream_options",
+                "invalid_value",
+            ));
+        }
+        Some(o) => o.get("include_usage") == Some(&json!(true)),
+    };
+    let call = tools::forced(
+        tools::Flavor::Chat,
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+    )
+    .map_err(|(message, param, code)| invalid(&message, &param, code))?;
+    let format = req.response_format.as_ref();
+    let json_object = format
+        .and_then(|f| f.get("type"))
+        .is_some_and(|t| t == "json_object");
+    if json_object
+        && !req
+            .messages
+            .iter()
+            .any(|m| m.text().to_lowercase().contains("json"))
+    {
+        return Err(invalid(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of              type 'json_object'.",
+            "messages",
+            "invalid_value",
+        ));
     }
+    let schema = match format.map(schema::requested_schema) {
+        Some(Err(message)) => return Err(error_body(&message, "invalid_request_error", None)),
+        Some(Ok(schema)) => schema,
+        None => None,
+    };
+    let ask = match (&call, schema) {
+        (Some(call), _) => Ask::Schema(&call.parameters),
+        (None, Some(schema)) => Ask::Schema(schema),
+        (None, None) if json_object => Ask::JsonObject,
+        (None, None) => Ask::Text,
+    };
+    let mut answer = Answer::to(&req, ask, spoil);
+    answer.tool = call.map(|c| c.name);
+    // Every choice is the same answer, and costs the same.
+    answer.completion_tokens *= u64::from(choices);
+    answer.reasoning_tokens *= u64::from(choices);
+    let mut incoming = wire::Incoming::new(req.model);
+    incoming.stream = stream;
+    incoming.stream_usage = stream_usage;
+    incoming.choices = choices;
+    Ok((incoming, answer))
+}
+
+/// What shape a Chat answer takes.
+enum Ask<'a> {
+    Text,
+    /// `response_format` json_object: some JSON object.
+    JsonObject,
+    /// JSON that fits this schema (`response_format` json_schema, or a tool's parameters).
+    Schema(&'a serde_json::Value),
 }
 
 /// Whether this request's answer is to be spoilt if it has a schema (`--invalid-json-rate`),
@@ -738,14 +850,15 @@ struct Answer {
     prefix: Option<prompt_cache::Prefix>,
     /// Spoilt on purpose (`--invalid-json-rate`).
     spoilt: bool,
-    /// The forced tool whose input the answer is (Anthropic with a schema).
+    /// The tool the answer calls, its text being the tool's input (arguments).
     tool: Option<String>,
 }
 
 impl Answer {
-    /// The answer to `req`: JSON generated from `schema` when it asks for one (spoilt when a
-    /// `spoil` roll is given), else the plain quoting answer.
-    fn to(req: &ChatRequest, schema: Option<&serde_json::Value>, spoil: Option<f64>) -> Self {
+    /// The answer to `req`: JSON generated from a schema when it asks for one (spoilt when a
+    /// `spoil` roll is given), a JSON object holding the plain answer for json_object, else the
+    /// plain quoting answer.
+    fn to(req: &ChatRequest, ask: Ask, spoil: Option<f64>) -> Self {
         let system = req
             .messages
             .iter()
@@ -761,12 +874,14 @@ impl Answer {
             .unwrap_or_default();
         let system = (!system.is_empty()).then(|| system.join("\n"));
         let max = req.max_completion_tokens.or(req.max_tokens);
-        let text = match schema {
-            Some(schema) => structured_text(schema, &user, spoil),
-            None => answer(&user),
+        let text = match ask {
+            Ask::Schema(schema) => structured_text(schema, &user, spoil),
+            Ask::JsonObject => json!({"answer": answer(&user)}).to_string(),
+            Ask::Text => answer(&user),
         };
+        let schema = matches!(ask, Ask::Schema(_));
         let mut a = Answer::with_text(&req.model, system.as_deref(), &user, max, text);
-        a.spoilt = schema.is_some() && spoil.is_some();
+        a.spoilt = schema && spoil.is_some();
         a.prefix = system
             .as_deref()
             .map(|sys| prompt_cache::Prefix::automatic(&req.model, sys));
@@ -829,20 +944,34 @@ pub fn reasoning_tokens(model: &str, user: &str) -> u64 {
     u64::from(tokens::count(model, user)).div_ceil(64).max(1) * 64
 }
 
-fn completion(model: &str, a: &Answer, n: u64) -> String {
+fn completion(req: &wire::Incoming, a: &Answer, n: u64) -> String {
+    let (message, finish) = match &a.tool {
+        Some(name) => (
+            json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [{
+                "id": format!("call_mock{n}"), "type": "function",
+                "function": {"name": name, "arguments": a.text}}]}),
+            if a.finish == "length" {
+                "length"
+            } else {
+                "tool_calls"
+            },
+        ),
+        None => (
+            json!({"role": "assistant", "content": a.text, "refusal": null}),
+            a.finish,
+        ),
+    };
+    let choices: Vec<serde_json::Value> = (0..req.choices)
+        .map(|i| json!({"index": i, "message": message, "logprobs": null, "finish_reason": finish}))
+        .collect();
     json!({
         "id": format!("chatcmpl-mock{n}"),
         "object": "chat.completion",
         "created": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": a.text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": a.finish,
-        }],
+        "model": req.model,
+        "choices": choices,
         "usage": {
             "prompt_tokens": a.prompt_tokens,
             "completion_tokens": a.completion_tokens,
@@ -1333,6 +1462,25 @@ mod tests {
         }
     }
 
+    async fn send(
+        client: &reqwest::Client,
+        server: &MockServer,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        let mut req = client.request(method, format!("http://{}{path}", server.addr));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, headers, v)
+    }
+
     #[tokio::test]
     async fn rate_window_enforces_fixed_windows_with_window_relative_headers() {
         let cfg = MockConfig {
@@ -1447,25 +1595,6 @@ mod tests {
         }
     }
 
-    async fn send(
-        client: &reqwest::Client,
-        server: &MockServer,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
-        let mut req = client.request(method, format!("http://{}{path}", server.addr));
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
-        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
-        (status, headers, v)
-    }
-
     #[tokio::test]
     async fn require_key_refuses_openai_requests_without_a_bearer_key() {
         let cfg = shaped(ServerOptions {
@@ -1480,6 +1609,7 @@ mod tests {
         assert_eq!(v["error"]["type"], "invalid_request_error");
         assert!(v["error"]["message"].as_str().unwrap().contains("API key"));
         for (method, path) in [
+            (reqwest::Method::GET, "/v1/models"),
             (reqwest::Method::GET, "/v1/files"),
             (reqwest::Method::GET, "/v1/batches"),
             (reqwest::Method::POST, "/v1/responses"),
@@ -1613,5 +1743,174 @@ mod tests {
         ] {
             assert!(MockArgs::from_option_list(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn chat_serves_n_choices_json_object_and_tool_calls() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let client = reqwest::Client::new();
+        let url = "/v1/chat/completions";
+        let post_json = |body: serde_json::Value| {
+            let client = client.clone();
+            let server = &server;
+            async move { send(&client, server, reqwest::Method::POST, url, Some(body)).await }
+        };
+        let one = post_json(chat("hello world")).await.2;
+        let mut body = chat("hello world");
+        body["n"] = json!(2);
+        let (status, _, v) = post_json(body).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+        assert_eq!(v["choices"][1]["index"], 1);
+        assert_eq!(v["choices"][1]["message"], one["choices"][0]["message"]);
+        assert_eq!(
+            v["usage"]["completion_tokens"],
+            2 * one["usage"]["completion_tokens"].as_u64().unwrap()
+        );
+        for n in [json!(0), json!(129), json!("2")] {
+            let mut body = chat("x");
+            body["n"] = n.clone();
+            let (status, _, v) = post_json(body).await;
+            assert_eq!(status, 400, "{n}");
+            assert_eq!(v["error"]["param"], "n");
+        }
+
+        let mut body = chat("answer in JSON");
+        body["response_format"] = json!({"type": "json_object"});
+        let v = post_json(body).await.2;
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let object: serde_json::Value = serde_json::from_str(content).unwrap();
+        assert_eq!(object["answer"], "mock answer to \"answer in JSON\"");
+        let mut body = chat("no magic word");
+        body["response_format"] = json!({"type": "json_object"});
+        let (status, _, v) = post_json(body).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["param"], "messages");
+
+        let tool = json!({"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}});
+        let mut body = chat("call it");
+        body["tools"] = json!([tool]);
+        body["tool_choice"] = json!("required");
+        let v = post_json(body.clone()).await.2;
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert!(choice["message"]["content"].is_null());
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "f");
+        let args: serde_json::Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["n"].is_i64(), "{args}");
+        body["tool_choice"] = json!("auto");
+        let v = post_json(body.clone()).await.2;
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "mock answer to \"call it\""
+        );
+        body["tools"] = json!([{"type": "custom", "custom": {"name": "g"}}]);
+        let (status, _, v) = post_json(body).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["param"], "tools[0].type");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("function tools only")
+        );
+    }
+
+    #[tokio::test]
+    async fn chat_streams_server_sent_events_when_asked() {
+        let server = MockServer::start(MockConfig {
+            rpm: Some(600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let client = reqwest::Client::new();
+        let mut body = chat("hello world");
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let r = client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "content-type"), "text/event-stream");
+        assert!(r.headers().contains_key("x-ratelimit-remaining-requests"));
+        let text = r.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        let chunks: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, "mock answer to \"hello world\"");
+        assert_eq!(chunks.last().unwrap()["usage"]["prompt_tokens"], 9);
+        assert_eq!(server.stats().prompt_tokens, 9);
+
+        body["stream"] = json!(false);
+        let r = client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["param"], "stream_options");
+    }
+
+    #[tokio::test]
+    async fn models_are_listed_in_each_vendors_shape() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let client = reqwest::Client::new();
+        let (status, _, v) = send(&client, &server, reqwest::Method::GET, "/v1/models", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["object"], "list");
+        assert!(
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == "gpt-4o-mini")
+        );
+        assert_eq!(v["data"][0]["object"], "model");
+
+        let anthropic = |path: &str| {
+            client
+                .get(format!("http://{}{path}", server.addr))
+                .header("anthropic-version", "2023-06-01")
+        };
+        let r = anthropic("/v1/models").send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let v: serde_json::Value = anthropic("/v1/models?limit=2")
+            .header("x-api-key", "k")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"].as_array().unwrap().len(), 2);
+        assert_eq!(v["data"][0]["type"], "model");
+        assert_eq!(v["has_more"], true);
+        assert_eq!(v["last_id"], v["data"][1]["id"]);
+        let v: serde_json::Value = anthropic("/v1/models/claude-haiku-4-5")
+            .bearer_auth("k")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["display_name"], "Claude Haiku 4.5");
     }
 }

@@ -406,7 +406,7 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
             Ok((req, mut answer)) => {
                 s.prompt_cache.serve(&mut answer);
                 s.count_tokens(&answer);
-                let body = b.wire.success(&req.model, &answer, k as u64);
+                let body = b.wire.success(&req, &answer, k as u64);
                 fates.push(Fate::Answered(
                     serde_json::from_str(&body).unwrap_or_default(),
                 ));
