@@ -1,7 +1,11 @@
 //! The mock server: a real HTTP server on 127.0.0.1, so `--mock` runs and every test exercise the
 //! whole client path (connection pool, timeouts, status codes, JSON parsing). It speaks OpenAI
 //! Chat Completions, OpenAI Responses and Anthropic Messages (see `mock/wire.rs`), checks each
-//! request's shape as the real API does, and reports prompt-cache and reasoning tokens.
+//! request's shape as the real API does, and reports prompt-cache and reasoning tokens. It is a
+//! drop-in for the official SDKs (`tests/sdk_conformance/` proves it with the Python ones):
+//! `stream: true` gets server-sent events (`mock/stream.rs`), `n` several choices, forced
+//! function tools a tool call (`mock/tools.rs`), and `/v1/models` and
+//! `/v1/messages/count_tokens` are served (`mock/models.rs`, `mock/messages.rs`).
 //!
 //! Answers are deterministic and quote the start and end of the prompt they answer, so a test can
 //! prove that each output landed on its own row; a request with a JSON schema (`response_format`
@@ -9,7 +13,9 @@
 //! request. Usage is counted with the real tokenizer. Latency,
 //! jitter, slow responses and 500/503 errors are injected on request; so are OpenAI-style rate
 //! limits (429 with `x-ratelimit-*` and `retry-after` headers, see `mock/ratelimit.rs`), an exhausted
-//! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). `GET /stats` reports
+//! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). Other servers'
+//! ways are imitated on request ([`ServerOptions`]): limits in fixed windows or per day, other
+//! retry headers, a required key, missing endpoints (see `mock/routes.rs`). `GET /stats` reports
 //! what the server saw, including the most requests it ever had in flight at once. The Batch API
 //! (files and batches endpoints) is in `mock/batches.rs`.
 
