@@ -650,6 +650,32 @@ pub struct MockArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
     pub tpm: Option<u32>,
 
+    /// Requests per day accepted, like Groq's: a bucket holding the whole day's limit that
+    /// refills continuously. It takes over the x-ratelimit-*-requests headers (the limit per
+    /// day, the reset as the time until full, e.g. 2m59.56s); --rpm is still enforced then, but
+    /// not reported.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Limits")]
+    pub rpd: Option<u32>,
+
+    /// Enforce --rpm and --tpm in fixed windows of this length (e.g. 1s, 10s), each allowing
+    /// limit x window / 60 (at least 1), instead of a refilling bucket: like servers that enforce
+    /// 3000 rpm as 50 a second. x-ratelimit-remaining-* then counts down within the window and
+    /// x-ratelimit-reset-* is the time to its end.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, help_heading = "Limits")]
+    pub rate_window: Option<std::time::Duration>,
+
+    /// The headers of a 429 over the rate limits: standard (OpenAI's retry-after-ms and
+    /// retry-after, Anthropic's retry-after), seconds (retry-after only), none, or litellm (only
+    /// llm_provider-retry-after, as a LiteLLM proxy forwards it).
+    #[arg(
+        long,
+        value_name = "STYLE",
+        value_enum,
+        default_value_t,
+        help_heading = "Limits"
+    )]
+    pub retry_after: crate::engine::mock::RetryAfter,
+
     /// Answer every completion request after the first N with 429 insufficient_quota (out of
     /// credit: not worth retrying), without retry-after.
     #[arg(long, value_name = "N", help_heading = "Limits")]
@@ -682,6 +708,17 @@ pub struct MockArgs {
     /// that are spoilt on purpose: half not JSON at all, half JSON that breaks the schema.
     #[arg(long, value_name = "R", default_value_t = 0.0, help_heading = "Faults")]
     pub invalid_json_rate: f64,
+
+    /// Refuse OpenAI requests that carry no `Authorization: Bearer` key with 401, in OpenAI's
+    /// error shape, as the real API does (Anthropic requests always need a key). Off by default,
+    /// so that keyless runs against a local mock work.
+    #[arg(long, help_heading = "Server")]
+    pub require_key: bool,
+
+    /// Answer 404, in the API's error shape, for PATH and every path below it, like a server
+    /// without that endpoint (e.g. /v1/responses); repeatable. Paths outside /v1 are always 404.
+    #[arg(long, value_name = "PATH", help_heading = "Server")]
+    pub not_found: Vec<String>,
 
     /// How long a batch takes to process (Batch API: /v1/files, /v1/batches), in milliseconds.
     #[arg(

@@ -1,7 +1,11 @@
 //! The mock server: a real HTTP server on 127.0.0.1, so `--mock` runs and every test exercise the
 //! whole client path (connection pool, timeouts, status codes, JSON parsing). It speaks OpenAI
 //! Chat Completions, OpenAI Responses and Anthropic Messages (see `mock/wire.rs`), checks each
-//! request's shape as the real API does, and reports prompt-cache and reasoning tokens.
+//! request's shape as the real API does, and reports prompt-cache and reasoning tokens. It is a
+//! drop-in for the official SDKs (`tests/sdk_conformance/` proves it with the Python ones):
+//! `stream: true` gets server-sent events (`mock/stream.rs`), `n` several choices, forced
+//! function tools a tool call (`mock/tools.rs`), and `/v1/models` and
+//! `/v1/messages/count_tokens` are served (`mock/models.rs`, `mock/messages.rs`).
 //!
 //! Answers are deterministic and quote the start and end of the prompt they answer, so a test can
 //! prove that each output landed on its own row; a request with a JSON schema (`response_format`
@@ -9,7 +13,9 @@
 //! request. Usage is counted with the real tokenizer. Latency,
 //! jitter, slow responses and 500/503 errors are injected on request; so are OpenAI-style rate
 //! limits (429 with `x-ratelimit-*` and `retry-after` headers, see `mock/ratelimit.rs`), an exhausted
-//! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). `GET /stats` reports
+//! quota, a bounded serving capacity and transport faults (see `mock/fault.rs`). Other servers'
+//! ways are imitated on request ([`ServerOptions`]): limits in fixed windows or per day, other
+//! retry headers, a required key, missing endpoints (see `mock/routes.rs`). `GET /stats` reports
 //! what the server saw, including the most requests it ever had in flight at once. The Batch API
 //! (files and batches endpoints) is in `mock/batches.rs`.
 
@@ -38,16 +44,20 @@ use crate::engine::tokens;
 mod batches;
 mod fault;
 mod messages;
+mod models;
 mod prompt_cache;
 mod ratelimit;
 mod responses;
+mod routes;
 pub mod schema;
+mod stream;
+mod tools;
 mod wire;
 
 pub use fault::{FaultKind, FaultSpec};
-pub use ratelimit::go_duration;
+pub use ratelimit::{RetryAfter, go_duration};
 
-use ratelimit::Limits;
+use ratelimit::{LimitSpec, Limits};
 use wire::Wire;
 
 /// How the mock behaves.
@@ -80,6 +90,24 @@ pub struct MockConfig {
     pub batch_failure_rate: f64,
     pub batch_expire_rate: f64,
     pub batch_max_requests: u64,
+    /// How the server departs from the plain OpenAI-like one, to imitate others.
+    pub server: Box<ServerOptions>,
+}
+
+/// The options that make the mock behave like other servers: other rate-limit schemes and
+/// headers, a key requirement, missing endpoints. Boxed in [`MockConfig`] to keep it small.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Requests per day accepted (Groq-style); reported in the `*-requests` headers.
+    pub rpd: Option<u32>,
+    /// Enforce `rpm` and `tpm` in fixed windows of this length instead of a refilling bucket.
+    pub rate_window: Option<Duration>,
+    /// The retry headers of a 429 over the rate limits.
+    pub retry_after: RetryAfter,
+    /// OpenAI endpoints refuse requests without an `Authorization: Bearer` key (401).
+    pub require_key: bool,
+    /// Paths answered 404, with the paths below them, like a server without those endpoints.
+    pub not_found: Vec<String>,
 }
 
 impl Default for MockConfig {
@@ -103,6 +131,7 @@ impl Default for MockConfig {
             batch_failure_rate: 0.0,
             batch_expire_rate: 0.0,
             batch_max_requests: 50_000,
+            server: Box::default(),
         }
     }
 }
@@ -110,8 +139,21 @@ impl Default for MockConfig {
 impl MockConfig {
     /// Checks what the flag parsers cannot check one value at a time.
     pub fn validate(&self) -> Result<(), String> {
-        if self.rpm == Some(0) || self.tpm == Some(0) {
-            return Err("--rpm and --tpm must be at least 1".into());
+        if self.rpm == Some(0) || self.tpm == Some(0) || self.server.rpd == Some(0) {
+            return Err("--rpm, --tpm and --rpd must be at least 1".into());
+        }
+        if let Some(w) = self.server.rate_window {
+            if w.is_zero() {
+                return Err("--rate-window must be longer than 0s".into());
+            }
+            if self.rpm.is_none() && self.tpm.is_none() {
+                return Err("--rate-window needs --rpm or --tpm to enforce".into());
+            }
+        }
+        if let Some(p) = self.server.not_found.iter().find(|p| !p.starts_with('/')) {
+            return Err(format!(
+                "--not-found {p:?}: give a path that starts with /, e.g. /v1/responses"
+            ));
         }
         if self.capacity == Some(0) {
             return Err("--capacity must be at least 1".into());
@@ -279,7 +321,16 @@ impl MockServer {
         };
         let shared = Arc::new(Shared {
             rng: Mutex::new(rng),
-            limits: Mutex::new(Limits::new(cfg.rpm, cfg.tpm, Instant::now())),
+            limits: Mutex::new(Limits::new(
+                LimitSpec {
+                    rpm: cfg.rpm,
+                    tpm: cfg.tpm,
+                    rpd: cfg.server.rpd,
+                    window: cfg.server.rate_window,
+                    retry_after: cfg.server.retry_after,
+                },
+                Instant::now(),
+            )),
             capacity: cfg.capacity.map(|n| Arc::new(Semaphore::new(n))),
             cfg,
             requests: AtomicU64::new(0),
@@ -301,8 +352,17 @@ impl MockServer {
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/responses", post(responses_api))
             .route("/v1/messages", post(messages_api))
+            .route("/v1/messages/count_tokens", post(messages::count_tokens))
+            .route("/v1/models", get(models::list))
+            .route("/v1/models/{id}", get(models::retrieve))
             .route("/stats", get(stats))
             .merge(batches::routes())
+            .fallback(routes::fallback)
+            .method_not_allowed_fallback(routes::wrong_method)
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                routes::gate,
+            ))
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -375,11 +435,17 @@ struct ChatRequest {
     max_tokens: Option<u32>,
     max_completion_tokens: Option<u32>,
     response_format: Option<serde_json::Value>,
+    n: Option<serde_json::Value>,
+    stream: Option<bool>,
+    stream_options: Option<serde_json::Value>,
+    tools: Option<serde_json::Value>,
+    tool_choice: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
 struct ChatMessage {
     role: String,
+    #[serde(default)]
     content: serde_json::Value,
 }
 
@@ -457,7 +523,10 @@ async fn messages_api(State(s): State<Arc<Shared>>, headers: HeaderMap, body: By
 /// in the format's own shape.
 async fn serve(s: Arc<Shared>, wire: Wire, headers: HeaderMap, body: Bytes) -> Response {
     let (guard, n) = InFlight::enter(&s);
-    let (mut resp, status) = respond(&s, wire, n, &headers, &body, guard).await;
+    let (mut resp, status) = match wire.missing_key(&headers, s.cfg.server.require_key) {
+        Some((status, body)) => json_reply(status, body),
+        None => respond(&s, wire, n, &headers, &body, guard).await,
+    };
     if let Some(status) = status {
         *s.responses
             .lock()
@@ -533,13 +602,21 @@ async fn respond(
     };
     // Accepted: from now on the prompt is in the cache for the requests that follow.
     s.prompt_cache.serve(&mut answer);
-    let json = wire.success(&req.model, &answer, n);
+    let mut json = wire.success(&req, &answer, n);
+    if req.stream {
+        json = wire.stream(&req, &json);
+    }
     let Some(kind) = plan.fault else {
         s.count_tokens(&answer);
-        return json_reply(StatusCode::OK, json);
+        let (mut resp, status) = json_reply(StatusCode::OK, json);
+        if req.stream {
+            resp.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        }
+        return (resp, status);
     };
     s.faults[kind.index()].fetch_add(1, Ordering::Relaxed);
-    let resp = match kind {
+    let mut resp = match kind {
         FaultKind::Reset => return (fault::reset(), None),
         FaultKind::Hang => {
             // Holds the permit and the in-flight count until the client gives up, which drops
@@ -558,6 +635,10 @@ async fn respond(
             })
         }
     };
+    if req.stream && kind != FaultKind::MissingFields {
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    }
     (resp, Some(StatusCode::OK))
 }
 
@@ -571,31 +652,119 @@ fn json_reply(status: StatusCode, body: String) -> (Response, Option<StatusCode>
     (resp, Some(status))
 }
 
-/// The request and the answer the mock gives it, or the 400 body.
-fn parse(body: &[u8], spoil: Option<f64>) -> Result<(ChatRequest, Answer), String> {
-    match serde_json::from_slice::<ChatRequest>(body) {
-        Err(e) => Err(error_body(
-            &format!("We could not parse the JSON body of your request: {e}"),
-            "invalid_request_error",
-            None,
-        )),
-        Ok(req) if req.messages.is_empty() => Err(error_body(
-            "[] is too short - 'messages'",
-            "invalid_request_error",
-            None,
-        )),
-        Ok(req) => {
-            let schema = match req.response_format.as_ref().map(schema::requested_schema) {
-                Some(Err(message)) => {
-                    return Err(error_body(&message, "invalid_request_error", None));
-                }
-                Some(Ok(schema)) => schema,
-                None => None,
-            };
-            let answer = Answer::to(&req, schema, spoil);
-            Ok((req, answer))
+/// The most choices (`n`) one request may ask for.
+const MAX_CHOICES: u64 = 128;
+
+/// What a Chat request asks for and the answer the mock gives it, or the 400 body.
+fn parse(body: &[u8], spoil: Option<f64>) -> Result<(wire::Incoming, Answer), String> {
+    let invalid = |message: &str, param: &str, code: &str| {
+        json!({"error": {"message": message, "type": "invalid_request_error", "param": param,
+            "code": code}})
+        .to_string()
+    };
+    let req = match serde_json::from_slice::<ChatRequest>(body) {
+        Err(e) => {
+            return Err(error_body(
+                &format!("We could not parse the JSON body of your request: {e}"),
+                "invalid_request_error",
+                None,
+            ));
         }
+        Ok(req) if req.messages.is_empty() => {
+            return Err(error_body(
+                "[] is too short - 'messages'",
+                "invalid_request_error",
+                None,
+            ));
+        }
+        Ok(req) => req,
+    };
+    let choices = match &req.n {
+        None | Some(serde_json::Value::Null) => 1,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=MAX_CHOICES).contains(&n) => n as u32,
+            Some(0) => {
+                return Err(invalid(
+                    "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0                      instead.",
+                    "n",
+                    "integer_below_min_value",
+                ));
+            }
+            _ => {
+                return Err(invalid(
+                    &format!(
+                        "Invalid 'n': expected an integer from 1 to {MAX_CHOICES}, but got {v}                          instead."
+                    ),
+                    "n",
+                    "invalid_value",
+                ));
+            }
+        },
+    };
+    let stream = req.stream.unwrap_or(false);
+    let stream_usage = match &req.stream_options {
+        None | Some(serde_json::Value::Null) => false,
+        Some(_) if !stream => {
+            return Err(invalid(
+                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                "stream_options",
+                "invalid_value",
+            ));
+        }
+        Some(o) => o.get("include_usage") == Some(&json!(true)),
+    };
+    let call = tools::forced(
+        tools::Flavor::Chat,
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+    )
+    .map_err(|(message, param, code)| invalid(&message, &param, code))?;
+    let format = req.response_format.as_ref();
+    let json_object = format
+        .and_then(|f| f.get("type"))
+        .is_some_and(|t| t == "json_object");
+    if json_object
+        && !req
+            .messages
+            .iter()
+            .any(|m| m.text().to_lowercase().contains("json"))
+    {
+        return Err(invalid(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of              type 'json_object'.",
+            "messages",
+            "invalid_value",
+        ));
     }
+    let schema = match format.map(schema::requested_schema) {
+        Some(Err(message)) => return Err(error_body(&message, "invalid_request_error", None)),
+        Some(Ok(schema)) => schema,
+        None => None,
+    };
+    let ask = match (&call, schema) {
+        (Some(call), _) => Ask::Schema(&call.parameters),
+        (None, Some(schema)) => Ask::Schema(schema),
+        (None, None) if json_object => Ask::JsonObject,
+        (None, None) => Ask::Text,
+    };
+    let mut answer = Answer::to(&req, ask, spoil);
+    answer.tool = call.map(|c| c.name);
+    // Every choice is the same answer, and costs the same.
+    answer.completion_tokens *= u64::from(choices);
+    answer.reasoning_tokens *= u64::from(choices);
+    let mut incoming = wire::Incoming::new(req.model);
+    incoming.stream = stream;
+    incoming.stream_usage = stream_usage;
+    incoming.choices = choices;
+    Ok((incoming, answer))
+}
+
+/// What shape a Chat answer takes.
+enum Ask<'a> {
+    Text,
+    /// `response_format` json_object: some JSON object.
+    JsonObject,
+    /// JSON that fits this schema (`response_format` json_schema, or a tool's parameters).
+    Schema(&'a serde_json::Value),
 }
 
 /// Whether this request's answer is to be spoilt if it has a schema (`--invalid-json-rate`),
@@ -654,14 +823,15 @@ struct Answer {
     prefix: Option<prompt_cache::Prefix>,
     /// Spoilt on purpose (`--invalid-json-rate`).
     spoilt: bool,
-    /// The forced tool whose input the answer is (Anthropic with a schema).
+    /// The tool the answer calls, its text being the tool's input (arguments).
     tool: Option<String>,
 }
 
 impl Answer {
-    /// The answer to `req`: JSON generated from `schema` when it asks for one (spoilt when a
-    /// `spoil` roll is given), else the plain quoting answer.
-    fn to(req: &ChatRequest, schema: Option<&serde_json::Value>, spoil: Option<f64>) -> Self {
+    /// The answer to `req`: JSON generated from a schema when it asks for one (spoilt when a
+    /// `spoil` roll is given), a JSON object holding the plain answer for json_object, else the
+    /// plain quoting answer.
+    fn to(req: &ChatRequest, ask: Ask, spoil: Option<f64>) -> Self {
         let system = req
             .messages
             .iter()
@@ -677,12 +847,14 @@ impl Answer {
             .unwrap_or_default();
         let system = (!system.is_empty()).then(|| system.join("\n"));
         let max = req.max_completion_tokens.or(req.max_tokens);
-        let text = match schema {
-            Some(schema) => structured_text(schema, &user, spoil),
-            None => answer(&user),
+        let text = match ask {
+            Ask::Schema(schema) => structured_text(schema, &user, spoil),
+            Ask::JsonObject => json!({"answer": answer(&user)}).to_string(),
+            Ask::Text => answer(&user),
         };
+        let schema = matches!(ask, Ask::Schema(_));
         let mut a = Answer::with_text(&req.model, system.as_deref(), &user, max, text);
-        a.spoilt = schema.is_some() && spoil.is_some();
+        a.spoilt = schema && spoil.is_some();
         a.prefix = system
             .as_deref()
             .map(|sys| prompt_cache::Prefix::automatic(&req.model, sys));
@@ -745,20 +917,34 @@ pub fn reasoning_tokens(model: &str, user: &str) -> u64 {
     u64::from(tokens::count(model, user)).div_ceil(64).max(1) * 64
 }
 
-fn completion(model: &str, a: &Answer, n: u64) -> String {
+fn completion(req: &wire::Incoming, a: &Answer, n: u64) -> String {
+    let (message, finish) = match &a.tool {
+        Some(name) => (
+            json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [{
+                "id": format!("call_mock{n}"), "type": "function",
+                "function": {"name": name, "arguments": a.text}}]}),
+            if a.finish == "length" {
+                "length"
+            } else {
+                "tool_calls"
+            },
+        ),
+        None => (
+            json!({"role": "assistant", "content": a.text, "refusal": null}),
+            a.finish,
+        ),
+    };
+    let choices: Vec<serde_json::Value> = (0..req.choices)
+        .map(|i| json!({"index": i, "message": message, "logprobs": null, "finish_reason": finish}))
+        .collect();
     json!({
         "id": format!("chatcmpl-mock{n}"),
         "object": "chat.completion",
         "created": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
-        "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": a.text, "refusal": null},
-            "logprobs": null,
-            "finish_reason": a.finish,
-        }],
+        "model": req.model,
+        "choices": choices,
         "usage": {
             "prompt_tokens": a.prompt_tokens,
             "completion_tokens": a.completion_tokens,
@@ -1240,5 +1426,437 @@ mod tests {
         assert!(resp.status() == 500 || resp.status() == 503);
         let v: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["type"], "server_error");
+    }
+
+    fn shaped(server: ServerOptions) -> MockConfig {
+        MockConfig {
+            server: Box::new(server),
+            ..Default::default()
+        }
+    }
+
+    async fn send(
+        client: &reqwest::Client,
+        server: &MockServer,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+        let mut req = client.request(method, format!("http://{}{path}", server.addr));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, headers, v)
+    }
+
+    #[tokio::test]
+    async fn rate_window_enforces_fixed_windows_with_window_relative_headers() {
+        let cfg = MockConfig {
+            rpm: Some(12),
+            ..shaped(ServerOptions {
+                rate_window: Some(Duration::from_secs(10)),
+                ..Default::default()
+            })
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        // 12 a minute in 10-second windows: 2 per window.
+        let first = post(&client, &server).await;
+        assert_eq!(first.status(), 200);
+        assert_eq!(header(&first, "x-ratelimit-limit-requests"), "12");
+        assert_eq!(header(&first, "x-ratelimit-remaining-requests"), "1");
+        assert_eq!(post(&client, &server).await.status(), 200);
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
+        // The reset and the wait are the time to the window's end, not a refill.
+        let reset = header(&r, "x-ratelimit-reset-requests");
+        let reset_ms = match reset.strip_suffix("ms") {
+            Some(ms) => ms.parse::<f64>().unwrap(),
+            None => reset.strip_suffix('s').unwrap().parse::<f64>().unwrap() * 1000.0,
+        };
+        let wait: u64 = header(&r, "retry-after-ms").parse().unwrap();
+        assert!((9_000..=10_000).contains(&wait), "{wait}");
+        assert!((reset_ms - wait as f64).abs() <= 50.0, "{reset} / {wait}");
+        assert_eq!(header(&r, "retry-after"), "10");
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    }
+
+    #[tokio::test]
+    async fn rpd_fills_the_requests_headers_groq_style_and_runs_out() {
+        let cfg = shaped(ServerOptions {
+            rpd: Some(14_400),
+            ..Default::default()
+        });
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "x-ratelimit-limit-requests"), "14400");
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "14399");
+        // One request takes 6 s to come back (86400 s / 14400), written to the 1/100 s.
+        let reset = header(&r, "x-ratelimit-reset-requests");
+        assert!(reset == "6s" || reset == "5.99s", "{reset}");
+
+        let cfg = shaped(ServerOptions {
+            rpd: Some(1),
+            ..Default::default()
+        });
+        let server = MockServer::start(cfg).await.unwrap();
+        assert_eq!(post(&client, &server).await.status(), 200);
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "0");
+        let reset = header(&r, "x-ratelimit-reset-requests");
+        assert!(
+            reset == "24h0m0s" || reset.starts_with("23h59m59."),
+            "{reset}"
+        );
+        let v: serde_json::Value = r.json().await.unwrap();
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("requests per day (RPD): Limit 1"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_after_none_and_litellm_change_the_headers_of_a_429() {
+        let client = reqwest::Client::new();
+        for (style, present, absent) in [
+            (
+                RetryAfter::None,
+                None,
+                ["retry-after", "retry-after-ms", "llm_provider-retry-after"],
+            ),
+            (
+                RetryAfter::Litellm,
+                Some("llm_provider-retry-after"),
+                ["retry-after", "retry-after-ms", "x-none"],
+            ),
+            (
+                RetryAfter::Seconds,
+                Some("retry-after"),
+                ["retry-after-ms", "llm_provider-retry-after", "x-none"],
+            ),
+        ] {
+            let cfg = MockConfig {
+                rpm: Some(60),
+                ..shaped(ServerOptions {
+                    retry_after: style,
+                    ..Default::default()
+                })
+            };
+            let server = MockServer::start(cfg).await.unwrap();
+            assert_eq!(post(&client, &server).await.status(), 200);
+            let r = post(&client, &server).await;
+            assert_eq!(r.status(), 429, "{style:?}");
+            for name in absent {
+                assert!(!r.headers().contains_key(name), "{style:?}: {name}");
+            }
+            if let Some(name) = present {
+                assert_eq!(header(&r, name), "1", "{style:?}");
+            }
+            // The rate-limit headers are still there.
+            assert_eq!(header(&r, "x-ratelimit-limit-requests"), "60");
+        }
+    }
+
+    #[tokio::test]
+    async fn require_key_refuses_openai_requests_without_a_bearer_key() {
+        let cfg = shaped(ServerOptions {
+            require_key: true,
+            ..Default::default()
+        });
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let r = post(&client, &server).await;
+        assert_eq!(r.status(), 401);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert!(v["error"]["message"].as_str().unwrap().contains("API key"));
+        for (method, path) in [
+            (reqwest::Method::GET, "/v1/models"),
+            (reqwest::Method::GET, "/v1/files"),
+            (reqwest::Method::GET, "/v1/batches"),
+            (reqwest::Method::POST, "/v1/responses"),
+        ] {
+            let (status, _, v) = send(&client, &server, method, path, Some(json!({}))).await;
+            assert_eq!(status, 401, "{path}");
+            assert!(v["error"]["message"].is_string(), "{path}: {v}");
+        }
+        let ok = client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .bearer_auth("any-key")
+            .json(&chat("hello world"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200);
+        // The completion endpoints count their 401s.
+        let stats = server.stats();
+        assert_eq!(stats.responses.get("401"), Some(&2));
+        assert_eq!(stats.responses.get("200"), Some(&1));
+    }
+
+    #[tokio::test]
+    async fn not_found_paths_and_paths_outside_v1_are_404s_in_the_api_shape() {
+        let cfg = shaped(ServerOptions {
+            not_found: vec!["/v1/responses".into(), "/v1/messages/batches".into()],
+            ..Default::default()
+        });
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let input = json!({"model": "gpt-4o", "input": "hi"});
+        let (status, _, v) = send(
+            &client,
+            &server,
+            reqwest::Method::POST,
+            "/v1/responses",
+            Some(input),
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert_eq!(v["error"]["message"], "Invalid URL (POST /v1/responses)");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(post(&client, &server).await.status(), 200);
+        let (status, _, v) = send(
+            &client,
+            &server,
+            reqwest::Method::GET,
+            "/v1/messages/batches/msgbatch_1",
+            None,
+        )
+        .await;
+        assert_eq!(status, 404);
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "not_found_error");
+
+        // Without the option: paths without /v1, and unknown ones, are 404s too.
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        for path in [
+            "/chat/completions",
+            "/v2/chat/completions",
+            "/v1/embeddings",
+        ] {
+            let (status, _, v) = send(
+                &client,
+                &server,
+                reqwest::Method::POST,
+                path,
+                Some(chat("x")),
+            )
+            .await;
+            assert_eq!(status, 404, "{path}");
+            assert_eq!(
+                v["error"]["message"],
+                format!("Invalid URL (POST {path})"),
+                "{path}"
+            );
+        }
+        let (status, _, v) = send(
+            &client,
+            &server,
+            reqwest::Method::POST,
+            "/v1/messages/x",
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, &v["error"]["type"]),
+            (404, &json!("not_found_error"))
+        );
+        let (status, _, v) = send(
+            &client,
+            &server,
+            reqwest::Method::GET,
+            "/v1/chat/completions",
+            None,
+        )
+        .await;
+        assert_eq!(status, 405);
+        assert_eq!(
+            v["error"]["message"],
+            "Invalid method for URL (GET /v1/chat/completions)"
+        );
+        // The mock's own /stats is not an API path.
+        let (status, _, v) = send(&client, &server, reqwest::Method::GET, "/stats", None).await;
+        assert_eq!(status, 200);
+        assert!(v["requests"].is_u64());
+    }
+
+    #[tokio::test]
+    async fn chat_serves_n_choices_json_object_and_tool_calls() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let client = reqwest::Client::new();
+        let url = "/v1/chat/completions";
+        let post_json = |body: serde_json::Value| {
+            let client = client.clone();
+            let server = &server;
+            async move { send(&client, server, reqwest::Method::POST, url, Some(body)).await }
+        };
+        let one = post_json(chat("hello world")).await.2;
+        let mut body = chat("hello world");
+        body["n"] = json!(2);
+        let (status, _, v) = post_json(body).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["choices"].as_array().unwrap().len(), 2);
+        assert_eq!(v["choices"][1]["index"], 1);
+        assert_eq!(v["choices"][1]["message"], one["choices"][0]["message"]);
+        assert_eq!(
+            v["usage"]["completion_tokens"],
+            2 * one["usage"]["completion_tokens"].as_u64().unwrap()
+        );
+        for n in [json!(0), json!(129), json!("2")] {
+            let mut body = chat("x");
+            body["n"] = n.clone();
+            let (status, _, v) = post_json(body).await;
+            assert_eq!(status, 400, "{n}");
+            assert_eq!(v["error"]["param"], "n");
+        }
+
+        let mut body = chat("answer in JSON");
+        body["response_format"] = json!({"type": "json_object"});
+        let v = post_json(body).await.2;
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+        let object: serde_json::Value = serde_json::from_str(content).unwrap();
+        assert_eq!(object["answer"], "mock answer to \"answer in JSON\"");
+        let mut body = chat("no magic word");
+        body["response_format"] = json!({"type": "json_object"});
+        let (status, _, v) = post_json(body).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["param"], "messages");
+
+        let tool = json!({"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}});
+        let mut body = chat("call it");
+        body["tools"] = json!([tool]);
+        body["tool_choice"] = json!("required");
+        let v = post_json(body.clone()).await.2;
+        let choice = &v["choices"][0];
+        assert_eq!(choice["finish_reason"], "tool_calls");
+        assert!(choice["message"]["content"].is_null());
+        let call = &choice["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "f");
+        let args: serde_json::Value =
+            serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["n"].is_i64(), "{args}");
+        body["tool_choice"] = json!("auto");
+        let v = post_json(body.clone()).await.2;
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            "mock answer to \"call it\""
+        );
+        body["tools"] = json!([{"type": "custom", "custom": {"name": "g"}}]);
+        let (status, _, v) = post_json(body).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["param"], "tools[0].type");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("function tools only")
+        );
+    }
+
+    #[tokio::test]
+    async fn chat_streams_server_sent_events_when_asked() {
+        let server = MockServer::start(MockConfig {
+            rpm: Some(600),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let client = reqwest::Client::new();
+        let mut body = chat("hello world");
+        body["stream"] = json!(true);
+        body["stream_options"] = json!({"include_usage": true});
+        let r = client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(header(&r, "content-type"), "text/event-stream");
+        assert!(r.headers().contains_key("x-ratelimit-remaining-requests"));
+        let text = r.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        let chunks: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, "mock answer to \"hello world\"");
+        assert_eq!(chunks.last().unwrap()["usage"]["prompt_tokens"], 9);
+        assert_eq!(server.stats().prompt_tokens, 9);
+
+        body["stream"] = json!(false);
+        let r = client
+            .post(format!("{}/chat/completions", server.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["param"], "stream_options");
+    }
+
+    #[tokio::test]
+    async fn models_are_listed_in_each_vendors_shape() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let client = reqwest::Client::new();
+        let (status, _, v) = send(&client, &server, reqwest::Method::GET, "/v1/models", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(v["object"], "list");
+        assert!(
+            v["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|m| m["id"] == "gpt-4o-mini")
+        );
+        assert_eq!(v["data"][0]["object"], "model");
+
+        let anthropic = |path: &str| {
+            client
+                .get(format!("http://{}{path}", server.addr))
+                .header("anthropic-version", "2023-06-01")
+        };
+        let r = anthropic("/v1/models").send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        let v: serde_json::Value = anthropic("/v1/models?limit=2")
+            .header("x-api-key", "k")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"].as_array().unwrap().len(), 2);
+        assert_eq!(v["data"][0]["type"], "model");
+        assert_eq!(v["has_more"], true);
+        assert_eq!(v["last_id"], v["data"][1]["id"]);
+        let v: serde_json::Value = anthropic("/v1/models/claude-haiku-4-5")
+            .bearer_auth("k")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["display_name"], "Claude Haiku 4.5");
     }
 }

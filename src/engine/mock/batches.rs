@@ -12,7 +12,7 @@
 //! lists them as `canceled`. Anthropic refuses a bad batch at creation (400) rather than failing
 //! it later. Everything lives in memory: a restarted mock knows no batches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +52,8 @@ fn endpoint_of(wire: Wire) -> &'static str {
 #[derive(Default)]
 pub(super) struct BatchStore {
     next_id: AtomicU64,
-    files: Mutex<HashMap<String, StoredFile>>,
+    /// By id, which sorts in creation order.
+    files: Mutex<BTreeMap<String, StoredFile>>,
     batches: Mutex<Vec<MockBatch>>,
     /// Batches refused at validation.
     refused: AtomicU64,
@@ -66,15 +67,14 @@ impl BatchStore {
 
     fn add_file(&self, name: &str, purpose: &str, data: Bytes) -> Value {
         let id = self.id("file");
-        let v = file_json(&id, name, purpose, data.len());
-        self.files.lock().expect("files lock").insert(
-            id,
-            StoredFile {
-                name: name.to_string(),
-                purpose: purpose.to_string(),
-                data,
-            },
-        );
+        let file = StoredFile {
+            name: name.to_string(),
+            purpose: purpose.to_string(),
+            data,
+            created_at: now(),
+        };
+        let v = file.json(&id);
+        self.files.lock().expect("files lock").insert(id, file);
         v
     }
 }
@@ -83,6 +83,16 @@ struct StoredFile {
     name: String,
     purpose: String,
     data: Bytes,
+    created_at: u64,
+}
+
+impl StoredFile {
+    /// The `file` object.
+    fn json(&self, id: &str) -> Value {
+        json!({"id": id, "object": "file", "bytes": self.data.len(),
+            "created_at": self.created_at, "expires_at": null, "filename": self.name,
+            "purpose": self.purpose, "status": "processed", "status_details": null})
+    }
 }
 
 struct MockBatch {
@@ -100,10 +110,16 @@ struct MockBatch {
     /// Validation errors: the batch failed as a whole.
     errors: Vec<Value>,
     cancelled_at: Option<Instant>,
+    /// Wall-clock time (unix seconds) of the cancel request.
+    cancelled_wall: Option<u64>,
     settled: Option<Settled>,
 }
 
 struct Settled {
+    /// Wall-clock time (unix seconds) the batch settled.
+    at: u64,
+    /// Tokens of the answers: input, cached input, output, reasoning.
+    usage: [u64; 4],
     status: &'static str,
     output_file_id: Option<String>,
     error_file_id: Option<String>,
@@ -124,7 +140,8 @@ enum Fate {
 
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
-        .route("/v1/files", post(upload))
+        .route("/v1/files", post(upload).get(list_files))
+        .route("/v1/files/{id}", get(retrieve_file).delete(delete_file))
         .route("/v1/files/{id}/content", get(file_content))
         .route("/v1/batches", post(create).get(list))
         .route("/v1/batches/{id}", get(retrieve))
@@ -133,7 +150,10 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
             "/v1/messages/batches",
             post(create_messages).get(list_messages),
         )
-        .route("/v1/messages/batches/{id}", get(retrieve_messages))
+        .route(
+            "/v1/messages/batches/{id}",
+            get(retrieve_messages).delete(delete_messages),
+        )
         .route("/v1/messages/batches/{id}/results", get(results_messages))
         .route("/v1/messages/batches/{id}/cancel", post(cancel_messages))
         .route("/stats/batches", get(stats))
@@ -166,11 +186,6 @@ fn not_found(what: &str, id: &str) -> Response {
             None,
         ),
     )
-}
-
-fn file_json(id: &str, name: &str, purpose: &str, bytes: usize) -> Value {
-    json!({"id": id, "object": "file", "bytes": bytes, "created_at": now(),
-        "filename": name, "purpose": purpose, "status": "processed"})
 }
 
 /// `POST /v1/files`: multipart with `purpose` and `file`.
@@ -209,6 +224,70 @@ async fn upload(State(s): State<Arc<Shared>>, mut form: Multipart) -> Response {
         StatusCode::OK,
         s.batches.add_file(&name, &purpose, data).to_string(),
     )
+}
+
+/// `GET /v1/files/{id}`.
+async fn retrieve_file(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match s.batches.files.lock().expect("files lock").get(&id) {
+        Some(f) => reply(StatusCode::OK, f.json(&id).to_string()),
+        None => not_found("file", &id),
+    }
+}
+
+/// `DELETE /v1/files/{id}`.
+async fn delete_file(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    match s.batches.files.lock().expect("files lock").remove(&id) {
+        Some(_) => reply(
+            StatusCode::OK,
+            json!({"id": id, "object": "file", "deleted": true}).to_string(),
+        ),
+        None => not_found("file", &id),
+    }
+}
+
+#[derive(Deserialize)]
+struct FilesQuery {
+    purpose: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+    order: Option<String>,
+}
+
+/// `GET /v1/files`: newest first unless `order=asc`, filtered by `purpose`, paged with `after`.
+async fn list_files(State(s): State<Arc<Shared>>, Query(q): Query<FilesQuery>) -> Response {
+    let files = s.batches.files.lock().expect("files lock");
+    let mut listed: Vec<(&String, &StoredFile)> = files
+        .iter()
+        .filter(|(_, f)| q.purpose.as_ref().is_none_or(|p| *p == f.purpose))
+        .collect();
+    match q.order.as_deref() {
+        None | Some("desc") => listed.reverse(),
+        Some("asc") => {}
+        Some(other) => {
+            return invalid(&format!(
+                "Invalid value for 'order': '{other}'. Expected 'asc' or 'desc'."
+            ));
+        }
+    }
+    let start = match &q.after {
+        Some(after) => listed
+            .iter()
+            .position(|(id, _)| *id == after)
+            .map_or(listed.len(), |p| p + 1),
+        None => 0,
+    };
+    let limit = q.limit.unwrap_or(10_000).clamp(1, 10_000);
+    let page: Vec<Value> = listed
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|(id, f)| f.json(id))
+        .collect();
+    let has_more = start + page.len() < listed.len();
+    let body = json!({"object": "list", "data": page, "has_more": has_more,
+        "first_id": page.first().map(|f| f["id"].clone()),
+        "last_id": page.last().map(|f| f["id"].clone())});
+    reply(StatusCode::OK, body.to_string())
 }
 
 async fn file_content(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
@@ -275,12 +354,15 @@ async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         requests,
         errors,
         cancelled_at: None,
+        cancelled_wall: None,
         settled: None,
     };
     let mut batches = s.batches.batches.lock().expect("batches lock");
     let mut batch = batch;
     if !batch.errors.is_empty() {
         batch.settled = Some(Settled {
+            at: batch.created_at,
+            usage: [0; 4],
             status: "failed",
             output_file_id: None,
             error_file_id: None,
@@ -379,6 +461,7 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
     };
     let reached = (b.requests.len() as f64 * share).floor() as usize;
     let mut fates = Vec::with_capacity(b.requests.len());
+    let mut usage = [0u64; 4];
     for (k, (_, body)) in b.requests.iter().enumerate() {
         if k >= reached {
             fates.push(Fate::Cancelled);
@@ -406,7 +489,15 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
             Ok((req, mut answer)) => {
                 s.prompt_cache.serve(&mut answer);
                 s.count_tokens(&answer);
-                let body = b.wire.success(&req.model, &answer, k as u64);
+                for (total, n) in usage.iter_mut().zip([
+                    answer.prompt_tokens,
+                    answer.cached_tokens + answer.cache_read_tokens,
+                    answer.completion_tokens,
+                    answer.reasoning_tokens,
+                ]) {
+                    *total += n;
+                }
+                let body = b.wire.success(&req, &answer, k as u64);
                 fates.push(Fate::Answered(
                     serde_json::from_str(&body).unwrap_or_default(),
                 ));
@@ -432,9 +523,8 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
             data.push(b'\n');
         }
         let name = format!("{}_{kind}.jsonl", b.id);
-        let v = s
-            .batches
-            .add_file(&name, &format!("batch_{kind}"), data.into());
+        // OpenAI's output and error files both have the purpose `batch_output`.
+        let v = s.batches.add_file(&name, "batch_output", data.into());
         v["id"].as_str().map(str::to_string)
     };
     let (output_file_id, error_file_id) = match b.wire {
@@ -483,7 +573,14 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
     } else {
         "completed"
     };
+    // The batch ended when its time was up (or when it was cancelled), not when it is looked at.
+    let ended = match b.cancelled_at {
+        Some(at) => at,
+        None => b.started + s.cfg.batch_latency,
+    };
     b.settled = Some(Settled {
+        at: now_secs_of(b, ended),
+        usage,
         status,
         output_file_id,
         error_file_id,
@@ -515,10 +612,27 @@ fn batch_json(b: &MockBatch, s: &Shared, now: Instant, status: Option<&str>) -> 
         }
     };
     let errors = (!b.errors.is_empty()).then(|| json!({"object": "list", "data": b.errors}));
+    // The times of the steps the batch has gone through (unix seconds), null for the others.
+    let failed_validation = !b.errors.is_empty();
+    let settled_at = b.settled.as_ref().map(|d| d.at);
+    let ended =
+        |kind: &str| settled_at.filter(|_| b.settled.as_ref().is_some_and(|d| d.status == kind));
+    let usage = b.settled.as_ref().filter(|_| !failed_validation).map(|d| {
+        let [input, cached, output, reasoning] = d.usage;
+        json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": output, "output_tokens_details": {"reasoning_tokens": reasoning},
+            "total_tokens": input + output})
+    });
+    let model = b
+        .requests
+        .iter()
+        .find_map(|(_, body)| body["model"].as_str())
+        .map(str::to_string);
     json!({
         "id": b.id,
         "object": "batch",
         "endpoint": endpoint_of(b.wire),
+        "model": model,
         "errors": errors,
         "input_file_id": b.input_file_id,
         "completion_window": "24h",
@@ -526,8 +640,16 @@ fn batch_json(b: &MockBatch, s: &Shared, now: Instant, status: Option<&str>) -> 
         "output_file_id": output,
         "error_file_id": error,
         "created_at": b.created_at,
+        "in_progress_at": (!failed_validation).then_some(b.created_at),
         "expires_at": b.created_at + 24 * 3600,
+        "finalizing_at": settled_at.filter(|_| !failed_validation && b.cancelled_at.is_none()),
+        "completed_at": ended("completed"),
+        "failed_at": ended("failed"),
+        "expired_at": ended("expired"),
+        "cancelling_at": b.cancelled_wall,
+        "cancelled_at": ended("cancelled"),
         "request_counts": {"total": total, "completed": completed, "failed": failed},
+        "usage": usage,
         "metadata": b.metadata,
     })
 }
@@ -556,6 +678,7 @@ async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respons
     };
     if b.settled.is_none() && b.cancelled_at.is_none() {
         b.cancelled_at = Some(now);
+        b.cancelled_wall = Some(now_secs_of(b, now));
     }
     // Like the provider: "cancelling" now, "cancelled" on a later look.
     let status = b.settled.is_none().then_some("cancelling");
@@ -632,6 +755,14 @@ fn valid_custom_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
+/// Where a results URL points: the host the client reached the mock at.
+fn origin(headers: &HeaderMap) -> String {
+    headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map_or(String::new(), |h| format!("http://{h}"))
+}
+
 /// `POST /v1/messages/batches`: `{"requests": [{"custom_id", "params"}]}`, checked at once.
 async fn create_messages(
     State(s): State<Arc<Shared>>,
@@ -639,15 +770,8 @@ async fn create_messages(
     body: Bytes,
 ) -> Response {
     let bad = |m: &str| anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", m);
-    if headers
-        .get("x-api-key")
-        .is_none_or(|k| k.as_bytes().is_empty())
-    {
-        return anthropic_error(
-            StatusCode::UNAUTHORIZED,
-            "authentication_error",
-            "x-api-key header is required",
-        );
+    if let Err((status, body)) = messages::check_key(&headers) {
+        return reply(status, body);
     }
     let v: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -684,6 +808,11 @@ async fn create_messages(
         if !item["params"].is_object() {
             return bad(&format!("requests.{i}.params: Field required"));
         }
+        if item["params"]["stream"] == json!(true) {
+            return bad(&format!(
+                "requests.{i}.params.stream: batch requests cannot be streamed"
+            ));
+        }
         requests.push((id.to_string(), item["params"].clone()));
     }
     // The requests inside are checked like /v1/messages requests, with this request's key and
@@ -701,21 +830,23 @@ async fn create_messages(
         requests,
         errors: Vec::new(),
         cancelled_at: None,
+        cancelled_wall: None,
         settled: None,
     };
-    let v = message_batch_json(&batch, &s, Instant::now());
+    let v = message_batch_json(&batch, &origin(&headers));
     s.batches.batches.lock().expect("batches lock").push(batch);
     reply(StatusCode::OK, v.to_string())
 }
 
-fn message_batch_json(b: &MockBatch, s: &Shared, now: Instant) -> Value {
+/// The `message_batch` object; `origin` makes its `results_url` absolute, as Anthropic's is.
+fn message_batch_json(b: &MockBatch, origin: &str) -> Value {
     let total = b.requests.len() as u64;
     let (status, counts, ended_at) = match &b.settled {
         Some(d) => (
             "ended",
             json!({"processing": 0, "succeeded": d.completed,
                 "errored": d.failed - d.expired, "canceled": d.cancelled, "expired": d.expired}),
-            Some(rfc3339(now_secs_of(b, now))),
+            Some(rfc3339(d.at)),
         ),
         None => (
             if b.cancelled_at.is_some() {
@@ -728,7 +859,6 @@ fn message_batch_json(b: &MockBatch, s: &Shared, now: Instant) -> Value {
             None,
         ),
     };
-    let _ = s;
     json!({
         "id": b.id,
         "type": "message_batch",
@@ -737,9 +867,10 @@ fn message_batch_json(b: &MockBatch, s: &Shared, now: Instant) -> Value {
         "created_at": rfc3339(b.created_at),
         "expires_at": rfc3339(b.created_at + 24 * 3600),
         "ended_at": ended_at,
-        "cancel_initiated_at": b.cancelled_at.map(|_| rfc3339(b.created_at)),
+        "cancel_initiated_at": b.cancelled_wall.map(rfc3339),
         "archived_at": null,
-        "results_url": b.settled.as_ref().map(|_| format!("/v1/messages/batches/{}/results", b.id)),
+        "results_url": b.settled.as_ref()
+            .map(|_| format!("{origin}/v1/messages/batches/{}/results", b.id)),
     })
 }
 
@@ -748,11 +879,16 @@ fn now_secs_of(b: &MockBatch, at: Instant) -> u64 {
     b.created_at + at.saturating_duration_since(b.started).as_secs()
 }
 
+/// Runs `f` on the message batch `id`, once the key is checked; 404 when there is none.
 fn with_message_batch(
     s: &Shared,
+    headers: &HeaderMap,
     id: &str,
     f: impl FnOnce(&mut MockBatch, Instant) -> Response,
 ) -> Response {
+    if let Err((status, body)) = messages::check_key(headers) {
+        return reply(status, body);
+    }
     let now = Instant::now();
     let mut batches = s.batches.batches.lock().expect("batches lock");
     match batches
@@ -768,24 +904,80 @@ fn with_message_batch(
     }
 }
 
-async fn retrieve_messages(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    with_message_batch(&s, &id, |b, now| {
+async fn retrieve_messages(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let origin = origin(&headers);
+    with_message_batch(&s, &headers, &id, |b, now| {
         settle(&s, b, now);
-        reply(StatusCode::OK, message_batch_json(b, &s, now).to_string())
+        reply(StatusCode::OK, message_batch_json(b, &origin).to_string())
     })
 }
 
-async fn cancel_messages(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    with_message_batch(&s, &id, |b, now| {
+async fn cancel_messages(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let origin = origin(&headers);
+    with_message_batch(&s, &headers, &id, |b, now| {
         if b.settled.is_none() && b.cancelled_at.is_none() {
             b.cancelled_at = Some(now);
+            b.cancelled_wall = Some(now_secs_of(b, now));
         }
-        reply(StatusCode::OK, message_batch_json(b, &s, now).to_string())
+        reply(StatusCode::OK, message_batch_json(b, &origin).to_string())
     })
 }
 
-async fn results_messages(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
-    let file = with_message_batch(&s, &id, |b, now| {
+/// `DELETE /v1/messages/batches/{id}`: only once the batch has ended, as Anthropic allows; its
+/// results go with it.
+async fn delete_messages(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let mut results_file = None;
+    let resp = with_message_batch(&s, &headers, &id, |b, now| {
+        settle(&s, b, now);
+        match &b.settled {
+            Some(d) => {
+                results_file = d.output_file_id.clone();
+                reply(
+                    StatusCode::OK,
+                    json!({"id": b.id, "type": "message_batch_deleted"}).to_string(),
+                )
+            }
+            None => anthropic_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!(
+                    "Batch {} cannot be deleted while it is still processing; cancel it first                      and wait for it to end.",
+                    b.id
+                ),
+            ),
+        }
+    });
+    if resp.status() == StatusCode::OK {
+        s.batches
+            .batches
+            .lock()
+            .expect("batches lock")
+            .retain(|b| b.id != id);
+        if let Some(f) = results_file {
+            s.batches.files.lock().expect("files lock").remove(&f);
+        }
+    }
+    resp
+}
+
+async fn results_messages(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let file = with_message_batch(&s, &headers, &id, |b, now| {
         settle(&s, b, now);
         match b.settled.as_ref().and_then(|d| d.output_file_id.clone()) {
             Some(f) => reply(StatusCode::OK, f),
@@ -815,9 +1007,13 @@ struct MessagesListQuery {
 /// `GET /v1/messages/batches`: newest first, paged with `after_id`.
 async fn list_messages(
     State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
     Query(q): Query<MessagesListQuery>,
 ) -> Response {
-    let now = Instant::now();
+    if let Err((status, body)) = messages::check_key(&headers) {
+        return reply(status, body);
+    }
+    let origin = origin(&headers);
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
     let batches = s.batches.batches.lock().expect("batches lock");
     let newest_first: Vec<&MockBatch> = batches
@@ -836,7 +1032,7 @@ async fn list_messages(
         .iter()
         .skip(start)
         .take(limit)
-        .map(|b| message_batch_json(b, &s, now))
+        .map(|b| message_batch_json(b, &origin))
         .collect();
     let has_more = start + page.len() < newest_first.len();
     let body = json!({"data": page, "has_more": has_more,
@@ -858,4 +1054,256 @@ async fn stats(State(s): State<Arc<Shared>>) -> Response {
         "batch_sizes": sizes,
     });
     reply(StatusCode::OK, body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{MockConfig, MockServer};
+    use serde_json::{Value, json};
+    use std::time::Duration;
+
+    struct Api {
+        client: reqwest::Client,
+        base: String,
+    }
+
+    impl Api {
+        fn new(server: &MockServer) -> Self {
+            Api {
+                client: reqwest::Client::new(),
+                base: server.base_url(),
+            }
+        }
+
+        async fn call(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+            let resp = req
+                .header("x-api-key", "k")
+                .header("anthropic-version", "2023-06-01")
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (
+                status,
+                serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            )
+        }
+
+        async fn get(&self, path: &str) -> (u16, Value) {
+            self.call(self.client.get(format!("{}{path}", self.base)))
+                .await
+        }
+
+        async fn delete(&self, path: &str) -> (u16, Value) {
+            self.call(self.client.delete(format!("{}{path}", self.base)))
+                .await
+        }
+
+        async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+            self.call(self.client.post(format!("{}{path}", self.base)).json(&body))
+                .await
+        }
+
+        async fn upload(&self, data: &str) -> Value {
+            let form = reqwest::multipart::Form::new()
+                .text("purpose", "batch")
+                .part(
+                    "file",
+                    reqwest::multipart::Part::bytes(data.as_bytes().to_vec()).file_name("in.jsonl"),
+                );
+            let resp = self
+                .client
+                .post(format!("{}/files", self.base))
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            resp.json().await.unwrap()
+        }
+    }
+
+    fn line(id: &str) -> String {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": id}]}})
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn files_can_be_listed_retrieved_and_deleted() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let api = Api::new(&server);
+        let a = api.upload(&line("a")).await;
+        let b = api.upload(&line("b")).await;
+        let (status, got) = api
+            .get(&format!("/files/{}", a["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(got, a);
+        let (_, list) = api.get("/files").await;
+        assert_eq!(list["object"], "list");
+        // Newest first.
+        let ids: Vec<&Value> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| &f["id"])
+            .collect();
+        assert_eq!(ids, [&b["id"], &a["id"]]);
+        let (_, page) = api
+            .get(&format!(
+                "/files?order=asc&limit=1&after={}",
+                a["id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(page["data"][0]["id"], b["id"]);
+        assert_eq!(page["has_more"], false);
+        let (_, none) = api.get("/files?purpose=batch_output").await;
+        assert_eq!(none["data"], json!([]));
+        let (status, gone) = api
+            .delete(&format!("/files/{}", a["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            gone,
+            json!({"id": a["id"], "object": "file", "deleted": true})
+        );
+        for path in [
+            format!("/files/{}", a["id"].as_str().unwrap()),
+            format!("/files/{}/content", a["id"].as_str().unwrap()),
+        ] {
+            let (status, v) = api.get(&path).await;
+            assert_eq!(status, 404, "{path}");
+            assert_eq!(v["error"]["type"], "invalid_request_error");
+        }
+        let (status, _) = api
+            .delete(&format!("/files/{}", a["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(status, 404);
+        let (status, _) = api.get("/files?order=sideways").await;
+        assert_eq!(status, 400);
+    }
+
+    #[tokio::test]
+    async fn a_batch_reports_the_times_of_its_steps_its_model_and_usage() {
+        let server = MockServer::start(MockConfig {
+            batch_latency: Duration::from_millis(200),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let api = Api::new(&server);
+        let file = api.upload(&format!("{}\n{}\n", line("a"), line("b"))).await;
+        let create = json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+            "completion_window": "24h"});
+        let (_, b) = api.post("/batches", create.clone()).await;
+        assert_eq!(b["status"], "validating");
+        assert_eq!(b["model"], "gpt-4o-mini");
+        assert_eq!(b["in_progress_at"], b["created_at"]);
+        for field in ["completed_at", "finalizing_at", "cancelling_at", "usage"] {
+            assert!(b[field].is_null(), "{field}: {b}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let path = format!("/batches/{}", b["id"].as_str().unwrap());
+        let (_, done) = api.get(&path).await;
+        assert_eq!(done["status"], "completed");
+        assert!(done["completed_at"].as_u64().unwrap() >= done["created_at"].as_u64().unwrap());
+        assert_eq!(done["finalizing_at"], done["completed_at"]);
+        assert!(done["failed_at"].is_null() && done["cancelled_at"].is_null());
+        let usage = &done["usage"];
+        assert!(usage["input_tokens"].as_u64().unwrap() > 0);
+        assert_eq!(
+            usage["total_tokens"].as_u64().unwrap(),
+            usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap()
+        );
+        // Settled once: a later look reports the same times.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (_, again) = api.get(&path).await;
+        assert_eq!(again["completed_at"], done["completed_at"]);
+        let (_, out) = api
+            .get(&format!(
+                "/files/{}",
+                done["output_file_id"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(out["purpose"], "batch_output");
+
+        let (_, b) = api.post("/batches", create).await;
+        let (_, cancelling) = api
+            .post(
+                &format!("/batches/{}/cancel", b["id"].as_str().unwrap()),
+                json!({}),
+            )
+            .await;
+        assert_eq!(cancelling["status"], "cancelling");
+        assert!(cancelling["cancelling_at"].is_u64());
+        let (_, cancelled) = api
+            .get(&format!("/batches/{}", b["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(cancelled["status"], "cancelled");
+        assert!(cancelled["cancelled_at"].is_u64() && cancelled["completed_at"].is_null());
+    }
+
+    #[tokio::test]
+    async fn an_ended_message_batch_can_be_deleted_and_its_results_url_is_absolute() {
+        let server = MockServer::start(MockConfig {
+            batch_latency: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let api = Api::new(&server);
+        let requests = json!({"requests": [{"custom_id": "a", "params": {
+            "model": "claude-haiku-4-5", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}]}}]});
+        let (status, b) = api.post("/messages/batches", requests.clone()).await;
+        assert_eq!(status, 200, "{b}");
+        let path = format!("/messages/batches/{}", b["id"].as_str().unwrap());
+        let (status, v) = api.delete(&path).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let (_, ended) = api.get(&path).await;
+        assert_eq!(ended["processing_status"], "ended");
+        let url = ended["results_url"].as_str().unwrap();
+        assert_eq!(url, format!("{}{path}/results", server.base_url()));
+        let results = reqwest::Client::new()
+            .get(url)
+            .header("x-api-key", "k")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(results.contains("\"succeeded\""), "{results}");
+        let (status, v) = api.delete(&path).await;
+        assert_eq!(status, 200);
+        assert_eq!(v, json!({"id": b["id"], "type": "message_batch_deleted"}));
+        let (status, v) = api.get(&path).await;
+        assert_eq!(
+            (status, &v["error"]["type"]),
+            (404, &json!("not_found_error"))
+        );
+
+        // Every message-batch endpoint wants a key.
+        let resp = reqwest::Client::new()
+            .get(format!("{}/messages/batches", server.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+
+        let (_, b) = api.post("/messages/batches", requests).await;
+        let path = format!("/messages/batches/{}", b["id"].as_str().unwrap());
+        let (_, cancelling) = api.post(&format!("{path}/cancel"), json!({})).await;
+        assert_eq!(cancelling["processing_status"], "canceling");
+        assert!(cancelling["cancel_initiated_at"].is_string());
+        let (_, ended) = api.get(&path).await;
+        assert_eq!(ended["request_counts"]["canceled"], 1);
+        assert_eq!(
+            ended["cancel_initiated_at"],
+            cancelling["cancel_initiated_at"]
+        );
+    }
 }

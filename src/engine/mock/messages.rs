@@ -2,15 +2,40 @@
 //! Anthropic checks it (so a test passing here proves our requests are well formed), and every
 //! answer and error in Anthropic's shapes.
 
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::Answer;
 use super::prompt_cache::Prefix;
 use super::wire::{Incoming, Parsed};
+use super::{Answer, Shared};
 
-/// The `anthropic-version`s the mock accepts.
+/// The `anthropic-version`s the mock accepts by name. Newer SDKs send newer dated versions (the
+/// Python SDK 2.x sends `2026-10-21`), so any well-formed date from [`FIRST_DATED`] on passes too.
 const VERSIONS: &[&str] = &["2023-06-01", "2023-01-01"];
+const FIRST_DATED: &str = "2023-01-01";
+
+/// Whether the mock takes `v` as an `anthropic-version`: a known one, or a `YYYY-MM-DD` date
+/// from [`FIRST_DATED`] on.
+fn known_version(v: &str) -> bool {
+    let number = |r: std::ops::Range<usize>| {
+        v.get(r)
+            .filter(|p| p.bytes().all(|c| c.is_ascii_digit()))
+            .and_then(|p| p.parse::<u32>().ok())
+    };
+    let dated = v.len() == 10
+        && v.get(4..5) == Some("-")
+        && v.get(7..8) == Some("-")
+        && number(0..4).is_some()
+        && number(5..7).is_some_and(|m| (1..=12).contains(&m))
+        && number(8..10).is_some_and(|d| (1..=31).contains(&d));
+    VERSIONS.contains(&v) || (dated && v >= FIRST_DATED)
+}
 
 /// Top-level request fields the Messages API knows; any other is refused, as Anthropic does.
 const FIELDS: &[&str] = &[
@@ -33,6 +58,18 @@ const FIELDS: &[&str] = &[
     "mcp_servers",
 ];
 
+/// Top-level fields `POST /v1/messages/count_tokens` knows.
+const COUNT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "output_config",
+    "mcp_servers",
+];
+
 /// `{"type":"error","error":{"type":..,"message":..},"request_id":..}`.
 pub(super) fn error_body(kind: &str, message: &str) -> String {
     json!({"type": "error", "error": {"type": kind, "message": message},
@@ -47,18 +84,56 @@ fn invalid(message: impl Into<String>) -> (StatusCode, String) {
     )
 }
 
+/// Anthropic takes a key as `x-api-key` (SDK 1.x, and `batch`) or as `Authorization: Bearer`
+/// (SDK 2.x); without either, 401.
+pub(super) fn check_key(headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
+    let api_key = headers
+        .get("x-api-key")
+        .is_some_and(|k| !k.as_bytes().is_empty());
+    if api_key || super::routes::has_bearer(headers) {
+        return Ok(());
+    }
+    Err((
+        StatusCode::UNAUTHORIZED,
+        error_body("authentication_error", "x-api-key header is required"),
+    ))
+}
+
+/// What a body is checked for: a message to create, or one whose tokens are counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Create,
+    Count,
+}
+
 /// Checks headers and body; returns what was asked, or Anthropic's error for the first problem.
 pub(super) fn parse(headers: &HeaderMap, body: &[u8], spoil: Option<f64>) -> Parsed {
+    parse_for(Purpose::Create, headers, body, spoil)
+}
+
+/// `POST /v1/messages/count_tokens`: the body checked as for a message (less `max_tokens`),
+/// and its `input_tokens`: what `usage` would report for it, cache reads and writes included.
+pub(super) async fn count_tokens(
+    State(_s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (status, body) = match parse_for(Purpose::Count, &headers, &body, None) {
+        Ok((_, a)) => (
+            StatusCode::OK,
+            json!({"input_tokens": a.prompt_tokens}).to_string(),
+        ),
+        Err(e) => e,
+    };
+    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn parse_for(purpose: Purpose, headers: &HeaderMap, body: &[u8], spoil: Option<f64>) -> Parsed {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if header("x-api-key").is_none_or(str::is_empty) {
-        return Err((
-            StatusCode::UNAUTHORIZED,
-            error_body("authentication_error", "x-api-key header is required"),
-        ));
-    }
+    check_key(headers)?;
     match header("anthropic-version") {
         None => return Err(invalid("anthropic-version: header is required")),
-        Some(v) if !VERSIONS.contains(&v) => {
+        Some(v) if !known_version(v) => {
             return Err(invalid(format!("anthropic-version: invalid version {v:?}")));
         }
         Some(_) => {}
@@ -71,7 +146,11 @@ pub(super) fn parse(headers: &HeaderMap, body: &[u8], spoil: Option<f64>) -> Par
     let Value::Object(req) = value else {
         return Err(invalid("body: Input should be a valid dictionary"));
     };
-    if let Some(extra) = req.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+    let fields = match purpose {
+        Purpose::Create => FIELDS,
+        Purpose::Count => COUNT_FIELDS,
+    };
+    if let Some(extra) = req.keys().find(|k| !fields.contains(&k.as_str())) {
         return Err(invalid(format!("{extra}: Extra inputs are not permitted")));
     }
     let model = match req.get("model") {
@@ -86,15 +165,21 @@ pub(super) fn parse(headers: &HeaderMap, body: &[u8], spoil: Option<f64>) -> Par
         ));
     }
     let max_tokens = match req.get("max_tokens") {
+        None if purpose == Purpose::Count => None,
         None => return Err(invalid("max_tokens: Field required")),
         Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 => n,
+            Some(n) if n >= 1 => Some(n),
             _ => {
                 return Err(invalid(
                     "max_tokens: Input should be an integer greater than or equal to 1",
                 ));
             }
         },
+    };
+    let stream = match req.get("stream") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(_) => return Err(invalid("stream: Input should be a valid boolean")),
     };
     if let Some(t) = req.get("temperature")
         && !t.as_f64().is_some_and(|t| (0.0..=1.0).contains(&t))
@@ -105,20 +190,46 @@ pub(super) fn parse(headers: &HeaderMap, body: &[u8], spoil: Option<f64>) -> Par
     }
     let (system, marked) = system(&req)?;
     let user = last_user_text(&req)?;
-    let max = Some(u32::try_from(max_tokens).unwrap_or(u32::MAX));
-    let mut a = match forced_tool(&req)? {
-        Some((name, schema)) => {
+    let max = max_tokens.map(|m| u32::try_from(m).unwrap_or(u32::MAX));
+    let mut a = match (forced_tool(&req)?, output_schema(&req)?) {
+        (Some((name, schema)), _) => {
             let mut a =
                 super::structured_answer(&model, system.as_deref(), &user, max, schema, spoil);
             a.tool = Some(name);
             a
         }
-        None => Answer::new(&model, system.as_deref(), &user, max),
+        (None, Some(schema)) => {
+            super::structured_answer(&model, system.as_deref(), &user, max, schema, spoil)
+        }
+        (None, None) => Answer::new(&model, system.as_deref(), &user, max),
     };
     if marked && let Some(s) = &system {
         a.prefix = Some(Prefix::marked(&model, s));
     }
-    Ok((Incoming { model }, a))
+    let mut incoming = Incoming::new(model);
+    incoming.stream = stream;
+    Ok((incoming, a))
+}
+
+/// The schema of structured outputs (`output_config.format` of type `json_schema`), which the
+/// answer's text then fits.
+fn output_schema(req: &Map<String, Value>) -> Result<Option<&Value>, (StatusCode, String)> {
+    let format = match req.get("output_config").and_then(|c| c.get("format")) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(f) => f,
+    };
+    if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return Err(invalid(
+            "output_config.format.type: Input should be 'json_schema'",
+        ));
+    }
+    match format.get("schema") {
+        Some(s) if s.is_object() && jsonschema::validator_for(s).is_ok() => Ok(Some(s)),
+        Some(_) => Err(invalid(
+            "output_config.format.schema: JSON schema is invalid",
+        )),
+        None => Err(invalid("output_config.format.schema: Field required")),
+    }
 }
 
 /// The tool `tool_choice` forces (`{"type": "tool", "name"}`), with its input schema, checked the
@@ -155,7 +266,17 @@ fn forced_tool(req: &Map<String, Value>) -> Result<Option<(String, &Value)>, (St
     };
     match choice.get("type").and_then(Value::as_str) {
         Some("tool") => {}
-        Some("auto") | Some("any") | Some("none") => return Ok(None),
+        // "any" makes the model call one of the tools: the mock calls the first.
+        Some("any") => {
+            let Some(first) = tools.first() else {
+                return Err(invalid(
+                    "tool_choice: 'any' needs at least one tool in tools",
+                ));
+            };
+            let name = first["name"].as_str().unwrap_or_default().to_string();
+            return Ok(Some((name, &first["input_schema"])));
+        }
+        Some("auto") | Some("none") => return Ok(None),
         _ => {
             return Err(invalid(
                 "tool_choice.type: Input should be 'auto', 'any', 'tool' or 'none'",
@@ -560,5 +681,122 @@ mod tests {
             .unwrap_err();
         assert_eq!(broke.kind, ErrorKind::QuotaExhausted, "{broke}");
         assert!(broke.kind.stops_run());
+    }
+
+    #[tokio::test]
+    async fn the_current_sdk_auth_and_version_pass_and_tokens_can_be_counted() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let good = json!({"model": "claude-haiku-4-5", "max_tokens": 10, "system": "Be brief.",
+            "messages": [{"role": "user", "content": "hi"}]});
+        // SDK 2.x: Authorization: Bearer and a newer dated version.
+        let bearer = ("authorization", "Bearer sk-ant");
+        let version = ("anthropic-version", "2026-10-21");
+        let (status, v) = post(&server, &[bearer, version], good.clone()).await;
+        assert_eq!(status, 200, "{v}");
+        for bad in [
+            "2026-13-01",
+            "yesterday",
+            "2022-12-31",
+            "2023-06-01x",
+            "2é23-06-01",
+        ] {
+            let (status, v) =
+                post(&server, &[bearer, ("anthropic-version", bad)], good.clone()).await;
+            assert_eq!(status, 400, "{bad}: {v}");
+        }
+        let (status, _) = post(
+            &server,
+            &[("authorization", "Bearer "), version],
+            good.clone(),
+        )
+        .await;
+        assert_eq!(status, 401);
+
+        let count = |body: Value, headers: Vec<(&'static str, &'static str)>| {
+            let server = &server;
+            async move {
+                let mut req = reqwest::Client::new()
+                    .post(format!("{}/messages/count_tokens", server.base_url()))
+                    .json(&body);
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                let resp = req.send().await.unwrap();
+                (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+            }
+        };
+        let mut counted = good.clone();
+        counted.as_object_mut().unwrap().remove("max_tokens");
+        let (status, n) = count(counted.clone(), vec![bearer, version]).await;
+        assert_eq!(status, 200, "{n}");
+        let (_, message) = post(&server, &[bearer, version], good.clone()).await;
+        assert_eq!(n["input_tokens"], message["usage"]["input_tokens"]);
+        let (status, v) = count(good.clone(), vec![bearer, version]).await;
+        assert_eq!(status, 400);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("max_tokens")
+        );
+        let (status, v) = count(counted, vec![version]).await;
+        assert_eq!(
+            (status, &v["error"]["type"]),
+            (401, &json!("authentication_error"))
+        );
+    }
+
+    #[tokio::test]
+    async fn structured_output_tool_choice_any_and_streams() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let headers = [("x-api-key", "k"), ("anthropic-version", "2023-06-01")];
+        let schema = json!({"type": "object", "properties": {"n": {"type": "integer"}},
+            "required": ["n"], "additionalProperties": false});
+        let (status, v) = post(
+            &server,
+            &headers,
+            json!({"model": "claude-haiku-4-5", "max_tokens": 200,
+                "output_config": {"format": {"type": "json_schema", "schema": schema}},
+                "messages": [{"role": "user", "content": "count"}]}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let text: Value = serde_json::from_str(v["content"][0]["text"].as_str().unwrap()).unwrap();
+        assert!(text["n"].is_i64(), "{text}");
+
+        let (_, v) = post(
+            &server,
+            &headers,
+            json!({"model": "claude-haiku-4-5", "max_tokens": 200,
+                "tools": [{"name": "f", "input_schema": schema}], "tool_choice": {"type": "any"},
+                "messages": [{"role": "user", "content": "count"}]}),
+        )
+        .await;
+        assert_eq!(v["stop_reason"], "tool_use");
+        assert_eq!(v["content"][0]["name"], "f");
+
+        let mut req = reqwest::Client::new()
+            .post(format!("{}/messages", server.base_url()))
+            .json(
+                &json!({"model": "claude-haiku-4-5", "max_tokens": 20, "stream": true,
+                "messages": [{"role": "user", "content": "hello world"}]}),
+            );
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let text = resp.text().await.unwrap();
+        assert!(text.starts_with("event: message_start\n"), "{text}");
+        assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+        let deltas: String = text
+            .split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(|d| serde_json::from_str::<Value>(d).unwrap())
+            .filter(|d| d["type"] == "content_block_delta")
+            .map(|d| d["delta"]["text"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(deltas, "mock answer to \"hello world\"");
     }
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::prompt_cache::Prefix;
+use super::tools::{self, Flavor};
 use super::wire::{Incoming, Parsed};
 use super::{Answer, error_body};
 
@@ -124,8 +125,22 @@ pub(super) fn parse(body: &[u8], spoil: Option<f64>) -> Parsed {
         }
     };
     let user = input_text(req.get("input"))?;
+    let stream = match req.get("stream") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(v) => {
+            return Err(invalid(
+                format!("Invalid type for 'stream': expected a boolean, but got {v} instead."),
+                Some("stream"),
+                "invalid_type",
+            ));
+        }
+    };
+    let call = tools::forced(Flavor::Responses, req.get("tools"), req.get("tool_choice"))
+        .map_err(|(message, param, code)| invalid(message, Some(&param), code))?;
     // The Responses API's format is Chat's json_schema object with the type beside it.
-    let as_chat = match req.get("text").and_then(|t| t.get("format")) {
+    let format = req.get("text").and_then(|t| t.get("format"));
+    let as_chat = match format {
         None | Some(Value::Null) => None,
         Some(format) if format.get("type").and_then(Value::as_str) == Some("json_schema") => {
             Some(json!({"type": "json_schema", "json_schema": format}))
@@ -137,16 +152,51 @@ pub(super) fn parse(body: &[u8], spoil: Option<f64>) -> Parsed {
         Some(f) => super::schema::requested_schema(f)
             .map_err(|m| invalid(m, Some("text.format"), "invalid_value"))?,
     };
-    let mut a = match schema {
-        Some(schema) => {
-            super::structured_answer(&model, instructions.as_deref(), &user, max, schema, spoil)
+    let json_object = format
+        .and_then(|f| f.get("type"))
+        .is_some_and(|t| t == "json_object");
+    if json_object
+        && !format!(
+            "{} {}",
+            instructions.as_deref().unwrap_or_default(),
+            input_all(&req)
+        )
+        .to_lowercase()
+        .contains("json")
+    {
+        return Err(invalid(
+            "Response input messages must contain the word 'json' in some form to use              'text.format' of type 'json_object'."
+                .into(),
+            Some("input"),
+            "invalid_value",
+        ));
+    }
+    let system = instructions.as_deref();
+    let mut a = match (&call, schema) {
+        (Some(call), _) => {
+            super::structured_answer(&model, system, &user, max, &call.parameters, spoil)
         }
-        None => Answer::new(&model, instructions.as_deref(), &user, max),
+        (None, Some(schema)) => super::structured_answer(&model, system, &user, max, schema, spoil),
+        (None, None) if json_object => {
+            let text = json!({"answer": super::answer(&user)}).to_string();
+            Answer::with_text(&model, system, &user, max, text)
+        }
+        (None, None) => Answer::new(&model, system, &user, max),
     };
-    a.prefix = instructions
-        .as_deref()
-        .map(|s| Prefix::automatic(&model, s));
-    Ok((Incoming { model }, a))
+    a.tool = call.map(|c| c.name);
+    a.prefix = system.map(|s| Prefix::automatic(&model, s));
+    let mut incoming = Incoming::new(model);
+    incoming.stream = stream;
+    Ok((incoming, a))
+}
+
+/// All the text of `input`, for the json_object check.
+fn input_all(req: &serde_json::Map<String, Value>) -> String {
+    match req.get("input") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => String::new(),
+    }
 }
 
 /// The user text of `input`: a plain string, or the last user item of a list.
@@ -191,7 +241,16 @@ pub(super) fn body(model: &str, a: &Answer, n: u64) -> String {
     if a.reasoning_tokens > 0 {
         output.push(json!({"id": format!("rs_mock{n}"), "type": "reasoning", "summary": []}));
     }
-    if !a.text.is_empty() {
+    if let Some(name) = &a.tool {
+        output.push(json!({
+            "id": format!("fc_mock{n}"),
+            "type": "function_call",
+            "status": if truncated { "incomplete" } else { "completed" },
+            "call_id": format!("call_mock{n}"),
+            "name": name,
+            "arguments": a.text,
+        }));
+    } else if !a.text.is_empty() {
         output.push(json!({
             "id": format!("msg_mock{n}"),
             "type": "message",
@@ -361,5 +420,66 @@ mod tests {
             );
             assert_eq!(e.kind, ErrorKind::Rejected);
         }
+    }
+
+    #[tokio::test]
+    async fn function_tools_json_object_and_streams() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let url = format!("{}/responses", server.base_url());
+        let client = reqwest::Client::new();
+        let post = |body: serde_json::Value| {
+            let req = client.post(&url).json(&body);
+            async move {
+                let resp = req.send().await.unwrap();
+                let status = resp.status().as_u16();
+                (status, resp.text().await.unwrap())
+            }
+        };
+        let tool = json!({"type": "function", "name": "f", "parameters": {"type": "object",
+            "properties": {"s": {"type": "string"}}, "required": ["s"]}});
+        let (status, text) = post(json!({"model": "gpt-4o", "input": "hi", "tools": [tool],
+            "tool_choice": {"type": "function", "name": "f"}}))
+        .await;
+        assert_eq!(status, 200, "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let call = &v["output"][0];
+        assert_eq!(call["type"], "function_call");
+        assert_eq!(call["name"], "f");
+        let args: serde_json::Value =
+            serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert!(args["s"].is_string());
+
+        let (status, text) = post(json!({"model": "gpt-4o", "input": "give JSON",
+            "text": {"format": {"type": "json_object"}}}))
+        .await;
+        assert_eq!(status, 200, "{text}");
+        let (status, text) = post(json!({"model": "gpt-4o", "input": "hi",
+            "text": {"format": {"type": "json_object"}}}))
+        .await;
+        assert_eq!(status, 400, "{text}");
+
+        let (status, text) = post(json!({"model": "gpt-4o", "input": "hello world",
+            "stream": true}))
+        .await;
+        assert_eq!(status, 200);
+        let events: Vec<serde_json::Value> = text
+            .split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        assert_eq!(events[0]["type"], "response.created");
+        assert_eq!(events[0]["response"]["status"], "in_progress");
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.completed");
+        let delta: String = events
+            .iter()
+            .filter(|e| e["type"] == "response.output_text.delta")
+            .map(|e| e["delta"].as_str().unwrap())
+            .collect();
+        assert_eq!(delta, "mock answer to \"hello world\"");
+        assert_eq!(
+            last["response"]["output"][0]["content"][0]["text"],
+            "mock answer to \"hello world\""
+        );
     }
 }

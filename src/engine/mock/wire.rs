@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::ratelimit::{Limits, Rejection};
-use super::{Answer, error_body, fault, messages, responses};
+use super::{Answer, error_body, fault, messages, responses, routes, stream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wire {
@@ -25,6 +25,23 @@ pub(super) type Parsed = Result<(Incoming, Answer), (StatusCode, String)>;
 /// The parts of a request the mock needs after parsing it.
 pub(super) struct Incoming {
     pub model: String,
+    /// `stream: true`: the answer goes out as server-sent events.
+    pub stream: bool,
+    /// Chat's `stream_options.include_usage`: a last chunk carries the usage.
+    pub stream_usage: bool,
+    /// Chat's `n`: how many choices the answer has (each the same).
+    pub choices: u32,
+}
+
+impl Incoming {
+    pub fn new(model: String) -> Self {
+        Incoming {
+            model,
+            stream: false,
+            stream_usage: false,
+            choices: 1,
+        }
+    }
 }
 
 impl Wire {
@@ -33,20 +50,39 @@ impl Wire {
     /// `spoil` spoils the answer of a request with a schema (`--invalid-json-rate`).
     pub fn parse(self, headers: &HeaderMap, body: &[u8], spoil: Option<f64>) -> Parsed {
         match self {
-            Wire::Chat => super::parse(body, spoil)
-                .map(|(req, a)| (Incoming { model: req.model }, a))
-                .map_err(|e| (StatusCode::BAD_REQUEST, e)),
+            Wire::Chat => super::parse(body, spoil).map_err(|e| (StatusCode::BAD_REQUEST, e)),
             Wire::Responses => responses::parse(body, spoil),
             Wire::Messages => messages::parse(headers, body, spoil),
         }
     }
 
-    /// The 200 body for answer `a` to request number `n`.
-    pub fn success(self, model: &str, a: &Answer, n: u64) -> String {
+    /// The 401 for a request without a key, where this format checks it here: OpenAI's with
+    /// `--require-key` (Anthropic's key is checked with the rest of the request).
+    pub fn missing_key(self, headers: &HeaderMap, required: bool) -> Option<(StatusCode, String)> {
         match self {
-            Wire::Chat => super::completion(model, a, n),
-            Wire::Responses => responses::body(model, a, n),
-            Wire::Messages => messages::body(model, a, n),
+            Wire::Chat | Wire::Responses if required && !routes::has_bearer(headers) => {
+                Some((StatusCode::UNAUTHORIZED, routes::missing_key_body()))
+            }
+            _ => None,
+        }
+    }
+
+    /// The 200 body for answer `a` to request number `n`.
+    pub fn success(self, req: &Incoming, a: &Answer, n: u64) -> String {
+        match self {
+            Wire::Chat => super::completion(req, a, n),
+            Wire::Responses => responses::body(&req.model, a, n),
+            Wire::Messages => messages::body(&req.model, a, n),
+        }
+    }
+
+    /// The 200 `body` (from [`Wire::success`]) as the server-sent events of a streamed answer.
+    pub fn stream(self, req: &Incoming, body: &str) -> String {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        match self {
+            Wire::Chat => stream::chat(&v, req.stream_usage),
+            Wire::Responses => stream::responses(&v),
+            Wire::Messages => stream::messages(&v),
         }
     }
 
