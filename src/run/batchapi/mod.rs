@@ -402,16 +402,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), Error> {
 /// unless the API is on this machine (the mock).
 fn api_key(st: &BatchState, key_file: Option<&Path>) -> Result<Option<ApiKey>, Error> {
     let var = st.provider.key_variable();
-    let key = match key_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| Error::read(p, &e))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var(var).ok(),
-    }
-    .filter(|k| !k.is_empty());
+    let key = ApiKey::lookup(var, key_file)?;
     let local = reqwest::Url::parse(&st.base_url)
         .ok()
         .is_some_and(|u| crate::run::connection::is_loopback(&u));
@@ -421,7 +412,7 @@ fn api_key(st: &BatchState, key_file: Option<&Path>) -> Result<Option<ApiKey>, E
             st.base_url
         )));
     }
-    Ok(key.map(ApiKey::new))
+    Ok(key)
 }
 
 /// The state file for a config: `--state` if given, else `<results stem>.batch.json`.
