@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::base::error::{Error, ExitStatus};
+use crate::base::printer::Printer;
 use crate::commands::cli::{BatchStateArgs, CollectArgs, SubmitArgs};
 use crate::run::batchapi::{self, Collect, DEFAULT_POLL_MAX};
 use crate::run::settings::RunConfig;
@@ -13,14 +14,16 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitStatus, Error> {
     batchapi::submit_command(RunConfig::resolve(args.run)?).await
 }
 
-/// `batch status STATE`.
+/// `batch status STATE`: a report, with no `-q` to hide anything.
 pub async fn status(args: BatchStateArgs) -> Result<ExitStatus, Error> {
-    batchapi::status_command(&args.state, args.api_key_file.as_deref()).await
+    let printer = Printer::new(false);
+    batchapi::status_command(&args.state, args.api_key_file.as_deref(), printer).await
 }
 
-/// `batch cancel STATE`.
+/// `batch cancel STATE`: a report, with no `-q` to hide anything.
 pub async fn cancel(args: BatchStateArgs) -> Result<ExitStatus, Error> {
-    batchapi::cancel_command(&args.state, args.api_key_file.as_deref()).await
+    let printer = Printer::new(false);
+    batchapi::cancel_command(&args.state, args.api_key_file.as_deref(), printer).await
 }
 
 /// `batch collect STATE`.
@@ -38,7 +41,7 @@ pub async fn collect(args: CollectArgs) -> Result<ExitStatus, Error> {
         wait: args.wait,
         resubmit_failed: args.resubmit_failed,
         poll_max,
-        quiet: args.quiet,
+        printer: Printer::new(args.quiet),
         summary_json: args.summary_json,
     };
     batchapi::collect_command(&args.state, args.api_key_file.as_deref(), args.output, opts).await

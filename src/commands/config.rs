@@ -89,14 +89,15 @@ impl RunConfig {
             .filter(|l| !l.is_empty())
             .unwrap_or_else(|| vec![DEFAULT_CONCURRENCY]);
         args.concurrency = Some(ConcurrencyList(vec![list[0]]));
-        Self::from_merged(args, env(api.base_url_env()), env(api.key_env())).map(|c| (c, list))
+        let env_api_key = ApiKey::from_env(api.key_env());
+        Self::from_merged(args, env(api.base_url_env()), env_api_key).map(|c| (c, list))
     }
 
     /// The pure half of [`RunConfig::resolve`]: no settings file, the environment passed in.
     fn from_merged(
         args: RunArgs,
         env_base_url: Option<String>,
-        env_api_key: Option<String>,
+        env_api_key: Option<ApiKey>,
     ) -> Result<Self, Error> {
         let mut args = args;
         let api = resolve_api(&mut args)?;
@@ -391,7 +392,7 @@ fn endpoint_of(
     args: &RunArgs,
     api: Api,
     env_base_url: Option<String>,
-    env_api_key: Option<String>,
+    env_api_key: Option<ApiKey>,
 ) -> Result<Endpoint, Error> {
     if let Some(list) = &args.mock {
         let mock = MockArgs::from_option_list(list)
@@ -410,11 +411,9 @@ fn endpoint_of(
         ))
     })?;
     let api_key = match &args.api_key_file {
-        Some(path) => Some(read_text(path, "--api-key-file")?.trim().to_string()),
+        Some(path) => ApiKey::from_file(path)?,
         None => env_api_key,
-    }
-    .filter(|k| !k.is_empty())
-    .map(ApiKey::new);
+    };
     if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
         return Err(Error::Usage(format!(
             "no API key for {base_url}: set {} (or pass --api-key-file FILE). To try batch \
@@ -573,8 +572,12 @@ mod tests {
 
     #[test]
     fn key_is_redacted_in_debug() {
-        let cfg =
-            RunConfig::from_merged(args("in.csv"), None, Some("sk-secret-123".into())).unwrap();
+        let cfg = RunConfig::from_merged(
+            args("in.csv"),
+            None,
+            Some(ApiKey::new("sk-secret-123".into())),
+        )
+        .unwrap();
         let dbg = format!("{cfg:?}");
         assert!(!dbg.contains("sk-secret-123"), "{dbg}");
     }

@@ -245,7 +245,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn print(&self, w: &mut impl Write) -> std::io::Result<()> {
+    pub fn print(&self, w: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
         let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} ms"));
         writeln!(w)?;
         if let Some(reason) = &self.stopped {
@@ -264,49 +264,8 @@ impl Summary {
                 String::new()
             }
         )?;
-        let mut prompt_parts = Vec::new();
-        if self.cached_tokens > 0 {
-            prompt_parts.push(format!("{} cached", self.cached_tokens));
-        }
-        if self.cache_write_tokens > 0 {
-            prompt_parts.push(format!("{} cache writes", self.cache_write_tokens));
-        }
-        let parts = |p: Vec<String>| {
-            if p.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", p.join(", "))
-            }
-        };
-        let reasoning = if self.reasoning_tokens > 0 {
-            vec![format!("{} reasoning", self.reasoning_tokens)]
-        } else {
-            Vec::new()
-        };
-        writeln!(
-            w,
-            "Tokens     {} prompt{} + {} completion{} = {}",
-            self.prompt_tokens,
-            parts(prompt_parts),
-            self.completion_tokens,
-            parts(reasoning),
-            self.total_tokens
-        )?;
-        let cost = match self.cost_usd {
-            Some(c) if self.unpriced_rows > 0 => format!(
-                "${} (plus {} rows {} with no known price; see --price-file)",
-                format_cost(c),
-                self.unpriced_rows,
-                if self.models.is_empty() {
-                    format!("of {}", self.model)
-                } else {
-                    "of models".into()
-                }
-            ),
-            Some(c) => format!("${}", format_cost(c)),
-            None => format!("unknown: no price for {} (see --price-file)", self.model),
-        };
-        writeln!(w, "Cost       {cost}")?;
+        writeln!(w, "Tokens     {}", self.tokens_line())?;
+        writeln!(w, "Cost       {}", self.cost_line())?;
         for (name, m) in &self.models {
             writeln!(
                 w,
@@ -352,6 +311,52 @@ impl Summary {
             )?;
         }
         writeln!(w, "Results    {}", self.output)
+    }
+
+    /// `2000 prompt (1024 cached) + 100 completion (64 reasoning) = 2100`: the parts in
+    /// brackets only when there are some.
+    fn tokens_line(&self) -> String {
+        let parts = |p: &[(u64, &str)]| {
+            let p: Vec<String> = p
+                .iter()
+                .filter(|(n, _)| *n > 0)
+                .map(|(n, what)| format!("{n} {what}"))
+                .collect();
+            if p.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", p.join(", "))
+            }
+        };
+        format!(
+            "{} prompt{} + {} completion{} = {}",
+            self.prompt_tokens,
+            parts(&[
+                (self.cached_tokens, "cached"),
+                (self.cache_write_tokens, "cache writes"),
+            ]),
+            self.completion_tokens,
+            parts(&[(self.reasoning_tokens, "reasoning")]),
+            self.total_tokens
+        )
+    }
+
+    /// The cost, saying which rows it leaves out or why it is unknown.
+    fn cost_line(&self) -> String {
+        match self.cost_usd {
+            Some(c) if self.unpriced_rows > 0 => format!(
+                "${} (plus {} rows {} with no known price; see --price-file)",
+                format_cost(c),
+                self.unpriced_rows,
+                if self.models.is_empty() {
+                    format!("of {}", self.model)
+                } else {
+                    "of models".into()
+                }
+            ),
+            Some(c) => format!("${}", format_cost(c)),
+            None => format!("unknown: no price for {} (see --price-file)", self.model),
+        }
     }
 
     pub fn write_json(&self, path: &Path) -> Result<(), Error> {

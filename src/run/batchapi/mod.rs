@@ -15,6 +15,7 @@ pub mod results;
 pub mod state;
 
 use std::future::Future;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use rand::SeedableRng;
 
 use crate::base::error::{Error, ExitStatus};
 use crate::base::money::format_cost;
+use crate::base::printer::Printer;
 use crate::base::secret::ApiKey;
 use crate::engine::lock::StateLock;
 use crate::engine::pricing::Price;
@@ -30,7 +32,8 @@ use crate::engine::provider::{
 };
 use crate::engine::retry::RetryPolicy;
 use crate::run::connection::Connection;
-use crate::run::settings::{Endpoint, Resume, RunConfig};
+use crate::run::settings::{Resume, RunConfig};
+use crate::run::summary::Summary;
 
 use plan::Limits;
 use state::{BatchState, Counts, Phase, ProviderKind};
@@ -402,16 +405,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<(), Error> {
 /// unless the API is on this machine (the mock).
 fn api_key(st: &BatchState, key_file: Option<&Path>) -> Result<Option<ApiKey>, Error> {
     let var = st.provider.key_variable();
-    let key = match key_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| Error::read(p, &e))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var(var).ok(),
-    }
-    .filter(|k| !k.is_empty());
+    let key = ApiKey::lookup(var, key_file)?;
     let local = reqwest::Url::parse(&st.base_url)
         .ok()
         .is_some_and(|u| crate::run::connection::is_loopback(&u));
@@ -421,7 +415,7 @@ fn api_key(st: &BatchState, key_file: Option<&Path>) -> Result<Option<ApiKey>, E
             st.base_url
         )));
     }
-    Ok(key.map(ApiKey::new))
+    Ok(key)
 }
 
 /// The state file for a config: `--state` if given, else `<results stem>.batch.json`.
@@ -450,14 +444,27 @@ fn limits(cfg: &RunConfig, kind: ProviderKind) -> Limits {
     }
 }
 
-/// The provider `run` uses for this config: its `body()` makes every batch request.
-fn body_provider(cfg: &RunConfig, base_url: &str) -> std::sync::Arc<dyn Provider> {
-    wire::build(cfg.api, http_client(1), base_url, None, &cfg.headers)
+/// The provider `run` uses for this config: its `body()` makes every batch request. The body
+/// does not depend on where requests go, so the endpoint's name serves as its base URL (no mock
+/// is started to plan a batch).
+fn body_provider(cfg: &RunConfig) -> std::sync::Arc<dyn Provider> {
+    wire::build(
+        cfg.api,
+        http_client(1),
+        cfg.endpoint.name(),
+        None,
+        &cfg.headers,
+    )
 }
 
 /// `batch submit`.
 pub async fn submit_command(cfg: RunConfig) -> Result<ExitStatus, Error> {
-    if cfg.endpoint.is_mock() && !cfg.dry_run {
+    let printer = cfg.printer();
+    kind_of(&cfg)?;
+    if cfg.dry_run {
+        return dry_run(&cfg, printer);
+    }
+    if cfg.endpoint.is_mock() {
         return Err(Error::Usage(
             "`batch submit --mock` would send the batches to a server that ends with this \
              process; start `batch mock` and pass its --base-url, or use `batch run --via batch \
@@ -465,20 +472,13 @@ pub async fn submit_command(cfg: RunConfig) -> Result<ExitStatus, Error> {
                 .into(),
         ));
     }
-    let (base_url, key) = match &cfg.endpoint {
-        Endpoint::Remote { base_url, api_key } => (base_url.clone(), api_key.clone()),
-        Endpoint::Mock(_) => ("http://127.0.0.1/v1".to_string(), None),
-    };
-    kind_of(&cfg)?;
-    if cfg.dry_run {
-        return dry_run(&cfg, &base_url);
-    }
+    // Not the mock: opening starts nothing, it only gives the base URL and key.
+    let conn = Connection::open(&cfg.endpoint).await?;
     let path = state_path(&cfg);
     let _lock = StateLock::acquire(&path)?;
-    let mut st = submit(&cfg, &base_url, key.as_ref(), &path).await?;
-    print_submitted(&st, &path, cfg.quiet);
+    let st = submit(&cfg, &conn.base_url, conn.api_key.as_ref(), &path).await?;
+    print_submitted(&st, &path, printer);
     // Nothing is answered yet: the exit status says whether everything was handed over.
-    let _ = &mut st;
     Ok(ExitStatus::Success)
 }
 
@@ -490,45 +490,13 @@ async fn submit(
     path: &Path,
 ) -> Result<BatchState, Error> {
     let kind = kind_of(cfg)?;
-    if path.exists() && cfg.resume != Resume::Restart {
-        let hint = match BatchState::load(path) {
-            Ok(st) if st.batches.iter().all(|b| b.is_final()) => {
-                "its batches have ended; collect it with `batch collect`, or add --restart to \
-                 replace it"
-            }
-            Ok(_) => {
-                "it is still running; see `batch status`, collect it with `batch collect \
-                 --wait`, or add --restart to replace it (its batches keep running)"
-            }
-            Err(_) => "add --restart to replace it, or choose another --state",
-        };
-        return Err(Error::Usage(format!(
-            "a batch job is already recorded in {}: {hint}",
-            path.display()
-        )));
-    }
-    // Fail on an unwritable results path or a missing --expect column now, not after the
-    // batches ran.
-    let input = crate::engine::input::InputFile::open_as(
-        &cfg.input,
-        cfg.input_format,
-        cfg.id_column.as_deref(),
-    )?;
-    if let Some(e) = &cfg.expect {
-        e.column_index(&input.headers, &cfg.input)?;
-    }
-    drop(crate::engine::output::ResultsWriter::create_as(
-        &cfg.output,
-        cfg.output_format,
-        &input.headers,
-        cfg.sanitize,
-        None,
-    )?);
+    refuse_recorded_job(path, cfg.resume)?;
+    check_results_path(cfg)?;
     let files = state::files_dir(path);
     std::fs::create_dir_all(&files)
         .map_err(|e| Error::io(format!("cannot create {}", files.display()), e))?;
     let limits = limits(cfg, kind);
-    let provider = body_provider(cfg, base_url);
+    let provider = body_provider(cfg);
     let planned = {
         let (cfg, files) = (cfg.clone(), files.clone());
         tokio::task::spawn_blocking(move || {
@@ -577,121 +545,199 @@ async fn submit(
     Ok(st)
 }
 
-fn print_submitted(st: &BatchState, path: &Path, quiet: bool) {
-    if quiet {
-        return;
+/// A job already recorded in the state file is never replaced without `--restart`: its batches
+/// may be running (and billed) still.
+fn refuse_recorded_job(path: &Path, resume: Resume) -> Result<(), Error> {
+    if !path.exists() || resume == Resume::Restart {
+        return Ok(());
     }
-    let total: u64 = st.batches.iter().map(|b| b.requests).sum();
-    eprintln!(
-        "Submitted  {} batch{} ({total} requests) to the {} at {}",
-        st.batches.len(),
-        if st.batches.len() == 1 { "" } else { "es" },
-        st.provider.label(),
-        st.base_url
-    );
-    for b in &st.batches {
-        eprintln!(
-            "  batch {:<3} {:<28} {:>7} requests  {}",
-            b.number,
-            b.batch_id.as_deref().unwrap_or("-"),
-            b.requests,
-            human_bytes(b.bytes)
-        );
-    }
-    eprintln!("State      {}", path.display());
-    eprintln!(
-        "Next       batch status {0}; batch collect {0} --wait",
+    let hint = match BatchState::load(path) {
+        Ok(st) if st.batches.iter().all(|b| b.is_final()) => {
+            "its batches have ended; collect it with `batch collect`, or add --restart to \
+             replace it"
+        }
+        Ok(_) => {
+            "it is still running; see `batch status`, collect it with `batch collect \
+             --wait`, or add --restart to replace it (its batches keep running)"
+        }
+        Err(_) => "add --restart to replace it, or choose another --state",
+    };
+    Err(Error::Usage(format!(
+        "a batch job is already recorded in {}: {hint}",
         path.display()
-    );
+    )))
 }
 
-/// `submit --dry-run` and `run --via batch --dry-run`: the batches and what they would cost.
-fn dry_run(cfg: &RunConfig, base_url: &str) -> Result<ExitStatus, Error> {
+/// Fails on an unwritable results path or a missing --expect column now, not after the
+/// batches ran.
+fn check_results_path(cfg: &RunConfig) -> Result<(), Error> {
+    let input = crate::engine::input::InputFile::open_as(
+        &cfg.input,
+        cfg.input_format,
+        cfg.id_column.as_deref(),
+    )?;
+    if let Some(e) = &cfg.expect {
+        e.column_index(&input.headers, &cfg.input)?;
+    }
+    drop(crate::engine::output::ResultsWriter::create_as(
+        &cfg.output,
+        cfg.output_format,
+        &input.headers,
+        cfg.sanitize,
+        None,
+    )?);
+    Ok(())
+}
+
+/// What was handed over and how to go on: a note (hidden by `-q`).
+fn print_submitted(st: &BatchState, path: &Path, printer: Printer) {
+    printer.note_with(|w| {
+        let total: u64 = st.batches.iter().map(|b| b.requests).sum();
+        writeln!(
+            w,
+            "Submitted  {} batch{} ({total} requests) to the {} at {}",
+            st.batches.len(),
+            if st.batches.len() == 1 { "" } else { "es" },
+            st.provider.label(),
+            st.base_url
+        )?;
+        for b in &st.batches {
+            writeln!(
+                w,
+                "  batch {:<3} {:<28} {:>7} requests  {}",
+                b.number,
+                b.batch_id.as_deref().unwrap_or("-"),
+                b.requests,
+                human_bytes(b.bytes)
+            )?;
+        }
+        writeln!(w, "State      {}", path.display())?;
+        writeln!(
+            w,
+            "Next       batch status {0}; batch collect {0} --wait",
+            path.display()
+        )
+    });
+}
+
+/// `submit --dry-run` and `run --via batch --dry-run`: the batches and what they would cost,
+/// reported (the plan is what was asked for, so `-q` keeps it).
+fn dry_run(cfg: &RunConfig, printer: Printer) -> Result<ExitStatus, Error> {
     let kind = kind_of(cfg)?;
     let limits = limits(cfg, kind);
-    let provider = body_provider(cfg, base_url);
+    let provider = body_provider(cfg);
     let planned = plan::plan(cfg, &*provider, kind, limits, None, true)?;
-    let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
-    println!("Dry run: nothing was sent and nothing was written.");
-    println!(
+    printer.report_with(|w| {
+        write_plan(w, cfg, kind, limits, &planned)?;
+        write_cost(w, cfg, &planned)
+    });
+    Ok(ExitStatus::Success)
+}
+
+/// The dry run's rows and batches.
+fn write_plan(
+    w: &mut dyn Write,
+    cfg: &RunConfig,
+    kind: ProviderKind,
+    limits: Limits,
+    planned: &plan::Plan,
+) -> std::io::Result<()> {
+    writeln!(w, "Dry run: nothing was sent and nothing was written.")?;
+    writeln!(
+        w,
         "Rows         {} in {} (every row checked, every prompt rendered)",
         planned.rows,
         cfg.input.display()
-    );
-    println!(
+    )?;
+    writeln!(
+        w,
         "Batches      {} for the {} (at most {} requests and {} a batch)",
         planned.batches.len(),
         kind.label(),
         limits.requests,
         human_bytes(limits.bytes)
-    );
+    )?;
     for b in &planned.batches {
         let [first, _] = b.rows.first().copied().unwrap_or([0, 0]);
         let last = b.rows.last().map_or(0, |r| r[1]);
-        println!(
+        writeln!(
+            w,
             "  batch {:<4} {} requests (rows {}-{}), {}",
             b.number,
             b.requests,
             first + 1,
             last,
             human_bytes(b.bytes)
-        );
+        )?;
     }
-    println!("Prompts      {} tokens", planned.prompt_tokens);
+    writeln!(w, "Prompts      {} tokens", planned.prompt_tokens)
+}
+
+/// The dry run's cost with `run` and via batch, when the model has a price.
+fn write_cost(w: &mut dyn Write, cfg: &RunConfig, planned: &plan::Plan) -> std::io::Result<()> {
     let Some(p) = cfg.prices.lookup(&cfg.model) else {
-        println!(
+        return writeln!(
+            w,
             "Cost         unknown: no price for model {:?}; add one with --price-file",
             cfg.model
         );
-        return Ok(ExitStatus::Success);
     };
+    let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
     let b = batch_price(p);
-    let completion = cfg.max_tokens.map(|m| planned.rows * u64::from(m));
-    println!(
+    writeln!(
+        w,
         "Cost         {:<14} {}",
         "with `run`",
         format_args!("via batch ({}%)", (BATCH_DISCOUNT * 100.0) as u32)
-    );
-    println!(
+    )?;
+    writeln!(
+        w,
         "  prompts    {:<14} {}",
         dollars(p.estimate(planned.prompt_tokens, 0)),
         dollars(b.estimate(planned.prompt_tokens, 0)),
-    );
-    match completion {
+    )?;
+    match cfg.max_tokens.map(|m| planned.rows * u64::from(m)) {
         Some(c) => {
-            println!(
+            writeln!(
+                w,
                 "  answers    {:<14} {:<14} at most {c} tokens (--max-tokens {} a row)",
                 dollars(p.estimate(0, c)),
                 dollars(b.estimate(0, c)),
                 cfg.max_tokens.unwrap_or(0)
-            );
+            )?;
             let (full, half) = (
                 p.estimate(planned.prompt_tokens, c),
                 b.estimate(planned.prompt_tokens, c),
             );
-            println!(
+            writeln!(
+                w,
                 "  worst case {:<14} {:<14} saves {}",
                 dollars(full),
                 dollars(half),
                 dollars(full - half)
-            );
+            )?;
         }
-        None => println!(
+        None => writeln!(
+            w,
             "  answers    unknown length without --max-tokens (output ${} per 1M with `run`, \
              ${} per 1M via batch)",
             p.output, b.output
-        ),
+        )?,
     }
-    println!("Prices       {} as of {}", cfg.model, cfg.prices.as_of);
-    println!(
+    writeln!(w, "Prices       {} as of {}", cfg.model, cfg.prices.as_of)?;
+    writeln!(
+        w,
         "Latency      `run`: as fast as the rate limits allow; via batch: up to 24 h (often \
          under 1 h)"
-    );
-    Ok(ExitStatus::Success)
+    )
 }
 
-/// `batch status STATE`.
-pub async fn status_command(path: &Path, api_key_file: Option<&Path>) -> Result<ExitStatus, Error> {
+/// `batch status STATE`: a report, the batches as the provider has them now.
+pub async fn status_command(
+    path: &Path,
+    api_key_file: Option<&Path>,
+    printer: Printer,
+) -> Result<ExitStatus, Error> {
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
     let api = Api::new(st.provider, &st.base_url, key.as_ref());
@@ -703,23 +749,26 @@ pub async fn status_command(path: &Path, api_key_file: Option<&Path>) -> Result<
     }
     // Only shown: `collect` is the one that records progress, so two commands never race on
     // the file.
-    print_status(&st, path);
+    printer.report_with(|w| write_status(w, &st, path));
     Ok(ExitStatus::Success)
 }
 
-fn print_status(st: &BatchState, path: &Path) {
-    println!(
+/// The state's batches, one line each, and what to do next.
+fn write_status(w: &mut dyn Write, st: &BatchState, path: &Path) -> std::io::Result<()> {
+    writeln!(
+        w,
         "State    {} ({} at {}, model {}, {} rows)",
         path.display(),
         st.provider.label(),
         st.base_url,
         st.model,
         st.rows
-    );
-    println!(
+    )?;
+    writeln!(
+        w,
         "{:<6} {:<28} {:<12} {:>8} {:>9} {:>7} {:>7}",
         "batch", "id", "status", "requests", "succeeded", "failed", "expired"
-    );
+    )?;
     for b in &st.batches {
         let status = match b.phase {
             Phase::Written | Phase::Uploaded => "not created".to_string(),
@@ -727,7 +776,8 @@ fn print_status(st: &BatchState, path: &Path) {
             Phase::Abandoned => "abandoned".to_string(),
             _ => b.status.clone().unwrap_or_default(),
         };
-        println!(
+        writeln!(
+            w,
             "{:<6} {:<28} {:<12} {:>8} {:>9} {:>7} {:>7}",
             b.number,
             b.batch_id.as_deref().unwrap_or("-"),
@@ -736,31 +786,37 @@ fn print_status(st: &BatchState, path: &Path) {
             b.counts.succeeded,
             b.counts.failed,
             b.counts.expired
-        );
+        )?;
         for e in &b.errors {
-            println!("       refused: {e}");
+            writeln!(w, "       refused: {e}")?;
         }
     }
-    let waiting = st.batches.iter().filter(|b| !b.is_final()).count();
     if st
         .batches
         .iter()
         .any(|b| matches!(b.phase, Phase::Written | Phase::Uploaded | Phase::Creating))
     {
-        println!(
+        writeln!(
+            w,
             "Some batches were never created (the submit was interrupted): `batch collect` creates them."
-        );
+        )?;
     }
-    if waiting == 0 {
-        println!(
+    if st.batches.iter().all(|b| b.is_final()) {
+        writeln!(
+            w,
             "Every batch has ended: `batch collect {}` writes the results.",
             path.display()
-        );
+        )?;
     }
+    Ok(())
 }
 
-/// `batch cancel STATE`.
-pub async fn cancel_command(path: &Path, api_key_file: Option<&Path>) -> Result<ExitStatus, Error> {
+/// `batch cancel STATE`: reports the batches as they are once cancelled, and what is billed.
+pub async fn cancel_command(
+    path: &Path,
+    api_key_file: Option<&Path>,
+    printer: Printer,
+) -> Result<ExitStatus, Error> {
     let _lock = StateLock::acquire(path)?;
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
@@ -785,12 +841,15 @@ pub async fn cancel_command(path: &Path, api_key_file: Option<&Path>) -> Result<
         }
         st.save(path)?;
     }
-    print_status(&st, path);
-    println!(
-        "Cancellation requested. Requests already answered are still billed; `batch collect {} \
-         --wait` writes them (the others as failed).",
-        path.display()
-    );
+    printer.report_with(|w| {
+        write_status(w, &st, path)?;
+        writeln!(
+            w,
+            "Cancellation requested. Requests already answered are still billed; `batch collect \
+             {} --wait` writes them (the others as failed).",
+            path.display()
+        )
+    });
     Ok(ExitStatus::Success)
 }
 
@@ -819,7 +878,8 @@ pub struct Collect {
     pub resubmit_failed: bool,
     /// The longest pause between two polls.
     pub poll_max: Duration,
-    pub quiet: bool,
+    /// Progress and the summary are notes; unusable result lines are warnings.
+    pub printer: Printer,
     pub summary_json: Option<PathBuf>,
 }
 
@@ -857,63 +917,81 @@ async fn collect(
         )
     };
     drop(writer()?);
-    let mut resubmitted = false;
-    loop {
-        drive(api, st, path, opts).await?;
-        if opts.resubmit_failed && !resubmitted && st.batches.iter().all(|b| b.is_final()) {
-            resubmitted = true;
-            if let Some(n) = results::prepare_resubmission(st, path)? {
-                for i in st.batches.len() - n..st.batches.len() {
-                    api.submit(st, i, path).await?;
-                }
-                if !opts.quiet {
-                    eprintln!(
-                        "Resubmitted the failed and expired rows as {n} new batch{}",
-                        if n == 1 { "" } else { "es" }
-                    );
-                }
-                if opts.wait {
-                    continue;
-                }
-            } else if !opts.quiet {
-                eprintln!("Nothing to resubmit: no row failed or expired.");
-            }
-        }
-        break;
+    drive(api, st, path, opts).await?;
+    if opts.resubmit_failed && st.batches.iter().all(|b| b.is_final()) {
+        resubmit_failed(api, st, path, opts).await?;
     }
     let writer = writer()?;
+    let printer = opts.printer;
     let (stats, output, saved) = {
         let st = st.clone();
-        tokio::task::spawn_blocking(move || results::write(&st, &input, writer, schema.as_deref()))
-            .await
-            .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))??
+        tokio::task::spawn_blocking(move || {
+            results::write(&st, &input, writer, schema.as_deref(), printer)
+        })
+        .await
+        .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))??
     };
     let summary = stats.summary(started.elapsed(), &output, &st.model);
     if let Some(p) = &opts.summary_json {
         summary.write_json(p)?;
     }
-    if !opts.quiet {
-        let _ = summary.print(&mut std::io::stderr().lock());
-        if let Some(saved) = saved {
-            eprintln!(
-                "Batch      prices at {}% of `run`'s: ${} saved",
-                (BATCH_DISCOUNT * 100.0) as u32,
-                format_cost((saved * 1e6).round() / 1e6)
-            );
-        }
-        if stats.skipped > 0 {
-            eprintln!(
-                "State      {} ({} rows still waiting; collect again later, or add --wait)",
-                path.display(),
-                stats.skipped
-            );
-        }
-    }
+    print_collected(printer, &summary, saved, path);
     Ok(if stats.failed + stats.skipped > 0 {
         ExitStatus::RowsFailed
     } else {
         ExitStatus::Success
     })
+}
+
+/// The summary, with what the batch discount saved and, when rows are still waiting, how to
+/// get them: a note, as after `run`.
+fn print_collected(printer: Printer, summary: &Summary, saved: Option<f64>, path: &Path) {
+    printer.note_with(|w| {
+        summary.print(w)?;
+        if let Some(saved) = saved {
+            writeln!(
+                w,
+                "Batch      prices at {}% of `run`'s: ${} saved",
+                (BATCH_DISCOUNT * 100.0) as u32,
+                format_cost((saved * 1e6).round() / 1e6)
+            )?;
+        }
+        if summary.skipped > 0 {
+            writeln!(
+                w,
+                "State      {} ({} rows still waiting; collect again later, or add --wait)",
+                path.display(),
+                summary.skipped
+            )?;
+        }
+        Ok(())
+    });
+}
+
+/// `collect --resubmit-failed`, once every batch has ended: the rows that failed or expired go
+/// out again as new batches, waited for with `--wait`.
+async fn resubmit_failed(
+    api: &Api,
+    st: &mut BatchState,
+    path: &Path,
+    opts: &Collect,
+) -> Result<(), Error> {
+    let Some(n) = results::prepare_resubmission(st, path, opts.printer)? else {
+        opts.printer
+            .note("Nothing to resubmit: no row failed or expired.");
+        return Ok(());
+    };
+    for i in st.batches.len() - n..st.batches.len() {
+        api.submit(st, i, path).await?;
+    }
+    opts.printer.note(format_args!(
+        "Resubmitted the failed and expired rows as {n} new batch{}",
+        if n == 1 { "" } else { "es" }
+    ));
+    if opts.wait {
+        drive(api, st, path, opts).await?;
+    }
+    Ok(())
 }
 
 /// Creates what was never created, then checks every batch once, or (with `wait`) until every
@@ -933,22 +1011,23 @@ async fn drive(api: &Api, st: &mut BatchState, path: &Path, opts: &Collect) -> R
         if waiting.is_empty() || !opts.wait {
             return Ok(());
         }
-        if !opts.quiet {
-            let line = waiting
-                .iter()
-                .map(|b| {
-                    format!(
-                        "batch {} {} {}/{}",
-                        b.number,
-                        b.status.as_deref().unwrap_or("?"),
-                        b.counts.succeeded + b.counts.failed,
-                        b.requests
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            eprintln!("waiting: {line}; next check in {}s", pause.as_secs_f64());
-        }
+        let line = waiting
+            .iter()
+            .map(|b| {
+                format!(
+                    "batch {} {} {}/{}",
+                    b.number,
+                    b.status.as_deref().unwrap_or("?"),
+                    b.counts.succeeded + b.counts.failed,
+                    b.requests
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        opts.printer.note(format_args!(
+            "waiting: {line}; next check in {}s",
+            pause.as_secs_f64()
+        ));
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(opts.poll_max);
     }
@@ -956,11 +1035,12 @@ async fn drive(api: &Api, st: &mut BatchState, path: &Path, opts: &Collect) -> R
 
 /// `batch run --via batch`: submit, then collect with --wait, in one command.
 pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
+    let printer = cfg.printer();
+    if cfg.dry_run {
+        return dry_run(&cfg, printer);
+    }
     let conn = Connection::open(&cfg.endpoint).await?;
     let (base_url, key) = (conn.base_url.clone(), conn.api_key.clone());
-    if cfg.dry_run {
-        return dry_run(&cfg, &base_url);
-    }
     let path = state_path(&cfg);
     let _lock = StateLock::acquire(&path)?;
     let mut st = if matches!(cfg.resume, Resume::Yes { .. }) {
@@ -968,13 +1048,13 @@ pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
     } else {
         submit(&cfg, &base_url, key.as_ref(), &path).await?
     };
-    print_submitted(&st, &path, cfg.quiet);
+    print_submitted(&st, &path, printer);
     let api = Api::new(st.provider, &st.base_url, key.as_ref());
     let opts = Collect {
         wait: true,
         resubmit_failed: false,
         poll_max: DEFAULT_POLL_MAX,
-        quiet: cfg.quiet,
+        printer,
         summary_json: cfg.summary_json.clone(),
     };
     collect(&api, &mut st, &path, &opts).await

@@ -10,6 +10,7 @@ use super::plan::{Limits, Splitter};
 use super::state::{BatchState, Phase, ProviderKind};
 use super::{Outcome, batch_price, custom_id_seq, file_sha256};
 use crate::base::error::Error;
+use crate::base::printer::Printer;
 use crate::base::record::RowResult;
 use crate::base::record::RowStatus;
 use crate::engine::input::InputFile;
@@ -32,13 +33,14 @@ pub fn check_input(st: &BatchState) -> Result<(), Error> {
 }
 
 /// Every downloaded outcome that still counts: the one from the last batch carrying the row.
+/// Lines that cannot be used are counted in one warning.
 struct Outcomes {
     by_row: HashMap<u64, Outcome>,
     owner: Vec<Option<usize>>,
     tries: Vec<u32>,
 }
 
-fn outcomes(st: &BatchState) -> Result<Outcomes, Error> {
+fn outcomes(st: &BatchState, printer: Printer) -> Result<Outcomes, Error> {
     let (owner, tries) = st.owners();
     let mut by_row = HashMap::new();
     let mut unreadable = Vec::new();
@@ -75,10 +77,10 @@ fn outcomes(st: &BatchState) -> Result<Outcomes, Error> {
         }
     }
     if let Some(first) = unreadable.first() {
-        eprintln!(
-            "warning: {} result lines could not be used (first: {first})",
+        printer.warn(format_args!(
+            "{} result lines could not be used (first: {first})",
             unreadable.len()
-        );
+        ));
     }
     Ok(Outcomes {
         by_row,
@@ -151,8 +153,9 @@ pub fn write(
     input: &InputFile,
     mut writer: ResultsWriter,
     schema: Option<&OutputSchema>,
+    printer: Printer,
 ) -> Result<(Stats, PathBuf, Option<f64>), Error> {
-    let mut out = outcomes(st)?;
+    let mut out = outcomes(st, printer)?;
     let standard = st.price.map(|p| p.standard());
     let batch = standard.map(batch_price);
     let mut stats = Stats::default();
@@ -223,8 +226,12 @@ pub fn write(
 /// Gathers the rows whose last batch ended without an answer (failed, expired, cancelled) into
 /// new batches recorded in the state, their input lines copied from the batches that carried
 /// them. Returns how many batches were added (`None` when no row needs it).
-pub fn prepare_resubmission(st: &mut BatchState, path: &Path) -> Result<Option<usize>, Error> {
-    let out = outcomes(st)?;
+pub fn prepare_resubmission(
+    st: &mut BatchState,
+    path: &Path,
+    printer: Printer,
+) -> Result<Option<usize>, Error> {
+    let out = outcomes(st, printer)?;
     let mut retry: Vec<u64> = (0..st.rows)
         .filter(|seq| {
             let owner = out.owner.get(*seq as usize).copied().flatten();
