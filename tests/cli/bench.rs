@@ -2,12 +2,9 @@
 //! (or a standalone one, to count what was sent), checked through its table, its exports, its
 //! chart and its refusals.
 
-#[allow(dead_code)]
-mod util;
-
 use std::path::PathBuf;
 
-use util::{MockProcess, TestDir, assert_code, run, show, stat, stderr, stdout};
+use crate::util::{self, MockProcess, TestDir, assert_code, run, show, stat, stderr, stdout};
 
 fn sample(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -4,10 +4,6 @@
 //! `batch mock` servers the tests start on 127.0.0.1; the proofs come from exit codes, the
 //! results CSV, the state file (read with rusqlite), the audit log and the mock's `/stats`.
 
-// Shared with tests/e2e.rs, which uses helpers this file does not.
-#[allow(dead_code)]
-mod util;
-
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
@@ -16,9 +12,9 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use util::{
-    MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, numbered_csv, responses,
-    run, show, stat, stderr, stdout,
+use crate::util::{
+    self, MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, numbered_csv,
+    responses, run, show, stat, stderr, stdout,
 };
 
 // ---------------------------------------------------------------------------------------------

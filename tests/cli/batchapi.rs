@@ -5,15 +5,13 @@
 //! so a process killed at that step leaves precisely the state these tests write before running
 //! `collect`.
 
-#[allow(dead_code)]
-mod util;
-
 use std::path::Path;
 
 use serde_json::Value;
-use util::{
-    MockProcess, Row, TestDir, assert_code, field, mock_answer, numbered_csv, run, show, stderr,
-    stdout,
+
+use crate::util::{
+    self, MockProcess, Row, TestDir, assert_code, field, mock_answer, numbered_csv, run, show,
+    stderr, stdout,
 };
 
 const MODEL: &str = "gpt-4.1-mini";

@@ -2,16 +2,14 @@
 //! JSON generated from the schema (the same generator the tests call to know what each row must
 //! get) and can spoil a fraction of them (`--invalid-json-rate`).
 
-#[allow(dead_code)]
-mod util;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use util::{
-    MockProcess, Row, TestDir, assert_code, attempts, field, run, show, stat, stderr, stdout,
+
+use crate::util::{
+    self, MockProcess, Row, TestDir, assert_code, attempts, field, run, show, stat, stderr, stdout,
 };
 
 /// A schema with the kinds of values the columns must render: an enum string, a bounded

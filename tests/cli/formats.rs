@@ -2,12 +2,10 @@
 //! per-row settings (`model`, `system`, `temperature`, `max_tokens` columns), driving the real
 //! binary against mock servers the tests start.
 
-#[allow(dead_code)]
-mod util;
-
 use batch::base::usage::Usage;
 use batch::engine::pricing::PriceTable;
-use util::{MockProcess, TestDir, assert_code, field, mock_answer, run, show, stderr};
+
+use crate::util::{self, MockProcess, TestDir, assert_code, field, mock_answer, run, show, stderr};
 
 /// The request bodies of an audit log (`--log`), by row id.
 fn audit_requests(

@@ -3,14 +3,12 @@
 //! well formed), answers with its usage (cached and reasoning tokens included) and injects the
 //! errors each API really sends.
 
-#[allow(dead_code)]
-mod util;
-
 use batch::base::usage::Usage;
 use batch::engine::pricing::PriceTable;
-use util::{
-    MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, responses, show, stat,
-    stderr,
+
+use crate::util::{
+    self, MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, responses, show,
+    stat, stderr,
 };
 
 /// A CSV of `n` rows `id,text`.

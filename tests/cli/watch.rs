@@ -5,9 +5,6 @@
 //! log line appearing, with a generous limit, never a fixed sleep.
 
 // Shared with the other test binaries, which use helpers this file does not.
-#[allow(dead_code)]
-mod util;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, Output, Stdio};
@@ -15,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use util::{MockProcess, TestDir, assert_code, field, mock_answer, read_results, run, show, stat};
+use crate::util::{
+    self, MockProcess, TestDir, assert_code, field, mock_answer, read_results, run, show, stat,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 

@@ -1,10 +1,7 @@
 //! The response cache and in-run deduplication, end to end: the real binary against a mock it
 //! starts, with a cache folder of its own per test.
 
-#[allow(dead_code)]
-mod util;
-
-use util::{MockProcess, TestDir, assert_code, numbered_csv, run, stat};
+use crate::util::{self, MockProcess, TestDir, assert_code, numbered_csv, run, stat};
 
 fn sample(dir: &TestDir) -> std::path::PathBuf {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/samples/reviews.csv"))

@@ -2,11 +2,9 @@
 //! via `batch mock`, or embedded with `--mock`), checked through exit codes, messages, the
 //! results CSV, the summary JSON and the mock's `/stats`.
 
-mod util;
-
-use util::{
-    MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, numbered_csv, responses,
-    run, show, stat, stderr, stdout,
+use crate::util::{
+    self, MockProcess, Row, TestDir, assert_code, attempts, field, mock_answer, numbered_csv,
+    responses, run, show, stat, stderr, stdout,
 };
 
 #[track_caller]

@@ -2,11 +2,9 @@
 //! `match` and `match_detail` columns, and the pass rate in the printed summary and in
 //! `--summary-json`. The mock's answers are deterministic, so the tests know which rows match.
 
-#[allow(dead_code)]
-mod util;
-
 use serde_json::{Value, json};
-use util::{MockProcess, TestDir, assert_code, field, mock_answer, run, show, stderr};
+
+use crate::util::{self, MockProcess, TestDir, assert_code, field, mock_answer, run, show, stderr};
 
 /// Writes `in.csv` with columns id, text, want.
 fn input(dir: &TestDir, rows: &[(&str, &str)]) {

@@ -1,0 +1,21 @@
+//! The integration tests, in one test binary (as ripgrep does): one link of the crate instead of
+//! one per file, and one pool of test threads for all of them. Each module drives the real
+//! `batch` binary (`CARGO_BIN_EXE_batch`) against mock servers it starts itself; `util` holds
+//! the helpers they share.
+//!
+//! The tests share one process, so none may change process-wide state (environment variables,
+//! the current directory): settings go to the child process through `util::cmd`.
+
+mod util;
+
+mod batchapi;
+mod bench;
+mod cache;
+mod durability;
+mod e2e;
+mod expect;
+mod formats;
+mod layers;
+mod providers;
+mod schema;
+mod watch;
