@@ -456,7 +456,6 @@ pub(super) fn missing_fields(model: &str, n: u64) -> String {
 mod tests {
     use super::super::{MockConfig, MockServer};
     use crate::base::secret::ApiKey;
-    use crate::engine::provider::anthropic::AnthropicMessages;
     use crate::engine::provider::{ErrorKind, ExtraHeaders, Provider, Request};
     use serde_json::{Value, json};
 
@@ -471,10 +470,10 @@ mod tests {
         }
     }
 
-    fn provider(server: &MockServer, headers: &[&str]) -> AnthropicMessages {
+    fn provider(server: &MockServer, headers: &[&str]) -> crate::engine::provider::HttpProvider {
         let extra = ExtraHeaders::parse(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>())
             .unwrap();
-        AnthropicMessages::new(
+        crate::engine::provider::anthropic::messages(
             reqwest::Client::new(),
             &server.base_url(),
             Some(&ApiKey::placeholder()),

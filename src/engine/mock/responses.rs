@@ -294,7 +294,6 @@ pub(super) fn missing_fields(model: &str, n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::{MockConfig, MockServer};
-    use crate::engine::provider::responses::OpenAiResponses;
     use crate::engine::provider::{ErrorKind, ExtraHeaders, Provider, Request};
     use serde_json::json;
 
@@ -309,8 +308,8 @@ mod tests {
         }
     }
 
-    fn provider(server: &MockServer) -> OpenAiResponses {
-        OpenAiResponses::new(
+    fn provider(server: &MockServer) -> crate::engine::provider::HttpProvider {
+        crate::engine::provider::responses::responses(
             reqwest::Client::new(),
             &server.base_url(),
             None,

@@ -3,14 +3,11 @@
 //! cache-read and cache-write input tokens, and Anthropic's own error shape (529
 //! `overloaded_error` among the retryable ones).
 
-use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CallError, Completion, ErrorKind, Exchange, ExtraHeaders, Provider, RateLimitHeaders, Request,
+    CallError, Completion, ErrorKind, ExtraHeaders, HttpProvider, RateLimitHeaders, Request,
     Transport, retry_after, secret_header, should_retry, truncate_message,
 };
 use crate::base::secret::ApiKey;
@@ -30,28 +27,26 @@ pub const DEFAULT_MAX_TOKENS: u32 = 1024;
 /// minimum (1024 to 4096 tokens), at no charge.
 pub const CACHE_MIN_TOKENS: u32 = 1024;
 
-pub struct AnthropicMessages {
-    transport: Transport,
-}
-
-impl AnthropicMessages {
-    /// `base_url` is the host part (`https://api.anthropic.com`, as in `ANTHROPIC_BASE_URL`); a
-    /// base that already ends in `/v1` is taken as it is.
-    pub fn new(
-        client: reqwest::Client,
-        base_url: &str,
-        key: Option<&ApiKey>,
-        extra: &ExtraHeaders,
-    ) -> Self {
-        let mut headers = HeaderMap::new();
-        headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
-        if let Some(k) = key {
-            headers.insert("x-api-key", secret_header(k.expose()));
-        }
-        AnthropicMessages {
-            transport: Transport::new(client, messages_url(base_url), headers, extra),
-        }
+/// `base_url` is the host part (`https://api.anthropic.com`, as in `ANTHROPIC_BASE_URL`); a
+/// base that already ends in `/v1` is taken as it is.
+pub fn messages(
+    client: reqwest::Client,
+    base_url: &str,
+    key: Option<&ApiKey>,
+    extra: &ExtraHeaders,
+) -> HttpProvider {
+    let mut headers = HeaderMap::new();
+    headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
+    if let Some(k) = key {
+        headers.insert("x-api-key", secret_header(k.expose()));
     }
+    let transport = Transport::new(client, messages_url(base_url), headers, extra);
+    HttpProvider::new(
+        transport,
+        |req: &Request| serde_json::to_vec(&request_body(req)).expect("a request body serializes"),
+        parse_message,
+        classify_error,
+    )
 }
 
 /// `{base}/v1/messages`, without doubling a `/v1` the base already has.
@@ -61,22 +56,6 @@ pub fn messages_url(base_url: &str) -> String {
         format!("{base}/messages")
     } else {
         format!("{base}/v1/messages")
-    }
-}
-
-impl Provider for AnthropicMessages {
-    fn endpoint(&self) -> &str {
-        self.transport.url()
-    }
-
-    fn body(&self, req: &Request) -> Vec<u8> {
-        serde_json::to_vec(&request_body(req)).expect("a request body serializes")
-    }
-
-    fn send(&self, body: Bytes) -> BoxFuture<'_, Exchange> {
-        self.transport
-            .post(body, parse_message, classify_error)
-            .boxed()
     }
 }
 

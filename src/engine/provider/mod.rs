@@ -139,13 +139,9 @@ pub fn build(
     extra: &ExtraHeaders,
 ) -> Arc<dyn Provider> {
     match api {
-        Api::OpenAiChat => Arc::new(openai::OpenAiChat::new(client, base_url, key, extra)),
-        Api::OpenAiResponses => Arc::new(responses::OpenAiResponses::new(
-            client, base_url, key, extra,
-        )),
-        Api::AnthropicMessages => Arc::new(anthropic::AnthropicMessages::new(
-            client, base_url, key, extra,
-        )),
+        Api::OpenAiChat => Arc::new(openai::chat(client, base_url, key, extra)),
+        Api::OpenAiResponses => Arc::new(responses::responses(client, base_url, key, extra)),
+        Api::AnthropicMessages => Arc::new(anthropic::messages(client, base_url, key, extra)),
     }
 }
 
@@ -503,6 +499,49 @@ pub trait Provider: Send + Sync {
     fn body(&self, req: &Request) -> Vec<u8>;
     /// Sends one attempt.
     fn send(&self, body: bytes::Bytes) -> BoxFuture<'_, Exchange>;
+}
+
+/// Writes the JSON body of a request in one API's wire format.
+type BodyFn = dyn Fn(&Request) -> Vec<u8> + Send + Sync;
+
+/// The one [`Provider`]: a wire format over an HTTP transport. The three APIs differ only in
+/// their URL and auth headers (in the [`Transport`]) and in how a body is written and an answer
+/// or an error is read; each module's constructor supplies those.
+pub struct HttpProvider {
+    transport: Transport,
+    body: Box<BodyFn>,
+    parse: ParseFn,
+    classify: ClassifyFn,
+}
+
+impl HttpProvider {
+    pub(crate) fn new(
+        transport: Transport,
+        body: impl Fn(&Request) -> Vec<u8> + Send + Sync + 'static,
+        parse: ParseFn,
+        classify: ClassifyFn,
+    ) -> Self {
+        HttpProvider {
+            transport,
+            body: Box::new(body),
+            parse,
+            classify,
+        }
+    }
+}
+
+impl Provider for HttpProvider {
+    fn endpoint(&self) -> &str {
+        self.transport.url()
+    }
+
+    fn body(&self, req: &Request) -> Vec<u8> {
+        (self.body)(req)
+    }
+
+    fn send(&self, body: bytes::Bytes) -> BoxFuture<'_, Exchange> {
+        futures::FutureExt::boxed(self.transport.post(body, self.parse, self.classify))
+    }
 }
 
 /// Response headers that say something about the request or the limits; the rest (and every

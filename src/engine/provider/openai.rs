@@ -1,14 +1,11 @@
 //! OpenAI Chat Completions (`POST {base}/chat/completions`), also spoken by vLLM, Ollama, LiteLLM,
 //! OpenRouter and the mock server.
 
-use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CallError, Completion, ErrorKind, Exchange, ExtraHeaders, Provider, RateLimitHeaders, Request,
+    CallError, Completion, ErrorKind, ExtraHeaders, HttpProvider, RateLimitHeaders, Request,
     Transport, retry_after, secret_header, should_retry, truncate_message,
 };
 use crate::base::secret::ApiKey;
@@ -22,31 +19,29 @@ const QUOTA_CODES: &[&str] = &[
     "access_terminated",
 ];
 
-pub struct OpenAiChat {
-    transport: Transport,
-    /// OpenAI itself wants `max_completion_tokens` (required by reasoning models); compatible
-    /// servers widely understand only `max_tokens`.
-    use_max_completion_tokens: bool,
-}
-
-impl OpenAiChat {
-    pub fn new(
-        client: reqwest::Client,
-        base_url: &str,
-        key: Option<&ApiKey>,
-        extra: &ExtraHeaders,
-    ) -> Self {
-        let base = base_url.trim_end_matches('/');
-        OpenAiChat {
-            transport: Transport::new(
-                client,
-                format!("{base}/chat/completions"),
-                auth_headers(key),
-                extra,
-            ),
-            use_max_completion_tokens: is_openai(base),
-        }
-    }
+pub fn chat(
+    client: reqwest::Client,
+    base_url: &str,
+    key: Option<&ApiKey>,
+    extra: &ExtraHeaders,
+) -> HttpProvider {
+    let base = base_url.trim_end_matches('/');
+    let max_completion_tokens = is_openai(base);
+    let transport = Transport::new(
+        client,
+        format!("{base}/chat/completions"),
+        auth_headers(key),
+        extra,
+    );
+    HttpProvider::new(
+        transport,
+        move |req: &Request| {
+            serde_json::to_vec(&request_body(req, max_completion_tokens))
+                .expect("a request body serializes")
+        },
+        parse_completion,
+        classify_error,
+    )
 }
 
 /// `Authorization: Bearer <key>`, the way every OpenAI-compatible server takes a key.
@@ -64,23 +59,6 @@ pub(crate) fn auth_headers(key: Option<&ApiKey>) -> HeaderMap {
 /// Whether `base` is OpenAI's own API (which knows the newest field names).
 pub(crate) fn is_openai(base: &str) -> bool {
     base.contains("api.openai.com")
-}
-
-impl Provider for OpenAiChat {
-    fn endpoint(&self) -> &str {
-        self.transport.url()
-    }
-
-    fn body(&self, req: &Request) -> Vec<u8> {
-        serde_json::to_vec(&request_body(req, self.use_max_completion_tokens))
-            .expect("a request body serializes")
-    }
-
-    fn send(&self, body: Bytes) -> BoxFuture<'_, Exchange> {
-        self.transport
-            .post(body, parse_completion, classify_error)
-            .boxed()
-    }
 }
 
 #[derive(Debug, Serialize)]

@@ -3,57 +3,36 @@
 //! named `input_tokens`/`output_tokens`. Errors have the chat API's shape and are classified by
 //! the same code.
 
-use bytes::Bytes;
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::openai::{auth_headers, classify_error, request_id};
 use super::{
-    CallError, Completion, ErrorKind, Exchange, ExtraHeaders, Provider, RateLimitHeaders, Request,
+    CallError, Completion, ErrorKind, ExtraHeaders, HttpProvider, RateLimitHeaders, Request,
     Transport,
 };
 use crate::base::secret::ApiKey;
 use crate::base::usage::Usage;
 
-pub struct OpenAiResponses {
-    transport: Transport,
-}
-
-impl OpenAiResponses {
-    pub fn new(
-        client: reqwest::Client,
-        base_url: &str,
-        key: Option<&ApiKey>,
-        extra: &ExtraHeaders,
-    ) -> Self {
-        let base = base_url.trim_end_matches('/');
-        OpenAiResponses {
-            transport: Transport::new(
-                client,
-                format!("{base}/responses"),
-                auth_headers(key),
-                extra,
-            ),
-        }
-    }
-}
-
-impl Provider for OpenAiResponses {
-    fn endpoint(&self) -> &str {
-        self.transport.url()
-    }
-
-    fn body(&self, req: &Request) -> Vec<u8> {
-        serde_json::to_vec(&request_body(req)).expect("a request body serializes")
-    }
-
-    fn send(&self, body: Bytes) -> BoxFuture<'_, Exchange> {
-        self.transport
-            .post(body, parse_response, classify_error)
-            .boxed()
-    }
+pub fn responses(
+    client: reqwest::Client,
+    base_url: &str,
+    key: Option<&ApiKey>,
+    extra: &ExtraHeaders,
+) -> HttpProvider {
+    let base = base_url.trim_end_matches('/');
+    let transport = Transport::new(
+        client,
+        format!("{base}/responses"),
+        auth_headers(key),
+        extra,
+    );
+    HttpProvider::new(
+        transport,
+        |req: &Request| serde_json::to_vec(&request_body(req)).expect("a request body serializes"),
+        parse_response,
+        classify_error,
+    )
 }
 
 #[derive(Debug, Serialize)]
