@@ -39,6 +39,7 @@ use crate::base::money::format_cost;
 use crate::engine::concurrency::Concurrency;
 use crate::engine::input::InputFile;
 use crate::engine::provider::ErrorKind;
+use crate::engine::store::FinishedRows;
 use crate::engine::template::Prompts;
 use crate::engine::tokens;
 use crate::run::runner;
@@ -353,44 +354,27 @@ pub struct Span {
     pub latency_ms: i64,
 }
 
-/// Outcomes of attempts whose cost cannot be known (the server may have billed an answer we
-/// never saw): the spend cap charges them their worst case, and so does the sweep's budget.
 /// The attempts of a finished run, from its state file, and how many of them have an unknown
-/// cost.
-pub(crate) fn read_journal(state: &Path) -> Result<(Vec<Span>, u64), rusqlite::Error> {
-    let conn =
-        rusqlite::Connection::open_with_flags(state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut stmt =
-        conn.prepare("SELECT seq, attempt, started_at, latency_ms, outcome FROM attempts")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<i64>>(3)?,
-            r.get::<_, String>(4)?,
-        ))
-    })?;
-    let mut spans = Vec::new();
-    let mut unknown_cost = 0;
-    for row in rows {
-        let (seq, attempt, started, latency, outcome) = row?;
-        if ErrorKind::from_label(&outcome).is_some_and(ErrorKind::may_have_been_billed) {
-            unknown_cost += 1;
-        }
-        let Ok(t) = humantime::parse_rfc3339_weak(&started) else {
-            continue;
-        };
-        let Ok(since) = t.duration_since(std::time::UNIX_EPOCH) else {
-            continue;
-        };
-        spans.push(Span {
-            seq: seq as u64,
-            attempt: attempt as u32,
-            start_ms: since.as_millis() as i64,
-            latency_ms: latency.unwrap_or(0),
-        });
-    }
+/// cost (the server may have billed an answer we never saw): the spend cap charges those their
+/// worst case, and so does the sweep's budget.
+pub(crate) fn read_journal(state: &Path) -> Result<(Vec<Span>, u64), Error> {
+    let attempts = FinishedRows::open(state)?.attempts()?;
+    let unknown_cost = attempts
+        .iter()
+        .filter(|a| ErrorKind::from_label(&a.outcome).is_some_and(ErrorKind::may_have_been_billed))
+        .count() as u64;
+    let spans = attempts
+        .iter()
+        .filter_map(|a| {
+            let since = a.started_at?.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some(Span {
+                seq: a.seq,
+                attempt: a.attempt,
+                start_ms: since.as_millis() as i64,
+                latency_ms: a.latency.map_or(0, |l| l.as_millis() as i64),
+            })
+        })
+        .collect();
     Ok((spans, unknown_cost))
 }
 
