@@ -34,9 +34,8 @@ use futures::FutureExt;
 use crate::base::error::{Error, ExitStatus};
 use crate::base::money::format_cost;
 use crate::engine::store::Store;
-use crate::engine::template::PromptSource;
 use crate::run::runner;
-use crate::run::settings::{Endpoint, Resume, RunConfig};
+use crate::run::settings::{Resume, RunConfig};
 use crate::run::summary::Summary;
 use deliver::{Folders, WORK_RESULTS, WORK_SUMMARY};
 use ledger::{Ledger, Outcome, RunState};
@@ -315,27 +314,11 @@ pub(crate) fn name_of(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// The settings that shape requests (what the journal checks when resuming), as one string that
-/// goes into every fingerprint: the same file under another prompt or model is another run.
+/// The settings that shape requests, as the journal records them, as one string that goes into
+/// every fingerprint: the same file under another prompt or model is another run. The input is
+/// fingerprinted by its bytes, not its name, so the input path is left empty.
 pub(crate) fn request_settings(cfg: &RunConfig) -> String {
-    let endpoint = match &cfg.endpoint {
-        Endpoint::Mock(_) => "mock".to_string(),
-        Endpoint::Remote { base_url, .. } => base_url.clone(),
-    };
-    let prompt = match &cfg.prompt {
-        PromptSource::Template(t) => Some(t.as_str()),
-        PromptSource::PromptColumn => None,
-    };
-    serde_json::json!({
-        "endpoint": endpoint,
-        "api": cfg.api.label(),
-        "model": cfg.model,
-        "prompt": prompt,
-        "system": cfg.system,
-        "max_tokens": cfg.max_tokens,
-        "temperature": cfg.temperature,
-    })
-    .to_string()
+    serde_json::to_string(&cfg.request_settings("")).expect("settings serialize")
 }
 
 /// Wakes the loop on any change in `dir` (not its subfolders).
