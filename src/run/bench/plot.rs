@@ -24,7 +24,7 @@ const MARK: RGBColor = RGBColor(200, 30, 45);
 const GUIDE: RGBColor = RGBColor(120, 120, 120);
 
 /// The chart as SVG text.
-pub fn render_svg(report: &Report) -> Result<String, String> {
+pub(super) fn render_svg(report: &Report) -> Result<String, String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();

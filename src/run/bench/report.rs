@@ -53,7 +53,7 @@ pub struct RunMeasure {
     pub wall_seconds: f64,
     /// Rows over the run's wall time, start-up and the last half-empty round included.
     pub end_to_end_rows_per_second: f64,
-    /// Rows per second while every slot was busy (see [`super::sustained_rate`]).
+    /// Rows per second while every slot was busy (see [`super::measure`]).
     pub sustained_rows_per_second: Option<f64>,
     pub latency_ms: Latency,
     /// Why the run stopped early, if it did.
@@ -642,7 +642,7 @@ pub fn fmt_rate(v: f64) -> String {
     }
 }
 
-pub(crate) fn fmt_ms(v: Option<f64>) -> String {
+pub(super) fn fmt_ms(v: Option<f64>) -> String {
     match v {
         Some(v) => format!("{} ms", ms_cell(Some(v))),
         None => "-".into(),
