@@ -82,7 +82,10 @@ pub enum Swept {
     /// `--dry-run`: the expected cost was printed and nothing was sent.
     DryRun,
     /// Some settings were measured; `status` says whether the sweep went to its end.
-    Measured { report: Report, status: ExitStatus },
+    Measured {
+        report: Box<Report>,
+        status: ExitStatus,
+    },
 }
 
 /// Where the report goes: stdout in `format`, and the files asked for.
@@ -243,10 +246,16 @@ impl Sweep {
             None => None,
         };
         self.runs += 1;
-        let (status, measure, unknown_cost) =
-            measure::one_run(&self.base, setting, input, self.sample.dir(), self.runs, cap)
-                .await
-                .map_err(|e| self.sample.relabel(e))?;
+        let (status, measure, unknown_cost) = measure::one_run(
+            &self.base,
+            setting,
+            input,
+            self.sample.dir(),
+            self.runs,
+            cap,
+        )
+        .await
+        .map_err(|e| self.sample.relabel(e))?;
         // What the run's own cap counted: the answers' cost, and the worst case of every
         // attempt whose cost could not be known.
         self.spent += measure.cost_usd.unwrap_or(0.0) + unknown_cost as f64 * self.worst_attempt;
@@ -307,7 +316,7 @@ impl Sweep {
             self.notes,
         );
         Ok(Swept::Measured {
-            report,
+            report: Box::new(report),
             status: self.status,
         })
     }

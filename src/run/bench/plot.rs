@@ -300,19 +300,26 @@ fn draw_latency(area: &Area<'_>, axis: &Axis) -> DrawResult<()> {
             .map(|(i, l)| TriangleMarker::new((at(i), l), 7, LATENCY.filled())),
     )?;
     chart.draw_series(
-        with_p95(&axis.settings.iter().copied().enumerate().collect::<Vec<_>>())
-            .into_iter()
-            .map(|(i, l)| {
-                EmptyElement::at((at(i), l))
-                    + Text::new(
-                        format!("{l:.0}"),
-                        (0, -13),
-                        (FONT, 14)
-                            .into_font()
-                            .color(&LATENCY)
-                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
-                    )
-            }),
+        with_p95(
+            &axis
+                .settings
+                .iter()
+                .copied()
+                .enumerate()
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .map(|(i, l)| {
+            EmptyElement::at((at(i), l))
+                + Text::new(
+                    format!("{l:.0}"),
+                    (0, -13),
+                    (FONT, 14)
+                        .into_font()
+                        .color(&LATENCY)
+                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                )
+        }),
     )?;
     if let Some(i) = axis.rec {
         mark(&mut chart, i, ymax)?;

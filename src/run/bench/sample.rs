@@ -37,8 +37,7 @@ impl Sample {
             .path()
             .join(format!("sample.{}", cfg.input_format.extension()));
         let rows = write_head(&cfg.input, cfg.input_format, rows, &path)?;
-        let prompt_tokens =
-            count_prompts(cfg, &path).map_err(|e| relabel(e, &path, &cfg.input))?;
+        let prompt_tokens = count_prompts(cfg, &path).map_err(|e| relabel(e, &path, &cfg.input))?;
         Ok(Sample {
             work,
             input: cfg.input.clone(),
