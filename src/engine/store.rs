@@ -669,11 +669,7 @@ pub(crate) mod tests {
         store.record(std::slice::from_ref(&row)).unwrap();
         let attempts = FinishedRows::open(&path).unwrap().attempts().unwrap();
         let written = &row.attempts[0];
-        let millis = |t: SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-        };
+        let millis = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
         assert_eq!(attempts.len(), 1);
         let a = &attempts[0];
         assert_eq!((a.seq, a.attempt), (1, 1));
