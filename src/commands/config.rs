@@ -5,6 +5,9 @@
 //! `OPENAI_API_KEY`), the settings file, built-in defaults. After [`RunConfig::resolve`] every
 //! value is checked and every file the run needs (prompt files, price file) has been read, so a
 //! typo fails in the first second rather than an hour into the job.
+//!
+//! Also here: the flags of `batch run` that commands making runs of their own refuse
+//! ([`RunOnlyFlag`], [`refuse_flags`]).
 
 use crate::base::error::{Error, describe_io};
 use crate::base::format::{Format, is_std};

@@ -359,7 +359,8 @@ impl Store {
     }
 }
 
-/// Reads recorded rows in input order, for merging with the input.
+/// Reads a state file: the recorded rows in input order, for merging with the input, and the
+/// attempts journaled.
 pub struct FinishedRows {
     conn: Connection,
     path: PathBuf,
