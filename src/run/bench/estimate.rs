@@ -50,6 +50,7 @@ impl Estimate {
         }
     }
 
+    /// Requests sent if no attempt is retried.
     fn requests(&self) -> u64 {
         self.settings * self.repeat * self.rows + self.warmup_rows
     }

@@ -107,12 +107,14 @@ struct Running {
 }
 
 impl Running {
+    /// Spawns `job`, the run of `path` under fingerprint `key`, holding both until it ends.
     fn add(&mut self, path: PathBuf, key: String, job: BoxFuture<'static, Finished>) {
         self.files.insert(path);
         self.keys.insert(key);
         self.jobs.spawn(job);
     }
 
+    /// Frees the file and fingerprint of a run that ended.
     fn release(&mut self, f: &Finished) {
         self.files.remove(&f.path);
         self.keys.remove(&f.key);
@@ -484,15 +486,18 @@ struct Log {
 }
 
 impl Log {
+    /// How the work goes; hidden by `-q`.
     fn info(&self, line: &str) {
         self.printer.note(format_args!("{} {line}", now()));
     }
 
+    /// Something that went wrong; shown even with `-q`.
     fn problem(&self, line: &str) {
         self.printer.warn(format_args!("{} {line}", now()));
     }
 }
 
+/// The time at the start of a log line, to the second.
 fn now() -> humantime::Rfc3339Timestamp {
     humantime::format_rfc3339_seconds(SystemTime::now())
 }
@@ -529,6 +534,7 @@ fn stop_on_signal() -> CancellationToken {
     stop
 }
 
+/// The file's name, as the log and `DIR`'s subfolders show it.
 fn name_of(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
