@@ -5,6 +5,9 @@
 //! `OPENAI_API_KEY`), the settings file, built-in defaults. After [`RunConfig::resolve`] every
 //! value is checked and every file the run needs (prompt files, price file) has been read, so a
 //! typo fails in the first second rather than an hour into the job.
+//!
+//! Also here: the flags of `batch run` that commands making runs of their own refuse
+//! ([`RunOnlyFlag`], [`refuse_flags`]).
 
 use crate::base::error::{Error, describe_io};
 use crate::base::format::{Format, is_std};
@@ -422,6 +425,76 @@ fn endpoint_of(
         )));
     }
     Ok(Endpoint::Remote { base_url, api_key })
+}
+
+/// A flag of `batch run` that names one run's files, chooses how it resumes, or keeps it from
+/// being sent. `bench` and `watch` make runs of their own and decide those per run, so they
+/// refuse these flags with [`refuse_flags`] (and `cli` hides them from their help).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunOnlyFlag {
+    Output,
+    State,
+    Resume,
+    Restart,
+    SummaryJson,
+    DryRun,
+}
+
+impl RunOnlyFlag {
+    /// The flags about one run's files and how it resumes, refused by `bench` (which honours
+    /// `--dry-run`). `--retry-failed` and `--force` need `--resume`, so clap refuses them with it.
+    pub const ONE_RUN: &[RunOnlyFlag] = &[
+        RunOnlyFlag::Output,
+        RunOnlyFlag::State,
+        RunOnlyFlag::Resume,
+        RunOnlyFlag::Restart,
+        RunOnlyFlag::SummaryJson,
+    ];
+
+    /// Those and `--dry-run`, refused by `watch`.
+    pub const ALL: &[RunOnlyFlag] = &[
+        RunOnlyFlag::Output,
+        RunOnlyFlag::State,
+        RunOnlyFlag::Resume,
+        RunOnlyFlag::Restart,
+        RunOnlyFlag::SummaryJson,
+        RunOnlyFlag::DryRun,
+    ];
+
+    /// As the user types it.
+    pub fn spelling(self) -> &'static str {
+        match self {
+            RunOnlyFlag::Output => "-o/--output",
+            RunOnlyFlag::State => "--state",
+            RunOnlyFlag::Resume => "--resume",
+            RunOnlyFlag::Restart => "--restart",
+            RunOnlyFlag::SummaryJson => "--summary-json",
+            RunOnlyFlag::DryRun => "--dry-run",
+        }
+    }
+
+    fn is_given(self, a: &RunArgs) -> bool {
+        match self {
+            RunOnlyFlag::Output => a.output.is_some(),
+            RunOnlyFlag::State => a.state.is_some(),
+            RunOnlyFlag::Resume => a.resume,
+            RunOnlyFlag::Restart => a.restart,
+            RunOnlyFlag::SummaryJson => a.summary_json.is_some(),
+            RunOnlyFlag::DryRun => a.dry_run,
+        }
+    }
+}
+
+/// Refuses the first of `flags` that `args` gives, as a usage error: it is for `batch run`, and
+/// `instead` tells what the command does in its place.
+pub fn refuse_flags(args: &RunArgs, flags: &[RunOnlyFlag], instead: &str) -> Result<(), Error> {
+    match flags.iter().find(|f| f.is_given(args)) {
+        Some(flag) => Err(Error::Usage(format!(
+            "{} is for `batch run`; {instead}",
+            flag.spelling()
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// The wire format the (merged) flags ask for, defaulting where they conflict; `from_merged`

@@ -359,7 +359,8 @@ impl Store {
     }
 }
 
-/// Reads recorded rows in input order, for merging with the input.
+/// Reads a state file: the recorded rows in input order, for merging with the input, and the
+/// attempts journaled.
 pub struct FinishedRows {
     conn: Connection,
     path: PathBuf,
@@ -430,6 +431,42 @@ impl FinishedRows {
         };
         run().map_err(|e| db_error(&self.path, "read", &e))
     }
+
+    /// Every attempt journaled, in no particular order: what `batch bench` times a run by.
+    pub fn attempts(&self) -> Result<Vec<JournaledAttempt>, Error> {
+        let run = || -> rusqlite::Result<Vec<JournaledAttempt>> {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT seq, attempt, started_at, latency_ms, outcome FROM attempts")?;
+            let rows = stmt.query_map([], |r| {
+                let started_at: String = r.get(2)?;
+                Ok(JournaledAttempt {
+                    seq: r.get::<_, i64>(0)?.max(0) as u64,
+                    attempt: r.get::<_, i64>(1)?.max(0) as u32,
+                    started_at: humantime::parse_rfc3339_weak(&started_at).ok(),
+                    latency: r
+                        .get::<_, Option<i64>>(3)?
+                        .map(|ms| Duration::from_millis(ms.max(0) as u64)),
+                    outcome: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| db_error(&self.path, "read", &e))
+    }
+}
+
+/// An attempt read back from the journal (see [`AttemptRecord`] for what was written).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournaledAttempt {
+    /// The row's position in the input.
+    pub seq: u64,
+    pub attempt: u32,
+    /// `None` if the recorded time cannot be read.
+    pub started_at: Option<SystemTime>,
+    pub latency: Option<Duration>,
+    /// `ok`, or the error kind's label.
+    pub outcome: String,
 }
 
 /// A set of row positions, one bit each.
@@ -621,6 +658,25 @@ pub(crate) mod tests {
         assert!(finished.contains(0) && !finished.contains(1) && finished.contains(2));
         assert!(!journal.finished_set(true).unwrap().contains(0));
         assert_eq!(seen[2].3.unwrap().cached_tokens, 1);
+    }
+
+    #[test]
+    fn attempts_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let mut store = Store::open(&path).unwrap();
+        store.start_run(&settings(), 2).unwrap();
+        let row = finished(1, RowStatus::Ok);
+        store.record(std::slice::from_ref(&row)).unwrap();
+        let attempts = FinishedRows::open(&path).unwrap().attempts().unwrap();
+        let written = &row.attempts[0];
+        let millis = |t: SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+        assert_eq!(attempts.len(), 1);
+        let a = &attempts[0];
+        assert_eq!((a.seq, a.attempt), (1, 1));
+        assert_eq!(a.outcome, "server error");
+        assert_eq!(a.latency, Some(Duration::from_millis(5)));
+        assert_eq!(millis(a.started_at.unwrap()), millis(written.started_at));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::engine::pricing::PriceTable;
 use crate::engine::provider::{Api, ExtraHeaders};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::schema::OutputSchema;
+use crate::engine::store::RunSettings;
 use crate::engine::template::PromptSource;
 pub use crate::run::connection::Endpoint;
 use std::sync::Arc;
@@ -71,6 +72,30 @@ impl RunConfig {
     /// What this run may print, and where.
     pub fn printer(&self) -> Printer {
         Printer::new(self.quiet)
+    }
+
+    /// The settings that shape this run's requests, as its journal records them for `input`
+    /// (the runner's canonical input path): a resumed run must have the same ones, and `batch
+    /// watch` fingerprints a file under them. Pacing (concurrency, rate limits, retries) is left
+    /// out, as it changes when and how often a request is sent, not what it asks.
+    pub fn request_settings(&self, input: &str) -> RunSettings {
+        let endpoint = self.endpoint.name();
+        RunSettings {
+            input: input.to_string(),
+            // A run resumed against another API would mix answers to different requests.
+            endpoint: match self.api {
+                Api::OpenAiChat => endpoint.to_string(),
+                api => format!("{endpoint} ({})", api.label()),
+            },
+            model: self.model.clone(),
+            prompt: match &self.prompt {
+                PromptSource::Template(t) => t.clone(),
+                PromptSource::PromptColumn => "<column prompt>".into(),
+            },
+            system: self.system.clone(),
+            max_tokens: self.max_tokens,
+            temperature: self.temperature,
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 //!
 //! - **rows/s**, sustained: rows answered per second from the first round of the full run
 //!   coming back to the last dispatch, read from the attempts the run journaled in its state
-//!   file (see [`sustained_rate`]). This leaves out what a run of N rows pays once (pre-flight,
+//!   file (see [`measure`]). This leaves out what a run of N rows pays once (pre-flight,
 //!   the single probe request sent while the rate limits are learned, the last half-empty round
 //!   of requests), which an overnight job of 100,000 rows does not feel. When a run is too short
 //!   for it (every row in one or two rounds), the end-to-end rate is used and marked. The
@@ -18,36 +18,36 @@
 //!   cost per 1,000 rows at the model's price.
 //!
 //! With `--repeat K` every figure is the median of the K runs, and the spread of rows/s (min,
-//! max, standard deviation) is reported. [`report`] holds the numbers, the pure exporters and the
-//! recommendation; [`plot`] draws the chart.
+//! max, standard deviation) is reported.
+//!
+//! [`sweep`] carries out a [`BenchPlan`]: [`sample`] copies the rows, [`estimate`] works out
+//! what the sweep may cost before anything is sent, [`measure`] makes and times each run.
+//! [`report`] holds the numbers, the pure exporters and the recommendation, [`plot`] draws the
+//! chart, and [`publish`] prints the report and writes the files asked for.
 
-pub mod plot;
-pub mod report;
+mod estimate;
+mod measure;
+mod plot;
+mod report;
+mod sample;
 
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub use plot::render_svg;
-pub use report::{
-    Point, Recommendation, Report, RunMeasure, SettingResult, compare_auto, fmt_rate, label,
-    recommend, to_csv, to_json, to_markdown, to_table,
-};
+pub use report::{Latency, Recommendation, Report, RunMeasure, SettingResult};
 
 use crate::base::error::{Error, ExitStatus, describe_io};
 use crate::base::money::format_cost;
+use crate::base::printer::Printer;
 use crate::engine::concurrency::Concurrency;
-use crate::engine::input::InputFile;
-use crate::engine::provider::ErrorKind;
-use crate::engine::template::Prompts;
-use crate::engine::tokens;
-use crate::run::runner;
-use crate::run::settings::{CacheMode, Resume, RunConfig};
+use crate::run::settings::RunConfig;
+use estimate::Estimate;
+use report::{fmt_ms, fmt_rate, label, to_csv, to_json, to_markdown, to_table};
+use sample::Sample;
 
 /// Warm-up rows at most, when `--warmup` is not given.
-pub(crate) const DEFAULT_MAX_WARMUP: u64 = 20;
+const DEFAULT_MAX_WARMUP: u64 = 20;
 /// Below this many rows per slot, a note says the numbers at that setting rest on few rounds.
-pub(crate) const ROWS_PER_SLOT_NOTE: u64 = 4;
+const ROWS_PER_SLOT_NOTE: u64 = 4;
 
 /// `--format`: how the results are printed on stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,9 +62,316 @@ pub enum Format {
     Json,
 }
 
-/// Fails now if `path` could not be written at the end: its folder must exist and it must not be
-/// a folder itself. A file that did not exist is created to prove it can be, then removed.
-pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+/// What to sweep.
+pub struct BenchPlan {
+    /// The settings of every run; each run replaces its concurrency, files and cache use.
+    pub base: RunConfig,
+    /// The `--concurrency` settings, in the order given (one given twice is measured once).
+    pub settings: Vec<Concurrency>,
+    /// Rows from the top of the input that each run sends.
+    pub rows: u64,
+    /// Runs per setting.
+    pub repeat: u32,
+    /// Rows of the discarded warm-up run before each setting [default: the setting's
+    /// concurrency, at most 20].
+    pub warmup: Option<u64>,
+}
+
+/// How a sweep ended.
+pub enum Swept {
+    /// `--dry-run`: the expected cost was printed and nothing was sent.
+    DryRun,
+    /// Some settings were measured; `status` says whether the sweep went to its end.
+    Measured {
+        report: Box<Report>,
+        status: ExitStatus,
+    },
+}
+
+/// Where the report goes: stdout in `format`, and the files asked for.
+pub struct Outputs {
+    pub format: Format,
+    pub csv: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
+    /// The chart, as SVG.
+    pub plot: Option<PathBuf>,
+}
+
+/// Measures every setting of `plan` and reports what was found. A sweep that stops early (Ctrl-C,
+/// `--max-cost` spent, a run that stopped) reports the settings measured until then, with a
+/// note saying why; if none was, that is an error.
+pub async fn sweep(plan: BenchPlan) -> Result<Swept, Error> {
+    let BenchPlan {
+        base,
+        settings,
+        rows,
+        repeat,
+        warmup,
+    } = plan;
+    let printer = base.printer();
+    let settings = dedupe(settings);
+    let sample = Sample::take(&base, rows)?;
+    let warmups = warmup_rows(&settings, warmup, sample.rows);
+    let estimate = Estimate::new(&base, &sample.prompt_tokens, &warmups, repeat);
+    if base.dry_run {
+        estimate.print_dry_run(&base, printer);
+        return Ok(Swept::DryRun);
+    }
+    estimate.check_budget(&base, printer)?;
+    printer.note(format_args!(
+        "bench: {} x {} x {} on {}",
+        plural(settings.len() as u64, "setting"),
+        plural(u64::from(repeat), "run"),
+        plural(sample.rows, "row"),
+        base.endpoint.describe()
+    ));
+    let mut sweep = Sweep {
+        notes: sample_notes(&base.input, rows, sample.rows, &settings),
+        worst_attempt: estimate.worst_attempt,
+        base,
+        repeat,
+        sample,
+        printer,
+        results: Vec::new(),
+        spent: 0.0,
+        status: ExitStatus::Success,
+        runs: 0,
+    };
+    for (setting, warm) in settings.into_iter().zip(warmups) {
+        if !sweep.measure_setting(setting, warm).await? {
+            break;
+        }
+    }
+    sweep.finish()
+}
+
+/// Prints `report` on stdout in the format asked for (after CSV or JSON, the conclusion goes to
+/// stderr, keeping stdout machine-readable), then writes the exports and the chart.
+pub fn publish(report: &Report, outputs: &Outputs, printer: Printer) -> Result<(), Error> {
+    let text = match outputs.format {
+        Format::Table => to_table(report),
+        Format::Markdown => to_markdown(report),
+        Format::Csv => to_csv(report),
+        Format::Json => to_json(report),
+    };
+    printer.report_with(|w| w.write_all(text.as_bytes()));
+    if matches!(outputs.format, Format::Csv | Format::Json) {
+        printer.note_with(|w| w.write_all(report.conclusion().as_bytes()));
+    }
+    for (path, export) in [
+        (&outputs.csv, to_csv as fn(&Report) -> String),
+        (&outputs.json, to_json),
+        (&outputs.markdown, to_markdown),
+    ] {
+        if let Some(path) = path {
+            write_file(path, &export(report))?;
+        }
+    }
+    if let Some(path) = &outputs.plot {
+        let svg = plot::render_svg(report).map_err(|e| {
+            Error::io(
+                format!("cannot draw the chart {}", path.display()),
+                std::io::Error::other(e),
+            )
+        })?;
+        write_file(path, &svg)?;
+    }
+    Ok(())
+}
+
+/// A sweep under way: what its runs send, and what they have measured and spent so far.
+struct Sweep {
+    base: RunConfig,
+    repeat: u32,
+    sample: Sample,
+    /// What an attempt whose cost cannot be known is charged, as the runner's spend cap does.
+    worst_attempt: f64,
+    printer: Printer,
+    results: Vec<SettingResult>,
+    notes: Vec<String>,
+    /// Dollars the runs have counted against their caps so far.
+    spent: f64,
+    status: ExitStatus,
+    /// Runs made so far, to name each run's files.
+    runs: usize,
+}
+
+impl Sweep {
+    /// Measures one setting: a warm-up of `warm` rows, if any, then `--repeat` runs of the
+    /// sample. False when the sweep must stop; a setting cut short is left out.
+    async fn measure_setting(&mut self, setting: Concurrency, warm: u64) -> Result<bool, Error> {
+        if warm > 0 {
+            let input = self.sample.warmup(warm)?;
+            let what = format!("warm-up, {}", plural(warm, "row"));
+            if self.measure_run(setting, &input, &what).await?.is_none() {
+                return Ok(false);
+            }
+        }
+        let mut runs = Vec::new();
+        for n in 1..=self.repeat {
+            let input = self.sample.path.clone();
+            let what = format!("run {n}/{}", self.repeat);
+            match self.measure_run(setting, &input, &what).await? {
+                Some(measure) => runs.push(measure),
+                None => return Ok(false),
+            }
+        }
+        self.results.push(SettingResult::from_runs(setting, runs));
+        Ok(true)
+    }
+
+    /// Makes one run of `input` within what is left of `--max-cost`, counts what it spent and
+    /// logs its numbers. `None` when the sweep must stop here (a note says why).
+    async fn measure_run(
+        &mut self,
+        setting: Concurrency,
+        input: &Path,
+        what: &str,
+    ) -> Result<Option<RunMeasure>, Error> {
+        let name = label(setting);
+        let cap = match self.base.max_cost {
+            Some(cap) if cap - self.spent <= 0.0 => {
+                self.stop(
+                    ExitStatus::RowsFailed,
+                    format!(
+                        "the sweep stopped before --concurrency {name}: --max-cost ${} is spent",
+                        format_cost(cap)
+                    ),
+                );
+                return Ok(None);
+            }
+            // Rounded down to a nanodollar, so messages show a readable amount.
+            Some(cap) => Some(((cap - self.spent) * 1e9).floor() / 1e9),
+            None => None,
+        };
+        self.runs += 1;
+        let (status, measure, unknown_cost) = measure::one_run(
+            &self.base,
+            setting,
+            input,
+            self.sample.dir(),
+            self.runs,
+            cap,
+        )
+        .await
+        .map_err(|e| self.sample.relabel(e))?;
+        // What the run's own cap counted: the answers' cost, and the worst case of every
+        // attempt whose cost could not be known.
+        self.spent += measure.cost_usd.unwrap_or(0.0) + unknown_cost as f64 * self.worst_attempt;
+        if status == ExitStatus::Interrupted {
+            self.stop(
+                ExitStatus::Interrupted,
+                format!(
+                    "interrupted during --concurrency {name} ({what}); settings measured so far                      are reported"
+                ),
+            );
+            return Ok(None);
+        }
+        if let Some(reason) = &measure.stopped {
+            self.stop(
+                ExitStatus::RowsFailed,
+                format!(
+                    "the sweep stopped at --concurrency {name} ({what}): {reason}; that run is                      left out"
+                ),
+            );
+            return Ok(None);
+        }
+        self.printer.note(format_args!(
+            "concurrency {name:>4}: {what}: {} rows/s{}, p95 {}, {} failed, {} retries",
+            fmt_rate(measure.rows_per_second()),
+            if measure.sustained_rows_per_second.is_some() {
+                ""
+            } else {
+                " (end to end)"
+            },
+            fmt_ms(measure.latency_ms.p95),
+            measure.failed,
+            measure.retries
+        ));
+        Ok(Some(measure))
+    }
+
+    /// Ends the sweep early with `status`, `note` saying why.
+    fn stop(&mut self, status: ExitStatus, note: String) {
+        self.notes.push(note);
+        self.status = status;
+    }
+
+    /// The report of the settings measured; an error if none was.
+    fn finish(self) -> Result<Swept, Error> {
+        if self.results.is_empty() {
+            return Err(Error::Usage(format!(
+                "no setting could be measured: {}",
+                self.notes.join("; ")
+            )));
+        }
+        let report = Report::new(
+            &self.base.input,
+            &self.base.model,
+            self.base.endpoint.describe(),
+            self.sample.rows,
+            self.repeat,
+            self.results,
+            self.notes,
+        );
+        Ok(Swept::Measured {
+            report: Box::new(report),
+            status: self.status,
+        })
+    }
+}
+
+/// Rows of the warm-up before each setting: `--warmup`, or the setting's concurrency (at most
+/// [`DEFAULT_MAX_WARMUP`]), and never more than the sample.
+fn warmup_rows(settings: &[Concurrency], warmup: Option<u64>, sample_rows: u64) -> Vec<u64> {
+    settings
+        .iter()
+        .map(|c| {
+            warmup
+                .unwrap_or_else(|| (c.ceiling() as u64).min(DEFAULT_MAX_WARMUP))
+                .min(sample_rows)
+        })
+        .collect()
+}
+
+/// Notes about a sample too small for what was asked: an input shorter than `--rows`, and a
+/// setting with so few rows per slot that it is measured over few rounds.
+fn sample_notes(
+    input: &Path,
+    asked: u64,
+    sample_rows: u64,
+    settings: &[Concurrency],
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    if sample_rows < asked {
+        notes.push(format!(
+            "{} has only {sample_rows} rows, so each run sends {sample_rows} instead of {asked}",
+            input.display()
+        ));
+    }
+    if let Some(c) = settings
+        .iter()
+        .filter_map(|c| match c {
+            Concurrency::Fixed(n) => Some(*n as u64),
+            Concurrency::Auto => None,
+        })
+        .max()
+        .filter(|c| *c > 1 && sample_rows < ROWS_PER_SLOT_NOTE * c)
+    {
+        notes.push(format!(
+            "at --concurrency {c}, {sample_rows} rows are {:.1} rows per slot, so that setting \
+             is measured over few rounds of requests; --rows {} or more gives steadier numbers",
+            sample_rows as f64 / c as f64,
+            ROWS_PER_SLOT_NOTE * c
+        ));
+    }
+    notes
+}
+
+/// Writes `text` to `path` (checked writable before the sweep), a usage error naming the file if
+/// it cannot be written.
+fn write_file(path: &Path, text: &str) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|e| {
         Error::Usage(format!(
             "cannot write {}: {}",
@@ -75,12 +382,12 @@ pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), Error> {
 }
 
 /// `1 row`, `2 rows`.
-pub(crate) fn plural(n: u64, noun: &str) -> String {
+fn plural(n: u64, noun: &str) -> String {
     format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// The settings in the order given, each once.
-pub(crate) fn dedupe(settings: Vec<Concurrency>) -> Vec<Concurrency> {
+fn dedupe(settings: Vec<Concurrency>) -> Vec<Concurrency> {
     let mut out: Vec<Concurrency> = Vec::new();
     for c in settings {
         if !out.contains(&c) {
@@ -88,646 +395,4 @@ pub(crate) fn dedupe(settings: Vec<Concurrency>) -> Vec<Concurrency> {
         }
     }
     out
-}
-
-/// Writes the header and the first `rows` records of `input` to `dest`, byte for byte as the
-/// csv crate reads them (ragged or non-UTF-8 rows are copied as they are, for the runner's
-/// pre-flight to report). Returns the number of data rows written.
-pub(crate) fn write_head(
-    input: &Path,
-    format: crate::base::format::Format,
-    rows: u64,
-    dest: &Path,
-) -> Result<u64, Error> {
-    if format == crate::base::format::Format::Jsonl {
-        return write_head_jsonl(input, rows, dest);
-    }
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_path(input)
-        .map_err(|e| csv_error(input, e))?;
-    let mut writer = csv::WriterBuilder::new()
-        .flexible(true)
-        .from_path(dest)
-        .map_err(|e| csv_error(dest, e))?;
-    let mut record = csv::ByteRecord::new();
-    let mut written = 0u64;
-    let mut header = true;
-    while written < rows
-        && reader
-            .read_byte_record(&mut record)
-            .map_err(|e| csv_error(input, e))?
-    {
-        writer
-            .write_byte_record(&record)
-            .map_err(|e| csv_error(dest, e))?;
-        if header {
-            header = false;
-        } else {
-            written += 1;
-        }
-    }
-    writer
-        .flush()
-        .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
-    if header {
-        return Err(Error::Input(format!(
-            "{} is empty: it needs a header row naming the columns, then one row per request",
-            input.display()
-        )));
-    }
-    Ok(written)
-}
-
-/// [`write_head`] for JSON Lines: the first `rows` lines that are not blank, as they are.
-pub(crate) fn write_head_jsonl(input: &Path, rows: u64, dest: &Path) -> Result<u64, Error> {
-    use std::io::{BufRead, Write};
-    let file = std::fs::File::open(input).map_err(|e| Error::read(input, &e))?;
-    let mut out = std::io::BufWriter::new(
-        std::fs::File::create(dest)
-            .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?,
-    );
-    let mut written = 0u64;
-    for line in std::io::BufReader::new(file).split(b'\n') {
-        if written == rows {
-            break;
-        }
-        let line = line.map_err(|e| Error::read(input, &e))?;
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        out.write_all(&line)
-            .and_then(|()| out.write_all(b"\n"))
-            .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
-        written += 1;
-    }
-    out.flush()
-        .map_err(|e| Error::io(format!("cannot write {}", dest.display()), e))?;
-    if written == 0 {
-        return Err(Error::Input(format!(
-            "{} is empty: it needs one JSON object per line, one line per request",
-            input.display()
-        )));
-    }
-    Ok(written)
-}
-
-pub(crate) fn csv_error(path: &Path, e: csv::Error) -> Error {
-    match e.into_kind() {
-        csv::ErrorKind::Io(io) => Error::read(path, &io),
-        other => Error::Input(format!("{}: {other:?}", path.display())),
-    }
-}
-
-/// Prompt tokens of every row of the sample, counted as `--dry-run` counts them. Also checks
-/// every row and renders every prompt, so a bad template fails before anything is sent.
-pub(crate) fn count_prompts(cfg: &RunConfig, sample: &Path) -> Result<Vec<u64>, Error> {
-    let input = InputFile::open_as(sample, cfg.input_format, cfg.id_column.as_deref())?;
-    let prompts = Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?;
-    let mut counts = Vec::new();
-    for row in input.rows()? {
-        let row = row?;
-        let r = prompts
-            .render(&input, &row)
-            .map_err(|e| Error::Input(format!("{}: line {}: {e}", sample.display(), row.line)))?;
-        counts.push(u64::from(tokens::count_chat(
-            &cfg.model,
-            r.system.as_deref(),
-            &r.user,
-        )));
-    }
-    Ok(counts)
-}
-
-/// Messages about the sample file name the user's input instead (the lines are the same).
-pub(crate) fn relabel(e: Error, sample: &Path, input: &Path) -> Error {
-    let fix = |m: String| m.replace(&sample.display().to_string(), &input.display().to_string());
-    match e {
-        Error::Usage(m) => Error::Usage(fix(m)),
-        Error::Input(m) => Error::Input(fix(m)),
-        other => other,
-    }
-}
-
-/// Like [`relabel`] for any file of the work folder (sample or warm-up).
-pub(crate) fn relabel_any(e: Error, work: &Path, input: &Path) -> Error {
-    let prefix = work.display().to_string();
-    let fix = |m: String| {
-        let mut out = m;
-        while let Some(start) = out.find(&prefix) {
-            let rest = &out[start + prefix.len()..];
-            let end = rest
-                .find(|c: char| c.is_whitespace() || c == ':' || c == ',')
-                .unwrap_or(rest.len());
-            out.replace_range(
-                start..start + prefix.len() + end,
-                &input.display().to_string(),
-            );
-        }
-        out
-    };
-    match e {
-        Error::Usage(m) => Error::Usage(fix(m)),
-        Error::Input(m) => Error::Input(fix(m)),
-        other => other,
-    }
-}
-
-/// What the whole sweep will send, for the expected cost.
-pub(crate) struct SweepPlan {
-    pub(crate) settings: u64,
-    pub(crate) repeat: u64,
-    pub(crate) rows: u64,
-    pub(crate) warmup_rows: u64,
-    pub(crate) prompt_tokens: u64,
-}
-
-impl SweepPlan {
-    pub(crate) fn requests(&self) -> u64 {
-        self.settings * self.repeat * self.rows + self.warmup_rows
-    }
-
-    /// The same numbers as `batch run --dry-run`, for the whole sweep.
-    pub(crate) fn print(&self, w: &mut impl Write, cfg: &RunConfig) -> std::io::Result<()> {
-        let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
-        writeln!(
-            w,
-            "Sweep        {} x {} x {} + {} warm-up rows = {} requests (retries not counted)",
-            plural(self.settings, "setting"),
-            plural(self.repeat, "run"),
-            plural(self.rows, "row"),
-            self.warmup_rows,
-            self.requests()
-        )?;
-        let completion = cfg.max_tokens.map(|m| self.requests() * u64::from(m));
-        match cfg.prices.lookup(&cfg.model) {
-            Some(p) => {
-                writeln!(
-                    w,
-                    "Prompts      {} tokens, {} at {}'s input price (${} per 1M)",
-                    self.prompt_tokens,
-                    dollars(p.estimate(self.prompt_tokens, 0)),
-                    cfg.model,
-                    p.input
-                )?;
-                match completion {
-                    Some(c) => {
-                        writeln!(
-                            w,
-                            "Completions  at most {c} tokens (--max-tokens {} a row), {}",
-                            cfg.max_tokens.unwrap_or(0),
-                            dollars(p.estimate(0, c))
-                        )?;
-                        writeln!(
-                            w,
-                            "Worst case   {} (prices as of {})",
-                            dollars(p.estimate(self.prompt_tokens, c)),
-                            cfg.prices.as_of
-                        )
-                    }
-                    None => writeln!(
-                        w,
-                        "Completions  unknown: without --max-tokens an answer's length has no \
-                         bound (${} per 1M output tokens)",
-                        p.output
-                    ),
-                }
-            }
-            None => {
-                writeln!(w, "Prompts      {} tokens", self.prompt_tokens)?;
-                writeln!(
-                    w,
-                    "Cost         unknown: no price for model {:?}; add one with --price-file",
-                    cfg.model
-                )
-            }
-        }
-    }
-}
-
-/// One run of `input` at `setting`, in `dir`, measured.
-pub(crate) async fn one_run(
-    base: &RunConfig,
-    setting: Concurrency,
-    input: &Path,
-    dir: &Path,
-    n: usize,
-    max_cost: Option<f64>,
-) -> Result<(ExitStatus, RunMeasure, u64), Error> {
-    let mut cfg = base.clone();
-    cfg.input = input.to_path_buf();
-    cfg.output = dir.join(format!("run-{n}.results.csv"));
-    cfg.state = dir.join(format!("run-{n}.sqlite"));
-    cfg.concurrency = setting;
-    cfg.quiet = true;
-    cfg.summary_json = None;
-    cfg.resume = Resume::No;
-    cfg.dry_run = false;
-    cfg.max_cost = max_cost;
-    // Every row is a request: answers from the response cache (filled by the warm-up and every
-    // earlier run of the same rows) or shared between identical rows would measure nothing.
-    cfg.cache = CacheMode::Off;
-    cfg.dedup = false;
-    let state = cfg.state.clone();
-    let (status, summary) = runner::run_to_summary(cfg).await?;
-    let summary = summary.ok_or_else(|| {
-        Error::io(
-            "the runner returned no summary",
-            std::io::Error::other("dry run"),
-        )
-    })?;
-    // The journal is the runner's; if it cannot be read the end-to-end rate stands in (and no
-    // attempt is taken to have an unknown cost).
-    let (spans, unknown_cost) = read_journal(&state).unwrap_or_default();
-    let measure = RunMeasure::new(&summary, sustained_rate(&spans, setting));
-    Ok((status, measure, unknown_cost))
-}
-
-/// One attempt as journaled: when it started and how long it took, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Span {
-    pub seq: u64,
-    pub attempt: u32,
-    pub start_ms: i64,
-    pub latency_ms: i64,
-}
-
-/// Outcomes of attempts whose cost cannot be known (the server may have billed an answer we
-/// never saw): the spend cap charges them their worst case, and so does the sweep's budget.
-/// The attempts of a finished run, from its state file, and how many of them have an unknown
-/// cost.
-pub(crate) fn read_journal(state: &Path) -> Result<(Vec<Span>, u64), rusqlite::Error> {
-    let conn =
-        rusqlite::Connection::open_with_flags(state, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let mut stmt =
-        conn.prepare("SELECT seq, attempt, started_at, latency_ms, outcome FROM attempts")?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, String>(2)?,
-            r.get::<_, Option<i64>>(3)?,
-            r.get::<_, String>(4)?,
-        ))
-    })?;
-    let mut spans = Vec::new();
-    let mut unknown_cost = 0;
-    for row in rows {
-        let (seq, attempt, started, latency, outcome) = row?;
-        if ErrorKind::from_label(&outcome).is_some_and(ErrorKind::may_have_been_billed) {
-            unknown_cost += 1;
-        }
-        let Ok(t) = humantime::parse_rfc3339_weak(&started) else {
-            continue;
-        };
-        let Ok(since) = t.duration_since(std::time::UNIX_EPOCH) else {
-            continue;
-        };
-        spans.push(Span {
-            seq: seq as u64,
-            attempt: attempt as u32,
-            start_ms: since.as_millis() as i64,
-            latency_ms: latency.unwrap_or(0),
-        });
-    }
-    Ok((spans, unknown_cost))
-}
-
-/// Shortest window, in milliseconds, and fewest rows a sustained rate is computed from.
-pub(crate) const MIN_WINDOW_MS: i64 = 10;
-pub(crate) const MIN_WINDOW_ROWS: usize = 5;
-/// Answers this close together belong to one round (the journal keeps whole milliseconds).
-pub(crate) const EDGE_MS: i64 = 2;
-
-/// Rows per second while the run was in full swing, from its journaled attempts, leaving out
-/// what a run of a few hundred rows pays once and an endless one would not: the start-up, the
-/// single probe request sent while the rate limits are learned, the burst that fills the slots,
-/// and the tail where they drain. `None` when the run is too short to tell (every row went out
-/// in one or two rounds).
-///
-/// With a fixed number of slots see [`block_rate`]; with `auto`, whose slots change as it
-/// goes, [`window_rate`].
-pub fn sustained_rate(spans: &[Span], concurrency: Concurrency) -> Option<f64> {
-    match concurrency {
-        Concurrency::Fixed(c) => block_rate(spans, c),
-        Concurrency::Auto => window_rate(spans),
-    }
-}
-
-/// The rate at which rows are sent between two blocks of `c` consecutive sends, timed at their
-/// means. In a closed loop of `c` slots the send of the (k + c)-th row follows the k-th answer,
-/// so the mean of a block moves on by one round trip per `c` rows whether the rows of a round
-/// go out together (a server with fixed latency answers in rounds) or one by one; paced by a
-/// rate limit instead, sends are steady anyway. The first block is the first one that answers
-/// sent: after the probe request and the burst that filled the slots when it came back. The last
-/// block is the last `c` sends, each following an answer until the very last.
-pub fn block_rate(spans: &[Span], c: usize) -> Option<f64> {
-    let c = c.max(1);
-    let first_answer = spans.iter().map(|s| s.start_ms + s.latency_ms).min()?;
-    // Each row's first send (its retries hold the same slot).
-    let mut first_send: HashMap<u64, (u32, i64)> = HashMap::new();
-    for s in spans {
-        let e = first_send.entry(s.seq).or_insert((s.attempt, s.start_ms));
-        if s.attempt < e.0 {
-            *e = (s.attempt, s.start_ms);
-        }
-    }
-    let mut sends: Vec<i64> = first_send.values().map(|(_, t)| *t).collect();
-    sends.sort_unstable();
-    let before = sends.iter().filter(|t| **t < first_answer).count();
-    // One request went alone (the probe), then every slot was filled at once.
-    let start = if before < c { before + c } else { before };
-    let n = sends.len();
-    if start + 2 * c > n {
-        return None;
-    }
-    let mean = |block: &[i64]| block.iter().map(|t| *t as f64).sum::<f64>() / block.len() as f64;
-    let first = mean(&sends[start..start + c]);
-    let last = mean(&sends[n - c..]);
-    let rows = n - c - start;
-    let window = last - first;
-    (window >= MIN_WINDOW_MS as f64 && rows >= MIN_WINDOW_ROWS)
-        .then(|| rows as f64 * 1000.0 / window)
-}
-
-/// Rows answered per second between two answers, A and B, with every slot busy in between: A
-/// is the first answer to a row sent after the first answer of the run (the first round of the
-/// full run coming back), B the last send (after it the slots drain). For `auto`, whose slots
-/// change as it goes; it counts whole rounds only approximately when answers come in rounds.
-pub fn window_rate(spans: &[Span]) -> Option<f64> {
-    let first_answer = spans.iter().map(|s| s.start_ms + s.latency_ms).min()?;
-    let mut last_attempt: HashMap<u64, Span> = HashMap::new();
-    for s in spans {
-        let e = last_attempt.entry(s.seq).or_insert(*s);
-        if s.attempt > e.attempt {
-            *e = *s;
-        }
-    }
-    let ends: Vec<(i64, i64)> = last_attempt
-        .values()
-        .map(|s| (s.start_ms, s.start_ms + s.latency_ms))
-        .collect();
-    let last_send = ends.iter().map(|(start, _)| *start).max()?;
-    let a = ends
-        .iter()
-        .filter(|(start, _)| *start >= first_answer)
-        .map(|(_, end)| *end)
-        .min()?;
-    let b = last_send;
-    let answered_by = |t: i64| ends.iter().filter(|(_, end)| *end <= t).count();
-    let rows = answered_by(b).saturating_sub(answered_by(a + EDGE_MS));
-    let window = b - a;
-    (window >= MIN_WINDOW_MS && rows >= MIN_WINDOW_ROWS)
-        .then(|| rows as f64 * 1000.0 / window as f64)
-}
-
-/// A folder under the system's temporary folder, removed with everything in it when dropped.
-pub(crate) struct WorkDir(PathBuf);
-
-impl WorkDir {
-    pub(crate) fn create() -> Result<Self, Error> {
-        let base = std::env::temp_dir();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let mut last = None;
-        for i in 0..100u32 {
-            let path = base.join(format!(
-                "batch-bench-{}-{}",
-                std::process::id(),
-                nanos.wrapping_add(i)
-            ));
-            match std::fs::create_dir(&path) {
-                Ok(()) => return Ok(WorkDir(path)),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
-                Err(e) => {
-                    return Err(Error::io(
-                        format!("cannot create a temporary folder in {}", base.display()),
-                        e,
-                    ));
-                }
-            }
-        }
-        Err(Error::io(
-            "cannot create a temporary folder",
-            last.unwrap_or_else(|| std::io::Error::other("name clash")),
-        ))
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::output::check_writable;
-    use Concurrency::{Auto, Fixed};
-
-    fn span(seq: u64, attempt: u32, start_ms: i64, latency_ms: i64) -> Span {
-        Span {
-            seq,
-            attempt,
-            start_ms,
-            latency_ms,
-        }
-    }
-
-    /// A closed loop of `c` slots with a fixed latency, opened by one probe request as the
-    /// runner does while it learns the rate limits.
-    fn waves(rows: u64, c: u64, latency: i64, probe: bool) -> Vec<Span> {
-        let mut spans = Vec::new();
-        let mut t = 0;
-        let mut seq = 0;
-        if probe {
-            spans.push(span(0, 1, 0, latency));
-            seq = 1;
-            t = latency;
-        }
-        while seq < rows {
-            for _ in 0..c.min(rows - seq) {
-                spans.push(span(seq, 1, t, latency));
-                seq += 1;
-            }
-            t += latency;
-        }
-        spans
-    }
-
-    #[track_caller]
-    fn assert_near(r: Option<f64>, expected: f64, tolerance: f64) {
-        let r = r.expect("a sustained rate");
-        assert!(
-            (r / expected - 1.0).abs() <= tolerance,
-            "{r} is not within {tolerance} of {expected}"
-        );
-    }
-
-    #[test]
-    fn sustained_rate_is_the_steady_state_of_a_closed_loop() {
-        // 200 rows at 64 in flight and 100 ms: a probe, then rounds of 64, 64, 64 and 7. The
-        // end-to-end rate is 200 / 0.5 s = 400 rows/s; the loop runs at 640.
-        for spans in [waves(200, 64, 100, true), waves(200, 64, 100, false)] {
-            assert_near(block_rate(&spans, 64), 640.0, 0.001);
-            assert_near(window_rate(&spans), 640.0, 0.001);
-        }
-        let spans = waves(200, 1, 100, true);
-        assert_near(block_rate(&spans, 1), 10.0, 0.001);
-        assert_near(window_rate(&spans), 10.0, 0.001);
-        let spans = waves(80, 16, 20, true);
-        assert_near(block_rate(&spans, 16), 800.0, 0.001);
-        assert_near(window_rate(&spans), 800.0, 0.001);
-        assert_near(sustained_rate(&spans, Fixed(16)), 800.0, 0.001);
-        assert_near(sustained_rate(&spans, Auto), 800.0, 0.001);
-    }
-
-    /// A closed loop of `c` slots against a server of `capacity` that serves each request in
-    /// `latency` plus up to `jitter` ms (a fixed pseudo-random sequence), first come first
-    /// served; with `probe`, one request goes alone first, as the runner sends it.
-    fn simulate(
-        rows: u64,
-        c: usize,
-        capacity: usize,
-        latency: f64,
-        jitter: f64,
-        probe: bool,
-    ) -> Vec<Span> {
-        let mut servers = vec![0.0f64; capacity];
-        let mut rng = 12345u64;
-        let mut serve = |sent: f64| {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let extra = jitter * ((rng >> 33) as f64 / (1u64 << 31) as f64);
-            let (i, free) = servers
-                .iter()
-                .copied()
-                .enumerate()
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .unwrap();
-            let end = sent.max(free) + latency + extra;
-            servers[i] = end;
-            end
-        };
-        let mut spans = Vec::new();
-        let mut record = |seq: u64, sent: f64, end: f64| {
-            // Whole milliseconds, truncated, as the journal keeps them.
-            let start = (1_700_000_000_000.0 + sent).floor() as i64;
-            spans.push(span(seq, 1, start, (end - sent).floor() as i64));
-        };
-        let mut next = 0u64;
-        let mut now = 0.0;
-        if probe {
-            let end = serve(0.0);
-            record(0, 0.0, end);
-            next = 1;
-            now = end;
-        }
-        // Slots become free at these times.
-        let mut free: Vec<f64> = vec![now; c];
-        while next < rows {
-            let (i, t) = free
-                .iter()
-                .copied()
-                .enumerate()
-                .min_by(|a, b| a.1.total_cmp(&b.1))
-                .unwrap();
-            let end = serve(t);
-            record(next, t, end);
-            free[i] = end;
-            next += 1;
-        }
-        spans
-    }
-
-    #[test]
-    fn sustained_rate_with_jitter_and_a_server_queue() {
-        // Latency 100 to 140 ms (mean 120): 64 in flight make 533 rows/s, 8 make 67.
-        let spans = simulate(400, 64, 1000, 100.0, 40.0, true);
-        assert_near(block_rate(&spans, 64), 64.0 / 0.120, 0.03);
-        assert_near(window_rate(&spans), 64.0 / 0.120, 0.05);
-        let spans = simulate(200, 8, 1000, 100.0, 40.0, true);
-        assert_near(block_rate(&spans, 8), 8.0 / 0.120, 0.03);
-        assert_near(window_rate(&spans), 8.0 / 0.120, 0.05);
-        // Rounds whose answers spread over 4 ms (a loaded machine): still whole rounds.
-        let spans = simulate(200, 16, 1000, 100.0, 4.0, true);
-        assert_near(block_rate(&spans, 16), 16.0 / 0.102, 0.01);
-        // A server that serves 16 at once in 50 ms tops out at 320 rows/s however many are
-        // sent; the opening burst of 64 must not count as throughput.
-        for c in [32, 64] {
-            let spans = simulate(300, c, 16, 50.0, 0.0, true);
-            assert_near(block_rate(&spans, c), 320.0, 0.01);
-            assert_near(window_rate(&spans), 320.0, 0.03);
-        }
-        let spans = simulate(300, 16, 16, 50.0, 0.0, false);
-        assert_near(block_rate(&spans, 16), 320.0, 0.01);
-    }
-
-    #[test]
-    fn retries_count_once_and_short_runs_have_no_sustained_rate() {
-        // Everything in one or two rounds after the probe: nothing to measure.
-        assert_eq!(sustained_rate(&waves(40, 64, 100, true), Fixed(64)), None);
-        assert_eq!(sustained_rate(&waves(40, 64, 100, true), Auto), None);
-        assert_eq!(sustained_rate(&waves(128, 64, 100, true), Fixed(64)), None);
-        assert_eq!(sustained_rate(&[], Fixed(4)), None);
-        assert_eq!(sustained_rate(&[], Auto), None);
-        // Row 5 failed its first attempt and was sent again in the same slot: it is still one
-        // row, started when its first attempt was.
-        let mut spans = waves(100, 10, 100, true);
-        let first = spans.iter_mut().find(|s| s.seq == 5).unwrap();
-        first.latency_ms = 30;
-        let retry = span(5, 2, first.start_ms + 60, 40);
-        spans.push(retry);
-        assert_near(block_rate(&spans, 10), 100.0, 0.001);
-    }
-
-    #[test]
-    fn head_of_the_input_is_copied_with_its_header() {
-        let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("in.csv");
-        std::fs::write(&input, "id,text\n1,\"a, b\"\n2,\"multi\nline\"\n3,c\n").unwrap();
-        let out = dir.path().join("head.csv");
-        assert_eq!(
-            write_head(&input, crate::base::format::Format::Csv, 2, &out).unwrap(),
-            2
-        );
-        assert_eq!(
-            std::fs::read_to_string(&out).unwrap(),
-            "id,text\n1,\"a, b\"\n2,\"multi\nline\"\n"
-        );
-        assert_eq!(
-            write_head(&input, crate::base::format::Format::Csv, 10, &out).unwrap(),
-            3
-        );
-        std::fs::write(&input, "").unwrap();
-        assert!(write_head(&input, crate::base::format::Format::Csv, 10, &out).is_err());
-    }
-
-    #[test]
-    fn export_paths_are_checked_up_front() {
-        let dir = tempfile::tempdir().unwrap();
-        let ok = dir.path().join("out.json");
-        check_writable(&ok, "--export-json").unwrap();
-        assert!(!ok.exists(), "the probe file is removed");
-        let err = check_writable(&dir.path().join("nope/out.json"), "--export-json")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("does not exist") && err.contains("--export-json"),
-            "{err}"
-        );
-        let err = check_writable(dir.path(), "--plot")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("folder"), "{err}");
-    }
 }

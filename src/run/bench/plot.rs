@@ -24,7 +24,7 @@ const MARK: RGBColor = RGBColor(200, 30, 45);
 const GUIDE: RGBColor = RGBColor(120, 120, 120);
 
 /// The chart as SVG text.
-pub fn render_svg(report: &Report) -> Result<String, String> {
+pub(super) fn render_svg(report: &Report) -> Result<String, String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
@@ -36,19 +36,75 @@ pub fn render_svg(report: &Report) -> Result<String, String> {
 
 type DrawResult<T> =
     Result<T, DrawingAreaErrorKind<<SVGBackend<'static> as DrawingBackend>::ErrorType>>;
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+type Chart<'a> =
+    ChartContext<'a, SVGBackend<'a>, Cartesian2d<SegmentedCoord<RangedCoordi32>, RangedCoordf64>>;
 
-/// Settings in the order drawn: fixed ones by size, then `auto`.
-fn ordered(report: &Report) -> Vec<&SettingResult> {
-    let mut v: Vec<&SettingResult> = report.settings.iter().collect();
-    v.sort_by_key(|r| match r.concurrency {
-        Concurrency::Fixed(n) => n,
-        Concurrency::Auto => usize::MAX,
-    });
-    v
+/// The settings along the x axis, in the order drawn (fixed ones by size, then `auto`), and
+/// which one is recommended.
+struct Axis<'r> {
+    settings: Vec<&'r SettingResult>,
+    labels: Vec<String>,
+    /// The recommended setting's position.
+    rec: Option<usize>,
+    /// Positions and results of the fixed settings, joined by a line.
+    fixed: Vec<(usize, &'r SettingResult)>,
+    /// Position and result of `auto`, drawn apart.
+    auto: Vec<(usize, &'r SettingResult)>,
 }
 
-fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResult<()> {
+impl<'r> Axis<'r> {
+    fn of(report: &'r Report) -> Self {
+        let mut settings: Vec<&SettingResult> = report.settings.iter().collect();
+        settings.sort_by_key(|r| match r.concurrency {
+            Concurrency::Fixed(n) => n,
+            Concurrency::Auto => usize::MAX,
+        });
+        let rec = report.recommendation.as_ref().and_then(|r| {
+            settings
+                .iter()
+                .position(|s| s.concurrency == Concurrency::Fixed(r.concurrency))
+        });
+        let positions = |auto: bool| -> Vec<(usize, &'r SettingResult)> {
+            settings
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| (r.concurrency == Concurrency::Auto) == auto)
+                .map(|(i, r)| (i, *r))
+                .collect()
+        };
+        Axis {
+            labels: settings.iter().map(|r| label(r.concurrency)).collect(),
+            rec,
+            fixed: positions(false),
+            auto: positions(true),
+            settings,
+        }
+    }
+
+    /// The number of settings, as plotters counts segments.
+    fn len(&self) -> i32 {
+        self.settings.len() as i32
+    }
+}
+
+/// The x position of the `i`-th setting: the middle of its segment.
+fn at(i: usize) -> SegmentValue<i32> {
+    SegmentValue::CenterOf(i as i32)
+}
+
+/// The whole chart: the title, then the throughput panel above the latency panel.
+fn draw(root: &Area<'_>, report: &Report) -> DrawResult<()> {
     root.fill(&WHITE)?;
+    let (top, bottom) = titled(root, report)?;
+    let axis = Axis::of(report);
+    draw_throughput(&top, report, &axis)?;
+    draw_latency(&bottom, &axis)
+}
+
+/// Draws the title (what was swept) and subtitle (where), and returns the areas of the two
+/// panels below them.
+fn titled<'a>(root: &Area<'a>, report: &Report) -> DrawResult<(Area<'a>, Area<'a>)> {
     let title = format!(
         "batch bench: {}, {} rows x {} run{}, {}",
         short_name(&report.input),
@@ -68,52 +124,23 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
             .color(&GUIDE)
             .pos(Pos::new(HPos::Center, VPos::Top)),
     ))?;
-    let (top, bottom) = root
+    Ok(root
         .margin(20, 0, 0, 0)
-        .split_vertically(HEIGHT as i32 / 2 - 20);
+        .split_vertically(HEIGHT as i32 / 2 - 20))
+}
 
-    let settings = ordered(report);
-    let labels: Vec<String> = settings.iter().map(|r| label(r.concurrency)).collect();
-    let n = settings.len() as i32;
-    let at = |i: usize| SegmentValue::CenterOf(i as i32);
-    let rec = report.recommendation.as_ref();
-    let rec_index = rec.and_then(|r| {
-        settings
-            .iter()
-            .position(|s| s.concurrency == Concurrency::Fixed(r.concurrency))
-    });
-    let fixed: Vec<(usize, &SettingResult)> = settings
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| matches!(r.concurrency, Concurrency::Fixed(_)))
-        .map(|(i, r)| (i, *r))
-        .collect();
-    let auto: Vec<(usize, &SettingResult)> = settings
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.concurrency == Concurrency::Auto)
-        .map(|(i, r)| (i, *r))
-        .collect();
-    let formatter = |v: &SegmentValue<i32>| match v {
-        SegmentValue::CenterOf(i) => labels.get(*i as usize).cloned().unwrap_or_default(),
-        _ => String::new(),
-    };
-
-    // Throughput.
-    let top_max = settings
+/// The upper panel: rows/s at each setting, the line at 95% of the best the recommendation
+/// rests on, and the recommended setting marked and labelled.
+fn draw_throughput(area: &Area<'_>, report: &Report, axis: &Axis) -> DrawResult<()> {
+    let ymax = axis
+        .settings
         .iter()
         .map(|r| r.rows_per_second_max.max(r.rows_per_second))
         .fold(0.0f64, f64::max)
         .max(1.0)
         * 1.3;
-    let mut chart = panel(
-        &top,
-        "Throughput (higher is better)",
-        "rows/s",
-        n,
-        top_max,
-        &formatter,
-    )?;
+    let mut chart = panel(area, "Throughput (higher is better)", "rows/s", axis, ymax)?;
+    let rec = report.recommendation.as_ref();
     if let Some(r) = rec {
         let line = 0.95 * r.best_rows_per_second;
         chart
@@ -126,59 +153,10 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
             .label("95% of the best throughput")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GUIDE));
     }
-    chart
-        .draw_series(LineSeries::new(
-            fixed.iter().map(|(i, r)| (at(*i), r.rows_per_second)),
-            THROUGHPUT.stroke_width(2),
-        ))?
-        .label(if report.repeat > 1 {
-            "rows/s (median; bars: min to max)"
-        } else {
-            "rows/s"
-        })
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], THROUGHPUT.stroke_width(2)));
-    chart.draw_series(
-        settings
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.runs.len() > 1)
-            .map(|(i, r)| {
-                PathElement::new(
-                    vec![
-                        (at(i), r.rows_per_second_min),
-                        (at(i), r.rows_per_second_max),
-                    ],
-                    THROUGHPUT.stroke_width(2),
-                )
-            }),
-    )?;
-    chart.draw_series(
-        fixed
-            .iter()
-            .map(|(i, r)| Circle::new((at(*i), r.rows_per_second), 4, THROUGHPUT.filled())),
-    )?;
-    if !auto.is_empty() {
-        chart
-            .draw_series(auto.iter().map(|(i, r)| {
-                TriangleMarker::new((at(*i), r.rows_per_second), 7, THROUGHPUT.filled())
-            }))?
-            .label("auto")
-            .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, THROUGHPUT.filled()));
-    }
-    chart.draw_series(settings.iter().enumerate().map(|(i, r)| {
-        EmptyElement::at((at(i), r.rows_per_second))
-            + Text::new(
-                fmt_rate(r.rows_per_second),
-                (0, -10),
-                (FONT, 14)
-                    .into_font()
-                    .color(&THROUGHPUT)
-                    .pos(Pos::new(HPos::Center, VPos::Bottom)),
-            )
-    }))?;
-    if let Some(i) = rec_index {
-        mark(&mut chart, i, top_max)?;
-        let y = settings[i].rows_per_second;
+    draw_rates(&mut chart, axis, report.repeat)?;
+    if let Some(i) = axis.rec {
+        mark(&mut chart, i, ymax)?;
+        let y = axis.settings[i].rows_per_second;
         chart.draw_series(std::iter::once(Circle::new(
             (at(i), y),
             8,
@@ -193,41 +171,114 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
         .label_font((FONT, 15))
         .draw()?;
     // The label last, so that nothing covers it.
-    if let (Some(i), Some(r)) = (rec_index, rec) {
-        let y = settings[i].rows_per_second;
-        let anchor = if i + 1 == settings.len() && settings.len() > 1 {
-            HPos::Right
-        } else if i == 0 && settings.len() > 1 {
-            HPos::Left
-        } else {
-            HPos::Center
-        };
-        chart.draw_series(std::iter::once(Text::new(
-            format!("recommended: {}", r.concurrency),
-            (at(i), y + top_max * 0.14),
-            (FONT, 19)
-                .into_font()
-                .style(FontStyle::Bold)
-                .color(&MARK)
-                .pos(Pos::new(anchor, VPos::Bottom)),
-        )))?;
+    if let (Some(i), Some(r)) = (axis.rec, rec) {
+        label_recommended(&mut chart, axis, i, r.concurrency, ymax)?;
     }
+    Ok(())
+}
 
-    // Latency.
-    let p95 = |r: &SettingResult| r.latency_ms.p95.unwrap_or(0.0);
-    let bottom_max = settings
+/// The rows/s of every setting: a line through the fixed ones, `auto` apart as a triangle, the
+/// spread of repeated runs as bars, and each value written above its point.
+fn draw_rates(chart: &mut Chart<'_>, axis: &Axis, repeat: u32) -> DrawResult<()> {
+    chart
+        .draw_series(LineSeries::new(
+            axis.fixed.iter().map(|(i, r)| (at(*i), r.rows_per_second)),
+            THROUGHPUT.stroke_width(2),
+        ))?
+        .label(if repeat > 1 {
+            "rows/s (median; bars: min to max)"
+        } else {
+            "rows/s"
+        })
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], THROUGHPUT.stroke_width(2)));
+    chart.draw_series(
+        axis.settings
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.runs.len() > 1)
+            .map(|(i, r)| {
+                PathElement::new(
+                    vec![
+                        (at(i), r.rows_per_second_min),
+                        (at(i), r.rows_per_second_max),
+                    ],
+                    THROUGHPUT.stroke_width(2),
+                )
+            }),
+    )?;
+    chart.draw_series(
+        axis.fixed
+            .iter()
+            .map(|(i, r)| Circle::new((at(*i), r.rows_per_second), 4, THROUGHPUT.filled())),
+    )?;
+    if !axis.auto.is_empty() {
+        chart
+            .draw_series(axis.auto.iter().map(|(i, r)| {
+                TriangleMarker::new((at(*i), r.rows_per_second), 7, THROUGHPUT.filled())
+            }))?
+            .label("auto")
+            .legend(|(x, y)| TriangleMarker::new((x + 10, y), 6, THROUGHPUT.filled()));
+    }
+    chart.draw_series(axis.settings.iter().enumerate().map(|(i, r)| {
+        EmptyElement::at((at(i), r.rows_per_second))
+            + Text::new(
+                fmt_rate(r.rows_per_second),
+                (0, -10),
+                (FONT, 14)
+                    .into_font()
+                    .color(&THROUGHPUT)
+                    .pos(Pos::new(HPos::Center, VPos::Bottom)),
+            )
+    }))?;
+    Ok(())
+}
+
+/// "recommended: N" above the `i`-th setting, anchored so that it stays inside the panel at
+/// either end of the axis.
+fn label_recommended(
+    chart: &mut Chart<'_>,
+    axis: &Axis,
+    i: usize,
+    concurrency: usize,
+    ymax: f64,
+) -> DrawResult<()> {
+    let y = axis.settings[i].rows_per_second;
+    let n = axis.settings.len();
+    let anchor = if i + 1 == n && n > 1 {
+        HPos::Right
+    } else if i == 0 && n > 1 {
+        HPos::Left
+    } else {
+        HPos::Center
+    };
+    chart.draw_series(std::iter::once(Text::new(
+        format!("recommended: {concurrency}"),
+        (at(i), y + ymax * 0.14),
+        (FONT, 19)
+            .into_font()
+            .style(FontStyle::Bold)
+            .color(&MARK)
+            .pos(Pos::new(anchor, VPos::Bottom)),
+    )))?;
+    Ok(())
+}
+
+/// The lower panel: p95 latency at each setting (fixed ones joined, `auto` apart), each value
+/// written above its point, and the recommended setting marked.
+fn draw_latency(area: &Area<'_>, axis: &Axis) -> DrawResult<()> {
+    let ymax = axis
+        .settings
         .iter()
-        .map(|r| p95(r))
+        .map(|r| r.latency_ms.p95.unwrap_or(0.0))
         .fold(0.0f64, f64::max)
         .max(1.0)
         * 1.22;
     let mut chart = panel(
-        &bottom,
+        area,
         "p95 latency (lower is better)",
         "p95 latency, ms",
-        n,
-        bottom_max,
-        &formatter,
+        axis,
+        ymax,
     )?;
     let with_p95 = |v: &[(usize, &SettingResult)]| -> Vec<(usize, f64)> {
         v.iter()
@@ -235,37 +286,44 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
             .collect()
     };
     chart.draw_series(LineSeries::new(
-        with_p95(&fixed).into_iter().map(|(i, l)| (at(i), l)),
+        with_p95(&axis.fixed).into_iter().map(|(i, l)| (at(i), l)),
         LATENCY.stroke_width(2),
     ))?;
     chart.draw_series(
-        with_p95(&fixed)
+        with_p95(&axis.fixed)
             .into_iter()
             .map(|(i, l)| Circle::new((at(i), l), 4, LATENCY.filled())),
     )?;
     chart.draw_series(
-        with_p95(&auto)
+        with_p95(&axis.auto)
             .into_iter()
             .map(|(i, l)| TriangleMarker::new((at(i), l), 7, LATENCY.filled())),
     )?;
     chart.draw_series(
-        with_p95(&settings.iter().copied().enumerate().collect::<Vec<_>>())
-            .into_iter()
-            .map(|(i, l)| {
-                EmptyElement::at((at(i), l))
-                    + Text::new(
-                        format!("{l:.0}"),
-                        (0, -13),
-                        (FONT, 14)
-                            .into_font()
-                            .color(&LATENCY)
-                            .pos(Pos::new(HPos::Center, VPos::Bottom)),
-                    )
-            }),
+        with_p95(
+            &axis
+                .settings
+                .iter()
+                .copied()
+                .enumerate()
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .map(|(i, l)| {
+            EmptyElement::at((at(i), l))
+                + Text::new(
+                    format!("{l:.0}"),
+                    (0, -13),
+                    (FONT, 14)
+                        .into_font()
+                        .color(&LATENCY)
+                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                )
+        }),
     )?;
-    if let Some(i) = rec_index {
-        mark(&mut chart, i, bottom_max)?;
-        if let Some(l) = settings[i].latency_ms.p95 {
+    if let Some(i) = axis.rec {
+        mark(&mut chart, i, ymax)?;
+        if let Some(l) = axis.settings[i].latency_ms.p95 {
             chart.draw_series(std::iter::once(Circle::new(
                 (at(i), l),
                 8,
@@ -276,17 +334,19 @@ fn draw(root: &DrawingArea<SVGBackend<'_>, Shift>, report: &Report) -> DrawResul
     Ok(())
 }
 
-/// One panel: the settings evenly spaced along x (labelled by `formatter`), 0 to `ymax` up.
+/// One panel: the settings evenly spaced along x and labelled, 0 to `ymax` up.
 fn panel<'a>(
-    area: &DrawingArea<SVGBackend<'a>, Shift>,
+    area: &Area<'a>,
     caption: &str,
     y_desc: &str,
-    n: i32,
+    axis: &Axis,
     ymax: f64,
-    formatter: &dyn Fn(&SegmentValue<i32>) -> String,
-) -> DrawResult<
-    ChartContext<'a, SVGBackend<'a>, Cartesian2d<SegmentedCoord<RangedCoordi32>, RangedCoordf64>>,
-> {
+) -> DrawResult<Chart<'a>> {
+    let n = axis.len();
+    let formatter = |v: &SegmentValue<i32>| match v {
+        SegmentValue::CenterOf(i) => axis.labels.get(*i as usize).cloned().unwrap_or_default(),
+        _ => String::new(),
+    };
     let mut chart = ChartBuilder::on(area)
         .margin(8)
         .x_label_area_size(40)
@@ -297,7 +357,7 @@ fn panel<'a>(
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(n as usize + 1)
-        .x_label_formatter(formatter)
+        .x_label_formatter(&formatter)
         .x_desc("concurrency (requests in flight)")
         .y_desc(y_desc)
         .y_label_formatter(&|v| format!("{v:.0}"))
@@ -311,14 +371,9 @@ fn panel<'a>(
 }
 
 /// A dashed vertical line through the recommended setting.
-fn mark<'a, DB: DrawingBackend + 'a>(
-    chart: &mut ChartContext<'a, DB, Cartesian2d<SegmentedCoord<RangedCoordi32>, RangedCoordf64>>,
-    i: usize,
-    ymax: f64,
-) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
-    let x = SegmentValue::CenterOf(i as i32);
+fn mark(chart: &mut Chart<'_>, i: usize, ymax: f64) -> DrawResult<()> {
     chart.draw_series(DashedLineSeries::new(
-        vec![(x.clone(), 0.0), (x, ymax)],
+        vec![(at(i), 0.0), (at(i), ymax)],
         5,
         5,
         MARK.mix(0.6).stroke_width(1),

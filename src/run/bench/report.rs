@@ -17,7 +17,7 @@ const WITHIN: f64 = 0.05;
 const LATENCY_GROWTH: f64 = 0.10;
 
 /// The flag's spelling of a setting: `16`, `auto`.
-pub fn label(c: Concurrency) -> String {
+pub(super) fn label(c: Concurrency) -> String {
     match c {
         Concurrency::Fixed(n) => n.to_string(),
         Concurrency::Auto => "auto".into(),
@@ -53,7 +53,7 @@ pub struct RunMeasure {
     pub wall_seconds: f64,
     /// Rows over the run's wall time, start-up and the last half-empty round included.
     pub end_to_end_rows_per_second: f64,
-    /// Rows per second while every slot was busy (see [`super::sustained_rate`]).
+    /// Rows per second while every slot was busy (see [`super::measure`]).
     pub sustained_rows_per_second: Option<f64>,
     pub latency_ms: Latency,
     /// Why the run stopped early, if it did.
@@ -181,7 +181,7 @@ impl SettingResult {
         }
     }
 
-    pub fn point(&self) -> Point {
+    fn point(&self) -> Point {
         Point {
             setting: self.concurrency,
             rows_per_second: self.rows_per_second,
@@ -216,12 +216,12 @@ fn stddev(v: &[f64]) -> Option<f64> {
 
 /// What the recommendation looks at, per setting.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
-    pub setting: Concurrency,
-    pub rows_per_second: f64,
-    pub p95_ms: Option<f64>,
-    pub error_rate: f64,
-    pub rate_429: f64,
+struct Point {
+    setting: Concurrency,
+    rows_per_second: f64,
+    p95_ms: Option<f64>,
+    error_rate: f64,
+    rate_429: f64,
 }
 
 impl Point {
@@ -246,7 +246,7 @@ pub struct Recommendation {
 /// within 5% of the best, with the reason in words. `auto` is never recommended (a fixed value
 /// behaves the same every night); see [`compare_auto`]. `None` when no fixed setting answered
 /// a row.
-pub fn recommend(points: &[Point]) -> Option<Recommendation> {
+fn recommend(points: &[Point]) -> Option<Recommendation> {
     let mut fixed: Vec<(usize, &Point)> = points
         .iter()
         .filter_map(|p| match p.setting {
@@ -337,7 +337,7 @@ pub fn recommend(points: &[Point]) -> Option<Recommendation> {
 }
 
 /// How `auto` did, next to the recommended fixed setting.
-pub fn compare_auto(points: &[Point], rec: Option<&Recommendation>) -> Option<String> {
+fn compare_auto(points: &[Point], rec: Option<&Recommendation>) -> Option<String> {
     let auto = points.iter().find(|p| p.setting == Concurrency::Auto)?;
     let mut s = format!(
         "auto (reported, not recommended over a fixed value): {} rows/s, p95 {}",
@@ -515,7 +515,7 @@ impl Report {
 }
 
 /// The aligned table printed by default, then the conclusion.
-pub fn to_table(report: &Report) -> String {
+pub(super) fn to_table(report: &Report) -> String {
     let (head, rows) = report.cells();
     let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
@@ -549,7 +549,7 @@ pub fn to_table(report: &Report) -> String {
 }
 
 /// A Markdown section: the table, then the conclusion.
-pub fn to_markdown(report: &Report) -> String {
+pub(super) fn to_markdown(report: &Report) -> String {
     let (head, rows) = report.cells();
     let mut s = format!("## batch bench\n\n{}\n\n", report.title());
     s.push_str(&format!("| {} |\n", head.join(" | ")));
@@ -573,7 +573,7 @@ pub fn to_markdown(report: &Report) -> String {
 }
 
 /// One line per setting, numbers at full precision (the JSON's, exactly).
-pub fn to_csv(report: &Report) -> String {
+pub(super) fn to_csv(report: &Report) -> String {
     let mut w = csv::Writer::from_writer(Vec::new());
     let num = |v: f64| v.to_string();
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
@@ -627,12 +627,12 @@ pub fn to_csv(report: &Report) -> String {
 }
 
 /// Everything, every run included.
-pub fn to_json(report: &Report) -> String {
+pub(super) fn to_json(report: &Report) -> String {
     serde_json::to_string_pretty(report).expect("a report serializes") + "\n"
 }
 
 /// Rows per second with as many digits as matter.
-pub fn fmt_rate(v: f64) -> String {
+pub(super) fn fmt_rate(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else if v >= 10.0 {
@@ -642,7 +642,7 @@ pub fn fmt_rate(v: f64) -> String {
     }
 }
 
-pub(crate) fn fmt_ms(v: Option<f64>) -> String {
+pub(super) fn fmt_ms(v: Option<f64>) -> String {
     match v {
         Some(v) => format!("{} ms", ms_cell(Some(v))),
         None => "-".into(),

@@ -41,11 +41,10 @@ use crate::engine::input::InputFile;
 use crate::engine::limiter::RateBudget;
 use crate::engine::lock::StateLock;
 use crate::engine::output::{ResultsWriter, check_writable};
-use crate::engine::provider::{self, Api, http_client};
+use crate::engine::provider::{self, http_client};
 use crate::engine::row_settings::RowSettings;
 use crate::engine::spend::SpendCap;
-use crate::engine::store::{FinishedRows, RunRecord, RunSettings, SeqSet, Store};
-use crate::engine::template::PromptSource;
+use crate::engine::store::{FinishedRows, RunRecord, SeqSet, Store};
 use crate::engine::template::Prompts;
 use crate::run::connection::Connection;
 use crate::run::progress::Progress;
@@ -92,7 +91,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let _lock = StateLock::acquire(&cfg.state)?;
     let (writer, mut store) = open_files(&cfg, &checked)?;
     let conn = Connection::open(&cfg.endpoint).await?;
-    let settings = request_settings(&cfg, &conn);
+    let settings = cfg.request_settings(&canonical(&cfg.input));
     let resumed = prepare_state(&mut store, &cfg, &settings, checked.plan.rows)?;
     let progress = Progress::new(checked.plan.rows, cfg.quiet);
     announce(&cfg, &checked, resumed.as_ref(), &progress);
@@ -225,27 +224,6 @@ fn open_files(cfg: &RunConfig, checked: &Checked) -> Result<(ResultsWriter, Stor
         )));
     }
     Ok((writer, Store::open(&cfg.state)?))
-}
-
-/// The settings that shape requests, recorded so that a resumed run can refuse to mix answers
-/// to different requests in one file.
-fn request_settings(cfg: &RunConfig, conn: &Connection) -> RunSettings {
-    RunSettings {
-        input: canonical(&cfg.input),
-        // A run resumed against another API would mix answers to different requests.
-        endpoint: match cfg.api {
-            Api::OpenAiChat => conn.name.clone(),
-            api => format!("{} ({})", conn.name, api.label()),
-        },
-        model: cfg.model.clone(),
-        prompt: match &cfg.prompt {
-            PromptSource::Template(t) => t.clone(),
-            PromptSource::PromptColumn => "<column prompt>".into(),
-        },
-        system: cfg.system.clone(),
-        max_tokens: cfg.max_tokens,
-        temperature: cfg.temperature,
-    }
 }
 
 /// Warns once per model that has no price, and says what a resumed run picks up.

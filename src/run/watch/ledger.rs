@@ -78,6 +78,19 @@ pub struct Outcome {
     pub cost_usd: Option<f64>,
 }
 
+impl Outcome {
+    /// An input that could not be run: it goes to `failed/`.
+    pub fn failed() -> Outcome {
+        Outcome {
+            processed: false,
+            ok: 0,
+            failed: 0,
+            skipped: 0,
+            cost_usd: None,
+        }
+    }
+}
+
 pub struct Ledger {
     conn: Connection,
     path: std::path::PathBuf,
