@@ -1,35 +1,26 @@
-//! `batch` runs one prompt over every row of a CSV through an LLM API and writes the answers,
-//! with tokens and cost, to a results CSV.
+//! `batch` runs one prompt over every row of a CSV (or JSON Lines) through an LLM API and writes
+//! the answers, with tokens and cost, to a results file.
 //!
-//! A row flows one way through these modules:
+//! Four layers, each importing only itself and the layers below (ARCHITECTURE.md states the
+//! rule; `tests/cli/layers.rs` checks it):
 //!
-//! - [`input`] streams the CSV (after a validating pre-pass) and gives each row an id;
-//! - [`template`] renders the row into chat messages (minijinja `{{ column }}` templates);
-//! - [`limiter`] holds the request until the requests/min and tokens/min budgets allow it, and
-//!   [`concurrency`] bounds (or adapts) how many are in flight;
-//! - [`provider`] sends it over HTTP in the chosen wire format (OpenAI Chat Completions or
-//!   Responses, Anthropic Messages) and maps the answer to one [`provider::Completion`],
-//!   classifying failures as retryable or not; [`retry`] decides how long to wait before the next
-//!   attempt;
-//! - [`store`] journals every outcome (the run's state, for `--resume`); [`cache`] answers
-//!   requests already paid for; [`spend`] keeps the total under `--max-cost`; [`audit`] logs
-//!   every attempt;
-//! - [`schema`] holds the `--schema` every answer must fit (sent with each request, checked on
-//!   each answer, a failed check retried like an error);
-//! - [`output`] writes results in input order, with the columns [`derived`] computes from each
-//!   answer (`out.<name>` from the schema, `match` from [`expect`]); [`summary`] and [`progress`]
-//!   tell the user how it went; [`pricing`] and [`tokens`] put numbers on it.
-//!
-//! [`runner`] is the scheduler that drives that path with bounded concurrency and cancellation.
-//! [`batchapi`] hands the same rendered requests to the providers' Batch APIs instead (`batch
-//! submit`, `collect`, `run --via batch`): half the price, answers within 24 hours.
-//! [`mock`] is an HTTP server speaking all three wire formats (OpenAI chat and Responses,
-//! Anthropic Messages) and both providers' Batch APIs, used by `--mock`, `batch mock` and every
-//! test.
-//! [`cli`] holds the flag definitions and [`config`] resolves flags, `batch.toml` and the
-//! environment into one [`run::settings::RunConfig`]. [`mod@bench`] drives the runner over a sample of
-//! rows at several `--concurrency` settings and reports, charts and recommends. [`watch`] runs
-//! every CSV that lands in a folder, once.
+//! - [`base`]: leaf types every layer speaks: the error and exit status, a row's
+//!   [`base::record::RowResult`], token [`base::usage::Usage`], money formatting, the
+//!   [`base::secret::ApiKey`], and the [`base::printer::Printer`] that decides what the user sees.
+//! - [`engine`]: the parts a run is built from. [`engine::input`] streams rows, [`engine::template`]
+//!   renders them, [`engine::limiter`] and [`engine::concurrency`] pace them, [`engine::provider`]
+//!   sends them in one of three wire formats and classifies the answer, [`engine::retry`] decides
+//!   the next attempt, [`engine::store`] journals every outcome (for `--resume`), [`engine::cache`]
+//!   answers requests already paid for, [`engine::spend`] keeps `--max-cost`, [`engine::output`]
+//!   writes the results, and [`engine::mock`] is the HTTP server every test and `--mock` talk to.
+//! - [`run`]: one run and the loops that drive runs. [`run::settings::RunConfig`] is a run's
+//!   resolved settings; [`run::connection`] opens the way to the server (starting the mock for
+//!   `--mock`); [`run::runner`] carries every row through the engine (pre-flight, job making,
+//!   dispatch, one row's attempts, journal, results); [`run::batchapi`] hands the same requests to
+//!   the providers' Batch APIs; [`mod@run::bench`] sweeps concurrency settings; [`run::watch`]
+//!   runs every file that lands in a folder.
+//! - [`commands`]: one module per subcommand, the only layer that knows the flags ([`commands::cli`])
+//!   and resolves them ([`commands::config`]).
 
 pub mod base;
 pub mod commands;
@@ -50,7 +41,7 @@ pub fn main_entry() -> ExitStatus {
         Ok(status) => status,
         Err(err) => {
             eprintln!("error: {err}");
-            err.exit_status()
+            ExitStatus::Error
         }
     }
 }

@@ -59,10 +59,6 @@ impl Error {
             describe_io(source)
         ))
     }
-
-    pub fn exit_status(&self) -> ExitStatus {
-        ExitStatus::Error
-    }
 }
 
 /// The short form of an I/O error for a message that already names the file.

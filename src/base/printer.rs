@@ -6,7 +6,8 @@
 //! - a **note** tells how the work goes (the summary, "submitted 3 batches", "waiting: ..."):
 //!   stderr, hidden by `-q`;
 //! - a **warning** is something the user must know (why the run stopped, a row setting that was
-//!   ignored, a cache that could not be opened): stderr, always.
+//!   ignored, a cache that could not be opened): stderr, always; so is what the run does about
+//!   an interrupt (`say`).
 //!
 //! Live progress is drawn only on a terminal and never with `-q`. Every write ignores errors: a
 //! closed pipe (`batch status ... | head`) must end the output, not panic the process.
@@ -47,7 +48,13 @@ impl Printer {
 
     /// Something the user must know, to stderr even with `-q`, prefixed `warning: `.
     pub fn warn(self, text: impl Display) {
-        let _ = writeln!(std::io::stderr().lock(), "warning: {text}");
+        self.say(format_args!("warning: {text}"));
+    }
+
+    /// What the run does about something the user did or must act on (an interrupt, why it
+    /// stops), to stderr even with `-q`.
+    pub fn say(self, text: impl Display) {
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
     }
 
     /// A block of lines written by `write` (the summary, a status table), to stderr unless

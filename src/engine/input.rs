@@ -1,10 +1,11 @@
 //! Streaming input: a CSV with a header row, or JSON Lines ([`jsonl`]), one request per row, each
 //! with a stable row id. Both formats give the same [`Row`]: text cells in column order.
 //!
-//! The file is read twice. The first pass ([`crate::run::runner`]'s pre-flight) checks every row and
-//! renders every prompt before a single request is sent, so a bad line 90,000 fails the run in a
-//! second instead of after an hour of spending. The second pass streams rows to the scheduler.
-//! Neither pass holds the file in memory: a million-row input costs the same as a small one.
+//! A run reads the file in passes, none of which holds it in memory (a million-row input costs
+//! the same as a small one): the pre-flight checks every row and renders every prompt before a
+//! single request is sent, so a bad line 90,000 fails the run in a second instead of after an
+//! hour of spending; the reader streams rows to the scheduler; the final merge writes each row
+//! beside its outcome from the journal.
 
 use std::collections::HashSet;
 use std::fs::File;

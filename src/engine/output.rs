@@ -1,8 +1,9 @@
 //! The results file (CSV, or JSON Lines through [`jsonl`]): the input's columns, then what
 //! happened to the row.
 //!
-//! Rows are written in input order as they complete (the scheduler reorders them), to a
-//! temporary file beside the destination that is renamed over it only when the run ends. A run
+//! Rows are written once, in input order, when the run ends (the runner merges the input with
+//! its journal), to a temporary file beside the destination that is renamed over it only when
+//! the last row is written. A run
 //! that dies or is refused half-way never leaves a half-written results file where the user
 //! expects a complete one, and never overwrites the previous complete one.
 

@@ -69,7 +69,9 @@ pub(super) fn write_journal(
                 && let Err(e) = c.put_many(answers.iter().map(|(k, a)| (*k, a)))
             {
                 // The run goes on without storing answers rather than stopping for the cache.
-                eprintln!("warning: {e}; answers of this run will not be cached");
+                shared
+                    .printer
+                    .warn(format_args!("{e}; answers of this run will not be cached"));
                 cache = None;
             }
         }

@@ -285,6 +285,7 @@ fn share(
         &cfg.headers,
     );
     Ok(Arc::new(Shared {
+        printer: cfg.printer(),
         provider,
         budget: RateBudget::new(cfg.rpm, cfg.tpm, cfg.endpoint.learns_limits()),
         slots: Slots::new(cfg.concurrency),

@@ -1,6 +1,7 @@
 //! Pre-flight: every row read, checked and rendered before anything is sent or written, so every problem in the input is listed at once, with its line. `--dry-run` prints the plan it makes.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 
 use crate::base::error::{Error, Problems};
 use crate::base::money::format_cost;
@@ -136,13 +137,19 @@ fn check_row(
 
 /// `--dry-run`: what the run would send and cost, priced per row's model.
 pub(super) fn print_plan(cfg: &RunConfig, plan: &Plan) {
+    cfg.printer().report_with(|w| write_plan(cfg, plan, w));
+}
+
+/// The dry run's report: rows, tokens, and what they would cost at most.
+fn write_plan(cfg: &RunConfig, plan: &Plan, w: &mut dyn Write) -> std::io::Result<()> {
     let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
-    println!("Dry run: nothing was sent and nothing was written.");
-    println!(
+    writeln!(w, "Dry run: nothing was sent and nothing was written.")?;
+    writeln!(
+        w,
         "Rows         {} in {} (every row checked, every prompt rendered)",
         plan.rows,
         cfg.input.display()
-    );
+    )?;
     let priced: Vec<(&String, &ModelPlan, Option<Price>)> = plan
         .models
         .iter()
@@ -165,29 +172,32 @@ pub(super) fn print_plan(cfg: &RunConfig, plan: &Plan) {
         _ => "each row's max_tokens".into(),
     };
     if !unpriced.is_empty() {
-        println!("Prompts      {} tokens", plan.prompt_tokens);
-        println!(
+        writeln!(w, "Prompts      {} tokens", plan.prompt_tokens)?;
+        writeln!(
+            w,
             "Cost         unknown: no price for model {}; add one with --price-file",
             unpriced.join(", ")
-        );
-        return;
+        )?;
+        return Ok(());
     }
     let prompt_cost: f64 = priced
         .iter()
         .map(|(_, m, p)| p.map_or(0.0, |p| p.estimate(m.prompt_tokens, 0)))
         .sum();
     match priced.as_slice() {
-        [(model, _, Some(p))] => println!(
+        [(model, _, Some(p))] => writeln!(
+            w,
             "Prompts      {} tokens, {} at {model}'s input price (${} per 1M)",
             plan.prompt_tokens,
             dollars(prompt_cost),
             p.input
-        ),
-        _ => println!(
+        )?,
+        _ => writeln!(
+            w,
             "Prompts      {} tokens, {} at each row's model's input price",
             plan.prompt_tokens,
             dollars(prompt_cost),
-        ),
+        )?,
     }
     match completion {
         Some(c) => {
@@ -195,37 +205,42 @@ pub(super) fn print_plan(cfg: &RunConfig, plan: &Plan) {
                 .iter()
                 .map(|(_, m, p)| p.map_or(0.0, |p| p.estimate(0, m.completion_cap.unwrap_or(0))))
                 .sum();
-            println!(
+            writeln!(
+                w,
                 "Completions  at most {c} tokens ({cap_note}), {}",
                 dollars(completion_cost)
-            );
-            println!(
+            )?;
+            writeln!(
+                w,
                 "Worst case   {} (prices as of {})",
                 dollars(prompt_cost + completion_cost),
                 cfg.prices.as_of
-            );
+            )?;
         }
-        None => println!(
+        None => writeln!(
+            w,
             "Completions  unknown: without --max-tokens an answer's length has no bound{}",
             match priced.as_slice() {
                 [(_, _, Some(p))] => format!(" (${} per 1M output tokens)", p.output),
                 _ => String::new(),
             }
-        ),
+        )?,
     }
     if priced.len() > 1 {
         for (model, m, p) in &priced {
             let worst = p
                 .zip(m.completion_cap)
                 .map(|(p, c)| dollars(p.estimate(m.prompt_tokens, c)));
-            println!(
+            writeln!(
+                w,
                 "  {model:<22} {} rows, {} prompt tokens{}",
                 m.rows,
                 m.prompt_tokens,
                 worst
                     .map(|w| format!(", worst case {w}"))
                     .unwrap_or_default()
-            );
+            )?;
         }
     }
+    Ok(())
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::job::Job;
+use crate::base::printer::Printer;
 use crate::engine::audit::AuditLog;
 use crate::engine::concurrency::Slots;
 use crate::engine::dedup::Dedup;
@@ -21,6 +22,7 @@ pub(super) const INITIAL_COMPLETION_ESTIMATE: f64 = 256.0;
 
 /// What every row task needs, shared.
 pub(super) struct Shared {
+    pub(super) printer: Printer,
     pub(super) provider: Arc<dyn Provider>,
     pub(super) budget: RateBudget,
     pub(super) slots: Slots,

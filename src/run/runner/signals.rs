@@ -22,17 +22,17 @@ pub(super) async fn watch_signals(
             return;
         }
         if n > 0 {
-            eprintln!(
+            shared.printer.say(format_args!(
                 "\nsecond interrupt: exiting now; finished rows are saved in {}, run again with \
                  --resume",
                 state.display()
-            );
+            ));
             std::process::exit(ExitStatus::Interrupted as i32);
         }
-        eprintln!(
+        shared.printer.say(format_args!(
             "\ninterrupted: finishing requests in flight (up to {grace:?}); press Ctrl-C again to \
              quit now"
-        );
+        ));
         interrupted.store(true, Ordering::SeqCst);
         shared.stop_with("interrupted".into());
         let abort = shared.abort.clone();
