@@ -227,20 +227,30 @@ fn write_plan(cfg: &RunConfig, plan: &Plan, w: &mut dyn Write) -> std::io::Resul
         )?,
     }
     if priced.len() > 1 {
-        for (model, m, p) in &priced {
-            let worst = p
-                .zip(m.completion_cap)
-                .map(|(p, c)| dollars(p.estimate(m.prompt_tokens, c)));
-            writeln!(
-                w,
-                "  {model:<22} {} rows, {} prompt tokens{}",
-                m.rows,
-                m.prompt_tokens,
-                worst
-                    .map(|w| format!(", worst case {w}"))
-                    .unwrap_or_default()
-            )?;
-        }
+        write_per_model(&priced, w)?;
+    }
+    Ok(())
+}
+
+/// One line per model when rows go to several: rows, prompt tokens, worst case.
+fn write_per_model(
+    priced: &[(&String, &ModelPlan, Option<Price>)],
+    w: &mut dyn Write,
+) -> std::io::Result<()> {
+    let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
+    for (model, m, p) in priced {
+        let worst = p
+            .zip(m.completion_cap)
+            .map(|(p, c)| dollars(p.estimate(m.prompt_tokens, c)));
+        writeln!(
+            w,
+            "  {model:<22} {} rows, {} prompt tokens{}",
+            m.rows,
+            m.prompt_tokens,
+            worst
+                .map(|w| format!(", worst case {w}"))
+                .unwrap_or_default()
+        )?;
     }
     Ok(())
 }
