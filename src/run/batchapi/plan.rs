@@ -181,18 +181,7 @@ pub fn plan(
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     // The same pre-flight as `run`: every problem listed with its line before anything else,
     // bad `--expect` cells included (answers are compared with them when collected).
-    let expect = match &cfg.expect {
-        Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
-        None => None,
-    };
-    let opts = PreflightOptions {
-        model: cfg.model.clone(),
-        max_tokens: cfg.max_tokens,
-        prices: cfg.prices.clone(),
-        capped: cfg.max_cost.is_some(),
-        count_tokens,
-        expect,
-    };
+    let opts = PreflightOptions::of(cfg, &input, count_tokens)?;
     let checked = preflight(&input, &prompts, &opts)?;
     let mut splitter = Splitter::new(kind, limits, dir, 1);
     for row in input.rows()? {

@@ -170,18 +170,8 @@ struct Checked {
 async fn check_input(cfg: &RunConfig) -> Result<Checked, Error> {
     let input = InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
-    let expect = match &cfg.expect {
-        Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
-        None => None,
-    };
-    let opts = PreflightOptions {
-        model: cfg.model.clone(),
-        max_tokens: cfg.max_tokens,
-        prices: cfg.prices.clone(),
-        capped: cfg.max_cost.is_some(),
-        count_tokens: cfg.dry_run,
-        expect: expect.clone(),
-    };
+    let opts = PreflightOptions::of(cfg, &input, cfg.dry_run)?;
+    let expect = opts.expect.clone();
     let (i, p) = (input.clone(), prompts.clone());
     let plan = tokio::task::spawn_blocking(move || preflight(&i, &p, &opts))
         .await

@@ -44,6 +44,29 @@ pub(crate) struct PreflightOptions {
     pub(crate) expect: Option<(Expectation, usize)>,
 }
 
+impl PreflightOptions {
+    /// The checks `cfg` asks for on `input`, `--expect`'s column found. `batch run` and
+    /// `batch submit` check their input with the same options.
+    pub(crate) fn of(
+        cfg: &RunConfig,
+        input: &InputFile,
+        count_tokens: bool,
+    ) -> Result<Self, Error> {
+        let expect = match &cfg.expect {
+            Some(e) => Some((e.clone(), e.column_index(&input.headers, &cfg.input)?)),
+            None => None,
+        };
+        Ok(PreflightOptions {
+            model: cfg.model.clone(),
+            max_tokens: cfg.max_tokens,
+            prices: cfg.prices.clone(),
+            capped: cfg.max_cost.is_some(),
+            count_tokens,
+            expect,
+        })
+    }
+}
+
 /// Checks every row and renders every prompt without sending anything. Lists the first few
 /// problems with their lines so they can all be fixed in one go. `batch submit` checks its
 /// input with it too.
