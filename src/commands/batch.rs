@@ -6,11 +6,18 @@ use std::time::Duration;
 use crate::base::error::{Error, ExitStatus};
 use crate::base::printer::Printer;
 use crate::commands::cli::{BatchStateArgs, CollectArgs, SubmitArgs};
+use crate::commands::config::{RunOnlyFlag, refuse_flags};
 use crate::run::batchapi::{self, Collect, DEFAULT_POLL_MAX};
 use crate::run::settings::RunConfig;
 
 /// `batch submit`.
 pub async fn submit(args: SubmitArgs) -> Result<ExitStatus, Error> {
+    refuse_flags(
+        &args.run,
+        &[RunOnlyFlag::Resume, RunOnlyFlag::SummaryJson],
+        "a submitted job is continued and summed up by `batch collect STATE` (--summary-json \
+         there)",
+    )?;
     batchapi::submit_command(RunConfig::resolve(args.run)?).await
 }
 
@@ -45,4 +52,30 @@ pub async fn collect(args: CollectArgs) -> Result<ExitStatus, Error> {
         summary_json: args.summary_json,
     };
     batchapi::collect_command(&args.state, args.api_key_file.as_deref(), args.output, opts).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commands::cli::RunArgs;
+
+    #[tokio::test]
+    async fn submit_refuses_the_run_flags_it_would_ignore() {
+        for run in [
+            RunArgs {
+                resume: true,
+                ..RunArgs::default()
+            },
+            RunArgs {
+                summary_json: Some("s.json".into()),
+                ..RunArgs::default()
+            },
+        ] {
+            let err = submit(SubmitArgs { run }).await.unwrap_err().to_string();
+            assert!(
+                err.contains("is for `batch run`") && err.contains("batch collect"),
+                "{err}"
+            );
+        }
+    }
 }
