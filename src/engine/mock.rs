@@ -642,14 +642,47 @@ async fn respond(
     (resp, Some(StatusCode::OK))
 }
 
+/// A JSON answer with the status to count, as [`respond`] returns it.
 fn json_reply(status: StatusCode, body: String) -> (Response, Option<StatusCode>) {
-    let resp = (
-        status,
-        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
-    )
-        .into_response();
-    (resp, Some(status))
+    (reply(status, body), Some(status))
+}
+
+/// A JSON answer of any endpoint.
+fn reply(status: StatusCode, body: String) -> Response {
+    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// One page of a list endpoint, paged as `dialect`'s lists are: the items after the one whose
+/// id is `after` (from the first when none is given, none when no item has that id), at most
+/// `limit` of them, with `has_more` and the first and last ids; OpenAI's says `"object": "list"`.
+fn list_page<T>(
+    dialect: routes::Dialect,
+    items: &[T],
+    after: Option<&str>,
+    limit: usize,
+    id: impl Fn(&T) -> &str,
+    to_json: impl Fn(&T) -> serde_json::Value,
+) -> serde_json::Value {
+    let start = match after {
+        Some(after) => items
+            .iter()
+            .position(|x| id(x) == after)
+            .map_or(items.len(), |p| p + 1),
+        None => 0,
+    };
+    let page: Vec<serde_json::Value> = items.iter().skip(start).take(limit).map(to_json).collect();
+    let has_more = start + page.len() < items.len();
+    let first_id = page.first().map(|x| x["id"].clone());
+    let last_id = page.last().map(|x| x["id"].clone());
+    let mut body = serde_json::Map::new();
+    if dialect == routes::Dialect::OpenAi {
+        body.insert("object".into(), json!("list"));
+    }
+    body.insert("data".into(), json!(page));
+    body.insert("has_more".into(), json!(has_more));
+    body.insert("first_id".into(), json!(first_id));
+    body.insert("last_id".into(), json!(last_id));
+    serde_json::Value::Object(body)
 }
 
 /// The most choices (`n`) one request may ask for.
@@ -657,96 +690,18 @@ const MAX_CHOICES: u64 = 128;
 
 /// What a Chat request asks for and the answer the mock gives it, or the 400 body.
 fn parse(body: &[u8], spoil: Option<f64>) -> Result<(wire::Incoming, Answer), String> {
-    let invalid = |message: &str, param: &str, code: &str| {
-        json!({"error": {"message": message, "type": "invalid_request_error", "param": param,
-            "code": code}})
-        .to_string()
-    };
-    let req = match serde_json::from_slice::<ChatRequest>(body) {
-        Err(e) => {
-            return Err(error_body(
-                &format!("We could not parse the JSON body of your request: {e}"),
-                "invalid_request_error",
-                None,
-            ));
-        }
-        Ok(req) if req.messages.is_empty() => {
-            return Err(error_body(
-                "[] is too short - 'messages'",
-                "invalid_request_error",
-                None,
-            ));
-        }
-        Ok(req) => req,
-    };
-    let choices = match &req.n {
-        None | Some(serde_json::Value::Null) => 1,
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=MAX_CHOICES).contains(&n) => n as u32,
-            Some(0) => {
-                return Err(invalid(
-                    "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0                      instead.",
-                    "n",
-                    "integer_below_min_value",
-                ));
-            }
-            _ => {
-                return Err(invalid(
-                    &format!(
-                        "Invalid 'n': expected an integer from 1 to {MAX_CHOICES}, but got {v}                          instead."
-                    ),
-                    "n",
-                    "invalid_value",
-                ));
-            }
-        },
-    };
+    let req = chat_request(body)?;
+    let choices = choices(req.n.as_ref())?;
     let stream = req.stream.unwrap_or(false);
-    let stream_usage = match &req.stream_options {
-        None | Some(serde_json::Value::Null) => false,
-        Some(_) if !stream => {
-            return Err(invalid(
-                "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
-                "stream_options",
-                "invalid_value",
-            ));
-        }
-        Some(o) => o.get("include_usage") == Some(&json!(true)),
-    };
+    let stream_usage = stream_usage(req.stream_options.as_ref(), stream)?;
     let call = tools::forced(
         tools::Flavor::Chat,
         req.tools.as_ref(),
         req.tool_choice.as_ref(),
     )
-    .map_err(|(message, param, code)| invalid(&message, &param, code))?;
-    let format = req.response_format.as_ref();
-    let json_object = format
-        .and_then(|f| f.get("type"))
-        .is_some_and(|t| t == "json_object");
-    if json_object
-        && !req
-            .messages
-            .iter()
-            .any(|m| m.text().to_lowercase().contains("json"))
-    {
-        return Err(invalid(
-            "'messages' must contain the word 'json' in some form, to use 'response_format' of              type 'json_object'.",
-            "messages",
-            "invalid_value",
-        ));
-    }
-    let schema = match format.map(schema::requested_schema) {
-        Some(Err(message)) => return Err(error_body(&message, "invalid_request_error", None)),
-        Some(Ok(schema)) => schema,
-        None => None,
-    };
-    let ask = match (&call, schema) {
-        (Some(call), _) => Ask::Schema(&call.parameters),
-        (None, Some(schema)) => Ask::Schema(schema),
-        (None, None) if json_object => Ask::JsonObject,
-        (None, None) => Ask::Text,
-    };
-    let mut answer = Answer::to(&req, ask, spoil);
+    .map_err(|(message, param, code)| invalid_param(&message, Some(&param), code))?;
+    let (schema, json_object) = chat_format(&req)?;
+    let mut answer = Answer::to(&req, Ask::of(call.as_ref(), schema, json_object), spoil);
     answer.tool = call.map(|c| c.name);
     // Every choice is the same answer, and costs the same.
     answer.completion_tokens *= u64::from(choices);
@@ -758,13 +713,113 @@ fn parse(body: &[u8], spoil: Option<f64>) -> Result<(wire::Incoming, Answer), St
     Ok((incoming, answer))
 }
 
-/// What shape a Chat answer takes.
+/// The Chat request in `body`, refused when it is no JSON of its shape or has no messages.
+fn chat_request(body: &[u8]) -> Result<ChatRequest, String> {
+    match serde_json::from_slice::<ChatRequest>(body) {
+        Err(e) => Err(unparsable_body(&e)),
+        Ok(req) if req.messages.is_empty() => Err(error_body(
+            "[] is too short - 'messages'",
+            "invalid_request_error",
+            None,
+        )),
+        Ok(req) => Ok(req),
+    }
+}
+
+/// How many choices `n` asks for: 1 when not given, else 1 to [`MAX_CHOICES`].
+fn choices(n: Option<&serde_json::Value>) -> Result<u32, String> {
+    let v = match n {
+        None | Some(serde_json::Value::Null) => return Ok(1),
+        Some(v) => v,
+    };
+    match v.as_u64() {
+        Some(n) if (1..=MAX_CHOICES).contains(&n) => Ok(n as u32),
+        Some(0) => Err(invalid_param(
+            "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0                      instead.",
+            Some("n"),
+            "integer_below_min_value",
+        )),
+        _ => Err(invalid_param(
+            &format!(
+                "Invalid 'n': expected an integer from 1 to {MAX_CHOICES}, but got {v}                          instead."
+            ),
+            Some("n"),
+            "invalid_value",
+        )),
+    }
+}
+
+/// Whether a streamed answer ends with a usage chunk (`stream_options.include_usage`);
+/// `stream_options` without `stream` is refused, as OpenAI refuses it.
+fn stream_usage(options: Option<&serde_json::Value>, stream: bool) -> Result<bool, String> {
+    match options {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(_) if !stream => Err(invalid_param(
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            Some("stream_options"),
+            "invalid_value",
+        )),
+        Some(o) => Ok(o.get("include_usage") == Some(&json!(true))),
+    }
+}
+
+/// What `response_format` asks for: the schema of json_schema, and whether it is json_object,
+/// which OpenAI takes only when the messages say "json".
+fn chat_format(req: &ChatRequest) -> Result<(Option<&serde_json::Value>, bool), String> {
+    let format = req.response_format.as_ref();
+    let json_object = is_json_object(format);
+    if json_object
+        && !req
+            .messages
+            .iter()
+            .any(|m| m.text().to_lowercase().contains("json"))
+    {
+        return Err(invalid_param(
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of              type 'json_object'.",
+            Some("messages"),
+            "invalid_value",
+        ));
+    }
+    let schema = match format.map(schema::requested_schema) {
+        Some(Err(message)) => return Err(error_body(&message, "invalid_request_error", None)),
+        Some(Ok(schema)) => schema,
+        None => None,
+    };
+    Ok((schema, json_object))
+}
+
+/// Whether a response format (Chat's `response_format`, Responses' `text.format`) is of type
+/// json_object.
+fn is_json_object(format: Option<&serde_json::Value>) -> bool {
+    format
+        .and_then(|f| f.get("type"))
+        .is_some_and(|t| t == "json_object")
+}
+
+/// What shape an OpenAI answer (Chat or Responses) takes.
 enum Ask<'a> {
     Text,
-    /// `response_format` json_object: some JSON object.
+    /// A json_object response format: some JSON object.
     JsonObject,
-    /// JSON that fits this schema (`response_format` json_schema, or a tool's parameters).
+    /// JSON that fits this schema (a json_schema response format, or a tool's parameters).
     Schema(&'a serde_json::Value),
+}
+
+impl<'a> Ask<'a> {
+    /// What a request asks for: a forced tool call's arguments, else the response format's
+    /// schema, else a JSON object (json_object), else text.
+    fn of(
+        call: Option<&'a tools::Call>,
+        schema: Option<&'a serde_json::Value>,
+        json_object: bool,
+    ) -> Self {
+        match (call, schema) {
+            (Some(call), _) => Ask::Schema(&call.parameters),
+            (None, Some(schema)) => Ask::Schema(schema),
+            (None, None) if json_object => Ask::JsonObject,
+            (None, None) => Ask::Text,
+        }
+    }
 }
 
 /// Whether this request's answer is to be spoilt if it has a schema (`--invalid-json-rate`),
@@ -787,10 +842,7 @@ fn structured_answer(
     schema: &serde_json::Value,
     spoil: Option<f64>,
 ) -> Answer {
-    let text = structured_text(schema, user, spoil);
-    let mut a = Answer::with_text(model, system, user, max, text);
-    a.spoilt = spoil.is_some();
-    a
+    Answer::asked(model, system, user, max, Ask::Schema(schema), spoil)
 }
 
 /// The text of an answer that must fit `schema`: JSON generated from it, spoilt when a `spoil`
@@ -847,17 +899,32 @@ impl Answer {
             .unwrap_or_default();
         let system = (!system.is_empty()).then(|| system.join("\n"));
         let max = req.max_completion_tokens.or(req.max_tokens);
-        let text = match ask {
-            Ask::Schema(schema) => structured_text(schema, &user, spoil),
-            Ask::JsonObject => json!({"answer": answer(&user)}).to_string(),
-            Ask::Text => answer(&user),
-        };
-        let schema = matches!(ask, Ask::Schema(_));
-        let mut a = Answer::with_text(&req.model, system.as_deref(), &user, max, text);
-        a.spoilt = schema && spoil.is_some();
+        let mut a = Answer::asked(&req.model, system.as_deref(), &user, max, ask, spoil);
         a.prefix = system
             .as_deref()
             .map(|sys| prompt_cache::Prefix::automatic(&req.model, sys));
+        a
+    }
+
+    /// The answer of the shape `ask` calls for, cut to `max` tokens: JSON generated from a
+    /// schema (spoilt when a `spoil` roll is given), a JSON object holding the plain answer, or
+    /// the plain quoting answer.
+    fn asked(
+        model: &str,
+        system: Option<&str>,
+        user: &str,
+        max: Option<u32>,
+        ask: Ask,
+        spoil: Option<f64>,
+    ) -> Self {
+        let text = match ask {
+            Ask::Schema(schema) => structured_text(schema, user, spoil),
+            Ask::JsonObject => json!({"answer": answer(user)}).to_string(),
+            Ask::Text => answer(user),
+        };
+        let schema = matches!(ask, Ask::Schema(_));
+        let mut a = Answer::with_text(model, system, user, max, text);
+        a.spoilt = schema && spoil.is_some();
         a
     }
 
@@ -940,9 +1007,7 @@ fn completion(req: &wire::Incoming, a: &Answer, n: u64) -> String {
     json!({
         "id": format!("chatcmpl-mock{n}"),
         "object": "chat.completion",
-        "created": std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        "created": unix_now(),
         "model": req.model,
         "choices": choices,
         "usage": {
@@ -986,6 +1051,30 @@ fn server_error_body(status: StatusCode) -> String {
 
 fn error_body(message: &str, kind: &str, code: Option<&str>) -> String {
     json!({"error": {"message": message, "type": kind, "param": null, "code": code}}).to_string()
+}
+
+/// OpenAI's 400 body for a request that breaks a rule: an `invalid_request_error` naming the
+/// `param` at fault and the `code` of the rule.
+fn invalid_param(message: &str, param: Option<&str>, code: &str) -> String {
+    json!({"error": {"message": message, "type": "invalid_request_error", "param": param,
+        "code": code}})
+    .to_string()
+}
+
+/// OpenAI's 400 body for a request body that is no JSON (or not of the endpoint's shape).
+fn unparsable_body(e: &serde_json::Error) -> String {
+    error_body(
+        &format!("We could not parse the JSON body of your request: {e}"),
+        "invalid_request_error",
+        None,
+    )
+}
+
+/// The time now in seconds since the Unix epoch, as the APIs write `created` times.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -29,8 +29,9 @@ use rand::Rng;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::routes::Dialect;
 use super::wire::Wire;
-use super::{Shared, error_body, messages};
+use super::{Shared, error_body, list_page, messages, reply, unix_now};
 
 /// Largest upload or batch body accepted (above the providers' 200 and 256 MB limits).
 const MAX_BODY: usize = 300 * 1024 * 1024;
@@ -71,7 +72,7 @@ impl BatchStore {
             name: name.to_string(),
             purpose: purpose.to_string(),
             data,
-            created_at: now(),
+            created_at: unix_now(),
         };
         let v = file.json(&id);
         self.files.lock().expect("files lock").insert(id, file);
@@ -115,6 +116,16 @@ struct MockBatch {
     settled: Option<Settled>,
 }
 
+impl MockBatch {
+    /// Marks the batch cancelled at `now`, unless it has ended or is being cancelled already.
+    fn cancel(&mut self, now: Instant) {
+        if self.settled.is_none() && self.cancelled_at.is_none() {
+            self.cancelled_at = Some(now);
+            self.cancelled_wall = Some(now_secs_of(self, now));
+        }
+    }
+}
+
 struct Settled {
     /// Wall-clock time (unix seconds) the batch settled.
     at: u64,
@@ -138,6 +149,16 @@ enum Fate {
     Cancelled,
 }
 
+impl Fate {
+    /// Failed with the error `body` (JSON text) an endpoint answered with `status`.
+    fn failed(status: StatusCode, body: &str) -> Self {
+        Fate::Failed(
+            status.as_u16(),
+            serde_json::from_str(body).unwrap_or_default(),
+        )
+    }
+}
+
 pub(super) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v1/files", post(upload).get(list_files))
@@ -158,16 +179,6 @@ pub(super) fn routes() -> Router<Arc<Shared>> {
         .route("/v1/messages/batches/{id}/cancel", post(cancel_messages))
         .route("/stats/batches", get(stats))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-fn reply(status: StatusCode, body: String) -> Response {
-    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 fn invalid(message: &str) -> Response {
@@ -269,24 +280,15 @@ async fn list_files(State(s): State<Arc<Shared>>, Query(q): Query<FilesQuery>) -
             ));
         }
     }
-    let start = match &q.after {
-        Some(after) => listed
-            .iter()
-            .position(|(id, _)| *id == after)
-            .map_or(listed.len(), |p| p + 1),
-        None => 0,
-    };
     let limit = q.limit.unwrap_or(10_000).clamp(1, 10_000);
-    let page: Vec<Value> = listed
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|(id, f)| f.json(id))
-        .collect();
-    let has_more = start + page.len() < listed.len();
-    let body = json!({"object": "list", "data": page, "has_more": has_more,
-        "first_id": page.first().map(|f| f["id"].clone()),
-        "last_id": page.last().map(|f| f["id"].clone())});
+    let body = list_page(
+        Dialect::OpenAi,
+        &listed,
+        q.after.as_deref(),
+        limit,
+        |(id, _)| id.as_str(),
+        |(id, f)| f.json(id),
+    );
     reply(StatusCode::OK, body.to_string())
 }
 
@@ -349,7 +351,7 @@ async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         id: s.batches.id("batch"),
         input_file_id: req.input_file_id,
         metadata: req.metadata,
-        created_at: now(),
+        created_at: unix_now(),
         started: Instant::now(),
         requests,
         errors,
@@ -463,109 +465,18 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
     let mut fates = Vec::with_capacity(b.requests.len());
     let mut usage = [0u64; 4];
     for (k, (_, body)) in b.requests.iter().enumerate() {
-        if k >= reached {
-            fates.push(Fate::Cancelled);
-            continue;
-        }
-        let (expire, fail) = {
-            let cfg = &s.cfg;
-            let mut rng = s.rng.lock().expect("rng lock");
-            let expire = cfg.batch_expire_rate > 0.0 && rng.random_bool(cfg.batch_expire_rate);
-            let fail = cfg.batch_failure_rate > 0.0 && rng.random_bool(cfg.batch_failure_rate);
-            (expire, fail)
-        };
-        if expire && b.cancelled_at.is_none() {
-            fates.push(Fate::Expired);
-            continue;
-        }
-        if fail {
-            let (status, body) = b.wire.server_error(StatusCode::INTERNAL_SERVER_ERROR);
-            let body = serde_json::from_str(&body).unwrap_or_default();
-            fates.push(Fate::Failed(status.as_u16(), body));
-            continue;
-        }
-        let raw = serde_json::to_vec(body).unwrap_or_default();
-        match b.wire.parse(&b.headers, &raw, super::roll_spoil(s)) {
-            Ok((req, mut answer)) => {
-                s.prompt_cache.serve(&mut answer);
-                s.count_tokens(&answer);
-                for (total, n) in usage.iter_mut().zip([
-                    answer.prompt_tokens,
-                    answer.cached_tokens + answer.cache_read_tokens,
-                    answer.completion_tokens,
-                    answer.reasoning_tokens,
-                ]) {
-                    *total += n;
-                }
-                let body = b.wire.success(&req, &answer, k as u64);
-                fates.push(Fate::Answered(
-                    serde_json::from_str(&body).unwrap_or_default(),
-                ));
-            }
-            Err((status, body)) => fates.push(Fate::Failed(
-                status.as_u16(),
-                serde_json::from_str(&body).unwrap_or_default(),
-            )),
-        }
+        fates.push(if k < reached {
+            run_request(s, b, k, body, &mut usage)
+        } else {
+            Fate::Cancelled
+        });
     }
     let count = |f: fn(&Fate) -> bool| fates.iter().filter(|x| f(x)).count() as u64;
     let completed = count(|f| matches!(f, Fate::Answered(_)));
     let failed = count(|f| matches!(f, Fate::Failed(..)));
     let expired = count(|f| matches!(f, Fate::Expired));
     let cancelled = count(|f| matches!(f, Fate::Cancelled));
-    let store = |lines: Vec<Value>, kind: &str| -> Option<String> {
-        if lines.is_empty() {
-            return None;
-        }
-        let mut data = Vec::new();
-        for l in lines {
-            data.extend_from_slice(l.to_string().as_bytes());
-            data.push(b'\n');
-        }
-        let name = format!("{}_{kind}.jsonl", b.id);
-        // OpenAI's output and error files both have the purpose `batch_output`.
-        let v = s.batches.add_file(&name, "batch_output", data.into());
-        v["id"].as_str().map(str::to_string)
-    };
-    let (output_file_id, error_file_id) = match b.wire {
-        Wire::Messages => {
-            let lines = b
-                .requests
-                .iter()
-                .zip(fates)
-                .map(|((custom_id, _), fate)| {
-                    let result = match fate {
-                        Fate::Answered(message) => json!({"type": "succeeded", "message": message}),
-                        Fate::Failed(_, error) => json!({"type": "errored", "error": error}),
-                        Fate::Expired => json!({"type": "expired"}),
-                        Fate::Cancelled => json!({"type": "canceled"}),
-                    };
-                    json!({"custom_id": custom_id, "result": result})
-                })
-                .collect();
-            (store(lines, "results"), None)
-        }
-        _ => {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            for (k, ((custom_id, _), fate)) in b.requests.iter().zip(fates).enumerate() {
-                let line_id = format!("batch_req_{}_{k}", b.id);
-                let request_id = format!("req_{line_id}");
-                match fate {
-                    Fate::Answered(body) => out.push(json!({"id": line_id, "custom_id": custom_id,
-                        "error": null, "response": {"status_code": 200,
-                            "request_id": request_id, "body": body}})),
-                    Fate::Failed(status, body) => err.push(json!({"id": line_id,
-                        "custom_id": custom_id, "error": null, "response": {
-                            "status_code": status, "request_id": request_id, "body": body}})),
-                    Fate::Expired => err.push(json!({"id": line_id, "custom_id": custom_id,
-                        "response": null, "error": {"code": "batch_expired", "message":
-                            "This request could not be executed before the completion window expired."}})),
-                    Fate::Cancelled => {}
-                }
-            }
-            (store(out, "output"), store(err, "error"))
-        }
-    };
+    let (output_file_id, error_file_id) = result_files(s, b, fates);
     let status = if b.cancelled_at.is_some() {
         "cancelled"
     } else if expired > 0 {
@@ -589,6 +500,120 @@ fn settle(s: &Shared, b: &mut MockBatch, now: Instant) {
         expired,
         cancelled,
     });
+}
+
+/// What becomes of request number `k` (with `body`) of a batch that reached it: it expires or
+/// fails as the dice say, else it is answered as its endpoint answers it, its tokens added to
+/// the batch's `usage`.
+fn run_request(s: &Shared, b: &MockBatch, k: usize, body: &Value, usage: &mut [u64; 4]) -> Fate {
+    let (expire, fail) = {
+        let cfg = &s.cfg;
+        let mut rng = s.rng.lock().expect("rng lock");
+        let expire = cfg.batch_expire_rate > 0.0 && rng.random_bool(cfg.batch_expire_rate);
+        let fail = cfg.batch_failure_rate > 0.0 && rng.random_bool(cfg.batch_failure_rate);
+        (expire, fail)
+    };
+    if expire && b.cancelled_at.is_none() {
+        return Fate::Expired;
+    }
+    if fail {
+        let (status, body) = b.wire.server_error(StatusCode::INTERNAL_SERVER_ERROR);
+        return Fate::failed(status, &body);
+    }
+    let raw = serde_json::to_vec(body).unwrap_or_default();
+    match b.wire.parse(&b.headers, &raw, super::roll_spoil(s)) {
+        Ok((req, mut answer)) => {
+            s.prompt_cache.serve(&mut answer);
+            s.count_tokens(&answer);
+            for (total, n) in usage.iter_mut().zip([
+                answer.prompt_tokens,
+                answer.cached_tokens + answer.cache_read_tokens,
+                answer.completion_tokens,
+                answer.reasoning_tokens,
+            ]) {
+                *total += n;
+            }
+            let body = b.wire.success(&req, &answer, k as u64);
+            Fate::Answered(serde_json::from_str(&body).unwrap_or_default())
+        }
+        Err((status, body)) => Fate::failed(status, &body),
+    }
+}
+
+/// Stores what became of the batch's requests as the provider does, and returns the ids of
+/// the output and error files: Anthropic's one results file lists every request; OpenAI's
+/// output file holds the answers, its error file the failed and expired requests.
+fn result_files(s: &Shared, b: &MockBatch, fates: Vec<Fate>) -> (Option<String>, Option<String>) {
+    match b.wire {
+        Wire::Messages => (
+            store_lines(s, b, message_results(b, fates), "results"),
+            None,
+        ),
+        _ => {
+            let (out, err) = openai_results(b, fates);
+            (
+                store_lines(s, b, out, "output"),
+                store_lines(s, b, err, "error"),
+            )
+        }
+    }
+}
+
+/// The lines of a Message Batch's results file: every request with its result.
+fn message_results(b: &MockBatch, fates: Vec<Fate>) -> Vec<Value> {
+    b.requests
+        .iter()
+        .zip(fates)
+        .map(|((custom_id, _), fate)| {
+            let result = match fate {
+                Fate::Answered(message) => json!({"type": "succeeded", "message": message}),
+                Fate::Failed(_, error) => json!({"type": "errored", "error": error}),
+                Fate::Expired => json!({"type": "expired"}),
+                Fate::Cancelled => json!({"type": "canceled"}),
+            };
+            json!({"custom_id": custom_id, "result": result})
+        })
+        .collect()
+}
+
+/// The lines of an OpenAI batch's output file (the answers) and error file (the failed and
+/// expired requests); requests the batch did not reach before it was cancelled are in neither.
+fn openai_results(b: &MockBatch, fates: Vec<Fate>) -> (Vec<Value>, Vec<Value>) {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    for (k, ((custom_id, _), fate)) in b.requests.iter().zip(fates).enumerate() {
+        let line_id = format!("batch_req_{}_{k}", b.id);
+        let request_id = format!("req_{line_id}");
+        match fate {
+            Fate::Answered(body) => out.push(json!({"id": line_id, "custom_id": custom_id,
+                "error": null, "response": {"status_code": 200,
+                    "request_id": request_id, "body": body}})),
+            Fate::Failed(status, body) => err.push(json!({"id": line_id,
+                "custom_id": custom_id, "error": null, "response": {
+                    "status_code": status, "request_id": request_id, "body": body}})),
+            Fate::Expired => err.push(json!({"id": line_id, "custom_id": custom_id,
+                "response": null, "error": {"code": "batch_expired", "message":
+                    "This request could not be executed before the completion window expired."}})),
+            Fate::Cancelled => {}
+        }
+    }
+    (out, err)
+}
+
+/// Stores `lines` as the JSONL file `{batch id}_{kind}.jsonl` and returns its id; none when
+/// there are no lines.
+fn store_lines(s: &Shared, b: &MockBatch, lines: Vec<Value>, kind: &str) -> Option<String> {
+    if lines.is_empty() {
+        return None;
+    }
+    let mut data = Vec::new();
+    for l in lines {
+        data.extend_from_slice(l.to_string().as_bytes());
+        data.push(b'\n');
+    }
+    let name = format!("{}_{kind}.jsonl", b.id);
+    // OpenAI's output and error files both have the purpose `batch_output`.
+    let v = s.batches.add_file(&name, "batch_output", data.into());
+    v["id"].as_str().map(str::to_string)
 }
 
 fn batch_json(b: &MockBatch, s: &Shared, now: Instant, status: Option<&str>) -> Value {
@@ -676,10 +701,7 @@ async fn cancel(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Respons
     else {
         return not_found("batch", &id);
     };
-    if b.settled.is_none() && b.cancelled_at.is_none() {
-        b.cancelled_at = Some(now);
-        b.cancelled_wall = Some(now_secs_of(b, now));
-    }
+    b.cancel(now);
     // Like the provider: "cancelling" now, "cancelled" on a later look.
     let status = b.settled.is_none().then_some("cancelling");
     reply(StatusCode::OK, batch_json(b, &s, now, status).to_string())
@@ -701,23 +723,14 @@ async fn list(State(s): State<Arc<Shared>>, Query(q): Query<ListQuery>) -> Respo
         .rev()
         .filter(|b| b.wire != Wire::Messages)
         .collect();
-    let start = match &q.after {
-        Some(after) => newest_first
-            .iter()
-            .position(|b| &b.id == after)
-            .map_or(newest_first.len(), |p| p + 1),
-        None => 0,
-    };
-    let page: Vec<Value> = newest_first
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|b| batch_json(b, &s, now, None))
-        .collect();
-    let has_more = start + page.len() < newest_first.len();
-    let body = json!({"object": "list", "data": page, "has_more": has_more,
-        "first_id": page.first().map(|b| b["id"].clone()),
-        "last_id": page.last().map(|b| b["id"].clone())});
+    let body = list_page(
+        Dialect::OpenAi,
+        &newest_first,
+        q.after.as_deref(),
+        limit,
+        |b| b.id.as_str(),
+        |b| batch_json(b, &s, now, None),
+    );
     reply(StatusCode::OK, body.to_string())
 }
 
@@ -825,7 +838,7 @@ async fn create_messages(
         id: s.batches.id("msgbatch"),
         input_file_id: String::new(),
         metadata: Value::Null,
-        created_at: now(),
+        created_at: unix_now(),
         started: Instant::now(),
         requests,
         errors: Vec::new(),
@@ -923,10 +936,7 @@ async fn cancel_messages(
 ) -> Response {
     let origin = origin(&headers);
     with_message_batch(&s, &headers, &id, |b, now| {
-        if b.settled.is_none() && b.cancelled_at.is_none() {
-            b.cancelled_at = Some(now);
-            b.cancelled_wall = Some(now_secs_of(b, now));
-        }
+        b.cancel(now);
         reply(StatusCode::OK, message_batch_json(b, &origin).to_string())
     })
 }
@@ -1021,23 +1031,14 @@ async fn list_messages(
         .rev()
         .filter(|b| b.wire == Wire::Messages)
         .collect();
-    let start = match &q.after_id {
-        Some(after) => newest_first
-            .iter()
-            .position(|b| &b.id == after)
-            .map_or(newest_first.len(), |p| p + 1),
-        None => 0,
-    };
-    let page: Vec<Value> = newest_first
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|b| message_batch_json(b, &origin))
-        .collect();
-    let has_more = start + page.len() < newest_first.len();
-    let body = json!({"data": page, "has_more": has_more,
-        "first_id": page.first().map(|b| b["id"].clone()),
-        "last_id": page.last().map(|b| b["id"].clone())});
+    let body = list_page(
+        Dialect::Anthropic,
+        &newest_first,
+        q.after_id.as_deref(),
+        limit,
+        |b| b.id.as_str(),
+        |b| message_batch_json(b, &origin),
+    );
     reply(StatusCode::OK, body.to_string())
 }
 

@@ -165,9 +165,7 @@ pub(super) fn missing_fields(model: &str, n: u64) -> Response {
     let body = serde_json::json!({
         "id": format!("chatcmpl-mock{n}"),
         "object": "chat.completion",
-        "created": std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        "created": super::unix_now(),
         "model": model,
         "system_fingerprint": "fp_mock",
     });

@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde_json::{Map, Value, json};
 
 use super::prompt_cache::Prefix;
 use super::wire::{Incoming, Parsed};
-use super::{Answer, Shared};
+use super::{Answer, Shared, reply};
 
 /// The `anthropic-version`s the mock accepts by name. Newer SDKs send newer dated versions (the
 /// Python SDK 2.x sends `2026-10-21`), so any well-formed date from [`FIRST_DATED`] on passes too.
@@ -125,7 +124,7 @@ pub(super) async fn count_tokens(
         ),
         Err(e) => e,
     };
-    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
+    reply(status, body)
 }
 
 fn parse_for(purpose: Purpose, headers: &HeaderMap, body: &[u8], spoil: Option<f64>) -> Parsed {

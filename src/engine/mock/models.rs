@@ -6,14 +6,13 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::routes::is_anthropic_client;
-use super::{Shared, messages};
+use super::routes::{Dialect, is_anthropic_client};
+use super::{Shared, list_page, messages, reply};
 
 /// OpenAI models listed, with their `created` times.
 const OPENAI: &[(&str, u64)] = &[
@@ -49,10 +48,6 @@ const ANTHROPIC: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn reply(status: StatusCode, body: String) -> Response {
-    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
-}
-
 fn openai_model(id: &str, created: u64) -> Value {
     json!({"id": id, "object": "model", "created": created, "owned_by": "openai"})
 }
@@ -85,24 +80,15 @@ pub(super) async fn list(
     if let Err(e) = messages::check_key(&headers) {
         return reply(e.0, e.1);
     }
-    let start = match &q.after_id {
-        Some(after) => ANTHROPIC
-            .iter()
-            .position(|(id, ..)| id == after)
-            .map_or(ANTHROPIC.len(), |p| p + 1),
-        None => 0,
-    };
     let limit = q.limit.unwrap_or(20).clamp(1, 1000);
-    let page: Vec<Value> = ANTHROPIC
-        .iter()
-        .skip(start)
-        .take(limit)
-        .map(|(id, name, created)| anthropic_model(id, name, created))
-        .collect();
-    let has_more = start + page.len() < ANTHROPIC.len();
-    let body = json!({"data": page, "has_more": has_more,
-        "first_id": page.first().map(|m| m["id"].clone()),
-        "last_id": page.last().map(|m| m["id"].clone())});
+    let body = list_page(
+        Dialect::Anthropic,
+        ANTHROPIC,
+        q.after_id.as_deref(),
+        limit,
+        |(id, ..)| id,
+        |(id, name, created)| anthropic_model(id, name, created),
+    );
     reply(StatusCode::OK, body.to_string())
 }
 

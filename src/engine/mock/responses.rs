@@ -3,12 +3,12 @@
 //! the answer as a `response` object whose text sits in `output[]`.
 
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::prompt_cache::Prefix;
 use super::tools::{self, Flavor};
 use super::wire::{Incoming, Parsed};
-use super::{Answer, error_body};
+use super::{Answer, Ask, invalid_param, is_json_object, unix_now, unparsable_body};
 
 /// Request fields the Responses API knows; any other is refused, as OpenAI does.
 const FIELDS: &[&str] = &[
@@ -47,23 +47,37 @@ const MIN_OUTPUT_TOKENS: u64 = 16;
 fn invalid(message: String, param: Option<&str>, code: &str) -> (StatusCode, String) {
     (
         StatusCode::BAD_REQUEST,
-        json!({"error": {"message": message, "type": "invalid_request_error", "param": param,
-            "code": code}})
-        .to_string(),
+        invalid_param(&message, param, code),
     )
 }
 
+/// What a Responses request asks for and the answer the mock gives it, or the error.
 pub(super) fn parse(body: &[u8], spoil: Option<f64>) -> Parsed {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        (
-            StatusCode::BAD_REQUEST,
-            error_body(
-                &format!("We could not parse the JSON body of your request: {e}"),
-                "invalid_request_error",
-                None,
-            ),
-        )
-    })?;
+    let req = request(body)?;
+    let model = model(&req)?;
+    let max = max_output_tokens(&req)?;
+    check_temperature(&req)?;
+    let instructions = instructions(&req)?;
+    let user = input_text(req.get("input"))?;
+    let stream = stream(&req)?;
+    let call = tools::forced(Flavor::Responses, req.get("tools"), req.get("tool_choice"))
+        .map_err(|(message, param, code)| invalid(message, Some(&param), code))?;
+    let (schema, json_object) = text_format(&req, instructions.as_deref())?;
+    let system = instructions.as_deref();
+    let ask = Ask::of(call.as_ref(), schema.as_ref(), json_object);
+    let mut a = Answer::asked(&model, system, &user, max, ask, spoil);
+    a.tool = call.map(|c| c.name);
+    a.prefix = system.map(|s| Prefix::automatic(&model, s));
+    let mut incoming = Incoming::new(model);
+    incoming.stream = stream;
+    Ok((incoming, a))
+}
+
+/// The request object in `body`, refused when it is no JSON object or has a field the
+/// Responses API does not know.
+fn request(body: &[u8]) -> Result<Map<String, Value>, (StatusCode, String)> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, unparsable_body(&e)))?;
     let Value::Object(req) = value else {
         return Err(invalid(
             "Invalid body: expected an object.".into(),
@@ -78,66 +92,84 @@ pub(super) fn parse(body: &[u8], spoil: Option<f64>) -> Parsed {
             "unknown_parameter",
         ));
     }
-    let model = match req.get("model").and_then(Value::as_str) {
-        Some(m) if !m.is_empty() => m.to_string(),
-        _ => {
-            return Err(invalid(
-                "Missing required parameter: 'model'.".into(),
-                Some("model"),
-                "missing_required_parameter",
-            ));
-        }
+    Ok(req)
+}
+
+/// The `model`, which is required and may not be empty.
+fn model(req: &Map<String, Value>) -> Result<String, (StatusCode, String)> {
+    match req.get("model").and_then(Value::as_str) {
+        Some(m) if !m.is_empty() => Ok(m.to_string()),
+        _ => Err(invalid(
+            "Missing required parameter: 'model'.".into(),
+            Some("model"),
+            "missing_required_parameter",
+        )),
+    }
+}
+
+/// The cap on the answer's tokens, `max_output_tokens`: none, or [`MIN_OUTPUT_TOKENS`] or more.
+fn max_output_tokens(req: &Map<String, Value>) -> Result<Option<u32>, (StatusCode, String)> {
+    let v = match req.get("max_output_tokens") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
     };
-    let max = match req.get("max_output_tokens") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= MIN_OUTPUT_TOKENS => Some(u32::try_from(n).unwrap_or(u32::MAX)),
-            _ => {
-                return Err(invalid(
-                    format!(
-                        "Invalid 'max_output_tokens': integer below minimum value. Expected a \
-                         value >= {MIN_OUTPUT_TOKENS}, but got {v} instead."
-                    ),
-                    Some("max_output_tokens"),
-                    "integer_below_min_value",
-                ));
-            }
-        },
-    };
-    if let Some(t) = req.get("temperature")
-        && !t.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t))
-    {
-        return Err(invalid(
+    match v.as_u64() {
+        Some(n) if n >= MIN_OUTPUT_TOKENS => Ok(Some(u32::try_from(n).unwrap_or(u32::MAX))),
+        _ => Err(invalid(
+            format!(
+                "Invalid 'max_output_tokens': integer below minimum value. Expected a \
+                 value >= {MIN_OUTPUT_TOKENS}, but got {v} instead."
+            ),
+            Some("max_output_tokens"),
+            "integer_below_min_value",
+        )),
+    }
+}
+
+/// Refuses a `temperature` that is no number from 0 to 2; the mock's answer ignores it.
+fn check_temperature(req: &Map<String, Value>) -> Result<(), (StatusCode, String)> {
+    match req.get("temperature") {
+        Some(t) if !t.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)) => Err(invalid(
             format!("Invalid 'temperature': {t}. Expected a number from 0 to 2."),
             Some("temperature"),
             "invalid_value",
-        ));
+        )),
+        _ => Ok(()),
     }
-    let instructions = match req.get("instructions") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(invalid(
-                "Invalid type for 'instructions': expected a string.".into(),
-                Some("instructions"),
-                "invalid_type",
-            ));
-        }
-    };
-    let user = input_text(req.get("input"))?;
-    let stream = match req.get("stream") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
-        Some(Value::Bool(true)) => true,
-        Some(v) => {
-            return Err(invalid(
-                format!("Invalid type for 'stream': expected a boolean, but got {v} instead."),
-                Some("stream"),
-                "invalid_type",
-            ));
-        }
-    };
-    let call = tools::forced(Flavor::Responses, req.get("tools"), req.get("tool_choice"))
-        .map_err(|(message, param, code)| invalid(message, Some(&param), code))?;
+}
+
+/// The `instructions` (the system prompt), a string when given.
+fn instructions(req: &Map<String, Value>) -> Result<Option<String>, (StatusCode, String)> {
+    match req.get("instructions") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(
+            "Invalid type for 'instructions': expected a string.".into(),
+            Some("instructions"),
+            "invalid_type",
+        )),
+    }
+}
+
+/// Whether the answer is streamed (`stream`, a boolean when given).
+fn stream(req: &Map<String, Value>) -> Result<bool, (StatusCode, String)> {
+    match req.get("stream") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(false),
+        Some(Value::Bool(true)) => Ok(true),
+        Some(v) => Err(invalid(
+            format!("Invalid type for 'stream': expected a boolean, but got {v} instead."),
+            Some("stream"),
+            "invalid_type",
+        )),
+    }
+}
+
+/// What `text.format` asks for: the schema of json_schema, and whether it is json_object,
+/// which OpenAI takes only when the instructions or input say "json".
+fn text_format(
+    req: &Map<String, Value>,
+    instructions: Option<&str>,
+) -> Result<(Option<Value>, bool), (StatusCode, String)> {
     // The Responses API's format is Chat's json_schema object with the type beside it.
     let format = req.get("text").and_then(|t| t.get("format"));
     let as_chat = match format {
@@ -150,19 +182,14 @@ pub(super) fn parse(body: &[u8], spoil: Option<f64>) -> Parsed {
     let schema = match &as_chat {
         None => None,
         Some(f) => super::schema::requested_schema(f)
-            .map_err(|m| invalid(m, Some("text.format"), "invalid_value"))?,
+            .map_err(|m| invalid(m, Some("text.format"), "invalid_value"))?
+            .cloned(),
     };
-    let json_object = format
-        .and_then(|f| f.get("type"))
-        .is_some_and(|t| t == "json_object");
+    let json_object = is_json_object(format);
     if json_object
-        && !format!(
-            "{} {}",
-            instructions.as_deref().unwrap_or_default(),
-            input_all(&req)
-        )
-        .to_lowercase()
-        .contains("json")
+        && !format!("{} {}", instructions.unwrap_or_default(), input_all(req))
+            .to_lowercase()
+            .contains("json")
     {
         return Err(invalid(
             "Response input messages must contain the word 'json' in some form to use              'text.format' of type 'json_object'."
@@ -171,27 +198,11 @@ pub(super) fn parse(body: &[u8], spoil: Option<f64>) -> Parsed {
             "invalid_value",
         ));
     }
-    let system = instructions.as_deref();
-    let mut a = match (&call, schema) {
-        (Some(call), _) => {
-            super::structured_answer(&model, system, &user, max, &call.parameters, spoil)
-        }
-        (None, Some(schema)) => super::structured_answer(&model, system, &user, max, schema, spoil),
-        (None, None) if json_object => {
-            let text = json!({"answer": super::answer(&user)}).to_string();
-            Answer::with_text(&model, system, &user, max, text)
-        }
-        (None, None) => Answer::new(&model, system, &user, max),
-    };
-    a.tool = call.map(|c| c.name);
-    a.prefix = system.map(|s| Prefix::automatic(&model, s));
-    let mut incoming = Incoming::new(model);
-    incoming.stream = stream;
-    Ok((incoming, a))
+    Ok((schema, json_object))
 }
 
 /// All the text of `input`, for the json_object check.
-fn input_all(req: &serde_json::Map<String, Value>) -> String {
+fn input_all(req: &Map<String, Value>) -> String {
     match req.get("input") {
         Some(Value::String(s)) => s.clone(),
         Some(v) => v.to_string(),
@@ -262,9 +273,7 @@ pub(super) fn body(model: &str, a: &Answer, n: u64) -> String {
     json!({
         "id": format!("resp_mock{n}"),
         "object": "response",
-        "created_at": std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
+        "created_at": unix_now(),
         "status": if truncated { "incomplete" } else { "completed" },
         "incomplete_details": if truncated {
             json!({"reason": "max_output_tokens"})

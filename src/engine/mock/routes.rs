@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 
-use super::{Shared, error_body, messages};
+use super::{Shared, error_body, messages, reply};
 
 /// Whose error shapes a path answers in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,10 +96,6 @@ pub(super) async fn gate(State(s): State<Arc<Shared>>, req: Request, next: Next)
         return reply(StatusCode::UNAUTHORIZED, missing_key_body());
     }
     next.run(req).await
-}
-
-fn reply(status: StatusCode, body: String) -> Response {
-    (status, [(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 /// 404 for a path no endpoint serves, as OpenAI (`Invalid URL (POST /chat/completions)`) or

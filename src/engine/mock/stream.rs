@@ -43,12 +43,18 @@ pub(super) fn pieces(text: &str) -> Vec<&str> {
     out
 }
 
+/// `base` with `fields` added (or replaced).
 fn with(base: &Value, fields: Value) -> Value {
     let mut v = base.clone();
     if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
         o.extend(f);
     }
     v
+}
+
+/// The elements of `v` when it is an array; none when it is not.
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map_or(&[], Vec::as_slice)
 }
 
 /// Chat Completions chunks for the `chat.completion` `done`.
@@ -66,8 +72,7 @@ pub(super) fn chat(done: &Value, include_usage: bool) -> String {
     }
     let chunk = |choice: Value| with(&base, json!({"choices": [choice]}));
     let mut out = String::new();
-    let empty = Vec::new();
-    for choice in done["choices"].as_array().unwrap_or(&empty) {
+    for choice in items(&done["choices"]) {
         let index = &choice["index"];
         let message = &choice["message"];
         let delta = |d: Value| {
@@ -132,121 +137,116 @@ pub(super) fn chat(done: &Value, include_usage: bool) -> String {
     out
 }
 
+/// The events of one Responses stream, numbered in order (`sequence_number`) as they are sent.
+struct Sequence {
+    out: String,
+    seq: u64,
+}
+
+impl Sequence {
+    /// Sends the event `kind` with `fields` beside its type and number.
+    fn emit(&mut self, kind: &str, fields: Value) {
+        let v = with(&json!({"type": kind, "sequence_number": self.seq}), fields);
+        event(&mut self.out, Some(kind), &v);
+        self.seq += 1;
+    }
+}
+
 /// Responses API events for the `response` `done`.
 pub(super) fn responses(done: &Value) -> String {
-    let mut out = String::new();
-    let mut seq = 0u64;
-    let mut emit = |out: &mut String, kind: &str, fields: Value| {
-        let mut v = json!({"type": kind, "sequence_number": seq});
-        if let (Some(o), Value::Object(f)) = (v.as_object_mut(), fields) {
-            o.extend(f);
-        }
-        event(out, Some(kind), &v);
-        seq += 1;
+    let mut events = Sequence {
+        out: String::new(),
+        seq: 0,
     };
     let started = with(
         done,
         json!({"status": "in_progress", "output": [], "usage": null,
             "incomplete_details": null}),
     );
-    emit(
-        &mut out,
-        "response.created",
-        json!({"response": started.clone()}),
-    );
-    emit(
-        &mut out,
-        "response.in_progress",
-        json!({"response": started}),
-    );
-    let empty = Vec::new();
-    for (i, item) in done["output"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .enumerate()
-    {
-        let id = &item["id"];
-        let kind = item["type"].as_str().unwrap_or_default();
-        let added = match kind {
-            "message" => with(item, json!({"status": "in_progress", "content": []})),
-            "function_call" => with(item, json!({"status": "in_progress", "arguments": ""})),
-            _ => item.clone(),
-        };
-        emit(
-            &mut out,
-            "response.output_item.added",
-            json!({"output_index": i, "item": added}),
-        );
-        match kind {
-            "message" => {
-                for (j, part) in item["content"]
-                    .as_array()
-                    .unwrap_or(&empty)
-                    .iter()
-                    .enumerate()
-                {
-                    let at = json!({"item_id": id, "output_index": i, "content_index": j});
-                    let text = part["text"].as_str().unwrap_or_default();
-                    emit(
-                        &mut out,
-                        "response.content_part.added",
-                        with(
-                            &at,
-                            json!({"part": {"type": "output_text", "text": "",
-                                "annotations": [], "logprobs": []}}),
-                        ),
-                    );
-                    for p in pieces(text) {
-                        emit(
-                            &mut out,
-                            "response.output_text.delta",
-                            with(&at, json!({"delta": p, "logprobs": []})),
-                        );
-                    }
-                    emit(
-                        &mut out,
-                        "response.output_text.done",
-                        with(&at, json!({"text": text, "logprobs": []})),
-                    );
-                    emit(
-                        &mut out,
-                        "response.content_part.done",
-                        with(&at, json!({"part": part})),
-                    );
-                }
-            }
-            "function_call" => {
-                let arguments = item["arguments"].as_str().unwrap_or_default();
-                let at = json!({"item_id": id, "output_index": i});
-                for p in pieces(arguments) {
-                    emit(
-                        &mut out,
-                        "response.function_call_arguments.delta",
-                        with(&at, json!({"delta": p})),
-                    );
-                }
-                emit(
-                    &mut out,
-                    "response.function_call_arguments.done",
-                    with(&at, json!({"arguments": arguments, "name": item["name"]})),
-                );
-            }
-            _ => {}
-        }
-        emit(
-            &mut out,
-            "response.output_item.done",
-            json!({"output_index": i, "item": item}),
-        );
+    events.emit("response.created", json!({"response": started.clone()}));
+    events.emit("response.in_progress", json!({"response": started}));
+    for (i, item) in items(&done["output"]).iter().enumerate() {
+        output_item(&mut events, i, item);
     }
     let last = if done["status"] == "incomplete" {
         "response.incomplete"
     } else {
         "response.completed"
     };
-    emit(&mut out, last, json!({"response": done}));
-    out
+    events.emit(last, json!({"response": done}));
+    events.out
+}
+
+/// The events of output item `i`: added (empty), its text or arguments deltas, done.
+fn output_item(events: &mut Sequence, i: usize, item: &Value) {
+    let kind = item["type"].as_str().unwrap_or_default();
+    let added = match kind {
+        "message" => with(item, json!({"status": "in_progress", "content": []})),
+        "function_call" => with(item, json!({"status": "in_progress", "arguments": ""})),
+        _ => item.clone(),
+    };
+    events.emit(
+        "response.output_item.added",
+        json!({"output_index": i, "item": added}),
+    );
+    match kind {
+        "message" => {
+            for (j, part) in items(&item["content"]).iter().enumerate() {
+                content_part(events, i, item, j, part);
+            }
+        }
+        "function_call" => function_call_arguments(events, i, item),
+        _ => {}
+    }
+    events.emit(
+        "response.output_item.done",
+        json!({"output_index": i, "item": item}),
+    );
+}
+
+/// The events of content part `j` of message item `i`: the part added (empty), its text a
+/// piece at a time, the text done, the part done.
+fn content_part(events: &mut Sequence, i: usize, item: &Value, j: usize, part: &Value) {
+    let at = json!({"item_id": item["id"], "output_index": i, "content_index": j});
+    let text = part["text"].as_str().unwrap_or_default();
+    events.emit(
+        "response.content_part.added",
+        with(
+            &at,
+            json!({"part": {"type": "output_text", "text": "",
+                "annotations": [], "logprobs": []}}),
+        ),
+    );
+    for p in pieces(text) {
+        events.emit(
+            "response.output_text.delta",
+            with(&at, json!({"delta": p, "logprobs": []})),
+        );
+    }
+    events.emit(
+        "response.output_text.done",
+        with(&at, json!({"text": text, "logprobs": []})),
+    );
+    events.emit(
+        "response.content_part.done",
+        with(&at, json!({"part": part})),
+    );
+}
+
+/// The events of function call item `i`: its arguments a piece at a time, then whole.
+fn function_call_arguments(events: &mut Sequence, i: usize, item: &Value) {
+    let arguments = item["arguments"].as_str().unwrap_or_default();
+    let at = json!({"item_id": item["id"], "output_index": i});
+    for p in pieces(arguments) {
+        events.emit(
+            "response.function_call_arguments.delta",
+            with(&at, json!({"delta": p})),
+        );
+    }
+    events.emit(
+        "response.function_call_arguments.done",
+        with(&at, json!({"arguments": arguments, "name": item["name"]})),
+    );
 }
 
 /// Messages API events for the `message` `done`.
@@ -263,13 +263,7 @@ pub(super) fn messages(done: &Value) -> String {
         json!({"content": [], "stop_reason": null, "stop_sequence": null, "usage": usage}),
     );
     emit("message_start", json!({"message": start}));
-    let empty = Vec::new();
-    for (i, block) in done["content"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .enumerate()
-    {
+    for (i, block) in items(&done["content"]).iter().enumerate() {
         match block["type"].as_str() {
             Some("tool_use") => {
                 let started = with(block, json!({"input": {}}));

@@ -30,80 +30,11 @@ pub(super) fn forced(
     tools: Option<&Value>,
     choice: Option<&Value>,
 ) -> Result<Option<Call>, Refusal> {
-    let tools = match tools {
-        None | Some(Value::Null) => &[][..],
-        Some(Value::Array(t)) => t.as_slice(),
-        Some(_) => {
-            return Err((
-                "Invalid type for 'tools': expected an array of tools.".into(),
-                "tools".into(),
-                "invalid_type",
-            ));
-        }
-    };
-    let mut functions = Vec::with_capacity(tools.len());
-    for (i, t) in tools.iter().enumerate() {
-        let kind = t.get("type").and_then(Value::as_str).unwrap_or_default();
-        if kind != "function" {
-            return Err((
-                format!(
-                    "The mock serves function tools only, not tools[{i}].type '{kind}'. Use \
-                     {{\"type\": \"function\", ...}} tools, or test this against the real API."
-                ),
-                format!("tools[{i}].type"),
-                "unsupported_value",
-            ));
-        }
-        let (spec, at) = match flavor {
-            Flavor::Chat => (t.get("function"), format!("tools[{i}].function")),
-            Flavor::Responses => (Some(t), format!("tools[{i}]")),
-        };
-        let Some(spec) = spec.filter(|s| s.is_object()) else {
-            return Err((
-                format!("Missing required parameter: '{at}'."),
-                at,
-                "missing_required_parameter",
-            ));
-        };
-        let name = match spec.get("name").and_then(Value::as_str) {
-            Some(n) if crate::engine::schema::valid_name(n) => n,
-            Some(n) => {
-                return Err((
-                    format!(
-                        "Invalid '{at}.name': string does not match pattern. Expected a string \
-                         that matches the pattern '^[a-zA-Z0-9_-]+$' of at most 64 characters, \
-                         but got '{n}'."
-                    ),
-                    format!("{at}.name"),
-                    "invalid_value",
-                ));
-            }
-            None => {
-                return Err((
-                    format!("Missing required parameter: '{at}.name'."),
-                    format!("{at}.name"),
-                    "missing_required_parameter",
-                ));
-            }
-        };
-        let parameters = match spec.get("parameters") {
-            None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
-            Some(p) if p.is_object() && jsonschema::validator_for(p).is_ok() => p.clone(),
-            Some(_) => {
-                return Err((
-                    format!(
-                        "Invalid schema for function '{name}': 'parameters' is not a valid JSON Schema object."
-                    ),
-                    format!("{at}.parameters"),
-                    "invalid_function_parameters",
-                ));
-            }
-        };
-        functions.push(Call {
-            name: name.to_string(),
-            parameters,
-        });
-    }
+    let functions = tool_list(tools)?
+        .iter()
+        .enumerate()
+        .map(|(i, t)| function(flavor, i, t))
+        .collect::<Result<Vec<_>, _>>()?;
     let choice = match choice {
         None | Some(Value::Null) => return Ok(None),
         Some(c) => c,
@@ -117,10 +48,121 @@ pub(super) fn forced(
             "invalid_value",
         ));
     }
+    match tool_choice(flavor, choice)? {
+        Choice::Text => Ok(None),
+        Choice::First => Ok(functions.into_iter().next()),
+        Choice::Named(named) => match functions.into_iter().find(|f| f.name == named) {
+            Some(f) => Ok(Some(f)),
+            None => Err((
+                format!("Invalid value for 'tool_choice': no function named '{named}' in 'tools'."),
+                "tool_choice".into(),
+                "invalid_value",
+            )),
+        },
+    }
+}
+
+/// `tools` as a list (none given is an empty one), refused when it is not an array.
+fn tool_list(tools: Option<&Value>) -> Result<&[Value], Refusal> {
+    match tools {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(t)) => Ok(t.as_slice()),
+        Some(_) => Err((
+            "Invalid type for 'tools': expected an array of tools.".into(),
+            "tools".into(),
+            "invalid_type",
+        )),
+    }
+}
+
+/// Tool number `i` checked as a function tool of `flavor`'s shape, with the schema its
+/// arguments are to fit.
+fn function(flavor: Flavor, i: usize, t: &Value) -> Result<Call, Refusal> {
+    let kind = t.get("type").and_then(Value::as_str).unwrap_or_default();
+    if kind != "function" {
+        return Err((
+            format!(
+                "The mock serves function tools only, not tools[{i}].type '{kind}'. Use \
+                 {{\"type\": \"function\", ...}} tools, or test this against the real API."
+            ),
+            format!("tools[{i}].type"),
+            "unsupported_value",
+        ));
+    }
+    let (spec, at) = match flavor {
+        Flavor::Chat => (t.get("function"), format!("tools[{i}].function")),
+        Flavor::Responses => (Some(t), format!("tools[{i}]")),
+    };
+    let Some(spec) = spec.filter(|s| s.is_object()) else {
+        return Err((
+            format!("Missing required parameter: '{at}'."),
+            at,
+            "missing_required_parameter",
+        ));
+    };
+    let name = function_name(spec, &at)?;
+    let parameters = function_parameters(spec, &at, name)?;
+    Ok(Call {
+        name: name.to_string(),
+        parameters,
+    })
+}
+
+/// The function's `name`, which OpenAI requires and limits to `^[a-zA-Z0-9_-]{1,64}$`; `at`
+/// is where the function stands, for the refusal's param.
+fn function_name<'a>(spec: &'a Value, at: &str) -> Result<&'a str, Refusal> {
+    match spec.get("name").and_then(Value::as_str) {
+        Some(n) if crate::engine::schema::valid_name(n) => Ok(n),
+        Some(n) => Err((
+            format!(
+                "Invalid '{at}.name': string does not match pattern. Expected a string \
+                 that matches the pattern '^[a-zA-Z0-9_-]+$' of at most 64 characters, \
+                 but got '{n}'."
+            ),
+            format!("{at}.name"),
+            "invalid_value",
+        )),
+        None => Err((
+            format!("Missing required parameter: '{at}.name'."),
+            format!("{at}.name"),
+            "missing_required_parameter",
+        )),
+    }
+}
+
+/// The function's `parameters` schema (an empty object schema when none is given), refused
+/// when it is no valid JSON Schema object.
+fn function_parameters(spec: &Value, at: &str, name: &str) -> Result<Value, Refusal> {
+    match spec.get("parameters") {
+        None | Some(Value::Null) => Ok(json!({"type": "object", "properties": {}})),
+        Some(p) if p.is_object() && jsonschema::validator_for(p).is_ok() => Ok(p.clone()),
+        Some(_) => Err((
+            format!(
+                "Invalid schema for function '{name}': 'parameters' is not a valid JSON Schema object."
+            ),
+            format!("{at}.parameters"),
+            "invalid_function_parameters",
+        )),
+    }
+}
+
+/// What a `tool_choice` makes the mock answer with.
+enum Choice<'a> {
+    /// `"none"` or `"auto"`: text.
+    Text,
+    /// `"required"`: a call of the first function.
+    First,
+    /// A call of the function of this name.
+    Named(&'a str),
+}
+
+/// The `tool_choice` given, read in `flavor`'s shape; refused when it is no mode and names no
+/// function.
+fn tool_choice(flavor: Flavor, choice: &Value) -> Result<Choice<'_>, Refusal> {
     let named = match choice {
         Value::String(mode) => match mode.as_str() {
-            "none" | "auto" => return Ok(None),
-            "required" => return Ok(functions.into_iter().next()),
+            "none" | "auto" => return Ok(Choice::Text),
+            "required" => return Ok(Choice::First),
             other => {
                 return Err((
                     format!(
@@ -155,14 +197,7 @@ pub(super) fn forced(
             "invalid_value",
         ));
     };
-    match functions.into_iter().find(|f| f.name == named) {
-        Some(f) => Ok(Some(f)),
-        None => Err((
-            format!("Invalid value for 'tool_choice': no function named '{named}' in 'tools'."),
-            "tool_choice".into(),
-            "invalid_value",
-        )),
-    }
+    Ok(Choice::Named(named))
 }
 
 #[cfg(test)]

@@ -5,12 +5,11 @@
 
 use std::time::{Instant, SystemTime};
 
-use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 
 use super::ratelimit::{Limits, Rejection};
-use super::{Answer, error_body, fault, messages, responses, routes, stream};
+use super::{Answer, error_body, fault, messages, reply, responses, routes, stream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wire {
@@ -139,12 +138,7 @@ impl Wire {
             Wire::Responses => responses::missing_fields(model, n),
             Wire::Messages => messages::missing_fields(model, n),
         };
-        (
-            StatusCode::OK,
-            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-            body,
-        )
-            .into_response()
+        reply(StatusCode::OK, body)
     }
 
     pub fn request_id_header(self) -> &'static str {
