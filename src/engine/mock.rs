@@ -735,13 +735,13 @@ fn choices(n: Option<&serde_json::Value>) -> Result<u32, String> {
     match v.as_u64() {
         Some(n) if (1..=MAX_CHOICES).contains(&n) => Ok(n as u32),
         Some(0) => Err(invalid_param(
-            "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0                      instead.",
+            "Invalid 'n': integer below minimum value. Expected a value >= 1, but got 0 instead.",
             Some("n"),
             "integer_below_min_value",
         )),
         _ => Err(invalid_param(
             &format!(
-                "Invalid 'n': expected an integer from 1 to {MAX_CHOICES}, but got {v}                          instead."
+                "Invalid 'n': expected an integer from 1 to {MAX_CHOICES}, but got {v} instead."
             ),
             Some("n"),
             "invalid_value",
@@ -775,7 +775,7 @@ fn chat_format(req: &ChatRequest) -> Result<(Option<&serde_json::Value>, bool), 
             .any(|m| m.text().to_lowercase().contains("json"))
     {
         return Err(invalid_param(
-            "'messages' must contain the word 'json' in some form, to use 'response_format' of              type 'json_object'.",
+            "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'.",
             Some("messages"),
             "invalid_value",
         ));

@@ -160,3 +160,51 @@ fn the_check_sees_real_imports_and_skips_comments() {
         graph.len()
     );
 }
+
+/// Functions outside tests longer than this many lines (from `fn` to its closing brace) are cut
+/// into named steps; see ARCHITECTURE.md.
+const LONGEST_FUNCTION: usize = 100;
+
+/// `(lines, file, name)` of every function outside `mod tests` over [`LONGEST_FUNCTION`]. A
+/// function ends at the first line that is its own indentation and `}` (rustfmt's layout).
+fn long_functions() -> Vec<(usize, String, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let head = regex::Regex::new(r"^(\s*)(?:pub(?:\([a-z]+\))? )?(?:async )?fn (\w+)").unwrap();
+    let mut long = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            if line.trim_start().starts_with("mod tests") {
+                break;
+            }
+            let Some(c) = head.captures(line) else {
+                continue;
+            };
+            let close = format!("{}}}", &c[1]);
+            let Some(end) = lines[i + 1..].iter().position(|l| *l == close) else {
+                continue;
+            };
+            if end + 2 > LONGEST_FUNCTION {
+                let name = file.strip_prefix(&src).unwrap().display().to_string();
+                long.push((end + 2, name, c[2].to_string()));
+            }
+        }
+    }
+    long
+}
+
+#[test]
+fn no_function_outside_tests_is_over_a_hundred_lines() {
+    let long: Vec<String> = long_functions()
+        .into_iter()
+        .map(|(n, file, name)| format!("{file}: {name} is {n} lines"))
+        .collect();
+    assert!(
+        long.is_empty(),
+        "cut these into named steps:\n{}",
+        long.join("\n")
+    );
+}

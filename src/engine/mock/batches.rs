@@ -963,7 +963,7 @@ async fn delete_messages(
                 StatusCode::BAD_REQUEST,
                 "invalid_request_error",
                 &format!(
-                    "Batch {} cannot be deleted while it is still processing; cancel it first                      and wait for it to end.",
+                    "Batch {} cannot be deleted while it is still processing; cancel it first and wait for it to end.",
                     b.id
                 ),
             ),

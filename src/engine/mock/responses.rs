@@ -192,7 +192,7 @@ fn text_format(
             .contains("json")
     {
         return Err(invalid(
-            "Response input messages must contain the word 'json' in some form to use              'text.format' of type 'json_object'."
+            "Response input messages must contain the word 'json' in some form to use 'text.format' of type 'json_object'."
                 .into(),
             Some("input"),
             "invalid_value",

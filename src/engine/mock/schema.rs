@@ -335,7 +335,7 @@ pub fn requested_schema(format: &Value) -> Result<Option<&Value>, String> {
         Some("json_schema") => {}
         Some(other) => {
             return Err(format!(
-                "Invalid value: '{other}'. Supported values are: 'json_object', 'json_schema',                  and 'text'."
+                "Invalid value: '{other}'. Supported values are: 'json_object', 'json_schema', and 'text'."
             ));
         }
         None => return Err("Missing required parameter: 'response_format.type'.".into()),
@@ -347,14 +347,14 @@ pub fn requested_schema(format: &Value) -> Result<Option<&Value>, String> {
         Some(Value::String(n)) if crate::engine::schema::valid_name(n) => n,
         Some(Value::String(n)) => {
             return Err(format!(
-                "Invalid 'response_format.json_schema.name': string does not match pattern.                  Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$' of at most 64                  characters, but got '{n}'."
+                "Invalid 'response_format.json_schema.name': string does not match pattern. Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$' of at most 64 characters, but got '{n}'."
             ));
         }
         _ => return Err("Missing required parameter: 'response_format.json_schema.name'.".into()),
     };
     let Some(schema) = spec.get("schema").filter(|s| s.is_object()) else {
         return Err(format!(
-            "Invalid schema for response_format '{name}': 'response_format.json_schema.schema'              must be an object."
+            "Invalid schema for response_format '{name}': 'response_format.json_schema.schema' must be an object."
         ));
     };
     if let Err(e) = jsonschema::validator_for(schema) {
@@ -365,7 +365,7 @@ pub fn requested_schema(format: &Value) -> Result<Option<&Value>, String> {
         Some(Value::Bool(true)) => {
             if schema.get("type") != Some(&json!("object")) {
                 return Err(format!(
-                    "Invalid schema for response_format '{name}': schema must be a JSON Schema                      of 'type: \"object\"', got 'type: {}'.",
+                    "Invalid schema for response_format '{name}': schema must be a JSON Schema of 'type: \"object\"', got 'type: {}'.",
                     schema.get("type").unwrap_or(&Value::Null)
                 ));
             }
@@ -377,7 +377,7 @@ pub fn requested_schema(format: &Value) -> Result<Option<&Value>, String> {
         }
         Some(other) => {
             return Err(format!(
-                "Invalid type for 'response_format.json_schema.strict': expected a boolean, but                  got {other} instead."
+                "Invalid type for 'response_format.json_schema.strict': expected a boolean, but got {other} instead."
             ));
         }
     }
