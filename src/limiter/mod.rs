@@ -309,12 +309,12 @@ mod tests {
             requests: LimitSnapshot {
                 limit: Some(rpm),
                 remaining: Some(rpm),
-                reset: None,
+                ..Default::default()
             },
             tokens: LimitSnapshot {
                 limit: Some(tpm),
                 remaining: Some(tpm),
-                reset: None,
+                ..Default::default()
             },
         }
     }
