@@ -1335,6 +1335,27 @@ async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<AttemptRecor
                 return (stopped(&journal, &tally, last_error.as_ref()), journal);
             }
         };
+        // A request larger than a token limit could ever admit fails without being sent.
+        let permit = match permit {
+            Ok(permit) => permit,
+            Err(too_large) => {
+                if let (Some(cap), Some(r)) = (&shared.spend, spend) {
+                    cap.settle(r, Some(0.0));
+                }
+                let mut r = RowResult::skipped(
+                    job.seq,
+                    job.id.clone(),
+                    &job.request.model,
+                    &too_large.to_string(),
+                );
+                r.status = RowStatus::Failed;
+                r.attempts = journal.len() as u32;
+                r.throttled = tally.throttled;
+                r.usage = tally.billed;
+                r.cost = tally.billed_cost;
+                return (r, journal);
+            }
+        };
         let attempt = journal.len() as u32 + 1;
         let sending = shared.slots.start_sending();
         let started_at = SystemTime::now();
