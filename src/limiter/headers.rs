@@ -302,18 +302,21 @@ impl RateLimitHeaders {
     pub fn parse(headers: &HeaderMap, now: SystemTime) -> Option<Self> {
         // Most responses of a server without limits have none: one pass over the names
         // settles that, before the lookups below.
-        let limited = headers.keys().any(|k| {
+        let (mut limited, mut proxied) = (false, false);
+        for k in headers.keys() {
             let k = k.as_str();
-            let k = k.strip_prefix("llm_provider-").unwrap_or(k);
-            k.starts_with("x-ratelimit-")
+            let bare = k.strip_prefix("llm_provider-");
+            proxied |= bare.is_some();
+            let k = bare.unwrap_or(k);
+            limited |= k.starts_with("x-ratelimit-")
                 || k.starts_with("anthropic-ratelimit-")
-                || k.starts_with("x-tokenlimit-")
-        });
+                || k.starts_with("x-tokenlimit-");
+        }
         if !limited {
             return None;
         }
         let lookup = |names: [&str; 3], f: &Format| {
-            let [limit, remaining, reset] = names.map(|n| header(headers, n));
+            let [limit, remaining, reset] = names.map(|n| header(headers, n, proxied));
             let reset = match reset {
                 // Absent, or a placeholder such as Azure's -1: unknown.
                 None => None,
@@ -354,14 +357,17 @@ impl RateLimitHeaders {
     }
 }
 
-/// A header's value, or that of its copy under LiteLLM's `llm_provider-` prefix.
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A header's value, or (if `proxied`: there are such headers) that of its copy under
+/// LiteLLM's `llm_provider-` prefix.
+fn header<'a>(headers: &'a HeaderMap, name: &str, proxied: bool) -> Option<&'a str> {
     if name.is_empty() {
         return None;
     }
-    let value = headers
-        .get(name)
-        .or_else(|| headers.get(format!("llm_provider-{name}").as_str()))?;
+    let value = headers.get(name).or_else(|| {
+        proxied
+            .then(|| headers.get(format!("llm_provider-{name}").as_str()))
+            .flatten()
+    })?;
     value.to_str().ok().map(str::trim)
 }
 
