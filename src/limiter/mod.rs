@@ -56,6 +56,9 @@ const TOKENS: usize = 1;
 #[must_use = "settle the permit with the real usage"]
 pub struct Permit {
     tokens: f64,
+    /// [`State::created`] when it was taken: budgets created later started from headers that
+    /// already counted this request (the probe's, typically), so settling leaves them alone.
+    seen: u64,
 }
 
 /// A request no budget could ever admit: it costs more tokens than a limit allows per window.
@@ -103,6 +106,8 @@ struct Budget {
     bucket: Bucket,
     limit: f64,
     window: Duration,
+    /// When it was created, in [`State::created`] counts.
+    created: u64,
 }
 
 impl Budget {
@@ -112,6 +117,7 @@ impl Budget {
             bucket: Bucket::new(rate, capacity, now),
             limit,
             window,
+            created: 0,
         }
     }
 
@@ -136,12 +142,18 @@ impl Budget {
     }
 
     /// Starts from (or, for a quota, follows) what the server says: what it has used up is not
-    /// ours to use, and all of it is back by the reset.
+    /// ours to use, and all of it is back by the reset. A bucket that refills continuously is
+    /// as far from full as its reset says (it may be in debt after a large request); a fixed
+    /// window's reset says nothing about that, only when all of it is back.
     fn sync(&mut self, seen: &LimitSnapshot, now: Instant) {
+        let mut level = self.bucket.level(now);
         if let Some(remaining) = seen.remaining {
-            let level = self.bucket.level(now);
-            self.bucket.set_level(level.min(remaining as f64), now);
+            level = level.min(remaining as f64);
         }
+        if let (Some(reset), true) = (seen.reset, seen.time_to_full) {
+            level = level.min(self.bucket.capacity() - self.bucket.rate() * reset.as_secs_f64());
+        }
+        self.bucket.set_level(level, now);
         if let Some(reset) = seen.reset {
             self.bucket.full_by(now + reset, now);
         }
@@ -233,6 +245,8 @@ struct State {
     /// Tickets of the requests waiting, first come first served.
     queue: std::collections::VecDeque<u64>,
     next_ticket: u64,
+    /// Budgets learned so far (see [`Permit::seen`]).
+    created: u64,
 }
 
 impl State {
@@ -259,6 +273,7 @@ impl RateBudget {
                 paused_until: None,
                 queue: Default::default(),
                 next_ticket: 0,
+                created: 0,
             }),
             learned: Notify::new(),
             turn: Notify::new(),
@@ -291,8 +306,8 @@ impl RateBudget {
     /// `tokens` is called only if there is a token budget once the limits are known: counting
     /// costs more than anything else a row does before it is sent (and the first count builds
     /// the tokenizer, a fifth of a second), so it is skipped when nothing needs it. The probe
-    /// itself reserves nothing; if the server then turns out to have a token limit, settling
-    /// the probe takes its real usage from the new budget, a slight over-count on the safe side.
+    /// itself reserves nothing: the budgets learned from its answer start from headers that
+    /// counted it already.
     pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Result<Permit, TooLarge> {
         // Hold back everyone but the first request until the server has told us its limits.
         let mut probe = false;
@@ -329,9 +344,10 @@ impl RateBudget {
                 } else {
                     match take_all(&mut s, tokens, now) {
                         Ok(()) => {
+                            let seen = s.created;
                             drop(s);
                             drop(ticket);
-                            return Ok(Permit { tokens });
+                            return Ok(Permit { tokens, seen });
                         }
                         Err(Blocked::Wait(wait)) => Some(wait),
                         Err(Blocked::Never(e)) => {
@@ -367,7 +383,7 @@ impl RateBudget {
         let mut s = self.state.lock().expect("budget lock");
         let now = Instant::now();
         let actual = actual_tokens.map_or(0.0, |t| t as f64);
-        for b in s.budgets(TOKENS) {
+        for b in s.budgets(TOKENS).filter(|b| b.created <= permit.seen) {
             b.bucket.give_back(permit.tokens - actual, now);
         }
         drop(s);
@@ -379,8 +395,12 @@ impl RateBudget {
         let mut s = self.state.lock().expect("budget lock");
         let now = Instant::now();
         if let Some(h) = headers {
-            learn(&mut s.learned[REQUESTS], &h.requests, now);
-            learn(&mut s.learned[TOKENS], &h.tokens, now);
+            let State {
+                learned, created, ..
+            } = &mut *s;
+            let [requests, tokens] = learned;
+            learn(requests, &h.requests, now, created);
+            learn(tokens, &h.tokens, now, created);
             self.turn.notify_waiters();
         }
         if s.probing {
@@ -412,7 +432,7 @@ fn burst(rate_per_sec: f64) -> f64 {
 /// Updates the server's budget of one kind from what it said about it. A new limit or window
 /// starts a new budget from what is left; the same limit keeps its bucket (the headers of an
 /// answer are older than the requests sent since), except that a quota follows the server.
-fn learn(slot: &mut Option<Budget>, seen: &LimitSnapshot, now: Instant) {
+fn learn(slot: &mut Option<Budget>, seen: &LimitSnapshot, now: Instant, created: &mut u64) {
     let Some(limit) = seen.limit.filter(|l| *l > 0) else {
         return;
     };
@@ -431,6 +451,8 @@ fn learn(slot: &mut Option<Budget>, seen: &LimitSnapshot, now: Instant) {
         _ => {
             let mut b = Budget::new(limit, window, now);
             b.sync(seen, now);
+            *created += 1;
+            b.created = *created;
             *slot = Some(b);
         }
     }
