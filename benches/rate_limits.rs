@@ -88,7 +88,11 @@ fn long_prompts(dir: &std::path::Path) {
         let ratio = per_minute / f64::from(tpm);
         println!(
             "== {rows} rows of 2,000-3,000 tokens, mock --tpm {tpm}, run {}",
-            if given { "--tpm given" } else { "learning the limit" }
+            if given {
+                "--tpm given"
+            } else {
+                "learning the limit"
+            }
         );
         println!(
             "steady state {per_minute:.0} tokens/min = {:.1}% of the limit (target 97-100%) {}",
@@ -105,7 +109,8 @@ fn long_prompts(dir: &std::path::Path) {
 }
 
 fn tokens(stats: &serde_json::Value) -> f64 {
-    stats["prompt_tokens"].as_f64().unwrap_or(0.0) + stats["completion_tokens"].as_f64().unwrap_or(0.0)
+    stats["prompt_tokens"].as_f64().unwrap_or(0.0)
+        + stats["completion_tokens"].as_f64().unwrap_or(0.0)
 }
 
 /// Rows whose review is 2,000 to 3,000 words (a token each).

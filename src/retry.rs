@@ -143,7 +143,10 @@ mod tests {
         );
         e.retry_after = Some(Duration::from_secs(3600));
         let wait = p.next_delay(0, &e, &mut r).unwrap();
-        assert!((p.window_base..=p.window_base * 3 / 2).contains(&wait), "{wait:?}");
+        assert!(
+            (p.window_base..=p.window_base * 3 / 2).contains(&wait),
+            "{wait:?}"
+        );
     }
 
     #[test]
@@ -152,7 +155,10 @@ mod tests {
         let mut r = rng();
         let mut overloaded = CallError::new(ErrorKind::Server, "overloaded");
         overloaded.status = Some(529);
-        for e in [CallError::new(ErrorKind::RateLimited, "slow down"), overloaded] {
+        for e in [
+            CallError::new(ErrorKind::RateLimited, "slow down"),
+            overloaded,
+        ] {
             for n in 0..12 {
                 let floor = (p.window_base * 2u32.pow(n)).min(p.window_cap);
                 for _ in 0..50 {

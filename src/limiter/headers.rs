@@ -160,7 +160,11 @@ const FORMATS: &[Format] = &[
     Format {
         source: "OpenRouter (openrouter.ai/docs/api-reference/limits), on its own 429s only: \
                  reset = end of the window in epoch milliseconds; window not stated",
-        requests: ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"],
+        requests: [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ],
         tokens: ["", "", ""],
         reset: ResetFormat::EpochMillis,
         window: None,
@@ -169,7 +173,11 @@ const FORMATS: &[Format] = &[
     Format {
         source: "Together AI (docs.together.ai, rate limits): the same names as OpenRouter's with \
                  a reset in seconds, and x-tokenlimit-*; limits per SECOND",
-        requests: ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"],
+        requests: [
+            "x-ratelimit-limit",
+            "x-ratelimit-remaining",
+            "x-ratelimit-reset",
+        ],
         tokens: [
             "x-tokenlimit-limit",
             "x-tokenlimit-remaining",
@@ -513,7 +521,10 @@ mod tests {
             parse_rfc3339_reset("2026-11-26T01:00:01Z", now),
             Some(Duration::from_secs(1))
         );
-        assert_eq!(parse_rfc3339_reset("2026-11-26T01:00:00.250Z", now), ms(250));
+        assert_eq!(
+            parse_rfc3339_reset("2026-11-26T01:00:00.250Z", now),
+            ms(250)
+        );
         // Anthropic's resets may lie in the past: the budget is full now.
         assert_eq!(
             parse_rfc3339_reset("2026-11-26T00:59:00Z", now),
@@ -760,7 +771,10 @@ mod tests {
         let wait = |pairs: &[(&str, &str)]| retry_after(&map(pairs), now);
         assert_eq!(wait(&[("retry-after", "2")]), ms(2000));
         assert_eq!(wait(&[("retry-after", "1.5")]), ms(1500));
-        assert_eq!(wait(&[("retry-after", "2"), ("retry-after-ms", "90")]), ms(90));
+        assert_eq!(
+            wait(&[("retry-after", "2"), ("retry-after-ms", "90")]),
+            ms(90)
+        );
         assert_eq!(
             wait(&[("retry-after", "2"), ("retry-after-ms", "junk")]),
             ms(2000)

@@ -126,11 +126,7 @@ impl Budget {
     /// second accept.
     fn shape(limit: f64, window: Duration) -> (f64, f64) {
         let rate = limit / window.as_secs_f64() * PACE;
-        let capacity = if window > MINUTE {
-            limit
-        } else {
-            burst(rate)
-        };
+        let capacity = if window > MINUTE { limit } else { burst(rate) };
         (rate, capacity)
     }
 
@@ -526,7 +522,7 @@ mod tests {
         );
         budget.observe(Some(&snapshot(600, 100_000)));
         budget.settle(first, Some(1));
-        second.await.unwrap();
+        let _ = second.await.unwrap();
         let (rpm, tpm) = budget.limits();
         assert!((rpm.unwrap() - 600.0 * PACE).abs() < 1e-6);
         assert!((tpm.unwrap() - 100_000.0 * PACE).abs() < 1e-6);
@@ -623,7 +619,10 @@ mod tests {
                 budget.settle(p, Some(40));
             }
             let total = start.elapsed().as_secs_f64();
-            assert!(longest <= Duration::from_secs(1), "{given:?}: waited {longest:?}");
+            assert!(
+                longest <= Duration::from_secs(1),
+                "{given:?}: waited {longest:?}"
+            );
             // 1500 at 49.5 a second, less the bursts: about 30 s.
             assert!((29.0..=31.0).contains(&total), "{given:?}: {total} s");
         }
@@ -679,7 +678,10 @@ mod tests {
         let e = budget.acquire(|| 30_001).await.unwrap_err();
         assert!(e.given && e.limit == 30_000 && e.window == MINUTE, "{e:?}");
         let text = e.to_string();
-        assert!(text.contains("30001 tokens") && text.contains("--tpm"), "{text}");
+        assert!(
+            text.contains("30001 tokens") && text.contains("--tpm"),
+            "{text}"
+        );
         // As large as the limit is fine: it waits for a full bucket.
         let p = budget.acquire(|| 30_000).await.unwrap();
         budget.settle(p, Some(30_000));
