@@ -3,7 +3,11 @@
 //! whether they meet the target; nothing here is a pass/fail test.
 //!
 //! Run: `cargo bench --bench rate_limits` (env BENCH_ROWS, default 3000, to shorten it;
-//! BENCH_ONLY=given|learned|auto-capacity|auto-429 for one scenario).
+//! BENCH_ONLY=given|learned|auto-capacity|auto-429|long-prompts for one scenario).
+//!
+//! `long-prompts` (issue 13): prompts of 2,000-3,000 tokens, far more than the client's
+//! half-second burst, at --tpm 30000 and 60000 given to both the mock and the run, and at 60000
+//! learned from the headers; about two minutes each.
 //!
 //! Steady state is the middle of the run: the first and last 15% of the time are left out, so
 //! the opening burst and the tail (the last rows finishing) do not flatter or hurt the figure.
@@ -43,6 +47,89 @@ fn main() {
     if want("auto-capacity") {
         auto_against_capacity(&input, rows.min(2400));
     }
+    if want("long-prompts") {
+        long_prompts(dir.path());
+    }
+}
+
+/// Rows of 2,000-3,000 tokens against a token limit: the tokens admitted per minute in steady
+/// state (between the first and the last answer), and the 429s.
+fn long_prompts(dir: &std::path::Path) {
+    for (tpm, given) in [(30_000u32, true), (60_000, true), (60_000, false)] {
+        // About two minutes of rows.
+        let rows = (tpm / 2500 * 2) as usize;
+        let input = write_long_input(dir, rows);
+        let tpm_arg = tpm.to_string();
+        let mock = Mock::start(&["--tpm", &tpm_arg, "--latency-ms", "200"]);
+        let mut run_args = vec!["-j", "16"];
+        if given {
+            run_args.extend(["--tpm", &tpm_arg]);
+        }
+        let mut child = batch_run(&input, &mock.url, &run_args);
+        let start = Instant::now();
+        let mut samples = Vec::new();
+        while child.try_wait().expect("wait").is_none() {
+            let s = mock.stats();
+            samples.push((start.elapsed().as_secs_f64(), tokens(&s)));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let s = mock.stats();
+        let total = tokens(&s);
+        samples.push((start.elapsed().as_secs_f64(), total));
+        let first = samples.iter().find(|(_, t)| *t > 0.0).copied();
+        let last = samples.iter().find(|(_, t)| *t >= total).copied();
+        let per_minute = match (first, last) {
+            (Some(a), Some(b)) if b.0 > a.0 => (b.1 - a.1) / (b.0 - a.0) * 60.0,
+            _ => f64::NAN,
+        };
+        let requests = s["requests"].as_u64().unwrap();
+        let limited = s["rate_limited"].as_u64().unwrap_or(0);
+        let frac = limited as f64 / requests.max(1) as f64;
+        let ratio = per_minute / f64::from(tpm);
+        println!(
+            "== {rows} rows of 2,000-3,000 tokens, mock --tpm {tpm}, run {}",
+            if given {
+                "--tpm given"
+            } else {
+                "learning the limit"
+            }
+        );
+        println!(
+            "steady state {per_minute:.0} tokens/min = {:.1}% of the limit (target 97-100%) {}",
+            100.0 * ratio,
+            verdict((0.97..=1.0).contains(&ratio))
+        );
+        println!(
+            "429s: {limited} of {requests} requests = {:.2}% (target <= 1%) {}; wall {:.1} s",
+            100.0 * frac,
+            verdict(frac <= 0.01),
+            start.elapsed().as_secs_f64()
+        );
+    }
+}
+
+fn tokens(stats: &serde_json::Value) -> f64 {
+    stats["prompt_tokens"].as_f64().unwrap_or(0.0)
+        + stats["completion_tokens"].as_f64().unwrap_or(0.0)
+}
+
+/// Rows whose review is 2,000 to 3,000 words (a token each).
+fn write_long_input(dir: &std::path::Path, rows: usize) -> std::path::PathBuf {
+    let path = dir.join(format!("long-{rows}.csv"));
+    let mut w = csv::Writer::from_path(&path).expect("write input");
+    w.write_record(["id", "review"]).unwrap();
+    let words = [
+        "great", "battery", "broke", "after", "a", "week", "love", "the", "sound",
+    ];
+    for i in 0..rows {
+        let text: Vec<&str> = (0..2000 + (i * 397) % 1000)
+            .map(|j| words[(i * 7 + j * 3) % words.len()])
+            .collect();
+        w.write_record([format!("r{i}"), format!("{} (review {i})", text.join(" "))])
+            .unwrap();
+    }
+    w.flush().unwrap();
+    path
 }
 
 struct Paced {

@@ -2,15 +2,20 @@
 //!
 //! One policy for every provider and every error: the kind of failure decides whether it is
 //! worth another attempt ([`crate::engine::provider::ErrorKind::retryable`], overridden by the server's
-//! `x-should-retry`), and the wait is the server's `retry-after` when it gives a sane one, else
-//! exponential backoff with full jitter so that a crowd of failed requests does not come back
-//! in lockstep.
+//! `x-should-retry`), and the wait is the server's hint when it gives a sane one
+//! ([`crate::engine::provider::retry_after`]), else exponential backoff with jitter so that a crowd of
+//! failed requests does not come back in lockstep.
+//!
+//! A refusal for load (429, 503, 529) without a hint backs off to the server's next window: at
+//! least a second (servers count per second at the finest), doubling up to a minute (a
+//! per-minute window), jittered upwards. Retrying such a refusal after half a second mostly
+//! meets the same full window. Other failures (a 500, a timeout) retry sooner.
 
 use std::time::Duration;
 
 use rand::Rng;
 
-use crate::engine::provider::CallError;
+use crate::engine::provider::{CallError, ErrorKind};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -22,6 +27,10 @@ pub struct RetryPolicy {
     pub cap: Duration,
     /// A `retry-after` longer than this is ignored in favour of backoff (the OpenAI SDK's rule).
     pub max_retry_after: Duration,
+    /// First backoff after a refusal for load that named no wait; doubles each time.
+    pub window_base: Duration,
+    /// Longest such backoff (before jitter).
+    pub window_cap: Duration,
 }
 
 impl RetryPolicy {
@@ -31,6 +40,8 @@ impl RetryPolicy {
             base: Duration::from_millis(500),
             cap: Duration::from_secs(30),
             max_retry_after: Duration::from_secs(120),
+            window_base: Duration::from_secs(1),
+            window_cap: Duration::from_secs(60),
         }
     }
 
@@ -48,7 +59,21 @@ impl RetryPolicy {
         if let Some(wait) = err.retry_after.filter(|w| *w <= self.max_retry_after) {
             return Some(wait);
         }
+        let refused_for_load =
+            err.kind == ErrorKind::RateLimited || matches!(err.status, Some(503 | 529));
+        if refused_for_load {
+            return Some(self.window_backoff(retries_done, rng));
+        }
         Some(self.backoff(retries_done, rng))
+    }
+
+    /// Backoff to the next window: `min(cap, base * 2^n)`, plus up to half of it again.
+    pub fn window_backoff(&self, retries_done: u32, rng: &mut impl Rng) -> Duration {
+        let wait = self
+            .window_base
+            .saturating_mul(2u32.saturating_pow(retries_done.min(30)))
+            .min(self.window_cap);
+        wait + Duration::from_nanos(rng.random_range(0..=wait.as_nanos() as u64 / 2))
     }
 
     /// Full jitter: uniform in `0..=min(cap, base * 2^n)`.
@@ -64,7 +89,6 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::provider::ErrorKind;
     use rand::SeedableRng;
 
     fn rng() -> rand::rngs::StdRng {
@@ -118,6 +142,33 @@ mod tests {
             Some(Duration::from_millis(1500))
         );
         e.retry_after = Some(Duration::from_secs(3600));
-        assert!(p.next_delay(0, &e, &mut r).unwrap() <= p.base);
+        let wait = p.next_delay(0, &e, &mut r).unwrap();
+        assert!(
+            (p.window_base..=p.window_base * 3 / 2).contains(&wait),
+            "{wait:?}"
+        );
+    }
+
+    #[test]
+    fn refusals_for_load_without_a_hint_wait_for_the_next_window() {
+        let p = RetryPolicy::new(20);
+        let mut r = rng();
+        let mut overloaded = CallError::new(ErrorKind::Server, "overloaded");
+        overloaded.status = Some(529);
+        for e in [
+            CallError::new(ErrorKind::RateLimited, "slow down"),
+            overloaded,
+        ] {
+            for n in 0..12 {
+                let floor = (p.window_base * 2u32.pow(n)).min(p.window_cap);
+                for _ in 0..50 {
+                    let wait = p.next_delay(n, &e, &mut r).unwrap();
+                    assert!((floor..=floor * 3 / 2).contains(&wait), "{n}: {wait:?}");
+                }
+            }
+        }
+        // A plain server error still retries sooner.
+        let server = CallError::new(ErrorKind::Server, "boom");
+        assert!(p.next_delay(0, &server, &mut r).unwrap() <= p.base);
     }
 }

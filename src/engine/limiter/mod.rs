@@ -1,21 +1,32 @@
-//! Requests-per-minute and tokens-per-minute budgets, shared by every task of a run.
+//! Request and token budgets, shared by every task of a run.
 //!
-//! The budgets are token buckets that refill continuously with about half a second of burst,
-//! paced at 99% of the limit, and requests take from them first come, first served: providers enforce per-minute limits over short windows (a minute's
-//! worth of requests in one second is answered with 429s), and the 1% slack plus the small burst
-//! absorb the jitter between when we send and when the server counts.
+//! Every budget is a token bucket ([`bucket::Bucket`]) paced at 99% of its limit, and requests
+//! take from them first come, first served. A budget counted over a minute or less holds about
+//! half a second of burst: providers enforce per-minute limits over short windows (a minute's
+//! worth of requests in one second is answered with 429s), and the 1% slack plus the small
+//! burst absorb the jitter between when we send and when the server counts. A budget counted
+//! over a longer window (Groq's requests per day) is a quota: what is left may be spent at once,
+//! at the pace of the other budgets, and comes back at the quota's rate or by its reset.
+//!
+//! A request larger than a bucket's burst waits for a full bucket and then goes into debt for
+//! the rest, as on a server, so requests of any size are paced to the limit. One that is larger
+//! than a limit could ever admit (more tokens than the TPM limit) is refused ([`TooLarge`]).
 //!
 //! A request's token cost is estimated before it is sent (prompt tokens plus the completion
 //! reservation) and reconciled with the real `usage` afterwards ([`RateBudget::settle`]), giving
-//! back what was over-reserved. Limits not given on the command line are learned from the
-//! server's rate-limit headers ([`RateBudget::observe`]); until the first answer arrives only one
-//! request is sent, so a run never opens with a burst into an unknown limit. A 429 pauses every
-//! task ([`RateBudget::back_off`]) and empties the buckets, so dispatch resumes at the paced
-//! rate rather than with a burst.
+//! back what was over-reserved. The limits the user gives (`--rpm`, `--tpm`) are ceilings kept
+//! as budgets of their own; the server's are learned from its rate-limit headers
+//! ([`RateBudget::observe`]) as separate budgets, so a stricter server is never ignored and a
+//! laxer one never lifts the user's limit. Until the first answer arrives only one request is
+//! sent, so a run never opens with a burst into an unknown limit. Nothing learned from headers
+//! makes a request wait longer than the server's reset. A 429 pauses every task
+//! ([`RateBudget::back_off`]) and empties the buckets, so dispatch resumes at the paced rate
+//! rather than with a burst.
 
 pub mod bucket;
 pub mod headers;
 
+use std::fmt;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -23,20 +34,126 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use bucket::Bucket;
+use headers::LimitSnapshot;
 pub use headers::RateLimitHeaders;
 
 /// Fraction of a limit we pace at.
 const PACE: f64 = 0.99;
 /// Seconds of refill the client-side bucket may burst (the server's is assumed to be about 1 s).
 const BURST_SECS: f64 = 0.5;
-/// Pause after a 429 that named no wait.
+/// Pause after a 429 that named no wait: the next window of a server counting per second.
 const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+/// Longest pause a 429 imposes on every task, the longest `retry-after` the retry policy
+/// honours ([`crate::engine::retry::RetryPolicy`]): beyond it, waiting blindly helps nobody.
+const MAX_PAUSE: Duration = Duration::from_secs(120);
+const MINUTE: Duration = Duration::from_secs(60);
+
+const REQUESTS: usize = 0;
+const TOKENS: usize = 1;
 
 /// What a request took from the budgets; handed back to [`RateBudget::settle`].
 #[derive(Debug)]
 #[must_use = "settle the permit with the real usage"]
 pub struct Permit {
     tokens: f64,
+    /// [`State::created`] when it was taken: budgets created later started from headers that
+    /// already counted this request (the probe's, typically), so settling leaves them alone.
+    seen: u64,
+}
+
+/// A request no budget could ever admit: it costs more tokens than a limit allows per window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TooLarge {
+    /// The request's estimated cost.
+    pub tokens: u64,
+    /// The limit it exceeds, per `window`.
+    pub limit: u64,
+    pub window: Duration,
+    /// Whether the limit is the user's `--tpm` (else the server's).
+    pub given: bool,
+}
+
+impl fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let window = match self.window.as_secs() {
+            1 => "second".to_string(),
+            60 => "minute".to_string(),
+            3600 => "hour".to_string(),
+            86_400 => "day".to_string(),
+            _ => humantime::format_duration(self.window).to_string(),
+        };
+        write!(
+            f,
+            "request too large for the rate limit: it needs about {} tokens (prompt plus \
+             completion reservation), more than {} of {} tokens per {window}, so it could never \
+             be admitted; shorten the prompt or lower --max-tokens",
+            self.tokens,
+            if self.given {
+                "the --tpm limit"
+            } else {
+                "the server's limit"
+            },
+            self.limit,
+        )
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// One limit: its bucket, and the limit as stated, per window.
+#[derive(Debug)]
+struct Budget {
+    bucket: Bucket,
+    limit: f64,
+    window: Duration,
+    /// When it was created, in [`State::created`] counts.
+    created: u64,
+}
+
+impl Budget {
+    fn new(limit: f64, window: Duration, now: Instant) -> Self {
+        let (rate, capacity) = Self::shape(limit, window);
+        Budget {
+            bucket: Bucket::new(rate, capacity, now),
+            limit,
+            window,
+            created: 0,
+        }
+    }
+
+    /// The paced rate per second, and the burst: a quota (a window longer than a minute) may be
+    /// spent at once; a short window only with the small burst that servers counting per
+    /// second accept.
+    fn shape(limit: f64, window: Duration) -> (f64, f64) {
+        let rate = limit / window.as_secs_f64() * PACE;
+        let capacity = if window > MINUTE { limit } else { burst(rate) };
+        (rate, capacity)
+    }
+
+    /// The most one request may cost: the limit of its window, or a minute's worth for windows
+    /// shorter than that (a per-minute limit enforced per second still admits a request larger
+    /// than the second's share, repaid as debt).
+    fn most(&self) -> f64 {
+        self.limit * (MINUTE.as_secs_f64() / self.window.as_secs_f64()).max(1.0)
+    }
+
+    /// Starts from (or, for a quota, follows) what the server says: what it has used up is not
+    /// ours to use, and all of it is back by the reset. A bucket that refills continuously is
+    /// as far from full as its reset says (it may be in debt after a large request); a fixed
+    /// window's reset says nothing about that, only when all of it is back.
+    fn sync(&mut self, seen: &LimitSnapshot, now: Instant) {
+        let mut level = self.bucket.level(now);
+        if let Some(remaining) = seen.remaining {
+            level = level.min(remaining as f64);
+        }
+        if let (Some(reset), true) = (seen.reset, seen.time_to_full) {
+            level = level.min(self.bucket.capacity() - self.bucket.rate() * reset.as_secs_f64());
+        }
+        self.bucket.set_level(level, now);
+        if let Some(reset) = seen.reset {
+            self.bucket.full_by(now + reset, now);
+        }
+    }
 }
 
 /// The limits of one run.
@@ -72,35 +189,51 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// Takes one request and `tokens` tokens from the budgets, or none of it and says how long until
-/// all of it fits.
-fn take_both(s: &mut State, tokens: f64, now: Instant) -> Result<(), Duration> {
-    let mut wait = Duration::ZERO;
-    if let Some(b) = s.requests.as_mut() {
-        b.refill_to(now);
-        wait = wait.max(b.shortfall(1.0));
+/// Why a request cannot go now.
+enum Blocked {
+    Wait(Duration),
+    Never(TooLarge),
+}
+
+/// Takes one request and `tokens` tokens from every budget, or none of it and says how long
+/// until all of it fits (or that it never will).
+fn take_all(s: &mut State, tokens: f64, now: Instant) -> Result<(), Blocked> {
+    let given = s.given[TOKENS].iter().map(|b| (true, b));
+    for (given, b) in given.chain(s.learned[TOKENS].iter().map(|b| (false, b))) {
+        if tokens > b.most() {
+            return Err(Blocked::Never(TooLarge {
+                tokens: tokens as u64,
+                limit: b.limit as u64,
+                window: b.window,
+                given,
+            }));
+        }
     }
-    if let Some(b) = s.tokens.as_mut() {
-        b.refill_to(now);
-        wait = wait.max(b.shortfall(tokens));
+    let cost = [1.0, tokens];
+    let mut wait = Duration::ZERO;
+    for kind in [REQUESTS, TOKENS] {
+        for b in s.budgets(kind) {
+            b.bucket.refill_to(now);
+            wait = wait.max(b.bucket.shortfall(cost[kind]));
+        }
     }
     if !wait.is_zero() {
-        return Err(wait);
+        return Err(Blocked::Wait(wait));
     }
-    for (b, n) in [(s.requests.as_mut(), 1.0), (s.tokens.as_mut(), tokens)] {
-        if let Some(b) = b {
-            b.try_take(n, now).expect("checked above");
+    for kind in [REQUESTS, TOKENS] {
+        for b in s.budgets(kind) {
+            let taken = b.bucket.try_take(cost[kind], now);
+            debug_assert!(taken.is_ok(), "checked above");
         }
     }
     Ok(())
 }
 
 struct State {
-    /// Per-minute limits given by the user: never exceeded, whatever the server says.
-    given_rpm: Option<u32>,
-    given_tpm: Option<u32>,
-    requests: Option<Bucket>,
-    tokens: Option<Bucket>,
+    /// The per-minute limits the user gave, by kind: never exceeded, whatever the server says.
+    given: [Option<Budget>; 2],
+    /// The limits the server reported, by kind.
+    learned: [Option<Budget>; 2],
     /// While true, one request is out to learn the limits and the others wait.
     probing: bool,
     probe_sent: bool,
@@ -108,6 +241,17 @@ struct State {
     /// Tickets of the requests waiting, first come first served.
     queue: std::collections::VecDeque<u64>,
     next_ticket: u64,
+    /// Budgets learned so far (see [`Permit::seen`]).
+    created: u64,
+}
+
+impl State {
+    /// The budgets of one kind (requests or tokens).
+    fn budgets(&mut self, kind: usize) -> impl Iterator<Item = &mut Budget> {
+        self.given[kind]
+            .iter_mut()
+            .chain(self.learned[kind].iter_mut())
+    }
 }
 
 impl RateBudget {
@@ -115,21 +259,17 @@ impl RateBudget {
     /// send a single probe request first to hear them).
     pub fn new(rpm: Option<u32>, tpm: Option<u32>, learn: bool) -> Self {
         let now = Instant::now();
-        let bucket = |per_min: u32| {
-            let rate = f64::from(per_min) / 60.0 * PACE;
-            Bucket::new(rate, burst(rate), now)
-        };
+        let per_minute = |limit: u32| Budget::new(f64::from(limit), MINUTE, now);
         RateBudget {
             state: Mutex::new(State {
-                given_rpm: rpm,
-                given_tpm: tpm,
-                requests: rpm.map(bucket),
-                tokens: tpm.map(bucket),
+                given: [rpm.map(per_minute), tpm.map(per_minute)],
+                learned: [None, None],
                 probing: learn && (rpm.is_none() || tpm.is_none()),
                 probe_sent: false,
                 paused_until: None,
                 queue: Default::default(),
                 next_ticket: 0,
+                created: 0,
             }),
             learned: Notify::new(),
             turn: Notify::new(),
@@ -138,27 +278,35 @@ impl RateBudget {
 
     /// Whether requests must say how many tokens they take: there is a token budget.
     fn counts_tokens(&self) -> bool {
-        self.state.lock().expect("budget lock").tokens.is_some()
+        let mut s = self.state.lock().expect("budget lock");
+        s.budgets(TOKENS).next().is_some()
     }
 
-    /// The paced limits now in force, per minute: (requests, tokens).
+    /// The long-run rates now in force, per minute: (requests, tokens), each the strictest of
+    /// the user's and the server's.
     pub fn limits(&self) -> (Option<f64>, Option<f64>) {
-        let s = self.state.lock().expect("budget lock");
-        let per_min = |b: &Option<Bucket>| b.as_ref().map(|b| b.rate() * 60.0);
-        (per_min(&s.requests), per_min(&s.tokens))
+        let mut s = self.state.lock().expect("budget lock");
+        let mut per_min = |kind| {
+            s.budgets(kind)
+                .map(|b| b.bucket.rate() * 60.0)
+                .min_by(f64::total_cmp)
+        };
+        (per_min(REQUESTS), per_min(TOKENS))
     }
 
-    /// Waits until a request of `tokens()` tokens fits every budget, and takes it. Requests are
-    /// served first come, first served, so a large one is not starved by a stream of small ones.
-    /// Cancel-safe: a dropped call leaves the queue.
+    /// Waits until a request of `tokens()` tokens fits every budget, and takes it; or refuses
+    /// it at once if no budget could ever admit it. Requests are served first come, first
+    /// served, so a large one is not starved by a stream of small ones. Cancel-safe: a dropped
+    /// call leaves the queue.
     ///
     /// `tokens` is called only if there is a token budget once the limits are known: counting
     /// costs more than anything else a row does before it is sent (and the first count builds
     /// the tokenizer, a fifth of a second), so it is skipped when nothing needs it. The probe
-    /// itself reserves nothing; if the server then turns out to have a token limit, settling
-    /// the probe takes its real usage from the new budget, a slight over-count on the safe side.
-    pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Permit {
+    /// itself reserves nothing: the budgets learned from its answer start from headers that
+    /// counted it already.
+    pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Result<Permit, TooLarge> {
         // Hold back everyone but the first request until the server has told us its limits.
+        let mut probe = false;
         loop {
             let notified = self.learned.notified();
             {
@@ -168,6 +316,7 @@ impl RateBudget {
                 }
                 if !s.probe_sent {
                     s.probe_sent = true;
+                    probe = true;
                     break;
                 }
             }
@@ -189,13 +338,24 @@ impl RateBudget {
                 } else if let Some(until) = s.paused_until.filter(|t| *t > now) {
                     Some(until - now)
                 } else {
-                    match take_both(&mut s, tokens, now) {
+                    match take_all(&mut s, tokens, now) {
                         Ok(()) => {
+                            let seen = s.created;
                             drop(s);
                             drop(ticket);
-                            return Permit { tokens };
+                            return Ok(Permit { tokens, seen });
                         }
-                        Err(wait) => Some(wait),
+                        Err(Blocked::Wait(wait)) => Some(wait),
+                        Err(Blocked::Never(e)) => {
+                            // A probe that will not be sent hands its turn to another request.
+                            if probe && s.probing {
+                                s.probe_sent = false;
+                                self.learned.notify_waiters();
+                            }
+                            drop(s);
+                            drop(ticket);
+                            return Err(e);
+                        }
                     }
                 }
             };
@@ -217,29 +377,26 @@ impl RateBudget {
     /// when the request was not counted at all: rejected or never answered).
     pub fn settle(&self, permit: Permit, actual_tokens: Option<u64>) {
         let mut s = self.state.lock().expect("budget lock");
-        if let Some(b) = s.tokens.as_mut() {
-            let actual = actual_tokens.map_or(0.0, |t| t as f64);
-            b.give_back(permit.tokens - actual, Instant::now());
+        let now = Instant::now();
+        let actual = actual_tokens.map_or(0.0, |t| t as f64);
+        for b in s.budgets(TOKENS).filter(|b| b.created <= permit.seen) {
+            b.bucket.give_back(permit.tokens - actual, now);
         }
         drop(s);
         self.turn.notify_waiters();
     }
 
-    /// Learns from a response's rate-limit headers (`None`: the response had none). Budgets the
-    /// user gave are only ever lowered by what the server says, never raised.
+    /// Learns from a response's rate-limit headers (`None`: the response had none).
     pub fn observe(&self, headers: Option<&RateLimitHeaders>) {
         let mut s = self.state.lock().expect("budget lock");
         let now = Instant::now();
         if let Some(h) = headers {
             let State {
-                given_rpm,
-                given_tpm,
-                requests,
-                tokens,
-                ..
+                learned, created, ..
             } = &mut *s;
-            learn(requests, *given_rpm, &h.requests, now);
-            learn(tokens, *given_tpm, &h.tokens, now);
+            let [requests, tokens] = learned;
+            learn(requests, &h.requests, now, created);
+            learn(tokens, &h.tokens, now, created);
             self.turn.notify_waiters();
         }
         if s.probing {
@@ -249,18 +406,17 @@ impl RateBudget {
         }
     }
 
-    /// A 429: every task waits `wait` (or a default), and the buckets restart empty so that
-    /// dispatch comes back at the paced rate instead of in a burst.
+    /// A 429: every task waits `wait` (or a default, at most [`MAX_PAUSE`]), and the buckets
+    /// restart empty so that dispatch comes back at the paced rate instead of in a burst.
     pub fn back_off(&self, wait: Option<Duration>) {
         let mut s = self.state.lock().expect("budget lock");
         let now = Instant::now();
-        let until = now + wait.unwrap_or(DEFAULT_PAUSE);
+        let until = now + wait.unwrap_or(DEFAULT_PAUSE).min(MAX_PAUSE);
         s.paused_until = Some(s.paused_until.map_or(until, |t| t.max(until)));
-        let State {
-            requests, tokens, ..
-        } = &mut *s;
-        for b in [requests, tokens].into_iter().flatten() {
-            b.drain(now);
+        for kind in [REQUESTS, TOKENS] {
+            for b in s.budgets(kind) {
+                b.bucket.drain(now);
+            }
         }
     }
 }
@@ -269,32 +425,31 @@ fn burst(rate_per_sec: f64) -> f64 {
     (rate_per_sec * BURST_SECS).max(1.0)
 }
 
-/// Updates one budget from what the server said about it.
-fn learn(
-    bucket: &mut Option<Bucket>,
-    given: Option<u32>,
-    seen: &headers::LimitSnapshot,
-    now: Instant,
-) {
+/// Updates the server's budget of one kind from what it said about it. A new limit or window
+/// starts a new budget from what is left; the same limit keeps its bucket (the headers of an
+/// answer are older than the requests sent since), except that a quota follows the server.
+fn learn(slot: &mut Option<Budget>, seen: &LimitSnapshot, now: Instant, created: &mut u64) {
     let Some(limit) = seen.limit.filter(|l| *l > 0) else {
         return;
     };
-    let limit = given.map_or(limit, |g| limit.min(u64::from(g))) as f64;
-    let rate = limit / 60.0 * PACE;
-    match bucket {
-        Some(b) => {
-            if (b.rate() - rate).abs() > rate * 1e-6 {
-                b.set_rate(rate, burst(rate), now);
+    let (limit, window) = (limit as f64, seen.window());
+    match slot {
+        Some(b) if b.window == window && (b.limit - limit).abs() <= limit * 1e-6 => {
+            if window > MINUTE {
+                b.sync(seen, now);
             }
         }
-        None => {
-            let mut b = Bucket::new(rate, burst(rate), now);
-            // Start from what the server says is left: what it has used up is not ours to use.
-            if let Some(remaining) = seen.remaining {
-                let used = (limit - remaining as f64).max(0.0);
-                b.set_level(b.capacity() - used, now);
-            }
-            *bucket = Some(b);
+        Some(b) if b.window == window => {
+            let (rate, capacity) = Budget::shape(limit, window);
+            b.bucket.set_rate(rate, capacity, now);
+            b.limit = limit;
+        }
+        _ => {
+            let mut b = Budget::new(limit, window, now);
+            b.sync(seen, now);
+            *created += 1;
+            b.created = *created;
+            *slot = Some(b);
         }
     }
 }
@@ -309,12 +464,12 @@ mod tests {
             requests: LimitSnapshot {
                 limit: Some(rpm),
                 remaining: Some(rpm),
-                reset: None,
+                ..Default::default()
             },
             tokens: LimitSnapshot {
                 limit: Some(tpm),
                 remaining: Some(tpm),
-                reset: None,
+                ..Default::default()
             },
         }
     }
@@ -326,7 +481,7 @@ mod tests {
         let start = tokio::time::Instant::now();
         let mut times = Vec::new();
         for _ in 0..100 {
-            let p = budget.acquire(|| 1).await;
+            let p = budget.acquire(|| 1).await.unwrap();
             budget.settle(p, Some(1));
             times.push(start.elapsed().as_secs_f64());
         }
@@ -347,19 +502,19 @@ mod tests {
     async fn token_refunds_make_room() {
         // 6000 tpm = 100/s paced at 99, burst 49.5: reserve 49.5, use 10, the rest comes back.
         let budget = RateBudget::new(None, Some(6000), false);
-        let p = budget.acquire(|| 49).await;
+        let p = budget.acquire(|| 49).await.unwrap();
         budget.settle(p, Some(10));
         let start = tokio::time::Instant::now();
-        let _p = budget.acquire(|| 39).await;
+        let _p = budget.acquire(|| 39).await.unwrap();
         assert!(start.elapsed() < Duration::from_millis(10));
     }
 
     #[tokio::test(start_paused = true)]
     async fn probe_holds_others_until_the_first_answer() {
         let budget = std::sync::Arc::new(RateBudget::new(None, None, true));
-        let first = budget.acquire(|| 1).await;
+        let first = budget.acquire(|| 1).await.unwrap();
         let b2 = budget.clone();
-        let second = tokio::spawn(async move { b2.acquire(|| 1).await });
+        let second = tokio::spawn(async move { b2.acquire(|| 1).await.unwrap() });
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert!(
             !second.is_finished(),
@@ -387,8 +542,248 @@ mod tests {
         let budget = RateBudget::new(None, None, false);
         budget.back_off(Some(Duration::from_secs(2)));
         let start = tokio::time::Instant::now();
-        let _p = budget.acquire(|| 1).await;
+        let _p = budget.acquire(|| 1).await.unwrap();
         assert!(start.elapsed() >= Duration::from_secs(2));
+    }
+
+    /// A server that counts `limit` per minute in a bucket holding one second of it, admitting a
+    /// request when it holds the request's cost or is full, like the mock (and OpenAI).
+    struct ServerBucket {
+        limit: f64,
+        level: f64,
+        at: Instant,
+        refused: u32,
+    }
+
+    impl ServerBucket {
+        fn new(limit: f64) -> Self {
+            ServerBucket {
+                limit,
+                level: limit / 60.0,
+                at: Instant::now(),
+                refused: 0,
+            }
+        }
+
+        fn admit(&mut self, n: f64) {
+            let now = Instant::now();
+            let cap = self.limit / 60.0;
+            self.level = (self.level + (now - self.at).as_secs_f64() * cap).min(cap);
+            self.at = now;
+            if self.level + 1e-6 >= n.min(cap) {
+                self.level -= n;
+            } else {
+                self.refused += 1;
+            }
+        }
+
+        /// What its headers would say now, OpenAI's way.
+        fn snapshot(&self) -> LimitSnapshot {
+            let cap = self.limit / 60.0;
+            let missing = cap - self.level;
+            LimitSnapshot {
+                limit: Some(self.limit as u64),
+                remaining: Some((self.limit - missing).max(0.0) as u64),
+                reset: Some(Duration::from_secs_f64(missing.max(0.0) / cap)),
+                time_to_full: true,
+                ..Default::default()
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_one_second_window_never_makes_a_wait_longer_than_its_reset() {
+        // The server of issue 13: 3000 rpm enforced per second, reporting the second's
+        // remaining against the minute's limit, and the same for tokens. It used to stall a
+        // run for 59 s; 1,500 requests must take 30 s, with --rpm given or not.
+        let second = |limit: u64, remaining: u64| LimitSnapshot {
+            limit: Some(limit),
+            remaining: Some(remaining),
+            reset: Some(Duration::from_secs(1)),
+            time_to_full: true,
+            ..Default::default()
+        };
+        let headers = RateLimitHeaders {
+            requests: second(3000, 49),
+            tokens: second(150_000, 2_450),
+        };
+        for given in [None, Some(3000)] {
+            let budget = RateBudget::new(given, None, true);
+            let start = Instant::now();
+            let mut longest = Duration::ZERO;
+            for _ in 0..1500 {
+                let before = Instant::now();
+                let p = budget.acquire(|| 40).await.unwrap();
+                longest = longest.max(before.elapsed());
+                budget.observe(Some(&headers));
+                budget.settle(p, Some(40));
+            }
+            let total = start.elapsed().as_secs_f64();
+            assert!(
+                longest <= Duration::from_secs(1),
+                "{given:?}: waited {longest:?}"
+            );
+            // 1500 at 49.5 a second, less the bursts: about 30 s.
+            assert!((29.0..=31.0).contains(&total), "{given:?}: {total} s");
+        }
+    }
+
+    /// Requests of 2,000 to 3,000 tokens, far more than the half-second burst, against a
+    /// server bucket: tokens admitted per minute over half an hour, and the server's refusals.
+    async fn paced_big_requests(budget: &RateBudget, tpm: f64, learn: bool) -> (f64, u32) {
+        let mut server = ServerBucket::new(tpm);
+        let start = Instant::now();
+        let mut admitted = 0.0;
+        let mut i = 0u32;
+        while start.elapsed() < Duration::from_secs(1800) {
+            let n = 2000 + (i * 7919) % 1001;
+            i += 1;
+            let p = budget.acquire(|| n).await.unwrap();
+            if start.elapsed() >= Duration::from_secs(1800) {
+                break;
+            }
+            server.admit(f64::from(n));
+            admitted += f64::from(n);
+            if learn {
+                budget.observe(Some(&RateLimitHeaders {
+                    tokens: server.snapshot(),
+                    ..Default::default()
+                }));
+            }
+            budget.settle(p, Some(u64::from(n)));
+        }
+        (admitted / 30.0, server.refused)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_larger_than_the_burst_are_paced_to_the_limit() {
+        for tpm in [30_000u32, 60_000] {
+            let limit = f64::from(tpm);
+            let given = RateBudget::new(None, Some(tpm), false);
+            let learned = RateBudget::new(None, None, true);
+            for (name, budget, learn) in [("given", given, false), ("learned", learned, true)] {
+                let (per_minute, refused) = paced_big_requests(&budget, limit, learn).await;
+                assert_eq!(refused, 0, "{name} {tpm}: the server refused requests");
+                assert!(
+                    (0.97 * limit..=limit).contains(&per_minute),
+                    "{name} {tpm}: {per_minute} tokens a minute"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_no_limit_admits_is_refused() {
+        let budget = RateBudget::new(None, Some(30_000), false);
+        let e = budget.acquire(|| 30_001).await.unwrap_err();
+        assert!(e.given && e.limit == 30_000 && e.window == MINUTE, "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("30001 tokens") && text.contains("--tpm"),
+            "{text}"
+        );
+        // As large as the limit is fine: it waits for a full bucket.
+        let p = budget.acquire(|| 30_000).await.unwrap();
+        budget.settle(p, Some(30_000));
+        // A server's limit too, once learned.
+        let budget = RateBudget::new(None, None, false);
+        budget.observe(Some(&RateLimitHeaders {
+            tokens: LimitSnapshot {
+                limit: Some(10_000),
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        let e = budget.acquire(|| 20_000).await.unwrap_err();
+        assert!(!e.given && e.to_string().contains("server"), "{e}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_probe_hands_the_probe_to_the_next_request() {
+        let budget = std::sync::Arc::new(RateBudget::new(None, Some(1000), true));
+        // The probe waits out a pause, then turns out too large; meanwhile another waits for
+        // the probe's answer, which will never come.
+        budget.back_off(Some(Duration::from_secs(2)));
+        let b1 = budget.clone();
+        let first = tokio::spawn(async move { b1.acquire(|| 5000).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        let b2 = budget.clone();
+        let second = tokio::spawn(async move { b2.acquire(|| 10).await.map(|_| ()) });
+        tokio::task::yield_now().await;
+        assert!(first.await.unwrap().is_err());
+        tokio::time::timeout(Duration::from_secs(1), second)
+            .await
+            .expect("the second request became the probe")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_daily_budget_is_a_quota_back_by_its_reset() {
+        // Groq: requests per day under OpenAI's names, tokens per minute.
+        let budget = RateBudget::new(None, None, true);
+        let probe = budget.acquire(|| 1).await.unwrap();
+        let groq = |remaining: u64, reset: Duration| RateLimitHeaders {
+            requests: LimitSnapshot {
+                limit: Some(14_400),
+                remaining: Some(remaining),
+                reset: Some(reset),
+                time_to_full: true,
+                ..Default::default()
+            },
+            tokens: LimitSnapshot {
+                limit: Some(18_000),
+                remaining: Some(17_997),
+                reset: Some(Duration::from_millis(10)),
+                time_to_full: true,
+                ..Default::default()
+            },
+        };
+        budget.observe(Some(&groq(14_399, Duration::from_secs(6))));
+        budget.settle(probe, Some(3));
+        let (rpm, tpm) = budget.limits();
+        assert!((rpm.unwrap() - 10.0 * PACE).abs() < 1e-6, "{rpm:?}");
+        assert!((tpm.unwrap() - 18_000.0 * PACE).abs() < 1e-6, "{tpm:?}");
+        // What is left of the day may be spent now, paced only by the token budget.
+        let start = Instant::now();
+        for _ in 0..100 {
+            let p = budget.acquire(|| 1).await.unwrap();
+            budget.settle(p, Some(1));
+        }
+        assert!(start.elapsed() < Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_quota_is_back_by_its_reset() {
+        // Cerebras: a daily request budget whose window ends in 3 s, used up.
+        let budget = RateBudget::new(None, None, false);
+        budget.observe(Some(&RateLimitHeaders {
+            requests: LimitSnapshot {
+                limit: Some(14_400),
+                remaining: Some(0),
+                reset: Some(Duration::from_secs(3)),
+                stated_window: Some(Duration::from_secs(86_400)),
+                time_to_full: false,
+            },
+            ..Default::default()
+        }));
+        // It waits 3 s, not the 6 s a request takes to come back at 10 a minute; then the
+        // whole day's budget is there.
+        let start = Instant::now();
+        for _ in 0..100 {
+            let p = budget.acquire(|| 1).await.unwrap();
+            budget.settle(p, None);
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_429_pause_is_capped() {
+        let budget = RateBudget::new(None, None, false);
+        budget.back_off(Some(Duration::from_secs(3600)));
+        let start = tokio::time::Instant::now();
+        let _p = budget.acquire(|| 1).await.unwrap();
+        assert_eq!(start.elapsed(), MAX_PAUSE);
     }
 
     #[tokio::test(start_paused = true)]
@@ -396,7 +791,7 @@ mod tests {
         let budget = RateBudget::new(None, None, false);
         let start = tokio::time::Instant::now();
         for _ in 0..10_000 {
-            let p = budget.acquire(|| 1_000_000).await;
+            let p = budget.acquire(|| 1_000_000).await.unwrap();
             budget.settle(p, None);
         }
         assert_eq!(start.elapsed(), Duration::ZERO);

@@ -551,8 +551,10 @@ pub fn kept_headers(headers: &HeaderMap) -> Vec<(String, String)> {
         .iter()
         .filter(|(name, _)| {
             let n = name.as_str();
+            let n = n.strip_prefix("llm_provider-").unwrap_or(n);
             n.starts_with("x-ratelimit-")
                 || n.starts_with("anthropic-ratelimit-")
+                || n.starts_with("x-tokenlimit-")
                 || n.starts_with("retry-after")
                 || n.starts_with("openai-")
                 || matches!(n, "x-request-id" | "request-id" | "x-should-retry")
@@ -591,16 +593,40 @@ pub fn transport_error(e: &reqwest::Error) -> CallError {
     CallError::new(kind, msg)
 }
 
-/// The server's requested wait: `retry-after-ms` first (OpenAI), then `retry-after` in seconds.
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let header = |name: &str| headers.get(name)?.to_str().ok().map(str::trim);
-    let secs = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0);
-    if let Some(ms) = header("retry-after-ms").and_then(secs) {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+/// How long a refused request should wait, from the first hint present: the retry-after headers
+/// ([`crate::engine::limiter::headers::retry_after`]: `retry-after-ms`, `retry-after` in seconds or as
+/// an HTTP date, LiteLLM's `llm_provider-` copies), a hint in the body ([`retry_hint_in_body`]),
+/// and on a 429 the reset of the budget that ran out (a proxy may forward the resets but drop
+/// `retry-after`). `None`: no hint, the retry policy backs off on its own.
+pub fn retry_after(status: u16, headers: &HeaderMap, body: &[u8]) -> Option<Duration> {
+    let now = std::time::SystemTime::now();
+    crate::engine::limiter::headers::retry_after(headers, now)
+        .or_else(|| retry_hint_in_body(body))
+        .or_else(|| {
+            (status == 429)
+                .then(|| RateLimitHeaders::parse(headers, now)?.exhausted_reset())
+                .flatten()
+        })
+}
+
+/// A wait named in an error body: Google's `RetryInfo.retryDelay` (`"53s"`, Gemini), or
+/// OpenAI's "Please try again in 1.6s." (also what LiteLLM passes on when it drops the
+/// headers). Only the start of the body is searched; anything odd is no hint.
+pub fn retry_hint_in_body(body: &[u8]) -> Option<Duration> {
+    use crate::engine::limiter::headers::parse_go_duration;
+    const DELAY: &str = "\"retryDelay\"";
+    const AGAIN: &str = "try again in ";
+    let text = String::from_utf8_lossy(&body[..body.len().min(16 * 1024)]);
+    if let Some(at) = text.find(DELAY) {
+        let rest = text[at + DELAY.len()..].trim_start();
+        let value = rest.strip_prefix(':')?.trim_start().strip_prefix('"')?;
+        return parse_go_duration(&value[..value.find('"')?]);
     }
-    header("retry-after")
-        .and_then(secs)
-        .map(Duration::from_secs_f64)
+    let at = text.find(AGAIN)?;
+    let word = text[at + AGAIN.len()..]
+        .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+        .next()?;
+    parse_go_duration(word.trim_end_matches('.'))
 }
 
 /// The server's `x-should-retry` verdict, if it gave one.
@@ -667,13 +693,71 @@ mod tests {
     fn retry_after_prefers_milliseconds() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(429, &h, b""), Some(Duration::from_secs(2)));
         h.insert("retry-after-ms", HeaderValue::from_static("90"));
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(90)));
+        assert_eq!(retry_after(429, &h, b""), Some(Duration::from_millis(90)));
         h.insert("retry-after-ms", HeaderValue::from_static("junk"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(429, &h, b""), Some(Duration::from_secs(2)));
         h.insert("retry-after", HeaderValue::from_static("1.5"));
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(1500)));
+        assert_eq!(retry_after(429, &h, b""), Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn retry_after_from_a_litellm_proxy() {
+        // litellm issue 21553: the upstream's retry-after only under llm_provider-.
+        let mut h = HeaderMap::new();
+        h.insert("llm_provider-retry-after", HeaderValue::from_static("60"));
+        assert_eq!(retry_after(429, &h, b""), Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn retry_hints_in_bodies() {
+        let gemini = br#"[{"error": {"code": 429, "status": "RESOURCE_EXHAUSTED", "details": [
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "53s"}]}}]"#;
+        assert_eq!(retry_hint_in_body(gemini), Some(Duration::from_secs(53)));
+        assert_eq!(
+            retry_hint_in_body(br#"{"retryDelay":"0.5s"}"#),
+            Some(Duration::from_millis(500))
+        );
+        let openai =
+            include_bytes!("../../../tests/fixtures/reference/openai-error-429-rate-limit.json");
+        assert_eq!(retry_hint_in_body(openai), Some(Duration::from_millis(90)));
+        assert_eq!(
+            retry_hint_in_body(b"Rate limit reached. Please try again in 1m30.5s. Visit ..."),
+            Some(Duration::from_millis(90_500))
+        );
+        // Headers come first.
+        let mut h = HeaderMap::new();
+        h.insert("retry-after", HeaderValue::from_static("2"));
+        assert_eq!(retry_after(429, &h, gemini), Some(Duration::from_secs(2)));
+        for junk in [
+            &b""[..],
+            b"try again in a bit",
+            b"try again in ",
+            br#"{"retryDelay": 53}"#,
+            br#"{"retryDelay": "soon"}"#,
+            b"\xff\xfe \"retryDelay\": \"",
+        ] {
+            assert_eq!(retry_hint_in_body(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn a_429_without_a_hint_waits_for_the_exhausted_budget() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-ratelimit-limit-requests", "3000"),
+            ("x-ratelimit-remaining-requests", "0"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-tokens", "90000"),
+            ("x-ratelimit-reset-tokens", "24s"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        assert_eq!(retry_after(429, &h, b"{}"), Some(Duration::from_secs(1)));
+        // Not on other failures: a 500 is no sign of a used-up budget.
+        assert_eq!(retry_after(500, &h, b"{}"), None);
     }
 
     #[test]

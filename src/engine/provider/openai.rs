@@ -282,7 +282,7 @@ pub fn classify_error(status: u16, body: &[u8], headers: &HeaderMap) -> CallErro
         kind,
         status: Some(status),
         message,
-        retry_after: retry_after(headers),
+        retry_after: retry_after(status, headers, body),
         should_retry: should_retry(headers),
         request_id: request_id(headers),
         rate_limits: RateLimitHeaders::parse(headers, std::time::SystemTime::now()).map(Box::new),

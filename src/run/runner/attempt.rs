@@ -12,7 +12,7 @@ use crate::base::money::format_cost;
 use crate::base::record::{RowResult, RowStatus};
 use crate::base::usage::Usage;
 use crate::engine::concurrency::Sample;
-use crate::engine::limiter::Permit;
+use crate::engine::limiter::{Permit, TooLarge};
 use crate::engine::provider::{CallError, Completion, ErrorKind, Exchange};
 use crate::engine::spend::Reservation;
 use crate::engine::store::AttemptRecord;
@@ -25,8 +25,10 @@ pub(super) async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<A
         if shared.stop.is_cancelled() {
             return row.stopped(shared, job, None);
         }
-        let Some(reserved) = reserve(shared, job).await else {
-            return row.stopped(shared, job, None);
+        let reserved = match reserve(shared, job).await {
+            Reserve::Held(reserved) => reserved,
+            Reserve::Stopped => return row.stopped(shared, job, None),
+            Reserve::TooLarge(e) => return row.refused(job, &e),
         };
         let sent = send(shared, job).await;
         let (abandoned, latency) = (sent.abandoned, sent.latency);
@@ -57,9 +59,18 @@ struct Reserved {
     permit: Permit,
 }
 
+/// What reserving came to.
+enum Reserve {
+    Held(Reserved),
+    /// The run stopped first (the cap is reached, or a stop came while waiting).
+    Stopped,
+    /// The request costs more than a rate limit admits in a window: it can never be sent.
+    TooLarge(TooLarge),
+}
+
 /// Reserves the worst case of the attempt against the spend cap, then waits for the rate
-/// budget. `None` when the run stops first (the cap is reached, or a stop comes while waiting).
-async fn reserve(shared: &Shared, job: &Job) -> Option<Reserved> {
+/// budget.
+async fn reserve(shared: &Shared, job: &Job) -> Reserve {
     let spend = match &shared.spend {
         None => None,
         Some(cap) => match cap.reserve(shared.worst_cost(job)) {
@@ -74,7 +85,7 @@ async fn reserve(shared: &Shared, job: &Job) -> Option<Reserved> {
                     usd(cap.cap()),
                     usd(shared.worst_cost(job))
                 ));
-                return None;
+                return Reserve::Stopped;
             }
         },
     };
@@ -82,13 +93,20 @@ async fn reserve(shared: &Shared, job: &Job) -> Option<Reserved> {
         job.prompt_tokens()
             .saturating_add(shared.completion_reservation(job.request.max_tokens))
     };
-    tokio::select! {
-        permit = shared.budget.acquire(tokens) => Some(Reserved { spend, permit }),
-        _ = shared.stop.cancelled() => {
+    let acquired = tokio::select! {
+        acquired = shared.budget.acquire(tokens) => Some(acquired),
+        _ = shared.stop.cancelled() => None,
+    };
+    match acquired {
+        Some(Ok(permit)) => Reserve::Held(Reserved { spend, permit }),
+        unsent => {
             if let (Some(cap), Some(r)) = (&shared.spend, spend) {
                 cap.settle(r, Some(0.0));
             }
-            None
+            match unsent {
+                Some(Err(too_large)) => Reserve::TooLarge(too_large),
+                _ => Reserve::Stopped,
+            }
         }
     }
 }
@@ -347,6 +365,16 @@ impl Tally {
                 err.to_string()
             },
             latency: Some(latency),
+            ..self.result(job)
+        };
+        (result, self.attempts)
+    }
+
+    /// The row's result when its request is larger than a rate limit could ever admit: failed
+    /// without being sent.
+    fn refused(self, job: &Job, e: &TooLarge) -> (RowResult, Vec<AttemptRecord>) {
+        let result = RowResult {
+            error: e.to_string(),
             ..self.result(job)
         };
         (result, self.attempts)
