@@ -15,6 +15,8 @@ pub enum ExitStatus {
     /// The run finished and wrote its results, but some rows failed or were skipped.
     RowsFailed = 1,
     /// Usage, configuration or input error: nothing was sent and no results file was written.
+    /// Also a run stopped by an error no request could get past (nothing listening, no such
+    /// endpoint or model) before any row was answered: its rows are `skipped`, to resume.
     Error = 2,
     /// Stopped by Ctrl-C or SIGTERM after writing what was finished.
     Interrupted = 130,

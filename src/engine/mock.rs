@@ -213,6 +213,10 @@ pub struct MockStats {
     /// Answers to schema requests sent spoilt on purpose (--invalid-json-rate).
     #[serde(default)]
     pub invalid_answers: u64,
+    /// Requests answered 404 or 405 because nothing is served at their path for their method
+    /// (a path without `/v1`, a `--not-found` path); not counted in `requests`.
+    #[serde(default)]
+    pub unserved: u64,
 }
 
 struct Shared {
@@ -233,6 +237,7 @@ struct Shared {
     cached_tokens: AtomicU64,
     reasoning_tokens: AtomicU64,
     invalid_answers: AtomicU64,
+    unserved: AtomicU64,
     batches: batches::BatchStore,
 }
 
@@ -263,6 +268,7 @@ impl Shared {
             cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
             reasoning_tokens: self.reasoning_tokens.load(Ordering::Relaxed),
             invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
+            unserved: self.unserved.load(Ordering::Relaxed),
         }
     }
 
@@ -346,6 +352,7 @@ impl MockServer {
             cached_tokens: AtomicU64::new(0),
             reasoning_tokens: AtomicU64::new(0),
             invalid_answers: AtomicU64::new(0),
+            unserved: AtomicU64::new(0),
             batches: Default::default(),
         });
         let app = Router::new()
@@ -1777,7 +1784,10 @@ mod tests {
         // The mock's own /stats is not an API path.
         let (status, _, v) = send(&client, &server, reqwest::Method::GET, "/stats", None).await;
         assert_eq!(status, 200);
-        assert!(v["requests"].is_u64());
+        assert_eq!(
+            (v["requests"].as_u64(), v["unserved"].as_u64()),
+            (Some(0), Some(5))
+        );
     }
 
     #[tokio::test]

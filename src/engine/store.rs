@@ -291,6 +291,32 @@ impl Store {
             .map_err(|e| db_error(&self.path, "read", &e))
     }
 
+    /// Marks `skipped` the failed rows whose request is one of `hashes`, their error prefixed
+    /// with `reason`, so that a resumed run sends them: they failed of an error that stopped the
+    /// whole run (the server was not there, or refused every request the same way), not of
+    /// their own. Returns how many rows changed.
+    pub fn skip_failed(&mut self, hashes: &[&str], reason: &str) -> Result<usize, Error> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| db_error(&path, "write", &e))?;
+        let write = || -> rusqlite::Result<usize> {
+            let mut stmt = tx.prepare(
+                "UPDATE rows SET status = 'skipped', error = ?2 || '; last attempt: ' || error \
+                 WHERE status = 'failed' AND request_hash = ?1",
+            )?;
+            let mut changed = 0;
+            for hash in hashes {
+                changed += stmt.execute(params![hash, reason])?;
+            }
+            Ok(changed)
+        };
+        let changed = write().map_err(|e| db_error(&path, "write", &e))?;
+        tx.commit().map_err(|e| db_error(&path, "write", &e))?;
+        Ok(changed)
+    }
+
     /// Writes a group of row outcomes in one transaction. Skipped rows are written too (with
     /// their reason, for the results file) but count as unfinished: a resumed run sends them.
     pub fn record(&mut self, rows: &[Finished]) -> Result<(), Error> {
@@ -658,6 +684,44 @@ pub(crate) mod tests {
         assert!(finished.contains(0) && !finished.contains(1) && finished.contains(2));
         assert!(!journal.finished_set(true).unwrap().contains(0));
         assert_eq!(seen[2].3.unwrap().cached_tokens, 1);
+    }
+
+    #[test]
+    fn failed_rows_of_a_run_level_error_become_skipped_and_unfinished() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let mut store = Store::open(&path).unwrap();
+        store.start_run(&settings(), 4).unwrap();
+        let mut rows = vec![
+            finished(0, RowStatus::Failed),
+            finished(1, RowStatus::Failed),
+            finished(2, RowStatus::Ok),
+            finished(3, RowStatus::Failed),
+        ];
+        rows[0].result.error = "request rejected (HTTP 404): nope".into();
+        // Row 1 repeats row 0's request (as a row that waited for it would).
+        rows[1].request_hash = "h0".into();
+        rows[2].request_hash = "h0".into();
+        store.record(&rows).unwrap();
+        assert_eq!(
+            store
+                .skip_failed(&["h0", "h9"], "no such endpoint")
+                .unwrap(),
+            2
+        );
+        let journal = FinishedRows::open(&path).unwrap();
+        let row = |seq| journal.row(seq).unwrap().unwrap().result;
+        assert_eq!(row(0).status, RowStatus::Skipped);
+        assert_eq!(
+            row(0).error,
+            "no such endpoint; last attempt: request rejected (HTTP 404): nope"
+        );
+        assert_eq!(row(1).status, RowStatus::Skipped);
+        // An answered row with the same request, and a failed row with another, stay.
+        assert_eq!(row(2).status, RowStatus::Ok);
+        assert_eq!(row(3).status, RowStatus::Failed);
+        let finished = journal.finished_set(false).unwrap();
+        assert!(!finished.contains(0) && !finished.contains(1) && finished.contains(3));
     }
 
     #[test]

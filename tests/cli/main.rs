@@ -14,6 +14,7 @@ mod cache;
 mod durability;
 mod e2e;
 mod expect;
+mod failfast;
 mod formats;
 mod layers;
 mod providers;

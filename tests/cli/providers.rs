@@ -276,6 +276,9 @@ fn anthropic_429s_are_retried_after_retry_after_until_every_row_is_ok() {
     assert!(rows.iter().all(|r| field(r, "status") == "ok"));
 }
 
+/// Every row rejected the same way from the start: nothing is retried, and the run stops as
+/// soon as the same rejection has come back for the first rows (issue 13): every row skipped
+/// with the reason, exit 2.
 #[test]
 fn a_rejected_request_is_not_retried() {
     // Anthropic: an anthropic-version the API does not know is a 400.
@@ -300,10 +303,15 @@ fn a_rejected_request_is_not_retried() {
     .env("ANTHROPIC_API_KEY", "test-key")
     .output()
     .expect("run batch");
-    assert_code(&out, 1);
+    assert_code(&out, 2);
+    assert!(
+        util::stderr(&out).contains("rejected the first 3 requests the same way"),
+        "{}",
+        util::show(&out)
+    );
     let rows = dir.results("in.results.csv");
     for r in &rows {
-        assert_eq!(field(r, "status"), "failed");
+        assert_eq!(field(r, "status"), "skipped");
         assert_eq!(attempts(r), 1, "{r:?}");
         assert!(field(r, "error").contains("invalid version"), "{r:?}");
     }
@@ -328,8 +336,9 @@ fn a_rejected_request_is_not_retried() {
             &mock.url,
         ],
     );
-    assert_code(&out, 1);
+    assert_code(&out, 2);
     for r in &dir.results("in.results.csv") {
+        assert_eq!(field(r, "status"), "skipped");
         assert_eq!(attempts(r), 1, "{r:?}");
         assert!(field(r, "error").contains("max_output_tokens"), "{r:?}");
     }

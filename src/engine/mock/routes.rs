@@ -5,6 +5,7 @@
 //! Each answer comes in the error shape of the API the path belongs to.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -86,6 +87,7 @@ pub(super) async fn gate(State(s): State<Arc<Shared>>, req: Request, next: Next)
     let path = req.uri().path();
     let dialect = Dialect::of(path, req.headers());
     if dialect != Dialect::Mock && s.cfg.server.not_found.iter().any(|p| covers(p, path)) {
+        s.unserved.fetch_add(1, Ordering::Relaxed);
         return not_found(dialect, req.method(), path);
     }
     if dialect == Dialect::OpenAi
@@ -113,12 +115,24 @@ fn not_found(dialect: Dialect, method: &Method, path: &str) -> Response {
 }
 
 /// The router's fallback: no route has this path.
-pub(super) async fn fallback(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub(super) async fn fallback(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    s.unserved.fetch_add(1, Ordering::Relaxed);
     not_found(Dialect::of(uri.path(), &headers), &method, uri.path())
 }
 
 /// A route has this path, but not for this method.
-pub(super) async fn wrong_method(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub(super) async fn wrong_method(
+    State(s): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    s.unserved.fetch_add(1, Ordering::Relaxed);
     let path = uri.path();
     let body = match Dialect::of(path, &headers) {
         Dialect::Anthropic => messages::error_body(

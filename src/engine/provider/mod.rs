@@ -456,6 +456,14 @@ impl CallError {
     pub fn retryable(&self) -> bool {
         self.should_retry.unwrap_or_else(|| self.kind.retryable())
     }
+
+    /// Whether no connection could be made at all (refused, unknown host): nothing answered,
+    /// as against a connection that broke off after the server took the request.
+    pub fn is_unreachable(&self) -> bool {
+        self.kind == ErrorKind::Connection
+            && self.status.is_none()
+            && self.message.starts_with(CANNOT_CONNECT)
+    }
 }
 
 impl fmt::Display for CallError {
@@ -576,6 +584,10 @@ pub fn http_client(concurrency: usize) -> reqwest::Client {
         .expect("a TLS backend is compiled in")
 }
 
+/// How the message of a connection that could not be made begins (see
+/// [`CallError::is_unreachable`]).
+const CANNOT_CONNECT: &str = "cannot connect: ";
+
 /// Classifies a transport-level failure.
 pub fn transport_error(e: &reqwest::Error) -> CallError {
     let kind = if e.is_timeout() {
@@ -585,6 +597,9 @@ pub fn transport_error(e: &reqwest::Error) -> CallError {
     };
     // The chain holds the useful part ("connection refused", "connection reset").
     let mut msg = e.to_string();
+    if kind == ErrorKind::Connection && e.is_connect() {
+        msg = format!("{CANNOT_CONNECT}{msg}");
+    }
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         msg = format!("{msg}: {s}");

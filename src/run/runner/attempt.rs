@@ -33,10 +33,13 @@ pub(super) async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<A
         let sent = send(shared, job).await;
         let (abandoned, latency) = (sent.abandoned, sent.latency);
         let err = match classify(shared, job, reserved, sent, &mut row) {
-            Verdict::Answered(result) => return (result, row.attempts),
+            Verdict::Answered(result) => {
+                shared.fail_fast.answered();
+                return (result, row.attempts);
+            }
             Verdict::Failed(err) => err,
         };
-        if abandoned {
+        if abandoned || shared.fails_fast(job, &err) {
             return row.stopped(shared, job, Some(&err));
         }
         match retry_wait(shared, job, &err, &mut row) {
@@ -47,7 +50,10 @@ pub(super) async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<A
                     _ = shared.stop.cancelled() => {}
                 }
             }
-            None => return row.failed(job, err, latency),
+            None => {
+                shared.fail_fast.row_failed(&err, &job.request_hash);
+                return row.failed(job, err, latency);
+            }
         }
     }
 }

@@ -167,7 +167,15 @@ pub(super) fn prepare_state(
         ))),
         (Some(run), Resume::Yes { force, .. }) => {
             let changed = run.settings.differences(settings);
-            if !changed.is_empty() && !force {
+            // With no answer recorded (a run stopped by a wrong --base-url, --api or --model,
+            // say), there is nothing to mix: the fix is resumed as it is.
+            if !changed.is_empty() && !force && run.ok == 0 {
+                cfg.printer().note(format_args!(
+                    "resuming with a different {}: the recorded run has no answers to mix with \
+                     the new ones",
+                    changed.join(", ")
+                ));
+            } else if !changed.is_empty() && !force {
                 return Err(Error::Usage(format!(
                     "cannot resume: the run recorded in {state} was made with a different {}; \
                      resuming would mix answers to different requests in one file. Use --force \

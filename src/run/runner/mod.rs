@@ -53,6 +53,7 @@ use crate::run::summary::{Stats, Summary};
 
 mod attempt;
 mod dispatch;
+mod failfast;
 mod job;
 mod journal;
 pub(crate) mod preflight;
@@ -111,7 +112,8 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     signals.abort();
     progress.update(&live);
     progress.finish();
-    let (store, journal_error) = (store?, journal_error);
+    let (mut store, journal_error) = (store?, journal_error);
+    skip_rows_of_the_stop(&shared, &mut store)?;
     let stopped = shared.stop.is_cancelled().then(|| shared.stop_reason());
     let missing_reason = journal_error
         .as_ref()
@@ -124,6 +126,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         // Nothing is left to resume; the copy of stdin has served its purpose.
         let _ = std::fs::remove_file(&cfg.input);
     }
+    let failed_fast = shared.failed_fast.load(Ordering::SeqCst);
     if let Some(audit) = Arc::into_inner(shared).and_then(|s| s.audit) {
         audit.finish()?;
     }
@@ -140,6 +143,9 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     }
     let status = if interrupted.load(Ordering::SeqCst) {
         ExitStatus::Interrupted
+    } else if failed_fast && live.ok == 0 {
+        // Stopped by an error no request could get past, with nothing done.
+        ExitStatus::Error
     } else if stats.failed + stats.skipped > 0 {
         ExitStatus::RowsFailed
     } else {
@@ -276,7 +282,6 @@ fn share(
     );
     Ok(Arc::new(Shared {
         printer: cfg.printer(),
-        provider,
         budget: RateBudget::new(cfg.rpm, cfg.tpm, cfg.endpoint.learns_limits()),
         slots: Slots::new(cfg.concurrency),
         retry: cfg.retry,
@@ -294,6 +299,9 @@ fn share(
         stop: CancellationToken::new(),
         abort: CancellationToken::new(),
         stop_reason: Mutex::new(None),
+        fail_fast: failfast::FailFast::new(provider.endpoint(), &conn.base_url),
+        failed_fast: AtomicBool::new(false),
+        provider,
     }))
 }
 
@@ -396,6 +404,17 @@ impl Pipeline {
             (Ok((store, journal_error)), None) => (Ok(store), journal_error),
         }
     }
+}
+
+/// After a stop for an error no request could get past ([`failfast`]): the rows that failed
+/// of it before the stop are made `skipped`, as those after it are, so `--resume` sends them.
+fn skip_rows_of_the_stop(shared: &Shared, store: &mut Store) -> Result<(), Error> {
+    let hashes = shared.fail_fast.rows_to_skip();
+    if shared.failed_fast.load(Ordering::SeqCst) && !hashes.is_empty() {
+        let hashes: Vec<&str> = hashes.iter().map(String::as_str).collect();
+        store.skip_failed(&hashes, &shared.stop_reason())?;
+    }
+    Ok(())
 }
 
 /// The results file: the input merged with the journal, in input order (on a blocking thread).

@@ -1,17 +1,19 @@
 //! What every row task shares: the provider, budgets, slots, policies, and the stop signals.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::failfast::{FailFast, Verdict};
 use super::job::Job;
 use crate::base::printer::Printer;
 use crate::engine::audit::AuditLog;
 use crate::engine::concurrency::Slots;
 use crate::engine::dedup::Dedup;
 use crate::engine::limiter::RateBudget;
-use crate::engine::provider::Provider;
+use crate::engine::provider::{CallError, Provider};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::schema::OutputSchema;
 use crate::engine::spend::SpendCap;
@@ -42,16 +44,43 @@ pub(super) struct Shared {
     /// Cancelled when requests in flight must be abandoned (the grace period is over).
     pub(super) abort: CancellationToken,
     pub(super) stop_reason: Mutex<Option<String>>,
+    /// Until the first answer, watches for errors that no request can get past.
+    pub(super) fail_fast: FailFast,
+    /// The run was stopped by such an error (see [`Shared::fails_fast`]).
+    pub(super) failed_fast: AtomicBool,
 }
 
 impl Shared {
-    /// Stops dispatching; the first reason given is the one reported.
-    pub(super) fn stop_with(&self, reason: String) {
+    /// Stops dispatching; the first reason given is the one reported. Returns whether it is
+    /// this one.
+    pub(super) fn stop_with(&self, reason: String) -> bool {
         let mut r = self.stop_reason.lock().expect("stop reason lock");
-        if r.is_none() {
+        let first = r.is_none();
+        if first {
             *r = Some(reason);
         }
         self.stop.cancel();
+        first
+    }
+
+    /// After a failed attempt of `job`: whether the row is skipped because `err` is the run's,
+    /// not the row's (see [`super::failfast`]). The first such error stops the run and says
+    /// why, once, even with `-q`.
+    pub(super) fn fails_fast(&self, job: &Job, err: &CallError) -> bool {
+        match self.fail_fast.attempt_failed(err, &job.request.model) {
+            Verdict::Row => false,
+            Verdict::Stopped => true,
+            Verdict::Stop(reason) => {
+                if self.stop_with(reason.clone()) {
+                    self.failed_fast.store(true, Ordering::SeqCst);
+                    self.printer.say(format_args!(
+                        "error: {reason}\nstopping: the rows not answered are left skipped; \
+                         once this is fixed, run again with --resume to send them"
+                    ));
+                }
+                true
+            }
+        }
     }
 
     pub(super) fn stop_reason(&self) -> String {
