@@ -195,6 +195,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", help_heading = "Pacing")]
     pub max_retries: Option<u32>,
 
+    /// Seconds the run may go without a single answer while the server refuses requests with
+    /// rate limits (429) before it stops (rows skipped, for --resume) [default: 600]. Rate-limited
+    /// retries do not count against --max-retries: while answers still arrive, a throttled row
+    /// waits its turn.
+    #[arg(long, value_name = "SECS", help_heading = "Pacing")]
+    pub max_stall: Option<f64>,
+
     /// Seconds one attempt may take, response body included, before it is cut off and retried
     /// [default: 120].
     #[arg(long, value_name = "SECS", help_heading = "Pacing")]
@@ -461,6 +468,7 @@ The state file never holds the API key: each command reads it from the environme
     mut_arg("rpm", |a| a.hide(true)),
     mut_arg("tpm", |a| a.hide(true)),
     mut_arg("max_retries", |a| a.hide(true)),
+    mut_arg("max_stall", |a| a.hide(true)),
     mut_arg("timeout", |a| a.hide(true)),
     mut_arg("resume", |a| a.hide(true)),
     mut_arg("retry_failed", |a| a.hide(true)),
@@ -719,6 +727,11 @@ pub struct MockArgs {
     /// without that endpoint (e.g. /v1/responses); repeatable. Paths outside /v1 are always 404.
     #[arg(long, value_name = "PATH", help_heading = "Server")]
     pub not_found: Vec<String>,
+
+    /// Enforce --rpm/--tpm without stating them: no x-ratelimit-* headers on any response (as
+    /// vLLM, Ollama and many proxies), so a client learns of the limits only from 429s.
+    #[arg(long, help_heading = "Server")]
+    pub no_limit_headers: bool,
 
     /// How long a batch takes to process (Batch API: /v1/files, /v1/batches), in milliseconds.
     #[arg(

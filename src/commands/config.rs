@@ -30,6 +30,7 @@ const DEFAULT_CONCURRENCY: Concurrency = Concurrency::Fixed(16);
 const DEFAULT_MAX_RETRIES: u32 = 6;
 const DEFAULT_TIMEOUT_SECS: f64 = 120.0;
 const DEFAULT_GRACE_SECS: f64 = 30.0;
+const DEFAULT_MAX_STALL_SECS: f64 = 600.0;
 const DEFAULT_SCHEMA_RETRIES: u32 = 2;
 const SETTINGS_FILE: &str = "batch.toml";
 
@@ -62,7 +63,7 @@ impl RunConfig {
         if let Some(mut file) = load_settings(args.config.as_deref())? {
             fill_from_file!(args, file;
                 prompt, prompt_file, system, system_file, id_column, model, max_tokens,
-                temperature, price_file, concurrency, rpm, tpm, max_retries, timeout, api_key_file,
+                temperature, price_file, concurrency, rpm, tpm, max_retries, max_stall, timeout, api_key_file,
                 mock, summary_json, grace, max_cost, log, provider, api, schema, schema_retries,
                 expect, match_mode, via, batch_max_requests, batch_max_bytes);
             if args.header.is_empty() {
@@ -145,7 +146,10 @@ impl RunConfig {
             concurrency: limits.concurrency,
             rpm: args.rpm,
             tpm: args.tpm,
-            retry: RetryPolicy::new(args.max_retries.unwrap_or(DEFAULT_MAX_RETRIES)),
+            retry: RetryPolicy {
+                max_stall: limits.max_stall,
+                ..RetryPolicy::new(args.max_retries.unwrap_or(DEFAULT_MAX_RETRIES))
+            },
             timeout: limits.timeout,
             endpoint,
             api,
@@ -267,6 +271,7 @@ struct Limits {
     concurrency: Concurrency,
     timeout: Duration,
     grace: Duration,
+    max_stall: Duration,
 }
 
 impl Limits {
@@ -300,7 +305,14 @@ impl Limits {
                 "--grace {grace} must be a number of seconds, 0 or more"
             )));
         }
+        let max_stall = args.max_stall.unwrap_or(DEFAULT_MAX_STALL_SECS);
+        if !(max_stall.is_finite() && max_stall > 0.0) {
+            return Err(Error::Usage(format!(
+                "--max-stall {max_stall} must be a positive number of seconds"
+            )));
+        }
         Ok(Limits {
+            max_stall: Duration::from_secs_f64(max_stall),
             concurrency: args
                 .concurrency
                 .as_ref()

@@ -38,6 +38,7 @@ impl From<MockArgs> for MockConfig {
                 retry_after: a.retry_after,
                 require_key: a.require_key,
                 not_found: a.not_found,
+                no_limit_headers: a.no_limit_headers,
             }),
         }
     }

@@ -108,6 +108,9 @@ pub struct ServerOptions {
     pub require_key: bool,
     /// Paths answered 404, with the paths below them, like a server without those endpoints.
     pub not_found: Vec<String>,
+    /// Enforce the limits without stating them: no `x-ratelimit-*` headers on any response
+    /// (vLLM, Ollama, many proxies), so a client learns of them only from 429s.
+    pub no_limit_headers: bool,
 }
 
 impl Default for MockConfig {
@@ -545,7 +548,7 @@ async fn serve(s: Arc<Shared>, wire: Wire, headers: HeaderMap, body: Bytes) -> R
         resp.headers_mut().insert(wire.request_id_header(), v);
     }
     let mut limits = s.limits.lock().expect("limits lock");
-    if limits.is_active() {
+    if limits.is_active() && !s.cfg.server.no_limit_headers {
         wire.limit_headers(&mut limits, resp.headers_mut());
     }
     resp
@@ -1219,6 +1222,37 @@ mod tests {
         assert_eq!(stats.responses.get("429"), Some(&stats.rate_limited));
         // Rejected requests cost no tokens.
         assert_eq!(stats.prompt_tokens, 9 * ok.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn limits_can_be_enforced_without_being_stated() {
+        let cfg = MockConfig {
+            rpm: Some(60),
+            server: Box::new(ServerOptions {
+                no_limit_headers: true,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let server = MockServer::start(cfg).await.unwrap();
+        let client = reqwest::Client::new();
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            let r = post(&client, &server).await;
+            assert!(
+                !r.headers()
+                    .keys()
+                    .any(|k| k.as_str().starts_with("x-ratelimit-")),
+                "{:?}",
+                r.headers()
+            );
+            statuses.push(r.status().as_u16());
+        }
+        assert_eq!(statuses[0], 200);
+        assert!(
+            statuses.contains(&429),
+            "60 rpm still enforced: {statuses:?}"
+        );
     }
 
     #[tokio::test]

@@ -10,6 +10,11 @@
 //! least a second (servers count per second at the finest), doubling up to a minute (a
 //! per-minute window), jittered upwards. Retrying such a refusal after half a second mostly
 //! meets the same full window. Other failures (a 500, a timeout) retry sooner.
+//!
+//! Rate limiting is waiting, not failing: a 429 that is a rate limit (not quota or billing,
+//! which are other kinds) does not count against `--max-retries`. Those retries have their own
+//! budget, `--max-stall`: time without a single answer in the whole run. While answers still
+//! arrive, a throttled row waits its turn however long the queue is.
 
 use std::time::Duration;
 
@@ -31,6 +36,8 @@ pub struct RetryPolicy {
     pub window_base: Duration,
     /// Longest such backoff (before jitter).
     pub window_cap: Duration,
+    /// Rate-limited retries give up only after this long without an answer in the run.
+    pub max_stall: Duration,
 }
 
 impl RetryPolicy {
@@ -42,6 +49,7 @@ impl RetryPolicy {
             max_retry_after: Duration::from_secs(120),
             window_base: Duration::from_secs(1),
             window_cap: Duration::from_secs(60),
+            max_stall: Duration::from_secs(600),
         }
     }
 
@@ -67,6 +75,24 @@ impl RetryPolicy {
         Some(self.backoff(retries_done, rng))
     }
 
+    /// The wait before retrying a row refused by a rate limit (429), or `None` when the run,
+    /// which has had no answer for `stalled`, would go past `max_stall` before the retry: the
+    /// server keeps refusing everything, or asks for a wait longer than the budget allows. Not
+    /// bounded by `max_retries`; `throttled` counts this row's rate-limited attempts so far.
+    pub fn next_throttled_delay(
+        &self,
+        throttled: u32,
+        err: &CallError,
+        stalled: Duration,
+        rng: &mut impl Rng,
+    ) -> Option<Duration> {
+        let wait = match err.retry_after {
+            Some(w) => w.min(self.max_retry_after),
+            None => self.window_backoff(throttled.saturating_sub(1), rng),
+        };
+        (stalled + wait < self.max_stall).then_some(wait)
+    }
+
     /// Backoff to the next window: `min(cap, base * 2^n)`, plus up to half of it again.
     pub fn window_backoff(&self, retries_done: u32, rng: &mut impl Rng) -> Duration {
         let wait = self
@@ -89,6 +115,44 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limited_retries_wait_until_the_run_stalls_not_until_max_retries() {
+        use rand::SeedableRng;
+        let policy = RetryPolicy::new(0);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let limited = CallError {
+            retry_after: Some(Duration::from_secs(3)),
+            ..CallError::new(ErrorKind::RateLimited, "429")
+        };
+        // --max-retries 0 would give up at once; a rate limit waits the server's time instead.
+        assert_eq!(policy.next_delay(0, &limited, &mut rng), None);
+        let wait = policy.next_throttled_delay(50, &limited, Duration::from_secs(30), &mut rng);
+        assert_eq!(wait, Some(Duration::from_secs(3)));
+        // Without a hint: the next window.
+        let bare = CallError::new(ErrorKind::RateLimited, "429");
+        let w = policy
+            .next_throttled_delay(1, &bare, Duration::ZERO, &mut rng)
+            .unwrap();
+        assert!(
+            w >= Duration::from_secs(1) && w <= Duration::from_millis(1500),
+            "{w:?}"
+        );
+        // A wait that would take the run past --max-stall without an answer: give up now.
+        let near = policy.max_stall - Duration::from_millis(200);
+        assert_eq!(policy.next_throttled_delay(1, &bare, near, &mut rng), None);
+        let short = RetryPolicy {
+            max_stall: Duration::from_secs(2),
+            ..policy
+        };
+        let waits_3s = short.next_throttled_delay(1, &limited, Duration::ZERO, &mut rng);
+        assert_eq!(waits_3s, None);
+        // No answer in the run for --max-stall: give up.
+        assert_eq!(
+            policy.next_throttled_delay(1, &bare, policy.max_stall, &mut rng),
+            None
+        );
+    }
     use rand::SeedableRng;
 
     fn rng() -> rand::rngs::StdRng {

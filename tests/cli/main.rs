@@ -19,4 +19,5 @@ mod formats;
 mod layers;
 mod providers;
 mod schema;
+mod stall;
 mod watch;

@@ -197,6 +197,7 @@ fn classify(
             let used = c.usage.prompt_tokens + c.usage.completion_tokens;
             shared.budget.settle(reserved.permit, Some(used));
             shared.learn_completion(c.usage.completion_tokens);
+            shared.answered();
             // The answers rejected before this one count in the row's tokens and cost.
             row.bill(c.usage, charged);
             match invalid {
@@ -253,9 +254,28 @@ fn retry_wait(shared: &Shared, job: &Job, err: &CallError, row: &mut Tally) -> O
         row.invalid_answers += 1;
         return (row.invalid_answers <= shared.schema_retries).then_some(Duration::ZERO);
     }
-    let retries = attempt - 1 - row.invalid_answers;
     // Seeded only if the row is retried: most are not, and seeding is a system call.
     let rng = row.rng.get_or_insert_with(SmallRng::from_os_rng);
+    if err.kind == ErrorKind::RateLimited && err.retryable() {
+        // Rate limiting is waiting, not failing: bounded by the run's time without an answer.
+        let stalled = shared.stalled();
+        return match shared
+            .retry
+            .next_throttled_delay(row.throttled, err, stalled, rng)
+        {
+            Some(wait) => Some(wait),
+            None => {
+                shared.stop_with(format!(
+                    "no answer for {} s and the server asks for more waiting than --max-stall \
+                     allows ({err}); run again later with --resume",
+                    stalled.as_secs()
+                ));
+                // The row is skipped with the run's stop reason, so --resume sends it.
+                Some(Duration::ZERO)
+            }
+        };
+    }
+    let retries = attempt - 1 - row.invalid_answers - row.throttled;
     shared.retry.next_delay(retries, err, rng)
 }
 

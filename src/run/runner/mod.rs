@@ -22,7 +22,7 @@
 //!    order, and computes the summary. Nothing is held in memory but the current row, however
 //!    long the input.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -301,6 +301,8 @@ fn share(
         stop_reason: Mutex::new(None),
         fail_fast: failfast::FailFast::new(provider.endpoint(), &conn.base_url),
         failed_fast: AtomicBool::new(false),
+        started: std::time::Instant::now(),
+        last_answer_ms: AtomicU64::new(0),
         provider,
     }))
 }

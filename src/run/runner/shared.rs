@@ -1,8 +1,8 @@
 //! What every row task shares: the provider, budgets, slots, policies, and the stop signals.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -48,9 +48,25 @@ pub(super) struct Shared {
     pub(super) fail_fast: FailFast,
     /// The run was stopped by such an error (see [`Shared::fails_fast`]).
     pub(super) failed_fast: AtomicBool,
+    /// When the run started, and milliseconds after it of the last answer (a 200): how long
+    /// the run has gone without one is the rate-limit retries' budget (`--max-stall`).
+    pub(super) started: Instant,
+    pub(super) last_answer_ms: AtomicU64,
 }
 
 impl Shared {
+    /// Notes that an answer arrived.
+    pub(super) fn answered(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_answer_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// How long the run has gone without an answer (since its start, before the first).
+    pub(super) fn stalled(&self) -> Duration {
+        let last = Duration::from_millis(self.last_answer_ms.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
     /// Stops dispatching; the first reason given is the one reported. Returns whether it is
     /// this one.
     pub(super) fn stop_with(&self, reason: String) -> bool {
