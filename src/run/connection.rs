@@ -85,7 +85,7 @@ pub struct Connection {
     pub api_key: Option<ApiKey>,
     /// See [`Endpoint::name`].
     pub name: String,
-    _mock: Option<MockServer>,
+    mock: Option<MockServer>,
 }
 
 impl Connection {
@@ -101,14 +101,14 @@ impl Connection {
                     // The mock checks that a key is sent, as the real APIs do; any key will do.
                     api_key: Some(ApiKey::placeholder()),
                     name: endpoint.name().to_string(),
-                    _mock: Some(server),
+                    mock: Some(server),
                 })
             }
             Endpoint::Remote { base_url, api_key } => Ok(Connection {
                 base_url: base_url.clone(),
                 api_key: api_key.clone(),
                 name: endpoint.name().to_string(),
-                _mock: None,
+                mock: None,
             }),
         }
     }
@@ -117,7 +117,7 @@ impl Connection {
     /// stable name, so that a resumed run and the cache recognise the mock's requests as the
     /// same whatever port it listens on.
     pub fn stable_url(&self, url: &str) -> String {
-        if self._mock.is_some() {
+        if self.mock.is_some() {
             url.replacen(&self.base_url, "mock:", 1)
         } else {
             url.to_string()
