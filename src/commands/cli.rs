@@ -189,9 +189,11 @@ pub struct RunArgs {
     pub tpm: Option<u32>,
 
     /// Retries per row after the first attempt [default: 6]. Retried: connection errors,
-    /// timeouts, 408, 409, 429 rate limits and 5xx, after exponential backoff with full jitter
-    /// (0.5 s doubling to 30 s) or the server's retry-after. Not retried: other 4xx, and 429
-    /// insufficient_quota, which stops the run. A server's x-should-retry header wins.
+    /// timeouts, 408, 409 and 5xx, after exponential backoff with full jitter (0.5 s doubling to
+    /// 30 s; 1 s doubling to 60 s for a 503/529 without a hint) or the server's retry-after.
+    /// 429 rate limits are retried too but do not count here (see --max-stall). Not retried:
+    /// other 4xx, and 429 insufficient_quota, which stops the run. A server's x-should-retry
+    /// header wins.
     #[arg(long, value_name = "N", help_heading = "Pacing")]
     pub max_retries: Option<u32>,
 

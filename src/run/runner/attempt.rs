@@ -34,7 +34,7 @@ pub(super) async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<A
         let (abandoned, latency) = (sent.abandoned, sent.latency);
         let err = match classify(shared, job, reserved, sent, &mut row) {
             Verdict::Answered(result) => {
-                shared.fail_fast.answered();
+                shared.answered();
                 return (result, row.attempts);
             }
             Verdict::Failed(err) => err,
@@ -197,7 +197,6 @@ fn classify(
             let used = c.usage.prompt_tokens + c.usage.completion_tokens;
             shared.budget.settle(reserved.permit, Some(used));
             shared.learn_completion(c.usage.completion_tokens);
-            shared.answered();
             // The answers rejected before this one count in the row's tokens and cost.
             row.bill(c.usage, charged);
             match invalid {

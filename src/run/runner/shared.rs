@@ -48,7 +48,7 @@ pub(super) struct Shared {
     pub(super) fail_fast: FailFast,
     /// The run was stopped by such an error (see [`Shared::fails_fast`]).
     pub(super) failed_fast: AtomicBool,
-    /// When the run started, and milliseconds after it of the last answer (a 200): how long
+    /// When the run started, and milliseconds after it of the last answer: how long
     /// the run has gone without one is the rate-limit retries' budget (`--max-stall`).
     pub(super) started: Instant,
     pub(super) last_answer_ms: AtomicU64,
@@ -56,9 +56,12 @@ pub(super) struct Shared {
 
 impl Shared {
     /// Notes that an answer arrived.
+    /// Notes that a row was answered: the clock of `--max-stall` starts again, and from the
+    /// first answer on, errors are the rows' own (fail fast is over).
     pub(super) fn answered(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_answer_ms.fetch_max(ms, Ordering::Relaxed);
+        self.fail_fast.answered();
     }
 
     /// How long the run has gone without an answer (since its start, before the first).
