@@ -3,6 +3,14 @@
 //! Templates are checked against the header before anything is sent: a misspelt `{{ revew }}`
 //! is an error that names the column and lists the real ones, not ten thousand requests that say
 //! "Review: ". Rendering uses strict undefined-variable handling for the same reason.
+//!
+//! A template is a small program, and one row of it can loop or recurse without end. Every
+//! render has a budget, so a template cannot hang the pre-flight or exhaust memory: at most
+//! [`TEMPLATE_FUEL`] steps (minijinja's `fuel`: three nested loops over a long cell run out in
+//! milliseconds), a shallow nesting limit ([`TEMPLATE_DEPTH`], which keeps a recursive macro
+//! that doubles a string from doubling more than a few times) and at most [`MAX_PROMPT_BYTES`]
+//! of output. The step budget stands in for a time limit: a thread cannot be stopped from
+//! outside, and steps are counted the same on every machine.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +23,19 @@ const USER: &str = "user";
 const SYSTEM: &str = "system";
 /// Name under which every column is also reachable, for names that are not identifiers.
 const ROW_VAR: &str = "row";
+
+/// Steps one render may take. A prompt template that substitutes columns takes tens; one that
+/// loops over a list in a cell, thousands. A million is about 20 ms of work, far beyond any
+/// prompt, and ends three nested loops over a 3,000-character cell (27 billion steps) at once.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+/// minijinja's nesting budget (each `for`/`if` costs 1, a macro call about 5; the default is
+/// 500). Prompts nest a few levels; 40 lets a recursive macro call itself only a handful of
+/// times, so one that doubles a string on every call cannot grow it more than about a
+/// thousandfold.
+pub const TEMPLATE_DEPTH: usize = 40;
+/// The largest prompt a render may produce: 32 MB, Anthropic's limit on a whole request (no
+/// API accepts a larger body, and none has a context window near it).
+pub const MAX_PROMPT_BYTES: usize = 32 * 1024 * 1024;
 
 /// The rendered messages of one row.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +107,9 @@ impl Plain {
     fn render(&self, name: &str, headers: &[String], row: &Row) -> Result<String, String> {
         let mut out = String::new();
         for part in &self.0 {
+            if out.len() > MAX_PROMPT_BYTES {
+                return Err(too_long(name));
+            }
             match part {
                 Part::Text(t) => out.push_str(t),
                 Part::Column(i) => match row.record.get(*i) {
@@ -111,6 +135,8 @@ impl Prompts {
     ) -> Result<Self, Error> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_fuel(Some(TEMPLATE_FUEL));
+        env.set_recursion_limit(TEMPLATE_DEPTH);
         let mut plain_user = None;
         let prompt_column = match prompt {
             PromptSource::Template(text) => {
@@ -180,10 +206,14 @@ impl Prompts {
             columns.iter().map(|(k, v)| (*k, Value::from(*v))).collect();
         ctx.entry(ROW_VAR)
             .or_insert_with(|| Value::from_serialize(columns));
-        self.env
+        let mut out = Bounded::default();
+        let template = self
+            .env
             .get_template(name)
-            .and_then(|t| t.render(&ctx))
-            .map_err(|e| format!("{name} template: {e}"))
+            .map_err(|e| format!("{name} template: {e}"))?;
+        let rendered = template.render_captured_to(&ctx, &mut out).map(drop);
+        rendered.map_err(|e| budget_message(name, &e, out.over))?;
+        String::from_utf8(out.bytes).map_err(|_| format!("{name} template: output is not UTF-8"))
     }
 
     /// Renders through minijinja even when there is a fast form, for tests that compare them.
@@ -196,6 +226,74 @@ impl Prompts {
         };
         Ok(Rendered { system, user })
     }
+}
+
+/// A render's output, refused past [`MAX_PROMPT_BYTES`] (checked as it is written, so an
+/// endless template stops at the limit instead of filling memory).
+#[derive(Default)]
+struct Bounded {
+    bytes: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.bytes.len() + buf.len() > MAX_PROMPT_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("prompt too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A render error, saying which budget ran out and what to do about it.
+fn budget_message(name: &str, e: &minijinja::Error, over: bool) -> String {
+    use minijinja::ErrorKind as K;
+    match e.kind() {
+        _ if over => too_long(name),
+        K::OutOfFuel => format!(
+            "{name} template: took more than {TEMPLATE_FUEL} steps (loops over loops?); a prompt \
+             template must finish quickly: simplify its loops"
+        ),
+        K::InvalidOperation if e.to_string().contains("recursion") => format!(
+            "{name} template: nested deeper than {TEMPLATE_DEPTH} levels (a macro that calls \
+             itself?); simplify it"
+        ),
+        _ => format!("{name} template: {e}"),
+    }
+}
+
+fn too_long(name: &str) -> String {
+    format!(
+        "{name} template: the prompt is longer than {} MB, more than any API accepts; shorten \
+         the template or the cells it uses",
+        MAX_PROMPT_BYTES / (1024 * 1024)
+    )
+}
+
+/// The columns `text` reads as `row["name"]`, `row['name']` or `row.name` (which
+/// `undeclared_variables` sees only as `row`), each with the way it was written.
+fn row_lookups(text: &str) -> Vec<(String, String)> {
+    static LOOKUP: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = LOOKUP.get_or_init(|| {
+        regex::Regex::new(
+            r#"\brow\s*(?:\[\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*\]|\.([A-Za-z_][A-Za-z0-9_]*)\b(\s*\()?)"#,
+        )
+        .expect("a valid pattern")
+    });
+    re.captures_iter(text)
+        // `row.items()` is a method of the row, not a column.
+        .filter(|c| c.get(4).is_none())
+        .filter_map(|c| {
+            let name = c.get(1).or(c.get(2)).or(c.get(3))?.as_str().to_string();
+            Some((name, c[0].to_string()))
+        })
+        .collect()
 }
 
 /// Compiles `text` as template `name` and checks that every variable it reads is a column.
@@ -213,14 +311,19 @@ fn add_checked(
         .undeclared_variables(false)
         .into_iter()
         .filter(|v| v != ROW_VAR && !input.headers.iter().any(|h| h == v))
+        .map(|v| format!("{{{{ {v} }}}}"))
         .collect();
     unknown.sort();
+    if !input.headers.iter().any(|h| h == ROW_VAR) {
+        for (column, written) in row_lookups(&text_of(env, name)) {
+            let shown = format!("{{{{ {written} }}}}");
+            if !input.headers.contains(&column) && !unknown.contains(&shown) {
+                unknown.push(shown);
+            }
+        }
+    }
     if !unknown.is_empty() {
-        let names = unknown
-            .iter()
-            .map(|v| format!("{{{{ {v} }}}}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let names = unknown.join(", ");
         return Err(Error::Input(format!(
             "{what} uses {names}, which {} not a column of {}; its columns are: {}",
             if unknown.len() == 1 { "is" } else { "are" },
@@ -229,6 +332,13 @@ fn add_checked(
         )));
     }
     Ok(())
+}
+
+/// The source of template `name`, as added.
+fn text_of(env: &Environment<'static>, name: &str) -> String {
+    env.get_template(name)
+        .map(|t| t.source().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -259,6 +369,62 @@ mod tests {
             .to_string();
         assert!(msg.contains("{{ revew }}"), "{msg}");
         assert!(msg.contains("\"review\", \"product\""), "{msg}");
+    }
+
+    #[test]
+    fn row_lookup_of_a_missing_column_lists_the_columns() {
+        let inp = input(&["review", "product"]);
+        for (text, shown) in [
+            ("{{ row[\"product name\"] }}", "{{ row[\"product name\"] }}"),
+            ("{{ row['nme'] | upper }}", "{{ row['nme'] }}"),
+            ("{{ row.prodct }}", "{{ row.prodct }}"),
+        ] {
+            let msg = Prompts::new(&PromptSource::Template(text.into()), None, &inp)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(msg.contains(shown), "{text}: {msg}");
+            assert!(msg.contains("\"review\", \"product\""), "{msg}");
+        }
+        let ok = "{{ row['review'] }} {{ row.product }} {% for k, v in row.items() %}{% endfor %}";
+        assert!(Prompts::new(&PromptSource::Template(ok.into()), None, &inp).is_ok());
+    }
+
+    fn render_error(template: &str, cell: &str) -> String {
+        let inp = input(&["text"]);
+        let p = Prompts::new(&PromptSource::Template(template.into()), None, &inp).unwrap();
+        p.render(&inp, &row(&[cell])).unwrap_err()
+    }
+
+    #[test]
+    fn nested_loops_over_a_long_cell_run_out_of_steps() {
+        let cell = "x".repeat(3000);
+        let e = render_error(
+            "{% for a in text %}{% for b in text %}{% for c in text %}.{% endfor %}{% endfor \
+             %}{% endfor %}",
+            &cell,
+        );
+        assert!(e.contains("steps") && e.contains("user template"), "{e}");
+    }
+
+    #[test]
+    fn a_recursive_doubling_macro_is_stopped() {
+        let cell = "x".repeat(3000);
+        let e = render_error(
+            "{% macro d(s, n) %}{% if n > 0 %}{{ d(s ~ s, n - 1) }}{% else %}{{ s }}{% endif \
+             %}{% endmacro %}{{ d(text, 60) }}",
+            &cell,
+        );
+        assert!(e.contains("nested deeper"), "{e}");
+    }
+
+    #[test]
+    fn a_prompt_over_the_size_limit_is_refused() {
+        let cell = "x".repeat(MAX_PROMPT_BYTES / 4 + 1);
+        let slow = render_error("{{ text }}{{ text }}{{ text }}{{ text|upper }}", &cell);
+        assert!(slow.contains("longer than"), "{slow}");
+        let fast = render_error("{{ text }}{{ text }}{{ text }}{{ text }}{{ text }}", &cell);
+        assert!(fast.contains("longer than"), "{fast}");
     }
 
     #[test]
