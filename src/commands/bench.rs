@@ -29,6 +29,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
         markdown: export_markdown,
         plot,
     };
+    check_paths(&run_args, &outputs)?;
     check_outputs(&outputs)?;
     let (base, settings) = RunConfig::resolve_sweep(run_args)?;
     let printer = base.printer();
@@ -56,6 +57,20 @@ fn refuse_run_only_flags(a: &RunArgs) -> Result<(), Error> {
         "bench writes its runs to a temporary folder and reports with --format, --export-csv, \
          --export-json, --export-markdown and --plot",
     )
+}
+
+/// No report file is a file the runs read, or another report file.
+fn check_paths(run_args: &RunArgs, outputs: &Outputs) -> Result<(), Error> {
+    let mut check = crate::run::paths::PathCheck::default();
+    for (what, path) in crate::commands::config::input_paths(run_args) {
+        check = check.input(what, path.as_deref());
+    }
+    check
+        .output("--export-csv", outputs.csv.as_deref())
+        .output("--export-json", outputs.json.as_deref())
+        .output("--export-markdown", outputs.markdown.as_deref())
+        .output("--plot", outputs.plot.as_deref())
+        .check()
 }
 
 /// Every path written at the end is checked now, before anything is sent or spent.

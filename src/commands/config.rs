@@ -21,6 +21,7 @@ use crate::engine::retry::RetryPolicy;
 use crate::engine::schema::OutputSchema;
 use crate::engine::template::PromptSource;
 use crate::run::connection::is_loopback;
+use crate::run::paths::PathCheck;
 use crate::run::settings::*;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,6 +108,7 @@ impl RunConfig {
         let api = resolve_api(&mut args)?;
         let headers = ExtraHeaders::parse(&args.header).map_err(Error::Usage)?;
         let paths = Paths::of(&args)?;
+        check_paths(&args, &paths)?;
         let (prompt, system) = prompts_of(&args)?;
         let limits = Limits::of(&args)?;
         let model = args
@@ -236,12 +238,6 @@ impl Paths {
             .output_format
             .or_else(|| Format::from_extension(&output))
             .unwrap_or(input_format);
-        if !is_std(&output) && same_file(&output, &input) {
-            return Err(Error::Usage(format!(
-                "the output path {} is the input file; choose another with -o",
-                output.display()
-            )));
-        }
         Ok(Paths {
             input,
             input_format,
@@ -520,20 +516,39 @@ fn api_of(args: &RunArgs) -> Api {
     .unwrap_or(Api::OpenAiChat)
 }
 
-/// Whether `a` and `b` name the same file however they are spelt (`./in.csv`, an absolute path,
-/// a symlink). `a` need not exist yet.
-fn same_file(a: &Path, b: &Path) -> bool {
-    fn resolve(p: &Path) -> Option<PathBuf> {
-        if let Ok(c) = p.canonicalize() {
-            return Some(c);
-        }
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        Some(parent.canonicalize().ok()?.join(p.file_name()?))
+/// The files a run reads (`what` they are, and where).
+pub fn input_paths(args: &RunArgs) -> Vec<(&'static str, Option<PathBuf>)> {
+    let settings = args
+        .config
+        .clone()
+        .or_else(|| Some(PathBuf::from(SETTINGS_FILE)).filter(|p| p.exists()));
+    vec![
+        ("the input file", Some(args.input.clone())),
+        ("the --prompt-file", args.prompt_file.clone()),
+        ("the --system-file", args.system_file.clone()),
+        ("the --schema file", args.schema.clone()),
+        ("the --price-file", args.price_file.clone()),
+        ("the --api-key-file", args.api_key_file.clone()),
+        ("the settings file", settings),
+    ]
+}
+
+/// No file the run writes (results, state, log, summary) is one it reads, or another it
+/// writes ([`PathCheck`]).
+fn check_paths(args: &RunArgs, paths: &Paths) -> Result<(), Error> {
+    let state = args.state.clone().or_else(|| {
+        (!is_std(&paths.output)).then(|| crate::engine::store::default_path(&paths.output))
+    });
+    let mut check = PathCheck::default();
+    for (what, path) in input_paths(args) {
+        check = check.input(what, path.as_deref());
     }
-    a == b || matches!((resolve(a), resolve(b)), (Some(x), Some(y)) if x == y)
+    check
+        .output("-o", Some(&paths.output))
+        .output("--state", state.as_deref())
+        .output("--log", args.log.as_deref())
+        .output("--summary-json", args.summary_json.as_deref())
+        .check()
 }
 
 fn read_text(path: &Path, flag: &str) -> Result<String, Error> {
@@ -623,8 +638,6 @@ mod tests {
         let input = dir.path().join("in.csv");
         std::fs::write(&input, "a\n1\n").unwrap();
         let other = dir.path().join(".").join("in.csv");
-        assert!(same_file(&other, &input));
-        assert!(!same_file(&dir.path().join("out.csv"), &input));
         let mut a = args(input.to_str().unwrap());
         a.output = Some(other);
         a.mock = Some(String::new());
