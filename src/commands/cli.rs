@@ -388,6 +388,27 @@ pub struct RunArgs {
     #[arg(short, long, help_heading = "Output")]
     #[serde(skip)]
     pub quiet: bool,
+
+    // ---- Input ----
+    /// The field separator of a CSV input: , ; | or \t (tab) [default: detected from the first
+    /// lines: , ; tab or |; tab for .tsv].
+    #[arg(short = 'd', long, value_name = "CHAR", help_heading = "Input")]
+    pub delimiter: Option<crate::engine::input::delimiter::Delimiter>,
+
+    /// The longest cell the input may hold, e.g. 10M [default: 10M; no model takes a prompt this
+    /// long].
+    #[arg(long, value_name = "SIZE", help_heading = "Input")]
+    pub max_field_size: Option<crate::engine::input::ByteSize>,
+
+    /// The longest row (and line) the input may hold [default: 32M, the largest request any API
+    /// accepts].
+    #[arg(long, value_name = "SIZE", help_heading = "Input")]
+    pub max_row_size: Option<crate::engine::input::ByteSize>,
+
+    /// The largest input, stdin and pipes included (they are copied to disk first) [default:
+    /// 4G].
+    #[arg(long, value_name = "SIZE", help_heading = "Input")]
+    pub max_input_size: Option<crate::engine::input::ByteSize>,
 }
 
 /// Flags of `batch bench`: every `batch run` flag that shapes requests, plus the sweep and its

@@ -66,7 +66,8 @@ impl RunConfig {
                 prompt, prompt_file, system, system_file, id_column, model, max_tokens,
                 temperature, price_file, concurrency, rpm, tpm, max_retries, max_stall, timeout, api_key_file,
                 mock, summary_json, grace, max_cost, log, provider, api, schema, schema_retries,
-                expect, match_mode, via, batch_max_requests, batch_max_bytes);
+                expect, match_mode, via, batch_max_requests, batch_max_bytes,
+                delimiter, max_field_size, max_row_size, max_input_size);
             if args.header.is_empty() {
                 args.header = std::mem::take(&mut file.header);
             }
@@ -125,12 +126,14 @@ impl RunConfig {
             .clone()
             .unwrap_or_else(crate::engine::cache::default_dir)
             .join("runs");
+        let read = read_options(&args);
         let stdio = crate::engine::stdio::resolve(
             &paths.input,
             paths.input_format,
             &paths.output,
             args.state.clone(),
             &runs_dir,
+            read.limits,
         )?;
         Ok(RunConfig {
             input: stdio.input,
@@ -185,7 +188,21 @@ impl RunConfig {
                 max_requests: args.batch_max_requests,
                 max_bytes: args.batch_max_bytes,
             },
+            read,
         })
+    }
+}
+
+/// `--delimiter` and the input limits, defaults filled in.
+fn read_options(args: &RunArgs) -> crate::engine::input::ReadOptions {
+    let d = crate::engine::input::InputLimits::default();
+    crate::engine::input::ReadOptions {
+        limits: crate::engine::input::InputLimits {
+            field: args.max_field_size.unwrap_or(d.field),
+            row: args.max_row_size.unwrap_or(d.row),
+            file: args.max_input_size.unwrap_or(d.file),
+        },
+        delimiter: args.delimiter.map(|d| d.0),
     }
 }
 
@@ -231,7 +248,7 @@ impl Paths {
         let output = match &args.output {
             Some(p) => p.clone(),
             // Read from a pipe, write to one.
-            None if is_std(&input) => PathBuf::from("-"),
+            None if is_std(&input) || crate::engine::stdio::is_stream(&input) => PathBuf::from("-"),
             None => default_output(&input, input_format),
         };
         let output_format = args

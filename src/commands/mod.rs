@@ -16,6 +16,8 @@ use cli::Command;
 
 /// Runs one subcommand to its exit status.
 pub fn dispatch(command: Command) -> Result<ExitStatus, Error> {
+    // Copies of stdin (or of a pipe) are removed however the command ends.
+    let _spools = crate::engine::stdio::SpoolGuard;
     match command {
         Command::Completions { shell } => {
             let mut cmd = cli::Cli::command();

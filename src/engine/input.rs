@@ -18,7 +18,23 @@ use csv::StringRecord;
 use crate::base::error::{Error, describe_io};
 use crate::base::format::Format;
 
+pub mod delimiter;
 pub mod jsonl;
+pub mod limits;
+
+pub use limits::{ByteSize, InputLimits};
+use limits::{Limited, limit_error};
+
+/// How an input is read: its limits, and the CSV delimiter when `--delimiter` forces one
+/// (else it is detected, see [`delimiter`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOptions {
+    pub limits: InputLimits,
+    pub delimiter: Option<u8>,
+}
+
+/// An input file read through its limits.
+type Source = BufReader<Limited<File>>;
 
 const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -65,6 +81,9 @@ pub struct InputFile {
     /// Index of the id column, if any.
     pub id_index: Option<usize>,
     pub format: Format,
+    /// The CSV field separator (unused for JSON Lines).
+    pub delimiter: u8,
+    pub limits: InputLimits,
 }
 
 impl InputFile {
@@ -77,9 +96,25 @@ impl InputFile {
     /// [`InputFile::open`] for a file in `format`. A JSON Lines file is read through once here
     /// to find its columns, and every line is checked on the way.
     pub fn open_as(path: &Path, format: Format, id_column: Option<&str>) -> Result<Self, Error> {
+        Self::open_with(path, format, id_column, ReadOptions::default())
+    }
+
+    /// [`InputFile::open_as`] under `options` (limits, a forced delimiter).
+    pub fn open_with(
+        path: &Path,
+        format: Format,
+        id_column: Option<&str>,
+        options: ReadOptions,
+    ) -> Result<Self, Error> {
+        let limits = options.limits;
+        let delimiter = match (format, options.delimiter) {
+            (Format::Jsonl, _) => b',',
+            (Format::Csv, Some(d)) => d,
+            (Format::Csv, None) => detect_delimiter(path, limits)?,
+        };
         let headers: Vec<String> = match format {
-            Format::Jsonl => jsonl::columns(path)?,
-            Format::Csv => csv_reader(path)?
+            Format::Jsonl => jsonl::columns(path, limits)?,
+            Format::Csv => csv_reader(path, delimiter, limits)?
                 .headers()
                 .map_err(|e| csv_error(path, &e, &[]))?
                 .iter()
@@ -124,25 +159,29 @@ impl InputFile {
             headers,
             id_index,
             format,
+            delimiter,
+            limits,
         })
     }
 
     /// Streams the data rows, in order.
     pub fn rows(&self) -> Result<Rows, Error> {
-        let source = match self.format {
+        let rows_source = match self.format {
             Format::Csv => {
-                let mut reader = csv_reader(&self.path)?;
+                let mut reader = csv_reader(&self.path, self.delimiter, self.limits)?;
                 // Skip the header; it was checked in `open`.
                 reader
                     .headers()
                     .map_err(|e| csv_error(&self.path, &e, &[]))?;
-                Source::Csv(reader)
+                RowSource::Csv(reader)
             }
-            Format::Jsonl => Source::Jsonl(jsonl::Reader::new(&self.path, &self.headers)?),
+            Format::Jsonl => {
+                RowSource::Jsonl(jsonl::Reader::new(&self.path, &self.headers, self.limits)?)
+            }
         };
         Ok(Rows {
             input: self.clone(),
-            source,
+            source: rows_source,
             record: StringRecord::new(),
             seq: 0,
         })
@@ -189,13 +228,13 @@ impl InputFile {
 /// Iterator over the rows of an [`InputFile`].
 pub struct Rows {
     input: InputFile,
-    source: Source,
+    source: RowSource,
     record: StringRecord,
     seq: u64,
 }
 
-enum Source {
-    Csv(csv::Reader<BufReader<File>>),
+enum RowSource {
+    Csv(csv::Reader<Source>),
     Jsonl(jsonl::Reader),
 }
 
@@ -206,7 +245,7 @@ impl Iterator for Rows {
         let path = &self.input.path;
         let mut json_cells = JsonCells::default();
         let read = match &mut self.source {
-            Source::Csv(reader) => match reader.read_record(&mut self.record) {
+            RowSource::Csv(reader) => match reader.read_record(&mut self.record) {
                 Ok(false) => None,
                 Err(e) => Some(Err(csv_error(path, &e, &self.input.headers))),
                 Ok(true) => Some(Ok(self
@@ -214,12 +253,15 @@ impl Iterator for Rows {
                     .position()
                     .map_or((0, 0), |p| (p.line(), p.byte())))),
             },
-            Source::Jsonl(reader) => reader.read(path, &mut self.record, &mut json_cells),
+            RowSource::Jsonl(reader) => reader.read(path, &mut self.record, &mut json_cells),
         };
         match read {
             None => None,
             Some(Err(e)) => Some(Err(e)),
             Some(Ok((line, byte))) => {
+                if let Err(e) = self.check_size(line) {
+                    return Some(Err(e));
+                }
                 let seq = self.seq;
                 self.seq += 1;
                 let id = match self.input.id_index {
@@ -247,6 +289,36 @@ impl Iterator for Rows {
                 }))
             }
         }
+    }
+}
+
+impl Rows {
+    /// The record just read is within the field and row limits (a row over the row limit
+    /// that spans several lines gets here; one long line was stopped while reading).
+    fn check_size(&self, line: u64) -> Result<(), Error> {
+        let limits = self.input.limits;
+        for (i, cell) in self.record.iter().enumerate() {
+            if cell.len() as u64 > limits.field.0 {
+                let column = format!("column {} ({:?})", i + 1, self.input.column_name(i));
+                let path = &self.input.path;
+                return Err(limits::field_error(
+                    path,
+                    line,
+                    column,
+                    cell.len(),
+                    limits.field,
+                ));
+            }
+        }
+        if self.record.as_slice().len() as u64 > limits.row.0 {
+            return Err(Error::Input(format!(
+                "{}: the row on line {line} is longer than {} (--max-row-size); raise \
+                 --max-row-size if it is meant",
+                self.input.path.display(),
+                limits.row
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -316,17 +388,35 @@ fn id_fingerprint(id: &str) -> [u64; 2] {
     [ha.finish(), hb.finish()]
 }
 
-fn csv_reader(path: &Path) -> Result<csv::Reader<BufReader<File>>, Error> {
-    let mut buf = open_buffered(path)?;
+fn csv_reader(
+    path: &Path,
+    delimiter: u8,
+    limits: InputLimits,
+) -> Result<csv::Reader<Source>, Error> {
+    let mut buf = open_buffered(path, limits)?;
     skip_bom(&mut buf, path)?;
     Ok(csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
+        .delimiter(delimiter)
         .from_reader(buf))
 }
 
+/// The CSV delimiter of `path`, from its extension or its first lines.
+fn detect_delimiter(path: &Path, limits: InputLimits) -> Result<u8, Error> {
+    let mut buf = open_buffered(path, limits)?;
+    skip_bom(&mut buf, path)?;
+    let head = buf.fill_buf().map_err(|e| read_error(path, &e))?;
+    Ok(delimiter::detect(path, head))
+}
+
+/// A read error, or the limit it ran into.
+pub(crate) fn read_error(path: &Path, e: &std::io::Error) -> Error {
+    limit_error(&path.display().to_string(), e).unwrap_or_else(|| Error::read(path, e))
+}
+
 /// Opens an input file for buffered reading, with a message that says what to do if it cannot.
-fn open_buffered(path: &Path) -> Result<BufReader<File>, Error> {
+fn open_buffered(path: &Path, limits: InputLimits) -> Result<Source, Error> {
     let file = File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Input(format!(
@@ -341,16 +431,19 @@ fn open_buffered(path: &Path) -> Result<BufReader<File>, Error> {
             ))
         }
     })?;
-    Ok(BufReader::with_capacity(256 * 1024, file))
+    Ok(BufReader::with_capacity(
+        256 * 1024,
+        Limited::new(file, limits),
+    ))
 }
 
 /// Skips a UTF-8 byte-order mark and returns its length (0 when there is none). Spreadsheet
 /// programs on Windows start UTF-8 files with one; without this the first column would be named
 /// "\u{feff}id".
-fn skip_bom(buf: &mut BufReader<File>, path: &Path) -> Result<u64, Error> {
+fn skip_bom(buf: &mut Source, path: &Path) -> Result<u64, Error> {
     let has_bom = buf
         .fill_buf()
-        .map_err(|e| Error::read(path, &e))?
+        .map_err(|e| read_error(path, &e))?
         .starts_with(UTF8_BOM);
     if has_bom {
         buf.consume(UTF8_BOM.len());
@@ -363,7 +456,8 @@ fn skip_bom(buf: &mut BufReader<File>, path: &Path) -> Result<u64, Error> {
 fn csv_error(path: &Path, e: &csv::Error, headers: &[String]) -> Error {
     let p = path.display();
     match e.kind() {
-        csv::ErrorKind::Io(io) => Error::Input(format!("cannot read {p}: {}", describe_io(io))),
+        csv::ErrorKind::Io(io) => limit_error(&p.to_string(), io)
+            .unwrap_or_else(|| Error::Input(format!("cannot read {p}: {}", describe_io(io)))),
         csv::ErrorKind::Utf8 { pos, err } => {
             let line = pos.as_ref().map_or(0, |p| p.line());
             let col = headers
@@ -411,6 +505,8 @@ pub(crate) mod fixtures {
             headers: headers.iter().map(|s| s.to_string()).collect(),
             id_index: None,
             format: Default::default(),
+            delimiter: b',',
+            limits: Default::default(),
         }
     }
 

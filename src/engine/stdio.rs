@@ -3,8 +3,12 @@
 //!
 //! A run reads its input more than once (the pre-flight, the requests, a resume, the final
 //! results pass), and stdin can be read once, so stdin is first copied to a file (the *spool*)
-//! beside the run's state file, named after it: `results.sqlite` -> `results.stdin.csv`. The
-//! spool is removed when the run completes; an unfinished run keeps it.
+//! beside the run's state file, named after it: `results.sqlite` -> `results.stdin.csv`. So is
+//! any input that is not a regular file (a FIFO, `<(cat x.csv)`, a device): it is opened once.
+//! The copy is bounded by the input limits ([`InputLimits`]: `/dev/zero` stops at the row
+//! limit, an endless stream of rows at the file limit), and removed on every way out: the
+//! command's end, an error, Ctrl-C or SIGTERM (see [`SpoolGuard`]). `--resume` pipes the data
+//! again, so nothing needs it after the process.
 //!
 //! Results on stdout are written, like a results file, to a temporary file beside the state
 //! file, and copied to stdout only when the run ends, so what a pipeline reads is complete and in
@@ -21,11 +25,15 @@
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use sha2::{Digest, Sha256};
 
 use crate::base::error::{Error, describe_io};
 use crate::base::format::{Format, is_std};
+use crate::engine::input::InputLimits;
+use crate::engine::input::limits::{Limited, limit_error};
 
 /// Where a run's input and state live once `-` is resolved.
 #[derive(Debug, Clone)]
@@ -37,6 +45,12 @@ pub struct Resolved {
     pub spooled: bool,
 }
 
+/// Whether `path` is something other than a regular file or a folder (a FIFO, a pipe such as
+/// `<(...)`'s `/dev/fd/63`, a device such as `/dev/zero`): it can be read only once.
+pub fn is_stream(path: &Path) -> bool {
+    !is_std(path) && std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
+}
+
 /// Resolves the input and state paths: spools stdin when the input is `-`, and puts the state
 /// file in `runs_dir` when the results go to stdout and no `--state` is given.
 pub fn resolve(
@@ -45,10 +59,11 @@ pub fn resolve(
     output: &Path,
     state: Option<PathBuf>,
     runs_dir: &Path,
+    limits: InputLimits,
 ) -> Result<Resolved, Error> {
     let state =
         state.or_else(|| (!is_std(output)).then(|| crate::engine::store::default_path(output)));
-    if !is_std(input) {
+    if !is_std(input) && !is_stream(input) {
         let state = match state {
             Some(s) => s,
             None => {
@@ -64,7 +79,7 @@ pub fn resolve(
         });
     }
     let stdin = std::io::stdin();
-    if stdin.is_terminal() {
+    if is_std(input) && stdin.is_terminal() {
         return Err(Error::Usage(
             "the input is - (stdin), but stdin is a terminal; pipe the rows in, e.g. `cat \
              rows.csv | batch run - ...`"
@@ -85,12 +100,24 @@ pub fn resolve(
             runs_dir.to_path_buf()
         }
     };
-    let (tmp, hash) = spool(&mut stdin.lock(), &dir)?;
+    let (tmp, hash) = if is_std(input) {
+        spool(&mut stdin.lock(), "stdin", &dir, limits)?
+    } else {
+        let mut file = std::fs::File::open(input).map_err(|e| {
+            Error::Input(format!(
+                "cannot read {}: {}",
+                input.display(),
+                describe_io(&e)
+            ))
+        })?;
+        spool(&mut file, &input.display().to_string(), &dir, limits)?
+    };
     let state = match state {
         Some(s) => s,
         None => runs_path(runs_dir, &hash)?,
     };
     let spool = spool_path(&state, input_format);
+    track(&spool);
     std::fs::rename(&tmp, &spool).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(
@@ -98,6 +125,7 @@ pub fn resolve(
             e,
         )
     })?;
+    untrack(&tmp);
     Ok(Resolved {
         input: spool,
         state,
@@ -143,13 +171,22 @@ fn runs_path(runs_dir: &Path, key: &str) -> Result<PathBuf, Error> {
     Ok(runs_dir.join(format!("{}.sqlite", &key[..16])))
 }
 
-/// Copies `from` to a new temporary file in `dir`; returns its path and the content's SHA-256.
-fn spool(from: &mut impl Read, dir: &Path) -> Result<(PathBuf, String), Error> {
+/// Copies `from` (named `name` in messages) to a new temporary file in `dir`, within `limits`;
+/// returns its path and the content's SHA-256.
+fn spool(
+    from: &mut impl Read,
+    name: &str,
+    dir: &Path,
+    limits: InputLimits,
+) -> Result<(PathBuf, String), Error> {
     let tmp = dir.join(format!(".batch-stdin-{}.partial", std::process::id()));
     let fail = |e: std::io::Error| {
         let _ = std::fs::remove_file(&tmp);
-        Error::io(format!("cannot copy stdin to {}", tmp.display()), e)
+        Error::io(format!("cannot copy {name} to {}", tmp.display()), e)
     };
+    remove_on_signal();
+    track(&tmp);
+    let mut from = Limited::new(from, limits);
     let mut file = std::fs::File::create(&tmp).map_err(fail)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -160,7 +197,8 @@ fn spool(from: &mut impl Read, dir: &Path) -> Result<(PathBuf, String), Error> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                return Err(Error::io("cannot read stdin", e));
+                return Err(limit_error(name, &e)
+                    .unwrap_or_else(|| Error::io(format!("cannot read {name}"), e)));
             }
         };
         hasher.update(&buf[..n]);
@@ -168,6 +206,90 @@ fn spool(from: &mut impl Read, dir: &Path) -> Result<(PathBuf, String), Error> {
     }
     file.sync_all().map_err(fail)?;
     Ok((tmp, hex(&hasher.finalize())))
+}
+
+/// The spools this process has made and not yet removed.
+static SPOOLS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Set once something above (a run's own signal handling) watches Ctrl-C and SIGTERM, and
+/// leaves by returning (so [`SpoolGuard`] runs) or through [`remove_spools`].
+pub static SIGNALS_WATCHED: AtomicBool = AtomicBool::new(false);
+
+fn track(path: &Path) {
+    if let Ok(mut s) = SPOOLS.lock() {
+        s.push(path.to_path_buf());
+    }
+}
+
+fn untrack(path: &Path) {
+    if let Ok(mut s) = SPOOLS.lock() {
+        s.retain(|p| p != path);
+    }
+}
+
+/// Removes every spool this process made. Called on the way out, however the process leaves.
+pub fn remove_spools() {
+    let spools = SPOOLS.lock().map(|mut s| std::mem::take(&mut *s));
+    for path in spools.unwrap_or_default() {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Removes the spools when dropped: a command holds one for its whole life, so they go on
+/// success, on an error, and after a run stopped by a signal.
+pub struct SpoolGuard;
+
+impl Drop for SpoolGuard {
+    fn drop(&mut self) {
+        remove_spools();
+    }
+}
+
+/// Until a run watches signals itself ([`SIGNALS_WATCHED`]), Ctrl-C or SIGTERM while stdin is
+/// copied (or the pre-flight reads the copy) removes it and exits with 130, as the signal would
+/// have without the copy. On its own thread, so a copy that blocks the runtime cannot delay it.
+fn remove_on_signal() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        std::thread::spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async {
+                while next_signal().await {
+                    if !SIGNALS_WATCHED.load(Ordering::SeqCst) {
+                        remove_spools();
+                        std::process::exit(crate::base::error::ExitStatus::Interrupted as i32);
+                    }
+                }
+            });
+        });
+    });
+}
+
+/// Waits for Ctrl-C or SIGTERM; `false` if they cannot be watched.
+async fn next_signal() -> bool {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return false;
+        };
+        tokio::select! {
+            r = int.recv() => r.is_some(),
+            r = term.recv() => r.is_some(),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.is_ok()
+    }
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -188,10 +310,28 @@ mod tests {
     #[test]
     fn spool_copies_and_hashes_the_content() {
         let dir = tempfile::tempdir().unwrap();
-        let (tmp, hash) = spool(&mut &b"id,text\n1,a\n"[..], dir.path()).unwrap();
+        let (tmp, hash) = spool(
+            &mut &b"id,text\n1,a\n"[..],
+            "stdin",
+            dir.path(),
+            InputLimits::default(),
+        )
+        .unwrap();
         assert_eq!(std::fs::read(&tmp).unwrap(), b"id,text\n1,a\n");
-        let (_, same) = spool(&mut &b"id,text\n1,a\n"[..], dir.path()).unwrap();
-        let (_, other) = spool(&mut &b"id,text\n1,b\n"[..], dir.path()).unwrap();
+        let (_, same) = spool(
+            &mut &b"id,text\n1,a\n"[..],
+            "stdin",
+            dir.path(),
+            InputLimits::default(),
+        )
+        .unwrap();
+        let (_, other) = spool(
+            &mut &b"id,text\n1,b\n"[..],
+            "stdin",
+            dir.path(),
+            InputLimits::default(),
+        )
+        .unwrap();
         assert_eq!(hash, same);
         assert_ne!(hash, other);
     }
@@ -215,11 +355,35 @@ mod tests {
         let input = dir.path().join("in.csv");
         std::fs::write(&input, "a\n1\n").unwrap();
         let runs = dir.path().join("runs");
-        let a = resolve(&input, Format::Csv, Path::new("-"), None, &runs).unwrap();
-        let b = resolve(&input, Format::Csv, Path::new("-"), None, &runs).unwrap();
+        let a = resolve(
+            &input,
+            Format::Csv,
+            Path::new("-"),
+            None,
+            &runs,
+            InputLimits::default(),
+        )
+        .unwrap();
+        let b = resolve(
+            &input,
+            Format::Csv,
+            Path::new("-"),
+            None,
+            &runs,
+            InputLimits::default(),
+        )
+        .unwrap();
         assert_eq!(a.state, b.state, "the same input finds the same state");
         assert!(a.state.starts_with(&runs) && !a.spooled);
-        let c = resolve(&input, Format::Csv, Path::new("r.csv"), None, &runs).unwrap();
+        let c = resolve(
+            &input,
+            Format::Csv,
+            Path::new("r.csv"),
+            None,
+            &runs,
+            InputLimits::default(),
+        )
+        .unwrap();
         assert_eq!(c.state, Path::new("r.sqlite"));
     }
 }

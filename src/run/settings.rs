@@ -66,6 +66,8 @@ pub struct RunConfig {
     pub expect: Option<Expectation>,
     /// `--via batch` and the per-batch limits.
     pub batch: BatchSettings,
+    /// The input's limits and a forced `--delimiter`.
+    pub read: crate::engine::input::ReadOptions,
 }
 
 impl RunConfig {

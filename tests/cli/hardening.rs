@@ -2,7 +2,10 @@
 //! path collisions, echoed secrets) and #18's files people have (delimiters), driving the real
 //! binary against servers the tests start on 127.0.0.1.
 
-use crate::util::{TestDir, assert_code, run, show, stderr};
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::util::{self, TestDir, assert_code, cmd, field, mock_answer, run, show, stderr};
 
 const INPUT: &str = "id,text\n1,hello\n2,world\n";
 
@@ -162,4 +165,466 @@ fn a_row_lookup_of_a_missing_column_lists_the_columns_once() {
         "{err}"
     );
     assert_eq!(err.matches("not a column").count(), 1, "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// #19 items 5 and 10: inputs that never end, cells too long to send
+// ---------------------------------------------------------------------------------------------
+
+/// Waits for `child` up to a minute; a hang fails the test instead of stalling the suite.
+fn wait_bounded(mut child: std::process::Child) -> std::process::Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("poll child").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("batch hung: still running after 60 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("collect output")
+}
+
+/// The rows of `out.csv` as (id, answer).
+fn answers(dir: &TestDir) -> Vec<(String, String)> {
+    dir.results("out.csv")
+        .iter()
+        .map(|r| (field(r, "id").to_string(), field(r, "output").to_string()))
+        .collect()
+}
+
+fn expected_answers() -> Vec<(String, String)> {
+    vec![
+        ("1".into(), mock_answer("Say hello")),
+        ("2".into(), mock_answer("Say world")),
+    ]
+}
+
+#[cfg(unix)]
+#[test]
+fn a_fifo_input_is_opened_once_and_runs() {
+    let dir = TestDir::new();
+    let fifo = dir.join("rows.fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
+    let child = cmd(
+        &dir,
+        [
+            "run",
+            "rows.fifo",
+            "--mock",
+            "--prompt",
+            "Say {{ text }}",
+            "-o",
+            "out.csv",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start batch");
+    // Opening a FIFO for writing waits for its reader; a second open by the reader would wait
+    // for a writer that never comes.
+    let writer = std::thread::spawn(move || std::fs::write(&fifo, INPUT));
+    let out = wait_bounded(child);
+    assert_code(&out, 0);
+    writer.join().unwrap().expect("write to the fifo");
+    assert_eq!(answers(&dir), expected_answers());
+    assert_eq!(spools(&dir), Vec::<String>::new());
+}
+
+#[cfg(unix)]
+#[test]
+fn process_substitution_is_read_whole() {
+    let dir = TestDir::new();
+    dir.create("in.csv", INPUT);
+    let script = format!(
+        "exec '{}' run <(cat in.csv) --mock --prompt 'Say {{{{ text }}}}' -o out.csv",
+        util::bin()
+    );
+    let child = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(dir.path())
+        .env("BATCH_CACHE_DIR", dir.cache_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start bash");
+    let out = wait_bounded(child);
+    assert_code(&out, 0);
+    assert_eq!(answers(&dir), expected_answers());
+}
+
+/// Spool files (copies of stdin or a pipe) left in the test's folder.
+fn spools(dir: &TestDir) -> Vec<String> {
+    dir.files()
+        .into_iter()
+        .filter(|f| f.contains(".stdin.") || f.contains("batch-stdin"))
+        .collect()
+}
+
+#[cfg(unix)]
+#[test]
+fn dev_zero_fails_fast_as_a_file_and_as_stdin_leaving_no_copy() {
+    let dir = TestDir::new();
+    let out = run(
+        &dir,
+        [
+            "run",
+            "/dev/zero",
+            "--mock",
+            "--prompt",
+            "x",
+            "-o",
+            "out.csv",
+            "--max-row-size",
+            "1M",
+        ],
+    );
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("/dev/zero: line 1 is longer than 1 MB (--max-row-size)"),
+        "{err}"
+    );
+    let zero = std::fs::File::open("/dev/zero").unwrap();
+    let child = cmd(
+        &dir,
+        ["run", "-", "--mock", "--prompt", "x", "-o", "out.csv"],
+    )
+    .stdin(zero)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let out = wait_bounded(child);
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("stdin: line 1 is longer than 32 MB (--max-row-size)"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(spools(&dir), Vec::<String>::new());
+    assert!(!dir.join("out.csv").exists());
+}
+
+#[test]
+fn an_endless_stream_of_rows_stops_at_the_input_size_limit() {
+    let dir = TestDir::new();
+    let mut child = cmd(
+        &dir,
+        [
+            "run",
+            "-",
+            "--mock",
+            "--prompt",
+            "x {{ text }}",
+            "-o",
+            "out.csv",
+            "--max-input-size",
+            "64K",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(b"id,text\n");
+        // Like `yes`: rows until the reader goes away.
+        for i in 0.. {
+            if writeln!(stdin, "{i},row {i}").is_err() {
+                break;
+            }
+        }
+    });
+    let out = wait_bounded(child);
+    writer.join().unwrap();
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("stdin is larger than 64 KB (--max-input-size)"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(spools(&dir), Vec::<String>::new());
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_while_stdin_is_copied_removes_the_copy() {
+    let dir = TestDir::new();
+    let mut child = cmd(
+        &dir,
+        [
+            "run",
+            "-",
+            "--mock",
+            "--prompt",
+            "x {{ text }}",
+            "-o",
+            "out.csv",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"id,text\n1,a\n").unwrap();
+    // The copy exists once batch has started reading; the pipe stays open, so it is not done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while spools(&dir).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no copy of stdin appeared"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let out = wait_bounded(child);
+    drop(stdin);
+    assert_code(&out, 130);
+    assert_eq!(spools(&dir), Vec::<String>::new());
+}
+
+#[test]
+fn a_50_mb_field_is_refused_in_the_pre_flight() {
+    let dir = TestDir::new();
+    let mut data = b"id,text\n1,short\n2,".to_vec();
+    data.resize(data.len() + 50 * 1024 * 1024, b'x');
+    data.extend_from_slice(b"\n3,short\n");
+    dir.create_bytes("in.csv", &data);
+    drop(data);
+    // Over the row limit (32 MB) as it is read...
+    let out = run_mock(&dir, &["-o", "out.csv"]);
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("in.csv: line 3 is longer than 32 MB (--max-row-size)"),
+        "{}",
+        show(&out)
+    );
+    // ...and with a larger row limit, over the field limit, naming the cell.
+    let out = run_mock(&dir, &["-o", "out.csv", "--max-row-size", "64M"]);
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("in.csv: line 3, column 2 (\"text\")")
+            && err.contains("over the 10 MB limit (--max-field-size)"),
+        "{err}"
+    );
+    assert!(!dir.join("out.csv").exists());
+}
+
+// ---------------------------------------------------------------------------------------------
+// #19 item 8: a server that echoes the secrets it was sent
+// ---------------------------------------------------------------------------------------------
+
+/// A server on 127.0.0.1 that answers every request with a 400 whose message quotes the
+/// `Authorization` and `X-Api-Key` headers it received, as a misconfigured gateway might.
+fn start_echo_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || echo_once(stream));
+        }
+    });
+    format!("http://{addr}/v1")
+}
+
+fn echo_once(mut stream: std::net::TcpStream) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let (mut headers, mut length) = (Vec::new(), 0usize);
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let line = line.trim_end().to_string();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            let name = name.to_ascii_lowercase();
+            if name == "content-length" {
+                length = value.trim().parse().unwrap_or(0);
+            }
+            if name == "authorization" || name == "x-api-key" {
+                headers.push(format!("{name}={}", value.trim()));
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    let _ = reader.read_exact(&mut body);
+    let message = format!("invalid credentials: {}", headers.join(" "));
+    let json = serde_json::json!({"error": {"message": message, "type": "invalid_request_error"}})
+        .to_string();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{json}",
+        json.len()
+    );
+}
+
+/// Every file under `root`, recursively, with its bytes.
+fn all_files(root: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(all_files(&path));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            out.push((path, bytes));
+        }
+    }
+    out
+}
+
+#[test]
+fn secrets_a_server_echoes_are_in_no_output_file_log_state_or_stderr() {
+    const KEY: &str = "sk-test-echoed-key-0123456789";
+    const GATEWAY: &str = "gw-secret-value-42";
+    let dir = TestDir::new();
+    dir.create("in.csv", INPUT);
+    let url = start_echo_server();
+    let out = cmd(
+        &dir,
+        [
+            "run",
+            "in.csv",
+            "--prompt",
+            "Say {{ text }}",
+            "--base-url",
+            &url,
+            "-o",
+            "out.csv",
+            "--header",
+            &format!("X-Api-Key: {GATEWAY}"),
+            "--log",
+            "audit.jsonl",
+            "--summary-json",
+            "summary.json",
+            "--max-retries",
+            "0",
+        ],
+    )
+    .env("OPENAI_API_KEY", KEY)
+    .output()
+    .unwrap();
+    assert_code(&out, 1);
+    // The server did echo them, and what it said is kept, scrubbed.
+    let rows = dir.results("out.csv");
+    assert_eq!(rows.len(), 2, "{}", show(&out));
+    for row in &rows {
+        let error = field(row, "error");
+        assert!(
+            error.contains("authorization=[redacted]") && error.contains("x-api-key=[redacted]"),
+            "{error}"
+        );
+    }
+    let audit = dir.read("audit.jsonl");
+    assert!(audit.contains("[redacted]"), "{audit}");
+    let mut looked = 0;
+    for (path, bytes) in all_files(dir.path())
+        .into_iter()
+        .chain(all_files(dir.cache_dir()))
+    {
+        for secret in [KEY, GATEWAY] {
+            let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+            assert!(!found, "{secret} is written in {}", path.display());
+        }
+        looked += 1;
+    }
+    assert!(
+        looked >= 4,
+        "results, state, log and summary were all checked"
+    );
+    for text in [stderr(&out), util::stdout(&out)] {
+        assert!(!text.contains(KEY) && !text.contains(GATEWAY), "{text}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// #18: the files people have (delimiters)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn semicolon_and_tsv_inputs_are_read_by_their_delimiter() {
+    let dir = TestDir::new();
+    dir.create("semi.csv", "id;text\n1;hello\n2;world\n");
+    dir.create("tabs.tsv", "id\ttext\n1\thello\n2\tworld\n");
+    dir.create("pipes.txt", "id|text\n1|hello\n2|world\n");
+    for input in ["semi.csv", "tabs.tsv", "pipes.txt"] {
+        let out = run(
+            &dir,
+            [
+                "run",
+                input,
+                "--mock",
+                "--prompt",
+                "Say {{ text }}",
+                "-o",
+                "out.csv",
+            ],
+        );
+        assert_code(&out, 0);
+        assert_eq!(answers(&dir), expected_answers(), "{input}");
+        std::fs::remove_file(dir.join("out.csv")).unwrap();
+        std::fs::remove_file(dir.join("out.sqlite")).unwrap();
+    }
+}
+
+#[test]
+fn delimiter_flag_forces_the_separator() {
+    let dir = TestDir::new();
+    // Sniffing would take the comma; the flag says the file is tab-separated.
+    dir.create("in.csv", "id\ttext\n1\thello, there\n2\tworld, again\n");
+    let out = run(
+        &dir,
+        [
+            "run",
+            "in.csv",
+            "--mock",
+            "--prompt",
+            "Say {{ text }}",
+            "-o",
+            "out.csv",
+            "-d",
+            "\\t",
+        ],
+    );
+    assert_code(&out, 0);
+    assert_eq!(
+        answers(&dir),
+        vec![
+            ("1".into(), mock_answer("Say hello, there")),
+            ("2".into(), mock_answer("Say world, again")),
+        ]
+    );
+    let out = run(
+        &dir,
+        [
+            "run",
+            "in.csv",
+            "--mock",
+            "--prompt",
+            "x",
+            "--delimiter",
+            ";;",
+        ],
+    );
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("is not a delimiter"),
+        "{}",
+        show(&out)
+    );
 }

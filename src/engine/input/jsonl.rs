@@ -14,8 +14,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::Path;
 
 use csv::StringRecord;
@@ -56,7 +55,7 @@ impl<'de: 'a, 'a> serde::Deserialize<'de> for Object<'a> {
 
 /// A JSON Lines file, read a line at a time.
 pub struct Lines {
-    reader: BufReader<File>,
+    reader: super::Source,
     buf: Vec<u8>,
     /// 1-based number of the line in `buf`.
     line: u64,
@@ -66,8 +65,8 @@ pub struct Lines {
 }
 
 impl Lines {
-    pub fn open(path: &Path) -> Result<Self, Error> {
-        let mut reader = super::open_buffered(path)?;
+    pub fn open(path: &Path, limits: super::InputLimits) -> Result<Self, Error> {
+        let mut reader = super::open_buffered(path, limits)?;
         // A byte-order mark is skipped but still counts for byte offsets.
         let bom = super::skip_bom(&mut reader, path)?;
         Ok(Lines {
@@ -86,7 +85,7 @@ impl Lines {
             let n = self
                 .reader
                 .read_until(b'\n', &mut self.buf)
-                .map_err(|e| Error::read(path, &e))?;
+                .map_err(|e| super::read_error(path, &e))?;
             if n == 0 {
                 return Ok(false);
             }
@@ -122,8 +121,8 @@ impl Lines {
 
 /// Reads the whole file once for its columns (the union of the keys in first-seen order) and
 /// checks every line; every problem found is reported (the first ten), with line and column.
-pub fn columns(path: &Path) -> Result<Vec<String>, Error> {
-    let mut lines = Lines::open(path)?;
+pub fn columns(path: &Path, limits: super::InputLimits) -> Result<Vec<String>, Error> {
+    let mut lines = Lines::open(path, limits)?;
     let mut headers: Vec<String> = Vec::new();
     let mut known: HashMap<String, ()> = HashMap::new();
     let mut problems = Problems::default();
@@ -158,9 +157,9 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(path: &Path, headers: &[String]) -> Result<Self, Error> {
+    pub fn new(path: &Path, headers: &[String], limits: super::InputLimits) -> Result<Self, Error> {
         Ok(Reader {
-            lines: Lines::open(path)?,
+            lines: Lines::open(path, limits)?,
             index: headers
                 .iter()
                 .enumerate()

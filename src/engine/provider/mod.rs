@@ -233,6 +233,9 @@ pub(crate) struct Transport {
     /// request then fails with the parser's error).
     parsed: Option<reqwest::Url>,
     headers: HeaderMap,
+    /// The key and the `--header` values, removed from every response before anything reads
+    /// it, so no echo of them reaches the results, the journal, the cache, the log or stderr.
+    scrubber: crate::base::secret::Scrubber,
 }
 
 /// Maps a 200 body (and its headers) to a completion.
@@ -250,11 +253,18 @@ impl Transport {
     ) -> Self {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         extra.apply(&mut headers);
+        let secrets = headers
+            .values()
+            .filter(|v| v.is_sensitive())
+            .chain(extra.0.iter().map(|(_, v)| v))
+            .filter_map(|v| v.to_str().ok());
+        let scrubber = crate::base::secret::Scrubber::new(secrets);
         Transport {
             client,
             parsed: reqwest::Url::parse(&url).ok(),
             url,
             headers,
+            scrubber,
         }
     }
 
@@ -263,6 +273,18 @@ impl Transport {
     }
 
     pub async fn post(&self, body: bytes::Bytes, parse: ParseFn, classify: ClassifyFn) -> Exchange {
+        let mut exchange = self.exchange(body, parse, classify).await;
+        if let Err(e) = &mut exchange.outcome {
+            e.message = self.scrubber.scrub(&e.message).into_owned();
+        }
+        for (_, value) in &mut exchange.headers {
+            *value = self.scrubber.scrub(value).into_owned();
+        }
+        exchange
+    }
+
+    /// One request and its response, the response body already scrubbed.
+    async fn exchange(&self, body: bytes::Bytes, parse: ParseFn, classify: ClassifyFn) -> Exchange {
         let request = match &self.parsed {
             Some(url) => self.client.post(url.clone()),
             None => self.client.post(&self.url),
@@ -287,16 +309,22 @@ impl Transport {
                     headers: kept,
                 }
             }
-            Ok(bytes) => Exchange {
-                outcome: if status == 200 {
-                    parse(&bytes, &headers)
-                } else {
-                    Err(classify(status, &bytes, &headers))
-                },
-                status: Some(status),
-                body: Some(bytes),
-                headers: kept,
-            },
+            Ok(bytes) => {
+                let bytes = match self.scrubber.scrub_bytes(&bytes) {
+                    Some(clean) => bytes::Bytes::from(clean),
+                    None => bytes,
+                };
+                Exchange {
+                    outcome: if status == 200 {
+                        parse(&bytes, &headers)
+                    } else {
+                        Err(classify(status, &bytes, &headers))
+                    },
+                    status: Some(status),
+                    body: Some(bytes),
+                    headers: kept,
+                }
+            }
         }
     }
 }

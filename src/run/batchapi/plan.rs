@@ -177,7 +177,8 @@ pub fn plan(
     dir: Option<&Path>,
     count_tokens: bool,
 ) -> Result<Plan, Error> {
-    let input = InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
+    let (format, id) = (cfg.input_format, cfg.id_column.as_deref());
+    let input = InputFile::open_with(&cfg.input, format, id, cfg.read)?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     // The same pre-flight as `run`: every problem listed with its line before anything else,
     // bad `--expect` cells included (answers are compared with them when collected).

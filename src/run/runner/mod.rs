@@ -174,7 +174,8 @@ struct Checked {
 
 /// Step 1, the pre-flight (on a blocking thread: it reads the whole input).
 async fn check_input(cfg: &RunConfig) -> Result<Checked, Error> {
-    let input = InputFile::open_as(&cfg.input, cfg.input_format, cfg.id_column.as_deref())?;
+    let (format, id) = (cfg.input_format, cfg.id_column.as_deref());
+    let input = InputFile::open_with(&cfg.input, format, id, cfg.read)?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     let opts = PreflightOptions::of(cfg, &input, cfg.dry_run)?;
     let expect = opts.expect.clone();

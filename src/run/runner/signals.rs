@@ -27,6 +27,7 @@ pub(super) async fn watch_signals(
                  --resume",
                 state.display()
             ));
+            crate::engine::stdio::remove_spools();
             std::process::exit(ExitStatus::Interrupted as i32);
         }
         shared.printer.say(format_args!(
@@ -46,6 +47,8 @@ pub(super) async fn watch_signals(
 /// Waits for Ctrl-C or SIGTERM; `false` if signals cannot be watched. (`batch watch` waits with
 /// it too; the run in progress sees the same signal and stops by itself after its grace.)
 pub(crate) async fn wait_for_signal() -> bool {
+    // From now on a signal is this caller's to handle, not the stdin copy's.
+    crate::engine::stdio::SIGNALS_WATCHED.store(true, std::sync::atomic::Ordering::SeqCst);
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
