@@ -247,19 +247,25 @@ impl Drop for SpoolGuard {
 
 /// Until a run watches signals itself ([`SIGNALS_WATCHED`]), Ctrl-C or SIGTERM while stdin is
 /// copied (or the pre-flight reads the copy) removes it and exits with 130, as the signal would
-/// have without the copy. On its own thread, so a copy that blocks the runtime cannot delay it.
+/// have without the copy. On its own thread, so a copy that blocks the runtime cannot delay it;
+/// returns once the signals are watched, so none arrives before.
 fn remove_on_signal() {
     static STARTED: std::sync::Once = std::sync::Once::new();
     STARTED.call_once(|| {
-        std::thread::spawn(|| {
+        let (ready_tx, ready) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             else {
                 return;
             };
-            rt.block_on(async {
-                while next_signal().await {
+            rt.block_on(async move {
+                let Some(mut signals) = Signals::watch() else {
+                    return;
+                };
+                let _ = ready_tx.send(());
+                while signals.next().await {
                     if !SIGNALS_WATCHED.load(Ordering::SeqCst) {
                         remove_spools();
                         std::process::exit(crate::base::error::ExitStatus::Interrupted as i32);
@@ -267,27 +273,48 @@ fn remove_on_signal() {
                 }
             });
         });
+        // An error (the thread could not watch) also ends the wait.
+        let _ = ready.recv();
     });
 }
 
-/// Waits for Ctrl-C or SIGTERM; `false` if they cannot be watched.
-async fn next_signal() -> bool {
-    #[cfg(unix)]
-    {
+/// Ctrl-C and SIGTERM, watched.
+#[cfg(unix)]
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn watch() -> Option<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            return false;
-        };
+        Some(Signals {
+            int: signal(SignalKind::interrupt()).ok()?,
+            term: signal(SignalKind::terminate()).ok()?,
+        })
+    }
+
+    /// The next signal; `false` if no more can come.
+    async fn next(&mut self) -> bool {
         tokio::select! {
-            r = int.recv() => r.is_some(),
-            r = term.recv() => r.is_some(),
+            r = self.int.recv() => r.is_some(),
+            r = self.term.recv() => r.is_some(),
         }
     }
-    #[cfg(not(unix))]
-    {
+}
+
+/// Ctrl-C, watched (SIGTERM is unix only).
+#[cfg(not(unix))]
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn watch() -> Option<Self> {
+        Some(Signals)
+    }
+
+    async fn next(&mut self) -> bool {
         tokio::signal::ctrl_c().await.is_ok()
     }
 }

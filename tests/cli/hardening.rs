@@ -628,3 +628,49 @@ fn delimiter_flag_forces_the_separator() {
         show(&out)
     );
 }
+
+#[cfg(unix)]
+#[test]
+fn sigterm_during_the_run_of_stdin_removes_the_copy() {
+    let dir = TestDir::new();
+    let mut child = cmd(
+        &dir,
+        [
+            "run",
+            "-",
+            "--mock=latency-ms=5000",
+            "--prompt",
+            "x {{ text }}",
+            "-o",
+            "out.csv",
+            "--grace",
+            "0",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(INPUT.as_bytes()).unwrap();
+    drop(stdin);
+    // The state file is made once the pre-flight is over and the run begins.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !dir.join("out.sqlite").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(spools(&dir), vec!["out.stdin.csv".to_string()]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(killed.is_ok_and(|s| s.success()));
+    let out = wait_bounded(child);
+    assert_code(&out, 130);
+    assert_eq!(spools(&dir), Vec::<String>::new(), "{}", show(&out));
+}
