@@ -53,7 +53,13 @@ pub struct Prompts {
     /// The templates that are only text and `{{ column }}`, in their fast form.
     plain_user: Option<Plain>,
     plain_system: Option<Plain>,
+    /// Renders that ran out of their budget. Past [`BUDGET_FAILURES`] the template is not run
+    /// again (each such row costs a full budget, and the run cannot go ahead anyway).
+    over_budget: std::sync::atomic::AtomicUsize,
 }
+
+/// Rows a template may run out of its budget on before it is no longer rendered.
+const BUDGET_FAILURES: usize = 10;
 
 /// A template that is only text and `{{ column }}` substitutions (most prompts are), rendered
 /// by concatenation instead of through minijinja, which builds a context of every column for
@@ -123,6 +129,9 @@ impl Plain {
                 },
             }
         }
+        if out.len() > MAX_PROMPT_BYTES {
+            return Err(too_long(name));
+        }
         Ok(out)
     }
 }
@@ -174,6 +183,7 @@ impl Prompts {
             has_system: system.is_some(),
             plain_user,
             plain_system: system.and_then(|text| Plain::new(text, &input.headers)),
+            over_budget: Default::default(),
         })
     }
 
@@ -196,6 +206,13 @@ impl Prompts {
     }
 
     fn render_one(&self, name: &str, input: &InputFile, row: &Row) -> Result<String, String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.over_budget.load(Relaxed) >= BUDGET_FAILURES {
+            return Err(format!(
+                "{name} template: not rendered: it ran out of its budget on {BUDGET_FAILURES} \
+                 rows already"
+            ));
+        }
         let columns: BTreeMap<&str, &str> = input
             .headers
             .iter()
@@ -212,7 +229,13 @@ impl Prompts {
             .get_template(name)
             .map_err(|e| format!("{name} template: {e}"))?;
         let rendered = template.render_captured_to(&ctx, &mut out).map(drop);
-        rendered.map_err(|e| budget_message(name, &e, out.over))?;
+        rendered.map_err(|e| {
+            let (message, over_budget) = budget_message(name, &e, out.over);
+            if over_budget {
+                self.over_budget.fetch_add(1, Relaxed);
+            }
+            message
+        })?;
         String::from_utf8(out.bytes).map_err(|_| format!("{name} template: output is not UTF-8"))
     }
 
@@ -251,10 +274,10 @@ impl std::io::Write for Bounded {
     }
 }
 
-/// A render error, saying which budget ran out and what to do about it.
-fn budget_message(name: &str, e: &minijinja::Error, over: bool) -> String {
+/// A render error, saying which budget ran out and what to do about it; `true` when one did.
+fn budget_message(name: &str, e: &minijinja::Error, over: bool) -> (String, bool) {
     use minijinja::ErrorKind as K;
-    match e.kind() {
+    let message = match e.kind() {
         _ if over => too_long(name),
         K::OutOfFuel => format!(
             "{name} template: took more than {TEMPLATE_FUEL} steps (loops over loops?); a prompt \
@@ -264,8 +287,9 @@ fn budget_message(name: &str, e: &minijinja::Error, over: bool) -> String {
             "{name} template: nested deeper than {TEMPLATE_DEPTH} levels (a macro that calls \
              itself?); simplify it"
         ),
-        _ => format!("{name} template: {e}"),
-    }
+        _ => return (format!("{name} template: {e}"), false),
+    };
+    (message, true)
 }
 
 fn too_long(name: &str) -> String {
@@ -405,6 +429,20 @@ mod tests {
             &cell,
         );
         assert!(e.contains("steps") && e.contains("user template"), "{e}");
+    }
+
+    #[test]
+    fn a_template_over_budget_on_ten_rows_is_not_run_again() {
+        let inp = input(&["text"]);
+        let loops = "{% for a in text %}{% for b in text %}{% for c in text %}.{% endfor %}{% \
+                     endfor %}{% endfor %}";
+        let p = Prompts::new(&PromptSource::Template(loops.into()), None, &inp).unwrap();
+        let long = row(&[&"x".repeat(3000)]);
+        for _ in 0..BUDGET_FAILURES {
+            assert!(p.render(&inp, &long).unwrap_err().contains("steps"));
+        }
+        let e = p.render(&inp, &row(&["x"])).unwrap_err();
+        assert!(e.contains("not rendered"), "{e}");
     }
 
     #[test]
