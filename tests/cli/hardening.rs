@@ -711,3 +711,19 @@ fn secrets_echoed_to_a_batch_api_submission_are_not_printed() {
         "{err}"
     );
 }
+
+#[test]
+fn collect_outputs_on_its_state_file_are_refused() {
+    let dir = TestDir::new();
+    dir.create("s.batch.json", "{}");
+    for flag in ["--summary-json", "-o"] {
+        let out = run(&dir, ["collect", "s.batch.json", flag, "./s.batch.json"]);
+        assert_code(&out, 2);
+        assert!(
+            stderr(&out).contains(&format!("{flag} ./s.batch.json is the state file")),
+            "{}",
+            show(&out)
+        );
+        assert_eq!(dir.read("s.batch.json"), "{}");
+    }
+}
