@@ -183,6 +183,7 @@ impl RunConfig {
                 max_requests: args.batch_max_requests,
                 max_bytes: args.batch_max_bytes,
             },
+            continue_with: None,
         })
     }
 }

@@ -132,6 +132,11 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     }
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
     summary.resumed = stats.done().saturating_sub(live.done());
+    summary.count_only(&live);
+    summary.next = cfg
+        .continue_with
+        .as_ref()
+        .map(|c| c.command(stats.failed > 0));
     if checked.plan.models.len() <= 1 {
         // One model asked for (a dated name in some answers is still that one model).
         summary.models.clear();
@@ -440,7 +445,12 @@ fn report(cfg: &RunConfig, summary: &Summary, complete: bool) -> Result<(), Erro
         summary.write_json(path)?;
     }
     let printer = cfg.printer();
-    printer.note_with(|mut w| summary.print(&mut w));
+    if printer.is_quiet() {
+        // -q hides the summary, never why the run stopped or failed.
+        printer.say_with(|mut w| summary.print_problems(&mut w));
+    } else {
+        printer.note_with(|mut w| summary.print(&mut w));
+    }
     if !complete {
         printer.note(format_args!(
             "State      {} (run again with --resume to finish)",
