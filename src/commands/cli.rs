@@ -179,13 +179,15 @@ pub struct RunArgs {
 
     /// Requests per minute at most. Without it, the limit is learned from the server's
     /// x-ratelimit-* (or anthropic-ratelimit-*) headers.
-    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    #[arg(long, value_name = "N", help_heading = "Pacing", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub rpm: Option<u32>,
 
     /// Tokens per minute at most: prompt tokens (counted before sending) plus the completion
     /// reservation (--max-tokens, else learned from answers), reconciled with the real usage.
     /// Without it, learned from the server's headers like --rpm.
-    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    #[arg(long, value_name = "N", help_heading = "Pacing", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub tpm: Option<u32>,
 
     /// Retries per row after the first attempt [default: 6]. Retried: connection errors,

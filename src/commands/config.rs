@@ -431,6 +431,14 @@ fn endpoint_of(
         None => env_api_key,
     };
     if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
+        if let Some(path) = &args.api_key_file {
+            return Err(Error::Usage(format!(
+                "{} (given to --api-key-file) is empty: put the API key in it (one line), or \
+                 leave the flag out to use {}",
+                path.display(),
+                api.key_env()
+            )));
+        }
         return Err(Error::Usage(format!(
             "no API key for {base_url}: set {} (or pass --api-key-file FILE). To try batch \
              without a key, add --mock to use the embedded mock server.",

@@ -298,6 +298,7 @@ impl Stats {
             },
             failures: self.failure_groups(),
             next: None,
+            batch_api: false,
             latency_ms: Latency {
                 p50: pct(0.50),
                 p90: pct(0.90),
@@ -372,12 +373,23 @@ pub struct Summary {
     pub failures: Vec<FailureGroup>,
     /// The command that continues the run (`--resume`, `--retry-failed`), when rows are left.
     pub next: Option<String>,
+    /// The rows went through a provider's Batch API: no rate or latency of our own requests.
+    #[serde(skip)]
+    pub batch_api: bool,
     /// With `--expect`: answers compared with the expected column and how many matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect: Option<PassRate>,
 }
 
 impl Summary {
+    /// The rows were answered through a Batch API (`collect`): no rows were sent one by one,
+    /// so there is no rate (`collect` without `--wait` would show thousands of rows/s).
+    pub fn through_batch_api(&mut self) {
+        self.batch_api = true;
+        self.sent_rows = 0;
+        self.rows_per_second = 0.0;
+    }
+
     /// Makes rows/s count only `live`'s rows: those this process sent, not rows an earlier
     /// part of a resumed run finished, cached answers or rows skipped by a stop.
     pub fn count_only(&mut self, live: &Stats) {
@@ -430,7 +442,9 @@ impl Summary {
             )?;
         }
         writeln!(w, "Time       {}", self.time_line())?;
-        writeln!(w, "Latency    {}", self.latency_line())?;
+        if !self.batch_api {
+            writeln!(w, "Latency    {}", self.latency_line())?;
+        }
         if let Some(e) = &self.expect {
             let rate = e.rate.map_or("-".into(), |r| format!("{:.1}%", r * 100.0));
             writeln!(
@@ -495,6 +509,9 @@ impl Summary {
     /// the rows this run sent.
     fn time_line(&self) -> String {
         let wall = human::duration(Duration::from_secs_f64(self.wall_seconds.max(0.0)));
+        if self.batch_api {
+            return format!("{wall} (through the Batch API, which has no rate of its own)");
+        }
         let rate = if self.sent_rows > 0 {
             format!(
                 "{} sent, {} rows/s",

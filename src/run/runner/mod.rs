@@ -88,6 +88,10 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         print_plan(&cfg, &checked.plan);
         return Ok((ExitStatus::Success, None));
     }
+    // A results path that cannot be written is named as such, not by the lock file beside it.
+    if !crate::base::format::is_std(&cfg.output) {
+        check_writable(&cfg.output, "-o")?;
+    }
     // One process per job: a second one would send the same rows, and write the same files.
     let _lock = StateLock::acquire(&cfg.state)?;
     let (writer, mut store) = open_files(&cfg, &checked)?;
