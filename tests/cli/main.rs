@@ -15,6 +15,7 @@ mod durability;
 mod e2e;
 mod expect;
 mod failfast;
+mod firsthour;
 mod formats;
 mod layers;
 mod providers;

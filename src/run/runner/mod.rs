@@ -137,10 +137,10 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
     summary.resumed = stats.done().saturating_sub(live.done());
     summary.count_only(&live);
-    summary.next = cfg
-        .continue_with
-        .as_ref()
-        .map(|c| c.command(stats.failed > 0));
+    if stats.failed + stats.skipped > 0 {
+        let retry_failed = stats.failed > 0;
+        summary.next = cfg.continue_with.as_ref().map(|c| c.command(retry_failed));
+    }
     if checked.plan.models.len() <= 1 {
         // One model asked for (a dated name in some answers is still that one model).
         summary.models.clear();
