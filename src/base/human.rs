@@ -24,14 +24,16 @@ pub fn count_as(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
-/// A rate with three significant digits at most, and never more than one decimal:
-/// "0.25", "9.4", "64.4", "1950". Not a number (nothing measured) prints as "-".
+/// A rate with three significant digits, as `bench` has always printed them: "0.25", "5.65",
+/// "64.4", "1950". Nothing measured (not a number) prints as "-".
 pub fn rate(per_sec: f64) -> String {
     if !per_sec.is_finite() || per_sec < 0.0 {
         "-".into()
+    } else if per_sec == 0.0 {
+        "0".into()
     } else if per_sec >= 100.0 {
         format!("{per_sec:.0}")
-    } else if per_sec >= 1.0 || per_sec == 0.0 {
+    } else if per_sec >= 10.0 {
         format!("{per_sec:.1}")
     } else {
         format!("{per_sec:.2}")
@@ -92,7 +94,8 @@ mod tests {
         assert_eq!(per_sec(64.3984), "64.4/s");
         assert_eq!(per_sec(1950.4), "1950/s");
         assert_eq!(per_sec(0.25), "0.25/s");
-        assert_eq!(per_sec(0.0), "0.0/s");
+        assert_eq!(per_sec(5.6489), "5.65/s");
+        assert_eq!(per_sec(0.0), "0/s");
         assert_eq!(per_sec(f64::NAN), "-/s");
     }
 

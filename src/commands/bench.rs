@@ -22,6 +22,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
         plot,
     } = args;
     refuse_run_only_flags(&run_args)?;
+    let swept_by_default = run_args.concurrency.is_none();
     let outputs = Outputs {
         format,
         csv: export_csv,
@@ -30,7 +31,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
         plot,
     };
     check_outputs(&outputs)?;
-    let (base, settings) = RunConfig::resolve_sweep(run_args)?;
+    let (base, given) = RunConfig::resolve_sweep(run_args)?;
+    // Without --concurrency, the sweep's settings follow from the sample's size.
+    let settings = if swept_by_default { Vec::new() } else { given };
     let printer = base.printer();
     let plan = BenchPlan {
         base,
@@ -52,9 +55,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
 fn refuse_run_only_flags(a: &RunArgs) -> Result<(), Error> {
     refuse_flags(
         a,
-        RunOnlyFlag::ONE_RUN,
-        "bench writes its runs to a temporary folder and reports with --format, --export-csv, \
-         --export-json, --export-markdown and --plot",
+        RunOnlyFlag::LIVE_SWEEP,
+        "bench measures requests sent now (not through the Batch API), writes its runs to a \
+         temporary folder and reports with --format, --export-csv, --export-json, \
+         --export-markdown and --plot",
     )
 }
 

@@ -393,7 +393,8 @@ pub struct RunArgs {
 }
 
 /// Flags of `batch bench`: every `batch run` flag that shapes requests, plus the sweep and its
-/// reports. `--concurrency` takes a list here: `--concurrency 1,2,4,8,16,32,64,auto`.
+/// reports. `--concurrency` takes a list here: `--concurrency 1,2,4,8,16,32,64,auto`; without it,
+/// bench sweeps 1, 2, 4, ... up to what the sample can measure.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Against a real API (not --mock, not a server on localhost) bench needs \
@@ -406,7 +407,11 @@ pub struct RunArgs {
     mut_arg("retry_failed", |a| a.hide(true)),
     mut_arg("force", |a| a.hide(true)),
     mut_arg("restart", |a| a.hide(true)),
-    mut_arg("summary_json", |a| a.hide(true))
+    mut_arg("summary_json", |a| a.hide(true)),
+    mut_arg("via", |a| a.hide(true)),
+    mut_arg("batch_max_requests", |a| a.hide(true)),
+    mut_arg("batch_max_bytes", |a| a.hide(true)),
+    mut_arg("concurrency", |a| a.help("The settings to measure, e.g. 1,2,4,8,16,32,auto [default: 1, 2, 4, ... while each slot gets 4 rows of --rows, at most 256]"))
 )]
 pub struct BenchArgs {
     #[command(flatten)]

@@ -459,6 +459,9 @@ pub enum RunOnlyFlag {
     Restart,
     SummaryJson,
     DryRun,
+    Via,
+    BatchMaxRequests,
+    BatchMaxBytes,
 }
 
 impl RunOnlyFlag {
@@ -470,6 +473,18 @@ impl RunOnlyFlag {
         RunOnlyFlag::Resume,
         RunOnlyFlag::Restart,
         RunOnlyFlag::SummaryJson,
+    ];
+
+    /// Those and the Batch API's flags, refused by `bench`, which measures requests sent now.
+    pub const LIVE_SWEEP: &[RunOnlyFlag] = &[
+        RunOnlyFlag::Output,
+        RunOnlyFlag::State,
+        RunOnlyFlag::Resume,
+        RunOnlyFlag::Restart,
+        RunOnlyFlag::SummaryJson,
+        RunOnlyFlag::Via,
+        RunOnlyFlag::BatchMaxRequests,
+        RunOnlyFlag::BatchMaxBytes,
     ];
 
     /// Those and `--dry-run`, refused by `watch`.
@@ -491,6 +506,9 @@ impl RunOnlyFlag {
             RunOnlyFlag::Restart => "--restart",
             RunOnlyFlag::SummaryJson => "--summary-json",
             RunOnlyFlag::DryRun => "--dry-run",
+            RunOnlyFlag::Via => "--via",
+            RunOnlyFlag::BatchMaxRequests => "--batch-max-requests",
+            RunOnlyFlag::BatchMaxBytes => "--batch-max-bytes",
         }
     }
 
@@ -502,6 +520,9 @@ impl RunOnlyFlag {
             RunOnlyFlag::Restart => a.restart,
             RunOnlyFlag::SummaryJson => a.summary_json.is_some(),
             RunOnlyFlag::DryRun => a.dry_run,
+            RunOnlyFlag::Via => a.via.is_some(),
+            RunOnlyFlag::BatchMaxRequests => a.batch_max_requests.is_some(),
+            RunOnlyFlag::BatchMaxBytes => a.batch_max_bytes.is_some(),
         }
     }
 }

@@ -301,3 +301,54 @@ fn via_batch_says_it_waits_instead_of_naming_the_next_commands() {
     assert!(!err.contains("Next       batch status"), "{err}");
     assert!(!err.contains("rows/s"), "no rate for the Batch API\n{err}");
 }
+
+#[test]
+fn bench_without_concurrency_sweeps_powers_of_two_for_the_sample() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(16));
+    let out = run(
+        &dir,
+        [
+            "bench",
+            "in.csv",
+            "--prompt",
+            "{{ text }}",
+            "--mock=latency-ms=2",
+            "--format",
+            "json",
+        ],
+    );
+    assert_code(&out, 0);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let settings: Vec<&str> = report["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["concurrency"].as_str().unwrap())
+        .collect();
+    // 16 rows: 4 rows a slot up to 4 in flight.
+    assert_eq!(settings, ["1", "2", "4"], "{}", show(&out));
+}
+
+#[test]
+fn bench_refuses_the_batch_api_flags_instead_of_ignoring_them() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(4));
+    for flag in [&["--via", "batch"][..], &["--batch-max-requests", "10"]] {
+        let out = run(
+            &dir,
+            [&["bench", "in.csv", "--prompt", "x", "--mock"][..], flag].concat(),
+        );
+        assert_code(&out, 2);
+        assert!(
+            stderr(&out).contains("is for `batch run`"),
+            "{}",
+            show(&out)
+        );
+    }
+    let help = stdout(&run(&dir, ["bench", "--help"]));
+    assert!(
+        !help.contains("--via") && !help.contains("--batch-max-requests"),
+        "{help}"
+    );
+}
