@@ -77,9 +77,10 @@ fn check_outputs(outputs: &Outputs) -> Result<(), Error> {
     }
     match &outputs.plot {
         Some(path)
-            if !path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("svg")) =>
+            if !crate::base::format::is_std(path)
+                && !path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("svg")) =>
         {
             Err(Error::Usage(format!(
                 "--plot {}: the chart is written as SVG; give a path ending in .svg",

@@ -22,11 +22,21 @@ pub async fn run(args: RunArgs) -> Result<ExitStatus, Error> {
 
 /// `-` is stdout for every output option, but only one of them can have it.
 fn both_on_stdout(cfg: &RunConfig) -> Result<(), Error> {
-    let summary_on_stdout = cfg.summary_json.as_deref().is_some_and(is_std);
-    if summary_on_stdout && is_std(&cfg.output) {
-        return Err(Error::Usage(
-            "-o - and --summary-json - both write to stdout; send one of them to a file".into(),
-        ));
+    let on_stdout: Vec<&str> = [
+        (Some(cfg.output.as_path()), "-o"),
+        (cfg.summary_json.as_deref(), "--summary-json"),
+        (cfg.log.as_deref(), "--log"),
+    ]
+    .into_iter()
+    .filter(|(path, _)| path.is_some_and(is_std))
+    .map(|(_, flag)| flag)
+    .collect();
+    if on_stdout.len() > 1 {
+        return Err(Error::Usage(format!(
+            "{} {} write to stdout (`-`); send all but one of them to a file",
+            on_stdout.join(" and "),
+            if on_stdout.len() == 2 { "both" } else { "all" }
+        )));
     }
     Ok(())
 }

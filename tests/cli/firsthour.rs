@@ -352,3 +352,43 @@ fn bench_refuses_the_batch_api_flags_instead_of_ignoring_them() {
         "{help}"
     );
 }
+
+#[test]
+fn log_dash_is_stdout_and_two_outputs_on_stdout_are_refused() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(3));
+    let out = run(
+        &dir,
+        [
+            "run",
+            "in.csv",
+            "--prompt",
+            "{{ text }}",
+            "--mock",
+            "--log",
+            "-",
+            "--no-cache",
+            "-q",
+        ],
+    );
+    assert_code(&out, 0);
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "one line per attempt\n{}", show(&out));
+    assert!(lines.iter().all(|l| l["attempt"] == 1));
+    assert!(!dir.join("-").exists(), "a file named - was written");
+    let both = run(
+        &dir,
+        [
+            "run", "in.csv", "--prompt", "x", "--mock", "--log", "-", "-o", "-",
+        ],
+    );
+    assert_code(&both, 2);
+    assert!(
+        stderr(&both).contains("-o and --log both write to stdout"),
+        "{}",
+        show(&both)
+    );
+}

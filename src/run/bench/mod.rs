@@ -377,6 +377,11 @@ fn sample_notes(
 /// Writes `text` to `path` (checked writable before the sweep), a usage error naming the file if
 /// it cannot be written.
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    if crate::base::format::is_std(path) {
+        // `-` is stdout, as for every output option.
+        Printer::new(false).report(text.trim_end());
+        return Ok(());
+    }
     std::fs::write(path, text).map_err(|e| {
         Error::Usage(format!(
             "cannot write {}: {}",
