@@ -254,6 +254,7 @@ pub struct RunArgs {
         default_missing_value = "",
         help_heading = "Endpoint"
     )]
+    #[serde(deserialize_with = "mock_setting")]
     pub mock: Option<String>,
 
     // ---- Durability ----
@@ -312,7 +313,6 @@ pub struct RunArgs {
 
     /// Ignore cached answers (send every request) but store the new ones.
     #[arg(long, conflicts_with = "no_cache", help_heading = "Cache")]
-    #[serde(skip)]
     pub refresh: bool,
 
     /// Folder of the response cache [env: BATCH_CACHE_DIR; default: $XDG_CACHE_HOME/batch or
@@ -884,4 +884,20 @@ mod tests {
         assert_eq!(args.input, PathBuf::from("in.csv"));
         assert_eq!(args.mock.as_deref(), Some(""));
     }
+}
+
+/// `mock` in `batch.toml`: `true` (the mock with its defaults), `false` (none), or the options
+/// string `--mock=` takes (`"latency-ms=100,error-rate=0.05"`).
+fn mock_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mock {
+        On(bool),
+        Options(String),
+    }
+    Ok(match Mock::deserialize(d)? {
+        Mock::On(true) => Some(String::new()),
+        Mock::On(false) => None,
+        Mock::Options(s) => Some(s),
+    })
 }

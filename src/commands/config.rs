@@ -74,6 +74,7 @@ impl RunConfig {
             args.ignore_whitespace |= file.ignore_whitespace;
             args.no_sanitize |= file.no_sanitize;
             args.no_cache |= file.no_cache;
+            args.refresh |= file.refresh;
             args.no_dedup |= file.no_dedup;
             args.cache_truncated |= file.cache_truncated;
             if args.cache_dir.is_none() {

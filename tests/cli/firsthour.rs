@@ -392,3 +392,25 @@ fn log_dash_is_stdout_and_two_outputs_on_stdout_are_refused() {
         show(&both)
     );
 }
+
+#[test]
+fn batch_toml_takes_mock_true_and_refresh() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(3));
+    dir.create("batch.toml", "mock = true\n");
+    let first = run(&dir, ["run", "in.csv", "--prompt", "{{ text }}"]);
+    assert_code(&first, 0);
+    assert!(stderr(&first).contains("3 ok"), "{}", show(&first));
+    // Cached now; `refresh = true` in the file sends everything again.
+    dir.create("batch.toml", "mock = \"latency-ms=1\"\nrefresh = true\n");
+    let again = run(
+        &dir,
+        ["run", "in.csv", "--prompt", "{{ text }}", "--restart"],
+    );
+    assert_code(&again, 0);
+    let err = stderr(&again);
+    assert!(
+        err.contains("3 rows sent") && !err.contains("Cache "),
+        "{err}"
+    );
+}
