@@ -806,6 +806,22 @@ impl MockArgs {
     }
 }
 
+/// `mock` in `batch.toml`: `true` (the mock with its defaults), `false` (none), or the options
+/// string `--mock=` takes (`"latency-ms=100,error-rate=0.05"`).
+fn mock_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mock {
+        On(bool),
+        Options(String),
+    }
+    Ok(match Mock::deserialize(d)? {
+        Mock::On(true) => Some(String::new()),
+        Mock::On(false) => None,
+        Mock::Options(s) => Some(s),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -884,20 +900,4 @@ mod tests {
         assert_eq!(args.input, PathBuf::from("in.csv"));
         assert_eq!(args.mock.as_deref(), Some(""));
     }
-}
-
-/// `mock` in `batch.toml`: `true` (the mock with its defaults), `false` (none), or the options
-/// string `--mock=` takes (`"latency-ms=100,error-rate=0.05"`).
-fn mock_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Mock {
-        On(bool),
-        Options(String),
-    }
-    Ok(match Mock::deserialize(d)? {
-        Mock::On(true) => Some(String::new()),
-        Mock::On(false) => None,
-        Mock::Options(s) => Some(s),
-    })
 }
