@@ -32,6 +32,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a prompt over every row of a CSV and write a results CSV.
+    #[command(
+        after_help = "The summary lists failed and skipped rows by reason, each with \
+its first row, and ends with the exact command that continues the run (--resume, \
+--retry-failed). Rates (rows/s, in the summary and the progress line) count only the rows this \
+run sent and finished: not answers from the cache, not rows an earlier part of a resumed run \
+finished, not rows skipped."
+    )]
     Run(Box<RunArgs>),
     /// Run the OpenAI-compatible mock server on 127.0.0.1 and print its base URL.
     Mock(MockArgs),
@@ -302,7 +309,7 @@ pub struct RunArgs {
     pub dry_run: bool,
 
     /// Append every attempt (time, row, request body, status, response body or error, rate-limit
-    /// headers, latency) to FILE as JSON lines. The API key is never written.
+    /// headers, latency) to FILE as JSON lines (`-` for stdout). The API key is never written.
     #[arg(long, value_name = "FILE", help_heading = "Durability")]
     pub log: Option<PathBuf>,
 
@@ -382,11 +389,12 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Output")]
     pub no_sanitize: bool,
 
-    /// Also write the run summary as JSON to PATH.
+    /// Also write the run summary as JSON to PATH (`-` for stdout).
     #[arg(long, value_name = "PATH", help_heading = "Output")]
     pub summary_json: Option<PathBuf>,
 
-    /// No progress bar and no summary on stderr (errors are still printed).
+    /// No progress bar and no summary on stderr. Errors, why a run stopped, the failures by
+    /// reason and the command to continue are still printed.
     #[arg(short, long, help_heading = "Output")]
     #[serde(skip)]
     pub quiet: bool,

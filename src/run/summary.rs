@@ -442,7 +442,8 @@ impl Summary {
             )?;
         }
         writeln!(w, "Time       {}", self.time_line())?;
-        if !self.batch_api {
+        // No latency without requests (a run answered from the cache, the Batch API).
+        if !self.batch_api && self.latency_ms.p50.is_some() {
             writeln!(w, "Latency    {}", self.latency_line())?;
         }
         if let Some(e) = &self.expect {

@@ -19,6 +19,7 @@ mod firsthour;
 mod formats;
 mod layers;
 mod providers;
+mod readme;
 mod schema;
 mod stall;
 mod watch;
