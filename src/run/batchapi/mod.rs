@@ -677,9 +677,9 @@ fn write_plan(
         let last = b.rows.last().map_or(0, |r| r[1]);
         writeln!(
             w,
-            "  batch {:<4} {} requests (rows {}-{}), {}",
+            "  batch {:<4} {} (rows {}-{}), {}",
             b.number,
-            b.requests,
+            human::count(b.requests, "request"),
             first + 1,
             last,
             human_bytes(b.bytes)
@@ -772,12 +772,12 @@ pub async fn status_command(
 fn write_status(w: &mut dyn Write, st: &BatchState, path: &Path) -> std::io::Result<()> {
     writeln!(
         w,
-        "State    {} ({} at {}, model {}, {} rows)",
+        "State    {} ({} at {}, model {}, {})",
         path.display(),
         st.provider.label(),
         st.base_url,
         st.model,
-        st.rows
+        human::count(st.rows, "row")
     )?;
     writeln!(
         w,
@@ -975,9 +975,9 @@ fn print_collected(printer: Printer, summary: &Summary, saved: Option<f64>, path
         if summary.skipped > 0 {
             writeln!(
                 w,
-                "State      {} ({} rows still waiting; collect again later, or add --wait)",
+                "State      {} ({} still waiting; collect again later, or add --wait)",
                 path.display(),
-                summary.skipped
+                human::count(summary.skipped, "row")
             )?;
         }
         Ok(())

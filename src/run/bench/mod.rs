@@ -283,7 +283,7 @@ impl Sweep {
             return Ok(None);
         }
         self.printer.note(format_args!(
-            "concurrency {name:>4}: {what}: {} rows/s{}, p95 {}, {} failed, {} retries",
+            "concurrency {name:>4}: {what}: {} rows/s{}, p95 {}, {} failed, {}",
             fmt_rate(measure.rows_per_second()),
             if measure.sustained_rows_per_second.is_some() {
                 ""
@@ -292,7 +292,7 @@ impl Sweep {
             },
             fmt_ms(measure.latency_ms.p95),
             measure.failed,
-            measure.retries
+            crate::base::human::count_as(measure.retries, "retry", "retries")
         ));
         Ok(Some(measure))
     }

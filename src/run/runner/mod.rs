@@ -244,8 +244,8 @@ fn announce(cfg: &RunConfig, checked: &Checked, resumed: Option<&RunRecord>, pro
     }
     if let Some(run) = resumed {
         progress.println(&format!(
-            "resuming: {} rows ok and {} failed of {} are recorded in {}{}",
-            run.ok,
+            "resuming: {} ok and {} failed of {} are recorded in {}{}",
+            crate::base::human::count(run.ok, "row"),
             run.failed,
             run.total_rows,
             cfg.state.display(),
