@@ -22,6 +22,7 @@ use std::time::Duration;
 use rand::SeedableRng;
 
 use crate::base::error::{Error, ExitStatus};
+use crate::base::human;
 use crate::base::money::format_cost;
 use crate::base::printer::Printer;
 use crate::base::secret::ApiKey;
@@ -369,7 +370,11 @@ where
             Ok(v) => return Ok(v),
             Err(e) => match policy.next_delay(tries, &e, &mut rng) {
                 Some(wait) => {
-                    tracing::warn!("{what}: {e}; trying again in {wait:?}");
+                    // A warning for people (any printer warns), not a raw log line.
+                    Printer::new(false).warn(format_args!(
+                        "{what}: {e}; trying again in {}",
+                        human::duration(wait)
+                    ));
                     tries += 1;
                     tokio::time::sleep(wait).await;
                 }
@@ -477,7 +482,7 @@ pub async fn submit_command(cfg: RunConfig) -> Result<ExitStatus, Error> {
     let path = state_path(&cfg);
     let _lock = StateLock::acquire(&path)?;
     let st = submit(&cfg, &conn.base_url, conn.api_key.as_ref(), &path).await?;
-    print_submitted(&st, &path, printer);
+    print_submitted(&st, &path, printer, false);
     // Nothing is answered yet: the exit status says whether everything was handed over.
     Ok(ExitStatus::Success)
 }
@@ -590,7 +595,9 @@ fn check_results_path(cfg: &RunConfig) -> Result<(), Error> {
 }
 
 /// What was handed over and how to go on: a note (hidden by `-q`).
-fn print_submitted(st: &BatchState, path: &Path, printer: Printer) {
+/// `waiting`: the command goes on to wait for the batches itself (`run --via batch`), so it
+/// says so instead of naming the commands that would.
+fn print_submitted(st: &BatchState, path: &Path, printer: Printer, waiting: bool) {
     printer.note_with(|w| {
         let total: u64 = st.batches.iter().map(|b| b.requests).sum();
         writeln!(
@@ -612,11 +619,19 @@ fn print_submitted(st: &BatchState, path: &Path, printer: Printer) {
             )?;
         }
         writeln!(w, "State      {}", path.display())?;
-        writeln!(
-            w,
-            "Next       batch status {0}; batch collect {0} --wait",
-            path.display()
-        )
+        if waiting {
+            writeln!(
+                w,
+                "Waiting    for the answers (if this stops, `batch collect {} --wait` picks up)",
+                path.display()
+            )
+        } else {
+            writeln!(
+                w,
+                "Next       batch status {0}; batch collect {0} --wait",
+                path.display()
+            )
+        }
     });
 }
 
@@ -662,9 +677,9 @@ fn write_plan(
         let last = b.rows.last().map_or(0, |r| r[1]);
         writeln!(
             w,
-            "  batch {:<4} {} requests (rows {}-{}), {}",
+            "  batch {:<4} {} (rows {}-{}), {}",
             b.number,
-            b.requests,
+            human::count(b.requests, "request"),
             first + 1,
             last,
             human_bytes(b.bytes)
@@ -757,12 +772,12 @@ pub async fn status_command(
 fn write_status(w: &mut dyn Write, st: &BatchState, path: &Path) -> std::io::Result<()> {
     writeln!(
         w,
-        "State    {} ({} at {}, model {}, {} rows)",
+        "State    {} ({} at {}, model {}, {})",
         path.display(),
         st.provider.label(),
         st.base_url,
         st.model,
-        st.rows
+        human::count(st.rows, "row")
     )?;
     writeln!(
         w,
@@ -931,7 +946,8 @@ async fn collect(
         .await
         .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))??
     };
-    let summary = stats.summary(started.elapsed(), &output, &st.model);
+    let mut summary = stats.summary(started.elapsed(), &output, &st.model);
+    summary.through_batch_api();
     if let Some(p) = &opts.summary_json {
         summary.write_json(p)?;
     }
@@ -959,9 +975,9 @@ fn print_collected(printer: Printer, summary: &Summary, saved: Option<f64>, path
         if summary.skipped > 0 {
             writeln!(
                 w,
-                "State      {} ({} rows still waiting; collect again later, or add --wait)",
+                "State      {} ({} still waiting; collect again later, or add --wait)",
                 path.display(),
-                summary.skipped
+                human::count(summary.skipped, "row")
             )?;
         }
         Ok(())
@@ -1025,8 +1041,8 @@ async fn drive(api: &Api, st: &mut BatchState, path: &Path, opts: &Collect) -> R
             .collect::<Vec<_>>()
             .join(", ");
         opts.printer.note(format_args!(
-            "waiting: {line}; next check in {}s",
-            pause.as_secs_f64()
+            "waiting: {line}; next check in {}",
+            human::duration(pause)
         ));
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(opts.poll_max);
@@ -1048,7 +1064,7 @@ pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
     } else {
         submit(&cfg, &base_url, key.as_ref(), &path).await?
     };
-    print_submitted(&st, &path, printer);
+    print_submitted(&st, &path, printer, true);
     let api = Api::new(st.provider, &st.base_url, key.as_ref());
     let opts = Collect {
         wait: true,

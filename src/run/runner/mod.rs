@@ -88,6 +88,10 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         print_plan(&cfg, &checked.plan);
         return Ok((ExitStatus::Success, None));
     }
+    // A results path that cannot be written is named as such, not by the lock file beside it.
+    if !crate::base::format::is_std(&cfg.output) {
+        check_writable(&cfg.output, "-o")?;
+    }
     // One process per job: a second one would send the same rows, and write the same files.
     let _lock = StateLock::acquire(&cfg.state)?;
     let (writer, mut store) = open_files(&cfg, &checked)?;
@@ -132,6 +136,11 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     }
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
     summary.resumed = stats.done().saturating_sub(live.done());
+    summary.count_only(&live);
+    if stats.failed + stats.skipped > 0 {
+        let retry_failed = stats.failed > 0;
+        summary.next = cfg.continue_with.as_ref().map(|c| c.command(retry_failed));
+    }
     if checked.plan.models.len() <= 1 {
         // One model asked for (a dated name in some answers is still that one model).
         summary.models.clear();
@@ -236,8 +245,8 @@ fn announce(cfg: &RunConfig, checked: &Checked, resumed: Option<&RunRecord>, pro
     }
     if let Some(run) = resumed {
         progress.println(&format!(
-            "resuming: {} rows ok and {} failed of {} are recorded in {}{}",
-            run.ok,
+            "resuming: {} ok and {} failed of {} are recorded in {}{}",
+            crate::base::human::count(run.ok, "row"),
             run.failed,
             run.total_rows,
             cfg.state.display(),
@@ -441,7 +450,12 @@ fn report(cfg: &RunConfig, summary: &Summary, complete: bool) -> Result<(), Erro
         summary.write_json(path)?;
     }
     let printer = cfg.printer();
-    printer.note_with(|mut w| summary.print(&mut w));
+    if printer.is_quiet() {
+        // -q hides the summary, never why the run stopped or failed.
+        printer.say_with(|mut w| summary.print_problems(&mut w));
+    } else {
+        printer.note_with(|mut w| summary.print(&mut w));
+    }
     if !complete {
         printer.note(format_args!(
             "State      {} (run again with --resume to finish)",
