@@ -220,6 +220,12 @@ pub struct MockStats {
     /// (a path without `/v1`, a `--not-found` path); not counted in `requests`.
     #[serde(default)]
     pub unserved: u64,
+    /// What the answers produced would be billed, in USD, at the embedded prices of the model
+    /// asked for: every accepted request whose answer was made, its usage as returned, whether
+    /// or not it reached the client (a fault may lose it after the "server" billed it). What a
+    /// spend cap is checked against.
+    #[serde(default)]
+    pub billed_usd: f64,
 }
 
 struct Shared {
@@ -242,6 +248,8 @@ struct Shared {
     invalid_answers: AtomicU64,
     unserved: AtomicU64,
     batches: batches::BatchStore,
+    prices: crate::engine::pricing::PriceTable,
+    billed_usd: Mutex<f64>,
 }
 
 impl Shared {
@@ -272,7 +280,23 @@ impl Shared {
             reasoning_tokens: self.reasoning_tokens.load(Ordering::Relaxed),
             invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
             unserved: self.unserved.load(Ordering::Relaxed),
+            billed_usd: *self.billed_usd.lock().expect("billed lock"),
         }
+    }
+
+    /// Bills the answer made for `model`, as a real API would once it has produced it.
+    fn bill(&self, model: &str, a: &Answer) {
+        let Some(price) = self.prices.lookup(model) else {
+            return;
+        };
+        let usage = crate::base::usage::Usage {
+            prompt_tokens: a.prompt_tokens,
+            completion_tokens: a.completion_tokens,
+            cached_tokens: a.cached_tokens + a.cache_read_tokens,
+            cache_write_tokens: a.cache_write_tokens,
+            reasoning_tokens: a.reasoning_tokens,
+        };
+        *self.billed_usd.lock().expect("billed lock") += price.cost(&usage);
     }
 
     fn count_tokens(&self, a: &Answer) {
@@ -357,6 +381,8 @@ impl MockServer {
             invalid_answers: AtomicU64::new(0),
             unserved: AtomicU64::new(0),
             batches: Default::default(),
+            prices: crate::engine::pricing::PriceTable::embedded(),
+            billed_usd: Mutex::new(0.0),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
@@ -612,6 +638,7 @@ async fn respond(
     };
     // Accepted: from now on the prompt is in the cache for the requests that follow.
     s.prompt_cache.serve(&mut answer);
+    s.bill(&req.model, &answer);
     let mut json = wire.success(&req, &answer, n);
     if req.stream {
         json = wire.stream(&req, &json);

@@ -190,6 +190,7 @@ impl Stats {
             },
             output: output.display().to_string(),
             stopped: None,
+            spent_usd: None,
             expect: self.expect.clone(),
         }
     }
@@ -239,6 +240,11 @@ pub struct Summary {
     pub output: String,
     /// Why the run stopped before the end, if it did.
     pub stopped: Option<String>,
+    /// Under `--max-cost`: what the whole run (resumed parts, retries and requests whose
+    /// answer was lost included) counts as spent against the cap, at most what was billed
+    /// plus the worst case of the attempts whose cost could not be known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
     /// With `--expect`: answers compared with the expected column and how many matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect: Option<PassRate>,
@@ -266,6 +272,10 @@ impl Summary {
         )?;
         writeln!(w, "Tokens     {}", self.tokens_line())?;
         writeln!(w, "Cost       {}", self.cost_line())?;
+        if let Some(spent) = self.spent_usd {
+            let spent = format_cost((spent * 1e6).ceil() / 1e6);
+            writeln!(w, "Spent      ${spent} at most, counted against --max-cost")?;
+        }
         for (name, m) in &self.models {
             writeln!(
                 w,

@@ -19,5 +19,6 @@ mod formats;
 mod layers;
 mod providers;
 mod schema;
+mod spend;
 mod stall;
 mod watch;
