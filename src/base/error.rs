@@ -12,7 +12,10 @@ use std::path::Path;
 pub enum ExitStatus {
     /// Every row is `ok`.
     Success = 0,
-    /// The run finished and wrote its results, but some rows failed or were skipped.
+    /// The run finished and wrote its results, but some rows failed or were skipped: a row's own
+    /// error, or a stop (out of quota, a 401 or 403, the spend cap, `--max-stall`, a state file
+    /// that cannot be written) that left rows `skipped` for `--resume`. Requests may have been
+    /// sent, so a storage error after the first request ends here, never in [`Self::Error`].
     RowsFailed = 1,
     /// Usage, configuration or input error: nothing was sent and no results file was written.
     /// Also a run stopped by an error no request could get past (nothing listening, no such
