@@ -122,6 +122,63 @@ fn issue19_the_spend_cap_waits_for_requests_in_flight_instead_of_stopping_early(
 }
 
 #[test]
+fn issue19_requests_in_flight_at_a_kill_count_against_the_cap_on_resume() {
+    // Before: the answers billed while the process was killed were never counted, so each
+    // resume could spend the cap's room again (+8.9% over the cap after 15 kills).
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(100));
+    // Every request is billed on arrival and never answered: killed, the client cannot know.
+    let mock = MockProcess::start(&["--latency-ms", "10", "--fault", "hang=1"]);
+    let extra = [
+        "--max-cost",
+        "0.001",
+        "-j",
+        "64",
+        "--timeout",
+        "30",
+        "--summary-json",
+        "summary.json",
+        // Limits given: no single probe request first (it would hang, holding the others).
+        "--rpm",
+        "100000",
+        "--tpm",
+        "100000000",
+    ];
+    let mut child = cmd(&dir, args(&mock.url, &extra))
+        .spawn()
+        .expect("spawn batch");
+    // Wait until what the cap admits has been sent (and billed), then kill.
+    let (mut sent, mut still) = (0, 0);
+    while still < 30 {
+        std::thread::sleep(Duration::from_millis(10));
+        let now = stat(&mock.stats(), "requests");
+        (sent, still) = (now, if now == sent && now > 0 { still + 1 } else { 0 });
+    }
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
+    let billed_at_kill = billed(&mock);
+    assert!(billed_at_kill > 0.0 && billed_at_kill <= 0.001);
+    for _ in 0..3 {
+        // Each resume counts the reservations whose answers never came at their worst case:
+        // nothing fits, nothing is sent.
+        let out = cmd(&dir, args(&mock.url, &[&extra[..], &["--resume"]].concat()))
+            .output()
+            .expect("run batch");
+        assert_code(&out, 1);
+        assert_eq!(stat(&mock.stats(), "requests"), sent, "{}", show(&out));
+        assert!(summary_spent(&dir) >= billed(&mock));
+    }
+    assert_eq!(billed(&mock), billed_at_kill);
+    let rows = dir.results("out.csv");
+    assert_eq!(count(&rows, "skipped"), 100);
+    assert!(
+        field(&rows[0], "error").contains("spend cap reached"),
+        "{:?}",
+        rows[0]
+    );
+}
+
+#[test]
 fn issue19_a_401_stops_dispatch_before_the_next_request_leaves_and_its_rows_are_skipped() {
     // Before: 32 more requests were sent after the first 401, and their rows were `failed`.
     let dir = TestDir::new();
