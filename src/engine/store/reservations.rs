@@ -78,6 +78,17 @@ impl ReservationLog {
             .map(|_| ())
             .map_err(|e| db_error(&self.path, "write", &e))
     }
+
+    /// Forgets a reservation whose request was not sent after all.
+    pub fn forget(&self, seq: u64, attempt: u32, started_at: SystemTime) -> Result<(), Error> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM reservations WHERE seq = ?1 AND attempt = ?2 AND started_at = ?3",
+            )
+            .and_then(|mut s| s.execute(params![seq as i64, attempt, started_text(started_at)]))
+            .map(|_| ())
+            .map_err(|e| db_error(&self.path, "write", &e))
+    }
 }
 
 impl Store {
@@ -196,6 +207,10 @@ mod tests {
         store
             .record(&[row(1, vec![attempt(1, t(3000), 0.0625)])])
             .unwrap();
+        assert!((store.spent_at_most().unwrap() - (0.125 + 0.25 + 0.0625)).abs() < 1e-12);
+        // One journaled but not sent after all (a stop came meanwhile) is forgotten.
+        log.record(2, 1, t(4000), 0.5).unwrap();
+        log.forget(2, 1, t(4000)).unwrap();
         assert!((store.spent_at_most().unwrap() - (0.125 + 0.25 + 0.0625)).abs() < 1e-12);
         store.clear_reservations().unwrap();
         assert!((store.spent_at_most().unwrap() - store.spent().unwrap()).abs() < 1e-12);

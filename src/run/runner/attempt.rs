@@ -112,12 +112,21 @@ async fn reserve(shared: &Shared, job: &Job, attempt: u32) -> Reserve {
         }
     };
     let started_at = SystemTime::now();
-    let journaled = match &spend {
-        Some(r) => journal_reservation(shared, job.seq, attempt, started_at, r.worst()).await,
-        None => true,
-    };
-    // A stop since (a 401 in another row, the cap, a signal, a storage error) wins.
-    if !journaled || shared.stop.is_cancelled() {
+    let key = (job.seq, attempt, started_at);
+    // A stop since (a 401 in another row, the cap, a signal, a storage error) wins, up to the
+    // moment the request leaves.
+    let journaled = !shared.stop.is_cancelled()
+        && match &spend {
+            Some(r) => journal_reservation(shared, key, Some(r.worst())).await,
+            None => true,
+        };
+    let stopped = shared.stop.is_cancelled();
+    if journaled && stopped && spend.is_some() {
+        // Not sent after all: a resume must not count it.
+        journal_reservation(shared, key, None).await;
+    }
+    let sendable = journaled && !stopped;
+    if !sendable {
         release_spend(shared, spend);
         shared.budget.settle(permit, None);
         return Reserve::Stopped;
@@ -164,24 +173,25 @@ fn release_spend(shared: &Shared, spend: Option<Reservation>) {
     }
 }
 
-/// Journals a reservation in the state file before its request is sent, so a resume after a
-/// `kill -9` counts it (see [`crate::engine::store::ReservationLog`]). A failure to write stops
-/// the run, naming the file and why; returns whether the request may be sent.
+/// Journals a reservation (`worst`) in the state file before its request is sent, so a resume
+/// after a `kill -9` counts it (see [`crate::engine::store::ReservationLog`]), or forgets one
+/// (`None`) whose request was not sent after all. A failure to write stops the run, naming the
+/// file and why; returns whether the write succeeded.
 async fn journal_reservation(
     shared: &Shared,
-    seq: u64,
-    attempt: u32,
-    started_at: SystemTime,
-    worst: f64,
+    (seq, attempt, started_at): (u64, u32, SystemTime),
+    worst: Option<f64>,
 ) -> bool {
     let Some(log) = &shared.reservations else {
         return true;
     };
     let log = log.clone();
     let written = tokio::task::spawn_blocking(move || {
-        log.lock()
-            .expect("reservation log lock")
-            .record(seq, attempt, started_at, worst)
+        let log = log.lock().expect("reservation log lock");
+        match worst {
+            Some(worst) => log.record(seq, attempt, started_at, worst),
+            None => log.forget(seq, attempt, started_at),
+        }
     })
     .await;
     let error = match written {

@@ -112,20 +112,22 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     signals.abort();
     progress.update(&live);
     progress.finish();
-    let (mut store, journal_error) = (store?, journal_error);
+    let (mut store, journal_error) = (store.map_err(Error::after_sending)?, journal_error);
     let storage_error = shared.storage_error.lock().expect("lock").clone();
     if storage_error.is_none() {
-        skip_rows_of_the_stop(&shared, &mut store)?;
+        skip_rows_of_the_stop(&shared, &mut store).map_err(Error::after_sending)?;
     }
     let stopped = shared.stop.is_cancelled().then(|| shared.stop_reason());
     let missing_reason = journal_error
         .as_ref()
         .map(|e| format!("not recorded: {e}"))
         .unwrap_or_else(|| shared.stop_reason());
-    let (stats, output) = merge_results(&cfg, &checked, writer, missing_reason).await?;
+    let (stats, output) = merge_results(&cfg, &checked, writer, missing_reason)
+        .await
+        .map_err(Error::after_sending)?;
     let complete = stats.skipped == 0 && storage_error.is_none();
     if complete {
-        store.set_finished(true)?;
+        store.set_finished(true).map_err(Error::after_sending)?;
     }
     if complete && cfg.spooled_stdin {
         // Nothing is left to resume; the copy of stdin has served its purpose.
@@ -133,7 +135,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     }
     let failed_fast = shared.failed_fast.load(Ordering::SeqCst);
     if let Some(audit) = Arc::into_inner(shared).and_then(|s| s.audit) {
-        audit.finish()?;
+        audit.finish().map_err(Error::after_sending)?;
     }
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
     summary.resumed = stats.done().saturating_sub(live.done());
@@ -145,7 +147,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     if cfg.max_cost.is_some() {
         summary.spent_usd = store.spent_at_most().ok();
     }
-    report(&cfg, &summary, complete)?;
+    report(&cfg, &summary, complete).map_err(Error::after_sending)?;
     if let Some(reason) = summary
         .stopped
         .as_ref()
