@@ -216,16 +216,16 @@ pub struct MockStats {
     /// Answers to schema requests sent spoilt on purpose (--invalid-json-rate).
     #[serde(default)]
     pub invalid_answers: u64,
-    /// Requests answered 404 or 405 because nothing is served at their path for their method
-    /// (a path without `/v1`, a `--not-found` path); not counted in `requests`.
-    #[serde(default)]
-    pub unserved: u64,
     /// What the answers produced would be billed, in USD, at the embedded prices of the model
     /// asked for: every accepted request whose answer was made, its usage as returned, whether
     /// or not it reached the client (a fault may lose it after the "server" billed it). What a
     /// spend cap is checked against.
     #[serde(default)]
     pub billed_usd: f64,
+    /// Requests answered 404 or 405 because nothing is served at their path for their method
+    /// (a path without `/v1`, a `--not-found` path); not counted in `requests`.
+    #[serde(default)]
+    pub unserved: u64,
 }
 
 struct Shared {
@@ -246,10 +246,10 @@ struct Shared {
     cached_tokens: AtomicU64,
     reasoning_tokens: AtomicU64,
     invalid_answers: AtomicU64,
-    unserved: AtomicU64,
-    batches: batches::BatchStore,
     prices: crate::engine::pricing::PriceTable,
     billed_usd: Mutex<f64>,
+    unserved: AtomicU64,
+    batches: batches::BatchStore,
 }
 
 impl Shared {
@@ -278,9 +278,9 @@ impl Shared {
                 .collect(),
             cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
             reasoning_tokens: self.reasoning_tokens.load(Ordering::Relaxed),
+            billed_usd: *self.billed_usd.lock().expect("billed lock"),
             invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
             unserved: self.unserved.load(Ordering::Relaxed),
-            billed_usd: *self.billed_usd.lock().expect("billed lock"),
         }
     }
 
@@ -379,10 +379,10 @@ impl MockServer {
             cached_tokens: AtomicU64::new(0),
             reasoning_tokens: AtomicU64::new(0),
             invalid_answers: AtomicU64::new(0),
-            unserved: AtomicU64::new(0),
-            batches: Default::default(),
             prices: crate::engine::pricing::PriceTable::embedded(),
             billed_usd: Mutex::new(0.0),
+            unserved: AtomicU64::new(0),
+            batches: Default::default(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))

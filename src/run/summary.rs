@@ -162,6 +162,7 @@ impl Stats {
             cache_write_tokens: self.cache_write_tokens,
             reasoning_tokens: self.reasoning_tokens,
             cost_usd: self.known_cost(),
+            spent_usd: None,
             unpriced_rows: self.unpriced,
             retries: self.retries,
             rate_limited: self.rate_limited,
@@ -190,7 +191,6 @@ impl Stats {
             },
             output: output.display().to_string(),
             stopped: None,
-            spent_usd: None,
             expect: self.expect.clone(),
         }
     }
@@ -223,6 +223,11 @@ pub struct Summary {
     pub reasoning_tokens: u64,
     /// `null` when no row's model has a known price.
     pub cost_usd: Option<f64>,
+    /// Under `--max-cost`: what the whole run (resumed parts, retries and requests whose
+    /// answer was lost included) counts as spent against the cap, at most what was billed
+    /// plus the worst case of the attempts whose cost could not be known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
     pub unpriced_rows: u64,
     pub retries: u64,
     pub rate_limited: u64,
@@ -240,11 +245,6 @@ pub struct Summary {
     pub output: String,
     /// Why the run stopped before the end, if it did.
     pub stopped: Option<String>,
-    /// Under `--max-cost`: what the whole run (resumed parts, retries and requests whose
-    /// answer was lost included) counts as spent against the cap, at most what was billed
-    /// plus the worst case of the attempts whose cost could not be known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub spent_usd: Option<f64>,
     /// With `--expect`: answers compared with the expected column and how many matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect: Option<PassRate>,

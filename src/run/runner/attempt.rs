@@ -101,20 +101,31 @@ async fn reserve(shared: &Shared, job: &Job, attempt: u32) -> Reserve {
         acquired = shared.budget.acquire(tokens) => Some(acquired),
         _ = shared.stop.cancelled() => None,
     };
-    let permit = match acquired {
-        Some(Ok(permit)) => permit,
+    match acquired {
+        Some(Ok(permit)) => leave(shared, job, attempt, spend, permit).await,
         unsent => {
-            release_spend(shared, spend);
-            return match unsent {
+            if let (Some(cap), Some(r)) = (&shared.spend, spend) {
+                cap.settle(r, Some(0.0));
+            }
+            match unsent {
                 Some(Err(too_large)) => Reserve::TooLarge(too_large),
                 _ => Reserve::Stopped,
-            };
+            }
         }
-    };
+    }
+}
+
+/// The last step before the request leaves: journals the spend reservation; a stop since (a
+/// 401 in another row, the cap, a signal, a storage error) wins up to this moment.
+async fn leave(
+    shared: &Shared,
+    job: &Job,
+    attempt: u32,
+    spend: Option<Reservation>,
+    permit: Permit,
+) -> Reserve {
     let started_at = SystemTime::now();
     let key = (job.seq, attempt, started_at);
-    // A stop since (a 401 in another row, the cap, a signal, a storage error) wins, up to the
-    // moment the request leaves.
     let journaled = !shared.stop.is_cancelled()
         && match &spend {
             Some(r) => journal_reservation(shared, key, Some(r.worst())).await,
@@ -125,8 +136,7 @@ async fn reserve(shared: &Shared, job: &Job, attempt: u32) -> Reserve {
         // Not sent after all: a resume must not count it.
         journal_reservation(shared, key, None).await;
     }
-    let sendable = journaled && !stopped;
-    if !sendable {
+    if !journaled || stopped {
         release_spend(shared, spend);
         shared.budget.settle(permit, None);
         return Reserve::Stopped;
