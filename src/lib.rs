@@ -42,7 +42,7 @@ pub fn main_entry() -> ExitStatus {
         Ok(status) => status,
         Err(err) => {
             eprintln!("error: {err}");
-            ExitStatus::Error
+            err.exit_status()
         }
     }
 }

@@ -216,6 +216,12 @@ pub struct MockStats {
     /// Answers to schema requests sent spoilt on purpose (--invalid-json-rate).
     #[serde(default)]
     pub invalid_answers: u64,
+    /// What the answers produced would be billed, in USD, at the embedded prices of the model
+    /// asked for: every accepted request whose answer was made, its usage as returned, whether
+    /// or not it reached the client (a fault may lose it after the "server" billed it). What a
+    /// spend cap is checked against.
+    #[serde(default)]
+    pub billed_usd: f64,
     /// Requests answered 404 or 405 because nothing is served at their path for their method
     /// (a path without `/v1`, a `--not-found` path); not counted in `requests`.
     #[serde(default)]
@@ -240,6 +246,8 @@ struct Shared {
     cached_tokens: AtomicU64,
     reasoning_tokens: AtomicU64,
     invalid_answers: AtomicU64,
+    prices: crate::engine::pricing::PriceTable,
+    billed_usd: Mutex<f64>,
     unserved: AtomicU64,
     batches: batches::BatchStore,
 }
@@ -270,9 +278,25 @@ impl Shared {
                 .collect(),
             cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
             reasoning_tokens: self.reasoning_tokens.load(Ordering::Relaxed),
+            billed_usd: *self.billed_usd.lock().expect("billed lock"),
             invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
             unserved: self.unserved.load(Ordering::Relaxed),
         }
+    }
+
+    /// Bills the answer made for `model`, as a real API would once it has produced it.
+    fn bill(&self, model: &str, a: &Answer) {
+        let Some(price) = self.prices.lookup(model) else {
+            return;
+        };
+        let usage = crate::base::usage::Usage {
+            prompt_tokens: a.prompt_tokens,
+            completion_tokens: a.completion_tokens,
+            cached_tokens: a.cached_tokens + a.cache_read_tokens,
+            cache_write_tokens: a.cache_write_tokens,
+            reasoning_tokens: a.reasoning_tokens,
+        };
+        *self.billed_usd.lock().expect("billed lock") += price.cost(&usage);
     }
 
     fn count_tokens(&self, a: &Answer) {
@@ -355,6 +379,8 @@ impl MockServer {
             cached_tokens: AtomicU64::new(0),
             reasoning_tokens: AtomicU64::new(0),
             invalid_answers: AtomicU64::new(0),
+            prices: crate::engine::pricing::PriceTable::embedded(),
+            billed_usd: Mutex::new(0.0),
             unserved: AtomicU64::new(0),
             batches: Default::default(),
         });
@@ -612,6 +638,7 @@ async fn respond(
     };
     // Accepted: from now on the prompt is in the cache for the requests that follow.
     s.prompt_cache.serve(&mut answer);
+    s.bill(&req.model, &answer);
     let mut json = wire.success(&req, &answer, n);
     if req.stream {
         json = wire.stream(&req, &json);

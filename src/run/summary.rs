@@ -282,6 +282,7 @@ impl Stats {
             cache_write_tokens: self.cache_write_tokens,
             reasoning_tokens: self.reasoning_tokens,
             cost_usd: self.known_cost(),
+            spent_usd: None,
             unpriced_rows: self.unpriced,
             retries: self.retries,
             rate_limited: self.rate_limited,
@@ -347,6 +348,11 @@ pub struct Summary {
     /// `null` when no row's model has a known price.
     #[serde(serialize_with = "round_opt_usd_json")]
     pub cost_usd: Option<f64>,
+    /// Under `--max-cost`: what the whole run (resumed parts, retries and requests whose
+    /// answer was lost included) counts as spent against the cap, at most what was billed
+    /// plus the worst case of the attempts whose cost could not be known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
     pub unpriced_rows: u64,
     pub retries: u64,
     pub rate_limited: u64,
@@ -421,6 +427,10 @@ impl Summary {
         )?;
         writeln!(w, "Tokens     {}", self.tokens_line())?;
         writeln!(w, "Cost       {}", self.cost_line())?;
+        if let Some(spent) = self.spent_usd {
+            let spent = format_cost((spent * 1e6).ceil() / 1e6);
+            writeln!(w, "Spent      ${spent} at most, counted against --max-cost")?;
+        }
         for (name, m) in &self.models {
             writeln!(
                 w,

@@ -22,5 +22,6 @@ mod layers;
 mod providers;
 mod readme;
 mod schema;
+mod spend;
 mod stall;
 mod watch;

@@ -44,7 +44,7 @@ use crate::engine::output::{ResultsWriter, check_writable};
 use crate::engine::provider::{self, http_client};
 use crate::engine::row_settings::RowSettings;
 use crate::engine::spend::SpendCap;
-use crate::engine::store::{FinishedRows, RunRecord, SeqSet, Store};
+use crate::engine::store::{FinishedRows, ReservationLog, RunRecord, SeqSet, Store};
 use crate::engine::template::Prompts;
 use crate::run::connection::Connection;
 use crate::run::progress::Progress;
@@ -116,23 +116,30 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     signals.abort();
     progress.update(&live);
     progress.finish();
-    let (mut store, journal_error) = (store?, journal_error);
-    skip_rows_of_the_stop(&shared, &mut store)?;
+    let (mut store, journal_error) = (store.map_err(Error::after_sending)?, journal_error);
+    let storage_error = shared.storage_error.lock().expect("lock").clone();
+    if storage_error.is_none() {
+        skip_rows_of_the_stop(&shared, &mut store).map_err(Error::after_sending)?;
+    }
     let stopped = shared.stop.is_cancelled().then(|| shared.stop_reason());
     let missing_reason = journal_error
         .as_ref()
         .map(|e| format!("not recorded: {e}"))
         .unwrap_or_else(|| shared.stop_reason());
-    let (stats, output) = merge_results(&cfg, &checked, writer, missing_reason).await?;
-    let complete = stats.skipped == 0 && journal_error.is_none();
-    store.set_finished(complete)?;
+    let (stats, output) = merge_results(&cfg, &checked, writer, missing_reason)
+        .await
+        .map_err(Error::after_sending)?;
+    let complete = stats.skipped == 0 && storage_error.is_none();
+    if complete {
+        store.set_finished(true).map_err(Error::after_sending)?;
+    }
     if complete && cfg.spooled_stdin {
         // Nothing is left to resume; the copy of stdin has served its purpose.
         let _ = std::fs::remove_file(&cfg.input);
     }
     let failed_fast = shared.failed_fast.load(Ordering::SeqCst);
     if let Some(audit) = Arc::into_inner(shared).and_then(|s| s.audit) {
-        audit.finish()?;
+        audit.finish().map_err(Error::after_sending)?;
     }
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
     summary.resumed = stats.done().saturating_sub(live.done());
@@ -146,11 +153,23 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         summary.models.clear();
     }
     summary.stopped = stopped;
-    report(&cfg, &summary, complete)?;
-    if let Some(e) = journal_error {
-        return Err(e);
+    if cfg.max_cost.is_some() {
+        summary.spent_usd = store.spent_at_most().ok();
     }
-    let status = if interrupted.load(Ordering::SeqCst) {
+    report(&cfg, &summary, complete).map_err(Error::after_sending)?;
+    if let Some(reason) = summary
+        .stopped
+        .as_ref()
+        .filter(|_| cfg.quiet && !failed_fast && storage_error.is_none())
+    {
+        // -q hides the summary, never why the run stopped (fail fast said it already).
+        cfg.printer().say(format_args!("Stopped early: {reason}"));
+    }
+    let status = if let Some(e) = storage_error {
+        // Requests were sent: not exit 2, which says nothing was. What is journaled is kept.
+        cfg.printer().say(format_args!("error: {e}"));
+        ExitStatus::RowsFailed
+    } else if interrupted.load(Ordering::SeqCst) {
         ExitStatus::Interrupted
     } else if failed_fast && live.ok == 0 {
         // Stopped by an error no request could get past, with nothing done.
@@ -276,11 +295,17 @@ fn share(
     resumed: bool,
     store: &Store,
 ) -> Result<Arc<Shared>, Error> {
+    // Under a cap, what earlier parts of the run may have spent: their charges, and the worst
+    // case of every request sent whose answer never reached the journal.
     let spend = match cfg.max_cost {
         Some(cap) => Some(SpendCap::new(
             cap,
-            if resumed { store.spent()? } else { 0.0 },
+            if resumed { store.spent_at_most()? } else { 0.0 },
         )),
+        None => None,
+    };
+    let reservations = match cfg.max_cost {
+        Some(_) => Some(Arc::new(Mutex::new(ReservationLog::open(&cfg.state)?))),
         None => None,
     };
     let provider = provider::build(
@@ -297,6 +322,7 @@ fn share(
         retry: cfg.retry,
         timeout: cfg.timeout,
         spend,
+        reservations,
         audit: cfg.log.as_deref().map(AuditLog::open).transpose()?,
         schema: cfg.schema.clone(),
         schema_retries: cfg.schema_retries,
@@ -313,6 +339,7 @@ fn share(
         failed_fast: AtomicBool::new(false),
         started: std::time::Instant::now(),
         last_answer_ms: AtomicU64::new(0),
+        storage_error: Mutex::new(None),
         provider,
     }))
 }
