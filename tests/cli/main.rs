@@ -18,6 +18,7 @@ mod failfast;
 mod formats;
 mod layers;
 mod providers;
+mod ratelimit;
 mod schema;
 mod stall;
 mod watch;

@@ -17,14 +17,16 @@
 //! back what was over-reserved. The limits the user gives (`--rpm`, `--tpm`) are ceilings kept
 //! as budgets of their own; the server's are learned from its rate-limit headers
 //! ([`RateBudget::observe`]) as separate budgets, so a stricter server is never ignored and a
-//! laxer one never lifts the user's limit. Until the first answer arrives only one request is
-//! sent, so a run never opens with a burst into an unknown limit. Nothing learned from headers
+//! laxer one never lifts the user's limit. Until the first answer arrives, a few requests go and
+//! then one a second ([`probe`]), so a run neither opens with a burst into an unknown limit nor
+//! hangs on one request. Nothing learned from headers
 //! makes a request wait longer than the server's reset. A 429 pauses every task
 //! ([`RateBudget::back_off`]) and empties the buckets, so dispatch resumes at the paced rate
 //! rather than with a burst.
 
 pub mod bucket;
 pub mod headers;
+pub mod probe;
 
 use std::fmt;
 use std::sync::Mutex;
@@ -36,6 +38,7 @@ use tokio::time::Instant;
 use bucket::Bucket;
 use headers::LimitSnapshot;
 pub use headers::RateLimitHeaders;
+use probe::Probing;
 
 /// Fraction of a limit we pace at.
 const PACE: f64 = 0.99;
@@ -59,6 +62,8 @@ pub struct Permit {
     /// [`State::created`] when it was taken: budgets created later started from headers that
     /// already counted this request (the probe's, typically), so settling leaves them alone.
     seen: u64,
+    /// Sent before the limits were known (see [`probe`]).
+    probe: bool,
 }
 
 /// A request no budget could ever admit: it costs more tokens than a limit allows per window.
@@ -234,9 +239,8 @@ struct State {
     given: [Option<Budget>; 2],
     /// The limits the server reported, by kind.
     learned: [Option<Budget>; 2],
-    /// While true, one request is out to learn the limits and the others wait.
-    probing: bool,
-    probe_sent: bool,
+    /// Until the first answer: the gate that lets a few requests out to learn the limits.
+    probing: Option<Probing>,
     paused_until: Option<Instant>,
     /// Tickets of the requests waiting, first come first served.
     queue: std::collections::VecDeque<u64>,
@@ -256,7 +260,7 @@ impl State {
 
 impl RateBudget {
     /// `learn`: whether to learn limits that were not given from the server's headers (and
-    /// send a single probe request first to hear them).
+    /// send only a few probe requests until the first answer tells them).
     pub fn new(rpm: Option<u32>, tpm: Option<u32>, learn: bool) -> Self {
         let now = Instant::now();
         let per_minute = |limit: u32| Budget::new(f64::from(limit), MINUTE, now);
@@ -264,8 +268,8 @@ impl RateBudget {
             state: Mutex::new(State {
                 given: [rpm.map(per_minute), tpm.map(per_minute)],
                 learned: [None, None],
-                probing: learn && (rpm.is_none() || tpm.is_none()),
-                probe_sent: false,
+                probing: (learn && (rpm.is_none() || tpm.is_none()))
+                    .then(|| Probing::new(rpm.is_some(), tpm.is_some())),
                 paused_until: None,
                 queue: Default::default(),
                 next_ticket: 0,
@@ -276,10 +280,33 @@ impl RateBudget {
         }
     }
 
-    /// Whether requests must say how many tokens they take: there is a token budget.
+    /// Whether requests must say how many tokens they take: there is a token budget, or the
+    /// limits are being learned (the probes' tokens are capped).
     fn counts_tokens(&self) -> bool {
         let mut s = self.state.lock().expect("budget lock");
-        s.budgets(TOKENS).next().is_some()
+        s.probing.is_some() || s.budgets(TOKENS).next().is_some()
+    }
+
+    /// Until the first answer, waits for the start gate ([`probe`]) to let the request out;
+    /// returns whether it went as a probe.
+    async fn pass_start(&self, tokens: f64) -> bool {
+        loop {
+            let notified = self.learned.notified();
+            let wait = {
+                let mut s = self.state.lock().expect("budget lock");
+                let Some(probing) = s.probing.as_mut() else {
+                    return false;
+                };
+                match probing.admit(tokens, Instant::now()) {
+                    Ok(()) => return true,
+                    Err(wait) => wait,
+                }
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// The long-run rates now in force, per minute: (requests, tokens), each the strictest of
@@ -299,34 +326,18 @@ impl RateBudget {
     /// served, so a large one is not starved by a stream of small ones. Cancel-safe: a dropped
     /// call leaves the queue.
     ///
-    /// `tokens` is called only if there is a token budget once the limits are known: counting
-    /// costs more than anything else a row does before it is sent (and the first count builds
-    /// the tokenizer, a fifth of a second), so it is skipped when nothing needs it. The probe
-    /// itself reserves nothing: the budgets learned from its answer start from headers that
-    /// counted it already.
+    /// `tokens` is called only if there is a token budget or the limits are being learned:
+    /// counting costs more than anything else a row does before it is sent (and the first
+    /// count builds the tokenizer, a fifth of a second), so it is skipped when nothing needs
+    /// it. The probes reserve nothing from the learned budgets: those start from headers that
+    /// counted them already.
     pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Result<Permit, TooLarge> {
-        // Hold back everyone but the first request until the server has told us its limits.
-        let mut probe = false;
-        loop {
-            let notified = self.learned.notified();
-            {
-                let mut s = self.state.lock().expect("budget lock");
-                if !s.probing {
-                    break;
-                }
-                if !s.probe_sent {
-                    s.probe_sent = true;
-                    probe = true;
-                    break;
-                }
-            }
-            notified.await;
-        }
         let tokens = if self.counts_tokens() {
             f64::from(tokens())
         } else {
             0.0
         };
+        let probe = self.pass_start(tokens).await;
         let ticket = Ticket::join(self);
         loop {
             let turn = self.turn.notified();
@@ -343,13 +354,17 @@ impl RateBudget {
                             let seen = s.created;
                             drop(s);
                             drop(ticket);
-                            return Ok(Permit { tokens, seen });
+                            return Ok(Permit {
+                                tokens,
+                                seen,
+                                probe,
+                            });
                         }
                         Err(Blocked::Wait(wait)) => Some(wait),
                         Err(Blocked::Never(e)) => {
                             // A probe that will not be sent hands its turn to another request.
-                            if probe && s.probing {
-                                s.probe_sent = false;
+                            if let (true, Some(p)) = (probe, s.probing.as_mut()) {
+                                p.release(tokens, true);
                                 self.learned.notify_waiters();
                             }
                             drop(s);
@@ -382,6 +397,10 @@ impl RateBudget {
         for b in s.budgets(TOKENS).filter(|b| b.created <= permit.seen) {
             b.bucket.give_back(permit.tokens - actual, now);
         }
+        if let (true, Some(p)) = (permit.probe, s.probing.as_mut()) {
+            p.release(permit.tokens, false);
+            self.learned.notify_waiters();
+        }
         drop(s);
         self.turn.notify_waiters();
     }
@@ -399,8 +418,7 @@ impl RateBudget {
             learn(tokens, &h.tokens, now, created);
             self.turn.notify_waiters();
         }
-        if s.probing {
-            s.probing = false;
+        if s.probing.take().is_some() {
             drop(s);
             self.learned.notify_waiters();
         }
@@ -510,22 +528,59 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn probe_holds_others_until_the_first_answer() {
+    async fn a_few_probes_go_then_one_a_second_until_the_first_answer() {
         let budget = std::sync::Arc::new(RateBudget::new(None, None, true));
-        let first = budget.acquire(|| 1).await.unwrap();
-        let b2 = budget.clone();
-        let second = tokio::spawn(async move { b2.acquire(|| 1).await.unwrap() });
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // The first requests go at once: a hanging one does not hold the others back.
+        let mut probes = Vec::new();
+        for _ in 0..probe::PROBES {
+            probes.push(budget.acquire(|| 10).await.unwrap());
+        }
+        let b = budget.clone();
+        let next = tokio::spawn(async move { b.acquire(|| 10).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(
-            !second.is_finished(),
-            "second request went before the probe answered"
+            !next.is_finished(),
+            "a fifth request went before any answer"
         );
+        // With no answer, one more a second.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(next.is_finished(), "the run stalled on requests that hang");
+        probes.push(next.await.unwrap());
+        // The first answer ends the start: its limits pace the rest.
+        let b = budget.clone();
+        let waiting = tokio::spawn(async move { b.acquire(|| 10).await.unwrap() });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
         budget.observe(Some(&snapshot(600, 100_000)));
-        budget.settle(first, Some(1));
-        let _ = second.await.unwrap();
+        let first = probes.remove(0);
+        budget.settle(first, Some(10));
+        let start = Instant::now();
+        let _ = waiting.await.unwrap();
+        assert!(start.elapsed() < Duration::from_millis(10));
         let (rpm, tpm) = budget.limits();
         assert!((rpm.unwrap() - 600.0 * PACE).abs() < 1e-6);
         assert!((tpm.unwrap() - 100_000.0 * PACE).abs() < 1e-6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_prompts_are_probed_one_at_a_time() {
+        let budget = std::sync::Arc::new(RateBudget::new(None, None, true));
+        let first = budget.acquire(|| 3_000).await.unwrap();
+        let b = budget.clone();
+        let second = tokio::spawn(async move { b.acquire(|| 2_500).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !second.is_finished(),
+            "6,000 tokens went into an unknown limit"
+        );
+        // The first failed without headers (a 500, say): that ends the start too.
+        budget.observe(None);
+        budget.settle(first, None);
+        let second = tokio::time::timeout(Duration::from_millis(10), second)
+            .await
+            .expect("the answer let the second go")
+            .unwrap();
+        budget.settle(second, Some(2_500));
     }
 
     #[tokio::test(start_paused = true)]
