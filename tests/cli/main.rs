@@ -8,6 +8,7 @@
 
 mod util;
 
+mod anthropic_version;
 mod batchapi;
 mod bench;
 mod cache;
