@@ -102,12 +102,14 @@ fn per_second_windows(dir: &std::path::Path) {
             }
         );
         println!(
-            "{ok} answered in {secs:.2} s from the first request to the last answer = {:.1}% of              the limit (target >= 97%) {}",
+            "{ok} answered in {secs:.2} s from the first request to the last answer = \
+             {:.1}% of the limit (target >= 97%) {}",
             100.0 * ratio,
             verdict(ratio >= 0.97)
         );
         println!(
-            "429s: {limited} of {requests} requests = {:.2}% (target <= 1%) {}; longest pause              between requests {gap:.3} s, server's reset 1 s {}",
+            "429s: {limited} of {requests} requests = {:.2}% (target <= 1%) {}; longest pause \
+             between requests {gap:.3} s, server's reset 1 s {}",
             100.0 * frac,
             verdict(frac <= 0.01),
             verdict(gap <= 1.0)

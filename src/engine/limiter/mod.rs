@@ -23,6 +23,12 @@
 //! makes a request wait longer than the server's reset. A 429 pauses every task
 //! ([`RateBudget::back_off`]) and empties the buckets, so dispatch resumes at the paced rate
 //! rather than with a burst.
+//!
+//! A wait the server's limits impose that is longer than [`LONG_WAIT`] (a per-day quota used
+//! up, typically) is not silent: it is announced once ([`RateBudget::on_long_wait`]); and one
+//! longer than the run may stall (`--max-stall`) is not waited out at all: the request is
+//! refused ([`Refused::Exhausted`]) so the run can stop at once, resumable, instead of sleeping
+//! for hours.
 
 pub mod bucket;
 pub mod headers;
@@ -50,6 +56,8 @@ const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// honours ([`crate::engine::retry::RetryPolicy`]): beyond it, waiting blindly helps nobody.
 const MAX_PAUSE: Duration = Duration::from_secs(120);
 const MINUTE: Duration = Duration::from_secs(60);
+/// A wait imposed by the server's limits beyond which the user is told.
+pub const LONG_WAIT: Duration = MINUTE;
 
 const REQUESTS: usize = 0;
 const TOKENS: usize = 1;
@@ -80,13 +88,7 @@ pub struct TooLarge {
 
 impl fmt::Display for TooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let window = match self.window.as_secs() {
-            1 => "second".to_string(),
-            60 => "minute".to_string(),
-            3600 => "hour".to_string(),
-            86_400 => "day".to_string(),
-            _ => humantime::format_duration(self.window).to_string(),
-        };
+        let window = window_name(self.window);
         write!(
             f,
             "request too large for the rate limit: it needs about {} tokens (prompt plus \
@@ -104,6 +106,55 @@ impl fmt::Display for TooLarge {
 }
 
 impl std::error::Error for TooLarge {}
+
+/// A long wait the server's limits impose: its budget is used up until `until`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongWait {
+    /// `request` or `token`.
+    pub what: &'static str,
+    pub limit: u64,
+    pub window: Duration,
+    /// From now until a request fits again.
+    pub wait: Duration,
+    pub until: std::time::SystemTime,
+}
+
+impl fmt::Display for LongWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whole seconds, whole minutes beyond ten: "in 8h 0m", not "in 7h 59m 59s 999ms".
+        let step = if self.wait >= 10 * MINUTE { 60 } else { 1 };
+        let rounded = Duration::from_secs(self.wait.as_secs().div_ceil(step) * step);
+        let at = humantime::format_rfc3339_seconds(self.until + (rounded - self.wait));
+        write!(
+            f,
+            "the server's {} limit ({} per {}) is used up; it resets at {at} (in {})",
+            self.what,
+            self.limit,
+            window_name(self.window),
+            humantime::format_duration(rounded),
+        )
+    }
+}
+
+/// Why a request is not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// No budget could ever admit it.
+    TooLarge(TooLarge),
+    /// The server's budget will not admit it for longer than the run may stall.
+    Exhausted(LongWait),
+}
+
+/// `second`, `minute`, `hour`, `day`, or the window as a duration.
+fn window_name(window: Duration) -> String {
+    match window.as_secs() {
+        1 => "second".to_string(),
+        60 => "minute".to_string(),
+        3600 => "hour".to_string(),
+        86_400 => "day".to_string(),
+        _ => humantime::format_duration(window).to_string(),
+    }
+}
 
 /// One limit: its bucket, and the limit as stated, per window.
 #[derive(Debug)]
@@ -161,9 +212,15 @@ impl Budget {
     }
 }
 
+/// Told once of a [`LongWait`].
+type LongWaitHandler = Box<dyn Fn(&LongWait) + Send + Sync>;
+
 /// The limits of one run.
 pub struct RateBudget {
     state: Mutex<State>,
+    /// Waits longer than this are refused ([`Refused::Exhausted`]), not waited out.
+    patience: Duration,
+    on_long_wait: Option<LongWaitHandler>,
     /// Wakes the requests held back while the first answer is awaited.
     learned: Notify,
     /// Wakes the queue when its head leaves or the budgets gain room.
@@ -194,9 +251,10 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// Why a request cannot go now.
+/// Why a request cannot go now: a wait (and, if the server's budgets impose a long one, what
+/// it is), or never.
 enum Blocked {
-    Wait(Duration),
+    Wait(Duration, Option<LongWait>),
     Never(TooLarge),
 }
 
@@ -223,7 +281,7 @@ fn take_all(s: &mut State, tokens: f64, now: Instant) -> Result<(), Blocked> {
         }
     }
     if !wait.is_zero() {
-        return Err(Blocked::Wait(wait));
+        return Err(Blocked::Wait(wait, long_wait(s, cost)));
     }
     for kind in [REQUESTS, TOKENS] {
         for b in s.budgets(kind) {
@@ -232,6 +290,26 @@ fn take_all(s: &mut State, tokens: f64, now: Instant) -> Result<(), Blocked> {
         }
     }
     Ok(())
+}
+
+/// The longest wait of the server's budgets, if longer than [`LONG_WAIT`] (the buckets are
+/// up to date).
+fn long_wait(s: &State, cost: [f64; 2]) -> Option<LongWait> {
+    let mut longest: Option<LongWait> = None;
+    for (kind, what) in [(REQUESTS, "request"), (TOKENS, "token")] {
+        let Some(b) = &s.learned[kind] else { continue };
+        let wait = b.bucket.shortfall(cost[kind]);
+        if wait > LONG_WAIT && longest.as_ref().is_none_or(|l| wait > l.wait) {
+            longest = Some(LongWait {
+                what,
+                limit: b.limit as u64,
+                window: b.window,
+                wait,
+                until: std::time::SystemTime::now() + wait,
+            });
+        }
+    }
+    longest
 }
 
 struct State {
@@ -247,6 +325,8 @@ struct State {
     next_ticket: u64,
     /// Budgets learned so far (see [`Permit::seen`]).
     created: u64,
+    /// A long wait was announced.
+    announced: bool,
 }
 
 impl State {
@@ -274,10 +354,25 @@ impl RateBudget {
                 queue: Default::default(),
                 next_ticket: 0,
                 created: 0,
+                announced: false,
             }),
+            patience: Duration::MAX,
+            on_long_wait: None,
             learned: Notify::new(),
             turn: Notify::new(),
         }
+    }
+
+    /// A wait the server's limits impose beyond [`LONG_WAIT`] is told to `handler`, once; one
+    /// beyond `patience` is refused instead ([`Refused::Exhausted`]).
+    pub fn on_long_wait(
+        mut self,
+        patience: Duration,
+        handler: impl Fn(&LongWait) + Send + Sync + 'static,
+    ) -> Self {
+        self.patience = patience;
+        self.on_long_wait = Some(Box::new(handler));
+        self
     }
 
     /// Whether requests must say how many tokens they take: there is a token budget, or the
@@ -331,7 +426,7 @@ impl RateBudget {
     /// count builds the tokenizer, a fifth of a second), so it is skipped when nothing needs
     /// it. The probes reserve nothing from the learned budgets: those start from headers that
     /// counted them already.
-    pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Result<Permit, TooLarge> {
+    pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Result<Permit, Refused> {
         let tokens = if self.counts_tokens() {
             f64::from(tokens())
         } else {
@@ -360,7 +455,21 @@ impl RateBudget {
                                 probe,
                             });
                         }
-                        Err(Blocked::Wait(wait)) => Some(wait),
+                        Err(Blocked::Wait(_, Some(long))) if long.wait > self.patience => {
+                            drop(s);
+                            drop(ticket);
+                            return Err(Refused::Exhausted(long));
+                        }
+                        Err(Blocked::Wait(wait, long)) => {
+                            if let Some(long) = long.filter(|_| !s.announced) {
+                                s.announced = true;
+                                drop(s);
+                                if let Some(tell) = &self.on_long_wait {
+                                    tell(&long);
+                                }
+                            }
+                            Some(wait)
+                        }
                         Err(Blocked::Never(e)) => {
                             // A probe that will not be sent hands its turn to another request.
                             if let (true, Some(p)) = (probe, s.probing.as_mut()) {
@@ -369,7 +478,7 @@ impl RateBudget {
                             }
                             drop(s);
                             drop(ticket);
-                            return Err(e);
+                            return Err(Refused::TooLarge(e));
                         }
                     }
                 }
@@ -446,6 +555,11 @@ fn burst(rate_per_sec: f64) -> f64 {
 /// Updates the server's budget of one kind from what it said about it. A new limit or window
 /// starts a new budget from what is left; the same limit keeps its bucket (the headers of an
 /// answer are older than the requests sent since), except that a quota follows the server.
+/// What the server says is left still bounds what the bucket holds: a server that enforces a
+/// per-minute limit over one-second windows reports what is left of the second (the mock's
+/// `--rate-window`, OpenAI's quantized limits), and a bucket that sent its half second of burst
+/// into the end of such a window was answered with 429s. Against a server that counts over the
+/// whole minute, `remaining` is far above the burst and changes nothing.
 fn learn(slot: &mut Option<Budget>, seen: &LimitSnapshot, now: Instant, created: &mut u64) {
     let Some(limit) = seen.limit.filter(|l| *l > 0) else {
         return;
@@ -455,6 +569,9 @@ fn learn(slot: &mut Option<Budget>, seen: &LimitSnapshot, now: Instant, created:
         Some(b) if b.window == window && (b.limit - limit).abs() <= limit * 1e-6 => {
             if window > MINUTE {
                 b.sync(seen, now);
+            } else if let Some(remaining) = seen.remaining {
+                let level = b.bucket.level(now).min(remaining as f64);
+                b.bucket.set_level(level, now);
             }
         }
         Some(b) if b.window == window => {
@@ -730,7 +847,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_no_limit_admits_is_refused() {
         let budget = RateBudget::new(None, Some(30_000), false);
-        let e = budget.acquire(|| 30_001).await.unwrap_err();
+        let Err(Refused::TooLarge(e)) = budget.acquire(|| 30_001).await else {
+            panic!("admitted");
+        };
         assert!(e.given && e.limit == 30_000 && e.window == MINUTE, "{e:?}");
         let text = e.to_string();
         assert!(
@@ -749,7 +868,9 @@ mod tests {
             },
             ..Default::default()
         }));
-        let e = budget.acquire(|| 20_000).await.unwrap_err();
+        let Err(Refused::TooLarge(e)) = budget.acquire(|| 20_000).await else {
+            panic!("admitted");
+        };
         assert!(!e.given && e.to_string().contains("server"), "{e}");
     }
 
@@ -830,6 +951,98 @@ mod tests {
             budget.settle(p, None);
         }
         assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    /// A daily request budget of 10, used up, back in full after `reset`.
+    fn used_up_for(reset: Duration) -> RateLimitHeaders {
+        RateLimitHeaders {
+            requests: LimitSnapshot {
+                limit: Some(10),
+                remaining: Some(0),
+                reset: Some(reset),
+                stated_window: Some(Duration::from_secs(86_400)),
+                time_to_full: false,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_longer_than_the_patience_is_refused_at_once() {
+        let told = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let t = told.clone();
+        let budget =
+            RateBudget::new(None, None, false).on_long_wait(Duration::from_secs(600), move |_| {
+                t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        budget.observe(Some(&used_up_for(Duration::from_secs(7200))));
+        let start = Instant::now();
+        let Err(Refused::Exhausted(long)) = budget.acquire(|| 1).await else {
+            panic!("a two-hour wait was accepted");
+        };
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(long.wait, Duration::from_secs(7200));
+        let text = long.to_string();
+        assert!(
+            text.contains("request limit (10 per day) is used up")
+                && text.contains("resets at")
+                && text.contains("(in 2h)"),
+            "{text}"
+        );
+        assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_wait_within_the_patience_is_told_once_and_waited_out() {
+        let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let t = told.clone();
+        let budget = RateBudget::new(None, None, false)
+            .on_long_wait(Duration::from_secs(600), move |long| {
+                t.lock().unwrap().push(long.to_string())
+            });
+        budget.observe(Some(&used_up_for(Duration::from_secs(300))));
+        let start = Instant::now();
+        let p = budget.acquire(|| 1).await.unwrap();
+        budget.settle(p, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(300));
+        // Used up again: waited out again, not told again.
+        budget.observe(Some(&used_up_for(Duration::from_secs(300))));
+        let p = budget.acquire(|| 1).await.unwrap();
+        budget.settle(p, None);
+        let told = told.lock().unwrap().clone();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0].contains("(in 5m)"), "{told:?}");
+        // A short wait is nobody's business.
+        let budget = RateBudget::new(None, None, false)
+            .on_long_wait(Duration::from_secs(600), |long| panic!("told of {long}"));
+        budget.observe(Some(&used_up_for(Duration::from_secs(30))));
+        let p = budget.acquire(|| 1).await.unwrap();
+        budget.settle(p, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_short_window_has_left_bounds_the_burst() {
+        let budget = RateBudget::new(None, None, false);
+        let window = |remaining: u64| RateLimitHeaders {
+            requests: LimitSnapshot {
+                limit: Some(3000),
+                remaining: Some(remaining),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        budget.observe(Some(&window(3000)));
+        // A full bucket holds half a second (about 25 requests); the window has 2 left.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        budget.observe(Some(&window(2)));
+        let start = Instant::now();
+        for _ in 0..3 {
+            let p = budget.acquire(|| 1).await.unwrap();
+            budget.settle(p, None);
+        }
+        // Two at once, the third at the paced rate (3000 a minute at 99%).
+        let third = start.elapsed().as_secs_f64();
+        assert!((third - 60.0 / 3000.0 / PACE).abs() < 1e-3, "{third}");
     }
 
     #[tokio::test(start_paused = true)]
