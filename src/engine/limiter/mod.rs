@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use bucket::Bucket;
 use headers::LimitSnapshot;
 pub use headers::RateLimitHeaders;
-use probe::Probing;
+use probe::{Admitted, Gate, Probing};
 
 /// Fraction of a limit we pace at.
 const PACE: f64 = 0.99;
@@ -71,7 +71,7 @@ pub struct Permit {
     /// already counted this request (the probe's, typically), so settling leaves them alone.
     seen: u64,
     /// Sent before the limits were known (see [`probe`]).
-    probe: bool,
+    probe: Option<Admitted>,
 }
 
 /// A request no budget could ever admit: it costs more tokens than a limit allows per window.
@@ -209,6 +209,22 @@ impl Budget {
         if let Some(reset) = seen.reset {
             self.bucket.full_by(now + reset, now);
         }
+    }
+}
+
+/// A request's token cost, counted when first needed: `Err` holds the counter until then.
+struct Cost<F>(Result<f64, Option<F>>);
+
+impl<F: FnOnce() -> u32> Cost<F> {
+    fn count(&mut self) {
+        if let Err(f) = &mut self.0 {
+            let n = f.take().map_or(0, |f| f());
+            self.0 = Ok(f64::from(n));
+        }
+    }
+
+    fn known(&self) -> Option<f64> {
+        self.0.as_ref().ok().copied()
     }
 }
 
@@ -375,27 +391,29 @@ impl RateBudget {
         self
     }
 
-    /// Whether requests must say how many tokens they take: there is a token budget, or the
-    /// limits are being learned (the probes' tokens are capped).
+    /// Whether requests must say how many tokens they take: there is a token budget.
     fn counts_tokens(&self) -> bool {
         let mut s = self.state.lock().expect("budget lock");
-        s.probing.is_some() || s.budgets(TOKENS).next().is_some()
+        s.budgets(TOKENS).next().is_some()
     }
 
-    /// Until the first answer, waits for the start gate ([`probe`]) to let the request out;
-    /// returns whether it went as a probe.
-    async fn pass_start(&self, tokens: f64) -> bool {
+    /// Until the first answer, waits for the start gate ([`probe`]) to let the request out,
+    /// counting its tokens if the gate needs them; returns how it went as a probe, if it did.
+    async fn pass_start<F: FnOnce() -> u32>(&self, cost: &mut Cost<F>) -> Option<Admitted> {
         loop {
             let notified = self.learned.notified();
             let wait = {
                 let mut s = self.state.lock().expect("budget lock");
-                let Some(probing) = s.probing.as_mut() else {
-                    return false;
-                };
-                match probing.admit(tokens, Instant::now()) {
-                    Ok(()) => return true,
-                    Err(wait) => wait,
+                let probing = s.probing.as_mut()?;
+                match probing.admit(cost.known(), Instant::now()) {
+                    Ok(admitted) => return Some(admitted),
+                    Err(Gate::Count) => None,
+                    Err(Gate::Wait(wait)) => Some(wait),
                 }
+            };
+            let Some(wait) = wait else {
+                cost.count();
+                continue;
             };
             tokio::select! {
                 _ = notified => {}
@@ -421,18 +439,21 @@ impl RateBudget {
     /// served, so a large one is not starved by a stream of small ones. Cancel-safe: a dropped
     /// call leaves the queue.
     ///
-    /// `tokens` is called only if there is a token budget or the limits are being learned:
-    /// counting costs more than anything else a row does before it is sent (and the first
-    /// count builds the tokenizer, a fifth of a second), so it is skipped when nothing needs
-    /// it. The probes reserve nothing from the learned budgets: those start from headers that
+    /// `tokens` is called only if there is a token budget or the start gate needs it (not for
+    /// the first request): counting costs more than anything else a row does before it is sent
+    /// (and the first count builds the tokenizer, a fifth of a second), so it is skipped when
+    /// nothing needs it. The probes reserve nothing from the learned budgets: those start from headers that
     /// counted them already.
     pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Result<Permit, Refused> {
-        let tokens = if self.counts_tokens() {
-            f64::from(tokens())
-        } else {
-            0.0
-        };
-        let probe = self.pass_start(tokens).await;
+        let mut cost = Cost(Err(Some(tokens)));
+        if self.counts_tokens() {
+            cost.count();
+        }
+        let probe = self.pass_start(&mut cost).await;
+        if self.counts_tokens() {
+            cost.count();
+        }
+        let tokens = cost.known().unwrap_or(0.0);
         let ticket = Ticket::join(self);
         loop {
             let turn = self.turn.notified();
@@ -472,8 +493,8 @@ impl RateBudget {
                         }
                         Err(Blocked::Never(e)) => {
                             // A probe that will not be sent hands its turn to another request.
-                            if let (true, Some(p)) = (probe, s.probing.as_mut()) {
-                                p.release(tokens, true);
+                            if let (Some(a), Some(p)) = (probe, s.probing.as_mut()) {
+                                p.release(a, tokens, true);
                                 self.learned.notify_waiters();
                             }
                             drop(s);
@@ -506,8 +527,8 @@ impl RateBudget {
         for b in s.budgets(TOKENS).filter(|b| b.created <= permit.seen) {
             b.bucket.give_back(permit.tokens - actual, now);
         }
-        if let (true, Some(p)) = (permit.probe, s.probing.as_mut()) {
-            p.release(permit.tokens, false);
+        if let (Some(a), Some(p)) = (permit.probe, s.probing.as_mut()) {
+            p.release(a, permit.tokens, false);
             self.learned.notify_waiters();
         }
         drop(s);
