@@ -51,6 +51,7 @@ mod responses;
 mod routes;
 pub mod schema;
 mod stream;
+mod timeline;
 mod tools;
 mod wire;
 
@@ -226,6 +227,17 @@ pub struct MockStats {
     /// (a path without `/v1`, a `--not-found` path); not counted in `requests`.
     #[serde(default)]
     pub unserved: u64,
+    /// When the first completion request arrived and the last finished, in milliseconds since
+    /// the mock started; the longest time between two arrivals; and the most requests in flight
+    /// before the first finished (how many a client sends before it hears anything).
+    #[serde(default)]
+    pub first_request_ms: u64,
+    #[serde(default)]
+    pub last_answer_ms: u64,
+    #[serde(default)]
+    pub longest_gap_ms: u64,
+    #[serde(default)]
+    pub max_in_flight_before_first_answer: u64,
 }
 
 struct Shared {
@@ -250,6 +262,7 @@ struct Shared {
     billed_usd: Mutex<f64>,
     unserved: AtomicU64,
     batches: batches::BatchStore,
+    timeline: Mutex<timeline::Timeline>,
 }
 
 impl Shared {
@@ -281,6 +294,19 @@ impl Shared {
             billed_usd: *self.billed_usd.lock().expect("billed lock"),
             invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
             unserved: self.unserved.load(Ordering::Relaxed),
+            ..self.timeline()
+        }
+    }
+
+    /// The [`timeline`] figures, as stats.
+    fn timeline(&self) -> MockStats {
+        let f = self.timeline.lock().expect("timeline lock").figures();
+        MockStats {
+            first_request_ms: f.first_request_ms,
+            last_answer_ms: f.last_answer_ms,
+            longest_gap_ms: f.longest_gap_ms,
+            max_in_flight_before_first_answer: f.max_in_flight_before_first_answer,
+            ..Default::default()
         }
     }
 
@@ -324,6 +350,9 @@ impl InFlight {
         let n = s.requests.fetch_add(1, Ordering::SeqCst) + 1;
         let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let mut timeline = s.timeline.lock().expect("timeline lock");
+        timeline.arrived(Instant::now(), now);
+        drop(timeline);
         (InFlight(s.clone()), n)
     }
 }
@@ -331,6 +360,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(mut timeline) = self.0.timeline.lock() {
+            timeline.finished(Instant::now());
+        }
     }
 }
 
@@ -383,6 +415,7 @@ impl MockServer {
             billed_usd: Mutex::new(0.0),
             unserved: AtomicU64::new(0),
             batches: Default::default(),
+            timeline: Mutex::new(timeline::Timeline::new(Instant::now())),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))

@@ -8,6 +8,7 @@
 
 mod util;
 
+mod anthropic_version;
 mod batchapi;
 mod bench;
 mod cache;
@@ -20,6 +21,7 @@ mod formats;
 mod hardening;
 mod layers;
 mod providers;
+mod ratelimit;
 mod readme;
 mod schema;
 mod spend;

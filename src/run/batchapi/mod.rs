@@ -29,7 +29,7 @@ use crate::base::secret::ApiKey;
 use crate::engine::lock::StateLock;
 use crate::engine::pricing::Price;
 use crate::engine::provider::{
-    self as wire, CallError, Completion, ErrorKind, Provider, http_client,
+    self as wire, CallError, Completion, ErrorKind, ExtraHeaders, Provider, http_client,
 };
 use crate::engine::retry::RetryPolicy;
 use crate::run::connection::Connection;
@@ -106,16 +106,24 @@ enum Api {
 }
 
 impl Api {
-    fn new(kind: ProviderKind, base_url: &str, key: Option<&ApiKey>) -> Self {
+    /// The client of the state's provider. Anthropic's also sends the `anthropic-*` headers
+    /// given with `--header` at submission (kept in the state), so every step of a batch
+    /// speaks the same API version.
+    fn new(st: &BatchState, key: Option<&ApiKey>) -> Result<Self, Error> {
+        let (kind, base_url) = (st.provider, st.base_url.as_str());
         let client = http_client(4);
-        match kind {
+        Ok(match kind {
             ProviderKind::OpenAi | ProviderKind::OpenAiResponses => Api::OpenAi(
                 openai::OpenAiBatches::new(client, base_url, key, openai::endpoint(kind)),
             ),
             ProviderKind::Anthropic => {
-                Api::Anthropic(anthropic::AnthropicBatches::new(client, base_url, key))
+                let extra = ExtraHeaders::parse(&st.api_headers)
+                    .map_err(|e| Error::Input(format!("the state file's api_headers: {e}")))?;
+                Api::Anthropic(anthropic::AnthropicBatches::new(
+                    client, base_url, key, &extra,
+                ))
             }
-        }
+        })
     }
 
     /// Moves batch `i` forward until the provider has it, saving the state before each step that
@@ -532,9 +540,10 @@ async fn submit(
         batches: planned.batches,
         schema: cfg.schema.as_deref().map(state::SchemaRecord::of),
         expect: cfg.expect.clone(),
+        api_headers: cfg.headers.anthropic_protocol(),
     };
     st.save(path)?;
-    let api = Api::new(kind, base_url, key);
+    let api = Api::new(&st, key)?;
     for i in 0..st.batches.len() {
         api.submit(&mut st, i, path).await.map_err(|e| {
             Error::io(
@@ -755,7 +764,7 @@ pub async fn status_command(
 ) -> Result<ExitStatus, Error> {
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
-    let api = Api::new(st.provider, &st.base_url, key.as_ref());
+    let api = Api::new(&st, key.as_ref())?;
     for i in 0..st.batches.len() {
         if let (Phase::Created, Some(id)) = (st.batches[i].phase, st.batches[i].batch_id.clone()) {
             let b = api.get(&id).await?;
@@ -835,7 +844,7 @@ pub async fn cancel_command(
     let _lock = StateLock::acquire(path)?;
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
-    let api = Api::new(st.provider, &st.base_url, key.as_ref());
+    let api = Api::new(&st, key.as_ref())?;
     for i in 0..st.batches.len() {
         if st.batches[i].phase == Phase::Creating
             && let Some(b) = api.find(&st, i).await?
@@ -878,7 +887,7 @@ pub async fn collect_command(
     let _lock = StateLock::acquire(path)?;
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
-    let api = Api::new(st.provider, &st.base_url, key.as_ref());
+    let api = Api::new(&st, key.as_ref())?;
     if let Some(o) = output {
         st.output = o;
     }
@@ -1065,7 +1074,7 @@ pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
         submit(&cfg, &base_url, key.as_ref(), &path).await?
     };
     print_submitted(&st, &path, printer, true);
-    let api = Api::new(st.provider, &st.base_url, key.as_ref());
+    let api = Api::new(&st, key.as_ref())?;
     let opts = Collect {
         wait: true,
         resubmit_failed: false,

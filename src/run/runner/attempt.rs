@@ -12,7 +12,7 @@ use crate::base::money::format_cost;
 use crate::base::record::{RowResult, RowStatus};
 use crate::base::usage::Usage;
 use crate::engine::concurrency::Sample;
-use crate::engine::limiter::{Permit, TooLarge};
+use crate::engine::limiter::{Permit, Refused, TooLarge};
 use crate::engine::provider::{CallError, Completion, ErrorKind, Exchange};
 use crate::engine::spend::Reservation;
 use crate::engine::store::AttemptRecord;
@@ -108,7 +108,16 @@ async fn reserve(shared: &Shared, job: &Job, attempt: u32) -> Reserve {
                 cap.settle(r, Some(0.0));
             }
             match unsent {
-                Some(Err(too_large)) => Reserve::TooLarge(too_large),
+                Some(Err(Refused::TooLarge(too_large))) => Reserve::TooLarge(too_large),
+                Some(Err(Refused::Exhausted(long))) => {
+                    let reason = format!(
+                        "{long}, later than --max-stall allows; run again then with --resume"
+                    );
+                    if shared.stop_with(reason.clone()) {
+                        shared.printer.say(format_args!("stopping: {reason}"));
+                    }
+                    Reserve::Stopped
+                }
                 _ => Reserve::Stopped,
             }
         }

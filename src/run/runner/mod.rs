@@ -317,7 +317,10 @@ fn share(
     );
     Ok(Arc::new(Shared {
         printer: cfg.printer(),
-        budget: RateBudget::new(cfg.rpm, cfg.tpm, cfg.endpoint.learns_limits()),
+        budget: long_waits_told(
+            RateBudget::new(cfg.rpm, cfg.tpm, cfg.endpoint.learns_limits()),
+            cfg,
+        ),
         slots: Slots::new(cfg.concurrency),
         retry: cfg.retry,
         timeout: cfg.timeout,
@@ -342,6 +345,17 @@ fn share(
         storage_error: Mutex::new(None),
         provider,
     }))
+}
+
+/// A wait the server's limits impose that is longer than a minute is said once, even with
+/// `-q` and without a terminal; one longer than `--max-stall` stops the run instead.
+fn long_waits_told(budget: RateBudget, cfg: &RunConfig) -> RateBudget {
+    let printer = cfg.printer();
+    budget.on_long_wait(cfg.retry.max_stall, move |long| {
+        printer.warn(format_args!(
+            "{long}; waiting (Ctrl-C, then --resume later, to stop instead)"
+        ))
+    })
 }
 
 /// On resume, the rows the journal has finished (failed ones too, unless `--retry-failed`).
