@@ -42,7 +42,7 @@ pub fn main_entry() -> ExitStatus {
         Ok(status) => status,
         Err(err) => {
             eprintln!("error: {err}");
-            ExitStatus::Error
+            err.exit_status()
         }
     }
 }
@@ -61,6 +61,8 @@ fn init_tracing(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or CI output gets plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }

@@ -12,7 +12,10 @@ use std::path::Path;
 pub enum ExitStatus {
     /// Every row is `ok`.
     Success = 0,
-    /// The run finished and wrote its results, but some rows failed or were skipped.
+    /// The run finished and wrote its results, but some rows failed or were skipped: a row's own
+    /// error, or a stop (out of quota, a 401 or 403, the spend cap, `--max-stall`, a state file
+    /// that cannot be written) that left rows `skipped` for `--resume`. Requests may have been
+    /// sent, so a storage error after the first request ends here, never in [`Self::Error`].
     RowsFailed = 1,
     /// Usage, configuration or input error: nothing was sent and no results file was written.
     /// Also a run stopped by an error no request could get past (nothing listening, no such
@@ -43,9 +46,29 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A failure after requests were sent (the results or the state file could not be
+    /// written): exit 1, since exit 2 would say that nothing was sent.
+    #[error(transparent)]
+    AfterSending(Box<Error>),
 }
 
 impl Error {
+    /// The same error, met after requests were sent.
+    pub fn after_sending(self) -> Self {
+        match self {
+            Error::AfterSending(_) => self,
+            e => Error::AfterSending(Box::new(e)),
+        }
+    }
+
+    /// How the process ends on this error.
+    pub fn exit_status(&self) -> ExitStatus {
+        match self {
+            Error::AfterSending(_) => ExitStatus::RowsFailed,
+            _ => ExitStatus::Error,
+        }
+    }
+
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         Error::Io {
             context: context.into(),
@@ -115,6 +138,19 @@ impl Problems {
 #[cfg(test)]
 mod problems_tests {
     use super::*;
+
+    #[test]
+    fn an_error_after_sending_exits_1_with_the_same_message() {
+        let e = Error::Usage("cannot write the run state s.sqlite: disk full".into());
+        assert_eq!(e.exit_status(), ExitStatus::Error);
+        let msg = e.to_string();
+        let e = e.after_sending().after_sending();
+        assert_eq!(e.exit_status(), ExitStatus::RowsFailed);
+        assert_eq!(e.to_string(), msg);
+        assert!(
+            matches!(e, Error::AfterSending(inner) if !matches!(*inner, Error::AfterSending(_)))
+        );
+    }
 
     #[test]
     fn ten_problems_are_listed_and_the_rest_counted() {

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod format;
+pub mod human;
 pub mod money;
 pub mod printer;
 pub mod record;

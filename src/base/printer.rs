@@ -65,6 +65,12 @@ impl Printer {
         }
     }
 
+    /// A block of lines that must be seen (why a run stopped or failed), to stderr even with
+    /// `-q`.
+    pub fn say_with(self, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) {
+        let _ = write(&mut std::io::stderr().lock());
+    }
+
     /// A block of lines written by `write`, to stdout, always.
     pub fn report_with(self, write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) {
         let _ = write(&mut std::io::stdout().lock());

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::base::usage::Usage;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RowStatus {
     Ok,

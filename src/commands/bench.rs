@@ -22,6 +22,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
         plot,
     } = args;
     refuse_run_only_flags(&run_args)?;
+    let swept_by_default = run_args.concurrency.is_none();
     let outputs = Outputs {
         format,
         csv: export_csv,
@@ -31,7 +32,9 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
     };
     check_paths(&run_args, &outputs)?;
     check_outputs(&outputs)?;
-    let (base, settings) = RunConfig::resolve_sweep(run_args)?;
+    let (base, given) = RunConfig::resolve_sweep(run_args)?;
+    // Without --concurrency, the sweep's settings follow from the sample's size.
+    let settings = if swept_by_default { Vec::new() } else { given };
     let printer = base.printer();
     let plan = BenchPlan {
         base,
@@ -53,9 +56,10 @@ pub async fn run(args: BenchArgs) -> Result<ExitStatus, Error> {
 fn refuse_run_only_flags(a: &RunArgs) -> Result<(), Error> {
     refuse_flags(
         a,
-        RunOnlyFlag::ONE_RUN,
-        "bench writes its runs to a temporary folder and reports with --format, --export-csv, \
-         --export-json, --export-markdown and --plot",
+        RunOnlyFlag::LIVE_SWEEP,
+        "bench measures requests sent now (not through the Batch API), writes its runs to a \
+         temporary folder and reports with --format, --export-csv, --export-json, \
+         --export-markdown and --plot",
     )
 }
 
@@ -88,9 +92,10 @@ fn check_outputs(outputs: &Outputs) -> Result<(), Error> {
     }
     match &outputs.plot {
         Some(path)
-            if !path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("svg")) =>
+            if !crate::base::format::is_std(path)
+                && !path
+                    .extension()
+                    .is_some_and(|e| e.eq_ignore_ascii_case("svg")) =>
         {
             Err(Error::Usage(format!(
                 "--plot {}: the chart is written as SVG; give a path ending in .svg",

@@ -32,6 +32,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a prompt over every row of a CSV and write a results CSV.
+    #[command(
+        after_help = "The summary lists failed and skipped rows by reason, each with \
+its first row, and ends with the exact command that continues the run (--resume, \
+--retry-failed). Rates (rows/s, in the summary and the progress line) count only the rows this \
+run sent and finished: not answers from the cache, not rows an earlier part of a resumed run \
+finished, not rows skipped."
+    )]
     Run(Box<RunArgs>),
     /// Run the OpenAI-compatible mock server on 127.0.0.1 and print its base URL.
     Mock(MockArgs),
@@ -179,13 +186,15 @@ pub struct RunArgs {
 
     /// Requests per minute at most. Without it, the limit is learned from the server's
     /// x-ratelimit-* (or anthropic-ratelimit-*) headers.
-    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    #[arg(long, value_name = "N", help_heading = "Pacing", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub rpm: Option<u32>,
 
     /// Tokens per minute at most: prompt tokens (counted before sending) plus the completion
     /// reservation (--max-tokens, else learned from answers), reconciled with the real usage.
     /// Without it, learned from the server's headers like --rpm.
-    #[arg(long, value_name = "N", help_heading = "Pacing")]
+    #[arg(long, value_name = "N", help_heading = "Pacing", allow_negative_numbers = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub tpm: Option<u32>,
 
     /// Retries per row after the first attempt [default: 6]. Retried: connection errors,
@@ -252,6 +261,7 @@ pub struct RunArgs {
         default_missing_value = "",
         help_heading = "Endpoint"
     )]
+    #[serde(deserialize_with = "mock_setting")]
     pub mock: Option<String>,
 
     // ---- Durability ----
@@ -299,7 +309,7 @@ pub struct RunArgs {
     pub dry_run: bool,
 
     /// Append every attempt (time, row, request body, status, response body or error, rate-limit
-    /// headers, latency) to FILE as JSON lines. The API key is never written.
+    /// headers, latency) to FILE as JSON lines (`-` for stdout). The API key is never written.
     #[arg(long, value_name = "FILE", help_heading = "Durability")]
     pub log: Option<PathBuf>,
 
@@ -310,7 +320,6 @@ pub struct RunArgs {
 
     /// Ignore cached answers (send every request) but store the new ones.
     #[arg(long, conflicts_with = "no_cache", help_heading = "Cache")]
-    #[serde(skip)]
     pub refresh: bool,
 
     /// Folder of the response cache [env: BATCH_CACHE_DIR; default: $XDG_CACHE_HOME/batch or
@@ -380,11 +389,12 @@ pub struct RunArgs {
     #[arg(long, help_heading = "Output")]
     pub no_sanitize: bool,
 
-    /// Also write the run summary as JSON to PATH.
+    /// Also write the run summary as JSON to PATH (`-` for stdout).
     #[arg(long, value_name = "PATH", help_heading = "Output")]
     pub summary_json: Option<PathBuf>,
 
-    /// No progress bar and no summary on stderr (errors are still printed).
+    /// No progress bar and no summary on stderr. Errors, why a run stopped, the failures by
+    /// reason and the command to continue are still printed.
     #[arg(short, long, help_heading = "Output")]
     #[serde(skip)]
     pub quiet: bool,
@@ -412,7 +422,8 @@ pub struct RunArgs {
 }
 
 /// Flags of `batch bench`: every `batch run` flag that shapes requests, plus the sweep and its
-/// reports. `--concurrency` takes a list here: `--concurrency 1,2,4,8,16,32,64,auto`.
+/// reports. `--concurrency` takes a list here: `--concurrency 1,2,4,8,16,32,64,auto`; without it,
+/// bench sweeps 1, 2, 4, ... up to what the sample can measure.
 #[derive(Debug, Args)]
 #[command(
     after_help = "Against a real API (not --mock, not a server on localhost) bench needs \
@@ -425,7 +436,11 @@ pub struct RunArgs {
     mut_arg("retry_failed", |a| a.hide(true)),
     mut_arg("force", |a| a.hide(true)),
     mut_arg("restart", |a| a.hide(true)),
-    mut_arg("summary_json", |a| a.hide(true))
+    mut_arg("summary_json", |a| a.hide(true)),
+    mut_arg("via", |a| a.hide(true)),
+    mut_arg("batch_max_requests", |a| a.hide(true)),
+    mut_arg("batch_max_bytes", |a| a.hide(true)),
+    mut_arg("concurrency", |a| a.help("The settings to measure, e.g. 1,2,4,8,16,32,auto [default: 1, 2, 4, ... while each slot gets 4 rows of --rows, at most 256]"))
 )]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -818,6 +833,22 @@ impl MockArgs {
         crate::engine::mock::MockConfig::from(args.clone()).validate()?;
         Ok(args)
     }
+}
+
+/// `mock` in `batch.toml`: `true` (the mock with its defaults), `false` (none), or the options
+/// string `--mock=` takes (`"latency-ms=100,error-rate=0.05"`).
+fn mock_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mock {
+        On(bool),
+        Options(String),
+    }
+    Ok(match Mock::deserialize(d)? {
+        Mock::On(true) => Some(String::new()),
+        Mock::On(false) => None,
+        Mock::Options(s) => Some(s),
+    })
 }
 
 #[cfg(test)]

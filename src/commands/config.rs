@@ -76,6 +76,7 @@ impl RunConfig {
             args.ignore_whitespace |= file.ignore_whitespace;
             args.no_sanitize |= file.no_sanitize;
             args.no_cache |= file.no_cache;
+            args.refresh |= file.refresh;
             args.no_dedup |= file.no_dedup;
             args.cache_truncated |= file.cache_truncated;
             if args.cache_dir.is_none() {
@@ -189,6 +190,7 @@ impl RunConfig {
                 max_bytes: args.batch_max_bytes,
             },
             read,
+            continue_with: None,
         })
     }
 }
@@ -443,6 +445,14 @@ fn endpoint_of(
         None => env_api_key,
     };
     if api_key.is_none() && !is_loopback(&url) && !args.dry_run {
+        if let Some(path) = &args.api_key_file {
+            return Err(Error::Usage(format!(
+                "{} (given to --api-key-file) is empty: put the API key in it (one line), or \
+                 leave the flag out to use {}",
+                path.display(),
+                api.key_env()
+            )));
+        }
         return Err(Error::Usage(format!(
             "no API key for {base_url}: set {} (or pass --api-key-file FILE). To try batch \
              without a key, add --mock to use the embedded mock server.",
@@ -463,6 +473,9 @@ pub enum RunOnlyFlag {
     Restart,
     SummaryJson,
     DryRun,
+    Via,
+    BatchMaxRequests,
+    BatchMaxBytes,
 }
 
 impl RunOnlyFlag {
@@ -474,6 +487,18 @@ impl RunOnlyFlag {
         RunOnlyFlag::Resume,
         RunOnlyFlag::Restart,
         RunOnlyFlag::SummaryJson,
+    ];
+
+    /// Those and the Batch API's flags, refused by `bench`, which measures requests sent now.
+    pub const LIVE_SWEEP: &[RunOnlyFlag] = &[
+        RunOnlyFlag::Output,
+        RunOnlyFlag::State,
+        RunOnlyFlag::Resume,
+        RunOnlyFlag::Restart,
+        RunOnlyFlag::SummaryJson,
+        RunOnlyFlag::Via,
+        RunOnlyFlag::BatchMaxRequests,
+        RunOnlyFlag::BatchMaxBytes,
     ];
 
     /// Those and `--dry-run`, refused by `watch`.
@@ -495,6 +520,9 @@ impl RunOnlyFlag {
             RunOnlyFlag::Restart => "--restart",
             RunOnlyFlag::SummaryJson => "--summary-json",
             RunOnlyFlag::DryRun => "--dry-run",
+            RunOnlyFlag::Via => "--via",
+            RunOnlyFlag::BatchMaxRequests => "--batch-max-requests",
+            RunOnlyFlag::BatchMaxBytes => "--batch-max-bytes",
         }
     }
 
@@ -506,6 +534,9 @@ impl RunOnlyFlag {
             RunOnlyFlag::Restart => a.restart,
             RunOnlyFlag::SummaryJson => a.summary_json.is_some(),
             RunOnlyFlag::DryRun => a.dry_run,
+            RunOnlyFlag::Via => a.via.is_some(),
+            RunOnlyFlag::BatchMaxRequests => a.batch_max_requests.is_some(),
+            RunOnlyFlag::BatchMaxBytes => a.batch_max_bytes.is_some(),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! response headers that matter (request id, rate limits), and the latency. Request headers are
 //! never logged, so the API key cannot appear.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::mpsc;
@@ -42,18 +42,25 @@ struct Line<'a> {
 
 impl AuditLog {
     /// Opens `path` for appending (a resumed run adds to the same log).
+    /// `-` is stdout, as for every output option.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let file: File = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| {
-                Error::Usage(format!(
-                    "cannot write --log {}: {}",
-                    path.display(),
-                    describe_io(&e)
-                ))
-            })?;
+        let file: Box<dyn Write + Send> = if crate::base::format::is_std(path) {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| {
+                        Error::Usage(format!(
+                            "cannot write --log {}: {}",
+                            path.display(),
+                            describe_io(&e)
+                        ))
+                    })?,
+            )
+        };
         let (tx, rx) = mpsc::channel::<String>();
         let thread = std::thread::spawn(move || {
             let mut w = BufWriter::new(file);

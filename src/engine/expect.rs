@@ -66,6 +66,9 @@ pub struct Verdict {
 pub struct PassRate {
     pub column: String,
     pub mode: MatchMode,
+    /// How the comparison was loosened (`--ignore-case`, `--ignore-whitespace`).
+    pub ignore_case: bool,
+    pub ignore_whitespace: bool,
     /// Answered rows with an expected value.
     pub compared: u64,
     pub matched: u64,
@@ -78,6 +81,24 @@ impl PassRate {
         self.compared += 1;
         self.matched += u64::from(v.matched);
         self.rate = Some(self.matched as f64 / self.compared as f64);
+    }
+
+    /// How answers were compared, as the summary names it: `exact`, or `exact, ignoring case
+    /// and whitespace`.
+    pub fn label(&self) -> String {
+        let ignored: Vec<&str> = [
+            (self.ignore_case, "case"),
+            (self.ignore_whitespace, "whitespace"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, what)| *what)
+        .collect();
+        if ignored.is_empty() {
+            self.mode.name().to_string()
+        } else {
+            format!("{}, ignoring {}", self.mode.name(), ignored.join(" and "))
+        }
     }
 }
 
@@ -106,6 +127,8 @@ impl Expectation {
         PassRate {
             column: self.column.clone(),
             mode: self.mode,
+            ignore_case: self.ignore_case,
+            ignore_whitespace: self.ignore_whitespace,
             compared: 0,
             matched: 0,
             rate: None,

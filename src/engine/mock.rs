@@ -51,6 +51,7 @@ mod responses;
 mod routes;
 pub mod schema;
 mod stream;
+mod timeline;
 mod tools;
 mod wire;
 
@@ -216,10 +217,27 @@ pub struct MockStats {
     /// Answers to schema requests sent spoilt on purpose (--invalid-json-rate).
     #[serde(default)]
     pub invalid_answers: u64,
+    /// What the answers produced would be billed, in USD, at the embedded prices of the model
+    /// asked for: every accepted request whose answer was made, its usage as returned, whether
+    /// or not it reached the client (a fault may lose it after the "server" billed it). What a
+    /// spend cap is checked against.
+    #[serde(default)]
+    pub billed_usd: f64,
     /// Requests answered 404 or 405 because nothing is served at their path for their method
     /// (a path without `/v1`, a `--not-found` path); not counted in `requests`.
     #[serde(default)]
     pub unserved: u64,
+    /// When the first completion request arrived and the last finished, in milliseconds since
+    /// the mock started; the longest time between two arrivals; and the most requests in flight
+    /// before the first finished (how many a client sends before it hears anything).
+    #[serde(default)]
+    pub first_request_ms: u64,
+    #[serde(default)]
+    pub last_answer_ms: u64,
+    #[serde(default)]
+    pub longest_gap_ms: u64,
+    #[serde(default)]
+    pub max_in_flight_before_first_answer: u64,
 }
 
 struct Shared {
@@ -240,8 +258,11 @@ struct Shared {
     cached_tokens: AtomicU64,
     reasoning_tokens: AtomicU64,
     invalid_answers: AtomicU64,
+    prices: crate::engine::pricing::PriceTable,
+    billed_usd: Mutex<f64>,
     unserved: AtomicU64,
     batches: batches::BatchStore,
+    timeline: Mutex<timeline::Timeline>,
 }
 
 impl Shared {
@@ -270,9 +291,38 @@ impl Shared {
                 .collect(),
             cached_tokens: self.cached_tokens.load(Ordering::Relaxed),
             reasoning_tokens: self.reasoning_tokens.load(Ordering::Relaxed),
+            billed_usd: *self.billed_usd.lock().expect("billed lock"),
             invalid_answers: self.invalid_answers.load(Ordering::Relaxed),
             unserved: self.unserved.load(Ordering::Relaxed),
+            ..self.timeline()
         }
+    }
+
+    /// The [`timeline`] figures, as stats.
+    fn timeline(&self) -> MockStats {
+        let f = self.timeline.lock().expect("timeline lock").figures();
+        MockStats {
+            first_request_ms: f.first_request_ms,
+            last_answer_ms: f.last_answer_ms,
+            longest_gap_ms: f.longest_gap_ms,
+            max_in_flight_before_first_answer: f.max_in_flight_before_first_answer,
+            ..Default::default()
+        }
+    }
+
+    /// Bills the answer made for `model`, as a real API would once it has produced it.
+    fn bill(&self, model: &str, a: &Answer) {
+        let Some(price) = self.prices.lookup(model) else {
+            return;
+        };
+        let usage = crate::base::usage::Usage {
+            prompt_tokens: a.prompt_tokens,
+            completion_tokens: a.completion_tokens,
+            cached_tokens: a.cached_tokens + a.cache_read_tokens,
+            cache_write_tokens: a.cache_write_tokens,
+            reasoning_tokens: a.reasoning_tokens,
+        };
+        *self.billed_usd.lock().expect("billed lock") += price.cost(&usage);
     }
 
     fn count_tokens(&self, a: &Answer) {
@@ -300,6 +350,9 @@ impl InFlight {
         let n = s.requests.fetch_add(1, Ordering::SeqCst) + 1;
         let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let mut timeline = s.timeline.lock().expect("timeline lock");
+        timeline.arrived(Instant::now(), now);
+        drop(timeline);
         (InFlight(s.clone()), n)
     }
 }
@@ -307,6 +360,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if let Ok(mut timeline) = self.0.timeline.lock() {
+            timeline.finished(Instant::now());
+        }
     }
 }
 
@@ -355,8 +411,11 @@ impl MockServer {
             cached_tokens: AtomicU64::new(0),
             reasoning_tokens: AtomicU64::new(0),
             invalid_answers: AtomicU64::new(0),
+            prices: crate::engine::pricing::PriceTable::embedded(),
+            billed_usd: Mutex::new(0.0),
             unserved: AtomicU64::new(0),
             batches: Default::default(),
+            timeline: Mutex::new(timeline::Timeline::new(Instant::now())),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
@@ -612,6 +671,7 @@ async fn respond(
     };
     // Accepted: from now on the prompt is in the cache for the requests that follow.
     s.prompt_cache.serve(&mut answer);
+    s.bill(&req.model, &answer);
     let mut json = wire.success(&req, &answer, n);
     if req.stream {
         json = wire.stream(&req, &json);

@@ -338,6 +338,10 @@ pub fn result_header(input_headers: &[String]) -> Vec<String> {
 /// end: its folder must exist, it must not be a folder, and it must open for writing (a file
 /// created to find out is removed again).
 pub fn check_writable(path: &Path, flag: &str) -> Result<(), Error> {
+    if crate::base::format::is_std(path) {
+        // `-` is stdout, for every output option.
+        return Ok(());
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -23,6 +23,12 @@ use crate::base::record::RowResult;
 use crate::base::record::RowStatus;
 use crate::base::usage::Usage;
 
+mod reservations;
+mod size_limit;
+pub use reservations::{ReservationLog, started_text};
+pub use size_limit::MAX_PAGES_VAR;
+use size_limit::limit_size;
+
 /// Bumped when the tables change; a state file of another version is refused, not misread.
 const SCHEMA_VERSION: i64 = 2;
 
@@ -173,6 +179,7 @@ impl Store {
              PRAGMA wal_autocheckpoint = 10000;",
         )
         .map_err(|e| db_error(path, "set up", &e))?;
+        limit_size(&conn);
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(|e| db_error(path, "read", &e))?;
@@ -576,6 +583,13 @@ fn prior_row(r: &rusqlite::Row) -> rusqlite::Result<PriorRow> {
 }
 
 fn db_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return Error::Usage(format!(
+            "cannot {what} the run state {}: the disk is full ({e}); what was recorded before \
+             is kept: free some space, then run again with --resume",
+            path.display()
+        ));
+    }
     Error::Usage(format!(
         "cannot {what} the run state {}: {e} (it is an SQLite file kept beside the results; \
          --state PATH puts it elsewhere)",

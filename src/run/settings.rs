@@ -68,6 +68,40 @@ pub struct RunConfig {
     pub batch: BatchSettings,
     /// The input's limits and a forced `--delimiter`.
     pub read: crate::engine::input::ReadOptions,
+    /// How the run was started, to print the command that continues it (`batch run` only).
+    pub continue_with: Option<ContinueCommand>,
+}
+
+/// The command line of a `batch run`, from which the summary prints the exact command that
+/// continues it: the same arguments with `--resume` (and `--retry-failed` when rows failed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContinueCommand {
+    /// The program as invoked, then its arguments.
+    pub args: Vec<String>,
+}
+
+impl ContinueCommand {
+    /// Flags a continuing run must not repeat (`--restart` would discard what is recorded) or
+    /// gets anew.
+    const DROPPED: [&str; 4] = ["--resume", "--retry-failed", "--restart", "--dry-run"];
+
+    /// The shell-quoted command that continues the run.
+    pub fn command(&self, retry_failed: bool) -> String {
+        let mut args: Vec<&str> = self
+            .args
+            .iter()
+            .map(String::as_str)
+            .filter(|a| !Self::DROPPED.contains(a))
+            .collect();
+        args.push("--resume");
+        if retry_failed {
+            args.push("--retry-failed");
+        }
+        args.iter()
+            .map(|a| shlex::try_quote(a).map_or_else(|_| (*a).to_string(), |q| q.into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 impl RunConfig {
@@ -142,4 +176,30 @@ pub fn default_output(input: &Path, format: Format) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into());
     input.with_file_name(format!("{stem}.results.{}", format.extension()))
+}
+
+#[cfg(test)]
+mod continue_tests {
+    use super::ContinueCommand;
+
+    #[test]
+    fn the_continue_command_is_the_same_run_with_resume() {
+        let args = [
+            "batch",
+            "run",
+            "my file.csv",
+            "--restart",
+            "-j",
+            "8",
+            "--resume",
+        ];
+        let c = ContinueCommand {
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        assert_eq!(
+            c.command(true),
+            "batch run 'my file.csv' -j 8 --resume --retry-failed"
+        );
+        assert_eq!(c.command(false), "batch run 'my file.csv' -j 8 --resume");
+    }
 }

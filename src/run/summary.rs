@@ -12,7 +12,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::base::error::{Error, describe_io};
-use crate::base::money::format_cost;
+use crate::base::human;
+use crate::base::money::{round_opt_usd_json, round_usd_json};
 use crate::base::record::RowResult;
 use crate::base::record::RowStatus;
 use crate::engine::expect::PassRate;
@@ -40,6 +41,13 @@ pub struct Stats {
     pub resumed: u64,
     /// Rows answered from the cache or by an identical request of the run.
     pub cache_hits: u64,
+    /// Rows whose requests were sent (answered or failed), not taken from the cache or skipped:
+    /// what rows/s counts.
+    pub sent: u64,
+    /// Failed and skipped rows grouped by the short form of their reason.
+    pub failures: BTreeMap<(RowStatus, String), FailureGroup>,
+    /// The short form of the latest row error (for the live line).
+    pub last_error: Option<String>,
     pub tokens_saved: u64,
     pub saved_usd: f64,
     /// Latency of answered rows, microseconds.
@@ -58,7 +66,68 @@ pub struct ModelSummary {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     /// `null` when none of its answered rows could be priced.
+    #[serde(serialize_with = "round_opt_usd_json")]
     pub cost_usd: Option<f64>,
+}
+
+/// Rows that failed (or were skipped) for one reason, with the first of them as an example.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureGroup {
+    pub status: RowStatus,
+    /// The short form of the reason ([`short_reason`]).
+    pub reason: String,
+    pub rows: u64,
+    pub example: FailureExample,
+}
+
+/// The first row of a [`FailureGroup`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailureExample {
+    /// 1-based line of the input where the row starts, when known.
+    pub line: Option<u64>,
+    pub id: String,
+    /// The row's whole error message.
+    pub error: String,
+}
+
+/// The short form of a row's error, by which failures are grouped: its kind before the first
+/// top-level `: ` (`server error (HTTP 503)`, `connection error`), without the `(after N
+/// attempts)` tail, at most [`SHORT_REASON_CHARS`] characters.
+pub fn short_reason(error: &str) -> String {
+    let error = strip_attempts(error.trim());
+    let mut depth = 0i32;
+    let mut cut = error.len();
+    for (i, c) in error.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ':' if depth == 0 && error[i + 1..].starts_with(' ') => {
+                cut = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    truncate(&error[..cut], SHORT_REASON_CHARS)
+}
+
+/// Longest short reason; longer ones end in `...`.
+pub const SHORT_REASON_CHARS: usize = 72;
+
+/// `text` cut to at most `max` characters, ending in `...` when cut.
+pub fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let kept: String = text.chars().take(max.saturating_sub(3)).collect();
+    format!("{}...", kept.trim_end())
+}
+
+fn strip_attempts(error: &str) -> &str {
+    match error.rfind(" (after ") {
+        Some(i) if error.ends_with(" attempts)") || error.ends_with(" attempt)") => &error[..i],
+        _ => error,
+    }
 }
 
 impl Default for Stats {
@@ -78,6 +147,9 @@ impl Default for Stats {
             rate_limited: 0,
             resumed: 0,
             cache_hits: 0,
+            sent: 0,
+            failures: BTreeMap::new(),
+            last_error: None,
             tokens_saved: 0,
             saved_usd: 0.0,
             latency: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
@@ -88,7 +160,18 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Counts a row of the results, whose input `line` is known (the failure report names it).
+    pub fn record_row(&mut self, r: &RowResult, line: u64) {
+        self.record(r);
+        if let Some(g) = self.failures.get_mut(&(r.status, short_reason(&r.error)))
+            && g.rows == 1
+        {
+            g.example.line = Some(line);
+        }
+    }
+
     pub fn record(&mut self, r: &RowResult) {
+        self.record_failure(r);
         let m = match self.by_model.get_mut(&r.model) {
             Some(m) => m,
             None => self.by_model.entry(r.model.clone()).or_default(),
@@ -135,6 +218,36 @@ impl Stats {
         }
     }
 
+    /// Groups a failed or skipped row by its reason.
+    fn record_failure(&mut self, r: &RowResult) {
+        if r.status == RowStatus::Ok {
+            if !r.cached {
+                self.sent += 1;
+            }
+            return;
+        }
+        if r.status == RowStatus::Failed && !r.cached {
+            self.sent += 1;
+        }
+        let reason = short_reason(&r.error);
+        if r.status == RowStatus::Failed {
+            self.last_error = Some(reason.clone());
+        }
+        self.failures
+            .entry((r.status, reason.clone()))
+            .or_insert_with(|| FailureGroup {
+                status: r.status,
+                reason,
+                rows: 0,
+                example: FailureExample {
+                    line: None,
+                    id: r.id.clone(),
+                    error: r.error.clone(),
+                },
+            })
+            .rows += 1;
+    }
+
     pub fn done(&self) -> u64 {
         self.ok + self.failed + self.skipped
     }
@@ -143,6 +256,13 @@ impl Stats {
     pub fn known_cost(&self) -> Option<f64> {
         let priced = self.ok + self.failed - self.unpriced.min(self.ok + self.failed);
         (priced > 0 || self.unpriced == 0).then_some(self.cost_usd)
+    }
+
+    /// The failure groups, most rows first (failed before skipped on a tie).
+    pub fn failure_groups(&self) -> Vec<FailureGroup> {
+        let mut groups: Vec<FailureGroup> = self.failures.values().cloned().collect();
+        groups.sort_by(|a, b| b.rows.cmp(&a.rows).then(a.status.cmp(&b.status)));
+        groups
     }
 
     pub fn summary(&self, wall: Duration, output: &Path, model: &str) -> Summary {
@@ -162,6 +282,7 @@ impl Stats {
             cache_write_tokens: self.cache_write_tokens,
             reasoning_tokens: self.reasoning_tokens,
             cost_usd: self.known_cost(),
+            spent_usd: None,
             unpriced_rows: self.unpriced,
             retries: self.retries,
             rate_limited: self.rate_limited,
@@ -170,11 +291,15 @@ impl Stats {
             tokens_saved: self.tokens_saved,
             saved_usd: self.saved_usd,
             wall_seconds: secs,
+            sent_rows: self.sent,
             rows_per_second: if secs > 0.0 {
-                self.done() as f64 / secs
+                self.sent as f64 / secs
             } else {
                 0.0
             },
+            failures: self.failure_groups(),
+            next: None,
+            batch_api: false,
             latency_ms: Latency {
                 p50: pct(0.50),
                 p90: pct(0.90),
@@ -221,15 +346,26 @@ pub struct Summary {
     /// Of `completion_tokens`: spent reasoning (billed as output, never shown).
     pub reasoning_tokens: u64,
     /// `null` when no row's model has a known price.
+    #[serde(serialize_with = "round_opt_usd_json")]
     pub cost_usd: Option<f64>,
+    /// Under `--max-cost`: what the whole run (resumed parts, retries and requests whose
+    /// answer was lost included) counts as spent against the cap, at most what was billed
+    /// plus the worst case of the attempts whose cost could not be known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spent_usd: Option<f64>,
     pub unpriced_rows: u64,
     pub retries: u64,
     pub rate_limited: u64,
     pub resumed: u64,
     pub cache_hits: u64,
     pub tokens_saved: u64,
+    #[serde(serialize_with = "round_usd_json")]
     pub saved_usd: f64,
     pub wall_seconds: f64,
+    /// Rows this run sent requests for and finished (not from the cache, not from an earlier
+    /// part of a resumed run, not skipped).
+    pub sent_rows: u64,
+    /// `sent_rows` over `wall_seconds`: the rate of this run's own requests.
     pub rows_per_second: f64,
     pub latency_ms: Latency,
     pub model: String,
@@ -239,14 +375,39 @@ pub struct Summary {
     pub output: String,
     /// Why the run stopped before the end, if it did.
     pub stopped: Option<String>,
+    /// Failed and skipped rows by reason, most rows first.
+    pub failures: Vec<FailureGroup>,
+    /// The command that continues the run (`--resume`, `--retry-failed`), when rows are left.
+    pub next: Option<String>,
+    /// The rows went through a provider's Batch API: no rate or latency of our own requests.
+    #[serde(skip)]
+    pub batch_api: bool,
     /// With `--expect`: answers compared with the expected column and how many matched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expect: Option<PassRate>,
 }
 
 impl Summary {
+    /// The rows were answered through a Batch API (`collect`): no rows were sent one by one,
+    /// so there is no rate (`collect` without `--wait` would show thousands of rows/s).
+    pub fn through_batch_api(&mut self) {
+        self.batch_api = true;
+        self.sent_rows = 0;
+        self.rows_per_second = 0.0;
+    }
+
+    /// Makes rows/s count only `live`'s rows: those this process sent, not rows an earlier
+    /// part of a resumed run finished, cached answers or rows skipped by a stop.
+    pub fn count_only(&mut self, live: &Stats) {
+        self.sent_rows = live.sent;
+        self.rows_per_second = if self.wall_seconds > 0.0 {
+            live.sent as f64 / self.wall_seconds
+        } else {
+            0.0
+        };
+    }
+
     pub fn print(&self, w: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
-        let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} ms"));
         writeln!(w)?;
         if let Some(reason) = &self.stopped {
             writeln!(w, "Stopped early: {reason}")?;
@@ -266,51 +427,130 @@ impl Summary {
         )?;
         writeln!(w, "Tokens     {}", self.tokens_line())?;
         writeln!(w, "Cost       {}", self.cost_line())?;
+        if let Some(spent) = self.spent_usd {
+            let spent = format_cost((spent * 1e6).ceil() / 1e6);
+            writeln!(w, "Spent      ${spent} at most, counted against --max-cost")?;
+        }
         for (name, m) in &self.models {
             writeln!(
                 w,
-                "  {name:<22} {} rows ({} ok), {} prompt + {} completion tokens, {}",
-                m.rows,
+                "  {name:<22} {} ({} ok), {} prompt + {} completion tokens, {}",
+                human::count(m.rows, "row"),
                 m.ok,
                 m.prompt_tokens,
                 m.completion_tokens,
-                m.cost_usd
-                    .map_or("cost unknown".into(), |c| format!("${}", format_cost(c)))
+                m.cost_usd.map_or("cost unknown".into(), human::usd)
             )?;
         }
         if self.cache_hits > 0 {
             writeln!(
                 w,
-                "Cache      {} answers reused, {} tokens and ${} saved",
-                self.cache_hits,
+                "Cache      {} reused, {} tokens and {} saved",
+                human::count(self.cache_hits, "answer"),
                 self.tokens_saved,
-                format_cost(self.saved_usd)
+                human::usd(self.saved_usd)
             )?;
         }
-        writeln!(
-            w,
-            "Time       {:.1} s, {:.1} rows/s, {} retries ({} rate-limited)",
-            self.wall_seconds, self.rows_per_second, self.retries, self.rate_limited
-        )?;
-        writeln!(
-            w,
-            "Latency    p50 {}, p95 {}, p99 {}",
-            ms(self.latency_ms.p50),
-            ms(self.latency_ms.p95),
-            ms(self.latency_ms.p99)
-        )?;
+        writeln!(w, "Time       {}", self.time_line())?;
+        // No latency without requests (a run answered from the cache, the Batch API).
+        if !self.batch_api && self.latency_ms.p50.is_some() {
+            writeln!(w, "Latency    {}", self.latency_line())?;
+        }
         if let Some(e) = &self.expect {
             let rate = e.rate.map_or("-".into(), |r| format!("{:.1}%", r * 100.0));
             writeln!(
                 w,
-                "Expect     {} of {} answers match column {:?} ({}): pass rate {rate}",
+                "Expect     {} of {} match column {:?} ({}): pass rate {rate}",
                 e.matched,
-                e.compared,
+                human::count(e.compared, "answer"),
                 e.column,
-                e.mode.name()
+                e.label()
             )?;
         }
-        writeln!(w, "Results    {}", self.output)
+        writeln!(w, "Results    {}", self.output)?;
+        self.print_failures(w)
+    }
+
+    /// What `-q` still prints: why the run stopped, the failures by reason and the command
+    /// that continues it. Nothing for a clean run.
+    pub fn print_problems(&self, w: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
+        if let Some(reason) = &self.stopped {
+            writeln!(w, "Stopped early: {reason}")?;
+        }
+        self.print_failures(w)
+    }
+
+    /// One line per reason rows failed or were skipped, with the first row that had it, then
+    /// the command to continue.
+    fn print_failures(&self, w: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
+        let heading = |status: RowStatus| match status {
+            RowStatus::Skipped => "Skipped   ",
+            _ => "Failed    ",
+        };
+        for g in &self.failures {
+            let mut line = format!(
+                "{} {}: {}",
+                heading(g.status),
+                human::count(g.rows, "row"),
+                g.reason
+            );
+            let e = &g.example;
+            let at = e.line.map_or(String::new(), |l| format!("line {l}, "));
+            let detail = strip_attempts(&e.error)
+                .get(g.reason.len()..)
+                .map(|d| d.trim_start_matches(':').trim())
+                .filter(|d| !d.is_empty() && !g.reason.ends_with("..."));
+            match detail {
+                Some(d) => line.push_str(&format!(
+                    "\n             e.g. {at}id {:?}: {}",
+                    e.id,
+                    truncate(d, 100)
+                )),
+                None => line.push_str(&format!(" (e.g. {at}id {:?})", e.id)),
+            }
+            writeln!(w, "{line}")?;
+        }
+        if let Some(next) = &self.next {
+            writeln!(w, "Next       {next}")?;
+        }
+        Ok(())
+    }
+
+    /// `2.3 s, 300 rows sent, 129.2 rows/s, 0 retries (0 rate-limited)`: the rate counts only
+    /// the rows this run sent.
+    fn time_line(&self) -> String {
+        let wall = human::duration(Duration::from_secs_f64(self.wall_seconds.max(0.0)));
+        if self.batch_api {
+            return format!("{wall} (through the Batch API, which has no rate of its own)");
+        }
+        let rate = if self.sent_rows > 0 {
+            format!(
+                "{} sent, {} rows/s",
+                human::count(self.sent_rows, "row"),
+                human::rate(self.rows_per_second)
+            )
+        } else {
+            "no rows sent".into()
+        };
+        format!(
+            "{wall}, {rate}, {} ({} rate-limited)",
+            human::count_as(self.retries, "retry", "retries"),
+            self.rate_limited
+        )
+    }
+
+    /// `p50 102 ms, p95 107 ms, p99 110 ms, max 30.0 s`: the max shows the rows a percentile
+    /// hides.
+    fn latency_line(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".into(), human::millis);
+        let l = &self.latency_ms;
+        format!(
+            "p50 {}, p95 {}, p99 {}, max {}",
+            ms(l.p50),
+            ms(l.p95),
+            ms(l.p99),
+            ms(l.max)
+        )
     }
 
     /// `2000 prompt (1024 cached) + 100 completion (64 reasoning) = 2100`: the parts in
@@ -345,23 +585,29 @@ impl Summary {
     fn cost_line(&self) -> String {
         match self.cost_usd {
             Some(c) if self.unpriced_rows > 0 => format!(
-                "${} (plus {} rows {} with no known price; see --price-file)",
-                format_cost(c),
-                self.unpriced_rows,
+                "{} (plus {} {} with no known price; see --price-file)",
+                human::usd(c),
+                human::count(self.unpriced_rows, "row"),
                 if self.models.is_empty() {
                     format!("of {}", self.model)
                 } else {
                     "of models".into()
                 }
             ),
-            Some(c) => format!("${}", format_cost(c)),
+            Some(c) => human::usd(c),
             None => format!("unknown: no price for {} (see --price-file)", self.model),
         }
     }
 
+    /// Writes the summary as JSON to `path`, or to stdout for `-` (as every output option).
     pub fn write_json(&self, path: &Path) -> Result<(), Error> {
-        let text = serde_json::to_string_pretty(self).expect("summary serializes");
-        std::fs::write(path, text + "\n").map_err(|e| {
+        let text = serde_json::to_string_pretty(self).expect("summary serializes") + "\n";
+        if crate::base::format::is_std(path) {
+            use std::io::Write as _;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            return Ok(());
+        }
+        std::fs::write(path, text).map_err(|e| {
             Error::Usage(format!(
                 "cannot write --summary-json {}: {}",
                 path.display(),
@@ -417,7 +663,9 @@ mod tests {
         assert!(sum.models.is_empty(), "one model, no breakdown");
         let p50 = sum.latency_ms.p50.unwrap();
         assert!((49.0..=52.0).contains(&p50), "{p50}");
-        assert!((sum.rows_per_second - 51.0).abs() < 1e-9);
+        // The skipped row was never sent: rows/s counts the 101 sent in 2 s.
+        assert_eq!(sum.sent_rows, 101);
+        assert!((sum.rows_per_second - 50.5).abs() < 1e-9);
     }
 
     #[test]
@@ -493,5 +741,149 @@ mod tests {
             text.contains("cost unknown") && text.contains("2 rows (2 ok)"),
             "{text}"
         );
+    }
+
+    fn failed(id: &str, error: &str) -> RowResult {
+        let mut r = result(RowStatus::Failed, 3, 5, Some(0.001));
+        r.id = id.into();
+        r.error = error.into();
+        r
+    }
+
+    fn printed(sum: &Summary, quiet: bool) -> String {
+        let mut text = Vec::new();
+        if quiet {
+            sum.print_problems(&mut text).unwrap();
+        } else {
+            sum.print(&mut text).unwrap();
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn short_reasons_are_the_error_kind_without_attempts() {
+        assert_eq!(
+            short_reason("server error (HTTP 503): overloaded (after 7 attempts)"),
+            "server error (HTTP 503)"
+        );
+        assert_eq!(
+            short_reason("connection error: error sending request: x (after 2 attempts)"),
+            "connection error"
+        );
+        assert_eq!(short_reason("interrupted"), "interrupted");
+        let long = "the API reports the account is out of quota (quota exhausted (HTTP 429): \
+                    insufficient_quota: ...); add credit or raise the limit, then run again";
+        let short = short_reason(long);
+        assert!(short.ends_with("...") && short.chars().count() <= SHORT_REASON_CHARS);
+    }
+
+    #[test]
+    fn failures_are_grouped_by_reason_with_an_example_row_and_the_next_command() {
+        let mut s = Stats::default();
+        s.record_row(&result(RowStatus::Ok, 1, 5, Some(0.001)), 2);
+        s.record_row(
+            &failed("a", "server error (HTTP 503): busy (after 7 attempts)"),
+            3,
+        );
+        s.record_row(
+            &failed("b", "server error (HTTP 503): busier (after 7 attempts)"),
+            4,
+        );
+        s.record_row(
+            &failed("c", "connection error: refused (after 7 attempts)"),
+            9,
+        );
+        s.record_row(&RowResult::skipped(4, "d".into(), "m", "interrupted"), 10);
+        let mut sum = s.summary(Duration::from_secs(1), Path::new("o.csv"), "m");
+        assert_eq!(sum.failures.len(), 3);
+        let first = &sum.failures[0];
+        assert_eq!(
+            (first.reason.as_str(), first.rows),
+            ("server error (HTTP 503)", 2)
+        );
+        assert_eq!(
+            (first.example.line, first.example.id.as_str()),
+            (Some(3), "a")
+        );
+        sum.next = Some("batch run in.csv --resume --retry-failed".into());
+        let text = printed(&sum, false);
+        assert!(
+            text.contains("Failed     2 rows: server error (HTTP 503)"),
+            "{text}"
+        );
+        assert!(text.contains("e.g. line 3, id \"a\": busy"), "{text}");
+        assert!(
+            text.contains("Failed     1 row: connection error"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Skipped    1 row: interrupted (e.g. line 10, id \"d\")"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Next       batch run in.csv --resume --retry-failed"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&sum).unwrap();
+        assert_eq!(json["failures"][0]["rows"], 2);
+        assert_eq!(json["failures"][0]["example"]["line"], 3);
+    }
+
+    #[test]
+    fn quiet_keeps_the_stop_reason_and_failures_and_nothing_else() {
+        let mut s = Stats::default();
+        s.record_row(&result(RowStatus::Ok, 1, 5, Some(0.001)), 2);
+        let clean = s.summary(Duration::from_secs(1), Path::new("o.csv"), "m");
+        assert_eq!(
+            printed(&clean, true),
+            "",
+            "a clean run says nothing with -q"
+        );
+        s.record_row(
+            &failed("x", "quota exhausted (HTTP 429): insufficient_quota"),
+            3,
+        );
+        let mut sum = s.summary(Duration::from_secs(1), Path::new("o.csv"), "m");
+        sum.stopped = Some("out of quota".into());
+        let text = printed(&sum, true);
+        assert!(text.starts_with("Stopped early: out of quota\n"), "{text}");
+        assert!(text.contains("quota exhausted (HTTP 429)"), "{text}");
+        assert!(!text.contains("Tokens"), "{text}");
+    }
+
+    #[test]
+    fn rates_count_this_runs_rows_and_latency_shows_the_max() {
+        let mut all = Stats::default();
+        let mut live = Stats::default();
+        for ms in [100, 100, 30_000] {
+            all.record(&result(RowStatus::Ok, 1, ms, Some(0.001)));
+        }
+        live.record(&result(RowStatus::Ok, 1, 100, Some(0.001)));
+        let mut sum = all.summary(Duration::from_secs(2), Path::new("o.csv"), "m");
+        sum.count_only(&live);
+        assert_eq!(sum.sent_rows, 1);
+        let text = printed(&sum, false);
+        assert!(
+            text.contains("Time       2.0 s, 1 row sent, 0.50 rows/s, 0 retries"),
+            "{text}"
+        );
+        assert!(text.contains(", max 30.0 s"), "{text}");
+        let mut cached = Stats::default();
+        let mut hit = result(RowStatus::Ok, 1, 1, Some(0.0));
+        hit.cached = true;
+        cached.record(&hit);
+        let sum = cached.summary(Duration::from_secs(1), Path::new("o.csv"), "m");
+        assert!(printed(&sum, false).contains("Time       1.0 s, no rows sent,"));
+    }
+
+    #[test]
+    fn json_costs_are_rounded_to_price_precision() {
+        let mut s = Stats::default();
+        for _ in 0..1967 {
+            s.record(&result(RowStatus::Ok, 1, 5, Some(0.0000556)));
+        }
+        let sum = s.summary(Duration::from_secs(1), Path::new("o.csv"), "m");
+        let json = serde_json::to_string(&sum).unwrap();
+        assert!(json.contains("\"cost_usd\":0.1093652,"), "{json}");
     }
 }

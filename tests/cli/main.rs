@@ -8,6 +8,7 @@
 
 mod util;
 
+mod anthropic_version;
 mod batchapi;
 mod bench;
 mod cache;
@@ -15,10 +16,14 @@ mod durability;
 mod e2e;
 mod expect;
 mod failfast;
+mod firsthour;
 mod formats;
 mod hardening;
 mod layers;
 mod providers;
+mod ratelimit;
+mod readme;
 mod schema;
+mod spend;
 mod stall;
 mod watch;

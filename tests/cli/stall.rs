@@ -4,7 +4,9 @@
 //! mock states no limits (`--no-limit-headers`, as vLLM or a proxy), so the run meets them only
 //! as 429s.
 
-use crate::util::{MockProcess, TestDir, assert_code, attempts, field, numbered_csv, run, show};
+use crate::util::{
+    MockProcess, TestDir, assert_code, attempts, field, numbered_csv, run, show, stat,
+};
 
 fn args<'a>(base: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
@@ -71,4 +73,39 @@ fn a_run_refused_everything_for_max_stall_stops_with_rows_skipped() {
         "{:?}",
         skipped[0]
     );
+}
+
+#[test]
+fn a_used_up_daily_quota_stops_the_run_at_once_naming_its_reset() {
+    // Groq-style: three requests a day, stated in the headers. The fourth row would wait
+    // hours for the quota, longer than --max-stall: the run stops at once instead of sleeping.
+    let mock = MockProcess::start(&["--rpd", "3"]);
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(5));
+    let base = format!("http://127.0.0.1:{}/v1", mock.port());
+    let started = std::time::Instant::now();
+    let out = run(&dir, args(&base, &["-j", "1"]));
+    assert_code(&out, 1);
+    let rows = dir.results("in.results.csv");
+    let status: Vec<&str> = rows.iter().map(|r| field(r, "status")).collect();
+    assert_eq!(
+        status,
+        ["ok", "ok", "ok", "skipped", "skipped"],
+        "{}",
+        show(&out)
+    );
+    let reason = field(&rows[3], "error");
+    assert!(
+        reason.contains("request limit (3 per day) is used up") && reason.contains("resets at"),
+        "{reason}"
+    );
+    // Said on stderr even with -q and no terminal.
+    assert!(
+        crate::util::stderr(&out).contains("resets at"),
+        "{}",
+        show(&out)
+    );
+    assert_eq!(stat(&mock.stats(), "rate_limited"), 0, "it did not knock");
+    // Not after --max-stall's ten minutes: at once (a generous bound, not a timing figure).
+    assert!(started.elapsed() < std::time::Duration::from_secs(300));
 }

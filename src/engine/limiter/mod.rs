@@ -17,14 +17,22 @@
 //! back what was over-reserved. The limits the user gives (`--rpm`, `--tpm`) are ceilings kept
 //! as budgets of their own; the server's are learned from its rate-limit headers
 //! ([`RateBudget::observe`]) as separate budgets, so a stricter server is never ignored and a
-//! laxer one never lifts the user's limit. Until the first answer arrives only one request is
-//! sent, so a run never opens with a burst into an unknown limit. Nothing learned from headers
+//! laxer one never lifts the user's limit. Until the first answer arrives, a few requests go and
+//! then one a second ([`probe`]), so a run neither opens with a burst into an unknown limit nor
+//! hangs on one request. Nothing learned from headers
 //! makes a request wait longer than the server's reset. A 429 pauses every task
 //! ([`RateBudget::back_off`]) and empties the buckets, so dispatch resumes at the paced rate
 //! rather than with a burst.
+//!
+//! A wait the server's limits impose that is longer than [`LONG_WAIT`] (a per-day quota used
+//! up, typically) is not silent: it is announced once ([`RateBudget::on_long_wait`]); and one
+//! longer than the run may stall (`--max-stall`) is not waited out at all: the request is
+//! refused ([`Refused::Exhausted`]) so the run can stop at once, resumable, instead of sleeping
+//! for hours.
 
 pub mod bucket;
 pub mod headers;
+pub mod probe;
 
 use std::fmt;
 use std::sync::Mutex;
@@ -36,6 +44,7 @@ use tokio::time::Instant;
 use bucket::Bucket;
 use headers::LimitSnapshot;
 pub use headers::RateLimitHeaders;
+use probe::{Admitted, Gate, Probing};
 
 /// Fraction of a limit we pace at.
 const PACE: f64 = 0.99;
@@ -47,6 +56,8 @@ const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// honours ([`crate::engine::retry::RetryPolicy`]): beyond it, waiting blindly helps nobody.
 const MAX_PAUSE: Duration = Duration::from_secs(120);
 const MINUTE: Duration = Duration::from_secs(60);
+/// A wait imposed by the server's limits beyond which the user is told.
+pub const LONG_WAIT: Duration = MINUTE;
 
 const REQUESTS: usize = 0;
 const TOKENS: usize = 1;
@@ -59,6 +70,8 @@ pub struct Permit {
     /// [`State::created`] when it was taken: budgets created later started from headers that
     /// already counted this request (the probe's, typically), so settling leaves them alone.
     seen: u64,
+    /// Sent before the limits were known (see [`probe`]).
+    probe: Option<Admitted>,
 }
 
 /// A request no budget could ever admit: it costs more tokens than a limit allows per window.
@@ -75,13 +88,7 @@ pub struct TooLarge {
 
 impl fmt::Display for TooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let window = match self.window.as_secs() {
-            1 => "second".to_string(),
-            60 => "minute".to_string(),
-            3600 => "hour".to_string(),
-            86_400 => "day".to_string(),
-            _ => humantime::format_duration(self.window).to_string(),
-        };
+        let window = window_name(self.window);
         write!(
             f,
             "request too large for the rate limit: it needs about {} tokens (prompt plus \
@@ -99,6 +106,55 @@ impl fmt::Display for TooLarge {
 }
 
 impl std::error::Error for TooLarge {}
+
+/// A long wait the server's limits impose: its budget is used up until `until`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LongWait {
+    /// `request` or `token`.
+    pub what: &'static str,
+    pub limit: u64,
+    pub window: Duration,
+    /// From now until a request fits again.
+    pub wait: Duration,
+    pub until: std::time::SystemTime,
+}
+
+impl fmt::Display for LongWait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Whole seconds, whole minutes beyond ten: "in 8h 0m", not "in 7h 59m 59s 999ms".
+        let step = if self.wait >= 10 * MINUTE { 60 } else { 1 };
+        let rounded = Duration::from_secs(self.wait.as_secs().div_ceil(step) * step);
+        let at = humantime::format_rfc3339_seconds(self.until + (rounded - self.wait));
+        write!(
+            f,
+            "the server's {} limit ({} per {}) is used up; it resets at {at} (in {})",
+            self.what,
+            self.limit,
+            window_name(self.window),
+            humantime::format_duration(rounded),
+        )
+    }
+}
+
+/// Why a request is not admitted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// No budget could ever admit it.
+    TooLarge(TooLarge),
+    /// The server's budget will not admit it for longer than the run may stall.
+    Exhausted(LongWait),
+}
+
+/// `second`, `minute`, `hour`, `day`, or the window as a duration.
+fn window_name(window: Duration) -> String {
+    match window.as_secs() {
+        1 => "second".to_string(),
+        60 => "minute".to_string(),
+        3600 => "hour".to_string(),
+        86_400 => "day".to_string(),
+        _ => humantime::format_duration(window).to_string(),
+    }
+}
 
 /// One limit: its bucket, and the limit as stated, per window.
 #[derive(Debug)]
@@ -156,9 +212,31 @@ impl Budget {
     }
 }
 
+/// A request's token cost, counted when first needed: `Err` holds the counter until then.
+struct Cost<F>(Result<f64, Option<F>>);
+
+impl<F: FnOnce() -> u32> Cost<F> {
+    fn count(&mut self) {
+        if let Err(f) = &mut self.0 {
+            let n = f.take().map_or(0, |f| f());
+            self.0 = Ok(f64::from(n));
+        }
+    }
+
+    fn known(&self) -> Option<f64> {
+        self.0.as_ref().ok().copied()
+    }
+}
+
+/// Told once of a [`LongWait`].
+type LongWaitHandler = Box<dyn Fn(&LongWait) + Send + Sync>;
+
 /// The limits of one run.
 pub struct RateBudget {
     state: Mutex<State>,
+    /// Waits longer than this are refused ([`Refused::Exhausted`]), not waited out.
+    patience: Duration,
+    on_long_wait: Option<LongWaitHandler>,
     /// Wakes the requests held back while the first answer is awaited.
     learned: Notify,
     /// Wakes the queue when its head leaves or the budgets gain room.
@@ -189,9 +267,10 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// Why a request cannot go now.
+/// Why a request cannot go now: a wait (and, if the server's budgets impose a long one, what
+/// it is), or never.
 enum Blocked {
-    Wait(Duration),
+    Wait(Duration, Option<LongWait>),
     Never(TooLarge),
 }
 
@@ -218,7 +297,7 @@ fn take_all(s: &mut State, tokens: f64, now: Instant) -> Result<(), Blocked> {
         }
     }
     if !wait.is_zero() {
-        return Err(Blocked::Wait(wait));
+        return Err(Blocked::Wait(wait, long_wait(s, cost)));
     }
     for kind in [REQUESTS, TOKENS] {
         for b in s.budgets(kind) {
@@ -229,20 +308,41 @@ fn take_all(s: &mut State, tokens: f64, now: Instant) -> Result<(), Blocked> {
     Ok(())
 }
 
+/// The longest wait of the server's budgets, if longer than [`LONG_WAIT`] (the buckets are
+/// up to date).
+fn long_wait(s: &State, cost: [f64; 2]) -> Option<LongWait> {
+    let mut longest: Option<LongWait> = None;
+    for (kind, what) in [(REQUESTS, "request"), (TOKENS, "token")] {
+        let Some(b) = &s.learned[kind] else { continue };
+        let wait = b.bucket.shortfall(cost[kind]);
+        if wait > LONG_WAIT && longest.as_ref().is_none_or(|l| wait > l.wait) {
+            longest = Some(LongWait {
+                what,
+                limit: b.limit as u64,
+                window: b.window,
+                wait,
+                until: std::time::SystemTime::now() + wait,
+            });
+        }
+    }
+    longest
+}
+
 struct State {
     /// The per-minute limits the user gave, by kind: never exceeded, whatever the server says.
     given: [Option<Budget>; 2],
     /// The limits the server reported, by kind.
     learned: [Option<Budget>; 2],
-    /// While true, one request is out to learn the limits and the others wait.
-    probing: bool,
-    probe_sent: bool,
+    /// Until the first answer: the gate that lets a few requests out to learn the limits.
+    probing: Option<Probing>,
     paused_until: Option<Instant>,
     /// Tickets of the requests waiting, first come first served.
     queue: std::collections::VecDeque<u64>,
     next_ticket: u64,
     /// Budgets learned so far (see [`Permit::seen`]).
     created: u64,
+    /// A long wait was announced.
+    announced: bool,
 }
 
 impl State {
@@ -256,7 +356,7 @@ impl State {
 
 impl RateBudget {
     /// `learn`: whether to learn limits that were not given from the server's headers (and
-    /// send a single probe request first to hear them).
+    /// send only a few probe requests until the first answer tells them).
     pub fn new(rpm: Option<u32>, tpm: Option<u32>, learn: bool) -> Self {
         let now = Instant::now();
         let per_minute = |limit: u32| Budget::new(f64::from(limit), MINUTE, now);
@@ -264,22 +364,62 @@ impl RateBudget {
             state: Mutex::new(State {
                 given: [rpm.map(per_minute), tpm.map(per_minute)],
                 learned: [None, None],
-                probing: learn && (rpm.is_none() || tpm.is_none()),
-                probe_sent: false,
+                probing: (learn && (rpm.is_none() || tpm.is_none()))
+                    .then(|| Probing::new(rpm.is_some(), tpm.is_some())),
                 paused_until: None,
                 queue: Default::default(),
                 next_ticket: 0,
                 created: 0,
+                announced: false,
             }),
+            patience: Duration::MAX,
+            on_long_wait: None,
             learned: Notify::new(),
             turn: Notify::new(),
         }
+    }
+
+    /// A wait the server's limits impose beyond [`LONG_WAIT`] is told to `handler`, once; one
+    /// beyond `patience` is refused instead ([`Refused::Exhausted`]).
+    pub fn on_long_wait(
+        mut self,
+        patience: Duration,
+        handler: impl Fn(&LongWait) + Send + Sync + 'static,
+    ) -> Self {
+        self.patience = patience;
+        self.on_long_wait = Some(Box::new(handler));
+        self
     }
 
     /// Whether requests must say how many tokens they take: there is a token budget.
     fn counts_tokens(&self) -> bool {
         let mut s = self.state.lock().expect("budget lock");
         s.budgets(TOKENS).next().is_some()
+    }
+
+    /// Until the first answer, waits for the start gate ([`probe`]) to let the request out,
+    /// counting its tokens if the gate needs them; returns how it went as a probe, if it did.
+    async fn pass_start<F: FnOnce() -> u32>(&self, cost: &mut Cost<F>) -> Option<Admitted> {
+        loop {
+            let notified = self.learned.notified();
+            let wait = {
+                let mut s = self.state.lock().expect("budget lock");
+                let probing = s.probing.as_mut()?;
+                match probing.admit(cost.known(), Instant::now()) {
+                    Ok(admitted) => return Some(admitted),
+                    Err(Gate::Count) => None,
+                    Err(Gate::Wait(wait)) => Some(wait),
+                }
+            };
+            let Some(wait) = wait else {
+                cost.count();
+                continue;
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
     }
 
     /// The long-run rates now in force, per minute: (requests, tokens), each the strictest of
@@ -299,34 +439,21 @@ impl RateBudget {
     /// served, so a large one is not starved by a stream of small ones. Cancel-safe: a dropped
     /// call leaves the queue.
     ///
-    /// `tokens` is called only if there is a token budget once the limits are known: counting
-    /// costs more than anything else a row does before it is sent (and the first count builds
-    /// the tokenizer, a fifth of a second), so it is skipped when nothing needs it. The probe
-    /// itself reserves nothing: the budgets learned from its answer start from headers that
-    /// counted it already.
-    pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Result<Permit, TooLarge> {
-        // Hold back everyone but the first request until the server has told us its limits.
-        let mut probe = false;
-        loop {
-            let notified = self.learned.notified();
-            {
-                let mut s = self.state.lock().expect("budget lock");
-                if !s.probing {
-                    break;
-                }
-                if !s.probe_sent {
-                    s.probe_sent = true;
-                    probe = true;
-                    break;
-                }
-            }
-            notified.await;
+    /// `tokens` is called only if there is a token budget or the start gate needs it (not for
+    /// the first request): counting costs more than anything else a row does before it is sent
+    /// (and the first count builds the tokenizer, a fifth of a second), so it is skipped when
+    /// nothing needs it. The probes reserve nothing from the learned budgets: those start from headers that
+    /// counted them already.
+    pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Result<Permit, Refused> {
+        let mut cost = Cost(Err(Some(tokens)));
+        if self.counts_tokens() {
+            cost.count();
         }
-        let tokens = if self.counts_tokens() {
-            f64::from(tokens())
-        } else {
-            0.0
-        };
+        let probe = self.pass_start(&mut cost).await;
+        if self.counts_tokens() {
+            cost.count();
+        }
+        let tokens = cost.known().unwrap_or(0.0);
         let ticket = Ticket::join(self);
         loop {
             let turn = self.turn.notified();
@@ -343,18 +470,36 @@ impl RateBudget {
                             let seen = s.created;
                             drop(s);
                             drop(ticket);
-                            return Ok(Permit { tokens, seen });
+                            return Ok(Permit {
+                                tokens,
+                                seen,
+                                probe,
+                            });
                         }
-                        Err(Blocked::Wait(wait)) => Some(wait),
+                        Err(Blocked::Wait(_, Some(long))) if long.wait > self.patience => {
+                            drop(s);
+                            drop(ticket);
+                            return Err(Refused::Exhausted(long));
+                        }
+                        Err(Blocked::Wait(wait, long)) => {
+                            if let Some(long) = long.filter(|_| !s.announced) {
+                                s.announced = true;
+                                drop(s);
+                                if let Some(tell) = &self.on_long_wait {
+                                    tell(&long);
+                                }
+                            }
+                            Some(wait)
+                        }
                         Err(Blocked::Never(e)) => {
                             // A probe that will not be sent hands its turn to another request.
-                            if probe && s.probing {
-                                s.probe_sent = false;
+                            if let (Some(a), Some(p)) = (probe, s.probing.as_mut()) {
+                                p.release(a, tokens, true);
                                 self.learned.notify_waiters();
                             }
                             drop(s);
                             drop(ticket);
-                            return Err(e);
+                            return Err(Refused::TooLarge(e));
                         }
                     }
                 }
@@ -382,6 +527,10 @@ impl RateBudget {
         for b in s.budgets(TOKENS).filter(|b| b.created <= permit.seen) {
             b.bucket.give_back(permit.tokens - actual, now);
         }
+        if let (Some(a), Some(p)) = (permit.probe, s.probing.as_mut()) {
+            p.release(a, permit.tokens, false);
+            self.learned.notify_waiters();
+        }
         drop(s);
         self.turn.notify_waiters();
     }
@@ -399,8 +548,7 @@ impl RateBudget {
             learn(tokens, &h.tokens, now, created);
             self.turn.notify_waiters();
         }
-        if s.probing {
-            s.probing = false;
+        if s.probing.take().is_some() {
             drop(s);
             self.learned.notify_waiters();
         }
@@ -428,6 +576,11 @@ fn burst(rate_per_sec: f64) -> f64 {
 /// Updates the server's budget of one kind from what it said about it. A new limit or window
 /// starts a new budget from what is left; the same limit keeps its bucket (the headers of an
 /// answer are older than the requests sent since), except that a quota follows the server.
+/// What the server says is left still bounds what the bucket holds: a server that enforces a
+/// per-minute limit over one-second windows reports what is left of the second (the mock's
+/// `--rate-window`, OpenAI's quantized limits), and a bucket that sent its half second of burst
+/// into the end of such a window was answered with 429s. Against a server that counts over the
+/// whole minute, `remaining` is far above the burst and changes nothing.
 fn learn(slot: &mut Option<Budget>, seen: &LimitSnapshot, now: Instant, created: &mut u64) {
     let Some(limit) = seen.limit.filter(|l| *l > 0) else {
         return;
@@ -437,6 +590,9 @@ fn learn(slot: &mut Option<Budget>, seen: &LimitSnapshot, now: Instant, created:
         Some(b) if b.window == window && (b.limit - limit).abs() <= limit * 1e-6 => {
             if window > MINUTE {
                 b.sync(seen, now);
+            } else if let Some(remaining) = seen.remaining {
+                let level = b.bucket.level(now).min(remaining as f64);
+                b.bucket.set_level(level, now);
             }
         }
         Some(b) if b.window == window => {
@@ -510,22 +666,59 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn probe_holds_others_until_the_first_answer() {
+    async fn a_few_probes_go_then_one_a_second_until_the_first_answer() {
         let budget = std::sync::Arc::new(RateBudget::new(None, None, true));
-        let first = budget.acquire(|| 1).await.unwrap();
-        let b2 = budget.clone();
-        let second = tokio::spawn(async move { b2.acquire(|| 1).await.unwrap() });
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // The first requests go at once: a hanging one does not hold the others back.
+        let mut probes = Vec::new();
+        for _ in 0..probe::PROBES {
+            probes.push(budget.acquire(|| 10).await.unwrap());
+        }
+        let b = budget.clone();
+        let next = tokio::spawn(async move { b.acquire(|| 10).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(
-            !second.is_finished(),
-            "second request went before the probe answered"
+            !next.is_finished(),
+            "a fifth request went before any answer"
         );
+        // With no answer, one more a second.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(next.is_finished(), "the run stalled on requests that hang");
+        probes.push(next.await.unwrap());
+        // The first answer ends the start: its limits pace the rest.
+        let b = budget.clone();
+        let waiting = tokio::spawn(async move { b.acquire(|| 10).await.unwrap() });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
         budget.observe(Some(&snapshot(600, 100_000)));
-        budget.settle(first, Some(1));
-        let _ = second.await.unwrap();
+        let first = probes.remove(0);
+        budget.settle(first, Some(10));
+        let start = Instant::now();
+        let _ = waiting.await.unwrap();
+        assert!(start.elapsed() < Duration::from_millis(10));
         let (rpm, tpm) = budget.limits();
         assert!((rpm.unwrap() - 600.0 * PACE).abs() < 1e-6);
         assert!((tpm.unwrap() - 100_000.0 * PACE).abs() < 1e-6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_prompts_are_probed_one_at_a_time() {
+        let budget = std::sync::Arc::new(RateBudget::new(None, None, true));
+        let first = budget.acquire(|| 3_000).await.unwrap();
+        let b = budget.clone();
+        let second = tokio::spawn(async move { b.acquire(|| 2_500).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !second.is_finished(),
+            "6,000 tokens went into an unknown limit"
+        );
+        // The first failed without headers (a 500, say): that ends the start too.
+        budget.observe(None);
+        budget.settle(first, None);
+        let second = tokio::time::timeout(Duration::from_millis(10), second)
+            .await
+            .expect("the answer let the second go")
+            .unwrap();
+        budget.settle(second, Some(2_500));
     }
 
     #[tokio::test(start_paused = true)]
@@ -675,7 +868,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_request_no_limit_admits_is_refused() {
         let budget = RateBudget::new(None, Some(30_000), false);
-        let e = budget.acquire(|| 30_001).await.unwrap_err();
+        let Err(Refused::TooLarge(e)) = budget.acquire(|| 30_001).await else {
+            panic!("admitted");
+        };
         assert!(e.given && e.limit == 30_000 && e.window == MINUTE, "{e:?}");
         let text = e.to_string();
         assert!(
@@ -694,7 +889,9 @@ mod tests {
             },
             ..Default::default()
         }));
-        let e = budget.acquire(|| 20_000).await.unwrap_err();
+        let Err(Refused::TooLarge(e)) = budget.acquire(|| 20_000).await else {
+            panic!("admitted");
+        };
         assert!(!e.given && e.to_string().contains("server"), "{e}");
     }
 
@@ -775,6 +972,98 @@ mod tests {
             budget.settle(p, None);
         }
         assert_eq!(start.elapsed(), Duration::from_secs(3));
+    }
+
+    /// A daily request budget of 10, used up, back in full after `reset`.
+    fn used_up_for(reset: Duration) -> RateLimitHeaders {
+        RateLimitHeaders {
+            requests: LimitSnapshot {
+                limit: Some(10),
+                remaining: Some(0),
+                reset: Some(reset),
+                stated_window: Some(Duration::from_secs(86_400)),
+                time_to_full: false,
+            },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_longer_than_the_patience_is_refused_at_once() {
+        let told = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let t = told.clone();
+        let budget =
+            RateBudget::new(None, None, false).on_long_wait(Duration::from_secs(600), move |_| {
+                t.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        budget.observe(Some(&used_up_for(Duration::from_secs(7200))));
+        let start = Instant::now();
+        let Err(Refused::Exhausted(long)) = budget.acquire(|| 1).await else {
+            panic!("a two-hour wait was accepted");
+        };
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(long.wait, Duration::from_secs(7200));
+        let text = long.to_string();
+        assert!(
+            text.contains("request limit (10 per day) is used up")
+                && text.contains("resets at")
+                && text.contains("(in 2h)"),
+            "{text}"
+        );
+        assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_wait_within_the_patience_is_told_once_and_waited_out() {
+        let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let t = told.clone();
+        let budget = RateBudget::new(None, None, false)
+            .on_long_wait(Duration::from_secs(600), move |long| {
+                t.lock().unwrap().push(long.to_string())
+            });
+        budget.observe(Some(&used_up_for(Duration::from_secs(300))));
+        let start = Instant::now();
+        let p = budget.acquire(|| 1).await.unwrap();
+        budget.settle(p, None);
+        assert_eq!(start.elapsed(), Duration::from_secs(300));
+        // Used up again: waited out again, not told again.
+        budget.observe(Some(&used_up_for(Duration::from_secs(300))));
+        let p = budget.acquire(|| 1).await.unwrap();
+        budget.settle(p, None);
+        let told = told.lock().unwrap().clone();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert!(told[0].contains("(in 5m)"), "{told:?}");
+        // A short wait is nobody's business.
+        let budget = RateBudget::new(None, None, false)
+            .on_long_wait(Duration::from_secs(600), |long| panic!("told of {long}"));
+        budget.observe(Some(&used_up_for(Duration::from_secs(30))));
+        let p = budget.acquire(|| 1).await.unwrap();
+        budget.settle(p, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_a_short_window_has_left_bounds_the_burst() {
+        let budget = RateBudget::new(None, None, false);
+        let window = |remaining: u64| RateLimitHeaders {
+            requests: LimitSnapshot {
+                limit: Some(3000),
+                remaining: Some(remaining),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        budget.observe(Some(&window(3000)));
+        // A full bucket holds half a second (about 25 requests); the window has 2 left.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        budget.observe(Some(&window(2)));
+        let start = Instant::now();
+        for _ in 0..3 {
+            let p = budget.acquire(|| 1).await.unwrap();
+            budget.settle(p, None);
+        }
+        // Two at once, the third at the paced rate (3000 a minute at 99%).
+        let third = start.elapsed().as_secs_f64();
+        assert!((third - 60.0 / 3000.0 / PACE).abs() < 1e-3, "{third}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,8 +13,16 @@ use super::{
 use crate::base::secret::ApiKey;
 use crate::base::usage::Usage;
 
-/// The API version every request names. Anthropic's SDKs still send this one; `--header
-/// 'anthropic-version: ...'` replaces it.
+/// The API version every request names, with the key as `x-api-key`: what this client's wire
+/// format was written against and what Anthropic's API reference and the 1.x SDKs send.
+///
+/// Checked against the current official Python SDK (anthropic 2.10.0 on PyPI, November 2026):
+/// it sends the key as `Authorization: Bearer <key>` (`_api_key_auth` in `_client.py`) and
+/// `anthropic-version: 2026-10-21` (`ANTHROPIC_API_VERSION` in `_constants.py`), and still
+/// accepts an `X-Api-Key` header as authentication. A dated version pins the response shapes
+/// a client parses, so this one stays until the parser is checked against the newer version;
+/// `--header 'anthropic-version: 2026-10-21'` (or an `anthropic-beta` header) goes on top, for
+/// direct requests and the Message Batches client alike.
 pub const API_VERSION: &str = "2023-06-01";
 
 /// `max_tokens` when `--max-tokens` is not given: the Messages API refuses requests without one,

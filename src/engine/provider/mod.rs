@@ -195,6 +195,17 @@ impl ExtraHeaders {
         self.0.is_empty()
     }
 
+    /// `anthropic-version` and `anthropic-beta`, as `Name: value`: they choose the API's
+    /// version and features, not who is calling, so a Message Batches state file keeps them
+    /// for the later `status` and `collect` (no other header is ever written anywhere).
+    pub fn anthropic_protocol(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(n, _)| matches!(n.as_str(), "anthropic-version" | "anthropic-beta"))
+            .filter_map(|(n, v)| Some(format!("{}: {}", n.as_str(), v.to_str().ok()?)))
+            .collect()
+    }
+
     /// Adds them to `headers`, replacing any header of the same name (so a user can send a
     /// newer `anthropic-version`, or their own `authorization` to a gateway).
     pub fn apply(&self, headers: &mut HeaderMap) {

@@ -13,7 +13,7 @@ use super::state::Counts;
 use super::{Outcome, RemoteBatch, custom_id_seq};
 use crate::base::secret::ApiKey;
 use crate::engine::provider::anthropic::{API_VERSION, classify_error, parse_message};
-use crate::engine::provider::{CallError, ErrorKind, transport_error};
+use crate::engine::provider::{CallError, ErrorKind, ExtraHeaders, transport_error};
 
 /// One request of a batch, as stored in the batch input file: the row's id and the exact body
 /// `run` would send.
@@ -122,7 +122,16 @@ impl From<WireBatch> for RemoteBatch {
 }
 
 impl AnthropicBatches {
-    pub fn new(client: reqwest::Client, base_url: &str, key: Option<&ApiKey>) -> Self {
+    /// Authenticates and names the version as the Messages client does (see
+    /// [`API_VERSION`] for how that compares with the official SDK); `extra` (`--header`)
+    /// goes on top, so a newer `anthropic-version` or an `anthropic-beta` reaches the batch
+    /// endpoints and, through them, every request of the batch.
+    pub fn new(
+        client: reqwest::Client,
+        base_url: &str,
+        key: Option<&ApiKey>,
+        extra: &ExtraHeaders,
+    ) -> Self {
         let mut headers = HeaderMap::new();
         headers.insert("anthropic-version", HeaderValue::from_static(API_VERSION));
         if let Some(k) = key {
@@ -131,6 +140,7 @@ impl AnthropicBatches {
             v.set_sensitive(true);
             headers.insert("x-api-key", v);
         }
+        extra.apply(&mut headers);
         AnthropicBatches {
             client,
             url: batches_url(base_url),

@@ -22,13 +22,14 @@ use std::time::Duration;
 use rand::SeedableRng;
 
 use crate::base::error::{Error, ExitStatus};
+use crate::base::human;
 use crate::base::money::format_cost;
 use crate::base::printer::Printer;
 use crate::base::secret::ApiKey;
 use crate::engine::lock::StateLock;
 use crate::engine::pricing::Price;
 use crate::engine::provider::{
-    self as wire, CallError, Completion, ErrorKind, Provider, http_client,
+    self as wire, CallError, Completion, ErrorKind, ExtraHeaders, Provider, http_client,
 };
 use crate::engine::retry::RetryPolicy;
 use crate::run::connection::Connection;
@@ -105,16 +106,24 @@ enum Api {
 }
 
 impl Api {
-    fn new(kind: ProviderKind, base_url: &str, key: Option<&ApiKey>) -> Self {
+    /// The client of the state's provider. Anthropic's also sends the `anthropic-*` headers
+    /// given with `--header` at submission (kept in the state), so every step of a batch
+    /// speaks the same API version.
+    fn new(st: &BatchState, key: Option<&ApiKey>) -> Result<Self, Error> {
+        let (kind, base_url) = (st.provider, st.base_url.as_str());
         let client = http_client(4);
-        match kind {
+        Ok(match kind {
             ProviderKind::OpenAi | ProviderKind::OpenAiResponses => Api::OpenAi(
                 openai::OpenAiBatches::new(client, base_url, key, openai::endpoint(kind)),
             ),
             ProviderKind::Anthropic => {
-                Api::Anthropic(anthropic::AnthropicBatches::new(client, base_url, key))
+                let extra = ExtraHeaders::parse(&st.api_headers)
+                    .map_err(|e| Error::Input(format!("the state file's api_headers: {e}")))?;
+                Api::Anthropic(anthropic::AnthropicBatches::new(
+                    client, base_url, key, &extra,
+                ))
             }
-        }
+        })
     }
 
     /// Moves batch `i` forward until the provider has it, saving the state before each step that
@@ -369,7 +378,11 @@ where
             Ok(v) => return Ok(v),
             Err(e) => match policy.next_delay(tries, &e, &mut rng) {
                 Some(wait) => {
-                    tracing::warn!("{what}: {e}; trying again in {wait:?}");
+                    // A warning for people (any printer warns), not a raw log line.
+                    Printer::new(false).warn(format_args!(
+                        "{what}: {e}; trying again in {}",
+                        human::duration(wait)
+                    ));
                     tries += 1;
                     tokio::time::sleep(wait).await;
                 }
@@ -477,7 +490,7 @@ pub async fn submit_command(cfg: RunConfig) -> Result<ExitStatus, Error> {
     let path = state_path(&cfg);
     let _lock = StateLock::acquire(&path)?;
     let st = submit(&cfg, &conn.base_url, conn.api_key.as_ref(), &path).await?;
-    print_submitted(&st, &path, printer);
+    print_submitted(&st, &path, printer, false);
     // Nothing is answered yet: the exit status says whether everything was handed over.
     Ok(ExitStatus::Success)
 }
@@ -527,9 +540,10 @@ async fn submit(
         batches: planned.batches,
         schema: cfg.schema.as_deref().map(state::SchemaRecord::of),
         expect: cfg.expect.clone(),
+        api_headers: cfg.headers.anthropic_protocol(),
     };
     st.save(path)?;
-    let api = Api::new(kind, base_url, key);
+    let api = Api::new(&st, key)?;
     for i in 0..st.batches.len() {
         api.submit(&mut st, i, path).await.map_err(|e| {
             Error::io(
@@ -590,7 +604,9 @@ fn check_results_path(cfg: &RunConfig) -> Result<(), Error> {
 }
 
 /// What was handed over and how to go on: a note (hidden by `-q`).
-fn print_submitted(st: &BatchState, path: &Path, printer: Printer) {
+/// `waiting`: the command goes on to wait for the batches itself (`run --via batch`), so it
+/// says so instead of naming the commands that would.
+fn print_submitted(st: &BatchState, path: &Path, printer: Printer, waiting: bool) {
     printer.note_with(|w| {
         let total: u64 = st.batches.iter().map(|b| b.requests).sum();
         writeln!(
@@ -612,11 +628,19 @@ fn print_submitted(st: &BatchState, path: &Path, printer: Printer) {
             )?;
         }
         writeln!(w, "State      {}", path.display())?;
-        writeln!(
-            w,
-            "Next       batch status {0}; batch collect {0} --wait",
-            path.display()
-        )
+        if waiting {
+            writeln!(
+                w,
+                "Waiting    for the answers (if this stops, `batch collect {} --wait` picks up)",
+                path.display()
+            )
+        } else {
+            writeln!(
+                w,
+                "Next       batch status {0}; batch collect {0} --wait",
+                path.display()
+            )
+        }
     });
 }
 
@@ -662,9 +686,9 @@ fn write_plan(
         let last = b.rows.last().map_or(0, |r| r[1]);
         writeln!(
             w,
-            "  batch {:<4} {} requests (rows {}-{}), {}",
+            "  batch {:<4} {} (rows {}-{}), {}",
             b.number,
-            b.requests,
+            human::count(b.requests, "request"),
             first + 1,
             last,
             human_bytes(b.bytes)
@@ -740,7 +764,7 @@ pub async fn status_command(
 ) -> Result<ExitStatus, Error> {
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
-    let api = Api::new(st.provider, &st.base_url, key.as_ref());
+    let api = Api::new(&st, key.as_ref())?;
     for i in 0..st.batches.len() {
         if let (Phase::Created, Some(id)) = (st.batches[i].phase, st.batches[i].batch_id.clone()) {
             let b = api.get(&id).await?;
@@ -757,12 +781,12 @@ pub async fn status_command(
 fn write_status(w: &mut dyn Write, st: &BatchState, path: &Path) -> std::io::Result<()> {
     writeln!(
         w,
-        "State    {} ({} at {}, model {}, {} rows)",
+        "State    {} ({} at {}, model {}, {})",
         path.display(),
         st.provider.label(),
         st.base_url,
         st.model,
-        st.rows
+        human::count(st.rows, "row")
     )?;
     writeln!(
         w,
@@ -820,7 +844,7 @@ pub async fn cancel_command(
     let _lock = StateLock::acquire(path)?;
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
-    let api = Api::new(st.provider, &st.base_url, key.as_ref());
+    let api = Api::new(&st, key.as_ref())?;
     for i in 0..st.batches.len() {
         if st.batches[i].phase == Phase::Creating
             && let Some(b) = api.find(&st, i).await?
@@ -863,7 +887,7 @@ pub async fn collect_command(
     let _lock = StateLock::acquire(path)?;
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
-    let api = Api::new(st.provider, &st.base_url, key.as_ref());
+    let api = Api::new(&st, key.as_ref())?;
     if let Some(o) = output {
         st.output = o;
     }
@@ -931,7 +955,8 @@ async fn collect(
         .await
         .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))??
     };
-    let summary = stats.summary(started.elapsed(), &output, &st.model);
+    let mut summary = stats.summary(started.elapsed(), &output, &st.model);
+    summary.through_batch_api();
     if let Some(p) = &opts.summary_json {
         summary.write_json(p)?;
     }
@@ -959,9 +984,9 @@ fn print_collected(printer: Printer, summary: &Summary, saved: Option<f64>, path
         if summary.skipped > 0 {
             writeln!(
                 w,
-                "State      {} ({} rows still waiting; collect again later, or add --wait)",
+                "State      {} ({} still waiting; collect again later, or add --wait)",
                 path.display(),
-                summary.skipped
+                human::count(summary.skipped, "row")
             )?;
         }
         Ok(())
@@ -1025,8 +1050,8 @@ async fn drive(api: &Api, st: &mut BatchState, path: &Path, opts: &Collect) -> R
             .collect::<Vec<_>>()
             .join(", ");
         opts.printer.note(format_args!(
-            "waiting: {line}; next check in {}s",
-            pause.as_secs_f64()
+            "waiting: {line}; next check in {}",
+            human::duration(pause)
         ));
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(opts.poll_max);
@@ -1048,8 +1073,8 @@ pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
     } else {
         submit(&cfg, &base_url, key.as_ref(), &path).await?
     };
-    print_submitted(&st, &path, printer);
-    let api = Api::new(st.provider, &st.base_url, key.as_ref());
+    print_submitted(&st, &path, printer, true);
+    let api = Api::new(&st, key.as_ref())?;
     let opts = Collect {
         wait: true,
         resubmit_failed: false,

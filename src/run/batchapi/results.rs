@@ -215,7 +215,7 @@ pub fn write(
                 r
             }
         };
-        stats.record(&result);
+        stats.record_row(&result, row.line);
         writer.write_row(&row, &result)?;
     }
     stats.expect = writer.pass_rate();

@@ -223,6 +223,11 @@ pub struct BatchState {
     /// `--expect` as submitted: `match` and `match_detail` columns and a pass rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<crate::engine::expect::Expectation>,
+    /// The `anthropic-version` and `anthropic-beta` headers given with `--header`, as
+    /// `Name: value`, sent on every step of an Anthropic batch. No other header is kept: the
+    /// others may carry secrets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_headers: Vec<String>,
 }
 
 /// A `--schema` as the state file keeps it.

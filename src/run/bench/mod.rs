@@ -66,7 +66,8 @@ pub enum Format {
 pub struct BenchPlan {
     /// The settings of every run; each run replaces its concurrency, files and cache use.
     pub base: RunConfig,
-    /// The `--concurrency` settings, in the order given (one given twice is measured once).
+    /// The `--concurrency` settings, in the order given (one given twice is measured once);
+    /// empty for the default sweep ([`default_sweep`]).
     pub settings: Vec<Concurrency>,
     /// Rows from the top of the input that each run sends.
     pub rows: u64,
@@ -110,8 +111,12 @@ pub async fn sweep(plan: BenchPlan) -> Result<Swept, Error> {
         warmup,
     } = plan;
     let printer = base.printer();
-    let settings = dedupe(settings);
     let sample = Sample::take(&base, rows)?;
+    let settings = if settings.is_empty() {
+        default_sweep(sample.rows)
+    } else {
+        dedupe(settings)
+    };
     let warmups = warmup_rows(&settings, warmup, sample.rows);
     let estimate = Estimate::new(&base, &sample.prompt_tokens, &warmups, repeat);
     if base.dry_run {
@@ -278,7 +283,7 @@ impl Sweep {
             return Ok(None);
         }
         self.printer.note(format_args!(
-            "concurrency {name:>4}: {what}: {} rows/s{}, p95 {}, {} failed, {} retries",
+            "concurrency {name:>4}: {what}: {} rows/s{}, p95 {}, {} failed, {}",
             fmt_rate(measure.rows_per_second()),
             if measure.sustained_rows_per_second.is_some() {
                 ""
@@ -287,7 +292,7 @@ impl Sweep {
             },
             fmt_ms(measure.latency_ms.p95),
             measure.failed,
-            measure.retries
+            crate::base::human::count_as(measure.retries, "retry", "retries")
         ));
         Ok(Some(measure))
     }
@@ -372,6 +377,11 @@ fn sample_notes(
 /// Writes `text` to `path` (checked writable before the sweep), a usage error naming the file if
 /// it cannot be written.
 fn write_file(path: &Path, text: &str) -> Result<(), Error> {
+    if crate::base::format::is_std(path) {
+        // `-` is stdout, as for every output option.
+        Printer::new(false).report(text.trim_end());
+        return Ok(());
+    }
     std::fs::write(path, text).map_err(|e| {
         Error::Usage(format!(
             "cannot write {}: {}",
@@ -383,7 +393,23 @@ fn write_file(path: &Path, text: &str) -> Result<(), Error> {
 
 /// `1 row`, `2 rows`.
 fn plural(n: u64, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+    crate::base::human::count(n, noun)
+}
+
+/// The highest setting of the default sweep.
+const DEFAULT_SWEEP_MAX: u64 = 256;
+
+/// The settings measured without `--concurrency`: 1, 2, 4, ... as long as each slot gets
+/// [`ROWS_PER_SLOT_NOTE`] rows of the sample (fewer is measured over too few rounds to tell
+/// settings apart), up to [`DEFAULT_SWEEP_MAX`]. 200 rows: 1 to 32; 1,000 rows: 1 to 128.
+pub fn default_sweep(sample_rows: u64) -> Vec<Concurrency> {
+    let mut out = vec![Concurrency::Fixed(1)];
+    let mut c = 2u64;
+    while c <= DEFAULT_SWEEP_MAX && c * ROWS_PER_SLOT_NOTE <= sample_rows {
+        out.push(Concurrency::Fixed(c as usize));
+        c *= 2;
+    }
+    out
 }
 
 /// The settings in the order given, each once.
@@ -395,4 +421,21 @@ fn dedupe(settings: Vec<Concurrency>) -> Vec<Concurrency> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_sweep_doubles_while_each_slot_gets_four_rows() {
+        let fixed = |v: &[usize]| v.iter().map(|n| Concurrency::Fixed(*n)).collect::<Vec<_>>();
+        assert_eq!(default_sweep(200), fixed(&[1, 2, 4, 8, 16, 32]));
+        assert_eq!(default_sweep(16), fixed(&[1, 2, 4]));
+        assert_eq!(default_sweep(3), fixed(&[1]));
+        assert_eq!(
+            default_sweep(1_000_000).last(),
+            Some(&Concurrency::Fixed(256))
+        );
+    }
 }

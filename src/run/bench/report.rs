@@ -633,13 +633,7 @@ pub(super) fn to_json(report: &Report) -> String {
 
 /// Rows per second with as many digits as matter.
 pub(super) fn fmt_rate(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
+    crate::base::human::rate(v)
 }
 
 pub(super) fn fmt_ms(v: Option<f64>) -> String {

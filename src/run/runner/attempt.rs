@@ -12,7 +12,7 @@ use crate::base::money::format_cost;
 use crate::base::record::{RowResult, RowStatus};
 use crate::base::usage::Usage;
 use crate::engine::concurrency::Sample;
-use crate::engine::limiter::{Permit, TooLarge};
+use crate::engine::limiter::{Permit, Refused, TooLarge};
 use crate::engine::provider::{CallError, Completion, ErrorKind, Exchange};
 use crate::engine::spend::Reservation;
 use crate::engine::store::AttemptRecord;
@@ -25,12 +25,20 @@ pub(super) async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<A
         if shared.stop.is_cancelled() {
             return row.stopped(shared, job, None);
         }
-        let reserved = match reserve(shared, job).await {
+        let attempt = row.attempts.len() as u32 + 1;
+        let reserved = match reserve(shared, job, attempt).await {
             Reserve::Held(reserved) => reserved,
             Reserve::Stopped => return row.stopped(shared, job, None),
             Reserve::TooLarge(e) => return row.refused(job, &e),
         };
-        let sent = send(shared, job).await;
+        let sent = send(shared, job, reserved.started_at).await;
+        // An answer no request can get past (a 401 or 403, out of credit) stops dispatch before
+        // anything else is done with it, so that no other request leaves after it.
+        if let Err(e) = &sent.exchange.outcome
+            && e.kind.stops_run()
+        {
+            shared.stop_with(stop_message(e));
+        }
         let (abandoned, latency) = (sent.abandoned, sent.latency);
         let err = match classify(shared, job, reserved, sent, &mut row) {
             Verdict::Answered(result) => {
@@ -39,7 +47,8 @@ pub(super) async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<A
             }
             Verdict::Failed(err) => err,
         };
-        if abandoned || shared.fails_fast(job, &err) {
+        // The row was never answered because the run stopped: skipped, so --resume sends it.
+        if err.kind.stops_run() || abandoned || shared.fails_fast(job, &err) {
             return row.stopped(shared, job, Some(&err));
         }
         match retry_wait(shared, job, &err, &mut row) {
@@ -63,6 +72,9 @@ pub(super) async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<A
 struct Reserved {
     spend: Option<Reservation>,
     permit: Permit,
+    /// When the attempt starts: with the row and attempt number, the key of its journaled
+    /// reservation.
+    started_at: SystemTime,
 }
 
 /// What reserving came to.
@@ -74,26 +86,12 @@ enum Reserve {
     TooLarge(TooLarge),
 }
 
-/// Reserves the worst case of the attempt against the spend cap, then waits for the rate
-/// budget.
-async fn reserve(shared: &Shared, job: &Job) -> Reserve {
-    let spend = match &shared.spend {
-        None => None,
-        Some(cap) => match cap.reserve(shared.worst_cost(job)) {
-            Ok(r) => Some(r),
-            Err((committed, reserved)) => {
-                let usd = |v: f64| format_cost((v * 1e6).round() / 1e6);
-                shared.stop_with(format!(
-                    "spend cap reached: ${} spent and ${} reserved by requests in flight, of \
-                     --max-cost ${}; the next request could cost up to ${}",
-                    usd(committed),
-                    usd(reserved),
-                    usd(cap.cap()),
-                    usd(shared.worst_cost(job))
-                ));
-                return Reserve::Stopped;
-            }
-        },
+/// Reserves the worst case of attempt number `attempt` against the spend cap (waiting for room
+/// while requests in flight settle), then waits for the rate budget; journals the spend
+/// reservation, and looks a last time for a stop, before the request may leave.
+async fn reserve(shared: &Shared, job: &Job, attempt: u32) -> Reserve {
+    let Some(spend) = reserve_spend(shared, job).await else {
+        return Reserve::Stopped;
     };
     let tokens = || {
         job.prompt_tokens()
@@ -104,17 +102,124 @@ async fn reserve(shared: &Shared, job: &Job) -> Reserve {
         _ = shared.stop.cancelled() => None,
     };
     match acquired {
-        Some(Ok(permit)) => Reserve::Held(Reserved { spend, permit }),
+        Some(Ok(permit)) => leave(shared, job, attempt, spend, permit).await,
         unsent => {
             if let (Some(cap), Some(r)) = (&shared.spend, spend) {
                 cap.settle(r, Some(0.0));
             }
             match unsent {
-                Some(Err(too_large)) => Reserve::TooLarge(too_large),
+                Some(Err(Refused::TooLarge(too_large))) => Reserve::TooLarge(too_large),
+                Some(Err(Refused::Exhausted(long))) => {
+                    let reason = format!(
+                        "{long}, later than --max-stall allows; run again then with --resume"
+                    );
+                    if shared.stop_with(reason.clone()) {
+                        shared.printer.say(format_args!("stopping: {reason}"));
+                    }
+                    Reserve::Stopped
+                }
                 _ => Reserve::Stopped,
             }
         }
     }
+}
+
+/// The last step before the request leaves: journals the spend reservation; a stop since (a
+/// 401 in another row, the cap, a signal, a storage error) wins up to this moment.
+async fn leave(
+    shared: &Shared,
+    job: &Job,
+    attempt: u32,
+    spend: Option<Reservation>,
+    permit: Permit,
+) -> Reserve {
+    let started_at = SystemTime::now();
+    let key = (job.seq, attempt, started_at);
+    let journaled = !shared.stop.is_cancelled()
+        && match &spend {
+            Some(r) => journal_reservation(shared, key, Some(r.worst())).await,
+            None => true,
+        };
+    let stopped = shared.stop.is_cancelled();
+    if journaled && stopped && spend.is_some() {
+        // Not sent after all: a resume must not count it.
+        journal_reservation(shared, key, None).await;
+    }
+    if !journaled || stopped {
+        release_spend(shared, spend);
+        shared.budget.settle(permit, None);
+        return Reserve::Stopped;
+    }
+    Reserve::Held(Reserved {
+        spend,
+        permit,
+        started_at,
+    })
+}
+
+/// The spend-cap reservation of one attempt (`Some(None)` without a cap), or `None` when the
+/// run stopped first: the cap can no longer fit the request even with nothing in flight, or
+/// another stop came while it waited for room.
+async fn reserve_spend(shared: &Shared, job: &Job) -> Option<Option<Reservation>> {
+    let Some(cap) = &shared.spend else {
+        return Some(None);
+    };
+    let worst = shared.worst_cost(job);
+    let held = tokio::select! {
+        held = cap.reserve(worst) => held,
+        _ = shared.stop.cancelled() => return None,
+    };
+    match held {
+        Ok(r) => Some(Some(r)),
+        Err(exhausted) => {
+            let usd = |v: f64| format_cost((v * 1e6).round() / 1e6);
+            shared.stop_with(format!(
+                "spend cap reached: ${} spent of --max-cost ${}, and the next request could \
+                 cost up to ${}",
+                usd(exhausted.committed),
+                usd(cap.cap()),
+                usd(exhausted.worst)
+            ));
+            None
+        }
+    }
+}
+
+/// Gives back a reservation whose request was never sent.
+fn release_spend(shared: &Shared, spend: Option<Reservation>) {
+    if let (Some(cap), Some(r)) = (&shared.spend, spend) {
+        cap.settle(r, Some(0.0));
+    }
+}
+
+/// Journals a reservation (`worst`) in the state file before its request is sent, so a resume
+/// after a `kill -9` counts it (see [`crate::engine::store::ReservationLog`]), or forgets one
+/// (`None`) whose request was not sent after all. A failure to write stops the run, naming the
+/// file and why; returns whether the write succeeded.
+async fn journal_reservation(
+    shared: &Shared,
+    (seq, attempt, started_at): (u64, u32, SystemTime),
+    worst: Option<f64>,
+) -> bool {
+    let Some(log) = &shared.reservations else {
+        return true;
+    };
+    let log = log.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let log = log.lock().expect("reservation log lock");
+        match worst {
+            Some(worst) => log.record(seq, attempt, started_at, worst),
+            None => log.forget(seq, attempt, started_at),
+        }
+    })
+    .await;
+    let error = match written {
+        Ok(Ok(())) => return true,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("journaling a reservation failed: {e}"),
+    };
+    shared.storage_failed(error);
+    false
 }
 
 /// One attempt as it went on the wire.
@@ -128,9 +233,8 @@ struct Sent {
 
 /// Sends the row's body once, within `--timeout`, abandoning it if the grace period after an
 /// interrupt ends first; tells the concurrency controller how it went.
-async fn send(shared: &Shared, job: &Job) -> Sent {
+async fn send(shared: &Shared, job: &Job, started_at: SystemTime) -> Sent {
     let sending = shared.slots.start_sending();
-    let started_at = SystemTime::now();
     let sent = Instant::now();
     let call = tokio::time::timeout(shared.timeout, shared.provider.send(job.body.clone()));
     let exchange = tokio::select! {
@@ -244,9 +348,6 @@ fn retry_wait(shared: &Shared, job: &Job, err: &CallError, row: &mut Tally) -> O
         shared.budget.back_off(err.retry_after);
     }
     tracing::debug!(row = %job.id, attempt, error = %err, "attempt failed");
-    if err.kind.stops_run() {
-        shared.stop_with(stop_message(err));
-    }
     // Answers that do not fit the schema have their own budget of resends, sent at once
     // (nothing is overloaded); the other retries count without them.
     if err.kind == ErrorKind::InvalidAnswer {

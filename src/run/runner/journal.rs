@@ -46,11 +46,18 @@ pub(super) fn write_journal(
                 Err(_) => break,
             }
         }
+        // Under a cap, a row's attempts, once committed, settle their journaled reservations.
+        let capped = shared.reservations.is_some();
         let mut commit = |finished: &[Finished]| {
-            if error.is_none()
-                && let Err(e) = store.record(finished)
-            {
-                shared.stop_with(format!("{e}"));
+            if error.is_some() {
+                return;
+            }
+            let written = store.record(finished).and_then(|()| match capped {
+                true => store.settle_reservations(finished),
+                false => Ok(()),
+            });
+            if let Err(e) = written {
+                shared.storage_failed(format!("{e}"));
                 error = Some(e);
             }
         };
@@ -190,6 +197,8 @@ pub(super) fn prepare_state(
         }
         _ => {
             store.start_run(settings, rows)?;
+            // A new run: what an earlier one reserved against its cap is not this one's.
+            store.clear_reservations()?;
             Ok(None)
         }
     }

@@ -44,7 +44,7 @@ use crate::engine::output::{ResultsWriter, check_writable};
 use crate::engine::provider::{self, http_client};
 use crate::engine::row_settings::RowSettings;
 use crate::engine::spend::SpendCap;
-use crate::engine::store::{FinishedRows, RunRecord, SeqSet, Store};
+use crate::engine::store::{FinishedRows, ReservationLog, RunRecord, SeqSet, Store};
 use crate::engine::template::Prompts;
 use crate::run::connection::Connection;
 use crate::run::progress::Progress;
@@ -88,6 +88,10 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         print_plan(&cfg, &checked.plan);
         return Ok((ExitStatus::Success, None));
     }
+    // A results path that cannot be written is named as such, not by the lock file beside it.
+    if !crate::base::format::is_std(&cfg.output) {
+        check_writable(&cfg.output, "-o")?;
+    }
     // One process per job: a second one would send the same rows, and write the same files.
     let _lock = StateLock::acquire(&cfg.state)?;
     let (writer, mut store) = open_files(&cfg, &checked)?;
@@ -112,36 +116,60 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     signals.abort();
     progress.update(&live);
     progress.finish();
-    let (mut store, journal_error) = (store?, journal_error);
-    skip_rows_of_the_stop(&shared, &mut store)?;
+    let (mut store, journal_error) = (store.map_err(Error::after_sending)?, journal_error);
+    let storage_error = shared.storage_error.lock().expect("lock").clone();
+    if storage_error.is_none() {
+        skip_rows_of_the_stop(&shared, &mut store).map_err(Error::after_sending)?;
+    }
     let stopped = shared.stop.is_cancelled().then(|| shared.stop_reason());
     let missing_reason = journal_error
         .as_ref()
         .map(|e| format!("not recorded: {e}"))
         .unwrap_or_else(|| shared.stop_reason());
-    let (stats, output) = merge_results(&cfg, &checked, writer, missing_reason).await?;
-    let complete = stats.skipped == 0 && journal_error.is_none();
-    store.set_finished(complete)?;
+    let (stats, output) = merge_results(&cfg, &checked, writer, missing_reason)
+        .await
+        .map_err(Error::after_sending)?;
+    let complete = stats.skipped == 0 && storage_error.is_none();
+    if complete {
+        store.set_finished(true).map_err(Error::after_sending)?;
+    }
     if complete && cfg.spooled_stdin {
         // Nothing is left to resume; the copy of stdin has served its purpose.
         let _ = std::fs::remove_file(&cfg.input);
     }
     let failed_fast = shared.failed_fast.load(Ordering::SeqCst);
     if let Some(audit) = Arc::into_inner(shared).and_then(|s| s.audit) {
-        audit.finish()?;
+        audit.finish().map_err(Error::after_sending)?;
     }
     let mut summary = stats.summary(started.elapsed(), &output, &cfg.model);
     summary.resumed = stats.done().saturating_sub(live.done());
+    summary.count_only(&live);
+    if stats.failed + stats.skipped > 0 {
+        let retry_failed = stats.failed > 0;
+        summary.next = cfg.continue_with.as_ref().map(|c| c.command(retry_failed));
+    }
     if checked.plan.models.len() <= 1 {
         // One model asked for (a dated name in some answers is still that one model).
         summary.models.clear();
     }
     summary.stopped = stopped;
-    report(&cfg, &summary, complete)?;
-    if let Some(e) = journal_error {
-        return Err(e);
+    if cfg.max_cost.is_some() {
+        summary.spent_usd = store.spent_at_most().ok();
     }
-    let status = if interrupted.load(Ordering::SeqCst) {
+    report(&cfg, &summary, complete).map_err(Error::after_sending)?;
+    if let Some(reason) = summary
+        .stopped
+        .as_ref()
+        .filter(|_| cfg.quiet && !failed_fast && storage_error.is_none())
+    {
+        // -q hides the summary, never why the run stopped (fail fast said it already).
+        cfg.printer().say(format_args!("Stopped early: {reason}"));
+    }
+    let status = if let Some(e) = storage_error {
+        // Requests were sent: not exit 2, which says nothing was. What is journaled is kept.
+        cfg.printer().say(format_args!("error: {e}"));
+        ExitStatus::RowsFailed
+    } else if interrupted.load(Ordering::SeqCst) {
         ExitStatus::Interrupted
     } else if failed_fast && live.ok == 0 {
         // Stopped by an error no request could get past, with nothing done.
@@ -236,8 +264,8 @@ fn announce(cfg: &RunConfig, checked: &Checked, resumed: Option<&RunRecord>, pro
     }
     if let Some(run) = resumed {
         progress.println(&format!(
-            "resuming: {} rows ok and {} failed of {} are recorded in {}{}",
-            run.ok,
+            "resuming: {} ok and {} failed of {} are recorded in {}{}",
+            crate::base::human::count(run.ok, "row"),
             run.failed,
             run.total_rows,
             cfg.state.display(),
@@ -267,11 +295,17 @@ fn share(
     resumed: bool,
     store: &Store,
 ) -> Result<Arc<Shared>, Error> {
+    // Under a cap, what earlier parts of the run may have spent: their charges, and the worst
+    // case of every request sent whose answer never reached the journal.
     let spend = match cfg.max_cost {
         Some(cap) => Some(SpendCap::new(
             cap,
-            if resumed { store.spent()? } else { 0.0 },
+            if resumed { store.spent_at_most()? } else { 0.0 },
         )),
+        None => None,
+    };
+    let reservations = match cfg.max_cost {
+        Some(_) => Some(Arc::new(Mutex::new(ReservationLog::open(&cfg.state)?))),
         None => None,
     };
     let provider = provider::build(
@@ -283,11 +317,15 @@ fn share(
     );
     Ok(Arc::new(Shared {
         printer: cfg.printer(),
-        budget: RateBudget::new(cfg.rpm, cfg.tpm, cfg.endpoint.learns_limits()),
+        budget: long_waits_told(
+            RateBudget::new(cfg.rpm, cfg.tpm, cfg.endpoint.learns_limits()),
+            cfg,
+        ),
         slots: Slots::new(cfg.concurrency),
         retry: cfg.retry,
         timeout: cfg.timeout,
         spend,
+        reservations,
         audit: cfg.log.as_deref().map(AuditLog::open).transpose()?,
         schema: cfg.schema.clone(),
         schema_retries: cfg.schema_retries,
@@ -304,8 +342,20 @@ fn share(
         failed_fast: AtomicBool::new(false),
         started: std::time::Instant::now(),
         last_answer_ms: AtomicU64::new(0),
+        storage_error: Mutex::new(None),
         provider,
     }))
+}
+
+/// A wait the server's limits impose that is longer than a minute is said once, even with
+/// `-q` and without a terminal; one longer than `--max-stall` stops the run instead.
+fn long_waits_told(budget: RateBudget, cfg: &RunConfig) -> RateBudget {
+    let printer = cfg.printer();
+    budget.on_long_wait(cfg.retry.max_stall, move |long| {
+        printer.warn(format_args!(
+            "{long}; waiting (Ctrl-C, then --resume later, to stop instead)"
+        ))
+    })
 }
 
 /// On resume, the rows the journal has finished (failed ones too, unless `--retry-failed`).
@@ -441,7 +491,12 @@ fn report(cfg: &RunConfig, summary: &Summary, complete: bool) -> Result<(), Erro
         summary.write_json(path)?;
     }
     let printer = cfg.printer();
-    printer.note_with(|mut w| summary.print(&mut w));
+    if printer.is_quiet() {
+        // -q hides the summary, never why the run stopped or failed.
+        printer.say_with(|mut w| summary.print_problems(&mut w));
+    } else {
+        printer.note_with(|mut w| summary.print(&mut w));
+    }
     if !complete {
         printer.note(format_args!(
             "State      {} (run again with --resume to finish)",

@@ -52,11 +52,11 @@ pub(super) fn write_results(
                         &model_of(&row),
                         missing_reason,
                     );
-                    stats.record(&r);
+                    stats.record_row(&r, row.line);
                     writer.write_row(&row, &r)?;
                     next_input = pending_input.next();
                 } else if row.seq == prior.result.seq {
-                    stats.record(&prior.result);
+                    stats.record_row(&prior.result, row.line);
                     writer.write_row(&row, &prior.result)?;
                     next_input = pending_input.next();
                     break;
@@ -84,7 +84,7 @@ pub(super) fn write_results(
     while let Some(row) = next_input.take() {
         let row = row?;
         let r = RowResult::skipped(row.seq, row.id.clone(), &model_of(&row), missing_reason);
-        stats.record(&r);
+        stats.record_row(&r, row.line);
         writer.write_row(&row, &r)?;
         next_input = pending_input.next();
     }

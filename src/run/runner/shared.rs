@@ -17,6 +17,7 @@ use crate::engine::provider::{CallError, Provider};
 use crate::engine::retry::RetryPolicy;
 use crate::engine::schema::OutputSchema;
 use crate::engine::spend::SpendCap;
+use crate::engine::store::ReservationLog;
 
 /// Completion tokens reserved against the token budget before any answer has been seen, when
 /// `--max-tokens` is not given; afterwards the reservation follows the answers.
@@ -31,6 +32,8 @@ pub(super) struct Shared {
     pub(super) retry: RetryPolicy,
     pub(super) timeout: Duration,
     pub(super) spend: Option<SpendCap>,
+    /// Under a cap, where each reservation is journaled before its request is sent.
+    pub(super) reservations: Option<Arc<Mutex<ReservationLog>>>,
     pub(super) audit: Option<AuditLog>,
     /// Answers must fit this schema; one that does not is resent up to `schema_retries` times.
     pub(super) schema: Option<Arc<OutputSchema>>,
@@ -52,6 +55,8 @@ pub(super) struct Shared {
     /// the run has gone without one is the rate-limit retries' budget (`--max-stall`).
     pub(super) started: Instant,
     pub(super) last_answer_ms: AtomicU64,
+    /// The state file could not be written (a full disk): why. The run stops at once.
+    pub(super) storage_error: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -80,6 +85,17 @@ impl Shared {
         }
         self.stop.cancel();
         first
+    }
+
+    /// The state file could not be written: stops dispatching at once, with `error` (which
+    /// names the file and why) as the reason; what is journaled stays.
+    pub(super) fn storage_failed(&self, error: String) {
+        let mut e = self.storage_error.lock().expect("storage error lock");
+        if e.is_none() {
+            *e = Some(error.clone());
+        }
+        drop(e);
+        self.stop_with(error);
     }
 
     /// After a failed attempt of `job`: whether the row is skipped because `err` is the run's,
