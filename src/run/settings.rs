@@ -87,20 +87,35 @@ impl ContinueCommand {
 
     /// The shell-quoted command that continues the run.
     pub fn command(&self, retry_failed: bool) -> String {
-        let mut args: Vec<&str> = self
+        let mut args: Vec<String> = self
             .args
             .iter()
-            .map(String::as_str)
-            .filter(|a| !Self::DROPPED.contains(a))
+            .enumerate()
+            .filter(|(_, a)| !Self::DROPPED.contains(&a.as_str()))
+            .map(|(i, a)| redact_header(i.checked_sub(1).map(|p| self.args[p].as_str()), a))
             .collect();
-        args.push("--resume");
+        args.push("--resume".into());
         if retry_failed {
-            args.push("--retry-failed");
+            args.push("--retry-failed".into());
         }
         args.iter()
             .map(|a| shlex::try_quote(a).map_or_else(|_| (*a).to_string(), |q| q.into_owned()))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// `arg` with a `--header` value replaced by `[redacted]` (its name kept): header values may be
+/// secrets, and the command is printed and written to the summary JSON (#19: secrets).
+fn redact_header(previous: Option<&str>, arg: &str) -> String {
+    let redact = |v: &str| match v.split_once(':') {
+        Some((name, _)) => format!("{name}: {}", crate::base::secret::REDACTED),
+        None => crate::base::secret::REDACTED.to_string(),
+    };
+    match arg.strip_prefix("--header=") {
+        Some(v) => format!("--header={}", redact(v)),
+        None if previous == Some("--header") => redact(arg),
+        None => arg.to_string(),
     }
 }
 
@@ -201,5 +216,25 @@ mod continue_tests {
             "batch run 'my file.csv' -j 8 --resume --retry-failed"
         );
         assert_eq!(c.command(false), "batch run 'my file.csv' -j 8 --resume");
+    }
+
+    #[test]
+    fn header_values_in_the_continue_command_are_redacted() {
+        let args = [
+            "batch",
+            "run",
+            "in.csv",
+            "--header",
+            "X-Api-Key: gw-secret",
+            "--header=A: b",
+        ];
+        let c = ContinueCommand {
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        let cmd = c.command(false);
+        assert_eq!(
+            cmd,
+            "batch run in.csv --header 'X-Api-Key: [redacted]' '--header=A: [redacted]' --resume"
+        );
     }
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::base::error::{Error, describe_io};
 use crate::base::human;
-use crate::base::money::{round_opt_usd_json, round_usd_json};
+use crate::base::money::{format_cost, round_opt_usd_json, round_usd_json};
 use crate::base::record::RowResult;
 use crate::base::record::RowStatus;
 use crate::engine::expect::PassRate;
