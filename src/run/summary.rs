@@ -105,7 +105,7 @@ impl Stats {
         match r.status {
             RowStatus::Ok => self.ok += 1,
             RowStatus::Failed => self.failed += 1,
-            RowStatus::Skipped => self.skipped += 1,
+            RowStatus::Skipped | RowStatus::Pending => self.skipped += 1,
         }
         self.retries += u64::from(r.attempts.saturating_sub(1));
         self.rate_limited += u64::from(r.throttled);

@@ -16,6 +16,7 @@ mod e2e;
 mod expect;
 mod failfast;
 mod formats;
+mod inspect;
 mod layers;
 mod providers;
 mod schema;
