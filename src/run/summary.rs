@@ -188,7 +188,7 @@ impl Stats {
         match r.status {
             RowStatus::Ok => self.ok += 1,
             RowStatus::Failed => self.failed += 1,
-            RowStatus::Skipped => self.skipped += 1,
+            RowStatus::Skipped | RowStatus::Pending => self.skipped += 1,
         }
         self.retries += u64::from(r.attempts.saturating_sub(1));
         self.rate_limited += u64::from(r.throttled);
@@ -428,8 +428,8 @@ impl Summary {
         writeln!(w, "Tokens     {}", self.tokens_line())?;
         writeln!(w, "Cost       {}", self.cost_line())?;
         if let Some(spent) = self.spent_usd {
-            let spent = format_cost((spent * 1e6).ceil() / 1e6);
-            writeln!(w, "Spent      ${spent} at most, counted against --max-cost")?;
+            let spent = human::usd((spent * 1e6).ceil() / 1e6);
+            writeln!(w, "Spent      {spent} at most, counted against --max-cost")?;
         }
         for (name, m) in &self.models {
             writeln!(

@@ -57,7 +57,7 @@ mod failfast;
 mod job;
 mod journal;
 pub(crate) mod preflight;
-mod results;
+pub(crate) mod results;
 mod shared;
 mod signals;
 
@@ -477,9 +477,14 @@ async fn merge_results(
     writer: ResultsWriter,
     missing_reason: String,
 ) -> Result<(Stats, std::path::PathBuf), Error> {
-    let (input, state, model) = (checked.input.clone(), cfg.state.clone(), cfg.model.clone());
+    let (input, model) = (checked.input.clone(), cfg.model.clone());
+    let journal = FinishedRows::open(&cfg.state)?;
     tokio::task::spawn_blocking(move || {
-        write_results(&input, &state, writer, &model, &missing_reason)
+        let missing = results::Missing {
+            status: crate::base::record::RowStatus::Skipped,
+            reason: &missing_reason,
+        };
+        write_results(&input, journal, writer, &model, missing)
     })
     .await
     .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))?
