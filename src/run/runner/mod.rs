@@ -146,7 +146,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         summary.models.clear();
     }
     summary.stopped = stopped;
-    report(&cfg, &summary, complete)?;
+    report(&cfg, &summary, complete, failed_fast)?;
     if let Some(e) = journal_error {
         return Err(e);
     }
@@ -444,14 +444,20 @@ async fn merge_results(
 }
 
 /// The summary: to `--summary-json`, and to stderr unless `-q`.
-fn report(cfg: &RunConfig, summary: &Summary, complete: bool) -> Result<(), Error> {
+/// `stop_said`: the reason was printed when the run stopped (fail fast), even with `-q`.
+fn report(
+    cfg: &RunConfig,
+    summary: &Summary,
+    complete: bool,
+    stop_said: bool,
+) -> Result<(), Error> {
     if let Some(path) = &cfg.summary_json {
         summary.write_json(path)?;
     }
     let printer = cfg.printer();
     if printer.is_quiet() {
         // -q hides the summary, never why the run stopped or failed.
-        printer.say_with(|mut w| summary.print_problems(&mut w));
+        printer.say_with(|mut w| summary.print_problems(&mut w, stop_said));
     } else {
         printer.note_with(|mut w| summary.print(&mut w));
     }
