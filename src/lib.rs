@@ -5,8 +5,9 @@
 //! rule; `tests/cli/layers.rs` checks it):
 //!
 //! - [`base`]: leaf types every layer speaks: the error and exit status, a row's
-//!   [`base::record::RowResult`], token [`base::usage::Usage`], money formatting, the
-//!   [`base::secret::ApiKey`], and the [`base::printer::Printer`] that decides what the user sees.
+//!   [`base::record::RowResult`], token [`base::usage::Usage`], money, [`base::human`] (numbers as
+//!   people read them), the [`base::secret::ApiKey`], and the [`base::printer::Printer`] that
+//!   decides what the user sees.
 //! - [`engine`]: the parts a run is built from. [`engine::input`] streams rows, [`engine::template`]
 //!   renders them, [`engine::limiter`] and [`engine::concurrency`] pace them, [`engine::provider`]
 //!   sends them in one of three wire formats and classifies the answer, [`engine::retry`] decides
