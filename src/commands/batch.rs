@@ -44,6 +44,12 @@ pub async fn collect(args: CollectArgs) -> Result<ExitStatus, Error> {
         }
         None => DEFAULT_POLL_MAX,
     };
+    crate::run::paths::PathCheck::default()
+        .input("the state file", Some(&args.state))
+        .input("the --api-key-file", args.api_key_file.as_deref())
+        .output("-o", args.output.as_deref())
+        .output("--summary-json", args.summary_json.as_deref())
+        .check()?;
     let opts = Collect {
         wait: args.wait,
         resubmit_failed: args.resubmit_failed,

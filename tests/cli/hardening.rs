@@ -674,3 +674,56 @@ fn sigterm_during_the_run_of_stdin_removes_the_copy() {
     assert_code(&out, 130);
     assert_eq!(spools(&dir), Vec::<String>::new(), "{}", show(&out));
 }
+
+#[test]
+fn secrets_echoed_to_a_batch_api_submission_are_not_printed() {
+    const KEY: &str = "sk-test-echoed-batch-key-42";
+    let dir = TestDir::new();
+    dir.create("in.csv", INPUT);
+    let url = start_echo_server();
+    let out = cmd(
+        &dir,
+        [
+            "run",
+            "in.csv",
+            "--prompt",
+            "Say {{ text }}",
+            "--base-url",
+            &url,
+            "-o",
+            "out.csv",
+            "--via",
+            "batch",
+        ],
+    )
+    .env("OPENAI_API_KEY", KEY)
+    .output()
+    .unwrap();
+    assert_ne!(util::code(&out), 0, "{}", show(&out));
+    let err = stderr(&out);
+    assert!(err.contains("authorization=Bearer [redacted]"), "{err}");
+    for (path, bytes) in all_files(dir.path()) {
+        let found = bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes());
+        assert!(!found, "the key is written in {}", path.display());
+    }
+    assert!(
+        !util::stdout(&out).contains(KEY) && !err.contains(KEY),
+        "{err}"
+    );
+}
+
+#[test]
+fn collect_outputs_on_its_state_file_are_refused() {
+    let dir = TestDir::new();
+    dir.create("s.batch.json", "{}");
+    for flag in ["--summary-json", "-o"] {
+        let out = run(&dir, ["collect", "s.batch.json", flag, "./s.batch.json"]);
+        assert_code(&out, 2);
+        assert!(
+            stderr(&out).contains(&format!("{flag} ./s.batch.json is the state file")),
+            "{}",
+            show(&out)
+        );
+        assert_eq!(dir.read("s.batch.json"), "{}");
+    }
+}

@@ -235,6 +235,24 @@ pub(crate) fn secret_header(value: &str) -> HeaderValue {
     v
 }
 
+/// `answer` (a body, or the error made of one) with `scrubber`'s secrets removed: for the
+/// clients that do not go through [`Transport`] (the Batch APIs).
+pub fn scrubbed(
+    scrubber: &crate::base::secret::Scrubber,
+    answer: Result<bytes::Bytes, CallError>,
+) -> Result<bytes::Bytes, CallError> {
+    match answer {
+        Ok(body) => Ok(scrubber
+            .scrub_bytes(&body)
+            .map(bytes::Bytes::from)
+            .unwrap_or(body)),
+        Err(mut e) => {
+            e.message = scrubber.scrub(&e.message).into_owned();
+            Err(e)
+        }
+    }
+}
+
 /// The HTTP half every provider shares: POST a JSON body with fixed headers, then hand the
 /// response to the provider's parser (200) or error classifier (anything else).
 pub(crate) struct Transport {

@@ -61,6 +61,8 @@ pub struct AnthropicBatches {
     client: reqwest::Client,
     url: String,
     headers: HeaderMap,
+    /// The key, removed from whatever the server answers (#19: echoed secrets).
+    scrubber: crate::base::secret::Scrubber,
 }
 
 #[derive(Deserialize)]
@@ -143,6 +145,7 @@ impl AnthropicBatches {
             client,
             url: batches_url(base_url),
             headers,
+            scrubber: crate::base::secret::Scrubber::new(key.map(|k| k.expose())),
         }
     }
 
@@ -155,11 +158,12 @@ impl AnthropicBatches {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(|e| transport_error(&e))?;
-        if (200..300).contains(&status) {
+        let answer = if (200..300).contains(&status) {
             Ok(body)
         } else {
             Err(classify_error(status, &body, &headers))
-        }
+        };
+        crate::engine::provider::scrubbed(&self.scrubber, answer)
     }
 
     async fn send_batch(&self, builder: reqwest::RequestBuilder) -> Result<RemoteBatch, CallError> {

@@ -46,6 +46,8 @@ pub struct OpenAiBatches {
     base: String,
     auth: Option<HeaderValue>,
     endpoint: &'static str,
+    /// The key, removed from whatever the server answers (#19: echoed secrets).
+    scrubber: crate::base::secret::Scrubber,
 }
 
 #[derive(Deserialize)]
@@ -156,6 +158,7 @@ impl OpenAiBatches {
         OpenAiBatches {
             client,
             base: base_url.trim_end_matches('/').to_string(),
+            scrubber: crate::base::secret::Scrubber::new(key.map(|k| k.expose())),
             auth,
             endpoint,
         }
@@ -175,11 +178,12 @@ impl OpenAiBatches {
         let status = resp.status().as_u16();
         let headers: HeaderMap = resp.headers().clone();
         let body = resp.bytes().await.map_err(|e| transport_error(&e))?;
-        if (200..300).contains(&status) {
+        let answer = if (200..300).contains(&status) {
             Ok(body)
         } else {
             Err(classify_error(status, &body, &headers))
-        }
+        };
+        crate::engine::provider::scrubbed(&self.scrubber, answer)
     }
 
     async fn send_json<T: for<'de> Deserialize<'de>>(
