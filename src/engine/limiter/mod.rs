@@ -463,7 +463,19 @@ impl RateBudget {
                 if s.queue.front() != Some(&ticket.0) {
                     None
                 } else if let Some(until) = s.paused_until.filter(|t| *t > now) {
-                    Some(until - now)
+                    // A 429 pause ends sooner than a quota used up: no need to wait for it to
+                    // learn that the run cannot go on.
+                    for b in s.learned.iter_mut().flatten() {
+                        b.bucket.refill_to(now);
+                    }
+                    match long_wait(&s, [1.0, tokens]) {
+                        Some(long) if long.wait > self.patience => {
+                            drop(s);
+                            drop(ticket);
+                            return Err(Refused::Exhausted(long));
+                        }
+                        _ => Some(until - now),
+                    }
                 } else {
                     match take_all(&mut s, tokens, now) {
                         Ok(()) => {
@@ -1011,6 +1023,18 @@ mod tests {
             "{text}"
         );
         assert_eq!(told.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_used_up_quota_is_refused_during_a_429_pause_too() {
+        let budget =
+            RateBudget::new(None, None, false).on_long_wait(Duration::from_secs(600), |_| {});
+        budget.observe(Some(&used_up_for(Duration::from_secs(7200))));
+        budget.back_off(Some(Duration::from_secs(100)));
+        let start = Instant::now();
+        let refused = budget.acquire(|| 1).await;
+        assert!(matches!(refused, Err(Refused::Exhausted(_))), "{refused:?}");
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
