@@ -18,7 +18,8 @@
 //!   `--mock`); [`run::runner`] carries every row through the engine (pre-flight, job making,
 //!   dispatch, one row's attempts, journal, results); [`run::batchapi`] hands the same requests to
 //!   the providers' Batch APIs; [`mod@run::bench`] sweeps concurrency settings; [`run::watch`]
-//!   runs every file that lands in a folder.
+//!   runs every file that lands in a folder; [`run::inspect`] looks into a run's state file from
+//!   outside (`batch status`, `batch export`).
 //! - [`commands`]: one module per subcommand, the only layer that knows the flags ([`commands::cli`])
 //!   and resolves them ([`commands::config`]).
 
