@@ -72,14 +72,17 @@ db.execute("UPDATE meta SET value = 'false' WHERE key = 'finished'")
 db.commit()
 EOF
 before=$(requests)
+# The first request's time is read from the audit log (`--log`: each attempt's start time).
 start=$(date +%s.%N)
-BATCH_CACHE_DIR=$DIR/cache2 "${RUN[@]}" --resume &
-RESUME=$!
-first=
-while kill -0 $RESUME 2>/dev/null; do
-    if [[ -z $first && $(requests) -gt $before ]]; then first=$(date +%s.%N); fi
-    sleep 0.05
-done
-wait $RESUME || true
+BATCH_CACHE_DIR=$DIR/cache2 /usr/bin/time -v -o time2.txt "${RUN[@]}" --resume --log resume.jsonl || true
 sent=$(( $(requests) - before ))
-python3 -c "print(f'resume: first request {float(\"${first:-nan}\") - $start:.2f} s after start; sent $sent requests for $(( ROWS - ROWS * 9 / 10 )) unfinished rows')"
+python3 - "$start" "$sent" "$(( ROWS - ROWS * 9 / 10 ))" <<'EOF'
+import datetime, itertools, json, sys
+start, sent, unfinished = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+with open("resume.jsonl") as f:
+    times = [json.loads(line)["time"] for line in itertools.islice(f, 1000)]
+first = min(datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() for t in times)
+rss = [l.split()[-1] for l in open("time2.txt") if "Maximum resident" in l][0]
+print(f"resume: first request {first - start:.2f} s after start; sent {sent} requests for "
+      f"{unfinished} unfinished rows; peak RSS {int(rss) / 1024:.1f} MB")
+EOF
