@@ -20,7 +20,8 @@
 //!   dispatch, one row's attempts, journal, results); [`run::batchapi`] hands the same requests to
 //!   the providers' Batch APIs; [`mod@run::bench`] sweeps concurrency settings; [`run::watch`]
 //!   runs every file that lands in a folder; [`run::paths`] makes sure no file a command writes is
-//!   one it reads.
+//!   one it reads; [`run::inspect`] looks into a run's state file from outside (`batch status`,
+//!   `batch export`).
 //! - [`commands`]: one module per subcommand, the only layer that knows the flags ([`commands::cli`])
 //!   and resolves them ([`commands::config`]).
 

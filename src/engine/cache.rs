@@ -239,12 +239,14 @@ impl Cache {
 pub struct CacheWriter {
     cache: Cache,
     pending: Vec<(String, CachedAnswer)>,
+    /// Rows journaled since the last write, answers or not.
+    rows: usize,
     last_flush: std::time::Instant,
 }
 
 impl CacheWriter {
-    /// Answers kept before a write, at most. [`crate::engine::dedup`] counts on an answer being
-    /// in the cache at most this many answers after it was journaled.
+    /// Rows journaled between writes, at most. [`crate::engine::dedup`] counts on an answer
+    /// being in the cache at most this many journaled rows after it was journaled.
     pub const GROUP: usize = 8192;
     /// And time between writes, at most (a slow run still caches as it goes).
     const EVERY: Duration = Duration::from_secs(2);
@@ -253,14 +255,21 @@ impl CacheWriter {
         CacheWriter {
             cache,
             pending: Vec::new(),
+            rows: 0,
             last_flush: std::time::Instant::now(),
         }
     }
 
-    /// Queues an answer, and writes the queue when it is full or old enough.
-    pub fn add(&mut self, key: &str, answer: CachedAnswer) -> Result<(), Error> {
+    /// Queues an answer for the next write.
+    pub fn add(&mut self, key: &str, answer: CachedAnswer) {
         self.pending.push((key.to_string(), answer));
-        if self.pending.len() >= Self::GROUP || self.last_flush.elapsed() >= Self::EVERY {
+    }
+
+    /// `rows` more rows were journaled (with their answers added): writes the queue once
+    /// [`Self::GROUP`] rows or [`Self::EVERY`] have passed since the last write.
+    pub fn journaled(&mut self, rows: usize) -> Result<(), Error> {
+        self.rows += rows;
+        if self.rows >= Self::GROUP || self.last_flush.elapsed() >= Self::EVERY {
             return self.flush();
         }
         Ok(())
@@ -269,6 +278,7 @@ impl CacheWriter {
     /// Writes the queued answers in one transaction, in key order.
     pub fn flush(&mut self) -> Result<(), Error> {
         self.last_flush = std::time::Instant::now();
+        self.rows = 0;
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -331,12 +341,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut w = CacheWriter::new(Cache::open(dir.path()).unwrap());
         let reader = Cache::open(dir.path()).unwrap();
-        for i in 0..CacheWriter::GROUP {
-            w.add(&format!("k{i}"), answer("a")).unwrap();
+        for i in 0..10 {
+            w.add(&format!("k{i}"), answer("a"));
         }
-        // A full group is written at once; the next answer waits for the flush.
-        assert_eq!(reader.stats().unwrap().entries, CacheWriter::GROUP as u64);
-        w.add("last", answer("b")).unwrap();
+        w.journaled(10).unwrap();
+        assert_eq!(reader.stats().unwrap().entries, 0, "waits for a group");
+        // A group of rows journaled (answers or not) writes what is queued.
+        w.journaled(CacheWriter::GROUP - 10).unwrap();
+        assert_eq!(reader.stats().unwrap().entries, 10);
+        w.add("last", answer("b"));
         assert_eq!(reader.get("last").unwrap(), None);
         w.flush().unwrap();
         assert_eq!(reader.get("last").unwrap().unwrap().text, "b");

@@ -5,9 +5,10 @@
 //! and the answered requests remembered are the last [`RECENT`] (the first 64 bits of the
 //! request hash, to the row's position: about 2 MB). An identical request answered longer ago
 //! than that is found by the response cache (on by default): the reader looks every row up in it
-//! when it renders the row, and a request answered before that is there. The window only has to
-//! cover the rows between that look-up and their dispatch (the work queue, the rows in flight
-//! and a journal group), which it does many times over. With `--no-cache` or `--refresh-cache`,
+//! when it renders the row, and an answer is there at most
+//! [`crate::engine::cache::CacheWriter::GROUP`] journaled rows after its own. The window only
+//! has to cover that and the rows between the look-up and their dispatch (the work queue, the
+//! rows in flight, a journal group), which it does several times over. With `--no-cache` or `--refresh-cache`,
 //! an identical request further apart than the window is sent again.
 //!
 //! A hit is read back from the state file by position and its key compared, so a collision of

@@ -210,11 +210,16 @@ impl RunStatus {
         )?;
         let cap = self
             .max_cost_usd
-            .map(|c| format!(" of a {} cap", crate::base::money::format_cost(c)))
+            .map(|c| {
+                format!(
+                    " of a ${} cap (--max-cost)",
+                    crate::base::money::format_cost(c)
+                )
+            })
             .unwrap_or_default();
         writeln!(
             w,
-            "Cost       {}{cap}",
+            "Cost       ${}{cap}",
             crate::base::money::format_cost(self.cost_usd)
         )?;
         if let Some(rate) = self.rows_per_second {

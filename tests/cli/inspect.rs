@@ -102,7 +102,13 @@ fn status_and_export_of_a_finished_run() {
     let dir = TestDir::new();
     dir.create("in.csv", &util::numbered_csv(30));
     let mock = MockProcess::start(&[]);
-    assert_code(&util::run(&dir, run_args(&mock.url, &[])), 0);
+    assert_code(
+        &util::run(
+            &dir,
+            run_args(&mock.url, &["--max-cost", "5", "--max-tokens", "50"]),
+        ),
+        0,
+    );
 
     // By the results path or the state file: the same run.
     for path in ["out.csv", "out.sqlite"] {
@@ -114,12 +120,14 @@ fn status_and_export_of_a_finished_run() {
         assert_eq!(s["complete"], true);
         assert!(s["running_pid"].is_null(), "{s}");
         assert!(s["cost_usd"].as_f64().unwrap() > 0.0, "{s}");
+        assert_eq!(s["max_cost_usd"].as_f64(), Some(5.0), "{s}");
     }
     let text = stdout(&util::run(&dir, ["status", "out.csv"]));
     assert!(
         text.contains("finished") && text.contains("30 ok"),
         "{text}"
     );
+    assert!(text.contains("of a $5 cap"), "{text}");
 
     let exported = export(&dir, "out.csv", "so-far.csv");
     let results = read_results(&dir.join("out.csv"));

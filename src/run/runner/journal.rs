@@ -68,11 +68,10 @@ pub(super) fn write_journal(
             .unzip();
         commit(&finished);
         if let Some((c, truncated)) = cache.as_mut() {
-            let stored = finished
-                .iter()
-                .filter(|f| cacheable(&f.result, *truncated))
-                .try_for_each(|f| c.add(&f.request_hash, answer_of(&f.result)));
-            if let Err(e) = stored {
+            for f in finished.iter().filter(|f| cacheable(&f.result, *truncated)) {
+                c.add(&f.request_hash, answer_of(&f.result));
+            }
+            if let Err(e) = c.journaled(finished.len()) {
                 cache_failed(shared, &e);
                 cache = None;
             }
