@@ -85,23 +85,40 @@ impl ContinueCommand {
     /// gets anew.
     const DROPPED: [&str; 4] = ["--resume", "--retry-failed", "--restart", "--dry-run"];
 
-    /// The shell-quoted command that continues the run.
+    /// The shell-quoted command that continues the run. `--header` values are never printed
+    /// (they often carry a gateway's key): the command shows `NAME: <same as before>` there.
     pub fn command(&self, retry_failed: bool) -> String {
-        let mut args: Vec<&str> = self
+        let mut args: Vec<String> = Vec::with_capacity(self.args.len() + 2);
+        let mut header_value_next = false;
+        for a in self
             .args
             .iter()
-            .map(String::as_str)
-            .filter(|a| !Self::DROPPED.contains(a))
-            .collect();
-        args.push("--resume");
+            .filter(|a| !Self::DROPPED.contains(&a.as_str()))
+        {
+            if std::mem::take(&mut header_value_next) {
+                args.push(hide_header_value(a));
+            } else if let Some(value) = a.strip_prefix("--header=") {
+                args.push(format!("--header={}", hide_header_value(value)));
+            } else {
+                header_value_next = a == "--header";
+                args.push(a.clone());
+            }
+        }
+        args.push("--resume".into());
         if retry_failed {
-            args.push("--retry-failed");
+            args.push("--retry-failed".into());
         }
         args.iter()
-            .map(|a| shlex::try_quote(a).map_or_else(|_| (*a).to_string(), |q| q.into_owned()))
+            .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned()))
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+/// `NAME: VALUE` as `NAME: <same as before>`.
+fn hide_header_value(header: &str) -> String {
+    let name = header.split_once(':').map_or(header, |(name, _)| name);
+    format!("{}: <same as before>", name.trim())
 }
 
 impl RunConfig {
@@ -201,5 +218,27 @@ mod continue_tests {
             "batch run 'my file.csv' -j 8 --resume --retry-failed"
         );
         assert_eq!(c.command(false), "batch run 'my file.csv' -j 8 --resume");
+    }
+
+    #[test]
+    fn header_values_are_not_repeated() {
+        let args = [
+            "batch",
+            "run",
+            "in.csv",
+            "--header",
+            "X-Key: s3cret",
+            "--header=Y: s3cret",
+        ];
+        let c = ContinueCommand {
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        let command = c.command(false);
+        assert!(!command.contains("s3cret"), "{command}");
+        assert_eq!(
+            command,
+            "batch run in.csv --header 'X-Key: <same as before>' \
+             '--header=Y: <same as before>' --resume"
+        );
     }
 }
