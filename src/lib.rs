@@ -5,8 +5,9 @@
 //! rule; `tests/cli/layers.rs` checks it):
 //!
 //! - [`base`]: leaf types every layer speaks: the error and exit status, a row's
-//!   [`base::record::RowResult`], token [`base::usage::Usage`], money formatting, the
-//!   [`base::secret::ApiKey`], and the [`base::printer::Printer`] that decides what the user sees.
+//!   [`base::record::RowResult`], token [`base::usage::Usage`], money, [`base::human`] (numbers as
+//!   people read them), the [`base::secret::ApiKey`], and the [`base::printer::Printer`] that
+//!   decides what the user sees.
 //! - [`engine`]: the parts a run is built from. [`engine::input`] streams rows, [`engine::template`]
 //!   renders them, [`engine::limiter`] and [`engine::concurrency`] pace them, [`engine::provider`]
 //!   sends them in one of three wire formats and classifies the answer, [`engine::retry`] decides
@@ -19,7 +20,8 @@
 //!   dispatch, one row's attempts, journal, results); [`run::batchapi`] hands the same requests to
 //!   the providers' Batch APIs; [`mod@run::bench`] sweeps concurrency settings; [`run::watch`]
 //!   runs every file that lands in a folder; [`run::paths`] makes sure no file a command writes is
-//!   one it reads.
+//!   one it reads; [`run::inspect`] looks into a run's state file from outside (`batch status`,
+//!   `batch export`).
 //! - [`commands`]: one module per subcommand, the only layer that knows the flags ([`commands::cli`])
 //!   and resolves them ([`commands::config`]).
 

@@ -14,6 +14,8 @@ pub enum RowStatus {
     Failed,
     /// Never answered because the run stopped first (Ctrl-C, quota, ...); a later run picks it up.
     Skipped,
+    /// Not reached yet by a run that is still going, or was killed (`batch export` only).
+    Pending,
 }
 
 impl RowStatus {
@@ -22,6 +24,7 @@ impl RowStatus {
             RowStatus::Ok => "ok",
             RowStatus::Failed => "failed",
             RowStatus::Skipped => "skipped",
+            RowStatus::Pending => "pending",
         }
     }
 }
@@ -94,7 +97,7 @@ impl RowResult {
                     original.id, original.error
                 );
             }
-            RowStatus::Skipped => r.usage = None,
+            RowStatus::Skipped | RowStatus::Pending => r.usage = None,
         }
         r
     }

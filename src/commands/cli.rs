@@ -60,12 +60,16 @@ finished, not rows skipped."
     /// Hand the rows to the provider's Batch API (half price, answers within 24 h) and save a
     /// state file that `status`, `collect` and `cancel` carry on from.
     Submit(Box<SubmitArgs>),
-    /// Show each batch of a submitted job: status and request counts.
-    Status(BatchStateArgs),
+    /// Look into a run (live, killed or finished: rows done, failed and pending, cost, rate, ETA,
+    /// errors, whether a process holds it), or show each batch of a submitted job.
+    Status(StatusArgs),
     /// Wait for (with --wait) and download a submitted job's answers, and write the results CSV.
     Collect(Box<CollectArgs>),
     /// Cancel the batches of a submitted job.
     Cancel(BatchStateArgs),
+    /// Write the results so far of a run (live, killed or finished): finished rows with their
+    /// answers, the rest `pending`. The run is not disturbed.
+    Export(ExportArgs),
     /// Print shell completions for SHELL to stdout.
     Completions {
         #[arg(value_enum)]
@@ -929,4 +933,40 @@ mod tests {
         assert_eq!(args.input, PathBuf::from("in.csv"));
         assert_eq!(args.mock.as_deref(), Some(""));
     }
+}
+
+/// Flags of `batch status`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "For a run (`batch run`): PATH is its state file or its results path (the state \
+sits beside it, with .sqlite). For a submitted job (`batch submit`): PATH is its state file."
+)]
+pub struct StatusArgs {
+    /// A run's state file or results path, or a submitted job's state file.
+    #[arg(value_name = "PATH")]
+    pub state: PathBuf,
+
+    /// Print the run's status as JSON (for scripts).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Read the API key from FILE instead of the provider's variable (submitted jobs only).
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+}
+
+/// Flags of `batch export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The run's state file or results path.
+    #[arg(value_name = "PATH")]
+    pub state: PathBuf,
+
+    /// Where to write: CSV or JSON Lines by extension, `-` for stdout.
+    #[arg(short, long, value_name = "PATH", default_value = "-")]
+    pub output: PathBuf,
+
+    /// Format of the export: csv or jsonl [default: from the -o extension, else csv].
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<crate::base::format::Format>,
 }

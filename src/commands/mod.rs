@@ -5,8 +5,10 @@ pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod export;
 pub mod mock;
 pub mod run;
+pub mod status;
 pub mod watch;
 
 use clap::CommandFactory;
@@ -26,7 +28,8 @@ pub fn dispatch(command: Command) -> Result<ExitStatus, Error> {
         }
         Command::Run(args) => block_on(run::run(*args)),
         Command::Submit(args) => block_on(batch::submit(*args)),
-        Command::Status(args) => block_on(batch::status(args)),
+        Command::Status(args) => block_on(status::run(args)),
+        Command::Export(args) => export::run(args),
         Command::Collect(args) => block_on(batch::collect(*args)),
         Command::Cancel(args) => block_on(batch::cancel(args)),
         Command::Cache { action, cache_dir } => cache::run(action, cache_dir),

@@ -87,8 +87,12 @@ impl Cache {
         })?;
         let path = dir.join("cache.sqlite");
         let conn = Connection::open(&path).map_err(|e| cache_error(&path, &e))?;
+        // Checkpoints every 10,000 pages rather than 1,000, as the run's state does: new answers
+        // land on random pages of the key index, and a checkpoint (with its fsync) every few
+        // commits was most of what the cache cost a run.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
+             PRAGMA wal_autocheckpoint = 10000;",
         )
         .and_then(|_| conn.execute_batch(SCHEMA))
         .map_err(|e| cache_error(&path, &e))?;
@@ -228,6 +232,63 @@ impl Cache {
     }
 }
 
+/// Stores a run's new answers in large sorted groups: an answer's key lands on a random page of
+/// the key index, so each commit rewrites about one page per answer unless many answers share
+/// the commit (and, sorted, share pages). The journal, not the cache, is what makes a run
+/// resumable, so answers waiting here when a run is killed are only answers not cached.
+pub struct CacheWriter {
+    cache: Cache,
+    pending: Vec<(String, CachedAnswer)>,
+    /// Rows journaled since the last write, answers or not.
+    rows: usize,
+    last_flush: std::time::Instant,
+}
+
+impl CacheWriter {
+    /// Rows journaled between writes, at most. [`crate::engine::dedup`] counts on an answer
+    /// being in the cache at most this many journaled rows after it was journaled.
+    pub const GROUP: usize = 8192;
+    /// And time between writes, at most (a slow run still caches as it goes).
+    const EVERY: Duration = Duration::from_secs(2);
+
+    pub fn new(cache: Cache) -> Self {
+        CacheWriter {
+            cache,
+            pending: Vec::new(),
+            rows: 0,
+            last_flush: std::time::Instant::now(),
+        }
+    }
+
+    /// Queues an answer for the next write.
+    pub fn add(&mut self, key: &str, answer: CachedAnswer) {
+        self.pending.push((key.to_string(), answer));
+    }
+
+    /// `rows` more rows were journaled (with their answers added): writes the queue once
+    /// [`Self::GROUP`] rows or [`Self::EVERY`] have passed since the last write.
+    pub fn journaled(&mut self, rows: usize) -> Result<(), Error> {
+        self.rows += rows;
+        if self.rows >= Self::GROUP || self.last_flush.elapsed() >= Self::EVERY {
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Writes the queued answers in one transaction, in key order.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.last_flush = std::time::Instant::now();
+        self.rows = 0;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut pending = std::mem::take(&mut self.pending);
+        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.cache
+            .put_many(pending.iter().map(|(k, a)| (k.as_str(), a)))
+    }
+}
+
 fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -273,6 +334,25 @@ mod tests {
         let s = c.stats().unwrap();
         assert_eq!((s.entries, s.prompt_tokens), (2, 20));
         assert!((s.cost_usd - 0.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_writer_stores_in_groups_and_on_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = CacheWriter::new(Cache::open(dir.path()).unwrap());
+        let reader = Cache::open(dir.path()).unwrap();
+        for i in 0..10 {
+            w.add(&format!("k{i}"), answer("a"));
+        }
+        w.journaled(10).unwrap();
+        assert_eq!(reader.stats().unwrap().entries, 0, "waits for a group");
+        // A group of rows journaled (answers or not) writes what is queued.
+        w.journaled(CacheWriter::GROUP - 10).unwrap();
+        assert_eq!(reader.stats().unwrap().entries, 10);
+        w.add("last", answer("b"));
+        assert_eq!(reader.get("last").unwrap(), None);
+        w.flush().unwrap();
+        assert_eq!(reader.get("last").unwrap().unwrap().text, "b");
     }
 
     #[test]

@@ -1,15 +1,20 @@
 //! Identical requests are sent once per run: a row whose request is already in flight waits for
-//! that answer, and a row whose request was already answered reuses it.
+//! that answer, and a row whose request was answered a moment ago reuses it.
 //!
-//! The answered requests are kept in memory (the first 64 bits of the request hash, to the row's
-//! position; 20 to 40 bytes a row with the map's spare room, ~21 MB more peak memory measured on
-//! a million answered rows) rather than in an index
-//! of the state file: an index keyed by a hash puts every new row on a random page, and writing
-//! those pages was a third of the journal's cost. A hit is read back from the state file by
-//! position and its full hash compared, so a collision of the 64-bit keys only means a request
-//! is sent again.
+//! Memory does not grow with the input: the rows waiting are at most the ones in the pipeline,
+//! and the answered requests remembered are the last [`RECENT`] (the first 64 bits of the
+//! request hash, to the row's position: about 2 MB). An identical request answered longer ago
+//! than that is found by the response cache (on by default): the reader looks every row up in it
+//! when it renders the row, and an answer is there at most
+//! [`crate::engine::cache::CacheWriter::GROUP`] journaled rows after its own. The window only
+//! has to cover that and the rows between the look-up and their dispatch (the work queue, the
+//! rows in flight, a journal group), which it does several times over. With `--no-cache` or `--refresh-cache`,
+//! an identical request further apart than the window is sent again.
+//!
+//! A hit is read back from the state file by position and its key compared, so a collision of
+//! the 64-bit keys only means a request is sent again.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use crate::base::error::Error;
@@ -38,9 +43,17 @@ pub struct Dedup {
 struct State {
     /// Rows waiting for the answer to an identical request in flight, by request hash.
     followers: HashMap<String, Vec<(u64, String)>>,
-    /// Requests answered `ok` in this run and committed: hash key to the row's position.
+    /// The last [`RECENT`] requests answered `ok` in this run and committed: hash key to the
+    /// row's position.
     answered: HashMap<u64, u64>,
+    /// The keys of `answered`, oldest first, to forget the oldest.
+    order: VecDeque<u64>,
 }
+
+/// How many answered requests are remembered. The pipeline between the cache look-up and a
+/// row's dispatch holds at most a few thousand rows (256 queued, the concurrency ceiling, a
+/// journal group of 1,024).
+pub const RECENT: usize = 1 << 16;
 
 /// The first 64 bits of a hex SHA-256 request hash.
 fn key(hash: &str) -> u64 {
@@ -83,7 +96,7 @@ impl Dedup {
     fn read(&self, seq: u64, hash: &str) -> Result<Option<RowResult>, Error> {
         let prior = self.rows.lock().expect("journal reader lock").row(seq)?;
         Ok(prior
-            .filter(|p| p.request_hash == hash && p.result.status == RowStatus::Ok)
+            .filter(|p| p.is_request(hash) && p.result.status == RowStatus::Ok)
             .map(|p| p.result))
     }
 
@@ -92,9 +105,23 @@ impl Dedup {
     pub fn answered(&self, hash: &str, result: &RowResult) -> Vec<(u64, String)> {
         let mut s = self.state.lock().expect("dedup lock");
         if result.status == RowStatus::Ok {
-            s.answered.insert(key(hash), result.seq);
+            s.remember(key(hash), result.seq);
         }
         s.followers.remove(hash).unwrap_or_default()
+    }
+}
+
+impl State {
+    /// Remembers an answered request, forgetting the oldest beyond [`RECENT`].
+    fn remember(&mut self, key: u64, seq: u64) {
+        if self.answered.insert(key, seq).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > RECENT {
+            if let Some(old) = self.order.pop_front() {
+                self.answered.remove(&old);
+            }
+        }
     }
 }
 
@@ -154,6 +181,21 @@ mod tests {
         // Same 64-bit key, another request: the full hash decides, and it is sent.
         let twin = format!("{}{}", &a[..16], "0".repeat(48));
         assert!(matches!(dedup.turn(5, "r5", &twin), Turn::Lead));
+    }
+
+    #[test]
+    fn only_the_recent_answers_are_remembered() {
+        let mut s = State::default();
+        for seq in 0..(RECENT as u64 + 10) {
+            s.remember(seq * 7, seq);
+        }
+        s.remember(70, 99); // already known: moves nothing
+        assert_eq!((s.answered.len(), s.order.len()), (RECENT, RECENT));
+        assert!(!s.answered.contains_key(&0) && !s.answered.contains_key(&63));
+        assert_eq!(
+            s.answered.get(&(7 * RECENT as u64 + 7 * 9)),
+            Some(&(RECENT as u64 + 9))
+        );
     }
 
     #[test]

@@ -27,6 +27,23 @@ pub fn lock_path(state: &Path) -> PathBuf {
     state.with_file_name(name)
 }
 
+/// Whether a process holds the lock of `state`, and its pid as it wrote it (`None`: nobody).
+/// Looks with a shared lock taken and dropped at once: a run starting in that instant is
+/// refused as if another held the job, and can be started again.
+pub fn holder(state: &Path) -> Option<String> {
+    let path = lock_path(state);
+    let mut file = OpenOptions::new().read(true).open(path).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Some(pid.trim().to_string())
+        }
+        Err(TryLockError::Error(_)) => None,
+    }
+}
+
 impl StateLock {
     /// `None` when the state's folder does not exist: nothing can be running there, and the
     /// caller's own check of that folder gives the clearer error.
@@ -103,6 +120,19 @@ impl Drop for StateLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_holder_is_seen_while_it_holds_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("out.sqlite");
+        assert_eq!(holder(&state), None);
+        let lock = StateLock::acquire(&state).unwrap();
+        assert_eq!(holder(&state), Some(std::process::id().to_string()));
+        drop(lock);
+        assert_eq!(holder(&state), None);
+        // Looking did not take the lock.
+        assert!(StateLock::acquire(&state).unwrap().is_some());
+    }
 
     #[test]
     fn a_second_lock_is_refused_with_the_pid_and_a_released_one_is_taken_again() {

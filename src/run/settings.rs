@@ -85,38 +85,40 @@ impl ContinueCommand {
     /// gets anew.
     const DROPPED: [&str; 4] = ["--resume", "--retry-failed", "--restart", "--dry-run"];
 
-    /// The shell-quoted command that continues the run.
+    /// The shell-quoted command that continues the run. `--header` values are never printed
+    /// (they often carry a gateway's key): the command shows `NAME: <same as before>` there.
     pub fn command(&self, retry_failed: bool) -> String {
-        let mut args: Vec<String> = self
+        let mut args: Vec<String> = Vec::with_capacity(self.args.len() + 2);
+        let mut header_value_next = false;
+        for a in self
             .args
             .iter()
-            .enumerate()
-            .filter(|(_, a)| !Self::DROPPED.contains(&a.as_str()))
-            .map(|(i, a)| redact_header(i.checked_sub(1).map(|p| self.args[p].as_str()), a))
-            .collect();
+            .filter(|a| !Self::DROPPED.contains(&a.as_str()))
+        {
+            if std::mem::take(&mut header_value_next) {
+                args.push(hide_header_value(a));
+            } else if let Some(value) = a.strip_prefix("--header=") {
+                args.push(format!("--header={}", hide_header_value(value)));
+            } else {
+                header_value_next = a == "--header";
+                args.push(a.clone());
+            }
+        }
         args.push("--resume".into());
         if retry_failed {
             args.push("--retry-failed".into());
         }
         args.iter()
-            .map(|a| shlex::try_quote(a).map_or_else(|_| (*a).to_string(), |q| q.into_owned()))
+            .map(|a| shlex::try_quote(a).map_or_else(|_| a.clone(), |q| q.into_owned()))
             .collect::<Vec<_>>()
             .join(" ")
     }
 }
 
-/// `arg` with a `--header` value replaced by `[redacted]` (its name kept): header values may be
-/// secrets, and the command is printed and written to the summary JSON (#19: secrets).
-fn redact_header(previous: Option<&str>, arg: &str) -> String {
-    let redact = |v: &str| match v.split_once(':') {
-        Some((name, _)) => format!("{name}: {}", crate::base::secret::REDACTED),
-        None => crate::base::secret::REDACTED.to_string(),
-    };
-    match arg.strip_prefix("--header=") {
-        Some(v) => format!("--header={}", redact(v)),
-        None if previous == Some("--header") => redact(arg),
-        None => arg.to_string(),
-    }
+/// `NAME: VALUE` as `NAME: <same as before>`.
+fn hide_header_value(header: &str) -> String {
+    let name = header.split_once(':').map_or(header, |(name, _)| name);
+    format!("{}: <same as before>", name.trim())
 }
 
 impl RunConfig {
@@ -219,22 +221,24 @@ mod continue_tests {
     }
 
     #[test]
-    fn header_values_in_the_continue_command_are_redacted() {
+    fn header_values_are_not_repeated() {
         let args = [
             "batch",
             "run",
             "in.csv",
             "--header",
-            "X-Api-Key: gw-secret",
-            "--header=A: b",
+            "X-Key: s3cret",
+            "--header=Y: s3cret",
         ];
         let c = ContinueCommand {
             args: args.iter().map(|a| a.to_string()).collect(),
         };
-        let cmd = c.command(false);
+        let command = c.command(false);
+        assert!(!command.contains("s3cret"), "{command}");
         assert_eq!(
-            cmd,
-            "batch run in.csv --header 'X-Api-Key: [redacted]' '--header=A: [redacted]' --resume"
+            command,
+            "batch run in.csv --header 'X-Key: <same as before>' \
+             '--header=Y: <same as before>' --resume"
         );
     }
 }

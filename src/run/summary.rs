@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::base::error::{Error, describe_io};
 use crate::base::human;
-use crate::base::money::{format_cost, round_opt_usd_json, round_usd_json};
+use crate::base::money::{round_opt_usd_json, round_usd_json};
 use crate::base::record::RowResult;
 use crate::base::record::RowStatus;
 use crate::engine::expect::PassRate;
@@ -111,6 +111,12 @@ pub fn short_reason(error: &str) -> String {
     truncate(&error[..cut], SHORT_REASON_CHARS)
 }
 
+/// Failure groups kept at most (plus one for the rest, [`OTHER_REASONS`]).
+const MAX_FAILURE_GROUPS: usize = 100;
+const OTHER_REASONS: &str = "other reasons (see the error column)";
+/// Failure groups printed at most; the JSON has them all.
+const PRINTED_FAILURE_GROUPS: usize = 10;
+
 /// Longest short reason; longer ones end in `...`.
 pub const SHORT_REASON_CHARS: usize = 72;
 
@@ -188,7 +194,7 @@ impl Stats {
         match r.status {
             RowStatus::Ok => self.ok += 1,
             RowStatus::Failed => self.failed += 1,
-            RowStatus::Skipped => self.skipped += 1,
+            RowStatus::Skipped | RowStatus::Pending => self.skipped += 1,
         }
         self.retries += u64::from(r.attempts.saturating_sub(1));
         self.rate_limited += u64::from(r.throttled);
@@ -229,9 +235,15 @@ impl Stats {
         if r.status == RowStatus::Failed && !r.cached {
             self.sent += 1;
         }
-        let reason = short_reason(&r.error);
+        let mut reason = short_reason(&r.error);
         if r.status == RowStatus::Failed {
             self.last_error = Some(reason.clone());
+        }
+        if self.failures.len() >= MAX_FAILURE_GROUPS
+            && !self.failures.contains_key(&(r.status, reason.clone()))
+        {
+            // Errors that share no kind would make a group each: past this many, one more.
+            reason = OTHER_REASONS.into();
         }
         self.failures
             .entry((r.status, reason.clone()))
@@ -428,8 +440,8 @@ impl Summary {
         writeln!(w, "Tokens     {}", self.tokens_line())?;
         writeln!(w, "Cost       {}", self.cost_line())?;
         if let Some(spent) = self.spent_usd {
-            let spent = format_cost((spent * 1e6).ceil() / 1e6);
-            writeln!(w, "Spent      ${spent} at most, counted against --max-cost")?;
+            let spent = human::usd((spent * 1e6).ceil() / 1e6);
+            writeln!(w, "Spent      {spent} at most, counted against --max-cost")?;
         }
         for (name, m) in &self.models {
             writeln!(
@@ -471,10 +483,15 @@ impl Summary {
         self.print_failures(w)
     }
 
-    /// What `-q` still prints: why the run stopped, the failures by reason and the command
-    /// that continues it. Nothing for a clean run.
-    pub fn print_problems(&self, w: &mut (impl Write + ?Sized)) -> std::io::Result<()> {
-        if let Some(reason) = &self.stopped {
+    /// What `-q` still prints: why the run stopped (unless `stop_said`: the run printed it as
+    /// it stopped), the failures by reason and the command that continues it. Nothing for a
+    /// clean run.
+    pub fn print_problems(
+        &self,
+        w: &mut (impl Write + ?Sized),
+        stop_said: bool,
+    ) -> std::io::Result<()> {
+        if let Some(reason) = self.stopped.as_ref().filter(|_| !stop_said) {
             writeln!(w, "Stopped early: {reason}")?;
         }
         self.print_failures(w)
@@ -487,7 +504,7 @@ impl Summary {
             RowStatus::Skipped => "Skipped   ",
             _ => "Failed    ",
         };
-        for g in &self.failures {
+        for g in self.failures.iter().take(PRINTED_FAILURE_GROUPS) {
             let mut line = format!(
                 "{} {}: {}",
                 heading(g.status),
@@ -499,7 +516,10 @@ impl Summary {
             let detail = strip_attempts(&e.error)
                 .get(g.reason.len()..)
                 .map(|d| d.trim_start_matches(':').trim())
-                .filter(|d| !d.is_empty() && !g.reason.ends_with("..."));
+                // A skipped row's reason is why the run stopped, said once already.
+                .filter(|d| {
+                    !d.is_empty() && !g.reason.ends_with("...") && g.status != RowStatus::Skipped
+                });
             match detail {
                 Some(d) => line.push_str(&format!(
                     "\n             e.g. {at}id {:?}: {}",
@@ -509,6 +529,19 @@ impl Summary {
                 None => line.push_str(&format!(" (e.g. {at}id {:?})", e.id)),
             }
             writeln!(w, "{line}")?;
+        }
+        if let Some(rest) = self
+            .failures
+            .get(PRINTED_FAILURE_GROUPS..)
+            .filter(|r| !r.is_empty())
+        {
+            let rows: u64 = rest.iter().map(|g| g.rows).sum();
+            writeln!(
+                w,
+                "           and {} with {} more reasons (--summary-json lists them all)",
+                human::count(rows, "row"),
+                rest.len()
+            )?;
         }
         if let Some(next) = &self.next {
             writeln!(w, "Next       {next}")?;
@@ -753,7 +786,7 @@ mod tests {
     fn printed(sum: &Summary, quiet: bool) -> String {
         let mut text = Vec::new();
         if quiet {
-            sum.print_problems(&mut text).unwrap();
+            sum.print_problems(&mut text, false).unwrap();
         } else {
             sum.print(&mut text).unwrap();
         }
@@ -885,5 +918,27 @@ mod tests {
         let sum = s.summary(Duration::from_secs(1), Path::new("o.csv"), "m");
         let json = serde_json::to_string(&sum).unwrap();
         assert!(json.contains("\"cost_usd\":0.1093652,"), "{json}");
+    }
+
+    #[test]
+    fn many_reasons_are_capped_in_memory_and_on_screen() {
+        let mut s = Stats::default();
+        for i in 0..150 {
+            s.record_row(
+                &failed(&i.to_string(), &format!("odd error number {i}")),
+                i + 2,
+            );
+        }
+        let sum = s.summary(Duration::from_secs(1), Path::new("o.csv"), "m");
+        assert_eq!(sum.failures.len(), MAX_FAILURE_GROUPS + 1);
+        assert_eq!(sum.failures[0].reason, OTHER_REASONS);
+        assert_eq!(sum.failures[0].rows, 50);
+        let text = printed(&sum, true);
+        assert_eq!(
+            text.matches("Failed     ").count(),
+            PRINTED_FAILURE_GROUPS,
+            "{text}"
+        );
+        assert!(text.contains("and 91 rows with 91 more reasons"), "{text}");
     }
 }

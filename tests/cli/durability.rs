@@ -184,7 +184,7 @@ struct Committed {
     status: String,
     output: String,
     attempts: i64,
-    finished_at: String,
+    finished_at: i64,
 }
 
 /// The finished rows (`ok` or `failed`) committed to the state file at `path`, by `seq`; empty
@@ -196,7 +196,7 @@ fn journal(path: &Path) -> BTreeMap<i64, Committed> {
     }
     let conn = rusqlite::Connection::open(path).expect("open the state file");
     let Ok(mut stmt) = conn.prepare(
-        "SELECT seq, id, status, output, attempts, finished_at FROM rows \
+        "SELECT seq, id, status, output, attempts, finished_ms FROM rows \
          WHERE status IN ('ok', 'failed')",
     ) else {
         return BTreeMap::new();
@@ -229,7 +229,7 @@ fn meta(path: &Path, key: &str) -> Option<String> {
 }
 
 /// Every row of `before` is still in `after`, untouched: not sent and committed again (which
-/// would have rewritten its `finished_at` and attempts).
+/// would have rewritten its `finished_ms` and attempts).
 #[track_caller]
 fn assert_journal_kept(before: &BTreeMap<i64, Committed>, after: &BTreeMap<i64, Committed>) {
     for (seq, row) in before {

@@ -287,6 +287,22 @@ impl LimitSnapshot {
         }
     }
 
+    /// Whether the limit, stated per minute or longer, is enforced over a window much shorter
+    /// than that: a bucket refilling over the whole window would be full again far sooner
+    /// than `reset` says (`W ~ T * L / (L - R)` well under a minute: limit 3000, remaining 46,
+    /// reset 0.7 s is a one-second window), so `reset` is when that short window ends, not a
+    /// measure of how empty a bucket is.
+    pub fn short_window(&self) -> bool {
+        match (self.limit, self.remaining, self.reset) {
+            (Some(l), Some(r), Some(t))
+                if self.time_to_full && r < l && self.stated_window.is_none() =>
+            {
+                t.as_secs_f64() * (l as f64) / ((l - r) as f64) < 30.0
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the budget is (nearly) used up: nothing left, or less than 1% of the limit
     /// (a token budget refuses a request larger than what is left).
     fn exhausted(&self) -> bool {

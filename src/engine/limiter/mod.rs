@@ -196,13 +196,16 @@ impl Budget {
     /// Starts from (or, for a quota, follows) what the server says: what it has used up is not
     /// ours to use, and all of it is back by the reset. A bucket that refills continuously is
     /// as far from full as its reset says (it may be in debt after a large request); a fixed
-    /// window's reset says nothing about that, only when all of it is back.
+    /// window's reset says nothing about that, only when all of it is back; nor does the reset
+    /// of a per-minute limit enforced over short windows ([`LimitSnapshot::short_window`]),
+    /// read as a bucket's it opened a run against such a server with a second's debt.
     fn sync(&mut self, seen: &LimitSnapshot, now: Instant) {
         let mut level = self.bucket.level(now);
         if let Some(remaining) = seen.remaining {
             level = level.min(remaining as f64);
         }
-        if let (Some(reset), true) = (seen.reset, seen.time_to_full) {
+        let refills = seen.time_to_full && !seen.short_window();
+        if let (Some(reset), true) = (seen.reset, refills) {
             level = level.min(self.bucket.capacity() - self.bucket.rate() * reset.as_secs_f64());
         }
         self.bucket.set_level(level, now);
@@ -463,7 +466,19 @@ impl RateBudget {
                 if s.queue.front() != Some(&ticket.0) {
                     None
                 } else if let Some(until) = s.paused_until.filter(|t| *t > now) {
-                    Some(until - now)
+                    // A 429 pause ends sooner than a quota used up: no need to wait for it to
+                    // learn that the run cannot go on.
+                    for b in s.learned.iter_mut().flatten() {
+                        b.bucket.refill_to(now);
+                    }
+                    match long_wait(&s, [1.0, tokens]) {
+                        Some(long) if long.wait > self.patience => {
+                            drop(s);
+                            drop(ticket);
+                            return Err(Refused::Exhausted(long));
+                        }
+                        _ => Some(until - now),
+                    }
                 } else {
                     match take_all(&mut s, tokens, now) {
                         Ok(()) => {
@@ -1014,6 +1029,18 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_used_up_quota_is_refused_during_a_429_pause_too() {
+        let budget =
+            RateBudget::new(None, None, false).on_long_wait(Duration::from_secs(600), |_| {});
+        budget.observe(Some(&used_up_for(Duration::from_secs(7200))));
+        budget.back_off(Some(Duration::from_secs(100)));
+        let start = Instant::now();
+        let refused = budget.acquire(|| 1).await;
+        assert!(matches!(refused, Err(Refused::Exhausted(_))), "{refused:?}");
+        assert_eq!(start.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_long_wait_within_the_patience_is_told_once_and_waited_out() {
         let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let t = told.clone();
@@ -1064,6 +1091,48 @@ mod tests {
         // Two at once, the third at the paced rate (3000 a minute at 99%).
         let third = start.elapsed().as_secs_f64();
         assert!((third - 60.0 / 3000.0 / PACE).abs() < 1e-3, "{third}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_windows_reset_is_not_read_as_a_debt() {
+        // 3000 rpm enforced per second: 46 left of this second, which ends in 0.7 s. Read as a
+        // bucket's time to full, that was 0.7 s of debt before the first paced request.
+        let budget = RateBudget::new(None, None, false);
+        budget.observe(Some(&RateLimitHeaders {
+            requests: LimitSnapshot {
+                limit: Some(3000),
+                remaining: Some(46),
+                reset: Some(Duration::from_millis(700)),
+                time_to_full: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        let start = Instant::now();
+        let p = budget.acquire(|| 1).await.unwrap();
+        budget.settle(p, None);
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        // A server that counts over the minute: 40 missing, full in 0.8 s, is a bucket that
+        // far from full (OpenAI's meaning).
+        let budget = RateBudget::new(None, None, false);
+        budget.observe(Some(&RateLimitHeaders {
+            requests: LimitSnapshot {
+                limit: Some(3000),
+                remaining: Some(2960),
+                reset: Some(Duration::from_millis(800)),
+                time_to_full: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        let start = Instant::now();
+        let p = budget.acquire(|| 1).await.unwrap();
+        budget.settle(p, None);
+        assert!(
+            start.elapsed() > Duration::from_millis(100),
+            "{:?}",
+            start.elapsed()
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,27 +12,28 @@ use std::time::SystemTime;
 
 use rusqlite::{Connection, params};
 
-use super::{Finished, Store, db_error};
+use super::{Finished, Store, db_error, unix_millis};
 use crate::base::error::Error;
 
 const TABLE: &str = "
 CREATE TABLE IF NOT EXISTS reservations (
     seq        INTEGER NOT NULL,
     attempt    INTEGER NOT NULL,
-    started_at TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
     worst_usd  REAL NOT NULL
 );";
 
-/// The worst cases of journaled attempts that are not (yet) in the journal.
+/// The worst cases of journaled attempts that are not (yet) in the journal: neither in
+/// `attempts` nor kept in their row as a first attempt that was answered (whose start is its
+/// row's `finished_ms - started_before_ms`; see the schema in `store.rs`).
 const UNSETTLED: &str = "
 SELECT COALESCE(SUM(worst_usd), 0.0) FROM reservations r WHERE NOT EXISTS (
     SELECT 1 FROM attempts a
-    WHERE a.seq = r.seq AND a.attempt = r.attempt AND a.started_at = r.started_at)";
-
-/// How an attempt's start is written, here and in the attempts table: the key that matches them.
-pub fn started_text(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
-}
+    WHERE a.seq = r.seq AND a.attempt = r.attempt AND a.started_ms = r.started_ms)
+AND NOT EXISTS (
+    SELECT 1 FROM rows w
+    WHERE w.seq = r.seq AND r.attempt = 1 AND w.started_before_ms IS NOT NULL
+      AND w.finished_ms - w.started_before_ms = r.started_ms)";
 
 /// Where the row tasks journal their reservations.
 pub struct ReservationLog {
@@ -64,14 +65,14 @@ impl ReservationLog {
     ) -> Result<(), Error> {
         self.conn
             .prepare_cached(
-                "INSERT INTO reservations (seq, attempt, started_at, worst_usd) \
+                "INSERT INTO reservations (seq, attempt, started_ms, worst_usd) \
                  VALUES (?1, ?2, ?3, ?4)",
             )
             .and_then(|mut s| {
                 s.execute(params![
                     seq as i64,
                     attempt,
-                    started_text(started_at),
+                    unix_millis(started_at),
                     worst_usd
                 ])
             })
@@ -83,9 +84,9 @@ impl ReservationLog {
     pub fn forget(&self, seq: u64, attempt: u32, started_at: SystemTime) -> Result<(), Error> {
         self.conn
             .prepare_cached(
-                "DELETE FROM reservations WHERE seq = ?1 AND attempt = ?2 AND started_at = ?3",
+                "DELETE FROM reservations WHERE seq = ?1 AND attempt = ?2 AND started_ms = ?3",
             )
-            .and_then(|mut s| s.execute(params![seq as i64, attempt, started_text(started_at)]))
+            .and_then(|mut s| s.execute(params![seq as i64, attempt, unix_millis(started_at)]))
             .map(|_| ())
             .map_err(|e| db_error(&self.path, "write", &e))
     }
@@ -122,14 +123,14 @@ impl Store {
             .map_err(|e| db_error(&path, "write", &e))?;
         let write = || -> rusqlite::Result<()> {
             let mut stmt = tx.prepare_cached(
-                "DELETE FROM reservations WHERE seq = ?1 AND attempt = ?2 AND started_at = ?3",
+                "DELETE FROM reservations WHERE seq = ?1 AND attempt = ?2 AND started_ms = ?3",
             )?;
             for f in rows {
                 for a in &f.attempts {
                     stmt.execute(params![
                         f.result.seq as i64,
                         a.attempt,
-                        started_text(a.started_at)
+                        unix_millis(a.started_at)
                     ])?;
                 }
             }

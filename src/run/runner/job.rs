@@ -179,7 +179,7 @@ pub(super) fn read_work(
                 }
                 if row.seq == prior.result.seq {
                     match maker.make(row) {
-                        Ok(job) if job.request_hash == prior.request_hash => {}
+                        Ok(job) if prior.is_request(&job.request_hash) => {}
                         job => go_on = send(job),
                     }
                 }

@@ -9,9 +9,9 @@ use super::shared::Shared;
 use crate::base::error::Error;
 use crate::base::record::RowResult;
 use crate::base::record::RowStatus;
-use crate::engine::cache::{Cache, CachedAnswer};
+use crate::engine::cache::{Cache, CacheWriter, CachedAnswer};
 use crate::engine::provider::Api;
-use crate::engine::store::{Finished, RunRecord, RunSettings, Store};
+use crate::engine::store::{Finished, META_MAX_COST, RunRecord, RunSettings, Store};
 use crate::run::settings::{Resume, RunConfig};
 
 /// Row outcomes committed to the journal in one transaction, at most.
@@ -32,12 +32,13 @@ pub(super) struct JournalEntry {
 /// first write error, if any; a journal that cannot be written stops the run.
 pub(super) fn write_journal(
     mut store: Store,
-    mut cache: Option<(Cache, bool)>,
+    cache: Option<(Cache, bool)>,
     rx: std::sync::mpsc::Receiver<JournalEntry>,
     shared: &Shared,
     results: &mpsc::UnboundedSender<RowResult>,
 ) -> (Store, Option<Error>) {
     let mut error = None;
+    let mut cache = cache.map(|(c, truncated)| (CacheWriter::new(c), truncated));
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < JOURNAL_GROUP {
@@ -67,18 +68,11 @@ pub(super) fn write_journal(
             .unzip();
         commit(&finished);
         if let Some((c, truncated)) = cache.as_mut() {
-            let answers: Vec<(&str, CachedAnswer)> = finished
-                .iter()
-                .filter(|f| cacheable(&f.result, *truncated))
-                .map(|f| (f.request_hash.as_str(), answer_of(&f.result)))
-                .collect();
-            if !answers.is_empty()
-                && let Err(e) = c.put_many(answers.iter().map(|(k, a)| (*k, a)))
-            {
-                // The run goes on without storing answers rather than stopping for the cache.
-                shared
-                    .printer
-                    .warn(format_args!("{e}; answers of this run will not be cached"));
+            for f in finished.iter().filter(|f| cacheable(&f.result, *truncated)) {
+                c.add(&f.request_hash, answer_of(&f.result));
+            }
+            if let Err(e) = c.journaled(finished.len()) {
+                cache_failed(shared, &e);
                 cache = None;
             }
         }
@@ -112,7 +106,19 @@ pub(super) fn write_journal(
             let _ = results.send(f.result);
         }
     }
+    if let Some((mut c, _)) = cache
+        && let Err(e) = c.flush()
+    {
+        cache_failed(shared, &e);
+    }
     (store, error)
+}
+
+/// The run goes on without storing answers rather than stopping for the cache.
+fn cache_failed(shared: &Shared, e: &Error) {
+    shared
+        .printer
+        .warn(format_args!("{e}; answers of this run will not be cached"));
 }
 
 /// Whether an answer may be cached: complete and successful, and not cut off by the token cap
@@ -151,9 +157,21 @@ pub(super) fn cached_result(job: &Job, a: CachedAnswer, priced: bool) -> RowResu
     }
 }
 
-/// Records a new run in the state file, or checks that the recorded one may be resumed. Returns
-/// the recorded run when resuming.
+/// Records a new run in the state file, or checks that the recorded one may be resumed, and
+/// records the spend cap (for `batch status`). Returns the recorded run when resuming.
 pub(super) fn prepare_state(
+    store: &mut Store,
+    cfg: &RunConfig,
+    settings: &RunSettings,
+    rows: u64,
+) -> Result<Option<RunRecord>, Error> {
+    let resumed = start_or_resume(store, cfg, settings, rows)?;
+    let cap = cfg.max_cost.map(|c| c.to_string()).unwrap_or_default();
+    store.set_meta(META_MAX_COST, &cap)?;
+    Ok(resumed)
+}
+
+fn start_or_resume(
     store: &mut Store,
     cfg: &RunConfig,
     settings: &RunSettings,

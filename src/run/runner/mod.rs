@@ -57,7 +57,7 @@ mod failfast;
 mod job;
 mod journal;
 pub(crate) mod preflight;
-mod results;
+pub(crate) mod results;
 mod shared;
 mod signals;
 
@@ -156,15 +156,10 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     if cfg.max_cost.is_some() {
         summary.spent_usd = store.spent_at_most().ok();
     }
-    report(&cfg, &summary, complete).map_err(Error::after_sending)?;
-    if let Some(reason) = summary
-        .stopped
-        .as_ref()
-        .filter(|_| cfg.quiet && !failed_fast && storage_error.is_none())
-    {
-        // -q hides the summary, never why the run stopped (fail fast said it already).
-        cfg.printer().say(format_args!("Stopped early: {reason}"));
-    }
+    // -q hides the summary, never why the run stopped (unless fail fast or the storage error
+    // below says it).
+    let stop_said = failed_fast || storage_error.is_some();
+    report(&cfg, &summary, complete, stop_said).map_err(Error::after_sending)?;
     let status = if let Some(e) = storage_error {
         // Requests were sent: not exit 2, which says nothing was. What is journaled is kept.
         cfg.printer().say(format_args!("error: {e}"));
@@ -477,23 +472,34 @@ async fn merge_results(
     writer: ResultsWriter,
     missing_reason: String,
 ) -> Result<(Stats, std::path::PathBuf), Error> {
-    let (input, state, model) = (checked.input.clone(), cfg.state.clone(), cfg.model.clone());
+    let (input, model) = (checked.input.clone(), cfg.model.clone());
+    let journal = FinishedRows::open(&cfg.state)?;
     tokio::task::spawn_blocking(move || {
-        write_results(&input, &state, writer, &model, &missing_reason)
+        let missing = results::Missing {
+            status: crate::base::record::RowStatus::Skipped,
+            reason: &missing_reason,
+        };
+        write_results(&input, journal, writer, &model, missing)
     })
     .await
     .map_err(|e| Error::io("writing the results failed", std::io::Error::other(e)))?
 }
 
 /// The summary: to `--summary-json`, and to stderr unless `-q`.
-fn report(cfg: &RunConfig, summary: &Summary, complete: bool) -> Result<(), Error> {
+/// `stop_said`: the reason was printed when the run stopped (fail fast), even with `-q`.
+fn report(
+    cfg: &RunConfig,
+    summary: &Summary,
+    complete: bool,
+    stop_said: bool,
+) -> Result<(), Error> {
     if let Some(path) = &cfg.summary_json {
         summary.write_json(path)?;
     }
     let printer = cfg.printer();
     if printer.is_quiet() {
         // -q hides the summary, never why the run stopped or failed.
-        printer.say_with(|mut w| summary.print_problems(&mut w));
+        printer.say_with(|mut w| summary.print_problems(&mut w, stop_said));
     } else {
         printer.note_with(|mut w| summary.print(&mut w));
     }

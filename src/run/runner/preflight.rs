@@ -76,7 +76,7 @@ pub(crate) fn preflight(
     opts: &PreflightOptions,
 ) -> Result<Plan, Error> {
     let settings = RowSettings::new(input);
-    let mut ids = IdSet::default();
+    let mut ids = IdSet::new(input);
     let mut problems = Problems::default();
     let mut plan = Plan {
         rows: 0,

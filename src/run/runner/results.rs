@@ -1,25 +1,38 @@
 //! The results file, written once at the end: the input merged with the journal in input order, streaming both.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::base::error::Error;
-use crate::base::record::RowResult;
+use crate::base::record::{RowResult, RowStatus};
 use crate::engine::input::{InputFile, Row};
 use crate::engine::output::ResultsWriter;
 use crate::engine::row_settings::RowSettings;
 use crate::engine::store::FinishedRows;
 use crate::run::summary::Stats;
 
+/// What a row the journal does not have is written as.
+pub(crate) struct Missing<'a> {
+    /// `skipped` at the end of a run (it stopped before the row, or the journal could not be
+    /// written); `pending` in an export of a run that may still reach it.
+    pub(crate) status: RowStatus,
+    pub(crate) reason: &'a str,
+}
+
 /// Writes the results file from the input and the journal, in input order, and totals it. A row
-/// the journal does not have (the run stopped before it, or the journal could not be written)
-/// is written as skipped with `missing_reason`.
-pub(super) fn write_results(
+/// the journal does not have is written as `missing` says. Memory stays flat: the journal is
+/// read in order by one cursor, the input by another.
+pub(crate) fn write_results(
     input: &InputFile,
-    state: &Path,
+    journal: FinishedRows,
     mut writer: ResultsWriter,
     model: &str,
-    missing_reason: &str,
+    missing: Missing,
 ) -> Result<(Stats, PathBuf), Error> {
+    let missing_row = |row: &Row, model: &str| {
+        let mut r = RowResult::skipped(row.seq, row.id.clone(), model, missing.reason);
+        r.status = missing.status;
+        r
+    };
     let mut stats = Stats::default();
     // A row never sent still shows the model it was meant for.
     let settings = RowSettings::new(input);
@@ -34,7 +47,6 @@ pub(super) fn write_results(
     // and journal rows past the input's end (a shorter input on resume) find none and are left.
     // The journal is read on its own thread, beside the input's parsing and the results' writing
     // (a third of this step's time each).
-    let journal = FinishedRows::open(state)?;
     let (prior_tx, prior_rx) = std::sync::mpsc::sync_channel(1024);
     let journal_reader =
         std::thread::spawn(move || journal.for_each(|prior| prior_tx.send(prior).is_ok()));
@@ -46,12 +58,7 @@ pub(super) fn write_results(
             while let Some(row) = next_input.take() {
                 let row = row?;
                 if row.seq < prior.result.seq {
-                    let r = RowResult::skipped(
-                        row.seq,
-                        row.id.clone(),
-                        &model_of(&row),
-                        missing_reason,
-                    );
+                    let r = missing_row(&row, &model_of(&row));
                     stats.record_row(&r, row.line);
                     writer.write_row(&row, &r)?;
                     next_input = pending_input.next();
@@ -83,7 +90,7 @@ pub(super) fn write_results(
     }
     while let Some(row) = next_input.take() {
         let row = row?;
-        let r = RowResult::skipped(row.seq, row.id.clone(), &model_of(&row), missing_reason);
+        let r = missing_row(&row, &model_of(&row));
         stats.record_row(&r, row.line);
         writer.write_row(&row, &r)?;
         next_input = pending_input.next();
