@@ -17,6 +17,7 @@ use csv::StringRecord;
 
 use crate::base::error::{Error, describe_io};
 use crate::base::format::Format;
+use crate::base::human;
 
 pub mod delimiter;
 pub mod jsonl;
@@ -581,8 +582,10 @@ fn csv_error(path: &Path, e: &csv::Error, headers: &[String]) -> Error {
         } => {
             let line = pos.as_ref().map_or(0, |p| p.line());
             Error::Input(format!(
-                "{p}: line {line} has {len} fields but the header has {expected_len}; a field \
-                 that contains a comma, quote or line break must be enclosed in double quotes"
+                "{p}: line {line} has {} but the header has {expected_len}; a field that \
+                 contains the delimiter, a quote or a line break must be enclosed in double \
+                 quotes (--delimiter forces the delimiter if it was guessed wrong)",
+                human::count(*len, "field")
             ))
         }
         _ => Error::Input(format!("{p}: malformed CSV: {e}")),
