@@ -268,6 +268,12 @@ pub fn export(state: &Path, output: &Path, format: Option<Format>) -> Result<Exp
             input_path.display()
         )));
     }
+    // An export over the run's input or its state would destroy what the run reads.
+    crate::run::paths::PathCheck::default()
+        .input("the run's input", Some(&input_path))
+        .input("the run's state file", Some(state))
+        .output("-o", Some(output))
+        .check()?;
     let input_format = Format::from_extension(&input_path).unwrap_or_default();
     let input = InputFile::open_as(&input_path, input_format, None)?;
     let stdout = crate::base::format::is_std(output);

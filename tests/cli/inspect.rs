@@ -138,6 +138,23 @@ fn status_and_export_of_a_finished_run() {
 }
 
 #[test]
+fn export_never_writes_over_the_runs_input_or_state() {
+    let dir = TestDir::new();
+    let input = util::numbered_csv(5);
+    dir.create("in.csv", &input);
+    let mock = MockProcess::start(&[]);
+    assert_code(&util::run(&dir, run_args(&mock.url, &[])), 0);
+    for target in ["in.csv", "./in.csv", "out.sqlite"] {
+        let out = util::run(&dir, ["export", "out.csv", "-o", target]);
+        assert_code(&out, 2);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("pick another path"), "{target}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(dir.join("in.csv")).unwrap(), input);
+    assert_eq!(status(&dir, "out.sqlite")["ok"], 5);
+}
+
+#[test]
 fn status_and_export_while_the_run_sends_do_not_disturb_it() {
     let dir = TestDir::new();
     dir.create("in.csv", &util::numbered_csv(60));
