@@ -3,9 +3,9 @@
 //!
 //! The sustained rate ([`sustained_rate`]) counts rows answered per second while the run was in
 //! full swing, from the first round of the full run coming back to the last dispatch. It leaves
-//! out what a run of N rows pays once (pre-flight, the single probe request sent while the rate
-//! limits are learned, the last half-empty round of requests), which an overnight job of 100,000
-//! rows does not feel.
+//! out what a run of N rows pays once (pre-flight, the round trip of the few probe requests
+//! sent while the rate limits are learned, the last half-empty round of requests), which an
+//! overnight job of 100,000 rows does not feel.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -97,9 +97,9 @@ const EDGE_MS: i64 = 2;
 
 /// Rows per second while the run was in full swing, from its journaled attempts, leaving out
 /// what a run of a few hundred rows pays once and an endless one would not: the start-up, the
-/// single probe request sent while the rate limits are learned, the burst that fills the slots,
-/// and the tail where they drain. `None` when the run is too short to tell (every row went out
-/// in one or two rounds).
+/// round trip of the few probe requests sent while the rate limits are learned, the burst that
+/// fills the slots, and the tail where they drain. `None` when the run is too short to tell
+/// (every row went out in one or two rounds).
 ///
 /// With a fixed number of slots see [`block_rate`]; with `auto`, whose slots change as it
 /// goes, [`window_rate`].
@@ -115,7 +115,7 @@ fn sustained_rate(spans: &[Span], concurrency: Concurrency) -> Option<f64> {
 /// so the mean of a block moves on by one round trip per `c` rows whether the rows of a round
 /// go out together (a server with fixed latency answers in rounds) or one by one; paced by a
 /// rate limit instead, sends are steady anyway. The first block is the first one that answers
-/// sent: after the probe request and the burst that filled the slots when it came back. The last
+/// sent: after the probe requests and the burst that filled the slots when it came back. The last
 /// block is the last `c` sends, each following an answer until the very last.
 fn block_rate(spans: &[Span], c: usize) -> Option<f64> {
     let c = c.max(1);
@@ -191,8 +191,8 @@ mod tests {
         }
     }
 
-    /// A closed loop of `c` slots with a fixed latency, opened by one probe request as the
-    /// runner does while it learns the rate limits.
+    /// A closed loop of `c` slots with a fixed latency, opened by one round trip of probe
+    /// requests as the runner does while it learns the rate limits.
     fn waves(rows: u64, c: u64, latency: i64, probe: bool) -> Vec<Span> {
         let mut spans = Vec::new();
         let mut t = 0;

@@ -9,10 +9,10 @@
 //! - **rows/s**, sustained: rows answered per second from the first round of the full run
 //!   coming back to the last dispatch, read from the attempts the run journaled in its state
 //!   file (see [`measure`]). This leaves out what a run of N rows pays once (pre-flight,
-//!   the single probe request sent while the rate limits are learned, the last half-empty round
-//!   of requests), which an overnight job of 100,000 rows does not feel. When a run is too short
-//!   for it (every row in one or two rounds), the end-to-end rate is used and marked. The
-//!   end-to-end rate (rows / wall time) is reported beside it.
+//!   the round trip of the few probe requests sent while the rate limits are learned, the last
+//!   half-empty round of requests), which an overnight job of 100,000 rows does not feel. When a
+//!   run is too short for it (every row in one or two rounds), the end-to-end rate is used and
+//!   marked. The end-to-end rate (rows / wall time) is reported beside it.
 //! - tokens/s (rows/s times the tokens of an average row), latency percentiles of answered rows,
 //!   the 429 rate (429s over attempts), the error rate (failed rows over rows), retries, and the
 //!   cost per 1,000 rows at the model's price.
