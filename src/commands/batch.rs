@@ -18,6 +18,16 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitStatus, Error> {
         "a submitted job is continued and summed up by `batch collect STATE` (--summary-json \
          there)",
     )?;
+    let input = &args.run.input;
+    if crate::base::format::is_std(input) || crate::engine::stdio::is_stream(input) {
+        // `collect` reads the input again, maybe days later: a copy of stdin would be gone.
+        return Err(Error::Usage(format!(
+            "batch submit reads its input again at `batch collect`, so {} (stdin or a pipe) \
+             cannot be the input: save it to a file first, or use `batch run --via batch`, \
+             which waits for the answers",
+            input.display()
+        )));
+    }
     batchapi::submit_command(RunConfig::resolve(args.run)?).await
 }
 

@@ -788,3 +788,58 @@ fn responses_api_bodies_go_to_the_batch_endpoint_v1_responses() {
     assert_answered(&rows, 8);
     assert_eq!(batch_stats(&mock)["batches"], 1);
 }
+
+#[test]
+fn collect_never_writes_over_the_submitted_input_or_its_results() {
+    let dir = TestDir::new();
+    let input = numbered_csv(5);
+    dir.create("in.csv", &input);
+    let mock = MockProcess::start(&[]);
+    assert_code(&submit(&dir, &mock, &[]), 0);
+    // -o on the input; the summary on the results the state names (no -o given).
+    for (flag, path, what) in [
+        ("-o", "./in.csv", "the submitted input"),
+        ("--summary-json", "in.results.csv", "also given to -o"),
+    ] {
+        let out = collect(&dir, &[flag, path]);
+        assert_code(&out, 2);
+        assert!(stderr(&out).contains(what), "{}", show(&out));
+    }
+    assert_eq!(dir.read("in.csv"), input);
+    assert_code(&collect(&dir, &["--wait"]), 0);
+}
+
+#[test]
+fn submit_refuses_stdin_that_collect_could_not_read_again() {
+    let dir = TestDir::new();
+    let mock = MockProcess::start(&[]);
+    let mut child = util::cmd(
+        &dir,
+        [
+            "submit",
+            "-",
+            "--prompt",
+            "{{ text }}",
+            "--base-url",
+            &mock.url,
+        ],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    use std::io::Write as _;
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(numbered_csv(3).as_bytes());
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 2);
+    assert!(
+        stderr(&out).contains("save it to a file first"),
+        "{}",
+        show(&out)
+    );
+}

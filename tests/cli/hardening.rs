@@ -469,8 +469,9 @@ fn echo_once(mut stream: std::net::TcpStream) {
     let _ = write!(
         stream,
         "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{json}",
-        json.len()
+         x-request-id: req-{}\r\nconnection: close\r\n\r\n{json}",
+        json.len(),
+        headers.join(" ")
     );
 }
 

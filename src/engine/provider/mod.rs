@@ -248,6 +248,7 @@ pub fn scrubbed(
             .unwrap_or(body)),
         Err(mut e) => {
             e.message = scrubber.scrub(&e.message).into_owned();
+            e.request_id = e.request_id.map(|id| scrubber.scrub(&id).into_owned());
             Err(e)
         }
     }
@@ -303,8 +304,16 @@ impl Transport {
 
     pub async fn post(&self, body: bytes::Bytes, parse: ParseFn, classify: ClassifyFn) -> Exchange {
         let mut exchange = self.exchange(body, parse, classify).await;
-        if let Err(e) = &mut exchange.outcome {
-            e.message = self.scrubber.scrub(&e.message).into_owned();
+        // The request id comes from a header, which a gateway may fill with what it received.
+        let request_id = match &mut exchange.outcome {
+            Ok(c) => &mut c.request_id,
+            Err(e) => {
+                e.message = self.scrubber.scrub(&e.message).into_owned();
+                &mut e.request_id
+            }
+        };
+        if let Some(id) = request_id.as_mut() {
+            *id = self.scrubber.scrub(id).into_owned();
         }
         for (_, value) in &mut exchange.headers {
             *value = self.scrubber.scrub(value).into_owned();

@@ -891,6 +891,13 @@ pub async fn collect_command(
     if let Some(o) = output {
         st.output = o;
     }
+    // The results must not land on the input the batch was made from, nor the summary on them.
+    crate::run::paths::PathCheck::default()
+        .input("the submitted input", Some(&st.input))
+        .input("the state file", Some(path))
+        .output("-o", Some(&st.output))
+        .output("--summary-json", opts.summary_json.as_deref())
+        .check()?;
     collect(&api, &mut st, path, &opts).await
 }
 
