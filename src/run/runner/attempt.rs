@@ -115,6 +115,9 @@ async fn reserve(shared: &Shared, job: &Job, attempt: u32) -> Reserve {
                     );
                     if shared.stop_with(reason.clone()) {
                         shared.printer.say(format_args!("stopping: {reason}"));
+                        shared
+                            .stop_announced
+                            .store(true, std::sync::atomic::Ordering::SeqCst);
                     }
                     Reserve::Stopped
                 }

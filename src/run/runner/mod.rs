@@ -138,6 +138,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         let _ = std::fs::remove_file(&cfg.input);
     }
     let failed_fast = shared.failed_fast.load(Ordering::SeqCst);
+    let stop_announced = shared.stop_announced.load(Ordering::SeqCst);
     if let Some(audit) = Arc::into_inner(shared).and_then(|s| s.audit) {
         audit.finish().map_err(Error::after_sending)?;
     }
@@ -156,13 +157,16 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     if cfg.max_cost.is_some() {
         summary.spent_usd = store.spent_at_most().ok();
     }
-    // -q hides the summary, never why the run stopped (unless fail fast or the storage error
-    // below says it).
-    let stop_said = failed_fast || storage_error.is_some();
+    // -q hides the summary, never why the run stopped (unless it was said as the run stopped,
+    // or the storage error below says it).
+    let stop_said = failed_fast || stop_announced || storage_error.is_some();
     report(&cfg, &summary, complete, stop_said).map_err(Error::after_sending)?;
     let status = if let Some(e) = storage_error {
         // Requests were sent: not exit 2, which says nothing was. What is journaled is kept.
-        cfg.printer().say(format_args!("error: {e}"));
+        // Said once: the summary's "Stopped early" line already has it unless -q hid it.
+        if cfg.quiet || summary.stopped.as_deref() != Some(e.as_str()) {
+            cfg.printer().say(format_args!("error: {e}"));
+        }
         ExitStatus::RowsFailed
     } else if interrupted.load(Ordering::SeqCst) {
         ExitStatus::Interrupted
@@ -338,6 +342,7 @@ fn share(
         started: std::time::Instant::now(),
         last_answer_ms: AtomicU64::new(0),
         storage_error: Mutex::new(None),
+        stop_announced: AtomicBool::new(false),
         provider,
     }))
 }

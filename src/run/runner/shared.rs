@@ -57,6 +57,9 @@ pub(super) struct Shared {
     pub(super) last_answer_ms: AtomicU64,
     /// The state file could not be written (a full disk): why. The run stops at once.
     pub(super) storage_error: Mutex<Option<String>>,
+    /// A stop reason was printed as the run stopped (a long wait beyond --max-stall), so the
+    /// end need not say it again under -q.
+    pub(super) stop_announced: AtomicBool,
 }
 
 impl Shared {
