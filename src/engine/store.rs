@@ -542,6 +542,15 @@ impl FinishedRows {
             .map_err(|e| db_error(&self.path, "read", &e))
     }
 
+    /// What a resume counts against `--max-cost`: [`Self::spent`] plus the worst case of every
+    /// reservation whose attempt never reached the journal (see `reservations.rs`).
+    pub fn spent_at_most(&self) -> Result<f64, Error> {
+        Ok(
+            self.spent()?
+                + reservations::unsettled_read_only(&self.conn, &self.path, self.version)?,
+        )
+    }
+
     /// The value of `key` in the file's `meta` table.
     pub fn meta(&self, key: &str) -> Result<Option<String>, Error> {
         meta(&self.conn, key).map_err(|e| db_error(&self.path, "read", &e))

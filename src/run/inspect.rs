@@ -121,7 +121,8 @@ pub fn status(state: &Path) -> Result<RunStatus, Error> {
         pending,
         complete: run.finished,
         running_pid,
-        cost_usd: journal.spent()?,
+        // What a resume would count against the cap: requests in flight at a kill at their worst.
+        cost_usd: journal.spent_at_most()?,
         max_cost_usd: max_cost,
         rows_per_second: rate,
         eta_seconds: eta,

@@ -92,6 +92,30 @@ impl ReservationLog {
     }
 }
 
+/// The unsettled reservations' worst cases in a file opened read-only: none when the file has
+/// no reservations table (no run of it had a cap) or is of version 2 (which had none).
+pub(super) fn unsettled_read_only(
+    conn: &Connection,
+    path: &Path,
+    version: i64,
+) -> Result<f64, Error> {
+    let has_table = |conn: &Connection| -> rusqlite::Result<bool> {
+        conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'reservations'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+    };
+    match has_table(conn) {
+        Ok(true) if version != super::V2 => conn
+            .query_row(UNSETTLED, [], |r| r.get(0))
+            .map_err(|e| db_error(path, "read", &e)),
+        Ok(_) => Ok(0.0),
+        Err(e) => Err(db_error(path, "read", &e)),
+    }
+}
+
 impl Store {
     /// Creates the reservations table if this file has none (a run without a cap never did).
     fn reservations_table(&self) -> Result<(), Error> {
@@ -198,6 +222,9 @@ mod tests {
             .record(&[row(0, vec![attempt(1, t(1000), 0.125)])])
             .unwrap();
         assert!((store.spent_at_most().unwrap() - (0.125 + 0.25)).abs() < 1e-12);
+        // `batch status` reads the same figure from outside, read-only.
+        let look = crate::engine::store::FinishedRows::open_read_only(&path).unwrap();
+        assert!((look.spent_at_most().unwrap() - (0.125 + 0.25)).abs() < 1e-12);
         // Settling row 0 changes nothing: it counted once already.
         store
             .settle_reservations(&[row(0, vec![attempt(1, t(1000), 0.125)])])
