@@ -530,8 +530,9 @@ fn settings_file_is_overridden_by_flags_and_overrides_defaults() {
     dir.create("in.csv", &numbered_csv(30));
     dir.create("batch.toml", "concurrency = 2\nmodel = \"gpt-4o\"\n");
 
-    // A flag wins over the file.
-    let mock = MockProcess::start(&["--latency-ms", "50"]);
+    // A flag wins over the file. (300 ms answers: a debug build on a loaded machine takes
+    // up to ~100 ms a row, which at 50 ms kept only one request in flight.)
+    let mock = MockProcess::start(&["--latency-ms", "300"]);
     let out = run(
         &dir,
         [
@@ -556,7 +557,7 @@ fn settings_file_is_overridden_by_flags_and_overrides_defaults() {
     }
 
     // The file wins over the default (16).
-    let mock = MockProcess::start(&["--latency-ms", "50"]);
+    let mock = MockProcess::start(&["--latency-ms", "300"]);
     let out = run(
         &dir,
         [
