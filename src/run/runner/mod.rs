@@ -161,24 +161,45 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     // or the storage error below says it).
     let stop_said = failed_fast || stop_announced || storage_error.is_some();
     report(&cfg, &summary, complete, stop_said).map_err(Error::after_sending)?;
-    let status = if let Some(e) = storage_error {
-        // Requests were sent: not exit 2, which says nothing was. What is journaled is kept.
-        // Said once: the summary's "Stopped early" line already has it unless -q hid it.
-        if cfg.quiet || summary.stopped.as_deref() != Some(e.as_str()) {
-            cfg.printer().say(format_args!("error: {e}"));
-        }
-        ExitStatus::RowsFailed
-    } else if interrupted.load(Ordering::SeqCst) {
-        ExitStatus::Interrupted
-    } else if failed_fast && live.ok == 0 {
-        // Stopped by an error no request could get past, with nothing done.
-        ExitStatus::Error
-    } else if stats.failed + stats.skipped > 0 {
-        ExitStatus::RowsFailed
-    } else {
-        ExitStatus::Success
+    let ended = Ended {
+        storage_error,
+        interrupted: interrupted.load(Ordering::SeqCst),
+        failed_fast_with_nothing_done: failed_fast && live.ok == 0,
+        rows_left: stats.failed + stats.skipped > 0,
     };
+    let status = ended.status(&cfg, &summary);
     Ok((status, Some(summary)))
+}
+
+/// How a run ended, for its exit status.
+struct Ended {
+    storage_error: Option<String>,
+    interrupted: bool,
+    /// Stopped by an error no request could get past, with nothing done.
+    failed_fast_with_nothing_done: bool,
+    /// Rows failed or skipped.
+    rows_left: bool,
+}
+
+impl Ended {
+    fn status(self, cfg: &RunConfig, summary: &Summary) -> ExitStatus {
+        if let Some(e) = self.storage_error {
+            // Requests were sent: not exit 2, which says nothing was. What is journaled is
+            // kept. Said once: the summary's "Stopped early" line has it unless -q hid it.
+            if cfg.quiet || summary.stopped.as_deref() != Some(e.as_str()) {
+                cfg.printer().say(format_args!("error: {e}"));
+            }
+            ExitStatus::RowsFailed
+        } else if self.interrupted {
+            ExitStatus::Interrupted
+        } else if self.failed_fast_with_nothing_done {
+            ExitStatus::Error
+        } else if self.rows_left {
+            ExitStatus::RowsFailed
+        } else {
+            ExitStatus::Success
+        }
+    }
 }
 
 /// The embedded mock counts usage with the real tokenizer, which takes a moment to build:
