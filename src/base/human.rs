@@ -76,6 +76,11 @@ pub fn usd(v: f64) -> String {
     format!("${}", format_cost(v))
 }
 
+/// Dollars to the nearest millionth, for estimates and sums in messages ("$0.004909").
+pub fn usd_micro(v: f64) -> String {
+    usd((v * 1e6).round() / 1e6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

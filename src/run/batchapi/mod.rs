@@ -23,7 +23,6 @@ use rand::SeedableRng;
 
 use crate::base::error::{Error, ExitStatus};
 use crate::base::human;
-use crate::base::money::format_cost;
 use crate::base::printer::Printer;
 use crate::base::secret::ApiKey;
 use crate::engine::lock::StateLock;
@@ -706,7 +705,7 @@ fn write_cost(w: &mut dyn Write, cfg: &RunConfig, planned: &plan::Plan) -> std::
             cfg.model
         );
     };
-    let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
+    let dollars = crate::base::human::usd_micro;
     let b = batch_price(p);
     writeln!(
         w,
@@ -983,9 +982,9 @@ fn print_collected(printer: Printer, summary: &Summary, saved: Option<f64>, path
         if let Some(saved) = saved {
             writeln!(
                 w,
-                "Batch      prices at {}% of `run`'s: ${} saved",
+                "Batch      prices at {}% of `run`'s: {} saved",
                 (BATCH_DISCOUNT * 100.0) as u32,
-                format_cost((saved * 1e6).round() / 1e6)
+                crate::base::human::usd_micro(saved)
             )?;
         }
         if summary.skipped > 0 {

@@ -8,7 +8,6 @@ use rand::rngs::SmallRng;
 
 use super::job::Job;
 use super::shared::Shared;
-use crate::base::money::format_cost;
 use crate::base::record::{RowResult, RowStatus};
 use crate::base::usage::Usage;
 use crate::engine::concurrency::Sample;
@@ -175,10 +174,10 @@ async fn reserve_spend(shared: &Shared, job: &Job) -> Option<Option<Reservation>
     match held {
         Ok(r) => Some(Some(r)),
         Err(exhausted) => {
-            let usd = |v: f64| format_cost((v * 1e6).round() / 1e6);
+            let usd = crate::base::human::usd_micro;
             shared.stop_with(format!(
-                "spend cap reached: ${} spent of --max-cost ${}, and the next request could \
-                 cost up to ${}",
+                "spend cap reached: {} spent of --max-cost {}, and the next request could cost \
+                 up to {}",
                 usd(exhausted.committed),
                 usd(cap.cap()),
                 usd(exhausted.worst)

@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use crate::base::error::{Error, Problems};
-use crate::base::money::format_cost;
 use crate::engine::expect::Expectation;
 use crate::engine::input::{IdSet, InputFile, Row};
 use crate::engine::pricing::Price;
@@ -165,7 +164,7 @@ pub(super) fn print_plan(cfg: &RunConfig, plan: &Plan) {
 
 /// The dry run's report: rows, tokens, and what they would cost at most.
 fn write_plan(cfg: &RunConfig, plan: &Plan, w: &mut dyn Write) -> std::io::Result<()> {
-    let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
+    let dollars = crate::base::human::usd_micro;
     writeln!(w, "Dry run: nothing was sent and nothing was written.")?;
     writeln!(
         w,
@@ -260,7 +259,7 @@ fn write_per_model(
     priced: &[(&String, &ModelPlan, Option<Price>)],
     w: &mut dyn Write,
 ) -> std::io::Result<()> {
-    let dollars = |v: f64| format!("${}", format_cost((v * 1e6).round() / 1e6));
+    let dollars = crate::base::human::usd_micro;
     for (model, m, p) in priced {
         let worst = p
             .zip(m.completion_cap)
