@@ -14,6 +14,7 @@ pub mod mock;
 pub mod output;
 pub mod pricing;
 pub mod provider;
+pub mod render_guard;
 pub mod retry;
 pub mod row_settings;
 pub mod schema;

@@ -9,8 +9,8 @@
 //! [`TEMPLATE_FUEL`] steps (minijinja's `fuel`: three nested loops over a long cell run out in
 //! milliseconds), a shallow nesting limit ([`TEMPLATE_DEPTH`], which keeps a recursive macro
 //! that doubles a string from doubling more than a few times) and at most [`MAX_PROMPT_BYTES`]
-//! of output. The step budget stands in for a time limit: a thread cannot be stopped from
-//! outside, and steps are counted the same on every machine.
+//! of output. Steps are counted the same on every machine; what they cannot count (a string
+//! that doubles in one step, forty times over) the watchdog of [`render_guard`] stops.
 
 use std::collections::BTreeMap;
 
@@ -18,6 +18,7 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 
 use crate::base::error::Error;
 use crate::engine::input::{InputFile, Row, list_columns};
+use crate::engine::render_guard;
 
 const USER: &str = "user";
 const SYSTEM: &str = "system";
@@ -228,7 +229,9 @@ impl Prompts {
             .env
             .get_template(name)
             .map_err(|e| format!("{name} template: {e}"))?;
-        let rendered = template.render_captured_to(&ctx, &mut out).map(drop);
+        let rendered = render_guard::guarded(&input.path, row.line, name, || {
+            template.render_captured_to(&ctx, &mut out).map(drop)
+        });
         rendered.map_err(|e| {
             let (message, over_budget) = budget_message(name, &e, out.over);
             if over_budget {

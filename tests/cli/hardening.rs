@@ -143,6 +143,58 @@ fn endless_templates_fail_in_the_pre_flight_naming_template_and_row() {
     }
 }
 
+/// `batch run in.csv --mock --prompt template` with the render watchdog's limits lowered, under
+/// a 4 GB address-space limit, so that a watchdog that failed to stop the render fails the test
+/// (the child aborts) instead of filling the machine's memory.
+fn run_watched(dir: &TestDir, template: &str, limits: &[(&str, &str)]) -> std::process::Output {
+    let mut c = std::process::Command::new("sh");
+    c.args(["-c", "ulimit -v 4194304 && exec \"$0\" \"$@\"", util::bin()])
+        .args(["run", "in.csv", "--mock", "--prompt", template]);
+    let mut c = util::with_test_env(c, dir);
+    for (k, v) in limits {
+        c.env(k, v);
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    wait_bounded(c.spawn().expect("spawn batch"))
+}
+
+#[test]
+fn a_string_doubled_in_one_step_at_a_time_is_stopped_by_the_render_watchdog() {
+    let dir = TestDir::new();
+    dir.create("in.csv", INPUT);
+    // Forty steps of fuel, a terabyte of string: no step or nesting budget sees it.
+    let doubling = format!(
+        "{{% set s = text %}}{}{{{{ s }}}}",
+        "{% set s = s ~ s %}".repeat(40)
+    );
+    let out = run_watched(&dir, &doubling, &[("BATCH_RENDER_MAX_MB", "64")]);
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("in.csv: line 2")
+            && err.contains("user template grew the process by more than 64 MB")
+            && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert!(!dir.join("in.results.csv").exists());
+}
+
+#[test]
+fn a_render_that_runs_too_long_is_stopped_by_the_render_watchdog() {
+    let dir = TestDir::new();
+    let cell = "x".repeat(1 << 20);
+    dir.create("in.csv", &format!("id,text\n1,{cell}\n"));
+    // Each step copies a megabyte and frees it: little fuel, flat memory, minutes of work.
+    let slow = "{% for c in text[:90000] %}{% set t = text ~ c %}{% endfor %}{{ text }}";
+    let out = run_watched(&dir, slow, &[("BATCH_RENDER_MAX_SECS", "1")]);
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("in.csv: line 2") && err.contains("user template ran for more than 1 s"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_row_lookup_of_a_missing_column_lists_the_columns_once() {
     let dir = TestDir::new();

@@ -121,8 +121,14 @@ where
     S: AsRef<OsStr>,
 {
     let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .current_dir(dir.path())
+    cmd.args(args);
+    with_test_env(cmd, dir)
+}
+
+/// `cmd` run in `dir`, with no key, base URL or log filter from the caller's environment and the
+/// test's own cache.
+pub fn with_test_env(mut cmd: Command, dir: &TestDir) -> Command {
+    cmd.current_dir(dir.path())
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")
         .env_remove("ANTHROPIC_API_KEY")

@@ -110,6 +110,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     ));
     let finished = finished_rows(&cfg, resumed.is_some())?;
     progress.start_at(finished.as_ref().map_or(0, SeqSet::len));
+    crate::engine::render_guard::requests_may_be_sent();
     let mut pipeline = Pipeline::start(&cfg, &checked, &conn, &shared, store, finished)?;
     let live = pipeline.collect(&progress).await;
     let (store, journal_error) = pipeline.join().await;
