@@ -139,6 +139,7 @@ impl RunConfig {
         Ok(RunConfig {
             input: stdio.input,
             spooled_stdin: stdio.spooled,
+            stdin_lock: stdio.lock,
             output: paths.output,
             input_format: paths.input_format,
             output_format: paths.output_format,

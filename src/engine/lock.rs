@@ -93,6 +93,11 @@ impl StateLock {
             return Ok(Some(StateLock { file, path }));
         }
     }
+
+    /// Whether this is the lock of `state`.
+    pub fn is_for(&self, state: &Path) -> bool {
+        self.path == lock_path(state)
+    }
 }
 
 #[cfg(unix)]

@@ -28,12 +28,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::sync::Arc;
+
 use sha2::{Digest, Sha256};
 
 use crate::base::error::{Error, describe_io};
 use crate::base::format::{Format, is_std};
 use crate::engine::input::InputLimits;
 use crate::engine::input::limits::{Limited, limit_error};
+use crate::engine::lock::StateLock;
 
 /// Where a run's input and state live once `-` is resolved.
 #[derive(Debug, Clone)]
@@ -43,6 +46,10 @@ pub struct Resolved {
     pub state: PathBuf,
     /// The input is a spool of stdin (removed when the run completes).
     pub spooled: bool,
+    /// The job's lock, taken before the copy of stdin replaced the job's spool (so that a second
+    /// process on the same job cannot replace the copy the first one is reading); the run keeps
+    /// it instead of taking its own.
+    pub lock: Option<Arc<StateLock>>,
 }
 
 /// Whether `path` is something other than a regular file or a folder (a FIFO, a pipe such as
@@ -76,6 +83,7 @@ pub fn resolve(
             input: input.to_path_buf(),
             state,
             spooled: false,
+            lock: None,
         });
     }
     let stdin = std::io::stdin();
@@ -117,6 +125,10 @@ pub fn resolve(
         None => runs_path(runs_dir, &hash)?,
     };
     let spool = spool_path(&state, input_format);
+    let lock = StateLock::acquire(&state).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+        untrack(&tmp);
+    })?;
     track(&spool);
     std::fs::rename(&tmp, &spool).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
@@ -130,6 +142,7 @@ pub fn resolve(
         input: spool,
         state,
         spooled: true,
+        lock: lock.map(Arc::new),
     })
 }
 

@@ -9,6 +9,7 @@ use crate::base::format::Format;
 use crate::base::printer::Printer;
 use crate::engine::concurrency::Concurrency;
 use crate::engine::expect::Expectation;
+use crate::engine::lock::StateLock;
 use crate::engine::pricing::PriceTable;
 use crate::engine::provider::{Api, ExtraHeaders};
 use crate::engine::retry::RetryPolicy;
@@ -26,6 +27,8 @@ pub struct RunConfig {
     pub input: PathBuf,
     /// `input` is a copy of stdin, removed when the run completes.
     pub spooled_stdin: bool,
+    /// The job's lock, when it was taken to copy stdin (see [`RunConfig::lock`]).
+    pub stdin_lock: Option<std::sync::Arc<StateLock>>,
     pub output: PathBuf,
     pub input_format: Format,
     pub output_format: Format,
@@ -122,6 +125,15 @@ fn hide_header_value(header: &str) -> String {
 }
 
 impl RunConfig {
+    /// The job's lock on `state`: the one taken when stdin was copied, or a new one. Held until
+    /// dropped; a second process on the job is refused.
+    pub fn lock(&self, state: &Path) -> Result<Option<Arc<StateLock>>, crate::base::error::Error> {
+        match &self.stdin_lock {
+            Some(held) if held.is_for(state) => Ok(Some(held.clone())),
+            _ => Ok(StateLock::acquire(state)?.map(Arc::new)),
+        }
+    }
+
     /// What this run may print, and where.
     pub fn printer(&self) -> Printer {
         Printer::new(self.quiet)

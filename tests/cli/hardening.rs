@@ -728,6 +728,58 @@ fn sigterm_during_the_run_of_stdin_removes_the_copy() {
     assert_eq!(spools(&dir), Vec::<String>::new(), "{}", show(&out));
 }
 
+/// Starts `batch run - -o out.csv` on the mock at `latency_ms`, with `rows` on its stdin.
+fn spawn_stdin_run(dir: &TestDir, latency_ms: u32, rows: &str) -> std::process::Child {
+    let mut child = cmd(
+        dir,
+        [
+            "run",
+            "-",
+            &format!("--mock=latency-ms={latency_ms}"),
+            "--prompt",
+            "Say {{ text }}",
+            "-o",
+            "out.csv",
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(rows.as_bytes()).unwrap();
+    child
+}
+
+#[test]
+fn a_second_stdin_run_on_the_same_job_is_refused_without_touching_the_first_ones_copy() {
+    let dir = TestDir::new();
+    let first = spawn_stdin_run(&dir, 1500, INPUT);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !dir.join("out.sqlite").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Other rows on the second stdin: had its copy replaced the first's, the first run would
+    // merge these into its results, or find its copy gone.
+    let second = spawn_stdin_run(&dir, 0, "id,text\n1,other\n2,rows\n");
+    let second = wait_bounded(second);
+    assert_code(&second, 2);
+    assert!(
+        stderr(&second).contains("is in use by another batch process"),
+        "{}",
+        show(&second)
+    );
+    let first = wait_bounded(first);
+    assert_code(&first, 0);
+    assert_eq!(answers(&dir), expected_answers(), "{}", show(&first));
+    assert_eq!(spools(&dir), Vec::<String>::new());
+}
+
 #[test]
 fn secrets_echoed_to_a_batch_api_submission_are_not_printed() {
     const KEY: &str = "sk-test-echoed-batch-key-42";

@@ -487,7 +487,7 @@ pub async fn submit_command(cfg: RunConfig) -> Result<ExitStatus, Error> {
     // Not the mock: opening starts nothing, it only gives the base URL and key.
     let conn = Connection::open(&cfg.endpoint).await?;
     let path = state_path(&cfg);
-    let _lock = StateLock::acquire(&path)?;
+    let _lock = cfg.lock(&path)?;
     let st = submit(&cfg, &conn.base_url, conn.api_key.as_ref(), &path).await?;
     print_submitted(&st, &path, printer, false);
     // Nothing is answered yet: the exit status says whether everything was handed over.
@@ -1073,7 +1073,7 @@ pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
     let conn = Connection::open(&cfg.endpoint).await?;
     let (base_url, key) = (conn.base_url.clone(), conn.api_key.clone());
     let path = state_path(&cfg);
-    let _lock = StateLock::acquire(&path)?;
+    let _lock = cfg.lock(&path)?;
     let mut st = if matches!(cfg.resume, Resume::Yes { .. }) {
         BatchState::load(&path)?
     } else {

@@ -39,7 +39,6 @@ use crate::engine::derived::DerivedColumns;
 use crate::engine::expect::Expectation;
 use crate::engine::input::InputFile;
 use crate::engine::limiter::RateBudget;
-use crate::engine::lock::StateLock;
 use crate::engine::output::{ResultsWriter, check_writable};
 use crate::engine::provider::{self, http_client};
 use crate::engine::row_settings::RowSettings;
@@ -93,7 +92,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         check_writable(&cfg.output, "-o")?;
     }
     // One process per job: a second one would send the same rows, and write the same files.
-    let _lock = StateLock::acquire(&cfg.state)?;
+    let _lock = cfg.lock(&cfg.state)?;
     let (writer, mut store) = open_files(&cfg, &checked)?;
     let conn = Connection::open(&cfg.endpoint).await?;
     let settings = cfg.request_settings(&canonical(&cfg.input));
