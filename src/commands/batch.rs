@@ -7,6 +7,7 @@ use crate::base::error::{Error, ExitStatus};
 use crate::base::printer::Printer;
 use crate::commands::cli::{BatchStateArgs, CollectArgs, SubmitArgs};
 use crate::commands::config::{RunOnlyFlag, refuse_flags};
+use crate::engine::provider::ExtraHeaders;
 use crate::run::batchapi::{self, Collect, DEFAULT_POLL_MAX};
 use crate::run::settings::RunConfig;
 
@@ -34,13 +35,15 @@ pub async fn submit(args: SubmitArgs) -> Result<ExitStatus, Error> {
 /// `batch status STATE`: a report, with no `-q` to hide anything.
 pub async fn status(args: BatchStateArgs) -> Result<ExitStatus, Error> {
     let printer = Printer::new(false);
-    batchapi::status_command(&args.state, args.api_key_file.as_deref(), printer).await
+    let headers = headers(&args.header)?;
+    batchapi::status_command(&args.state, args.api_key_file.as_deref(), &headers, printer).await
 }
 
 /// `batch cancel STATE`: a report, with no `-q` to hide anything.
 pub async fn cancel(args: BatchStateArgs) -> Result<ExitStatus, Error> {
     let printer = Printer::new(false);
-    batchapi::cancel_command(&args.state, args.api_key_file.as_deref(), printer).await
+    let headers = headers(&args.header)?;
+    batchapi::cancel_command(&args.state, args.api_key_file.as_deref(), &headers, printer).await
 }
 
 /// `batch collect STATE`.
@@ -60,6 +63,7 @@ pub async fn collect(args: CollectArgs) -> Result<ExitStatus, Error> {
         .output("-o", args.output.as_deref())
         .output("--summary-json", args.summary_json.as_deref())
         .check()?;
+    let headers = headers(&args.header)?;
     let opts = Collect {
         wait: args.wait,
         resubmit_failed: args.resubmit_failed,
@@ -67,7 +71,13 @@ pub async fn collect(args: CollectArgs) -> Result<ExitStatus, Error> {
         printer: Printer::new(args.quiet),
         summary_json: args.summary_json,
     };
-    batchapi::collect_command(&args.state, args.api_key_file.as_deref(), args.output, opts).await
+    let key_file = args.api_key_file.as_deref();
+    batchapi::collect_command(&args.state, key_file, &headers, args.output, opts).await
+}
+
+/// The `--header` flags of a step after `submit` (they are not kept in the state file).
+fn headers(specs: &[String]) -> Result<ExtraHeaders, Error> {
+    ExtraHeaders::parse(specs).map_err(Error::Usage)
 }
 
 #[cfg(test)]

@@ -541,6 +541,12 @@ pub struct BatchStateArgs {
     /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY or ANTHROPIC_API_KEY).
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Extra request header, repeatable: `--header 'OpenAI-Organization: org-...'` (for
+    /// gateways and proxies; not kept in the state file, so give it again at every step).
+    /// Values are never printed or logged.
+    #[arg(long = "header", value_name = "'NAME: VALUE'")]
+    pub header: Vec<String>,
 }
 
 /// Flags of `batch collect`.
@@ -575,6 +581,12 @@ pub struct CollectArgs {
     /// Read the API key from FILE instead of the provider's variable (OPENAI_API_KEY or ANTHROPIC_API_KEY).
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Extra request header, repeatable: `--header 'OpenAI-Organization: org-...'` (for
+    /// gateways and proxies; not kept in the state file, so give it again at every step).
+    /// Values are never printed or logged.
+    #[arg(long = "header", value_name = "'NAME: VALUE'")]
+    pub header: Vec<String>,
 
     /// Also write the summary as JSON to PATH.
     #[arg(long, value_name = "PATH")]
@@ -953,6 +965,13 @@ pub struct StatusArgs {
     /// Read the API key from FILE instead of the provider's variable (submitted jobs only).
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
+
+    /// Extra request header, repeatable (submitted jobs only): `--header 'OpenAI-Organization:
+    /// org-...'`, for gateways and proxies; not kept in the state file, so give it again at every
+    /// step.
+    /// Values are never printed or logged.
+    #[arg(long = "header", value_name = "'NAME: VALUE'")]
+    pub header: Vec<String>,
 }
 
 /// Flags of `batch export`.

@@ -19,6 +19,7 @@ pub async fn run(args: StatusArgs) -> Result<ExitStatus, Error> {
         let batch_args = BatchStateArgs {
             state: args.state,
             api_key_file: args.api_key_file,
+            header: args.header,
         };
         return super::batch::status(batch_args).await;
     };

@@ -478,7 +478,8 @@ fn a_50_mb_field_is_refused_in_the_pre_flight() {
 // ---------------------------------------------------------------------------------------------
 
 /// A server on 127.0.0.1 that answers every request with a 400 whose message quotes the
-/// `Authorization` and `X-Api-Key` headers it received, as a misconfigured gateway might.
+/// `Authorization`, `X-Api-Key` and `X-Proxy-Token` headers it received, as a misconfigured
+/// gateway might.
 fn start_echo_server() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().unwrap();
@@ -508,7 +509,10 @@ fn echo_once(mut stream: std::net::TcpStream) {
             if name == "content-length" {
                 length = value.trim().parse().unwrap_or(0);
             }
-            if name == "authorization" || name == "x-api-key" {
+            if matches!(
+                name.as_str(),
+                "authorization" | "x-api-key" | "x-proxy-token"
+            ) {
                 headers.push(format!("{name}={}", value.trim()));
             }
         }
@@ -799,6 +803,8 @@ fn secrets_echoed_to_a_batch_api_submission_are_not_printed() {
             "out.csv",
             "--via",
             "batch",
+            "--header",
+            "X-Proxy-Token: proxy-secret-77",
         ],
     )
     .env("OPENAI_API_KEY", KEY)
@@ -806,7 +812,10 @@ fn secrets_echoed_to_a_batch_api_submission_are_not_printed() {
     .unwrap();
     assert_ne!(util::code(&out), 0, "{}", show(&out));
     let err = stderr(&out);
-    assert!(err.contains("authorization=Bearer [redacted]"), "{err}");
+    // Both reached the Batch API's server, and neither came back out.
+    assert!(err.contains("authorization=[redacted]"), "{err}");
+    assert!(err.contains("x-proxy-token=[redacted]"), "{err}");
+    assert!(!err.contains("proxy-secret-77"), "{err}");
     for (path, bytes) in all_files(dir.path()) {
         let found = bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes());
         assert!(!found, "the key is written in {}", path.display());

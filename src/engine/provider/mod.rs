@@ -206,6 +206,11 @@ impl ExtraHeaders {
             .collect()
     }
 
+    /// These, then `later` (which wins where both name a header).
+    pub fn then(&self, later: &ExtraHeaders) -> ExtraHeaders {
+        ExtraHeaders(self.0.iter().chain(&later.0).cloned().collect())
+    }
+
     /// Adds them to `headers`, replacing any header of the same name (so a user can send a
     /// newer `anthropic-version`, or their own `authorization` to a gateway).
     pub fn apply(&self, headers: &mut HeaderMap) {
@@ -233,6 +238,13 @@ pub(crate) fn secret_header(value: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid-key-characters"));
     v.set_sensitive(true);
     v
+}
+
+/// A scrubber of the secrets among `headers` (those marked sensitive: the key and every
+/// `--header` value), for the clients that do not go through [`Transport`] (the Batch APIs).
+pub fn scrubber_of(headers: &HeaderMap) -> crate::base::secret::Scrubber {
+    let secrets = headers.values().filter(|v| v.is_sensitive());
+    crate::base::secret::Scrubber::new(secrets.filter_map(|v| v.to_str().ok()))
 }
 
 /// `answer` (a body, or the error made of one) with `scrubber`'s secrets removed: for the

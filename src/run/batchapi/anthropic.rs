@@ -144,8 +144,8 @@ impl AnthropicBatches {
         AnthropicBatches {
             client,
             url: batches_url(base_url),
+            scrubber: crate::engine::provider::scrubber_of(&headers),
             headers,
-            scrubber: crate::base::secret::Scrubber::new(key.map(|k| k.expose())),
         }
     }
 

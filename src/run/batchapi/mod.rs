@@ -105,21 +105,24 @@ enum Api {
 }
 
 impl Api {
-    /// The client of the state's provider. Anthropic's also sends the `anthropic-*` headers
-    /// given with `--header` at submission (kept in the state), so every step of a batch
-    /// speaks the same API version.
-    fn new(st: &BatchState, key: Option<&ApiKey>) -> Result<Self, Error> {
+    /// The client of the state's provider, sending `given` (this step's `--header`s). Anthropic's
+    /// also sends the `anthropic-*` headers given with `--header` at submission (kept in the
+    /// state; `given` wins), so every step of a batch speaks the same API version.
+    fn new(st: &BatchState, key: Option<&ApiKey>, given: &ExtraHeaders) -> Result<Self, Error> {
         let (kind, base_url) = (st.provider, st.base_url.as_str());
         let client = http_client(4);
         Ok(match kind {
             ProviderKind::OpenAi | ProviderKind::OpenAiResponses => Api::OpenAi(
-                openai::OpenAiBatches::new(client, base_url, key, openai::endpoint(kind)),
+                openai::OpenAiBatches::new(client, base_url, key, openai::endpoint(kind), given),
             ),
             ProviderKind::Anthropic => {
                 let extra = ExtraHeaders::parse(&st.api_headers)
                     .map_err(|e| Error::Input(format!("the state file's api_headers: {e}")))?;
                 Api::Anthropic(anthropic::AnthropicBatches::new(
-                    client, base_url, key, &extra,
+                    client,
+                    base_url,
+                    key,
+                    &extra.then(given),
                 ))
             }
         })
@@ -542,7 +545,7 @@ async fn submit(
         api_headers: cfg.headers.anthropic_protocol(),
     };
     st.save(path)?;
-    let api = Api::new(&st, key)?;
+    let api = Api::new(&st, key, &cfg.headers)?;
     for i in 0..st.batches.len() {
         api.submit(&mut st, i, path).await.map_err(|e| {
             Error::io(
@@ -759,11 +762,12 @@ fn write_cost(w: &mut dyn Write, cfg: &RunConfig, planned: &plan::Plan) -> std::
 pub async fn status_command(
     path: &Path,
     api_key_file: Option<&Path>,
+    headers: &ExtraHeaders,
     printer: Printer,
 ) -> Result<ExitStatus, Error> {
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
-    let api = Api::new(&st, key.as_ref())?;
+    let api = Api::new(&st, key.as_ref(), headers)?;
     for i in 0..st.batches.len() {
         if let (Phase::Created, Some(id)) = (st.batches[i].phase, st.batches[i].batch_id.clone()) {
             let b = api.get(&id).await?;
@@ -838,12 +842,13 @@ fn write_status(w: &mut dyn Write, st: &BatchState, path: &Path) -> std::io::Res
 pub async fn cancel_command(
     path: &Path,
     api_key_file: Option<&Path>,
+    headers: &ExtraHeaders,
     printer: Printer,
 ) -> Result<ExitStatus, Error> {
     let _lock = StateLock::acquire(path)?;
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
-    let api = Api::new(&st, key.as_ref())?;
+    let api = Api::new(&st, key.as_ref(), headers)?;
     for i in 0..st.batches.len() {
         if st.batches[i].phase == Phase::Creating
             && let Some(b) = api.find(&st, i).await?
@@ -880,13 +885,14 @@ pub async fn cancel_command(
 pub async fn collect_command(
     path: &Path,
     api_key_file: Option<&Path>,
+    headers: &ExtraHeaders,
     output: Option<PathBuf>,
     opts: Collect,
 ) -> Result<ExitStatus, Error> {
     let _lock = StateLock::acquire(path)?;
     let mut st = BatchState::load(path)?;
     let key = api_key(&st, api_key_file)?;
-    let api = Api::new(&st, key.as_ref())?;
+    let api = Api::new(&st, key.as_ref(), headers)?;
     if let Some(o) = output {
         st.output = o;
     }
@@ -1080,7 +1086,7 @@ pub async fn run_via_batch(cfg: RunConfig) -> Result<ExitStatus, Error> {
         submit(&cfg, &base_url, key.as_ref(), &path).await?
     };
     print_submitted(&st, &path, printer, true);
-    let api = Api::new(&st, key.as_ref())?;
+    let api = Api::new(&st, key.as_ref(), &cfg.headers)?;
     let opts = Collect {
         wait: true,
         resubmit_failed: false,

@@ -16,7 +16,7 @@ use super::state::{Counts, ProviderKind};
 use super::{Outcome, RemoteBatch, custom_id_seq};
 use crate::base::secret::ApiKey;
 use crate::engine::provider::openai::classify_error;
-use crate::engine::provider::{CallError, ParseFn, transport_error};
+use crate::engine::provider::{CallError, ExtraHeaders, ParseFn, transport_error};
 
 /// The endpoint every request of a batch goes to: the one `run` would send it to.
 pub fn endpoint(kind: ProviderKind) -> &'static str {
@@ -44,9 +44,11 @@ pub fn input_line(endpoint: &str, custom_id: &str, body: &[u8]) -> Vec<u8> {
 pub struct OpenAiBatches {
     client: reqwest::Client,
     base: String,
-    auth: Option<HeaderValue>,
+    /// The key as `Authorization`, and the `--header`s.
+    headers: HeaderMap,
     endpoint: &'static str,
-    /// The key, removed from whatever the server answers (#19: echoed secrets).
+    /// The key and the `--header` values, removed from whatever the server answers (#19:
+    /// echoed secrets).
     scrubber: crate::base::secret::Scrubber,
 }
 
@@ -148,28 +150,30 @@ impl OpenAiBatches {
         base_url: &str,
         key: Option<&ApiKey>,
         endpoint: &'static str,
+        extra: &ExtraHeaders,
     ) -> Self {
-        let auth = key.map(|k| {
+        let mut headers = HeaderMap::new();
+        if let Some(k) = key {
             let mut v = HeaderValue::from_str(&format!("Bearer {}", k.expose()))
                 .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-key-characters"));
             v.set_sensitive(true);
-            v
-        });
+            headers.insert(AUTHORIZATION, v);
+        }
+        extra.apply(&mut headers);
         OpenAiBatches {
             client,
             base: base_url.trim_end_matches('/').to_string(),
-            scrubber: crate::base::secret::Scrubber::new(key.map(|k| k.expose())),
-            auth,
+            scrubber: crate::engine::provider::scrubber_of(&headers),
+            headers,
             endpoint,
         }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        let mut b = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(auth) = &self.auth {
-            b = b.header(AUTHORIZATION, auth.clone());
-        }
-        b
+        let url = format!("{}{path}", self.base);
+        self.client
+            .request(method, url)
+            .headers(self.headers.clone())
     }
 
     /// Sends and reads the whole body; a non-2xx answer is classified like a run's.
