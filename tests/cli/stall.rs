@@ -109,3 +109,36 @@ fn a_used_up_daily_quota_stops_the_run_at_once_naming_its_reset() {
     // Not after --max-stall's ten minutes: at once (a generous bound, not a timing figure).
     assert!(started.elapsed() < std::time::Duration::from_secs(300));
 }
+
+#[test]
+fn a_429_asking_for_a_long_wait_is_said_once_even_quietly() {
+    // A daily quota stated nowhere but in the 429's retry-after (hours away).
+    let mock = MockProcess::start(&[
+        "--rpd",
+        "1",
+        "--retry-after",
+        "seconds",
+        "--no-limit-headers",
+    ]);
+    let dir = TestDir::new();
+    dir.create("in.csv", &numbered_csv(4));
+    let base = format!("http://127.0.0.1:{}/v1", mock.port());
+    let out = run(&dir, args(&base, &["-j", "2", "--max-stall", "1"]));
+    assert_code(&out, 1);
+    let err = crate::util::stderr(&out);
+    assert!(
+        stat(&mock.stats(), "rate_limited") > 0,
+        "nothing was refused, so this proves nothing: {}",
+        show(&out)
+    );
+    assert_eq!(
+        err.matches("the server asks to wait").count(),
+        1,
+        "{}",
+        show(&out)
+    );
+    assert!(
+        err.contains("a 429's retry-after, until") && err.contains("--max-stall"),
+        "{err}"
+    );
+}

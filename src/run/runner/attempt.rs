@@ -360,6 +360,7 @@ fn retry_wait(shared: &Shared, job: &Job, err: &CallError, row: &mut Tally) -> O
     let rng = row.rng.get_or_insert_with(SmallRng::from_os_rng);
     if err.kind == ErrorKind::RateLimited && err.retryable() {
         // Rate limiting is waiting, not failing: bounded by the run's time without an answer.
+        tell_long_retry_after(shared, err);
         let stalled = shared.stalled();
         return match shared
             .retry
@@ -379,6 +380,31 @@ fn retry_wait(shared: &Shared, job: &Job, err: &CallError, row: &mut Tally) -> O
     }
     let retries = attempt - 1 - row.invalid_answers - row.throttled;
     shared.retry.next_delay(retries, err, rng)
+}
+
+/// A 429 whose `retry-after` is longer than a minute (a quota, not a burst) is said once, even
+/// with `-q`: the run waits, at most `--max-stall` without an answer, and a user watching a
+/// still progress line should know why and until when.
+fn tell_long_retry_after(shared: &Shared, err: &CallError) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let Some(wait) = err
+        .retry_after
+        .filter(|w| *w > crate::engine::limiter::LONG_WAIT)
+    else {
+        return;
+    };
+    if shared.long_retry_after_told.swap(true, SeqCst) {
+        return;
+    }
+    let until = humantime::format_rfc3339_seconds(std::time::SystemTime::now() + wait);
+    shared.printer.warn(format_args!(
+        "the server asks to wait {} before sending again (a 429's retry-after, until \
+         {until}); retrying at most every {}, for up to --max-stall ({}) without an answer \
+         (Ctrl-C, then --resume later, to stop instead)",
+        crate::base::human::duration(wait),
+        crate::base::human::duration(shared.retry.max_retry_after.min(wait)),
+        crate::base::human::duration(shared.retry.max_stall),
+    ));
 }
 
 /// What a row's attempts add up to.

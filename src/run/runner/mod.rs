@@ -364,6 +364,7 @@ fn share(
         last_answer_ms: AtomicU64::new(0),
         storage_error: Mutex::new(None),
         stop_announced: AtomicBool::new(false),
+        long_retry_after_told: AtomicBool::new(false),
         provider,
     }))
 }

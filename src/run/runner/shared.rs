@@ -60,6 +60,8 @@ pub(super) struct Shared {
     /// A stop reason was printed as the run stopped (a long wait beyond --max-stall), so the
     /// end need not say it again under -q.
     pub(super) stop_announced: AtomicBool,
+    /// A 429's `retry-after` beyond a minute has been said (once a run).
+    pub(super) long_retry_after_told: AtomicBool,
 }
 
 impl Shared {
