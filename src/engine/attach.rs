@@ -184,6 +184,10 @@ impl Attachment {
     }
 }
 
+/// How much of a local image the pre-flight reads: its header (size and type) is at the start;
+/// a JPEG whose size comes later (after a large EXIF block) is read whole.
+pub const HEAD_BYTES: u64 = 64 * 1024;
+
 /// Tokens counted for one page of a PDF: Anthropic documents 1,500 to 3,000 per page (its text
 /// and an image of the page), OpenAI puts the same two into the context; the upper end, so
 /// reservations and the spend cap are not short.
@@ -245,22 +249,63 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Checks `w` without encoding it: the attachment with an empty payload. The error is a
-    /// short reason naming the function and cell; the caller adds file and line.
+    /// Checks `w` without encoding it: the attachment with an empty payload and no hash. A
+    /// local image is judged by its first [`HEAD_BYTES`] and its length, so the pre-flight of
+    /// a large job does not read every picture whole. The error is a short reason naming the
+    /// function and cell; the caller adds file and line.
     pub fn inspect(&self, w: &Wanted) -> Result<Attachment, String> {
-        self.read(w).map(|(a, _)| a)
+        self.read(w, false).map(|(a, _)| a)
     }
 
-    /// Checks `w` and encodes its bytes.
+    /// Checks `w`, hashes and encodes its bytes.
     pub fn load(&self, w: &Wanted) -> Result<Attachment, String> {
-        let (mut a, bytes) = self.read(w)?;
+        let (mut a, bytes) = self.read(w, true)?;
         if let Some(bytes) = bytes {
+            a.sha256 = hex(&Sha256::digest(&bytes));
             a.base64 = Arc::from(BASE64.encode(&bytes));
         }
         Ok(a)
     }
 
-    fn read(&self, w: &Wanted) -> Result<(Attachment, Option<Vec<u8>>), String> {
+    /// The file of `cell` (under [`Loader::base`]) checked; `whole` reads all of it, otherwise
+    /// an image's header is enough.
+    fn read_file(
+        &self,
+        kind: Kind,
+        cell: &str,
+        whole: bool,
+        what: &str,
+    ) -> Result<(Attachment, Option<Vec<u8>>), String> {
+        use std::io::Read;
+        let path = self.base.join(cell);
+        let io = |e: std::io::Error| describe_io(what, &path, &e);
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        let n = file.metadata().map_err(io)?.len();
+        let mut bytes = Vec::new();
+        let limit = if whole { u64::MAX } else { HEAD_BYTES };
+        file.by_ref()
+            .take(limit)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        let partial = (bytes.len() as u64) < n;
+        let checked = match partial && Media::sniff(&bytes) != Some(Media::Pdf) {
+            true => self.check_sized(kind, &bytes, n),
+            false => Err(String::new()),
+        };
+        if let Ok(a) = checked {
+            return Ok((a, None));
+        }
+        // A PDF (pages are counted over the whole file), or a header too short to judge.
+        if partial {
+            file.read_to_end(&mut bytes).map_err(io)?;
+        }
+        let a = self
+            .check(kind, &bytes)
+            .map_err(|e| format!("{what}: {e}"))?;
+        Ok((a, Some(bytes)))
+    }
+
+    fn read(&self, w: &Wanted, whole: bool) -> Result<(Attachment, Option<Vec<u8>>), String> {
         let what = format!("{}({:?})", w.kind.function(), shorten(&w.cell));
         let cell = w.cell.trim();
         if cell.is_empty() {
@@ -273,10 +318,7 @@ impl Loader {
         }
         let bytes = match cell.strip_prefix("data:") {
             Some(rest) => decode_data_url(rest).map_err(|e| format!("{what}: {e}"))?,
-            None => {
-                let path = self.base.join(cell);
-                std::fs::read(&path).map_err(|e| describe_io(&what, &path, &e))?
-            }
+            None => return self.read_file(w.kind, cell, whole, &what),
         };
         let a = self
             .check(w.kind, &bytes)
@@ -309,6 +351,11 @@ impl Loader {
     /// Sniffs `bytes` and checks them against the function used and the provider's limits
     /// (the mock checks what it receives with it too).
     pub fn check(&self, kind: Kind, bytes: &[u8]) -> Result<Attachment, String> {
+        self.check_sized(kind, bytes, bytes.len() as u64)
+    }
+
+    /// [`Loader::check`] on the first bytes of a file of `n` bytes (all of them, for a PDF).
+    fn check_sized(&self, kind: Kind, bytes: &[u8], n: u64) -> Result<Attachment, String> {
         let media = Media::sniff(bytes).ok_or_else(|| {
             "not a PNG, JPEG, GIF, WebP or PDF file (judged by its first bytes, not its name); \
              convert it to one of those"
@@ -327,13 +374,12 @@ impl Loader {
             _ => {}
         }
         let l = &self.limits;
-        let n = bytes.len() as u64;
         let mut a = Attachment {
             kind,
             media: Some(media),
             url: None,
             base64: Arc::from(""),
-            sha256: hex(&Sha256::digest(bytes)),
+            sha256: String::new(),
             bytes: n,
             size: None,
             pages: 0,

@@ -323,21 +323,33 @@ fn write_plan(cfg: &RunConfig, plan: &Plan, w: &mut dyn Write) -> std::io::Resul
 
 /// The attachments line of a dry run, when the prompts attach files.
 fn write_attachments(a: &AttachPlan, w: &mut dyn Write) -> std::io::Result<()> {
-    if a.images + a.files == 0 {
+    use crate::base::human::count;
+    let mut what = Vec::new();
+    if a.images > 0 {
+        what.push(count(a.images, "image"));
+    }
+    if a.files > 0 {
+        what.push(format!(
+            "{} ({})",
+            count(a.files, "PDF"),
+            count(a.pages, "page")
+        ));
+    }
+    if what.is_empty() {
         return Ok(());
     }
+    let read = match a.bytes {
+        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        n => format!("{:.1} kB", n as f64 / 1e3),
+    };
     let urls = match a.urls {
         0 => String::new(),
-        n => format!("; {n} by URL, not fetched"),
+        n => format!(", {n} by URL (not fetched)"),
     };
     writeln!(
         w,
-        "Attachments  {} images, {} PDFs ({} pages), {:.1} MB read{urls}; {} tokens, in the \
-         prompt tokens below",
-        a.images,
-        a.files,
-        a.pages,
-        a.bytes as f64 / 1e6,
+        "Attachments  {}, {read} read{urls}; {} tokens of the prompts below",
+        what.join(", "),
         a.tokens
     )
 }
