@@ -333,3 +333,41 @@ fn resume_after_kill_9_sends_no_finished_row_again() {
     assert_eq!(rows.len() as u64, ROWS);
     assert!(rows.iter().all(|r| field(r, "status") == "ok"));
 }
+
+#[test]
+fn the_batch_api_carries_the_same_parts() {
+    let dir = TestDir::new();
+    photos(&dir, 3);
+    let args = |via: &'static str, out: &'static str| {
+        let mut a = vec![
+            "run",
+            "photos.csv",
+            "--prompt",
+            PROMPT,
+            "--mock",
+            "-m",
+            "gpt-4o",
+        ];
+        a.extend([
+            "--image-detail",
+            "high",
+            "--no-cache",
+            "-q",
+            "--via",
+            via,
+            "-o",
+            out,
+        ]);
+        a
+    };
+    assert_code(&run(&dir, args("api", "direct.csv")), 0);
+    assert_code(&run(&dir, args("batch", "batch.csv")), 0);
+    let (direct, batch) = (dir.results("direct.csv"), dir.results("batch.csv"));
+    assert_eq!(batch.len(), 3);
+    for (d, b) in direct.iter().zip(&batch) {
+        assert_eq!(field(b, "status"), "ok", "{b:?}");
+        let tokens: u64 = field(b, "prompt_tokens").parse().unwrap();
+        assert!(tokens > 765, "{b:?}");
+        assert_eq!(field(d, "prompt_tokens"), field(b, "prompt_tokens"));
+    }
+}
