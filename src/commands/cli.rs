@@ -423,6 +423,12 @@ pub struct RunArgs {
     /// 4G].
     #[arg(long, value_name = "SIZE", help_heading = "Input")]
     pub max_input_size: Option<crate::engine::input::ByteSize>,
+
+    /// OpenAI's `detail` on the images a prompt attaches with `{{ image(column) }}`: low (one
+    /// tile, cheapest), high or auto; tokens are estimated as high for auto [default: the
+    /// API's, auto].
+    #[arg(long, value_enum, value_name = "LEVEL", help_heading = "Model")]
+    pub image_detail: Option<crate::engine::attach::Detail>,
 }
 
 /// Flags of `batch bench`: every `batch run` flag that shapes requests, plus the sweep and its

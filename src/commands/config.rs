@@ -67,7 +67,7 @@ impl RunConfig {
                 temperature, price_file, concurrency, rpm, tpm, max_retries, max_stall, timeout, api_key_file,
                 mock, summary_json, grace, max_cost, log, provider, api, schema, schema_retries,
                 expect, match_mode, via, batch_max_requests, batch_max_bytes,
-                delimiter, max_field_size, max_row_size, max_input_size);
+                delimiter, max_field_size, max_row_size, max_input_size, image_detail);
             if args.header.is_empty() {
                 args.header = std::mem::take(&mut file.header);
             }
@@ -192,6 +192,7 @@ impl RunConfig {
             },
             read,
             continue_with: None,
+            image_detail: args.image_detail,
         })
     }
 }

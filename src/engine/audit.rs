@@ -4,7 +4,9 @@
 //! A line holds the time, the row, the attempt number, the request body exactly as sent, the
 //! HTTP status, the response body (as JSON when it parses, else as text) or the error, the
 //! response headers that matter (request id, rate limits), and the latency. Request headers are
-//! never logged, so the API key cannot appear.
+//! never logged, so the API key cannot appear. Attached files are not logged either: each
+//! base64 payload in the body (a `data:` URL, or Anthropic's `base64` source) is replaced by
+//! `{"sha256", "bytes"}` of the file, enough to tell which file was sent without its bytes.
 
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
@@ -23,6 +25,57 @@ use crate::engine::provider::Exchange;
 pub struct AuditLog {
     tx: Option<mpsc::Sender<String>>,
     thread: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// The request body as logged: JSON, its file payloads replaced by their hash and size.
+fn logged_request(request: &[u8]) -> Value {
+    let mut v = serde_json::from_slice(request).unwrap_or(Value::Null);
+    if request
+        .windows(7)
+        .any(|w| w == b"base64\"" || w == b";base64")
+    {
+        redact_payloads(&mut v);
+    }
+    v
+}
+
+/// `{"sha256", "bytes"}` of base64 `data`, or `None` when it is not base64.
+fn digest(data: &str) -> Option<Value> {
+    use base64::Engine as _;
+    use sha2::{Digest, Sha256};
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .ok()?;
+    let sha = crate::engine::attach::hex(&Sha256::digest(&bytes));
+    Some(serde_json::json!({"sha256": sha, "bytes": bytes.len()}))
+}
+
+/// Replaces every `data:<type>;base64,...` string and every `"data"` of a `"type": "base64"`
+/// object with [`digest`].
+fn redact_payloads(v: &mut Value) {
+    match v {
+        Value::String(s) => {
+            if let Some((head, data)) = s.strip_prefix("data:").and_then(|r| r.split_once(','))
+                && head.ends_with(";base64")
+                && let Some(mut d) = digest(data)
+            {
+                d["media_type"] = Value::String(head.trim_end_matches(";base64").to_string());
+                *v = d;
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_payloads),
+        Value::Object(map) => {
+            let base64_source = map.get("type").and_then(Value::as_str) == Some("base64");
+            for (k, item) in map.iter_mut() {
+                let payload = base64_source && k == "data";
+                match payload.then(|| item.as_str().and_then(digest)).flatten() {
+                    Some(d) => *item = d,
+                    None => redact_payloads(item),
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 #[derive(Serialize)]
@@ -103,7 +156,7 @@ impl AuditLog {
             row_id,
             row: seq + 1,
             attempt,
-            request: serde_json::from_slice(request).unwrap_or(Value::Null),
+            request: logged_request(request),
             status: exchange.and_then(|x| x.status),
             response,
             error,
@@ -147,6 +200,25 @@ impl Drop for AuditLog {
 mod tests {
     use super::*;
     use crate::engine::provider::{CallError, ErrorKind};
+
+    #[test]
+    fn file_payloads_are_logged_as_hash_and_size() {
+        let body = serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png",
+                "data": "aGVsbG8="}},
+            {"type": "text", "text": "data: not a payload"}]}]});
+        let v = logged_request(body.to_string().as_bytes());
+        let text = v.to_string();
+        assert!(!text.contains("aGVsbG8="), "{text}");
+        // sha256("hello")
+        let sha = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        let parts = &v["messages"][0]["content"];
+        assert_eq!(parts[0]["image_url"]["url"]["sha256"], sha);
+        assert_eq!(parts[0]["image_url"]["url"]["bytes"], 5);
+        assert_eq!(parts[1]["source"]["data"]["sha256"], sha);
+        assert_eq!(parts[2]["text"], "data: not a payload");
+    }
 
     #[test]
     fn lines_hold_request_response_and_kept_headers() {

@@ -53,6 +53,7 @@ pub mod schema;
 mod stream;
 mod timeline;
 mod tools;
+mod vision;
 mod wire;
 
 pub use fault::{FaultKind, FaultSpec};
@@ -772,6 +773,7 @@ fn parse(body: &[u8], spoil: Option<f64>) -> Result<(wire::Incoming, Answer), St
     .map_err(|(message, param, code)| invalid_param(&message, Some(&param), code))?;
     let (schema, json_object) = chat_format(&req)?;
     let mut answer = Answer::to(&req, Ask::of(call.as_ref(), schema, json_object), spoil);
+    answer.prompt_tokens += chat_file_tokens(&req)?;
     answer.tool = call.map(|c| c.name);
     // Every choice is the same answer, and costs the same.
     answer.completion_tokens *= u64::from(choices);
@@ -781,6 +783,18 @@ fn parse(body: &[u8], spoil: Option<f64>) -> Result<(wire::Incoming, Answer), St
     incoming.stream_usage = stream_usage;
     incoming.choices = choices;
     Ok((incoming, answer))
+}
+
+/// Prompt tokens of the files the last user message attaches (checked by [`vision::tokens`]).
+fn chat_file_tokens(req: &ChatRequest) -> Result<u64, String> {
+    match req.messages.iter().rev().find(|m| m.role == "user") {
+        Some(ChatMessage {
+            content: serde_json::Value::Array(parts),
+            ..
+        }) => vision::tokens(vision::Flavor::Chat, &req.model, parts)
+            .map_err(|e| invalid_param(&e, Some("messages"), "invalid_value")),
+        _ => Ok(0),
+    }
 }
 
 /// The Chat request in `body`, refused when it is no JSON of its shape or has no messages.

@@ -1,6 +1,7 @@
 //! The parts a run is built from. Each imports [`crate::base`] and other engine modules, never
 //! the run or the commands.
 
+pub mod attach;
 pub mod audit;
 pub mod cache;
 pub mod concurrency;

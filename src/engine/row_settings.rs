@@ -135,6 +135,7 @@ mod tests {
             max_tokens: Some(100),
             temperature: Some(1.0),
             schema: None,
+            parts: Vec::new(),
         }
     }
 

@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use minijinja::{Environment, UndefinedBehavior, Value};
 
 use crate::base::error::Error;
+use crate::engine::attach::{Kind, Wanted};
 use crate::engine::input::{InputFile, Row, list_columns};
 use crate::engine::render_guard;
 
@@ -42,7 +43,87 @@ pub const MAX_PROMPT_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
     pub system: Option<String>,
+    /// The user prompt's text (its text segments joined, when it has attachments).
     pub user: String,
+    /// The user prompt in order, text and attachments, when the template calls `image()` or
+    /// `file()`; empty otherwise (a text-only request, sent exactly as before).
+    pub parts: Vec<Segment>,
+}
+
+/// A piece of a user prompt with attachments.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Segment {
+    Text(String),
+    Attach(Wanted),
+}
+
+/// The template functions that attach a file: `{{ image(photo) }}`, `{{ file(scan) }}`. They
+/// win over a column of the same name (reachable as `row.image`) in a template that calls them.
+const FUNCTIONS: [&str; 2] = ["image", "file"];
+/// What `image(cell)` renders to: these marks around the kind and the cell, split out again
+/// after the render (a function cannot hand anything but text back through minijinja).
+const MARK_OPEN: char = '\u{1}';
+const MARK_CLOSE: char = '\u{2}';
+
+/// Whether `text` calls one of [`FUNCTIONS`].
+fn calls_functions(text: &str) -> bool {
+    static CALL: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    CALL.get_or_init(|| regex::Regex::new(r"\b(?:image|file)\s*\(").expect("a valid pattern"))
+        .is_match(text)
+}
+
+/// The minijinja function for `kind`: the cell between marks.
+fn attach_function(kind: Kind) -> Value {
+    Value::from_function(move |cell: Value| -> Result<String, minijinja::Error> {
+        let Some(cell) = cell.as_str() else {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!(
+                    "{0}() takes a cell: a column name, or row.name (a column named {0} is \
+                     row.{0} in a template that calls {0}())",
+                    kind.function()
+                ),
+            ));
+        };
+        if cell.contains([MARK_OPEN, MARK_CLOSE]) {
+            return Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("{}(): the cell has control characters", kind.function()),
+            ));
+        }
+        let k = if kind == Kind::Image { 'I' } else { 'F' };
+        Ok(format!("{MARK_OPEN}{k}{cell}{MARK_CLOSE}"))
+    })
+}
+
+/// Splits a rendered prompt at the marks: its text (joined) and its segments in order.
+/// Whitespace-only text between attachments is dropped (Anthropic refuses such blocks).
+fn split_marks(out: &str) -> (String, Vec<Segment>) {
+    let (mut text, mut parts) = (String::new(), Vec::new());
+    let mut push_text = |t: &str, parts: &mut Vec<Segment>| {
+        if !t.trim().is_empty() {
+            text.push_str(t);
+            parts.push(Segment::Text(t.to_string()));
+        }
+    };
+    let mut rest = out;
+    while let Some(open) = rest.find(MARK_OPEN) {
+        push_text(&rest[..open], &mut parts);
+        let after = &rest[open + MARK_OPEN.len_utf8()..];
+        let Some(close) = after.find(MARK_CLOSE) else {
+            rest = after;
+            continue;
+        };
+        let (k, cell) = after[..close].split_at(after[..close].len().min(1));
+        let kind = if k == "I" { Kind::Image } else { Kind::File };
+        parts.push(Segment::Attach(Wanted {
+            kind,
+            cell: cell.to_string(),
+        }));
+        rest = &after[close + MARK_CLOSE.len_utf8()..];
+    }
+    push_text(rest, &mut parts);
+    (text, parts)
 }
 
 /// Compiled prompt templates for one run.
@@ -54,6 +135,8 @@ pub struct Prompts {
     /// The templates that are only text and `{{ column }}`, in their fast form.
     plain_user: Option<Plain>,
     plain_system: Option<Plain>,
+    /// The user template calls `image()` or `file()`.
+    attaches: bool,
     /// Renders that ran out of their budget. Past [`BUDGET_FAILURES`] the template is not run
     /// again (each such row costs a full budget, and the run cannot go ahead anyway).
     over_budget: std::sync::atomic::AtomicUsize,
@@ -148,10 +231,12 @@ impl Prompts {
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_recursion_limit(TEMPLATE_DEPTH);
         let mut plain_user = None;
+        let mut attaches = false;
         let prompt_column = match prompt {
             PromptSource::Template(text) => {
                 add_checked(&mut env, USER, "the prompt template", text.clone(), input)?;
-                plain_user = Plain::new(text, &input.headers);
+                attaches = calls_functions(text);
+                plain_user = Plain::new(text, &input.headers).filter(|_| !attaches);
                 None
             }
             PromptSource::PromptColumn => Some(
@@ -170,6 +255,13 @@ impl Prompts {
             ),
         };
         if let Some(text) = system {
+            if calls_functions(text) {
+                return Err(Error::Usage(
+                    "the system template calls image() or file(): attachments go in the prompt \
+                     (--prompt or --prompt-file), not the system prompt"
+                        .into(),
+                ));
+            }
             add_checked(
                 &mut env,
                 SYSTEM,
@@ -184,6 +276,7 @@ impl Prompts {
             has_system: system.is_some(),
             plain_user,
             plain_system: system.and_then(|text| Plain::new(text, &input.headers)),
+            attaches,
             over_budget: Default::default(),
         })
     }
@@ -195,7 +288,11 @@ impl Prompts {
             (None, Some(plain)) => plain.render(USER, &input.headers, row)?,
             (None, None) => self.render_one(USER, input, row)?,
         };
-        if user.trim().is_empty() {
+        let (user, parts) = match self.attaches {
+            true => split_marks(&user),
+            false => (user, Vec::new()),
+        };
+        if user.trim().is_empty() && parts.is_empty() {
             return Err("the prompt is empty".into());
         }
         let system = match (self.has_system, &self.plain_system) {
@@ -203,7 +300,11 @@ impl Prompts {
             (true, Some(plain)) => Some(plain.render(SYSTEM, &input.headers, row)?),
             (true, None) => Some(self.render_one(SYSTEM, input, row)?),
         };
-        Ok(Rendered { system, user })
+        Ok(Rendered {
+            system,
+            user,
+            parts,
+        })
     }
 
     fn render_one(&self, name: &str, input: &InputFile, row: &Row) -> Result<String, String> {
@@ -224,6 +325,10 @@ impl Prompts {
             columns.iter().map(|(k, v)| (*k, Value::from(*v))).collect();
         ctx.entry(ROW_VAR)
             .or_insert_with(|| Value::from_serialize(columns));
+        if self.attaches && name == USER {
+            ctx.insert("image", attach_function(Kind::Image));
+            ctx.insert("file", attach_function(Kind::File));
+        }
         let mut out = Bounded::default();
         let template = self
             .env
@@ -250,7 +355,11 @@ impl Prompts {
             true => Some(self.render_one(SYSTEM, input, row)?),
             false => None,
         };
-        Ok(Rendered { system, user })
+        Ok(Rendered {
+            system,
+            user,
+            parts: Vec::new(),
+        })
     }
 }
 
@@ -334,9 +443,11 @@ fn add_checked(
     env.add_template_owned(name, text)
         .map_err(|e| Error::Usage(format!("{what} does not parse: {e:#}")))?;
     let tmpl = env.get_template(name).expect("template was just added");
+    let functions = calls_functions(&text_of(env, name));
     let mut unknown: Vec<String> = tmpl
         .undeclared_variables(false)
         .into_iter()
+        .filter(|v| !(functions && FUNCTIONS.contains(&v.as_str())))
         .filter(|v| v != ROW_VAR && !input.headers.iter().any(|h| h == v))
         .map(|v| format!("{{{{ {v} }}}}"))
         .collect();
@@ -466,6 +577,86 @@ mod tests {
         assert!(slow.contains("longer than"), "{slow}");
         let fast = render_error("{{ text }}{{ text }}{{ text }}{{ text }}{{ text }}", &cell);
         assert!(fast.contains("longer than"), "{fast}");
+    }
+
+    #[test]
+    fn image_and_file_calls_become_attachments_in_order() {
+        let inp = input(&["photo", "scan", "image", "name"]);
+        let p = Prompts::new(
+            &PromptSource::Template(
+                "Describe {{ image(photo) }} for {{ name }}{{ file(row.scan) }}\n{{ image(row.image) }}"
+                    .into(),
+            ),
+            None,
+            &inp,
+        )
+        .unwrap();
+        let r = p
+            .render(&inp, &row(&["a.png", "b.pdf", "c.jpg", "Ann"]))
+            .unwrap();
+        let img = |c: &str| {
+            Segment::Attach(Wanted {
+                kind: Kind::Image,
+                cell: c.into(),
+            })
+        };
+        assert_eq!(
+            r.parts,
+            vec![
+                Segment::Text("Describe ".into()),
+                img("a.png"),
+                Segment::Text(" for Ann".into()),
+                Segment::Attach(Wanted {
+                    kind: Kind::File,
+                    cell: "b.pdf".into()
+                }),
+                img("c.jpg"),
+            ]
+        );
+        assert_eq!(r.user, "Describe  for Ann");
+        // An attachment alone is a prompt; a template without calls has no parts.
+        let only = Prompts::new(
+            &PromptSource::Template("{{ image(photo) }}".into()),
+            None,
+            &inp,
+        );
+        assert_eq!(
+            only.unwrap()
+                .render(&inp, &row(&["a", "b", "c", "d"]))
+                .unwrap()
+                .parts,
+            [img("a")]
+        );
+        let plain = Prompts::new(&PromptSource::Template("{{ name }}".into()), None, &inp).unwrap();
+        assert!(
+            plain
+                .render(&inp, &row(&["a", "b", "c", "d"]))
+                .unwrap()
+                .parts
+                .is_empty()
+        );
+        let sys = Prompts::new(
+            &PromptSource::Template("x".into()),
+            Some("{{ image(photo) }}"),
+            &inp,
+        );
+        assert!(sys.err().unwrap().to_string().contains("system"));
+        let shadowed = Prompts::new(
+            &PromptSource::Template("{{ image(image) }}".into()),
+            None,
+            &inp,
+        );
+        let e = shadowed
+            .unwrap()
+            .render(&inp, &row(&["a", "b", "c", "d"]))
+            .unwrap_err();
+        assert!(e.contains("row.image"), "{e}");
+        let typo = Prompts::new(
+            &PromptSource::Template("{{ image(phot) }}".into()),
+            None,
+            &inp,
+        );
+        assert!(typo.err().unwrap().to_string().contains("phot"));
     }
 
     #[test]

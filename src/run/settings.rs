@@ -73,6 +73,8 @@ pub struct RunConfig {
     pub read: crate::engine::input::ReadOptions,
     /// How the run was started, to print the command that continues it (`batch run` only).
     pub continue_with: Option<ContinueCommand>,
+    /// `--image-detail`, on the images a prompt attaches.
+    pub image_detail: Option<crate::engine::attach::Detail>,
 }
 
 /// The command line of a `batch run`, from which the summary prints the exact command that
@@ -131,6 +133,29 @@ impl RunConfig {
         match &self.stdin_lock {
             Some(held) if held.is_for(state) => Ok(Some(held.clone())),
             _ => Ok(StateLock::acquire(state)?.map(Arc::new)),
+        }
+    }
+
+    /// Where and how the prompt's attachments are read: paths relative to the input file's
+    /// folder (the working directory for stdin), checked against the API's limits.
+    pub fn attach_loader(&self) -> crate::engine::attach::Loader {
+        use crate::engine::attach::Limits;
+        let base = match self.spooled_stdin {
+            true => std::path::PathBuf::from("."),
+            false => self
+                .input
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_default(),
+        };
+        crate::engine::attach::Loader {
+            base,
+            limits: match self.api {
+                Api::AnthropicMessages => Limits::anthropic(),
+                Api::OpenAiChat => Limits::openai(true),
+                Api::OpenAiResponses => Limits::openai(false),
+            },
+            detail: self.image_detail,
         }
     }
 

@@ -19,6 +19,7 @@ mod failfast;
 mod firsthour;
 mod formats;
 mod hardening;
+mod images;
 mod inspect;
 mod layers;
 mod providers;

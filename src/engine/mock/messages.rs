@@ -205,6 +205,7 @@ fn parse_for(purpose: Purpose, headers: &HeaderMap, body: &[u8], spoil: Option<f
     if marked && let Some(s) = &system {
         a.prefix = Some(Prefix::marked(&model, s));
     }
+    a.prompt_tokens += file_tokens(&req, &model)?;
     let mut incoming = Incoming::new(model);
     incoming.stream = stream;
     Ok((incoming, a))
@@ -325,6 +326,25 @@ fn system(req: &Map<String, Value>) -> Result<(Option<String>, bool), (StatusCod
     }
 }
 
+/// Prompt tokens of the images and documents of the last user turn.
+fn file_tokens(req: &Map<String, Value>, model: &str) -> Result<u64, (StatusCode, String)> {
+    let last_user = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| {
+            m.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        })
+        .and_then(|m| m.get("content"))
+        .and_then(Value::as_array);
+    match last_user {
+        Some(blocks) => super::vision::tokens(super::vision::Flavor::Messages, model, blocks)
+            .map_err(|e| invalid(format!("messages: {e}"))),
+        None => Ok(0),
+    }
+}
+
 /// Checks `messages` and returns the text of the last user turn.
 fn last_user_text(req: &Map<String, Value>) -> Result<String, (StatusCode, String)> {
     let messages = match req.get("messages") {
@@ -371,7 +391,11 @@ fn last_user_text(req: &Map<String, Value>) -> Result<String, (StatusCode, Strin
             }
             None => return Err(invalid(format!("messages.{i}.content: Field required"))),
         };
-        if text.is_empty() {
+        let files = m.get("content").and_then(Value::as_array).is_some_and(|b| {
+            b.iter()
+                .any(|b| b.get("type").and_then(Value::as_str) != Some("text"))
+        });
+        if text.is_empty() && !files {
             return Err(invalid(format!(
                 "messages.{i}: text content blocks must be non-empty"
             )));
@@ -466,6 +490,7 @@ mod tests {
             max_tokens,
             temperature: Some(0.5),
             schema: None,
+            parts: Vec::new(),
         }
     }
 

@@ -68,6 +68,7 @@ pub(super) fn parse(body: &[u8], spoil: Option<f64>) -> Parsed {
     let mut a = Answer::asked(&model, system, &user, max, ask, spoil);
     a.tool = call.map(|c| c.name);
     a.prefix = system.map(|s| Prefix::automatic(&model, s));
+    a.prompt_tokens += file_tokens(req.get("input"), &model)?;
     let mut incoming = Incoming::new(model);
     incoming.stream = stream;
     Ok((incoming, a))
@@ -245,6 +246,25 @@ fn input_text(input: Option<&Value>) -> Result<String, (StatusCode, String)> {
     }
 }
 
+/// Prompt tokens of the files the last user item of `input` attaches.
+fn file_tokens(input: Option<&Value>, model: &str) -> Result<u64, (StatusCode, String)> {
+    let last_user = input
+        .and_then(Value::as_array)
+        .and_then(|items| {
+            items
+                .iter()
+                .rev()
+                .find(|i| i.get("role").and_then(Value::as_str) == Some("user"))
+        })
+        .and_then(|i| i.get("content"))
+        .and_then(Value::as_array);
+    match last_user {
+        Some(parts) => super::vision::tokens(super::vision::Flavor::Responses, model, parts)
+            .map_err(|e| invalid(e, Some("input"), "invalid_value")),
+        None => Ok(0),
+    }
+}
+
 /// The 200 body: a `response` with a reasoning item for reasoning models, then the message.
 pub(super) fn body(model: &str, a: &Answer, n: u64) -> String {
     let truncated = a.finish == "length";
@@ -314,6 +334,7 @@ mod tests {
             max_tokens,
             temperature: None,
             schema: None,
+            parts: Vec::new(),
         }
     }
 

@@ -6,12 +6,14 @@
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use super::openai::Content;
 use super::{
-    CallError, Completion, ErrorKind, ExtraHeaders, HttpProvider, RateLimitHeaders, Request,
+    CallError, Completion, ErrorKind, ExtraHeaders, HttpProvider, Part, RateLimitHeaders, Request,
     Transport, retry_after, secret_header, should_retry, truncate_message,
 };
 use crate::base::secret::ApiKey;
 use crate::base::usage::Usage;
+use crate::engine::attach::Kind;
 
 /// The API version every request names, with the key as `x-api-key`: what this client's wire
 /// format was written against and what Anthropic's API reference and the 1.x SDKs send.
@@ -121,7 +123,51 @@ pub struct CacheControl {
 #[derive(Debug, Serialize)]
 pub struct Message<'a> {
     pub role: &'static str,
-    pub content: &'a str,
+    pub content: Content<'a, Block<'a>>,
+}
+
+/// Messages content blocks: `text`, `image` and `document` (a PDF), each file as a `base64`
+/// source with its media type, or a `url` source.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Block<'a> {
+    Text { text: &'a str },
+    Image { source: Source<'a> },
+    Document { source: Source<'a> },
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Source<'a> {
+    Base64 {
+        media_type: &'static str,
+        data: &'a str,
+    },
+    Url {
+        url: String,
+    },
+}
+
+fn blocks(req: &Request) -> Vec<Block<'_>> {
+    req.parts
+        .iter()
+        .map(|p| match p {
+            Part::Text(text) => Block::Text { text },
+            Part::Attach(a) => {
+                let source = match (&a.url, a.media) {
+                    (Some(url), _) => Source::Url { url: url.clone() },
+                    (None, media) => Source::Base64 {
+                        media_type: media.map_or("application/octet-stream", |m| m.mime()),
+                        data: &a.base64,
+                    },
+                };
+                match a.kind {
+                    Kind::Image => Block::Image { source },
+                    Kind::File => Block::Document { source },
+                }
+            }
+        })
+        .collect()
 }
 
 pub fn request_body(req: &Request) -> MessagesBody<'_> {
@@ -139,7 +185,10 @@ pub fn request_body(req: &Request) -> MessagesBody<'_> {
         system,
         messages: vec![Message {
             role: "user",
-            content: &req.user,
+            content: match req.parts.is_empty() {
+                true => Content::Text(&req.user),
+                false => Content::Parts(blocks(req)),
+            },
         }],
         temperature: req.temperature,
         tools: req.schema.as_deref().map(|s| {
@@ -331,6 +380,23 @@ fn request_id(headers: &HeaderMap) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn attachments_have_the_shape_of_anthropics_examples() {
+        use crate::engine::provider::openai::vision_fixtures::{fixture, request_for, shape};
+        for name in [
+            "anthropic_image",
+            "anthropic_image_url",
+            "anthropic_document",
+            "anthropic_document_url",
+        ] {
+            let want = fixture(name);
+            let content = &want["messages"][0]["content"];
+            let req = request_for("claude-sonnet-4-5", content);
+            let body = serde_json::to_value(request_body(&req)).unwrap();
+            assert_eq!(shape(&body["messages"]), shape(&want["messages"]), "{name}");
+        }
+    }
+
     use super::*;
 
     /// Copies of the examples in `shared/reference/examples`.
@@ -348,6 +414,7 @@ mod tests {
             max_tokens,
             temperature: Some(0.0),
             schema: None,
+            parts: Vec::new(),
         }
     }
 
@@ -544,6 +611,7 @@ mod tests {
             max_tokens: Some(100),
             temperature: None,
             schema: Some(std::sync::Arc::new(s)),
+            parts: Vec::new(),
         };
         let v = serde_json::to_value(request_body(&req)).unwrap();
         assert_eq!(v["tools"][0]["name"], "review");

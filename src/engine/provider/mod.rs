@@ -391,6 +391,61 @@ pub struct Request {
     /// row's request).
     #[serde(skip)]
     pub schema: Option<std::sync::Arc<crate::engine::schema::OutputSchema>>,
+    /// The user message as text and attachments in template order, when the prompt attaches
+    /// files (`image()`, `file()`); empty for a text-only request, whose body is `user` alone
+    /// and byte for byte what it was before attachments existed.
+    #[serde(skip)]
+    pub parts: Vec<Part>,
+}
+
+/// A piece of a user message with attachments.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    Text(String),
+    Attach(Arc<crate::engine::attach::Attachment>),
+}
+
+impl Request {
+    /// Loads the attachments of `segments` (a rendered prompt's) into `parts`, in order.
+    pub fn attach(
+        &mut self,
+        segments: &[crate::engine::template::Segment],
+        loader: &crate::engine::attach::Loader,
+    ) -> Result<(), String> {
+        use crate::engine::template::Segment;
+        self.parts = segments
+            .iter()
+            .map(|s| match s {
+                Segment::Text(t) => Ok(Part::Text(t.clone())),
+                Segment::Attach(w) => loader.load(w).map(|a| Part::Attach(Arc::new(a))),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(())
+    }
+
+    /// The attachments.
+    pub fn attachments(&self) -> impl Iterator<Item = &crate::engine::attach::Attachment> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Attach(a) => Some(a.as_ref()),
+            Part::Text(_) => None,
+        })
+    }
+
+    /// Prompt tokens of the attachments on this request's model.
+    pub fn attachment_tokens(&self) -> u32 {
+        self.attachments()
+            .fold(0u32, |n, a| n.saturating_add(a.tokens(&self.model)))
+    }
+
+    /// Drops the attachments' bytes once the body holds them: a queued job then keeps one
+    /// copy, not two.
+    pub fn strip_payloads(&mut self) {
+        for p in &mut self.parts {
+            if let Part::Attach(a) = p {
+                *a = Arc::new(a.strip());
+            }
+        }
+    }
 }
 
 /// A successful answer.
@@ -923,6 +978,7 @@ mod provider_choice_tests {
             max_tokens: Some(32),
             temperature: None,
             schema: None,
+            parts: Vec::new(),
         };
         let client = reqwest::Client::new();
         let built: Vec<_> = [

@@ -5,11 +5,12 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CallError, Completion, ErrorKind, ExtraHeaders, HttpProvider, RateLimitHeaders, Request,
+    CallError, Completion, ErrorKind, ExtraHeaders, HttpProvider, Part, RateLimitHeaders, Request,
     Transport, retry_after, secret_header, should_retry, truncate_message,
 };
 use crate::base::secret::ApiKey;
 use crate::base::usage::Usage;
+use crate::engine::attach::Kind;
 
 /// 429 codes that mean "no more money" rather than "slow down": retrying them only burns time.
 const QUOTA_CODES: &[&str] = &[
@@ -93,7 +94,61 @@ pub struct JsonSchemaFormat<'a> {
 #[derive(Debug, Serialize)]
 pub struct ChatMessage<'a> {
     pub role: &'static str,
-    pub content: &'a str,
+    pub content: Content<'a, ChatPart<'a>>,
+}
+
+/// A message's content: a string (every text-only request, unchanged), or content parts when
+/// the prompt attaches files.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Content<'a, P> {
+    Text(&'a str),
+    Parts(Vec<P>),
+}
+
+/// Chat content parts: `text`, `image_url` (a data: URL for local files) and `file` (a PDF as
+/// base64, named by its content hash).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ChatPart<'a> {
+    Text { text: &'a str },
+    ImageUrl { image_url: ImageUrl },
+    File { file: FileData },
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImageUrl {
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileData {
+    pub filename: String,
+    pub file_data: String,
+}
+
+/// The user message's content parts for `req` (which has attachments).
+fn chat_parts(req: &Request) -> Vec<ChatPart<'_>> {
+    req.parts
+        .iter()
+        .map(|p| match p {
+            Part::Text(text) => ChatPart::Text { text },
+            Part::Attach(a) if a.kind == Kind::Image => ChatPart::ImageUrl {
+                image_url: ImageUrl {
+                    url: a.url.clone().unwrap_or_else(|| a.data_url()),
+                    detail: a.detail.map(|d| d.as_str()),
+                },
+            },
+            Part::Attach(a) => ChatPart::File {
+                file: FileData {
+                    filename: a.filename(),
+                    file_data: a.data_url(),
+                },
+            },
+        })
+        .collect()
 }
 
 pub fn request_body(req: &Request, use_max_completion_tokens: bool) -> ChatBody<'_> {
@@ -101,12 +156,15 @@ pub fn request_body(req: &Request, use_max_completion_tokens: bool) -> ChatBody<
     if let Some(s) = &req.system {
         messages.push(ChatMessage {
             role: "system",
-            content: s,
+            content: Content::Text(s),
         });
     }
     messages.push(ChatMessage {
         role: "user",
-        content: &req.user,
+        content: match req.parts.is_empty() {
+            true => Content::Text(&req.user),
+            false => Content::Parts(chat_parts(req)),
+        },
     });
     let (max_completion_tokens, max_tokens) = if use_max_completion_tokens {
         (req.max_tokens, None)
@@ -298,6 +356,42 @@ pub(crate) fn request_id(headers: &HeaderMap) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn attachments_have_the_shape_of_openais_examples() {
+        use super::vision_fixtures::{fixture, request_for, shape};
+        for name in ["openai_chat_image", "openai_chat_file"] {
+            let want = fixture(name);
+            let content = &want["messages"][0]["content"];
+            let req = request_for("gpt-4.1", content);
+            let body = serde_json::to_value(request_body(&req, true)).unwrap();
+            assert_eq!(
+                shape(&body["messages"][0]["content"]),
+                shape(content),
+                "{name}"
+            );
+        }
+        // The file is named by its content hash, never by its path.
+        let req = request_for(
+            "gpt-4.1",
+            &fixture("openai_chat_file")["messages"][0]["content"],
+        );
+        let body = serde_json::to_value(request_body(&req, true)).unwrap();
+        let part = &body["messages"][0]["content"][0]["file"];
+        assert_eq!(part["filename"], format!("{}.pdf", "ab".repeat(8)));
+        assert_eq!(part["file_data"], "data:application/pdf;base64,AAAA");
+    }
+
+    #[test]
+    fn a_text_only_request_keeps_its_string_content() {
+        let mut req = super::vision_fixtures::request_for("gpt-4.1", &serde_json::json!([]));
+        req.user = "hi".into();
+        let body = String::from_utf8(serde_json::to_vec(&request_body(&req, true)).unwrap());
+        assert!(
+            body.unwrap()
+                .contains(r#""messages":[{"role":"user","content":"hi"}]"#)
+        );
+    }
+
     use super::*;
     use reqwest::header::HeaderValue;
 
@@ -378,6 +472,7 @@ mod tests {
             max_tokens: Some(5),
             temperature: None,
             schema: None,
+            parts: Vec::new(),
         };
         let v = serde_json::to_value(request_body(&req, true)).unwrap();
         assert_eq!(v["max_completion_tokens"], 5);
@@ -402,6 +497,7 @@ mod tests {
             max_tokens: None,
             temperature: None,
             schema: Some(std::sync::Arc::new(s)),
+            parts: Vec::new(),
         };
         let body = serde_json::to_string(&request_body(&req, true)).unwrap();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -415,5 +511,81 @@ mod tests {
             body.find("\"z\"").unwrap() < body.find("\"a\"").unwrap(),
             "{body}"
         );
+    }
+}
+
+/// The official examples of content parts under `tests/fixtures/vision/`, turned into requests
+/// whose bodies each provider's tests compare with them, shape for shape.
+#[cfg(test)]
+pub(crate) mod vision_fixtures {
+    use std::sync::Arc;
+
+    use serde_json::Value;
+
+    use crate::engine::attach::{Attachment, Detail, Kind, Media};
+    use crate::engine::provider::{Part, Request};
+
+    pub fn fixture(name: &str) -> Value {
+        let path = format!(
+            "{}/tests/fixtures/vision/{name}.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// The structure of `v`: every key, and the values of `type` and `role`, but no other
+    /// values (payloads, prompts and names differ by design).
+    pub fn shape(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| {
+                        let keep = matches!(k.as_str(), "type" | "role" | "detail");
+                        (k.clone(), if keep { v.clone() } else { shape(v) })
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(shape).collect()),
+            Value::String(_) => Value::String(String::new()),
+            other => other.clone(),
+        }
+    }
+
+    /// A request whose user message has the parts of `content` (a fixture's), in order.
+    pub fn request_for(model: &str, content: &Value) -> Request {
+        let parts = content
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let kind = p["type"].as_str().unwrap();
+                if matches!(kind, "text" | "input_text") {
+                    return Part::Text(p["text"].as_str().unwrap().to_string());
+                }
+                let file = matches!(kind, "file" | "input_file" | "document");
+                let url = p.to_string().contains("\"https://");
+                let media = if file { Media::Pdf } else { Media::Jpeg };
+                Part::Attach(Arc::new(Attachment {
+                    kind: if file { Kind::File } else { Kind::Image },
+                    media: (!url).then_some(media),
+                    url: url.then(|| "https://example.com/x".to_string()),
+                    base64: Arc::from("AAAA"),
+                    sha256: "ab".repeat(32),
+                    bytes: 3,
+                    size: Some((10, 10)),
+                    pages: 1,
+                    detail: p.to_string().contains("\"detail\"").then_some(Detail::High),
+                }))
+            })
+            .collect();
+        Request {
+            model: model.into(),
+            system: None,
+            user: "text".into(),
+            max_tokens: Some(1024),
+            temperature: None,
+            schema: None,
+            parts,
+        }
     }
 }

@@ -6,13 +6,14 @@
 use reqwest::header::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::openai::{auth_headers, classify_error, request_id};
+use super::openai::{Content, auth_headers, classify_error, request_id};
 use super::{
-    CallError, Completion, ErrorKind, ExtraHeaders, HttpProvider, RateLimitHeaders, Request,
+    CallError, Completion, ErrorKind, ExtraHeaders, HttpProvider, Part, RateLimitHeaders, Request,
     Transport,
 };
 use crate::base::secret::ApiKey;
 use crate::base::usage::Usage;
+use crate::engine::attach::{Detail, Kind};
 
 pub fn responses(
     client: reqwest::Client,
@@ -38,8 +39,9 @@ pub fn responses(
 #[derive(Debug, Serialize)]
 pub struct ResponsesBody<'a> {
     pub model: &'a str,
-    /// The user prompt as a plain string (the API's shorthand for one user message).
-    pub input: &'a str,
+    /// The user prompt as a plain string (the API's shorthand for one user message), or one
+    /// user message of content parts when the prompt attaches files.
+    pub input: Content<'a, InputMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instructions: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -68,10 +70,71 @@ pub struct TextFormat<'a> {
     pub strict: bool,
 }
 
+/// `{"role": "user", "content": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct InputMessage<'a> {
+    pub role: &'static str,
+    pub content: Vec<InputPart<'a>>,
+}
+
+/// Responses content parts: `input_text`, `input_image` (`image_url` a data: URL or a URL;
+/// `detail` is required here, `auto` unless `--image-detail` says otherwise) and `input_file`
+/// (a PDF as base64 named by its content hash, or a `file_url`).
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum InputPart<'a> {
+    InputText {
+        text: &'a str,
+    },
+    InputImage {
+        image_url: String,
+        detail: &'static str,
+    },
+    InputFile {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        filename: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file_data: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        file_url: Option<String>,
+    },
+}
+
+fn input_parts(req: &Request) -> Vec<InputPart<'_>> {
+    req.parts
+        .iter()
+        .map(|p| match p {
+            Part::Text(text) => InputPart::InputText { text },
+            Part::Attach(a) if a.kind == Kind::Image => InputPart::InputImage {
+                image_url: a.url.clone().unwrap_or_else(|| a.data_url()),
+                detail: a.detail.unwrap_or(Detail::Auto).as_str(),
+            },
+            Part::Attach(a) => match &a.url {
+                Some(url) => InputPart::InputFile {
+                    filename: None,
+                    file_data: None,
+                    file_url: Some(url.clone()),
+                },
+                None => InputPart::InputFile {
+                    filename: Some(a.filename()),
+                    file_data: Some(a.data_url()),
+                    file_url: None,
+                },
+            },
+        })
+        .collect()
+}
+
 pub fn request_body(req: &Request) -> ResponsesBody<'_> {
     ResponsesBody {
         model: &req.model,
-        input: &req.user,
+        input: match req.parts.is_empty() {
+            true => Content::Text(&req.user),
+            false => Content::Parts(vec![InputMessage {
+                role: "user",
+                content: input_parts(req),
+            }]),
+        },
         instructions: req.system.as_deref(),
         max_output_tokens: req.max_tokens,
         temperature: req.temperature,
@@ -224,6 +287,18 @@ pub fn parse_response(body: &[u8], headers: &HeaderMap) -> Result<Completion, Ca
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn attachments_have_the_shape_of_openais_examples() {
+        use crate::engine::provider::openai::vision_fixtures::{fixture, request_for, shape};
+        for name in ["responses_image", "responses_file", "responses_file_url"] {
+            let want = fixture(name);
+            let content = &want["input"][0]["content"];
+            let req = request_for("gpt-4.1", content);
+            let body = serde_json::to_value(request_body(&req)).unwrap();
+            assert_eq!(shape(&body["input"]), shape(&want["input"]), "{name}");
+        }
+    }
+
     use super::*;
 
     const REF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/reference/");
@@ -294,6 +369,7 @@ mod tests {
             max_tokens: Some(64),
             temperature: None,
             schema: None,
+            parts: Vec::new(),
         };
         let v = serde_json::to_value(request_body(&req)).unwrap();
         assert_eq!(
@@ -316,6 +392,7 @@ mod tests {
             max_tokens: None,
             temperature: None,
             schema: Some(std::sync::Arc::new(s)),
+            parts: Vec::new(),
         };
         let v = serde_json::to_value(request_body(&req)).unwrap();
         assert_eq!(

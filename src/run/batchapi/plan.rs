@@ -185,6 +185,7 @@ pub fn plan(
     let opts = PreflightOptions::of(cfg, &input, count_tokens)?;
     let checked = preflight(&input, &prompts, &opts)?;
     let mut splitter = Splitter::new(kind, limits, dir, 1);
+    let loader = cfg.attach_loader();
     for row in input.rows()? {
         let row = row?;
         let rendered = prompts.render(&input, &row).map_err(|e| {
@@ -194,14 +195,20 @@ pub fn plan(
                 row.line
             ))
         })?;
-        let request = Request {
+        let mut request = Request {
             model: cfg.model.clone(),
             system: rendered.system,
             user: rendered.user,
             max_tokens: cfg.max_tokens,
             temperature: cfg.temperature,
             schema: cfg.schema.clone(),
+            parts: Vec::new(),
         };
+        if !rendered.parts.is_empty() {
+            request.attach(&rendered.parts, &loader).map_err(|e| {
+                Error::Input(format!("{}: line {}: {e}", input.path.display(), row.line))
+            })?;
+        }
         let body = provider.body(&request);
         let line = input_line(kind, &custom_id(row.seq), &body);
         let (path, line_no) = (&input.path, row.line);

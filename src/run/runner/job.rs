@@ -41,6 +41,7 @@ impl Job {
         *self.prompt_tokens.get_or_init(|| {
             let r = &self.request;
             tokens::count_chat(&r.model, r.system.as_deref(), &r.user)
+                .saturating_add(r.attachment_tokens())
         })
     }
 }
@@ -78,7 +79,20 @@ impl JobMaker {
             max_tokens: self.cfg.max_tokens,
             temperature: self.cfg.temperature,
             schema: self.cfg.schema.clone(),
+            parts: Vec::new(),
         };
+        // Attachments are read and encoded here, on the reader thread, for rows about to be
+        // sent (the pre-flight checked them).
+        if !rendered.parts.is_empty() {
+            let loader = self.cfg.attach_loader();
+            request.attach(&rendered.parts, &loader).map_err(|e| {
+                Error::Input(format!(
+                    "{}: line {}: {e} (did the file change during the run?)",
+                    self.input.path.display(),
+                    row.line
+                ))
+            })?;
+        }
         // The pre-flight checked these cells too.
         self.settings
             .read(&row)
@@ -97,6 +111,7 @@ impl JobMaker {
         };
         let body = Bytes::from(self.provider.body(&request));
         let request_hash = provider::request_hash(&self.endpoint, &body);
+        request.strip_payloads();
         let cached = match &self.cache {
             // A cache that cannot be read is a cache that misses.
             Some(c) => c.get(&request_hash).unwrap_or_else(|e| {

@@ -19,6 +19,21 @@ pub(crate) struct Plan {
     pub(crate) prompt_tokens: u64,
     /// The rows by the model they go to (`--model`, or the row's `model` cell).
     pub(crate) models: BTreeMap<String, ModelPlan>,
+    /// What the prompts attach (`image()`, `file()`).
+    pub(crate) attachments: AttachPlan,
+}
+
+/// The attachments of every row, as the pre-flight checked them.
+#[derive(Debug, Default)]
+pub(crate) struct AttachPlan {
+    pub(crate) images: u64,
+    pub(crate) files: u64,
+    pub(crate) pages: u64,
+    pub(crate) bytes: u64,
+    /// URLs (not fetched: checked by the provider when sent).
+    pub(crate) urls: u64,
+    /// Their prompt tokens (counted only for a dry run), included in `prompt_tokens`.
+    pub(crate) tokens: u64,
 }
 
 /// The rows that go to one model.
@@ -41,6 +56,8 @@ pub(crate) struct PreflightOptions {
     pub(crate) count_tokens: bool,
     /// `--expect`: the expectation and its column, whose cells are checked too.
     pub(crate) expect: Option<(Expectation, usize)>,
+    /// Reads and checks the files the prompts attach.
+    pub(crate) loader: crate::engine::attach::Loader,
 }
 
 impl PreflightOptions {
@@ -62,6 +79,7 @@ impl PreflightOptions {
             capped: cfg.max_cost.is_some(),
             count_tokens,
             expect,
+            loader: cfg.attach_loader(),
         })
     }
 }
@@ -81,6 +99,7 @@ pub(crate) fn preflight(
         rows: 0,
         prompt_tokens: 0,
         models: BTreeMap::new(),
+        attachments: AttachPlan::default(),
     };
     let mut last_row = None;
     for row in input.rows()? {
@@ -141,9 +160,12 @@ fn check_row(
     per_model.rows += 1;
     let cap = o.max_tokens.or(opts.max_tokens).map(u64::from);
     per_model.completion_cap = per_model.completion_cap.zip(cap).map(|(a, b)| a + b);
+    let attached = check_attachments(input, opts, row, &rendered, model, &mut plan.attachments)
+        .map_err(|e| format!("{}{e}", at()))?;
     if opts.count_tokens {
         let system = o.system.or(rendered.system.as_deref());
-        let n = u64::from(tokens::count_chat(model, system, &rendered.user));
+        let n = u64::from(tokens::count_chat(model, system, &rendered.user)) + attached;
+        plan.attachments.tokens += attached;
         per_model.prompt_tokens += n;
         plan.prompt_tokens += n;
     }
@@ -155,6 +177,50 @@ fn check_row(
         ));
     }
     Ok(())
+}
+
+/// Checks every attachment of `rendered` (read, sniffed, against the API's limits; URLs are
+/// not fetched) and counts them; returns their prompt tokens on `model`. The error starts with
+/// the column whose cell names the file, for the caller to put after the line.
+fn check_attachments(
+    input: &InputFile,
+    opts: &PreflightOptions,
+    row: &Row,
+    rendered: &crate::engine::template::Rendered,
+    model: &str,
+    plan: &mut AttachPlan,
+) -> Result<u64, String> {
+    use crate::engine::template::Segment;
+    let mut tokens = 0u64;
+    for s in &rendered.parts {
+        let Segment::Attach(w) = s else { continue };
+        let a = opts.loader.inspect(w).map_err(|e| {
+            let column = row
+                .record
+                .iter()
+                .position(|c| c == w.cell)
+                .and_then(|i| input.headers.get(i));
+            match column {
+                Some(c) => format!(", column {c:?}: {e}"),
+                None => format!(": {e}"),
+            }
+        })?;
+        match a.kind {
+            crate::engine::attach::Kind::Image => plan.images += 1,
+            crate::engine::attach::Kind::File => plan.files += 1,
+        }
+        plan.pages += u64::from(if a.kind == crate::engine::attach::Kind::File {
+            a.pages
+        } else {
+            0
+        });
+        plan.bytes += a.bytes;
+        plan.urls += u64::from(a.url.is_some());
+        if opts.count_tokens {
+            tokens += u64::from(a.tokens(model));
+        }
+    }
+    Ok(tokens)
 }
 
 /// `--dry-run`: what the run would send and cost, priced per row's model.
@@ -193,6 +259,7 @@ fn write_plan(cfg: &RunConfig, plan: &Plan, w: &mut dyn Write) -> std::io::Resul
         }
         _ => "each row's max_tokens".into(),
     };
+    write_attachments(&plan.attachments, w)?;
     if !unpriced.is_empty() {
         writeln!(w, "Prompts      {} tokens", plan.prompt_tokens)?;
         writeln!(
@@ -252,6 +319,39 @@ fn write_plan(cfg: &RunConfig, plan: &Plan, w: &mut dyn Write) -> std::io::Resul
         write_per_model(&priced, w)?;
     }
     Ok(())
+}
+
+/// The attachments line of a dry run, when the prompts attach files.
+fn write_attachments(a: &AttachPlan, w: &mut dyn Write) -> std::io::Result<()> {
+    use crate::base::human::count;
+    let mut what = Vec::new();
+    if a.images > 0 {
+        what.push(count(a.images, "image"));
+    }
+    if a.files > 0 {
+        what.push(format!(
+            "{} ({})",
+            count(a.files, "PDF"),
+            count(a.pages, "page")
+        ));
+    }
+    if what.is_empty() {
+        return Ok(());
+    }
+    let read = match a.bytes {
+        n if n >= 1_000_000 => format!("{:.1} MB", n as f64 / 1e6),
+        n => format!("{:.1} kB", n as f64 / 1e3),
+    };
+    let urls = match a.urls {
+        0 => String::new(),
+        n => format!(", {n} by URL (not fetched)"),
+    };
+    writeln!(
+        w,
+        "Attachments  {}, {read} read{urls}; {} tokens of the prompts below",
+        what.join(", "),
+        a.tokens
+    )
 }
 
 /// One line per model when rows go to several: rows, prompt tokens, worst case.
