@@ -169,16 +169,26 @@ impl JsonlSink {
     }
 }
 
+/// One line of the JSON Lines output; floats are written as float32 (shortest form that reads
+/// back to the same value), not widened to float64.
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    id: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    tokens: Option<u32>,
+    embedding: Option<&'a [f32]>,
+}
+
 impl VectorSink for JsonlSink {
     fn push(&mut self, row: &VectorRow<'_>) -> Result<(), Error> {
-        let mut line = serde_json::json!({"id": row.id, "status": row.status.as_str()});
-        if let Some(e) = row.error {
-            line["error"] = e.into();
-        }
-        line["tokens"] = row.tokens.into();
-        line["embedding"] = match row.embedding {
-            Some(v) => serde_json::to_value(v).unwrap_or_default(),
-            None => serde_json::Value::Null,
+        let line = Line {
+            id: row.id,
+            status: row.status.as_str(),
+            error: row.error,
+            tokens: row.tokens,
+            embedding: row.embedding,
         };
         serde_json::to_writer(&mut self.out, &line)
             .map_err(std::io::Error::from)
@@ -329,10 +339,12 @@ impl CsvSink {
 
 impl VectorSink for CsvSink {
     fn push(&mut self, row: &VectorRow<'_>) -> Result<(), Error> {
-        let embedding = row
-            .embedding
-            .map(|v| serde_json::to_string(v).unwrap_or_default())
-            .unwrap_or_default();
+        let embedding = match row.embedding {
+            Some(v) => {
+                serde_json::to_string(v).map_err(|e| write_error(&self.file.path, &e.into()))?
+            }
+            None => String::new(),
+        };
         let tokens = row.tokens.map(|t| t.to_string()).unwrap_or_default();
         self.out
             .write_record([
