@@ -367,3 +367,46 @@ fn bad_flags_and_columns_are_refused_before_anything_is_sent() {
     assert_eq!(stat(&mock.stats(), "requests"), 0);
     assert!(!dir.join("out.jsonl").exists() && !dir.join("x.txt").exists());
 }
+
+#[test]
+fn the_spend_cap_stops_before_a_request_could_pass_it() {
+    let dir = TestDir::new();
+    let (csv, texts) = texts_csv(30, &[]);
+    dir.create("in.csv", &csv);
+    let mock = MockProcess::start(&[]);
+    // $0.02 per 1M tokens: each two-row request costs about 3e-7 dollars.
+    let cap = 1e-6;
+    let out = util::run(
+        &dir,
+        embed_args(
+            &mock,
+            &[
+                "--max-inputs-per-request",
+                "2",
+                "-j",
+                "1",
+                "--max-cost",
+                "0.000001",
+                "--no-cache",
+                "-q",
+            ],
+        ),
+    );
+    assert_code(&out, 1);
+    let err = util::stderr(&out);
+    assert!(err.contains("spend cap reached"), "{}", show(&out));
+    let billed = mock.stats()["billed_usd"].as_f64().unwrap();
+    assert!(billed > 0.0 && billed <= cap, "billed {billed}");
+    let got = lines(&dir);
+    let ok = got.values().filter(|l| l["status"] == "ok").count();
+    let skipped = got.values().filter(|l| l["status"] == "skipped").count();
+    assert!(
+        ok > 0 && ok + skipped == texts.len(),
+        "{ok} ok, {skipped} skipped"
+    );
+    let per_request: f64 = 0.02 / 1e6 * tokens_of(&texts[..2]) as f64;
+    assert!(
+        billed + per_request > cap * 0.99,
+        "stopped only when the next request could pass it"
+    );
+}
