@@ -24,6 +24,10 @@
 //!   `batch export`).
 //! - [`commands`]: one module per subcommand, the only layer that knows the flags ([`commands::cli`])
 //!   and resolves them ([`commands::config`]).
+//!
+//! `batch embed` (vectors of one column, many rows per request) has its loop in [`run::embed`],
+//! its wire format in [`engine::provider::embeddings`] and its files in
+//! [`engine::output::vectors`].
 
 pub mod base;
 pub mod commands;

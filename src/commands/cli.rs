@@ -70,6 +70,9 @@ finished, not rows skipped."
     /// Write the results so far of a run (live, killed or finished): finished rows with their
     /// answers, the rest `pending`. The run is not disturbed.
     Export(ExportArgs),
+    /// Embed one column of every row (OpenAI /v1/embeddings and compatible servers), many rows
+    /// per request, and write the vectors as JSON Lines, .npy or CSV.
+    Embed(Box<EmbedArgs>),
     /// Print shell completions for SHELL to stdout.
     Completions {
         #[arg(value_enum)]
@@ -994,4 +997,71 @@ pub struct ExportArgs {
     /// Format of the export: csv or jsonl [default: from the -o extension, else csv].
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<crate::base::format::Format>,
+}
+
+/// Flags of `batch embed`: the column, the vectors' shape and the per-request limits, plus the
+/// `batch run` flags that pace and record requests (concurrency, rate limits, retries, resume,
+/// cache, spend cap, endpoint). The prompt, model-sampling and answer-checking flags are hidden
+/// and refused.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Rows are packed into requests up to the API's limits (OpenAI: 2,048 inputs and \
+300,000 tokens a request, 8,192 tokens an input; see docs/embeddings.md). A request the server \
+refuses is split in halves until the row it refuses fails alone, with the server's reason. \
+Vectors go on the wire as base64 float32. --resume sends no row already done; the cache answers \
+a row whose model, dimensions and text were embedded before.\n\n\
+Exit codes as for `batch run`: 0 every row has a vector; 1 some rows failed or were skipped; 2 \
+usage or input error; 130 interrupted.",
+    mut_arg("input", |a| a.help("Input CSV or JSON Lines with a header; `-` for stdin")),
+    mut_arg("output", |a| a.help("Vectors file, by extension: .jsonl ({\"id\", \"status\", \"tokens\", \"embedding\": [..]} a line), .npy (float32 matrix in input order, failed rows NaN, with <out>.ids.csv beside it) or .csv (the embedding as a JSON array cell); `-` for JSON Lines on stdout [default: <input stem>.embeddings.jsonl beside the input]")),
+    mut_arg("model", |a| a.help("Embedding model, sent as is and used to look up the price [default: text-embedding-3-small]")),
+    mut_arg("max_cost", |a| a.help("Stop sending before the run's total cost could exceed USD: each request reserves its tokens at the model's price; needs a known price")),
+    mut_arg("prompt", |a| a.hide(true)),
+    mut_arg("prompt_file", |a| a.hide(true)),
+    mut_arg("system", |a| a.hide(true)),
+    mut_arg("system_file", |a| a.hide(true)),
+    mut_arg("max_tokens", |a| a.hide(true)),
+    mut_arg("temperature", |a| a.hide(true)),
+    mut_arg("via", |a| a.hide(true)),
+    mut_arg("batch_max_requests", |a| a.hide(true)),
+    mut_arg("batch_max_bytes", |a| a.hide(true)),
+    mut_arg("api", |a| a.hide(true)),
+    mut_arg("provider", |a| a.hide(true)),
+    mut_arg("schema", |a| a.hide(true)),
+    mut_arg("no_strict", |a| a.hide(true)),
+    mut_arg("schema_retries", |a| a.hide(true)),
+    mut_arg("expect", |a| a.hide(true)),
+    mut_arg("match_mode", |a| a.hide(true)),
+    mut_arg("ignore_case", |a| a.hide(true)),
+    mut_arg("ignore_whitespace", |a| a.hide(true)),
+    mut_arg("no_sanitize", |a| a.hide(true)),
+    mut_arg("cache_truncated", |a| a.hide(true)),
+    mut_arg("log", |a| a.hide(true)),
+    mut_arg("output_format", |a| a.hide(true))
+)]
+pub struct EmbedArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// The column whose text is embedded.
+    #[arg(long, value_name = "COLUMN", help_heading = "Embeddings")]
+    pub column: String,
+
+    /// Length of the vectors (`dimensions`, text-embedding-3 models only) [default: the
+    /// model's: 1,536 for -small, 3,072 for -large].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Embeddings")]
+    pub dimensions: Option<u32>,
+
+    /// Texts in one request at most [default: 2048, OpenAI's limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Embeddings")]
+    pub max_inputs_per_request: Option<u64>,
+
+    /// Tokens summed over one request's texts at most [default: 300000, OpenAI's limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Embeddings")]
+    pub max_request_tokens: Option<u64>,
+
+    /// Tokens of one text at most; a longer row fails without being sent [default: 8192,
+    /// OpenAI's limit for every embedding model].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), help_heading = "Embeddings")]
+    pub max_input_tokens: Option<u64>,
 }

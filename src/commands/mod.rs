@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod embed;
 pub mod export;
 pub mod mock;
 pub mod run;
@@ -36,6 +37,7 @@ pub fn dispatch(command: Command) -> Result<ExitStatus, Error> {
         Command::Mock(args) => block_on(mock::run(args)),
         Command::Bench(args) => block_on(bench::run(*args)),
         Command::Watch(args) => block_on(watch::run(*args)),
+        Command::Embed(args) => block_on(embed::run(*args)),
     }
 }
 

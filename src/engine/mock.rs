@@ -42,6 +42,7 @@ use crate::base::error::{Error, ExitStatus};
 use crate::engine::tokens;
 
 mod batches;
+pub mod embeddings;
 mod fault;
 mod messages;
 mod models;
@@ -421,6 +422,7 @@ impl MockServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat_completions))
             .route("/v1/responses", post(responses_api))
+            .route("/v1/embeddings", post(embeddings::serve))
             .route("/v1/messages", post(messages_api))
             .route("/v1/messages/count_tokens", post(messages::count_tokens))
             .route("/v1/models", get(models::list))
@@ -1847,7 +1849,7 @@ mod tests {
         for path in [
             "/chat/completions",
             "/v2/chat/completions",
-            "/v1/embeddings",
+            "/v1/audio/speech",
         ] {
             let (status, _, v) = send(
                 &client,

@@ -22,6 +22,7 @@ use crate::engine::expect::PassRate;
 use crate::engine::input::{JsonCells, Row};
 
 pub mod jsonl;
+pub mod vectors;
 
 /// Columns added after the input's own, in this order.
 pub const RESULT_COLUMNS: [&str; 13] = [

@@ -171,4 +171,15 @@ mod tests {
         let msg = t.merge_file(&bad).unwrap_err().to_string();
         assert!(msg.contains("bad.json") && msg.contains("inputs"), "{msg}");
     }
+
+    #[test]
+    fn embedding_models_are_priced_for_input_only() {
+        let t = PriceTable::embedded();
+        let small = t.lookup("text-embedding-3-small").unwrap();
+        assert_eq!((small.input, small.output), (0.02, 0.0));
+        assert_eq!(t.lookup("text-embedding-3-large").unwrap().input, 0.13);
+        assert_eq!(t.lookup("text-embedding-ada-002").unwrap().input, 0.10);
+        // A million tokens of the small model cost two cents.
+        assert!((small.estimate(1_000_000, 0) - 0.02).abs() < 1e-12);
+    }
 }

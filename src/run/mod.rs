@@ -3,6 +3,7 @@
 pub mod batchapi;
 pub mod bench;
 pub mod connection;
+pub mod embed;
 pub mod inspect;
 pub mod paths;
 pub mod progress;

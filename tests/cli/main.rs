@@ -14,6 +14,7 @@ mod bench;
 mod cache;
 mod durability;
 mod e2e;
+mod embed;
 mod expect;
 mod failfast;
 mod firsthour;

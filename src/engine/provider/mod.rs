@@ -5,6 +5,7 @@
 //! touching the run loop.
 
 pub mod anthropic;
+pub mod embeddings;
 pub mod openai;
 pub mod responses;
 

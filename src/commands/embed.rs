@@ -1,0 +1,183 @@
+//! `batch embed`: the flags resolved as `batch run` resolves them ([`RunConfig::resolve`]: the
+//! settings file, the environment, the endpoint and key, the cache, the state file), plus the
+//! column, the dimensions and the per-request limits; then the run layer's embeddings loop.
+
+use std::path::{Path, PathBuf};
+
+use crate::base::error::{Error, ExitStatus};
+use crate::base::format::is_std;
+use crate::commands::cli::{EmbedArgs, RunArgs};
+use crate::engine::provider::Api;
+use crate::run::embed::{EmbedConfig, PackLimits};
+use crate::run::settings::RunConfig;
+
+/// The model when `--model` is not given.
+pub const DEFAULT_MODEL: &str = "text-embedding-3-small";
+
+/// `batch embed`.
+pub async fn run(args: EmbedArgs) -> Result<ExitStatus, Error> {
+    let cfg = resolve(args)?;
+    crate::run::embed::embed(cfg).await
+}
+
+/// The flags, checked and resolved into the run's settings.
+pub fn resolve(args: EmbedArgs) -> Result<EmbedConfig, Error> {
+    let mut run = args.run;
+    refuse_prompt_flags(&run)?;
+    run.model.get_or_insert_with(|| DEFAULT_MODEL.to_string());
+    if run.output.is_none()
+        && !is_std(&run.input)
+        && !crate::engine::stdio::is_stream(&run.input)
+        && !run.input.as_os_str().is_empty()
+    {
+        run.output = Some(default_output(&run.input));
+    }
+    // `batch run` ties --max-cost to --max-tokens; an embedding has no completion, so the cap
+    // is checked here instead.
+    let max_cost = run.max_cost.take();
+    let mut cfg = RunConfig::resolve(run)?;
+    if cfg.api != Api::OpenAiChat {
+        return Err(Error::Usage(
+            "batch embed speaks OpenAI's /v1/embeddings (also served by vLLM, Ollama and \
+             LiteLLM); leave out --provider and --api"
+                .into(),
+        ));
+    }
+    cfg.max_cost = check_cost(max_cost, &cfg)?;
+    let d = PackLimits::default();
+    let limits = PackLimits {
+        max_inputs: args
+            .max_inputs_per_request
+            .map_or(d.max_inputs, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+        max_tokens: args.max_request_tokens.unwrap_or(d.max_tokens),
+        max_input_tokens: args.max_input_tokens.unwrap_or(d.max_input_tokens),
+    };
+    Ok(EmbedConfig {
+        run: cfg,
+        column: args.column,
+        dimensions: args.dimensions,
+        limits,
+    })
+}
+
+/// `reviews.csv` -> `reviews.embeddings.jsonl`, beside the input.
+pub fn default_output(input: &Path) -> PathBuf {
+    let stem = input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "input".into());
+    input.with_file_name(format!("{stem}.embeddings.jsonl"))
+}
+
+/// The flags of `batch run` that shape a prompt or check an answer: an embedding has neither.
+fn refuse_prompt_flags(a: &RunArgs) -> Result<(), Error> {
+    let given = [
+        (a.prompt.is_some(), "--prompt"),
+        (a.prompt_file.is_some(), "--prompt-file"),
+        (a.system.is_some(), "--system"),
+        (a.system_file.is_some(), "--system-file"),
+        (a.max_tokens.is_some(), "--max-tokens"),
+        (a.temperature.is_some(), "--temperature"),
+        (a.via.is_some(), "--via"),
+        (a.batch_max_requests.is_some(), "--batch-max-requests"),
+        (a.batch_max_bytes.is_some(), "--batch-max-bytes"),
+        (a.schema.is_some(), "--schema"),
+        (a.no_strict, "--no-strict"),
+        (a.schema_retries.is_some(), "--schema-retries"),
+        (a.expect.is_some(), "--expect"),
+        (a.match_mode.is_some(), "--match"),
+        (a.ignore_case, "--ignore-case"),
+        (a.ignore_whitespace, "--ignore-whitespace"),
+        (a.log.is_some(), "--log"),
+        (a.output_format.is_some(), "--output-format"),
+    ];
+    match given.iter().find(|(g, _)| *g) {
+        Some((_, flag)) => Err(Error::Usage(format!(
+            "{flag} is for `batch run`; `batch embed` sends the text of --column as it is (the \
+             output format follows the -o extension)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `--max-cost`: a positive amount, and a known price for the model.
+fn check_cost(cap: Option<f64>, cfg: &RunConfig) -> Result<Option<f64>, Error> {
+    let Some(cap) = cap else { return Ok(None) };
+    if !(cap.is_finite() && cap > 0.0) {
+        return Err(Error::Usage(format!(
+            "--max-cost {cap} must be a positive amount of USD"
+        )));
+    }
+    if cfg.prices.lookup(&cfg.model).is_none() {
+        return Err(Error::Usage(format!(
+            "--max-cost needs a price for model {:?}, and none is known; add it with \
+             --price-file",
+            cfg.model
+        )));
+    }
+    Ok(Some(cap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> EmbedArgs {
+        #[derive(Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: EmbedArgs,
+        }
+        let mut all = vec!["embed"];
+        all.extend_from_slice(args);
+        Wrap::try_parse_from(all).unwrap().args
+    }
+
+    #[test]
+    fn defaults_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.csv");
+        std::fs::write(&input, "text\nhello\n").unwrap();
+        let i = input.to_str().unwrap();
+        let cfg = resolve(parse(&[
+            i,
+            "--column",
+            "text",
+            "--mock",
+            "--max-inputs-per-request",
+            "5",
+            "--no-cache",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.run.model, DEFAULT_MODEL);
+        assert_eq!(cfg.run.output, dir.path().join("in.embeddings.jsonl"));
+        assert_eq!(cfg.limits.max_inputs, 5);
+        assert_eq!(cfg.limits.max_tokens, 300_000);
+        let e = resolve(parse(&[i, "--column", "text", "--mock", "--prompt", "x"])).unwrap_err();
+        assert!(e.to_string().contains("--prompt is for `batch run`"), "{e}");
+        let e = resolve(parse(&[
+            i,
+            "--column",
+            "text",
+            "--mock",
+            "--model",
+            "nope",
+            "--max-cost",
+            "1",
+        ]))
+        .unwrap_err();
+        assert!(e.to_string().contains("needs a price"), "{e}");
+        let cfg = resolve(parse(&[
+            i,
+            "--column",
+            "text",
+            "--mock",
+            "--max-cost",
+            "0.5",
+            "--no-cache",
+        ]))
+        .unwrap();
+        assert_eq!(cfg.run.max_cost, Some(0.5));
+    }
+}

@@ -1,0 +1,75 @@
+//! The journal thread: every finished row into the state file, committed in groups (what has
+//! arrived since the last commit goes in one transaction), its vector into the cache, and the
+//! live totals for the progress line.
+
+use std::sync::Arc;
+use std::sync::mpsc::Receiver;
+
+use crate::base::error::Error;
+use crate::base::record::RowStatus;
+use crate::engine::cache::{CacheWriter, CachedAnswer};
+use crate::engine::store::{Finished, Store};
+use crate::run::progress::Progress;
+use crate::run::summary::Stats;
+
+/// What the journal thread hands back: the store, the live totals, and the first storage error.
+pub struct Journaled {
+    pub store: Store,
+    pub live: Stats,
+    pub error: Option<Error>,
+}
+
+/// Records everything `rx` brings until every sender is gone.
+pub fn journal(
+    mut store: Store,
+    rx: Receiver<Vec<Finished>>,
+    mut cache: Option<CacheWriter>,
+    progress: Arc<Progress>,
+) -> Journaled {
+    let mut live = Stats::default();
+    let mut error = None;
+    while let Ok(first) = rx.recv() {
+        let mut group = first;
+        while let Ok(more) = rx.try_recv() {
+            group.extend(more);
+        }
+        if error.is_none()
+            && let Err(e) = store.record(&group)
+        {
+            error = Some(e);
+        }
+        if let Some(c) = cache.as_mut() {
+            for f in group
+                .iter()
+                .filter(|f| f.result.status == RowStatus::Ok && !f.result.cached)
+            {
+                c.add(&f.request_hash, answer_of(f));
+            }
+            if let Err(e) = c.journaled(group.len()) {
+                tracing::warn!("cache write failed, cache off for the rest of the run: {e}");
+                cache = None;
+            }
+        }
+        for f in &group {
+            live.record(&f.result);
+        }
+        progress.update(&live);
+    }
+    if let Some(mut c) = cache
+        && let Err(e) = c.flush()
+    {
+        tracing::warn!("cache write failed: {e}");
+    }
+    Journaled { store, live, error }
+}
+
+fn answer_of(f: &Finished) -> CachedAnswer {
+    let r = &f.result;
+    CachedAnswer {
+        text: r.output.clone(),
+        finish_reason: String::new(),
+        model: r.model.clone(),
+        usage: r.usage.unwrap_or_default(),
+        cost_usd: r.cost,
+    }
+}
