@@ -21,6 +21,7 @@ mod formats;
 mod hardening;
 mod inspect;
 mod layers;
+mod parquet;
 mod providers;
 mod ratelimit;
 mod readme;
