@@ -488,21 +488,55 @@ fn export_of_a_parquet_run_writes_typed_parquet() {
     }
 }
 
-/// `tests/parquet_check/run.sh`: pyarrow (and pandas) read our results and vectors. Needs
+/// Writes a vector file with [`VectorParquetWriter`] (two failed rows among 50 of 16 floats,
+/// exactly representable in JSON) and what it should hold, for `tests/parquet_check/`.
+fn vectors_for_the_check(dir: &TestDir) -> (std::path::PathBuf, std::path::PathBuf) {
+    use batch::base::record::RowStatus;
+    use batch::engine::output::parquet::VectorParquetWriter;
+    let (path, expected) = (dir.join("vectors.parquet"), dir.join("vectors.json"));
+    let mut w = VectorParquetWriter::create(&path, None).unwrap();
+    let mut rows = Vec::new();
+    for i in 0..50u64 {
+        let failed = i == 0 || i == 30;
+        let v: Vec<f32> = (0..16).map(|j| (i as f32) + j as f32 / 8.0).collect();
+        let (status, error, tokens, embedding) = if failed {
+            (RowStatus::Failed, Some("HTTP 400: too long"), None, None)
+        } else {
+            (RowStatus::Ok, None, Some(i as u32 + 3), Some(v.as_slice()))
+        };
+        let id = format!("doc-{i}-ü");
+        w.push(i + 1, &id, status, error, tokens, embedding)
+            .unwrap();
+        rows.push(serde_json::json!({
+            "line": i + 1, "id": id, "status": status.as_str(), "error": error,
+            "tokens": tokens, "embedding": embedding,
+        }));
+    }
+    w.finish().unwrap();
+    let doc = serde_json::json!({"dims": 16, "rows": rows});
+    std::fs::write(&expected, doc.to_string()).unwrap();
+    (path, expected)
+}
+
+/// `tests/parquet_check/run.sh`: pyarrow and pandas read our results and vectors. Needs
 /// python3 and PyPI, so it is run on demand: `cargo test --test cli parquet_check -- --ignored`.
 #[test]
 #[ignore = "installs pyarrow from PyPI into target/; run with --ignored"]
 fn parquet_check_a_reader_other_than_ours_reads_results_and_vectors() {
+    let dir = TestDir::new();
+    let (vectors, expected) = vectors_for_the_check(&dir);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parquet_check/run.sh");
     let out = std::process::Command::new("bash")
         .arg(&script)
         .env("BATCH_BIN", util::bin())
+        .env("VECTORS", vectors)
+        .env("VECTORS_EXPECTED", expected)
         .output()
         .unwrap();
     let text = format!("{}{}", util::stdout(&out), stderr(&out));
     assert!(out.status.success(), "{text}");
     assert!(
-        text.contains("PASSED") || text.contains("SKIPPED"),
+        text.contains("PASSED: results and vectors") || text.contains("SKIPPED"),
         "{text}"
     );
 }
