@@ -26,7 +26,8 @@ use arrow_schema::{ArrowError, DataType, Field, Schema, SchemaRef};
 use csv::StringRecord;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
 
 use crate::base::error::{Error, describe_io};
 use crate::base::record::RowStatus;
@@ -40,13 +41,16 @@ pub const GROUP_ROWS: usize = 65_536;
 /// The encoded size at which a row group is written out, if it has fewer rows.
 const GROUP_BYTES: usize = 64 * 1024 * 1024;
 
-fn properties(dictionary: bool) -> WriterProperties {
+fn properties_builder(dictionary: bool) -> WriterPropertiesBuilder {
     WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_dictionary_enabled(dictionary)
         .set_max_row_group_row_count(Some(GROUP_ROWS))
         .set_max_row_group_bytes(Some(GROUP_BYTES))
-        .build()
+}
+
+fn properties(dictionary: bool) -> WriterProperties {
+    properties_builder(dictionary).build()
 }
 
 fn io(e: impl std::error::Error + Send + Sync + 'static) -> std::io::Error {
@@ -421,8 +425,13 @@ impl VectorParquetWriter {
         if self.writer.is_none() {
             let schema = vector_schema(self.dims.unwrap_or(1));
             let out = self.out.take().expect("the file is there until the writer");
-            // Dictionaries do not shrink unique ids or random floats; they only cost memory.
-            let w = ArrowWriter::try_new(out, schema, Some(properties(false)))
+            // Dictionaries do not shrink unique ids or floats, they only cost memory; nor does
+            // Snappy shrink floats, it only costs time.
+            let floats = ColumnPath::new(["embedding", "list", "item"].map(String::from).to_vec());
+            let props = properties_builder(false)
+                .set_column_compression(floats, Compression::UNCOMPRESSED)
+                .build();
+            let w = ArrowWriter::try_new(out, schema, Some(props))
                 .map_err(|e| self.error(e.to_string()))?;
             self.writer = Some(w);
         }
@@ -749,6 +758,15 @@ mod tests {
         assert_eq!(out.num_rows(), rows);
         let last = out.column(5).as_fixed_size_list().value(rows - 1);
         assert_eq!(last.as_primitive::<Float32Type>().value(63), 63.0);
+        let file = File::open(&dest).unwrap();
+        let meta = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        let meta = parquet::file::reader::FileReader::metadata(&meta).clone();
+        let chunks = meta.row_group(0).columns();
+        let floats = chunks
+            .iter()
+            .find(|c| c.column_path().string() == "embedding.list.item");
+        assert_eq!(floats.unwrap().compression(), Compression::UNCOMPRESSED);
+        assert_eq!(chunks[1].compression(), Compression::SNAPPY);
 
         let none = dir.path().join("none.parquet");
         let mut w = VectorParquetWriter::create(&none, None).unwrap();
