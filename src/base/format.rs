@@ -1,7 +1,8 @@
-//! The two file formats `batch` reads and writes: CSV and JSON Lines.
+//! The file formats `batch` reads and writes: CSV, JSON Lines and Parquet.
 //!
 //! A file's format comes from `--input-format` / `--output-format` when given, else from its
-//! extension (`.jsonl` and `.ndjson` are JSON Lines, anything else is CSV). Standard input and
+//! extension (`.jsonl` and `.ndjson` are JSON Lines, `.parquet` and `.pq` are Parquet, anything
+//! else is CSV). Standard input and
 //! output (`-`) have no extension, so they are CSV unless a flag says otherwise (and results on
 //! stdout follow the input's format).
 
@@ -16,6 +17,8 @@ pub enum Format {
     Csv,
     /// JSON Lines: one JSON object per line.
     Jsonl,
+    /// Apache Parquet: typed columns, read and written a row group at a time.
+    Parquet,
 }
 
 impl Format {
@@ -25,6 +28,7 @@ impl Format {
         match ext.as_str() {
             "jsonl" | "ndjson" => Some(Format::Jsonl),
             "csv" => Some(Format::Csv),
+            "parquet" | "pq" => Some(Format::Parquet),
             _ => None,
         }
     }
@@ -34,6 +38,7 @@ impl Format {
         match self {
             Format::Csv => "csv",
             Format::Jsonl => "jsonl",
+            Format::Parquet => "parquet",
         }
     }
 }
@@ -61,6 +66,11 @@ mod tests {
             Format::from_extension(Path::new("a.csv")),
             Some(Format::Csv)
         );
+        assert_eq!(
+            Format::from_extension(Path::new("a.Parquet")),
+            Some(Format::Parquet)
+        );
+        assert_eq!(Format::Parquet.extension(), "parquet");
         assert_eq!(Format::from_extension(Path::new("a.txt")), None);
         assert_eq!(Format::from_extension(Path::new("-")), None);
         assert!(is_std(Path::new("-")) && !is_std(Path::new("./-")));

@@ -91,20 +91,21 @@ pub struct RunArgs {
     #[serde(skip)]
     pub input: PathBuf,
 
-    /// Results file, CSV or JSON Lines by extension, or `-` for stdout [default: <input
-    /// stem>.results.csv (or .jsonl for a JSON Lines input) beside the input; stdout for stdin].
+    /// Results file, CSV, JSON Lines or Parquet by extension, or `-` for stdout [default: <input
+    /// stem>.results.csv (or .jsonl / .parquet for such an input) beside the input; stdout for
+    /// stdin].
     #[arg(short, long, value_name = "PATH")]
     #[serde(skip)]
     pub output: Option<PathBuf>,
 
-    /// Format of the input: csv or jsonl (one JSON object per line) [default: from the extension,
-    /// .jsonl and .ndjson are JSON Lines; csv for stdin].
+    /// Format of the input: csv, jsonl (one JSON object per line) or parquet [default: from the
+    /// extension, .jsonl and .ndjson are JSON Lines, .parquet is Parquet; csv for stdin].
     #[arg(long, value_enum, value_name = "FORMAT")]
     #[serde(skip)]
     pub input_format: Option<crate::base::format::Format>,
 
-    /// Format of the results: csv or jsonl [default: from the -o extension; without -o, or with
-    /// `-o -` (stdout), the input's format].
+    /// Format of the results: csv, jsonl or parquet [default: from the -o extension; without -o,
+    /// or with `-o -` (stdout), the input's format].
     #[arg(long, value_enum, value_name = "FORMAT")]
     #[serde(skip)]
     pub output_format: Option<crate::base::format::Format>,

@@ -1,5 +1,6 @@
-//! Streaming input: a CSV with a header row, or JSON Lines ([`jsonl`]), one request per row, each
-//! with a stable row id. Both formats give the same [`Row`]: text cells in column order.
+//! Streaming input: a CSV with a header row, JSON Lines ([`jsonl`]) or Parquet ([`parquet`]), one
+//! request per row, each with a stable row id. Every format gives the same [`Row`]: text cells in
+//! column order.
 //!
 //! A run reads the file in passes, none of which holds it in memory (a million-row input costs
 //! the same as a small one): the pre-flight checks every row and renders every prompt before a
@@ -22,6 +23,7 @@ use crate::base::human;
 pub mod delimiter;
 pub mod jsonl;
 pub mod limits;
+pub mod parquet;
 
 pub use limits::{ByteSize, InputLimits};
 use limits::{Limited, limit_error};
@@ -44,9 +46,10 @@ const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 pub struct Row {
     /// 0-based position among data rows; results are written in this order.
     pub seq: u64,
-    /// 1-based line of the file where the row starts (for messages).
+    /// 1-based line of the file where the row starts (for messages); for Parquet, which has no
+    /// lines, the 1-based row number (row index + 1).
     pub line: u64,
-    /// Byte offset in the file where the row starts.
+    /// Byte offset in the file where the row starts (for Parquet, the row index).
     pub byte: u64,
     /// The value of the id column, or the 1-based row number when there is none.
     pub id: String,
@@ -82,7 +85,7 @@ pub struct InputFile {
     /// Index of the id column, if any.
     pub id_index: Option<usize>,
     pub format: Format,
-    /// The CSV field separator (unused for JSON Lines).
+    /// The CSV field separator (unused for JSON Lines and Parquet).
     pub delimiter: u8,
     pub limits: InputLimits,
 }
@@ -109,12 +112,13 @@ impl InputFile {
     ) -> Result<Self, Error> {
         let limits = options.limits;
         let delimiter = match (format, options.delimiter) {
-            (Format::Jsonl, _) => b',',
+            (Format::Jsonl | Format::Parquet, _) => b',',
             (Format::Csv, Some(d)) => d,
             (Format::Csv, None) => detect_delimiter(path, limits)?,
         };
         let headers: Vec<String> = match format {
             Format::Jsonl => jsonl::columns(path, limits)?,
+            Format::Parquet => parquet::columns(path, limits)?,
             Format::Csv => csv_reader(path, delimiter, limits)?
                 .headers()
                 .map_err(|e| csv_error(path, &e, &[]))?
@@ -125,6 +129,12 @@ impl InputFile {
         if format == Format::Jsonl && headers.is_empty() {
             return Err(Error::Input(format!(
                 "{}: every line is an empty object {{}}; give each line the keys the prompt uses",
+                path.display()
+            )));
+        }
+        if format == Format::Parquet && headers.is_empty() {
+            return Err(Error::Input(format!(
+                "{}: the Parquet file has no columns; it needs the columns the prompt uses",
                 path.display()
             )));
         }
@@ -179,6 +189,7 @@ impl InputFile {
             Format::Jsonl => {
                 RowSource::Jsonl(jsonl::Reader::new(&self.path, &self.headers, self.limits)?)
             }
+            Format::Parquet => RowSource::Parquet(parquet::Reader::new(&self.path, self.limits)?),
         };
         Ok(Rows {
             input: self.clone(),
@@ -237,6 +248,7 @@ pub struct Rows {
 enum RowSource {
     Csv(csv::Reader<Source>),
     Jsonl(jsonl::Reader),
+    Parquet(parquet::Reader),
 }
 
 impl Iterator for Rows {
@@ -255,6 +267,7 @@ impl Iterator for Rows {
                     .map_or((0, 0), |p| (p.line(), p.byte())))),
             },
             RowSource::Jsonl(reader) => reader.read(path, &mut self.record, &mut json_cells),
+            RowSource::Parquet(reader) => reader.read(path, &mut self.record, &mut json_cells),
         };
         match read {
             None => None,

@@ -1,5 +1,5 @@
-//! The results file (CSV, or JSON Lines through [`jsonl`]): the input's columns, then what
-//! happened to the row.
+//! The results file (CSV, JSON Lines through [`jsonl`], or Parquet through [`parquet`]): the
+//! input's columns, then what happened to the row.
 //!
 //! Rows are written once, in input order, when the run ends (the runner merges the input with
 //! its journal), to a temporary file beside the destination that is renamed over it only when
@@ -19,9 +19,10 @@ use crate::base::money::format_cost;
 use crate::base::record::RowResult;
 use crate::engine::derived::DerivedColumns;
 use crate::engine::expect::PassRate;
-use crate::engine::input::{JsonCells, Row};
+use crate::engine::input::{InputFile, JsonCells, Row};
 
 pub mod jsonl;
+pub mod parquet;
 pub mod vectors;
 
 /// Columns added after the input's own, in this order.
@@ -60,6 +61,7 @@ pub struct ResultsWriter {
 enum Sink {
     Csv(Box<csv::Writer<BufWriter<File>>>),
     Jsonl(BufWriter<File>, jsonl::Encoder),
+    Parquet(Box<parquet::ResultsSink>),
 }
 
 impl ResultsWriter {
@@ -173,6 +175,11 @@ impl ResultsWriter {
                 Sink::Csv(Box::new(writer))
             }
             Format::Jsonl => Sink::Jsonl(file, jsonl::Encoder::new(&header, input_headers.len())),
+            Format::Parquet => Sink::Parquet(Box::new(parquet::ResultsSink::new(
+                file,
+                &header,
+                input_headers.len(),
+            ))),
         });
         Ok(this)
     }
@@ -258,8 +265,21 @@ impl ResultsWriter {
         let written = match self.writer.as_mut().expect("writer is open until finish") {
             Sink::Csv(w) => w.write_record(&self.buf).map_err(WriteFailure::from),
             Sink::Jsonl(w, enc) => enc.write(w, &self.buf, json_cells).map_err(WriteFailure),
+            Sink::Parquet(sink) => sink.write(&self.buf).map_err(WriteFailure),
         };
         written.map_err(|e| self.write_error(e))
+    }
+
+    /// Parquet results of a Parquet input keep its columns' types (read from its footer);
+    /// otherwise input columns are text. Call before the first row.
+    pub fn keep_input_types(&mut self, input: &InputFile) -> Result<(), Error> {
+        if let Some(Sink::Parquet(sink)) = self.writer.as_mut()
+            && input.format == Format::Parquet
+        {
+            let schema = crate::engine::input::parquet::schema(&input.path)?;
+            sink.keep_input_types(&schema);
+        }
+        Ok(())
     }
 
     /// The `--expect` pass rate over the rows written so far.
@@ -274,6 +294,7 @@ impl ResultsWriter {
                 .into_inner()
                 .map_err(|e| self.write_error(e.into_error()))?,
             Sink::Jsonl(w, _) => w,
+            Sink::Parquet(sink) => sink.finish().map_err(|e| self.write_error(e))?,
         };
         let file = buffered
             .into_inner()

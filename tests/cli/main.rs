@@ -23,6 +23,7 @@ mod hardening;
 mod images;
 mod inspect;
 mod layers;
+mod parquet;
 mod providers;
 mod ratelimit;
 mod readme;

@@ -160,6 +160,7 @@ pub fn write(
     let batch = standard.map(batch_price);
     let mut stats = Stats::default();
     let mut saved = 0.0;
+    writer.keep_input_types(input)?;
     for row in input.rows()? {
         let row = row?;
         let seq = row.seq;

@@ -81,6 +81,9 @@ fn write_head(input: &Path, format: Format, rows: u64, dest: &Path) -> Result<u6
     if format == Format::Jsonl {
         return write_head_jsonl(input, rows, dest);
     }
+    if format == Format::Parquet {
+        return crate::engine::input::parquet::write_head(input, rows, dest);
+    }
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)

@@ -34,6 +34,7 @@ pub(crate) fn write_results(
         r
     };
     let mut stats = Stats::default();
+    writer.keep_input_types(input)?;
     // A row never sent still shows the model it was meant for.
     let settings = RowSettings::new(input);
     let model_of = |row: &Row| -> String {
