@@ -1014,7 +1014,7 @@ a row whose model, dimensions and text were embedded before.\n\n\
 Exit codes as for `batch run`: 0 every row has a vector; 1 some rows failed or were skipped; 2 \
 usage or input error; 130 interrupted.",
     mut_arg("input", |a| a.help("Input CSV or JSON Lines with a header; `-` for stdin")),
-    mut_arg("output", |a| a.help("Vectors file, by extension: .jsonl ({\"id\", \"status\", \"tokens\", \"embedding\": [..]} a line), .npy (float32 matrix in input order, failed rows NaN, with <out>.ids.csv beside it) or .csv (the embedding as a JSON array cell); `-` for JSON Lines on stdout [default: <input stem>.embeddings.jsonl beside the input]")),
+    mut_arg("output", |a| a.help("Vectors file, by extension: .parquet (the default: line, id, status, error, tokens and the embedding as a fixed-size list of float32), .jsonl ({\"id\", \"status\", \"tokens\", \"embedding\": [..]} a line), .npy (float32 matrix in input order, failed rows NaN, with <out>.ids.csv beside it) or .csv (the embedding as a JSON array cell); `-` for JSON Lines on stdout [default: <input stem>.embeddings.parquet beside the input]")),
     mut_arg("model", |a| a.help("Embedding model, sent as is and used to look up the price [default: text-embedding-3-small]")),
     mut_arg("max_cost", |a| a.help("Stop sending before the run's total cost could exceed USD: each request reserves its tokens at the model's price; needs a known price")),
     mut_arg("prompt", |a| a.hide(true)),

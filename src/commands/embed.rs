@@ -60,13 +60,13 @@ pub fn resolve(args: EmbedArgs) -> Result<EmbedConfig, Error> {
     })
 }
 
-/// `reviews.csv` -> `reviews.embeddings.jsonl`, beside the input.
+/// `reviews.csv` -> `reviews.embeddings.parquet`, beside the input.
 pub fn default_output(input: &Path) -> PathBuf {
     let stem = input
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "input".into());
-    input.with_file_name(format!("{stem}.embeddings.jsonl"))
+    input.with_file_name(format!("{stem}.embeddings.parquet"))
 }
 
 /// The flags of `batch run` that shape a prompt or check an answer: an embedding has neither.
@@ -151,7 +151,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(cfg.run.model, DEFAULT_MODEL);
-        assert_eq!(cfg.run.output, dir.path().join("in.embeddings.jsonl"));
+        assert_eq!(cfg.run.output, dir.path().join("in.embeddings.parquet"));
         assert_eq!(cfg.limits.max_inputs, 5);
         assert_eq!(cfg.limits.max_tokens, 300_000);
         let e = resolve(parse(&[i, "--column", "text", "--mock", "--prompt", "x"])).unwrap_err();

@@ -6,10 +6,12 @@
 //! - `.npy`: a float32 matrix in NumPy's format 1.0, one row per input row in input order, a
 //!   failed row all NaN; beside it `<out>.ids.csv` (`id,status,error`), its rows in the same order.
 //! - `.csv`: `id,status,error,tokens,embedding`, the embedding as a JSON array cell.
+//! - `.parquet` (the default): `line, id, status, error, tokens, embedding`, the embedding a
+//!   fixed-size list of float32 (null for a failed row), in row groups as rows arrive.
 //!
 //! Each file is written to a temporary file beside the destination and renamed over it by
 //! [`VectorSink::finish`], so a run that dies never leaves half a file where a whole one is
-//! expected. Parquet (the default for embeddings in the issue) comes with the Parquet module.
+//! expected.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::base::error::{Error, describe_io};
 use crate::base::format::is_std;
 use crate::base::record::RowStatus;
+use crate::engine::output::parquet::VectorParquetWriter;
 
 /// One row's vector (or why it has none), as a sink receives it.
 pub struct VectorRow<'a> {
@@ -62,8 +65,8 @@ impl VectorFormat {
             Some("csv") => Ok(VectorFormat::Csv),
             Some("parquet") => Ok(VectorFormat::Parquet),
             _ => Err(Error::Usage(format!(
-                "-o {}: name the vectors' format by the extension: .jsonl, .npy (with an \
-                 .ids.csv beside it) or .csv",
+                "-o {}: name the vectors' format by the extension: .parquet, .jsonl, .npy \
+                 (with an .ids.csv beside it) or .csv",
                 path.display()
             ))),
         }
@@ -87,11 +90,25 @@ pub fn create(path: &Path) -> Result<Box<dyn VectorSink + Send>, Error> {
         }
         VectorFormat::Npy => Ok(Box::new(NpySink::create(path)?)),
         VectorFormat::Csv => Ok(Box::new(CsvSink::create(path)?)),
-        VectorFormat::Parquet => Err(Error::Usage(format!(
-            "-o {}: Parquet output arrives with the parquet module; use .jsonl, .npy or .csv \
-             for now",
-            path.display()
-        ))),
+        VectorFormat::Parquet => Ok(Box::new(ParquetSink(VectorParquetWriter::create(
+            path, None,
+        )?))),
+    }
+}
+
+/// `.parquet`: the vectors as a fixed-size list of float32, beside line, id, status, error and
+/// tokens ([`VectorParquetWriter`]), written in row groups as rows arrive.
+struct ParquetSink(VectorParquetWriter);
+
+impl VectorSink for ParquetSink {
+    fn push(&mut self, row: &VectorRow<'_>) -> Result<(), Error> {
+        let r = row;
+        self.0
+            .push(r.line, r.id, r.status, r.error, r.tokens, r.embedding)
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), Error> {
+        self.0.finish()
     }
 }
 
@@ -481,8 +498,35 @@ mod tests {
             VectorFormat::Npy
         );
         assert!(VectorFormat::of(Path::new("a.txt")).is_err());
+        assert_eq!(
+            VectorFormat::of(Path::new("a.parquet")).unwrap(),
+            VectorFormat::Parquet
+        );
+    }
+
+    #[test]
+    fn a_parquet_sink_puts_its_file_in_place_at_the_end_only() {
         let dir = tempfile::tempdir().unwrap();
-        let e = create(&dir.path().join("a.parquet")).err().unwrap();
-        assert!(e.to_string().contains("parquet module"), "{e}");
+        let path = dir.path().join("v.parquet");
+        let mut sink = create(&path).unwrap();
+        for (i, v) in [Some([1.0f32, 2.0]), None].iter().enumerate() {
+            let row = VectorRow {
+                line: i as u64 + 2,
+                id: "x",
+                status: if v.is_some() {
+                    RowStatus::Ok
+                } else {
+                    RowStatus::Failed
+                },
+                error: v.is_none().then_some("refused"),
+                tokens: Some(3),
+                embedding: v.as_ref().map(|a| &a[..]),
+            };
+            sink.push(&row).unwrap();
+        }
+        assert!(!path.exists());
+        sink.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
     }
 }
