@@ -66,3 +66,41 @@ fn embed_writes_parquet_vectors_by_default() {
         assert_eq!(v.values().to_vec(), vector(text, 8), "row {i}");
     }
 }
+
+#[test]
+fn embed_reads_stdin() {
+    use std::io::Write;
+    let dir = TestDir::new();
+    let mut child = crate::util::cmd(
+        &dir,
+        [
+            "embed",
+            "-",
+            "--column",
+            "text",
+            "--mock",
+            "--dimensions",
+            "4",
+            "-o",
+            "v.jsonl",
+        ],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"id,text\na,one\nb,two\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 0);
+    let lines: Vec<serde_json::Value> = dir
+        .read("v.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", show(&out));
+    assert_eq!(lines[1]["id"], "b");
+    assert_eq!(lines[1]["status"], "ok");
+}

@@ -146,6 +146,18 @@ pub fn build(
     }
 }
 
+/// Headers whose values say how to speak to the API or who the caller is in public (an API
+/// version, a beta, OpenRouter's attribution), never a secret: they are not scrubbed from
+/// answers, where a URL or a date they hold may well appear.
+const PUBLIC_HEADERS: [&str; 6] = [
+    "anthropic-version",
+    "anthropic-beta",
+    "http-referer",
+    "referer",
+    "x-title",
+    "user-agent",
+];
+
 /// Extra request headers from `--header 'Name: value'` (OpenRouter's `HTTP-Referer`, a
 /// gateway's auth, a newer `anthropic-version`). Values may be secrets: they are marked
 /// sensitive and `Debug` shows only the names; nothing writes them anywhere.
@@ -186,7 +198,7 @@ impl ExtraHeaders {
                     name.as_str()
                 ));
             }
-            value.set_sensitive(true);
+            value.set_sensitive(!PUBLIC_HEADERS.contains(&name.as_str()));
             out.push((name, value));
         }
         Ok(ExtraHeaders(out))
@@ -299,7 +311,7 @@ impl Transport {
         let secrets = headers
             .values()
             .filter(|v| v.is_sensitive())
-            .chain(extra.0.iter().map(|(_, v)| v))
+            .chain(extra.0.iter().map(|(_, v)| v).filter(|v| v.is_sensitive()))
             .filter_map(|v| v.to_str().ok());
         let scrubber = crate::base::secret::Scrubber::new(secrets);
         Transport {
@@ -1030,6 +1042,13 @@ mod provider_choice_tests {
         h.apply(&mut map);
         assert_eq!(map["anthropic-version"], "2023-01-01");
         assert!(map["authorization"].is_sensitive());
+        // A version or an attribution is no secret, and scrubbing it would cut dates and URLs
+        // out of answers; everything else is scrubbed.
+        let scrub = scrubber_of(&map);
+        assert_eq!(
+            scrub.scrub("since 2023-01-01, sk-secret"),
+            "since 2023-01-01, [redacted]"
+        );
         for (bad, says) in [
             ("no colon", "number 1"),
             ("Bad Name: v", "not a header name"),

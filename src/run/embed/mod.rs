@@ -30,7 +30,6 @@ use crate::base::human;
 use crate::engine::cache::{Cache, CacheWriter};
 use crate::engine::input::InputFile;
 use crate::engine::limiter::RateBudget;
-use crate::engine::lock::StateLock;
 use crate::engine::provider::embeddings::EmbeddingsProvider;
 use crate::engine::provider::http_client;
 use crate::engine::spend::SpendCap;
@@ -73,7 +72,8 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     }
     // An output that cannot be written fails now, not after the requests.
     drop(crate::engine::output::vectors::create(&run.output)?);
-    let _lock = StateLock::acquire(&run.state)?;
+    // The lock taken to copy stdin, if it was (`batch embed -`), or a new one.
+    let _lock = run.lock(&run.state)?;
     let mut store = Store::open(&run.state)?;
     let conn = Connection::open(&run.endpoint).await?;
     let client = http_client(run.concurrency.ceiling());
