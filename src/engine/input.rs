@@ -359,11 +359,13 @@ pub struct IdSet {
 const FIRST_ROWS: usize = 4096;
 
 impl IdSet {
-    /// A checker for `input`'s ids.
+    /// A checker for `input`'s ids. The filter is sized from the file's length over the first
+    /// rows' average (a Parquet row's "byte" is its index, so there the length is in rows).
     pub fn new(input: &InputFile) -> Self {
-        let file_len = input
-            .id_index
-            .map(|_| std::fs::metadata(&input.path).map_or(0, |m| m.len()));
+        let file_len = input.id_index.map(|_| match input.format {
+            Format::Parquet => parquet::row_count(&input.path).unwrap_or(0),
+            _ => std::fs::metadata(&input.path).map_or(0, |m| m.len()),
+        });
         IdSet {
             file_len,
             ..Default::default()
@@ -741,6 +743,32 @@ mod tests {
             msgs[1].contains("line 6") && msgs[1].contains("\"x\""),
             "{msgs:?}"
         );
+    }
+
+    #[test]
+    fn a_parquet_inputs_id_filter_is_sized_by_its_rows_not_its_bytes() {
+        use arrow_array::{ArrayRef, RecordBatch, StringArray};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        let rows = 10_000;
+        // Long ids, each its own: the file is about 200 bytes a row.
+        let ids: Vec<String> = (0..rows).map(|i| format!("{i:0>200}")).collect();
+        let column = std::sync::Arc::new(StringArray::from(ids)) as ArrayRef;
+        let batch = RecordBatch::try_from_iter([("id", column)]).unwrap();
+        parquet::fixtures::write(&path, &batch, 4096);
+        let input = InputFile::open_as(&path, Format::Parquet, None).unwrap();
+        let mut ids = IdSet::new(&input);
+        for row in input.rows().unwrap() {
+            ids.insert(&row.unwrap());
+        }
+        let bits = ids.filter.as_ref().map(|f| f.bits.len() * 64).unwrap();
+        // Ten bits a row, for the rows expected and the first rows read again, and a quarter
+        // more; sized by the file's bytes (read as rows) it was a hundred times that.
+        assert!(
+            bits <= (rows + FIRST_ROWS) * 10 * 5 / 4 + 64,
+            "{bits} bits for {rows} rows"
+        );
+        assert!(ids.duplicates(&input).unwrap().is_empty());
     }
 
     #[test]

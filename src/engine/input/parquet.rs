@@ -50,6 +50,15 @@ pub fn schema(path: &Path) -> Result<SchemaRef, Error> {
     Ok(open(path, InputLimits::default())?.schema().clone())
 }
 
+/// How many rows a Parquet file holds, from its footer.
+pub fn row_count(path: &Path) -> Result<u64, Error> {
+    Ok(open(path, InputLimits::default())?
+        .metadata()
+        .file_metadata()
+        .num_rows()
+        .max(0) as u64)
+}
+
 fn open(path: &Path, limits: InputLimits) -> Result<ParquetRecordBatchReaderBuilder<File>, Error> {
     let file = File::open(path).map_err(|e| open_error(path, &e))?;
     let len = file.metadata().map_err(|e| open_error(path, &e))?.len();
