@@ -58,6 +58,7 @@ mod job;
 mod journal;
 pub(crate) mod preflight;
 pub(crate) mod results;
+mod resume;
 mod shared;
 mod signals;
 
@@ -80,7 +81,12 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
 pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summary>), Error> {
     let started = Instant::now();
     warm_up_mock(&cfg);
-    let checked = check_input(&cfg).await?;
+    let settings = cfg.request_settings(&canonical(&cfg.input));
+    // A resume reads the rows it finished once, before the pre-flight, which then checks only
+    // the rows that will be sent (when nothing their requests are made of changed).
+    let before = resume::finished_before(&cfg, &settings)?;
+    let unchanged = before.as_ref().is_some_and(|b| b.unchanged);
+    let checked = check_input(&cfg, before.as_ref().filter(|b| b.unchanged)).await?;
     if cfg.dry_run {
         if cfg.spooled_stdin {
             let _ = std::fs::remove_file(&cfg.input);
@@ -96,8 +102,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let _lock = StateLock::acquire(&cfg.state)?;
     let (writer, mut store) = open_files(&cfg, &checked)?;
     let conn = Connection::open(&cfg.endpoint).await?;
-    let settings = cfg.request_settings(&canonical(&cfg.input));
-    let resumed = prepare_state(&mut store, &cfg, &settings, checked.plan.rows)?;
+    let resumed = prepare_state(&mut store, &cfg, &settings, checked.plan.rows, unchanged)?;
     let progress = Progress::new(checked.plan.rows, cfg.quiet);
     announce(&cfg, &checked, resumed.as_ref(), &progress);
     let shared = share(&cfg, &conn, resumed.is_some(), &store)?;
@@ -108,9 +113,13 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         cfg.grace,
         cfg.state.clone(),
     ));
-    let finished = finished_rows(&cfg, resumed.is_some())?;
-    progress.start_at(finished.as_ref().map_or(0, SeqSet::len));
-    let mut pipeline = Pipeline::start(&cfg, &checked, &conn, &shared, store, finished)?;
+    let finished = match (resumed.is_some(), before) {
+        (true, Some(before)) => Some(before.rows),
+        (resumed, _) => finished_rows(&cfg, resumed)?.map(Arc::new),
+    };
+    progress.start_at(finished.as_deref().map_or(0, SeqSet::len));
+    let recheck = !unchanged;
+    let mut pipeline = Pipeline::start(&cfg, &checked, &conn, &shared, store, finished, recheck)?;
     let live = pipeline.collect(&progress).await;
     let (store, journal_error) = pipeline.join().await;
     signals.abort();
@@ -132,6 +141,11 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let complete = stats.skipped == 0 && storage_error.is_none();
     if complete {
         store.set_finished(true).map_err(Error::after_sending)?;
+        // Every row's request is now the one these settings make.
+        let key = resume::checked_key(&cfg, &settings).unwrap_or_default();
+        store
+            .set_meta(resume::META_CHECKED, &key)
+            .map_err(Error::after_sending)?;
     }
     if complete && cfg.spooled_stdin {
         // Nothing is left to resume; the copy of stdin has served its purpose.
@@ -220,12 +234,17 @@ struct Checked {
     plan: Plan,
 }
 
-/// Step 1, the pre-flight (on a blocking thread: it reads the whole input).
-async fn check_input(cfg: &RunConfig) -> Result<Checked, Error> {
+/// Step 1, the pre-flight (on a blocking thread: it reads the whole input). The rows in
+/// `finished` (a resume's, unchanged) are read but not checked: none of them will be sent.
+async fn check_input(
+    cfg: &RunConfig,
+    finished: Option<&resume::Finished>,
+) -> Result<Checked, Error> {
     let (format, id) = (cfg.input_format, cfg.id_column.as_deref());
     let input = InputFile::open_with(&cfg.input, format, id, cfg.read)?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
-    let opts = PreflightOptions::of(cfg, &input, cfg.dry_run)?;
+    let mut opts = PreflightOptions::of(cfg, &input, cfg.dry_run)?;
+    opts.finished = finished.map(|f| f.rows.clone());
     let expect = opts.expect.clone();
     let (i, p) = (input.clone(), prompts.clone());
     let plan = tokio::task::spawn_blocking(move || preflight(&i, &p, &opts))
@@ -405,7 +424,8 @@ impl Pipeline {
         conn: &Connection,
         shared: &Arc<Shared>,
         store: Store,
-        finished: Option<SeqSet>,
+        finished: Option<Arc<SeqSet>>,
+        recheck: bool,
     ) -> Result<Self, Error> {
         let (work_tx, work_rx) = mpsc::channel::<Vec<Result<Job, Error>>>(256 / WORK_CHUNK);
         let maker = JobMaker {
@@ -426,7 +446,8 @@ impl Pipeline {
             price: cfg.prices.lookup(&cfg.model),
         };
         let state = cfg.state.clone();
-        let reader = std::thread::spawn(move || read_work(&maker, finished, &state, work_tx));
+        let reader =
+            std::thread::spawn(move || read_work(&maker, finished, recheck, &state, work_tx));
         let (result_tx, results) = mpsc::unbounded_channel::<RowResult>();
         let (journal_tx, journal_rx) = std::sync::mpsc::channel::<JournalEntry>();
         let cache = match &cfg.cache {

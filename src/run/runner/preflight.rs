@@ -41,6 +41,9 @@ pub(crate) struct PreflightOptions {
     pub(crate) count_tokens: bool,
     /// `--expect`: the expectation and its column, whose cells are checked too.
     pub(crate) expect: Option<(Expectation, usize)>,
+    /// Rows a resumed run finished whose requests cannot have changed: read (for the ids and
+    /// the count) but not checked again, since none of them will be sent (see `resume.rs`).
+    pub(crate) finished: Option<std::sync::Arc<crate::engine::store::SeqSet>>,
 }
 
 impl PreflightOptions {
@@ -62,6 +65,7 @@ impl PreflightOptions {
             capped: cfg.max_cost.is_some(),
             count_tokens,
             expect,
+            finished: None,
         })
     }
 }
@@ -89,7 +93,10 @@ pub(crate) fn preflight(
             Ok(row) => {
                 plan.rows += 1;
                 ids.insert(&row);
-                if let Err(p) = check_row(input, prompts, &settings, opts, &row, &mut plan) {
+                let finished = opts.finished.as_ref().is_some_and(|f| f.contains(row.seq));
+                if !finished
+                    && let Err(p) = check_row(input, prompts, &settings, opts, &row, &mut plan)
+                {
                     problems.push(p);
                 }
                 last_row = Some(row);
