@@ -64,7 +64,7 @@ mod signals;
 
 use dispatch::dispatch;
 use job::{Job, JobMaker, WORK_CHUNK, read_work};
-use journal::{JournalEntry, canonical, prepare_state, write_journal};
+use journal::{JOURNAL_QUEUE, JournalEntry, canonical, prepare_state, write_journal};
 use preflight::{Plan, PreflightOptions, preflight, print_plan};
 use results::write_results;
 use shared::{INITIAL_COMPLETION_ESTIMATE, Shared};
@@ -413,7 +413,7 @@ struct Pipeline {
     reader: std::thread::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<Option<Error>>,
     journal: std::thread::JoinHandle<(Store, Option<Error>)>,
-    results: mpsc::UnboundedReceiver<RowResult>,
+    results: mpsc::Receiver<RowResult>,
 }
 
 impl Pipeline {
@@ -448,8 +448,9 @@ impl Pipeline {
         let state = cfg.state.clone();
         let reader =
             std::thread::spawn(move || read_work(&maker, finished, recheck, &state, work_tx));
-        let (result_tx, results) = mpsc::unbounded_channel::<RowResult>();
-        let (journal_tx, journal_rx) = std::sync::mpsc::channel::<JournalEntry>();
+        // Both queues bounded: nothing grows with the input (see `JOURNAL_QUEUE`).
+        let (result_tx, results) = mpsc::channel::<RowResult>(JOURNAL_QUEUE);
+        let (journal_tx, journal_rx) = mpsc::channel::<JournalEntry>(JOURNAL_QUEUE);
         let cache = match &cfg.cache {
             CacheMode::On { dir, truncated, .. } => Some((Cache::open(dir)?, *truncated)),
             CacheMode::Off => None,
