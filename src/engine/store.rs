@@ -75,6 +75,10 @@ CREATE TABLE IF NOT EXISTS rows (
 -- no index on request_hash (identical requests are found through a small map in memory and
 -- the cache, see engine/dedup.rs; a hash index put every new row on a random page), none on
 -- attempts (seq) and no AUTOINCREMENT counter. Together they were 40% of a commit.
+-- One index, on status: its entries are (status, seq), which a journal writes nearly in order
+-- (the last page of each status's range), and a resume reads the finished rows' positions from
+-- it: a tenth of the pages of the rows themselves (ten million rows: 1.8 GB of rows).
+CREATE INDEX IF NOT EXISTS rows_by_status ON rows (status);
 CREATE TABLE IF NOT EXISTS attempts (
     id          INTEGER PRIMARY KEY,
     seq         INTEGER NOT NULL,
