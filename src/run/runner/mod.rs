@@ -44,7 +44,7 @@ use crate::engine::output::{ResultsWriter, check_writable};
 use crate::engine::provider::{self, http_client};
 use crate::engine::row_settings::RowSettings;
 use crate::engine::spend::SpendCap;
-use crate::engine::store::{FinishedRows, ReservationLog, RunRecord, SeqSet, Store};
+use crate::engine::store::{FinishedRows, ReservationLog, RunRecord, RunSettings, SeqSet, Store};
 use crate::engine::template::Prompts;
 use crate::run::connection::Connection;
 use crate::run::progress::Progress;
@@ -113,10 +113,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         cfg.grace,
         cfg.state.clone(),
     ));
-    let finished = match (resumed.is_some(), before) {
-        (true, Some(before)) => Some(before.rows),
-        (resumed, _) => finished_rows(&cfg, resumed)?.map(Arc::new),
-    };
+    let finished = finished_rows(&cfg, resumed.is_some(), before)?;
     progress.start_at(finished.as_deref().map_or(0, SeqSet::len));
     let recheck = !unchanged;
     let mut pipeline = Pipeline::start(&cfg, &checked, &conn, &shared, store, finished, recheck)?;
@@ -140,12 +137,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         .map_err(Error::after_sending)?;
     let complete = stats.skipped == 0 && storage_error.is_none();
     if complete {
-        store.set_finished(true).map_err(Error::after_sending)?;
-        // Every row's request is now the one these settings make.
-        let key = resume::checked_key(&cfg, &settings).unwrap_or_default();
-        store
-            .set_meta(resume::META_CHECKED, &key)
-            .map_err(Error::after_sending)?;
+        mark_complete(&store, &cfg, &settings).map_err(Error::after_sending)?;
     }
     if complete && cfg.spooled_stdin {
         // Nothing is left to resume; the copy of stdin has served its purpose.
@@ -399,13 +391,27 @@ fn long_waits_told(budget: RateBudget, cfg: &RunConfig) -> RateBudget {
 }
 
 /// On resume, the rows the journal has finished (failed ones too, unless `--retry-failed`).
-fn finished_rows(cfg: &RunConfig, resumed: bool) -> Result<Option<SeqSet>, Error> {
-    if !resumed {
-        return Ok(None);
+/// `before`: as read before the pre-flight (read again if it was not).
+fn finished_rows(
+    cfg: &RunConfig,
+    resumed: bool,
+    before: Option<resume::Finished>,
+) -> Result<Option<Arc<SeqSet>>, Error> {
+    match (resumed, before) {
+        (false, _) => Ok(None),
+        (true, Some(before)) => Ok(Some(before.rows)),
+        (true, None) => Ok(Some(Arc::new(
+            FinishedRows::open(&cfg.state)?.finished_set(retry_failed(cfg))?,
+        ))),
     }
-    Ok(Some(
-        FinishedRows::open(&cfg.state)?.finished_set(retry_failed(cfg))?,
-    ))
+}
+
+/// Every row is done: the run is finished, and every row's request is the one these settings
+/// make (what the next resume checks, see `resume.rs`).
+fn mark_complete(store: &Store, cfg: &RunConfig, settings: &RunSettings) -> Result<(), Error> {
+    store.set_finished(true)?;
+    let key = resume::checked_key(cfg, settings).unwrap_or_default();
+    store.set_meta(resume::META_CHECKED, &key)
 }
 
 /// Reader thread -> dispatcher -> row tasks -> journal thread -> collector (the caller).
