@@ -9,6 +9,9 @@
 #        SCALE_DIR=folder for the data (default a new temp folder, removed at the end)
 #        SCALE_INPROC=1 to run the mock inside the run (`--mock=latency-ms=0`, the issue's
 #        command; peak RSS then includes the mock's tokenizer) instead of a `batch mock` process.
+#        SCALE_RESUME_ONLY=1 to measure only the resume: the run is killed after its first
+#        thousand requests and its state filled up to 90% finished by SQL (copies of a recorded
+#        row), which takes minutes where sending 9,000,000 rows takes most of an hour.
 set -euo pipefail
 
 ROWS=${1:-1000000}
@@ -47,7 +50,29 @@ fi
 requests() { curl -s "http://$ADDR/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])'; }
 
 RUN=("$BATCH" run rows.csv --prompt 'Classify: {{ review }}' "${ENDPOINT[@]}" -o out.csv -q)
+echo "load before the run: $(uptime)"
 
+if [[ -n ${SCALE_RESUME_ONLY:-} && -n $MOCK_PID ]]; then
+    BATCH_CACHE_DIR=$DIR/cache "${RUN[@]}" &
+    RUN_PID=$!
+    for _ in $(seq 3000); do
+        [[ $(requests) -gt 1000 ]] && break
+        sleep 0.1
+    done
+    kill -9 $RUN_PID; wait $RUN_PID 2>/dev/null || true
+    echo "filling the state to 90% finished" >&2
+    python3 - "$ROWS" <<'EOF'
+import sqlite3, sys
+n = int(sys.argv[1]); db = sqlite3.connect("out.sqlite")
+cols = [r[1] for r in db.execute("PRAGMA table_info(rows)") if r[1] not in ("seq", "id", "request_hash")]
+c = ", ".join(cols)
+db.execute(f"""INSERT OR IGNORE INTO rows (seq, id, request_hash, {c})
+    WITH RECURSIVE s(k) AS (SELECT 0 UNION ALL SELECT k + 1 FROM s WHERE k < ? - 1)
+    SELECT k, 'r' || k, randomblob(16), {c} FROM s,
+        (SELECT {c} FROM rows WHERE status = 'ok' LIMIT 1)""", (n * 9 // 10,))
+db.commit()
+EOF
+else
 BATCH_CACHE_DIR=$DIR/cache /usr/bin/time -v -o time.txt "${RUN[@]}" || true
 secs=$(grep 'Elapsed (wall clock)' time.txt | awk '{print $NF}' | awk -F: '{ if (NF==3) print $1*3600+$2*60+$3; else print $1*60+$2 }')
 rss=$(grep 'Maximum resident' time.txt | awk '{print $NF}')
@@ -59,6 +84,8 @@ rows, secs, rss, state, csv = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv
 print(f"run:    {rows} rows in {secs:.1f} s = {rows/secs:.0f} rows/s, peak RSS {rss/1024:.1f} MB")
 print(f"state:  {state/1e6:.1f} MB for a {csv/1e6:.1f} MB results CSV ({state/csv:.2f}x)")
 EOF
+fi
+echo "load before the resume: $(uptime)"
 
 [[ -n $MOCK_PID ]] || exit 0
 # Resume with 90% finished: the last 10% of rows are taken out of the state file, and a fresh
@@ -83,6 +110,6 @@ with open("resume.jsonl") as f:
     times = [json.loads(line)["time"] for line in itertools.islice(f, 1000)]
 first = min(datetime.datetime.fromisoformat(t.replace("Z", "+00:00")).timestamp() for t in times)
 rss = [l.split()[-1] for l in open("time2.txt") if "Maximum resident" in l][0]
-print(f"resume: first request {first - start:.2f} s after start; sent {sent} requests for "
+print(f"resume: first request after {first - start:.2f} s; sent {sent} requests for "
       f"{unfinished} unfinished rows; peak RSS {int(rss) / 1024:.1f} MB")
 EOF

@@ -236,24 +236,70 @@ impl Cache {
 /// the key index, so each commit rewrites about one page per answer unless many answers share
 /// the commit (and, sorted, share pages). The journal, not the cache, is what makes a run
 /// resumable, so answers waiting here when a run is killed are only answers not cached.
+///
+/// The groups are written on a thread of their own: written by the journal's thread, each one
+/// held up the journal (and so the release of every row's slot) for as long as its commit took,
+/// which is what made the cache cost a run a third of its throughput. At most one group waits
+/// for the writer, so memory stays at two groups.
 pub struct CacheWriter {
-    cache: Cache,
+    /// The cache, while no writer thread has it.
+    cache: Option<Cache>,
+    worker: Option<Worker>,
     pending: Vec<(String, CachedAnswer)>,
     /// Rows journaled since the last write, answers or not.
     rows: usize,
     last_flush: std::time::Instant,
 }
 
+/// The writer thread, and its queue of sorted groups.
+struct Worker {
+    tx: std::sync::mpsc::SyncSender<Vec<(String, CachedAnswer)>>,
+    handle: std::thread::JoinHandle<(Cache, Result<(), Error>)>,
+}
+
+impl Worker {
+    fn start(mut cache: Cache) -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(String, CachedAnswer)>>(1);
+        let handle = std::thread::spawn(move || {
+            for group in rx {
+                if let Err(e) = cache.put_many(group.iter().map(|(k, a)| (k.as_str(), a))) {
+                    return (cache, Err(e));
+                }
+            }
+            (cache, Ok(()))
+        });
+        Worker { tx, handle }
+    }
+
+    /// Waits until every group sent is written (or one failed). No cache comes back from a
+    /// thread that died.
+    fn finish(self) -> (Option<Cache>, Result<(), Error>) {
+        drop(self.tx);
+        match self.handle.join() {
+            Ok((cache, written)) => (Some(cache), written),
+            Err(_) => {
+                let died = std::io::Error::other("the cache writer thread stopped");
+                (
+                    None,
+                    Err(Error::io("cannot write the response cache", died)),
+                )
+            }
+        }
+    }
+}
+
 impl CacheWriter {
     /// Rows journaled between writes, at most. [`crate::engine::dedup`] counts on an answer
-    /// being in the cache at most this many journaled rows after it was journaled.
+    /// being in the cache at most a few times this many journaled rows after it was journaled
+    /// (this group, and the one the writer thread may still be writing).
     pub const GROUP: usize = 8192;
     /// And time between writes, at most (a slow run still caches as it goes).
     const EVERY: Duration = Duration::from_secs(2);
 
     pub fn new(cache: Cache) -> Self {
         CacheWriter {
-            cache,
+            cache: Some(cache),
+            worker: None,
             pending: Vec::new(),
             rows: 0,
             last_flush: std::time::Instant::now(),
@@ -265,18 +311,19 @@ impl CacheWriter {
         self.pending.push((key.to_string(), answer));
     }
 
-    /// `rows` more rows were journaled (with their answers added): writes the queue once
-    /// [`Self::GROUP`] rows or [`Self::EVERY`] have passed since the last write.
+    /// `rows` more rows were journaled (with their answers added): hands the queue to the
+    /// writer thread once [`Self::GROUP`] rows or [`Self::EVERY`] have passed since the last
+    /// time. An error is that of an earlier group, which stopped the writer.
     pub fn journaled(&mut self, rows: usize) -> Result<(), Error> {
         self.rows += rows;
         if self.rows >= Self::GROUP || self.last_flush.elapsed() >= Self::EVERY {
-            return self.flush();
+            return self.hand_over();
         }
         Ok(())
     }
 
-    /// Writes the queued answers in one transaction, in key order.
-    pub fn flush(&mut self) -> Result<(), Error> {
+    /// Hands the queued answers, in key order, to the writer thread (started if need be).
+    fn hand_over(&mut self) -> Result<(), Error> {
         self.last_flush = std::time::Instant::now();
         self.rows = 0;
         if self.pending.is_empty() {
@@ -284,8 +331,38 @@ impl CacheWriter {
         }
         let mut pending = std::mem::take(&mut self.pending);
         pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        self.cache
-            .put_many(pending.iter().map(|(k, a)| (k.as_str(), a)))
+        if self.worker.is_none()
+            && let Some(cache) = self.cache.take()
+        {
+            self.worker = Some(Worker::start(cache));
+        }
+        let Some(worker) = &self.worker else {
+            return Ok(());
+        };
+        if worker.tx.send(pending).is_err() {
+            // The writer stopped at an error: it says which.
+            return self.wait();
+        }
+        Ok(())
+    }
+
+    /// Waits for the writer thread to write everything handed over, and takes the cache back.
+    fn wait(&mut self) -> Result<(), Error> {
+        match self.worker.take() {
+            Some(worker) => {
+                let (cache, written) = worker.finish();
+                self.cache = cache;
+                written
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Writes every queued answer, and returns once they are written.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        let handed = self.hand_over();
+        let written = self.wait();
+        handed.and(written)
     }
 }
 
@@ -346,8 +423,10 @@ mod tests {
         }
         w.journaled(10).unwrap();
         assert_eq!(reader.stats().unwrap().entries, 0, "waits for a group");
-        // A group of rows journaled (answers or not) writes what is queued.
+        // A group of rows journaled (answers or not) hands what is queued to the writer thread.
         w.journaled(CacheWriter::GROUP - 10).unwrap();
+        assert!(w.pending.is_empty() && w.worker.is_some());
+        w.wait().unwrap();
         assert_eq!(reader.stats().unwrap().entries, 10);
         w.add("last", answer("b"));
         assert_eq!(reader.get("last").unwrap(), None);

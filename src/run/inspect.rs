@@ -97,9 +97,15 @@ pub fn status(state: &Path) -> Result<RunStatus, Error> {
             state.display()
         ))
     };
-    let counts = count_rows(&journal).map_err(read_error)?;
+    // Read from the file's running totals (a few pages, however big the run); an older file
+    // is counted row by row.
+    let counts = journal.status_counts()?;
     let (rate, last) = recent_rate(&journal).map_err(read_error)?;
-    let errors = top_errors(&journal).map_err(read_error)?;
+    let errors = journal
+        .top_errors(TOP_ERRORS)?
+        .into_iter()
+        .map(|(error, rows)| ErrorCount { error, rows })
+        .collect();
     let running_pid = lock::holder(state);
     let recorded = counts.ok + counts.failed + counts.skipped;
     let pending = run.total_rows.saturating_sub(recorded);
@@ -134,30 +140,6 @@ pub fn status(state: &Path) -> Result<RunStatus, Error> {
     })
 }
 
-#[derive(Default)]
-struct Counts {
-    ok: u64,
-    failed: u64,
-    skipped: u64,
-}
-
-fn count_rows(journal: &FinishedRows) -> rusqlite::Result<Counts> {
-    let mut counts = Counts::default();
-    let mut stmt = journal
-        .conn()
-        .prepare("SELECT status, COUNT(*) FROM rows GROUP BY status")?;
-    let mut rows = stmt.query([])?;
-    while let Some(r) = rows.next()? {
-        let n = r.get::<_, i64>(1)?.max(0) as u64;
-        match r.get::<_, String>(0)?.as_str() {
-            "ok" => counts.ok += n,
-            "failed" => counts.failed += n,
-            _ => counts.skipped += n,
-        }
-    }
-    Ok(counts)
-}
-
 /// Rows a second over the last [`RATE_WINDOW`] rows recorded (by position, which is the order a
 /// run sends them in), and when the last was recorded. No index is needed: the rows are the
 /// table's last pages.
@@ -176,20 +158,6 @@ fn recent_rate(journal: &FinishedRows) -> rusqlite::Result<(Option<f64>, Option<
         };
         Ok((rate, last))
     })
-}
-
-fn top_errors(journal: &FinishedRows) -> rusqlite::Result<Vec<ErrorCount>> {
-    let mut stmt = journal.conn().prepare(&format!(
-        "SELECT error, COUNT(*) AS n FROM rows WHERE status <> 'ok' AND error <> '' \
-         GROUP BY error ORDER BY n DESC, error LIMIT {TOP_ERRORS}"
-    ))?;
-    let rows = stmt.query_map([], |r| {
-        Ok(ErrorCount {
-            error: r.get(0)?,
-            rows: r.get::<_, i64>(1)?.max(0) as u64,
-        })
-    })?;
-    rows.collect()
 }
 
 impl RunStatus {

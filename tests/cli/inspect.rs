@@ -321,3 +321,68 @@ fn status_of_a_path_that_is_no_run_says_so() {
         util::show(&out)
     );
 }
+
+/// Takes rows out of a state file, as if the run had stopped before them.
+fn forget_rows(dir: &TestDir, seqs: &[u64]) {
+    let conn = rusqlite::Connection::open(dir.join("out.sqlite")).unwrap();
+    for seq in seqs {
+        conn.execute("DELETE FROM rows WHERE seq = ?1", [*seq as i64])
+            .unwrap();
+    }
+    conn.execute("UPDATE meta SET value = 'false' WHERE key = 'finished'", [])
+        .unwrap();
+}
+
+#[test]
+fn a_resume_sends_exactly_the_unfinished_rows_and_a_changed_input_is_rechecked() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &util::numbered_csv(40));
+    let mock = MockProcess::start(&[]);
+    let args = run_args(&mock.url, &["--no-cache"]);
+    assert_code(&util::run(&dir, &args), 0);
+    let before = status(&dir, "out.csv");
+
+    // Unfinished: a row in the middle and the last ten. The input is as it was, so the
+    // finished rows are neither checked nor rendered again, and only these are sent.
+    let unfinished: Vec<u64> = [7].into_iter().chain(30..40).collect();
+    forget_rows(&dir, &unfinished);
+    let s = status(&dir, "out.sqlite");
+    assert_eq!((n(&s, "ok"), n(&s, "pending")), (29, 11), "{s}");
+    let sent = stat(&mock.stats(), "requests");
+    let mut resume = args.clone();
+    resume.push("--resume");
+    assert_code(&util::run(&dir, &resume), 0);
+    assert_eq!(
+        stat(&mock.stats(), "requests") - sent,
+        unfinished.len() as u64,
+        "exactly the unfinished rows are sent"
+    );
+    let after = status(&dir, "out.csv");
+    assert_eq!(
+        (n(&after, "ok"), after["complete"].as_bool()),
+        (40, Some(true))
+    );
+    assert_eq!(after["cost_usd"], before["cost_usd"], "{before} vs {after}");
+    let results = read_results(&dir.join("out.csv"));
+    assert_eq!(statuses(&results), (40, 0, 0));
+
+    // The input changed: a finished row's text is new, so its request is. The finished rows
+    // are checked again, and that one is sent with the unfinished one.
+    let csv = util::numbered_csv(40).replace(",item number 4\n", ",item four changed\n");
+    assert_ne!(csv, util::numbered_csv(40), "the input changes");
+    dir.create("in.csv", &csv);
+    forget_rows(&dir, &[20]);
+    let sent = stat(&mock.stats(), "requests");
+    assert_code(&util::run(&dir, &resume), 0);
+    assert_eq!(
+        stat(&mock.stats(), "requests") - sent,
+        2,
+        "row 21 and the changed row 4"
+    );
+    let results = read_results(&dir.join("out.csv"));
+    assert_eq!(statuses(&results), (40, 0, 0));
+    assert_eq!(
+        util::field(&results[3], "output"),
+        util::mock_answer("item four changed")
+    );
+}

@@ -13,28 +13,31 @@ use crate::base::record::RowResult;
 use crate::engine::dedup::Turn;
 use crate::engine::store::Finished;
 
+/// Journals the outcome of a row that was not sent. The journal's queue is bounded, so after a
+/// stop, when every row left is skipped at once, they wait here rather than pile up in memory.
+async fn record(journal: &mpsc::Sender<JournalEntry>, result: RowResult, job: Job, leads: bool) {
+    let finished = Finished {
+        result,
+        request_hash: job.request_hash,
+        attempts: Vec::new(),
+    };
+    let entry = JournalEntry {
+        finished,
+        holds_slot: false,
+        leads,
+    };
+    let _ = journal.send(entry).await;
+}
+
 /// Starts each job when a slot is free; returns the input error that ended reading, if any.
 pub(super) async fn dispatch(
     mut work: mpsc::Receiver<Vec<Result<Job, Error>>>,
     shared: Arc<Shared>,
-    journal: std::sync::mpsc::Sender<JournalEntry>,
+    journal: mpsc::Sender<JournalEntry>,
 ) -> Option<Error> {
-    let record = |result: RowResult, job: Job, holds_slot: bool, leads: bool| {
-        let finished = Finished {
-            result,
-            request_hash: job.request_hash,
-            attempts: Vec::new(),
-        };
-        let _ = journal.send(JournalEntry {
-            finished,
-            holds_slot,
-            leads,
-        });
-    };
-    let skip = |job: Job, leads: bool| {
+    let skipped = |job: &Job| {
         let reason = shared.stop_reason();
-        let result = RowResult::skipped(job.seq, job.id.clone(), &job.request.model, &reason);
-        record(result, job, false, leads);
+        RowResult::skipped(job.seq, job.id.clone(), &job.request.model, &reason)
     };
     let mut chunk = Vec::new().into_iter();
     loop {
@@ -56,7 +59,7 @@ pub(super) async fn dispatch(
         };
         if let Some(answer) = job.cached.take() {
             let result = cached_result(&job, answer, job.price.is_some());
-            record(result, job, false, false);
+            record(&journal, result, job, false).await;
             continue;
         }
         // Identical requests are sent once: wait for the one in flight, or reuse the answer.
@@ -65,7 +68,7 @@ pub(super) async fn dispatch(
             match dedup.turn(job.seq, &job.id, &job.request_hash) {
                 Turn::Follow => continue,
                 Turn::Reuse(result) => {
-                    record(*result, job, false, false);
+                    record(&journal, *result, job, false).await;
                     continue;
                 }
                 Turn::Lead => {}
@@ -73,13 +76,13 @@ pub(super) async fn dispatch(
             leads = true;
         }
         if shared.stop.is_cancelled() {
-            skip(job, leads);
+            record(&journal, skipped(&job), job, leads).await;
             continue;
         }
         tokio::select! {
             _ = shared.slots.acquire() => {}
             _ = shared.stop.cancelled() => {
-                skip(job, leads);
+                record(&journal, skipped(&job), job, leads).await;
                 continue;
             }
         }
@@ -97,7 +100,7 @@ pub(super) async fn dispatch(
                 holds_slot: true,
                 leads,
             };
-            if journal.send(entry).is_err() {
+            if journal.send(entry).await.is_err() {
                 shared.slots.release();
             }
         });

@@ -137,10 +137,13 @@ impl JobMaker {
 /// dispatcher goes away. With `finished` (a resumed run), the rows not finished go first; then
 /// the finished ones are checked against the journal and sent again only if their request
 /// changed. So a run that finished 900,000 rows of a million starts sending in the time it takes
-/// to read the file, not to re-render 900,000 prompts.
+/// to read the file, not to re-render 900,000 prompts. Without `recheck` (nothing a request is
+/// made of changed since they were answered, see `resume.rs`) the finished rows are not looked
+/// at again.
 pub(super) fn read_work(
     maker: &JobMaker,
-    finished: Option<SeqSet>,
+    finished: Option<Arc<SeqSet>>,
+    recheck: bool,
     state: &Path,
     tx: mpsc::Sender<Vec<Result<Job, Error>>>,
 ) {
@@ -166,7 +169,7 @@ pub(super) fn read_work(
             return;
         }
     }
-    let Some(finished) = finished else {
+    let Some(finished) = finished.filter(|_| recheck) else {
         return;
     };
     // The rows left to send go now, not after the recheck of every finished row.

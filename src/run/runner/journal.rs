@@ -17,6 +17,12 @@ use crate::run::settings::{Resume, RunConfig};
 /// Row outcomes committed to the journal in one transaction, at most.
 pub(super) const JOURNAL_GROUP: usize = 1024;
 
+/// Outcomes waiting for the journal, at most: a few groups. Bounded so that rows decided
+/// faster than they are committed (after a stop, every row left is skipped at once) wait
+/// upstream, where the reader's queue bounds them too, instead of piling up here (a stopped
+/// run of ten million rows grew to 100 MB).
+pub(super) const JOURNAL_QUEUE: usize = 4 * JOURNAL_GROUP;
+
 /// An outcome on its way to the journal.
 pub(super) struct JournalEntry {
     pub(super) finished: Finished,
@@ -33,13 +39,13 @@ pub(super) struct JournalEntry {
 pub(super) fn write_journal(
     mut store: Store,
     cache: Option<(Cache, bool)>,
-    rx: std::sync::mpsc::Receiver<JournalEntry>,
+    mut rx: mpsc::Receiver<JournalEntry>,
     shared: &Shared,
-    results: &mpsc::UnboundedSender<RowResult>,
+    results: &mpsc::Sender<RowResult>,
 ) -> (Store, Option<Error>) {
     let mut error = None;
     let mut cache = cache.map(|(c, truncated)| (CacheWriter::new(c), truncated));
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < JOURNAL_GROUP {
             match rx.try_recv() {
@@ -100,10 +106,10 @@ pub(super) fn write_journal(
             if holds_slot {
                 shared.slots.release();
             }
-            let _ = results.send(f.result);
+            let _ = results.blocking_send(f.result);
         }
         for f in reused {
-            let _ = results.send(f.result);
+            let _ = results.blocking_send(f.result);
         }
     }
     if let Some((mut c, _)) = cache
@@ -158,16 +164,26 @@ pub(super) fn cached_result(job: &Job, a: CachedAnswer, priced: bool) -> RowResu
 }
 
 /// Records a new run in the state file, or checks that the recorded one may be resumed, and
-/// records the spend cap (for `batch status`). Returns the recorded run when resuming.
+/// records the spend cap (for `batch status`) and what its requests are made of (for the next
+/// resume, see `resume.rs`). Returns the recorded run when resuming. `unchanged`: a resume whose
+/// finished rows' requests cannot have changed.
 pub(super) fn prepare_state(
     store: &mut Store,
     cfg: &RunConfig,
     settings: &RunSettings,
     rows: u64,
+    unchanged: bool,
 ) -> Result<Option<RunRecord>, Error> {
     let resumed = start_or_resume(store, cfg, settings, rows)?;
     let cap = cfg.max_cost.map(|c| c.to_string()).unwrap_or_default();
     store.set_meta(META_MAX_COST, &cap)?;
+    // After a change, finished rows answered to other requests remain until the recheck has
+    // sent them again: no key until the run completes (it is set then).
+    let key = match resumed.is_none() || unchanged {
+        true => super::resume::checked_key(cfg, settings).unwrap_or_default(),
+        false => String::new(),
+    };
+    store.set_meta(super::resume::META_CHECKED, &key)?;
     Ok(resumed)
 }
 

@@ -43,7 +43,7 @@ use crate::engine::output::{ResultsWriter, check_writable};
 use crate::engine::provider::{self, http_client};
 use crate::engine::row_settings::RowSettings;
 use crate::engine::spend::SpendCap;
-use crate::engine::store::{FinishedRows, ReservationLog, RunRecord, SeqSet, Store};
+use crate::engine::store::{FinishedRows, ReservationLog, RunRecord, RunSettings, SeqSet, Store};
 use crate::engine::template::Prompts;
 use crate::run::connection::Connection;
 use crate::run::progress::Progress;
@@ -57,12 +57,13 @@ mod job;
 mod journal;
 pub(crate) mod preflight;
 pub(crate) mod results;
+mod resume;
 mod shared;
 mod signals;
 
 use dispatch::dispatch;
 use job::{Job, JobMaker, WORK_CHUNK, read_work};
-use journal::{JournalEntry, canonical, prepare_state, write_journal};
+use journal::{JOURNAL_QUEUE, JournalEntry, canonical, prepare_state, write_journal};
 use preflight::{Plan, PreflightOptions, preflight, print_plan};
 use results::write_results;
 use shared::{INITIAL_COMPLETION_ESTIMATE, Shared};
@@ -79,7 +80,12 @@ pub async fn run(cfg: RunConfig) -> Result<ExitStatus, Error> {
 pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summary>), Error> {
     let started = Instant::now();
     warm_up_mock(&cfg);
-    let checked = check_input(&cfg).await?;
+    let settings = cfg.request_settings(&canonical(&cfg.input));
+    // A resume reads the rows it finished once, before the pre-flight, which then checks only
+    // the rows that will be sent (when nothing their requests are made of changed).
+    let before = resume::finished_before(&cfg, &settings)?;
+    let unchanged = before.as_ref().is_some_and(|b| b.unchanged);
+    let checked = check_input(&cfg, before.as_ref().filter(|b| b.unchanged)).await?;
     if cfg.dry_run {
         if cfg.spooled_stdin {
             let _ = std::fs::remove_file(&cfg.input);
@@ -95,8 +101,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let _lock = cfg.lock(&cfg.state)?;
     let (writer, mut store) = open_files(&cfg, &checked)?;
     let conn = Connection::open(&cfg.endpoint).await?;
-    let settings = cfg.request_settings(&canonical(&cfg.input));
-    let resumed = prepare_state(&mut store, &cfg, &settings, checked.plan.rows)?;
+    let resumed = prepare_state(&mut store, &cfg, &settings, checked.plan.rows, unchanged)?;
     let progress = Progress::new(checked.plan.rows, cfg.quiet);
     announce(&cfg, &checked, resumed.as_ref(), &progress);
     let shared = share(&cfg, &conn, resumed.is_some(), &store)?;
@@ -107,10 +112,11 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         cfg.grace,
         cfg.state.clone(),
     ));
-    let finished = finished_rows(&cfg, resumed.is_some())?;
-    progress.start_at(finished.as_ref().map_or(0, SeqSet::len));
+    let finished = finished_rows(&cfg, resumed.is_some(), before)?;
+    progress.start_at(finished.as_deref().map_or(0, SeqSet::len));
+    let recheck = !unchanged;
     crate::engine::render_guard::requests_may_be_sent();
-    let mut pipeline = Pipeline::start(&cfg, &checked, &conn, &shared, store, finished)?;
+    let mut pipeline = Pipeline::start(&cfg, &checked, &conn, &shared, store, finished, recheck)?;
     let live = pipeline.collect(&progress).await;
     let (store, journal_error) = pipeline.join().await;
     signals.abort();
@@ -131,7 +137,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         .map_err(Error::after_sending)?;
     let complete = stats.skipped == 0 && storage_error.is_none();
     if complete {
-        store.set_finished(true).map_err(Error::after_sending)?;
+        mark_complete(&store, &cfg, &settings).map_err(Error::after_sending)?;
     }
     if complete && cfg.spooled_stdin {
         // Nothing is left to resume; the copy of stdin has served its purpose.
@@ -220,12 +226,17 @@ struct Checked {
     plan: Plan,
 }
 
-/// Step 1, the pre-flight (on a blocking thread: it reads the whole input).
-async fn check_input(cfg: &RunConfig) -> Result<Checked, Error> {
+/// Step 1, the pre-flight (on a blocking thread: it reads the whole input). The rows in
+/// `finished` (a resume's, unchanged) are read but not checked: none of them will be sent.
+async fn check_input(
+    cfg: &RunConfig,
+    finished: Option<&resume::Finished>,
+) -> Result<Checked, Error> {
     let (format, id) = (cfg.input_format, cfg.id_column.as_deref());
     let input = InputFile::open_with(&cfg.input, format, id, cfg.read)?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
-    let opts = PreflightOptions::of(cfg, &input, cfg.dry_run)?;
+    let mut opts = PreflightOptions::of(cfg, &input, cfg.dry_run)?;
+    opts.finished = finished.map(|f| f.rows.clone());
     let expect = opts.expect.clone();
     let (i, p) = (input.clone(), prompts.clone());
     let plan = tokio::task::spawn_blocking(move || preflight(&i, &p, &opts))
@@ -381,13 +392,27 @@ fn long_waits_told(budget: RateBudget, cfg: &RunConfig) -> RateBudget {
 }
 
 /// On resume, the rows the journal has finished (failed ones too, unless `--retry-failed`).
-fn finished_rows(cfg: &RunConfig, resumed: bool) -> Result<Option<SeqSet>, Error> {
-    if !resumed {
-        return Ok(None);
+/// `before`: as read before the pre-flight (read again if it was not).
+fn finished_rows(
+    cfg: &RunConfig,
+    resumed: bool,
+    before: Option<resume::Finished>,
+) -> Result<Option<Arc<SeqSet>>, Error> {
+    match (resumed, before) {
+        (false, _) => Ok(None),
+        (true, Some(before)) => Ok(Some(before.rows)),
+        (true, None) => Ok(Some(Arc::new(
+            FinishedRows::open(&cfg.state)?.finished_set(retry_failed(cfg))?,
+        ))),
     }
-    Ok(Some(
-        FinishedRows::open(&cfg.state)?.finished_set(retry_failed(cfg))?,
-    ))
+}
+
+/// Every row is done: the run is finished, and every row's request is the one these settings
+/// make (what the next resume checks, see `resume.rs`).
+fn mark_complete(store: &Store, cfg: &RunConfig, settings: &RunSettings) -> Result<(), Error> {
+    store.set_finished(true)?;
+    let key = resume::checked_key(cfg, settings).unwrap_or_default();
+    store.set_meta(resume::META_CHECKED, &key)
 }
 
 /// Reader thread -> dispatcher -> row tasks -> journal thread -> collector (the caller).
@@ -395,7 +420,7 @@ struct Pipeline {
     reader: std::thread::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<Option<Error>>,
     journal: std::thread::JoinHandle<(Store, Option<Error>)>,
-    results: mpsc::UnboundedReceiver<RowResult>,
+    results: mpsc::Receiver<RowResult>,
 }
 
 impl Pipeline {
@@ -406,7 +431,8 @@ impl Pipeline {
         conn: &Connection,
         shared: &Arc<Shared>,
         store: Store,
-        finished: Option<SeqSet>,
+        finished: Option<Arc<SeqSet>>,
+        recheck: bool,
     ) -> Result<Self, Error> {
         let (work_tx, work_rx) = mpsc::channel::<Vec<Result<Job, Error>>>(256 / WORK_CHUNK);
         let maker = JobMaker {
@@ -427,9 +453,11 @@ impl Pipeline {
             price: cfg.prices.lookup(&cfg.model),
         };
         let state = cfg.state.clone();
-        let reader = std::thread::spawn(move || read_work(&maker, finished, &state, work_tx));
-        let (result_tx, results) = mpsc::unbounded_channel::<RowResult>();
-        let (journal_tx, journal_rx) = std::sync::mpsc::channel::<JournalEntry>();
+        let reader =
+            std::thread::spawn(move || read_work(&maker, finished, recheck, &state, work_tx));
+        // Both queues bounded: nothing grows with the input (see `JOURNAL_QUEUE`).
+        let (result_tx, results) = mpsc::channel::<RowResult>(JOURNAL_QUEUE);
+        let (journal_tx, journal_rx) = mpsc::channel::<JournalEntry>(JOURNAL_QUEUE);
         let cache = match &cfg.cache {
             CacheMode::On { dir, truncated, .. } => Some((Cache::open(dir)?, *truncated)),
             CacheMode::Off => None,

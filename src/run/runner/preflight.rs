@@ -58,6 +58,9 @@ pub(crate) struct PreflightOptions {
     pub(crate) expect: Option<(Expectation, usize)>,
     /// Reads and checks the files the prompts attach.
     pub(crate) loader: crate::engine::attach::Loader,
+    /// Rows a resumed run finished whose requests cannot have changed: read (for the ids and
+    /// the count) but not checked again, since none of them will be sent (see `resume.rs`).
+    pub(crate) finished: Option<std::sync::Arc<crate::engine::store::SeqSet>>,
 }
 
 impl PreflightOptions {
@@ -80,6 +83,7 @@ impl PreflightOptions {
             count_tokens,
             expect,
             loader: cfg.attach_loader(),
+            finished: None,
         })
     }
 }
@@ -108,7 +112,10 @@ pub(crate) fn preflight(
             Ok(row) => {
                 plan.rows += 1;
                 ids.insert(&row);
-                if let Err(p) = check_row(input, prompts, &settings, opts, &row, &mut plan) {
+                let finished = opts.finished.as_ref().is_some_and(|f| f.contains(row.seq));
+                if !finished
+                    && let Err(p) = check_row(input, prompts, &settings, opts, &row, &mut plan)
+                {
                     problems.push(p);
                 }
                 last_row = Some(row);
