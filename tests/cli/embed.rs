@@ -364,6 +364,13 @@ fn bad_flags_and_columns_are_refused_before_anything_is_sent() {
         ],
     );
     assert_code(&o, 2);
+    let out = util::run(&dir, embed_args(&mock, &["--resume"]));
+    assert_code(&out, 2);
+    assert!(
+        util::stderr(&out).contains("nothing to resume"),
+        "{}",
+        show(&out)
+    );
     assert_eq!(stat(&mock.stats(), "requests"), 0);
     assert!(!dir.join("out.jsonl").exists() && !dir.join("x.txt").exists());
 }

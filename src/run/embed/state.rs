@@ -77,6 +77,10 @@ pub fn prepare(
             store.set_finished(false)?;
             finished_rows(store, retry_failed)
         }
+        (Resume::Yes { .. }, None) => Err(Error::Usage(format!(
+            "nothing to resume: {state} records no run (the state file sits beside the vectors \
+             file, named after it; give --state if it is elsewhere)"
+        ))),
         (Resume::No, Some(rec)) if !rec.finished => Err(Error::Usage(format!(
             "{state} holds an unfinished run ({} of {} rows done); continue it with --resume, \
              or start over with --restart",
