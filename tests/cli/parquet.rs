@@ -540,3 +540,59 @@ fn parquet_check_a_reader_other_than_ours_reads_results_and_vectors() {
         "{text}"
     );
 }
+
+#[test]
+fn parquet_on_stdin_gives_parquet_on_stdout_and_dry_run_reads_it_sending_nothing() {
+    use std::io::Write;
+    let dir = TestDir::new();
+    write_parquet(&dir, "in.parquet", &typed_rows(), 2);
+    let bytes = dir.read_bytes("in.parquet");
+    std::fs::remove_file(dir.join("in.parquet")).unwrap();
+    let args = [
+        "run",
+        "-",
+        "--input-format",
+        "parquet",
+        "--prompt",
+        PROMPT,
+        "--mock",
+    ];
+    let mut child = util::cmd(&dir, args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&bytes);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_code(&out, 0);
+    // Results on stdout follow the input's format: a whole Parquet file.
+    dir.create_bytes("out.parquet", &out.stdout);
+    let (res, _) = read_parquet(&dir.join("out.parquet"));
+    assert_eq!(column(&res, "id"), column(&typed_rows(), "id"));
+    assert_eq!(text(&res, "output", 3), Some(mock_answer(&prompt_of(3))));
+    std::fs::remove_file(dir.join("out.parquet")).unwrap();
+    assert!(dir.files().is_empty(), "{:?}", dir.files());
+
+    write_parquet(&dir, "in.parquet", &typed_rows(), 2);
+    let mock = MockProcess::start(&[]);
+    let out = run(
+        &dir,
+        [
+            "run",
+            "in.parquet",
+            "--prompt",
+            PROMPT,
+            "--base-url",
+            &mock.url,
+            "--dry-run",
+        ],
+    );
+    assert_code(&out, 0);
+    assert_eq!(util::stat(&mock.stats(), "requests"), 0);
+    assert_eq!(dir.files(), ["in.parquet"], "{}", show(&out));
+}
