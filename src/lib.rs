@@ -1,5 +1,5 @@
-//! `batch` runs one prompt over every row of a CSV (or JSON Lines, or Parquet) through an LLM API and
-//! writes the answers, with tokens and cost, to a results file.
+//! `batch` runs one prompt over every row of a CSV (or JSON Lines, or Parquet) through an LLM
+//! API and writes the answers, with tokens and cost, to a results file.
 //!
 //! Four layers, each importing only itself and the layers below (ARCHITECTURE.md states the
 //! rule; `tests/cli/layers.rs` checks it):
