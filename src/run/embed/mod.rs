@@ -101,7 +101,11 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     let cache = write_cache(run)?;
     let journal = {
         let progress = progress.clone();
-        std::thread::spawn(move || journal::journal(store, journal_rx, cache, progress))
+        let stop = journal::Stopper {
+            stopped: ctx.stopped.clone(),
+            reason: ctx.stop_reason.clone(),
+        };
+        std::thread::spawn(move || journal::journal(store, journal_rx, cache, progress, stop))
     };
     let interrupted = Arc::new(AtomicBool::new(false));
     let signals = tokio::spawn(watch_signals(
@@ -113,23 +117,25 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     let read_error = dispatch(&ctx, plan, run.concurrency.ceiling()).await;
     signals.abort();
     let _ = signals.await;
-    let stop = ctx.stop_reason.lock().expect("stop lock").clone();
+    let stop_reason = ctx.stop_reason.clone();
     let requests = ctx.requests.load(Ordering::Relaxed);
     drop(ctx);
     let journaled = journal
         .join()
         .map_err(|_| Error::Usage("the journal thread failed".into()))?;
+    // Read after the journal is done: its storage error may be the reason.
+    let stop = stop_reason.lock().expect("stop lock").clone();
     progress.finish();
-    let stop = stop.or(read_error.map(|e| e.to_string())).or(journaled
-        .error
-        .map(|e| format!("the state file could not be written: {e}")));
+    let stop = stop.or(read_error.map(|e| e.to_string()));
     let not_sent = stop.clone().unwrap_or_else(|| "not sent".into());
     let finished = Ended {
         stop,
         requests,
         interrupted: interrupted.load(Ordering::SeqCst),
     };
-    journaled.store.set_finished(finished.stop.is_none())?;
+    if journaled.error.is_none() {
+        journaled.store.set_finished(finished.stop.is_none())?;
+    }
     drop(journaled.store);
     let mut stats = merge::write_vectors(&input, &store_path, &run.output, &run.model, &not_sent)?;
     stats.resumed = resumed;
@@ -230,7 +236,7 @@ fn context(
         timeout: run.timeout,
         journal: tx,
         stopped: Arc::new(AtomicBool::new(false)),
-        stop_reason: Mutex::new(None),
+        stop_reason: Arc::new(Mutex::new(None)),
         abort: CancellationToken::new(),
         last_answer: Mutex::new(Instant::now()),
         requests: AtomicU64::new(0),

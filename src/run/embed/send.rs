@@ -38,7 +38,8 @@ pub struct Ctx {
     pub journal: Sender<Vec<Finished>>,
     /// Set when the run must send nothing more; the reason is in `stop_reason`.
     pub stopped: Arc<AtomicBool>,
-    pub stop_reason: Mutex<Option<String>>,
+    /// Shared with the journal thread, which stops the run when the state file fails.
+    pub stop_reason: Arc<Mutex<Option<String>>>,
     /// Cancelled when the grace after Ctrl-C is over: requests in flight are abandoned.
     pub abort: CancellationToken,
     /// When the last answer arrived, for `--max-stall`.

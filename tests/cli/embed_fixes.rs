@@ -1,0 +1,86 @@
+//! `batch embed` review fixes (issue #17): a full state disk stops the run, packs stay bounded
+//! under heavy duplication, a 400 every request gets stops the run instead of halving every
+//! pack, and what the help says about formats holds.
+
+use std::collections::HashMap;
+
+use crate::util::{self, MockProcess, TestDir, assert_code, show, stat};
+
+/// `id,text` rows, each text different.
+fn distinct_csv(n: usize) -> String {
+    let mut csv = String::from("id,text\n");
+    for i in 0..n {
+        csv.push_str(&format!("r{i},row {i} is about topic {}\n", i * 7 % 13));
+    }
+    csv
+}
+
+fn embed_args<'a>(mock: &'a MockProcess, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "embed",
+        "in.csv",
+        "--column",
+        "text",
+        "--base-url",
+        &mock.url,
+        "-o",
+        "out.jsonl",
+        "--no-cache",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The JSON Lines output's statuses, counted.
+fn statuses(dir: &TestDir) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for l in dir.read("out.jsonl").lines() {
+        let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+        *counts
+            .entry(v["status"].as_str().expect("status").to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[test]
+fn a_full_state_disk_stops_dispatch_names_the_file_and_exits_1() {
+    // Before: every group after the first storage error was dropped while packs kept being
+    // sent (and paid for) to the end of the input.
+    let dir = TestDir::new();
+    let n = 2000;
+    dir.create("in.csv", &distinct_csv(n));
+    let mock = MockProcess::start(&[]);
+    let args = embed_args(
+        &mock,
+        &[
+            "--dimensions",
+            "8",
+            "--max-inputs-per-request",
+            "2",
+            "-j",
+            "2",
+        ],
+    );
+    let out = util::cmd(&dir, &args)
+        .env("BATCH_STATE_MAX_PAGES", "30")
+        .output()
+        .expect("run batch");
+    assert_code(&out, 1);
+    let err = util::stderr(&out);
+    assert!(
+        err.contains(".sqlite") && err.contains("disk is full"),
+        "{}",
+        show(&out)
+    );
+    let counts = statuses(&dir);
+    let ok = counts.get("ok").copied().unwrap_or(0);
+    assert!(ok > 0 && ok < n, "{counts:?}\n{}", show(&out));
+    assert_eq!(ok + counts.get("skipped").copied().unwrap_or(0), n);
+    // Dispatch stopped: beyond the packs journaled, only a few in flight (and queued) were sent.
+    let sent = stat(&mock.stats(), "requests") as usize;
+    assert!(
+        sent <= ok / 2 + 16,
+        "{sent} requests sent, {ok} rows journaled"
+    );
+}
