@@ -84,3 +84,33 @@ fn a_full_state_disk_stops_dispatch_names_the_file_and_exits_1() {
         "{sent} requests sent, {ok} rows journaled"
     );
 }
+
+#[test]
+fn a_repeated_text_fills_bounded_packs_and_every_row_gets_its_vector() {
+    // Before: all 200 rows of "N/A" followed one item of one pack (one request, one journal
+    // message holding a copy of the vector per row).
+    let dir = TestDir::new();
+    let n = 200;
+    let mut csv = String::from("id,text\n");
+    for i in 0..n {
+        csv.push_str(&format!("r{i},N/A\n"));
+    }
+    dir.create("in.csv", &csv);
+    let mock = MockProcess::start(&[]);
+    let args = embed_args(
+        &mock,
+        &["--dimensions", "8", "--max-inputs-per-request", "2", "-q"],
+    );
+    let out = util::run(&dir, &args);
+    assert_code(&out, 0);
+    assert_eq!(statuses(&dir).get("ok").copied(), Some(n), "{}", show(&out));
+    // At most 4 rows per input allowed (2 a request): 8 rows a pack, the text sent once each.
+    let requests = stat(&mock.stats(), "requests") as usize;
+    assert_eq!(requests, n.div_ceil(8), "{}", show(&out));
+    let first = dir.read("out.jsonl").lines().next().unwrap().to_string();
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    for l in dir.read("out.jsonl").lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["embedding"], first["embedding"]);
+    }
+}

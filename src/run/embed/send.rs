@@ -314,10 +314,22 @@ enum Outcome {
     Skipped(String),
 }
 
-/// Every row of the pack (followers too) to the journal. A row's share of the request's
-/// tokens and cost is in proportion to its own tokens.
+/// Rows handed to the journal at once: a pack answering many rows (followers of a repeated
+/// text) does not hold a copy of the vector for each of them in one message.
+const JOURNAL_CHUNK: usize = 256;
+
+/// `row` into `rows`; the rows to the journal once there are [`JOURNAL_CHUNK`] of them.
+fn push_row(ctx: &Ctx, rows: &mut Vec<Finished>, row: Finished) {
+    rows.push(row);
+    if rows.len() >= JOURNAL_CHUNK {
+        let _ = ctx.journal.send(std::mem::take(rows));
+    }
+}
+
+/// Every row of the pack (followers too) to the journal, in chunks. A row's share of the
+/// request's tokens and cost is in proportion to its own tokens.
 fn finish(ctx: &Ctx, pack: &Pack, tally: &Tally, outcome: Outcome) {
-    let mut rows = Vec::with_capacity(pack.rows());
+    let mut rows = Vec::with_capacity(pack.rows().min(JOURNAL_CHUNK));
     for (i, item) in pack.items.iter().enumerate() {
         let share = item.tokens as f64 / pack.tokens.max(1) as f64;
         let mut r = RowResult::skipped(item.seq, item.id.clone(), &ctx.model, "");
@@ -350,17 +362,21 @@ fn finish(ctx: &Ctx, pack: &Pack, tally: &Tally, outcome: Outcome) {
             })
             .collect();
         for (seq, id) in &item.followers {
-            rows.push(Finished {
+            let reused = Finished {
                 result: RowResult::reused(*seq, id.clone(), &r),
                 request_hash: item.hash.clone(),
                 attempts: Vec::new(),
-            });
+            };
+            push_row(ctx, &mut rows, reused);
         }
-        rows.push(Finished {
+        let own = Finished {
             result: r,
             request_hash: item.hash.clone(),
             attempts,
-        });
+        };
+        push_row(ctx, &mut rows, own);
     }
-    let _ = ctx.journal.send(rows);
+    if !rows.is_empty() {
+        let _ = ctx.journal.send(rows);
+    }
 }
