@@ -114,3 +114,63 @@ fn a_repeated_text_fills_bounded_packs_and_every_row_gets_its_vector() {
         assert_eq!(v["embedding"], first["embedding"]);
     }
 }
+
+#[test]
+fn a_refusal_of_every_request_stops_the_run_instead_of_halving_every_pack() {
+    // Before: each 8-row pack was halved down to single rows, 15 requests a pack (120 for 64
+    // rows), every row failed with the same message.
+    let dir = TestDir::new();
+    let n = 64;
+    dir.create("in.csv", &distinct_csv(n));
+    let mock = MockProcess::start(&[]);
+    let args = embed_args(
+        &mock,
+        &[
+            "--dimensions",
+            "99999",
+            "--max-inputs-per-request",
+            "8",
+            "-j",
+            "1",
+        ],
+    );
+    let out = util::run(&dir, &args);
+    assert_code(&out, 1);
+    let err = util::stderr(&out);
+    assert!(
+        err.contains("every request is refused") && err.contains("dimensions"),
+        "{}",
+        show(&out)
+    );
+    // The first pack (8 rows): its request, then the left halves down to one row (4, 2, 1)
+    // and the last row's sibling, whose refusal is the third alike: 5 requests.
+    let stats = mock.stats();
+    assert_eq!(stat(&stats, "requests"), 5, "{stats}");
+    let counts = statuses(&dir);
+    assert_eq!(counts.get("failed").copied(), Some(1), "{counts:?}");
+    assert_eq!(counts.get("skipped").copied(), Some(n - 1), "{counts:?}");
+}
+
+#[test]
+fn two_bad_rows_side_by_side_still_fail_alone() {
+    // Both single-row halves are refused; the message names the input, so it is the rows'.
+    let dir = TestDir::new();
+    let mut csv = String::from("id,text\n");
+    for i in 0..8 {
+        let text = if i == 4 || i == 5 {
+            format!("row {i} BAD_EMBEDDING")
+        } else {
+            format!("row {i} fine")
+        };
+        csv.push_str(&format!("r{i},{text}\n"));
+    }
+    dir.create("in.csv", &csv);
+    let mock = MockProcess::start(&[]);
+    let args = embed_args(&mock, &["--dimensions", "8", "-j", "1"]);
+    let out = util::run(&dir, &args);
+    assert_code(&out, 1);
+    let counts = statuses(&dir);
+    assert_eq!(counts.get("ok").copied(), Some(6), "{counts:?}");
+    assert_eq!(counts.get("failed").copied(), Some(2), "{counts:?}");
+    assert!(!util::stderr(&out).contains("every request is refused"));
+}

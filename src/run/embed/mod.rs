@@ -261,7 +261,7 @@ async fn dispatch(ctx: &Arc<Ctx>, plan: ReadPlan, slots: usize) -> Option<Error>
         let permit = sem.clone().acquire_owned().await.expect("never closed");
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            send_pack(ctx, pack).await;
+            send_pack(ctx, pack, None).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}
