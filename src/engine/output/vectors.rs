@@ -74,8 +74,9 @@ impl VectorFormat {
 }
 
 /// The sink for `path`, its temporary file created now (so an unwritable destination fails
-/// before anything is sent).
-pub fn create(path: &Path) -> Result<Box<dyn VectorSink + Send>, Error> {
+/// before anything is sent). `dims`: the vectors' width when known (Parquet fixes it in the
+/// schema; see [`VectorParquetWriter::create`]).
+pub fn create(path: &Path, dims: Option<usize>) -> Result<Box<dyn VectorSink + Send>, Error> {
     match VectorFormat::of(path)? {
         VectorFormat::Jsonl if is_std(path) => Ok(Box::new(JsonlSink {
             out: Box::new(BufWriter::new(std::io::stdout())),
@@ -91,7 +92,7 @@ pub fn create(path: &Path) -> Result<Box<dyn VectorSink + Send>, Error> {
         VectorFormat::Npy => Ok(Box::new(NpySink::create(path)?)),
         VectorFormat::Csv => Ok(Box::new(CsvSink::create(path)?)),
         VectorFormat::Parquet => Ok(Box::new(ParquetSink(VectorParquetWriter::create(
-            path, None,
+            path, dims,
         )?))),
     }
 }
@@ -427,7 +428,7 @@ mod tests {
     fn npy_is_a_valid_matrix_with_nan_rows_and_an_id_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.npy");
-        let mut sink = create(&path).unwrap();
+        let mut sink = create(&path, None).unwrap();
         sink.push(&row("a", None)).unwrap();
         sink.push(&row("b", Some(&[1.0, 2.0]))).unwrap();
         sink.push(&row("c", None)).unwrap();
@@ -448,7 +449,7 @@ mod tests {
     fn npy_refuses_rows_of_another_width() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.npy");
-        let mut sink = create(&path).unwrap();
+        let mut sink = create(&path, None).unwrap();
         sink.push(&row("a", Some(&[1.0]))).unwrap();
         let e = sink.push(&row("b", Some(&[1.0, 2.0]))).unwrap_err();
         assert!(e.to_string().contains("2 dimensions"), "{e}");
@@ -464,7 +465,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for name in ["v.jsonl", "v.csv"] {
             let path = dir.path().join(name);
-            let mut sink = create(&path).unwrap();
+            let mut sink = create(&path, None).unwrap();
             sink.push(&row("a", Some(&[0.5, -1.0]))).unwrap();
             sink.push(&row("b", None)).unwrap();
             sink.finish().unwrap();
@@ -508,7 +509,7 @@ mod tests {
     fn a_parquet_sink_puts_its_file_in_place_at_the_end_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.parquet");
-        let mut sink = create(&path).unwrap();
+        let mut sink = create(&path, None).unwrap();
         for (i, v) in [Some([1.0f32, 2.0]), None].iter().enumerate() {
             let row = VectorRow {
                 line: i as u64 + 2,

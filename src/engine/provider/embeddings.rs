@@ -39,6 +39,17 @@ pub fn body(model: &str, inputs: &[&str], dimensions: Option<u32>) -> Vec<u8> {
     .expect("an embeddings body serializes")
 }
 
+/// The width of `model`'s vectors without `dimensions`, for OpenAI's models (also under a
+/// prefix, as LiteLLM names them: `openai/text-embedding-3-small`); `None` for others.
+pub fn native_dims(model: &str) -> Option<usize> {
+    let name = model.rsplit('/').next().unwrap_or(model);
+    match name {
+        "text-embedding-3-small" | "text-embedding-ada-002" => Some(1536),
+        "text-embedding-3-large" => Some(3072),
+        _ => None,
+    }
+}
+
 /// What identifies one row's vector (resume, cache): the endpoint, the model, the dimensions and
 /// the text, hashed as the body of a request for that text alone would be, so that how rows
 /// happen to be packed together never changes it.

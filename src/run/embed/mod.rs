@@ -71,7 +71,7 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
         return dry_run(&cfg, &input, column, total);
     }
     // An output that cannot be written fails now, not after the requests.
-    drop(crate::engine::output::vectors::create(&run.output)?);
+    drop(crate::engine::output::vectors::create(&run.output, None)?);
     // The lock taken to copy stdin, if it was (`batch embed -`), or a new one.
     let _lock = run.lock(&run.state)?;
     let mut store = Store::open(&run.state)?;
@@ -137,7 +137,13 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
         journaled.store.set_finished(finished.stop.is_none())?;
     }
     drop(journaled.store);
-    let mut stats = merge::write_vectors(&input, &store_path, &run.output, &run.model, &not_sent)?;
+    let mut stats = merge::write_vectors(
+        &input,
+        &store_path,
+        &run.output,
+        (&run.model, cfg.dimensions),
+        &not_sent,
+    )?;
     stats.resumed = resumed;
     let mut summary = stats.summary(started.elapsed(), &run.output, &run.model);
     summary.count_only(&journaled.live);
