@@ -172,7 +172,7 @@ struct WireUsage {
 }
 
 /// Reads a 200 body of `inputs` vectors. A body that is not a complete answer (bad JSON, a
-/// vector missing or twice, vectors of different lengths, base64 that is no f32s) is an
+/// vector missing, empty or twice, vectors of different lengths, base64 that is no f32s) is an
 /// `InvalidResponse`, retried like any garbled body.
 pub fn parse(
     body: &[u8],
@@ -202,6 +202,10 @@ pub fn parse(
             }
             Vector::Floats(v) => encode(&v),
         };
+        // No vector has 0 values; accepted, it would fail the whole Parquet file at the end.
+        if b64.is_empty() {
+            return Err(invalid(format!("embedding {i} is empty (0 values)")));
+        }
         if slot.replace(b64).is_some() {
             return Err(invalid(format!("embedding index {i} appears twice")));
         }
@@ -307,6 +311,14 @@ mod tests {
                 r#"{"data":[{"index":0,"embedding":[1.0]},{"index":1,"embedding":[1.0,2.0]}]}"#
                     .into(),
                 "different lengths",
+            ),
+            (
+                r#"{"data":[{"index":0,"embedding":""},{"index":1,"embedding":""}]}"#.into(),
+                "embedding 0 is empty",
+            ),
+            (
+                r#"{"data":[{"index":0,"embedding":[1.0]},{"index":1,"embedding":[]}]}"#.into(),
+                "embedding 1 is empty",
             ),
         ] {
             let e = parse(body.as_bytes(), 2, None).unwrap_err();
