@@ -174,3 +174,25 @@ fn two_bad_rows_side_by_side_still_fail_alone() {
     assert_eq!(counts.get("failed").copied(), Some(2), "{counts:?}");
     assert!(!util::stderr(&out).contains("every request is refused"));
 }
+
+#[test]
+fn help_and_extensions_agree_on_parquet() {
+    let dir = TestDir::new();
+    let help = util::stdout(&util::run(&dir, ["embed", "--help"]));
+    assert!(
+        help.contains("write the vectors as Parquet (the default)"),
+        "{help}"
+    );
+    assert!(help.contains("Parquet (.parquet, .pq)"), "{help}");
+    assert!(help.contains(".parquet or .pq"), "{help}");
+    // `.pq` is Parquet for `batch run`; so it is for `batch embed`.
+    dir.create("in.csv", &distinct_csv(3));
+    let mock = MockProcess::start(&[]);
+    let mut args = embed_args(&mock, &["--dimensions", "8", "-q"]);
+    let o = args.iter().position(|a| *a == "out.jsonl").unwrap();
+    args[o] = "out.pq";
+    let out = util::run(&dir, &args);
+    assert_code(&out, 0);
+    let bytes = dir.read_bytes("out.pq");
+    assert!(bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"));
+}

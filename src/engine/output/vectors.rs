@@ -6,7 +6,7 @@
 //! - `.npy`: a float32 matrix in NumPy's format 1.0, one row per input row in input order, a
 //!   failed row all NaN; beside it `<out>.ids.csv` (`id,status,error`), its rows in the same order.
 //! - `.csv`: `id,status,error,tokens,embedding`, the embedding as a JSON array cell.
-//! - `.parquet` (the default): `line, id, status, error, tokens, embedding`, the embedding a
+//! - `.parquet` or `.pq` (the default): `line, id, status, error, tokens, embedding`, the embedding a
 //!   fixed-size list of float32 (null for a failed row), in row groups as rows arrive.
 //!
 //! Each file is written to a temporary file beside the destination and renamed over it by
@@ -63,10 +63,11 @@ impl VectorFormat {
             Some("jsonl" | "ndjson") => Ok(VectorFormat::Jsonl),
             Some("npy") => Ok(VectorFormat::Npy),
             Some("csv") => Ok(VectorFormat::Csv),
-            Some("parquet") => Ok(VectorFormat::Parquet),
+            // `.pq` as for `batch run` (base::format).
+            Some("parquet" | "pq") => Ok(VectorFormat::Parquet),
             _ => Err(Error::Usage(format!(
-                "-o {}: name the vectors' format by the extension: .parquet, .jsonl, .npy \
-                 (with an .ids.csv beside it) or .csv",
+                "-o {}: name the vectors' format by the extension: .parquet (or .pq), .jsonl, \
+                 .npy (with an .ids.csv beside it) or .csv",
                 path.display()
             ))),
         }
@@ -501,6 +502,10 @@ mod tests {
         assert!(VectorFormat::of(Path::new("a.txt")).is_err());
         assert_eq!(
             VectorFormat::of(Path::new("a.parquet")).unwrap(),
+            VectorFormat::Parquet
+        );
+        assert_eq!(
+            VectorFormat::of(Path::new("a.pq")).unwrap(),
             VectorFormat::Parquet
         );
     }
