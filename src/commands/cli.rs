@@ -71,7 +71,7 @@ finished, not rows skipped."
     /// answers, the rest `pending`. The run is not disturbed.
     Export(ExportArgs),
     /// Embed one column of every row (OpenAI /v1/embeddings and compatible servers), many rows
-    /// per request, and write the vectors as JSON Lines, .npy or CSV.
+    /// per request, and write the vectors as Parquet (the default), JSON Lines, .npy or CSV.
     Embed(Box<EmbedArgs>),
     /// Print shell completions for SHELL to stdout.
     Completions {
@@ -85,8 +85,8 @@ finished, not rows skipped."
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RunArgs {
-    /// Input CSV with a header row, or JSON Lines (.jsonl, .ndjson), or `-` for stdin. Each row
-    /// becomes one request.
+    /// Input CSV with a header row, JSON Lines (.jsonl, .ndjson) or Parquet (.parquet, .pq), or
+    /// `-` for stdin. Each row becomes one request.
     #[arg(value_name = "INPUT")]
     #[serde(skip)]
     pub input: PathBuf,
@@ -1008,13 +1008,14 @@ pub struct ExportArgs {
 #[command(
     after_help = "Rows are packed into requests up to the API's limits (OpenAI: 2,048 inputs and \
 300,000 tokens a request, 8,192 tokens an input; see docs/embeddings.md). A request the server \
-refuses is split in halves until the row it refuses fails alone, with the server's reason. \
+refuses is split in halves until the row it refuses fails alone, with the server's reason; \
+a request and both its halves refused alike stop the run (the refusal is every request's). \
 Vectors go on the wire as base64 float32. --resume sends no row already done; the cache answers \
 a row whose model, dimensions and text were embedded before.\n\n\
 Exit codes as for `batch run`: 0 every row has a vector; 1 some rows failed or were skipped; 2 \
 usage or input error; 130 interrupted.",
-    mut_arg("input", |a| a.help("Input CSV or JSON Lines with a header; `-` for stdin")),
-    mut_arg("output", |a| a.help("Vectors file, by extension: .parquet (the default: line, id, status, error, tokens and the embedding as a fixed-size list of float32), .jsonl ({\"id\", \"status\", \"tokens\", \"embedding\": [..]} a line), .npy (float32 matrix in input order, failed rows NaN, with <out>.ids.csv beside it) or .csv (the embedding as a JSON array cell); `-` for JSON Lines on stdout [default: <input stem>.embeddings.parquet beside the input]")),
+    mut_arg("input", |a| a.help("Input CSV with a header row, JSON Lines (.jsonl, .ndjson) or Parquet (.parquet, .pq); `-` for stdin")),
+    mut_arg("output", |a| a.help("Vectors file, by extension: .parquet or .pq (the default: line, id, status, error, tokens and the embedding as a fixed-size list of float32), .jsonl ({\"id\", \"status\", \"tokens\", \"embedding\": [..]} a line), .npy (float32 matrix in input order, failed rows NaN, with <out>.ids.csv beside it) or .csv (the embedding as a JSON array cell); `-` for JSON Lines on stdout [default: <input stem>.embeddings.parquet beside the input]")),
     mut_arg("model", |a| a.help("Embedding model, sent as is and used to look up the price [default: text-embedding-3-small]")),
     mut_arg("max_cost", |a| a.help("Stop sending before the run's total cost could exceed USD: each request reserves its tokens at the model's price; needs a known price")),
     mut_arg("prompt", |a| a.hide(true)),

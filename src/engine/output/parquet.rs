@@ -324,8 +324,18 @@ pub struct VectorParquetWriter {
 /// Floats buffered before a batch of vectors is encoded.
 const VECTOR_BATCH_FLOATS: usize = 1024 * 1024;
 
+/// Rows buffered before a batch is encoded, whatever their vectors: rows without one (failed,
+/// skipped) still hold an id and an error text each.
+const VECTOR_BATCH_ROWS: usize = 8192;
+
 impl VectorParquetWriter {
     /// Creates the temporary file beside `path` (its folder must exist).
+    ///
+    /// Pass `dims` whenever it can be known: the list size is part of the schema, written
+    /// before the first row group, so with `None` the rows before the first vector are held in
+    /// memory until a vector fixes it (or [`Self::finish`]). They cannot be flushed earlier:
+    /// any width chosen for them could be refused by the vectors that follow. `batch embed`
+    /// always passes it (the first vector of its journal, else `--dimensions` or the model's).
     pub fn create(path: &Path, dims: Option<usize>) -> Result<Self, Error> {
         let name = path
             .file_name()
@@ -388,7 +398,9 @@ impl VectorParquetWriter {
         }
         self.valid.push(embedding.is_some());
         // Rows before the first vector wait for it: it fixes the list size.
-        if self.dims.is_some() && self.values.len() >= VECTOR_BATCH_FLOATS {
+        if self.dims.is_some()
+            && (self.values.len() >= VECTOR_BATCH_FLOATS || self.valid.len() >= VECTOR_BATCH_ROWS)
+        {
             self.encode()?;
         }
         Ok(())
@@ -776,6 +788,27 @@ mod tests {
         let out = fixtures::read(&none);
         assert_eq!(out.num_rows(), 1);
         assert!(out.column(5).is_null(0));
+    }
+
+    #[test]
+    fn rows_without_vectors_are_encoded_as_they_come_when_the_width_is_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("v.parquet");
+        let mut w = VectorParquetWriter::create(&dest, Some(1536)).unwrap();
+        let rows = 3 * VECTOR_BATCH_ROWS + 7;
+        let reason = "spend cap reached: the run stopped before this row was sent";
+        for i in 0..rows {
+            let id = i.to_string();
+            let status = RowStatus::Skipped;
+            w.push(i as u64 + 2, &id, status, Some(reason), None, None)
+                .unwrap();
+            assert!(w.valid.len() <= VECTOR_BATCH_ROWS, "row {i} still waits");
+        }
+        w.finish().unwrap();
+        let out = fixtures::read(&dest);
+        assert_eq!(out.schema(), vector_schema(1536));
+        assert_eq!(out.num_rows(), rows);
+        assert_eq!(out.column(5).null_count(), rows);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - `.npy`: a float32 matrix in NumPy's format 1.0, one row per input row in input order, a
 //!   failed row all NaN; beside it `<out>.ids.csv` (`id,status,error`), its rows in the same order.
 //! - `.csv`: `id,status,error,tokens,embedding`, the embedding as a JSON array cell.
-//! - `.parquet` (the default): `line, id, status, error, tokens, embedding`, the embedding a
+//! - `.parquet` or `.pq` (the default): `line, id, status, error, tokens, embedding`, the embedding a
 //!   fixed-size list of float32 (null for a failed row), in row groups as rows arrive.
 //!
 //! Each file is written to a temporary file beside the destination and renamed over it by
@@ -63,10 +63,11 @@ impl VectorFormat {
             Some("jsonl" | "ndjson") => Ok(VectorFormat::Jsonl),
             Some("npy") => Ok(VectorFormat::Npy),
             Some("csv") => Ok(VectorFormat::Csv),
-            Some("parquet") => Ok(VectorFormat::Parquet),
+            // `.pq` as for `batch run` (base::format).
+            Some("parquet" | "pq") => Ok(VectorFormat::Parquet),
             _ => Err(Error::Usage(format!(
-                "-o {}: name the vectors' format by the extension: .parquet, .jsonl, .npy \
-                 (with an .ids.csv beside it) or .csv",
+                "-o {}: name the vectors' format by the extension: .parquet (or .pq), .jsonl, \
+                 .npy (with an .ids.csv beside it) or .csv",
                 path.display()
             ))),
         }
@@ -74,8 +75,9 @@ impl VectorFormat {
 }
 
 /// The sink for `path`, its temporary file created now (so an unwritable destination fails
-/// before anything is sent).
-pub fn create(path: &Path) -> Result<Box<dyn VectorSink + Send>, Error> {
+/// before anything is sent). `dims`: the vectors' width when known (Parquet fixes it in the
+/// schema; see [`VectorParquetWriter::create`]).
+pub fn create(path: &Path, dims: Option<usize>) -> Result<Box<dyn VectorSink + Send>, Error> {
     match VectorFormat::of(path)? {
         VectorFormat::Jsonl if is_std(path) => Ok(Box::new(JsonlSink {
             out: Box::new(BufWriter::new(std::io::stdout())),
@@ -91,7 +93,7 @@ pub fn create(path: &Path) -> Result<Box<dyn VectorSink + Send>, Error> {
         VectorFormat::Npy => Ok(Box::new(NpySink::create(path)?)),
         VectorFormat::Csv => Ok(Box::new(CsvSink::create(path)?)),
         VectorFormat::Parquet => Ok(Box::new(ParquetSink(VectorParquetWriter::create(
-            path, None,
+            path, dims,
         )?))),
     }
 }
@@ -427,7 +429,7 @@ mod tests {
     fn npy_is_a_valid_matrix_with_nan_rows_and_an_id_list() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.npy");
-        let mut sink = create(&path).unwrap();
+        let mut sink = create(&path, None).unwrap();
         sink.push(&row("a", None)).unwrap();
         sink.push(&row("b", Some(&[1.0, 2.0]))).unwrap();
         sink.push(&row("c", None)).unwrap();
@@ -448,7 +450,7 @@ mod tests {
     fn npy_refuses_rows_of_another_width() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.npy");
-        let mut sink = create(&path).unwrap();
+        let mut sink = create(&path, None).unwrap();
         sink.push(&row("a", Some(&[1.0]))).unwrap();
         let e = sink.push(&row("b", Some(&[1.0, 2.0]))).unwrap_err();
         assert!(e.to_string().contains("2 dimensions"), "{e}");
@@ -464,7 +466,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for name in ["v.jsonl", "v.csv"] {
             let path = dir.path().join(name);
-            let mut sink = create(&path).unwrap();
+            let mut sink = create(&path, None).unwrap();
             sink.push(&row("a", Some(&[0.5, -1.0]))).unwrap();
             sink.push(&row("b", None)).unwrap();
             sink.finish().unwrap();
@@ -502,13 +504,17 @@ mod tests {
             VectorFormat::of(Path::new("a.parquet")).unwrap(),
             VectorFormat::Parquet
         );
+        assert_eq!(
+            VectorFormat::of(Path::new("a.pq")).unwrap(),
+            VectorFormat::Parquet
+        );
     }
 
     #[test]
     fn a_parquet_sink_puts_its_file_in_place_at_the_end_only() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("v.parquet");
-        let mut sink = create(&path).unwrap();
+        let mut sink = create(&path, None).unwrap();
         for (i, v) in [Some([1.0f32, 2.0]), None].iter().enumerate() {
             let row = VectorRow {
                 line: i as u64 + 2,

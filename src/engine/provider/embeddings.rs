@@ -39,6 +39,17 @@ pub fn body(model: &str, inputs: &[&str], dimensions: Option<u32>) -> Vec<u8> {
     .expect("an embeddings body serializes")
 }
 
+/// The width of `model`'s vectors without `dimensions`, for OpenAI's models (also under a
+/// prefix, as LiteLLM names them: `openai/text-embedding-3-small`); `None` for others.
+pub fn native_dims(model: &str) -> Option<usize> {
+    let name = model.rsplit('/').next().unwrap_or(model);
+    match name {
+        "text-embedding-3-small" | "text-embedding-ada-002" => Some(1536),
+        "text-embedding-3-large" => Some(3072),
+        _ => None,
+    }
+}
+
 /// What identifies one row's vector (resume, cache): the endpoint, the model, the dimensions and
 /// the text, hashed as the body of a request for that text alone would be, so that how rows
 /// happen to be packed together never changes it.
@@ -161,7 +172,7 @@ struct WireUsage {
 }
 
 /// Reads a 200 body of `inputs` vectors. A body that is not a complete answer (bad JSON, a
-/// vector missing or twice, vectors of different lengths, base64 that is no f32s) is an
+/// vector missing, empty or twice, vectors of different lengths, base64 that is no f32s) is an
 /// `InvalidResponse`, retried like any garbled body.
 pub fn parse(
     body: &[u8],
@@ -191,6 +202,10 @@ pub fn parse(
             }
             Vector::Floats(v) => encode(&v),
         };
+        // No vector has 0 values; accepted, it would fail the whole Parquet file at the end.
+        if b64.is_empty() {
+            return Err(invalid(format!("embedding {i} is empty (0 values)")));
+        }
         if slot.replace(b64).is_some() {
             return Err(invalid(format!("embedding index {i} appears twice")));
         }
@@ -296,6 +311,14 @@ mod tests {
                 r#"{"data":[{"index":0,"embedding":[1.0]},{"index":1,"embedding":[1.0,2.0]}]}"#
                     .into(),
                 "different lengths",
+            ),
+            (
+                r#"{"data":[{"index":0,"embedding":""},{"index":1,"embedding":""}]}"#.into(),
+                "embedding 0 is empty",
+            ),
+            (
+                r#"{"data":[{"index":0,"embedding":[1.0]},{"index":1,"embedding":[]}]}"#.into(),
+                "embedding 1 is empty",
             ),
         ] {
             let e = parse(body.as_bytes(), 2, None).unwrap_err();

@@ -2,8 +2,9 @@
 //! arrived since the last commit goes in one transaction), its vector into the cache, and the
 //! live totals for the progress line.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
 
 use crate::base::error::Error;
 use crate::base::record::RowStatus;
@@ -19,12 +20,30 @@ pub struct Journaled {
     pub error: Option<Error>,
 }
 
-/// Records everything `rx` brings until every sender is gone.
+/// How the journal stops the run: the run's stop flag and reason (the pack tasks' own; the
+/// journal cannot hold their context, whose sender would keep its channel open).
+pub struct Stopper {
+    pub stopped: Arc<AtomicBool>,
+    pub reason: Arc<Mutex<Option<String>>>,
+}
+
+impl Stopper {
+    /// The state file could not be written: nothing more is sent, since an answer that cannot
+    /// be journaled would be paid for again on resume; `reason` names the file and why.
+    fn stop(&self, reason: String) {
+        self.reason.lock().expect("stop lock").get_or_insert(reason);
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Records everything `rx` brings until every sender is gone. The first storage error stops
+/// the run (through `stop`); later groups are not recorded, their rows end `skipped`.
 pub fn journal(
     mut store: Store,
     rx: Receiver<Vec<Finished>>,
     mut cache: Option<CacheWriter>,
     progress: Arc<Progress>,
+    stop: Stopper,
 ) -> Journaled {
     let mut live = Stats::default();
     let mut error = None;
@@ -36,6 +55,7 @@ pub fn journal(
         if error.is_none()
             && let Err(e) = store.record(&group)
         {
+            stop.stop(e.to_string());
             error = Some(e);
         }
         if let Some(c) = cache.as_mut() {

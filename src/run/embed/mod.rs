@@ -71,7 +71,7 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
         return dry_run(&cfg, &input, column, total);
     }
     // An output that cannot be written fails now, not after the requests.
-    drop(crate::engine::output::vectors::create(&run.output)?);
+    drop(crate::engine::output::vectors::create(&run.output, None)?);
     // The lock taken to copy stdin, if it was (`batch embed -`), or a new one.
     let _lock = run.lock(&run.state)?;
     let mut store = Store::open(&run.state)?;
@@ -101,7 +101,11 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     let cache = write_cache(run)?;
     let journal = {
         let progress = progress.clone();
-        std::thread::spawn(move || journal::journal(store, journal_rx, cache, progress))
+        let stop = journal::Stopper {
+            stopped: ctx.stopped.clone(),
+            reason: ctx.stop_reason.clone(),
+        };
+        std::thread::spawn(move || journal::journal(store, journal_rx, cache, progress, stop))
     };
     let interrupted = Arc::new(AtomicBool::new(false));
     let signals = tokio::spawn(watch_signals(
@@ -113,25 +117,33 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     let read_error = dispatch(&ctx, plan, run.concurrency.ceiling()).await;
     signals.abort();
     let _ = signals.await;
-    let stop = ctx.stop_reason.lock().expect("stop lock").clone();
+    let stop_reason = ctx.stop_reason.clone();
     let requests = ctx.requests.load(Ordering::Relaxed);
     drop(ctx);
     let journaled = journal
         .join()
         .map_err(|_| Error::Usage("the journal thread failed".into()))?;
+    // Read after the journal is done: its storage error may be the reason.
+    let stop = stop_reason.lock().expect("stop lock").clone();
     progress.finish();
-    let stop = stop.or(read_error.map(|e| e.to_string())).or(journaled
-        .error
-        .map(|e| format!("the state file could not be written: {e}")));
+    let stop = stop.or(read_error.map(|e| e.to_string()));
     let not_sent = stop.clone().unwrap_or_else(|| "not sent".into());
     let finished = Ended {
         stop,
         requests,
         interrupted: interrupted.load(Ordering::SeqCst),
     };
-    journaled.store.set_finished(finished.stop.is_none())?;
+    if journaled.error.is_none() {
+        journaled.store.set_finished(finished.stop.is_none())?;
+    }
     drop(journaled.store);
-    let mut stats = merge::write_vectors(&input, &store_path, &run.output, &run.model, &not_sent)?;
+    let mut stats = merge::write_vectors(
+        &input,
+        &store_path,
+        &run.output,
+        (&run.model, cfg.dimensions),
+        &not_sent,
+    )?;
     stats.resumed = resumed;
     let mut summary = stats.summary(started.elapsed(), &run.output, &run.model);
     summary.count_only(&journaled.live);
@@ -230,7 +242,7 @@ fn context(
         timeout: run.timeout,
         journal: tx,
         stopped: Arc::new(AtomicBool::new(false)),
-        stop_reason: Mutex::new(None),
+        stop_reason: Arc::new(Mutex::new(None)),
         abort: CancellationToken::new(),
         last_answer: Mutex::new(Instant::now()),
         requests: AtomicU64::new(0),
@@ -255,7 +267,7 @@ async fn dispatch(ctx: &Arc<Ctx>, plan: ReadPlan, slots: usize) -> Option<Error>
         let permit = sem.clone().acquire_owned().await.expect("never closed");
         let ctx = ctx.clone();
         tasks.spawn(async move {
-            send_pack(ctx, pack).await;
+            send_pack(ctx, pack, None).await;
             drop(permit);
         });
         while tasks.try_join_next().is_some() {}

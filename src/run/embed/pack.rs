@@ -74,10 +74,17 @@ impl Pack {
     }
 }
 
+/// Rows (followers included) a pack may answer, per text it may send: bounds a pack's memory
+/// and its journal group when most rows repeat one text (a million rows of "N/A" would
+/// otherwise all follow one item of one pack).
+pub const ROWS_PER_INPUT: usize = 4;
+
 /// Fills packs in input order; a pack is handed out as soon as the next row would break a limit.
 pub struct Packer {
     limits: PackLimits,
     current: Pack,
+    /// Rows the current pack answers, followers included.
+    rows: usize,
     /// Texts of the current pack by hash, when identical texts are shared.
     seen: Option<HashMap<String, usize>>,
 }
@@ -87,20 +94,27 @@ impl Packer {
         Packer {
             limits,
             current: Pack::default(),
+            rows: 0,
             seen: dedup.then(HashMap::new),
         }
     }
 
     /// Adds a row (which must be within `max_input_tokens`); returns the pack it closed, if any.
+    /// A pack also closes at [`ROWS_PER_INPUT`] rows per input allowed: the repeated text then
+    /// opens the next pack (sent once more, for a bounded pack).
     pub fn push(&mut self, item: Item) -> Option<Pack> {
-        if let Some(seen) = &self.seen
+        let rows_full = self.rows >= self.limits.max_inputs.max(1) * ROWS_PER_INPUT;
+        if !rows_full
+            && let Some(seen) = &self.seen
             && let Some(&at) = seen.get(&item.hash)
         {
             self.current.items[at].followers.push((item.seq, item.id));
+            self.rows += 1;
             return None;
         }
         let full = !self.current.is_empty()
-            && (self.current.len() >= self.limits.max_inputs
+            && (rows_full
+                || self.current.len() >= self.limits.max_inputs
                 || self.current.tokens + item.tokens > self.limits.max_tokens);
         let closed = full.then(|| self.take());
         if let Some(seen) = &mut self.seen {
@@ -108,6 +122,7 @@ impl Packer {
         }
         self.current.tokens += item.tokens;
         self.current.items.push(item);
+        self.rows += 1;
         closed
     }
 
@@ -120,6 +135,7 @@ impl Packer {
         if let Some(seen) = &mut self.seen {
             seen.clear();
         }
+        self.rows = 0;
         std::mem::take(&mut self.current)
     }
 }
@@ -189,6 +205,24 @@ mod tests {
         assert_eq!(packs[0].items[0].followers, [(2, "3".to_string())]);
         let without = pack_all(PackLimits::default(), false, items);
         assert_eq!(without[0].len(), 3);
+    }
+
+    #[test]
+    fn a_repeated_text_does_not_grow_a_pack_without_bound() {
+        let limits = PackLimits {
+            max_inputs: 4,
+            ..PackLimits::default()
+        };
+        let n = 1000;
+        let items = (0..n).map(|i| item(i, "N/A", 1)).collect();
+        let packs = pack_all(limits, true, items);
+        for p in &packs {
+            assert!(p.rows() <= 4 * ROWS_PER_INPUT, "{} rows", p.rows());
+            assert_eq!(p.len(), 1, "the text is sent once a pack");
+        }
+        let rows: usize = packs.iter().map(Pack::rows).sum();
+        assert_eq!(rows, n as usize);
+        assert_eq!(packs.len(), (n as usize).div_ceil(4 * ROWS_PER_INPUT));
     }
 
     #[test]

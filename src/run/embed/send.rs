@@ -38,7 +38,8 @@ pub struct Ctx {
     pub journal: Sender<Vec<Finished>>,
     /// Set when the run must send nothing more; the reason is in `stop_reason`.
     pub stopped: Arc<AtomicBool>,
-    pub stop_reason: Mutex<Option<String>>,
+    /// Shared with the journal thread, which stops the run when the state file fails.
+    pub stop_reason: Arc<Mutex<Option<String>>>,
     /// Cancelled when the grace after Ctrl-C is over: requests in flight are abandoned.
     pub abort: CancellationToken,
     /// When the last answer arrived, for `--max-stall`.
@@ -68,8 +69,15 @@ struct Tally {
     retries: u32,
 }
 
-/// Sends `pack` until its rows have vectors, have failed, or the run stops.
-pub fn send_pack(ctx: Arc<Ctx>, pack: Pack) -> BoxFuture<'static, ()> {
+/// Sends `pack` until its rows have vectors, have failed, or the run stops. Returns the
+/// message its request was refused with (a 4xx other than a rate limit), if it was.
+/// `refused_like`: the message the parent and the left sibling were both refused with; the
+/// pack being refused with it too stops the run (see [`refused_by_every_request`]).
+pub fn send_pack(
+    ctx: Arc<Ctx>,
+    pack: Pack,
+    refused_like: Option<String>,
+) -> BoxFuture<'static, Option<String>> {
     Box::pin(async move {
         let mut tally = Tally::default();
         let mut rng = SmallRng::from_os_rng();
@@ -84,12 +92,19 @@ pub fn send_pack(ctx: Arc<Ctx>, pack: Pack) -> BoxFuture<'static, ()> {
         ));
         loop {
             if ctx.is_stopped() {
-                return finish(&ctx, &pack, &tally, Outcome::Skipped(stop_reason(&ctx)));
+                finish(&ctx, &pack, &tally, Outcome::Skipped(stop_reason(&ctx)));
+                return None;
             }
             let (permit, reservation) = match admit(&ctx, &pack).await {
                 Ok(admitted) => admitted,
-                Err(Admit::Split) => return split(ctx, pack).await,
-                Err(Admit::Fail(e)) => return finish(&ctx, &pack, &tally, Outcome::Failed(e)),
+                Err(Admit::Split) => {
+                    split(ctx, pack, None).await;
+                    return None;
+                }
+                Err(Admit::Fail(e)) => {
+                    finish(&ctx, &pack, &tally, Outcome::Failed(e));
+                    return None;
+                }
                 Err(Admit::Stop) => continue,
             };
             let started = (Instant::now(), SystemTime::now());
@@ -98,7 +113,8 @@ pub fn send_pack(ctx: Arc<Ctx>, pack: Pack) -> BoxFuture<'static, ()> {
                 _ = ctx.abort.cancelled() => {
                     ctx.limiter.settle(permit, None);
                     settle_spend(&ctx, reservation, None);
-                    return finish(&ctx, &pack, &tally, Outcome::Skipped("interrupted".into()));
+                    finish(&ctx, &pack, &tally, Outcome::Skipped("interrupted".into()));
+                    return None;
                 }
             };
             ctx.requests.fetch_add(1, Ordering::Relaxed);
@@ -115,19 +131,31 @@ pub fn send_pack(ctx: Arc<Ctx>, pack: Pack) -> BoxFuture<'static, ()> {
                 Ok(answer) => {
                     *ctx.last_answer.lock().expect("answer lock") = Instant::now();
                     let latency = started.0.elapsed();
-                    return finish(
-                        &ctx,
-                        &pack,
-                        &tally,
-                        Outcome::Ok(Box::new(answer), latency, charged),
-                    );
+                    let ok = Outcome::Ok(Box::new(answer), latency, charged);
+                    finish(&ctx, &pack, &tally, ok);
+                    return None;
+                }
+                Err(e)
+                    if e.kind == ErrorKind::Rejected
+                        && refused_by_every_request(refused_like.as_deref(), &e.to_string()) =>
+                {
+                    ctx.stop(format!(
+                        "every request is refused: {e} (the same for a request and both its \
+                         halves, so it is not one row's)"
+                    ));
+                    finish(&ctx, &pack, &tally, Outcome::Skipped(stop_reason(&ctx)));
+                    return Some(e.to_string());
                 }
                 Err(e) if e.kind == ErrorKind::Rejected && pack.len() > 1 => {
-                    return split(ctx, pack).await;
+                    split(ctx, pack, Some(e.to_string())).await;
+                    return Some(e.to_string());
                 }
                 Err(e) => match next_wait(&ctx, &mut tally, &e, &mut rng) {
                     Some(wait) => tokio::time::sleep(wait).await,
-                    None => return finish(&ctx, &pack, &tally, Outcome::Failed(e.to_string())),
+                    None => {
+                        finish(&ctx, &pack, &tally, Outcome::Failed(e.to_string()));
+                        return (e.kind == ErrorKind::Rejected).then(|| e.to_string());
+                    }
                 },
             }
         }
@@ -135,19 +163,33 @@ pub fn send_pack(ctx: Arc<Ctx>, pack: Pack) -> BoxFuture<'static, ()> {
 }
 
 /// Both halves of a refused pack, one after the other (they hold the pack's concurrency slot).
-async fn split(ctx: Arc<Ctx>, pack: Pack) {
+/// `refused`: the pack's refusal, if the server refused it (not the rate budget); when the left
+/// half is refused with the same message, the right half is sent knowing it.
+async fn split(ctx: Arc<Ctx>, pack: Pack, refused: Option<String>) {
     let (left, right) = pack.split();
     tracing::debug!(
         left = left.len(),
         right = right.len(),
         "refused request split"
     );
+    let mut left_refused = None;
     if !left.is_empty() {
-        send_pack(ctx.clone(), left).await;
+        left_refused = send_pack(ctx.clone(), left, None).await;
     }
     if !right.is_empty() {
-        send_pack(ctx, right).await;
+        let like = refused.filter(|m| left_refused.as_ref() == Some(m));
+        send_pack(ctx, right, like).await;
     }
+}
+
+/// Whether a refusal is the run's, not a row's: a request and both its halves refused with the
+/// same message (`like` is the parent's and left half's, `message` the right half's). A bad
+/// `--dimensions` or an unknown model is refused for every request, and halving down to single
+/// rows would send about two requests a row to learn nothing. A row's refusal that names the
+/// input (`'$.input[3]' is invalid`) is never taken for the run's: two bad rows at matching
+/// places of both halves would give the same message.
+fn refused_by_every_request(like: Option<&str>, message: &str) -> bool {
+    like == Some(message) && !message.contains("input[")
 }
 
 enum Admit {
@@ -313,10 +355,22 @@ enum Outcome {
     Skipped(String),
 }
 
-/// Every row of the pack (followers too) to the journal. A row's share of the request's
-/// tokens and cost is in proportion to its own tokens.
+/// Rows handed to the journal at once: a pack answering many rows (followers of a repeated
+/// text) does not hold a copy of the vector for each of them in one message.
+const JOURNAL_CHUNK: usize = 256;
+
+/// `row` into `rows`; the rows to the journal once there are [`JOURNAL_CHUNK`] of them.
+fn push_row(ctx: &Ctx, rows: &mut Vec<Finished>, row: Finished) {
+    rows.push(row);
+    if rows.len() >= JOURNAL_CHUNK {
+        let _ = ctx.journal.send(std::mem::take(rows));
+    }
+}
+
+/// Every row of the pack (followers too) to the journal, in chunks. A row's share of the
+/// request's tokens and cost is in proportion to its own tokens.
 fn finish(ctx: &Ctx, pack: &Pack, tally: &Tally, outcome: Outcome) {
-    let mut rows = Vec::with_capacity(pack.rows());
+    let mut rows = Vec::with_capacity(pack.rows().min(JOURNAL_CHUNK));
     for (i, item) in pack.items.iter().enumerate() {
         let share = item.tokens as f64 / pack.tokens.max(1) as f64;
         let mut r = RowResult::skipped(item.seq, item.id.clone(), &ctx.model, "");
@@ -349,17 +403,21 @@ fn finish(ctx: &Ctx, pack: &Pack, tally: &Tally, outcome: Outcome) {
             })
             .collect();
         for (seq, id) in &item.followers {
-            rows.push(Finished {
+            let reused = Finished {
                 result: RowResult::reused(*seq, id.clone(), &r),
                 request_hash: item.hash.clone(),
                 attempts: Vec::new(),
-            });
+            };
+            push_row(ctx, &mut rows, reused);
         }
-        rows.push(Finished {
+        let own = Finished {
             result: r,
             request_hash: item.hash.clone(),
             attempts,
-        });
+        };
+        push_row(ctx, &mut rows, own);
     }
-    let _ = ctx.journal.send(rows);
+    if !rows.is_empty() {
+        let _ = ctx.journal.send(rows);
+    }
 }
