@@ -18,6 +18,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest, Sha256};
 
+/// The folder paths are relative to, as shown in a message.
+fn shown_base(base: &Path) -> String {
+    match base.as_os_str().is_empty() {
+        true => "\".\"".into(),
+        false => format!("{:?}", base.display().to_string()),
+    }
+}
+
 /// What a template function asked for: `image(...)` or `file(...)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -246,6 +254,10 @@ pub struct Loader {
     pub base: PathBuf,
     pub limits: Limits,
     pub detail: Option<Detail>,
+    /// `--allow-any-path`: paths may leave [`Loader::base`] (absolute, `..`, or a link out of
+    /// it). Off by default, so a CSV from someone else cannot upload any image or PDF on the
+    /// machine.
+    pub any_path: bool,
 }
 
 impl Loader {
@@ -279,6 +291,8 @@ impl Loader {
         use std::io::Read;
         let path = self.base.join(cell);
         let io = |e: std::io::Error| describe_io(what, &path, &e);
+        self.inside_base(cell, &path)
+            .map_err(|why| format!("{what}: {why}"))?;
         let mut file = std::fs::File::open(&path).map_err(io)?;
         let n = file.metadata().map_err(io)?.len();
         let mut bytes = Vec::new();
@@ -303,6 +317,32 @@ impl Loader {
             .check(kind, &bytes)
             .map_err(|e| format!("{what}: {e}"))?;
         Ok((a, Some(bytes)))
+    }
+
+    /// Refuses a `cell` that leaves [`Loader::base`], unless [`Loader::any_path`]: written as
+    /// absolute or with `..`, or (once links are followed) a file outside it. A file that does
+    /// not exist is left to the open, which names it.
+    fn inside_base(&self, cell: &str, path: &Path) -> Result<(), String> {
+        use std::path::Component;
+        if self.any_path {
+            return Ok(());
+        }
+        let written_outside = Path::new(cell)
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+        let linked_outside = match (path.canonicalize(), self.base.canonicalize()) {
+            (Ok(file), Ok(base)) => !file.starts_with(base),
+            _ => false,
+        };
+        match written_outside || linked_outside {
+            true => Err(format!(
+                "the path leads outside {} (the input file's folder); only files under it are \
+                 read, so a CSV cannot send any file of this machine: move the file there, or \
+                 pass --allow-any-path if you trust the input",
+                shown_base(&self.base)
+            )),
+            false => Ok(()),
+        }
     }
 
     fn read(&self, w: &Wanted, whole: bool) -> Result<(Attachment, Option<Vec<u8>>), String> {
@@ -648,6 +688,7 @@ mod tests {
             base: dir.to_path_buf(),
             limits,
             detail: None,
+            any_path: false,
         }
     }
 
@@ -656,6 +697,26 @@ mod tests {
             kind,
             cell: cell.into(),
         }
+    }
+
+    #[test]
+    fn paths_that_leave_the_base_folder_are_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        std::fs::write(dir.path().join("out.png"), png(10, 10)).unwrap();
+        std::fs::write(dir.path().join("in/ok.png"), png(10, 10)).unwrap();
+        let mut l = loader(&dir.path().join("in"), Limits::anthropic());
+        let outside = dir.path().join("out.png").display().to_string();
+        assert!(l.inspect(&want(Kind::Image, "ok.png")).is_ok());
+        assert!(l.inspect(&want(Kind::Image, "./ok.png")).is_ok());
+        for cell in ["../out.png", outside.as_str(), "sub/../../out.png"] {
+            let e = l.inspect(&want(Kind::Image, cell)).unwrap_err();
+            assert!(e.contains("--allow-any-path"), "{cell}: {e}");
+            assert!(l.load(&want(Kind::Image, cell)).is_err(), "{cell}");
+        }
+        l.any_path = true;
+        assert!(l.load(&want(Kind::Image, "../out.png")).is_ok());
+        assert!(l.load(&want(Kind::Image, &outside)).is_ok());
     }
 
     #[test]
