@@ -68,11 +68,26 @@ const FUNCTIONS: [&str; 2] = ["image", "file"];
 const MARK_OPEN: char = '\u{1}';
 const MARK_CLOSE: char = '\u{2}';
 
-/// Whether `text` calls one of [`FUNCTIONS`].
+/// Whether template `text` calls one of [`FUNCTIONS`]: a name followed by `(` inside a tag,
+/// judged from minijinja's own tokens (so "the image(s)" in text, `{{ file }}` the column, a
+/// string literal, a comment or `row.image(..)` are not calls). A template that does not lex
+/// calls nothing (its parse error is reported when it is added).
 fn calls_functions(text: &str) -> bool {
-    static CALL: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    CALL.get_or_init(|| regex::Regex::new(r"\b(?:image|file)\s*\(").expect("a valid pattern"))
-        .is_match(text)
+    use minijinja::machinery::{Token, WhitespaceConfig, tokenize};
+    // A unit struct without minijinja's `custom_syntax` feature, a real one with it.
+    #[allow(clippy::default_constructed_unit_structs)]
+    let syntax = minijinja::syntax::SyntaxConfig::default();
+    let Ok(tokens) = tokenize(text, false, syntax, WhitespaceConfig::default())
+        .map(|t| t.map(|(token, _)| token))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    tokens.windows(2).enumerate().any(|(i, w)| {
+        let after_dot = i > 0 && matches!(tokens[i - 1], Token::Dot);
+        matches!(w, [Token::Ident(name), Token::ParenOpen] if FUNCTIONS.contains(name))
+            && !after_dot
+    })
 }
 
 /// The attachments of one render, pushed by `image()`/`file()` as the template runs.
@@ -747,6 +762,31 @@ mod tests {
             .render(&inp, &row(&["x", "a.png"]))
             .unwrap_err();
         assert!(e.contains("image()"), "{e}");
+    }
+
+    #[test]
+    fn only_real_calls_attach_and_a_column_named_file_stays_a_column() {
+        let inp = input(&["file", "photo"]);
+        let p = Prompts::new(
+            &PromptSource::Template("Summarize this file (a contract): {{ file }}".into()),
+            Some("Describe the image(s) briefly"),
+            &inp,
+        )
+        .unwrap();
+        let r = p.render(&inp, &row(&["the text", "a.png"])).unwrap();
+        assert_eq!(r.user, "Summarize this file (a contract): the text");
+        assert!(r.parts.is_empty());
+        for (text, calls) in [
+            ("{{ image (photo) }}", true),
+            ("{{- file(row.photo) -}}", true),
+            ("{% if 1 %}{{ image(photo) }}{% endif %}", true),
+            ("image(photo) {{ photo }}", false),
+            ("{{ \"image(x)\" }} {# file(x) #} {{ photo }}", false),
+            ("{% raw %}{{ image(photo) }}{% endraw %}", false),
+            ("{{ row.file(1) }}", false),
+        ] {
+            assert_eq!(calls_functions(text), calls, "{text}");
+        }
     }
 
     #[test]
