@@ -296,13 +296,18 @@ impl Loader {
         let mut file = std::fs::File::open(&path).map_err(io)?;
         let n = file.metadata().map_err(io)?.len();
         let mut bytes = Vec::new();
-        let limit = if whole { u64::MAX } else { HEAD_BYTES };
         file.by_ref()
-            .take(limit)
+            .take(HEAD_BYTES)
             .read_to_end(&mut bytes)
             .map_err(io)?;
         let partial = (bytes.len() as u64) < n;
-        let checked = match partial && Media::sniff(&bytes) != Some(Media::Pdf) {
+        if partial {
+            // Judged by its length before the rest is read: a 3 GB PDF is not loaded to be
+            // refused.
+            self.check_length(&bytes, n)
+                .map_err(|e| format!("{what}: {e}"))?;
+        }
+        let checked = match partial && !whole && Media::sniff(&bytes) != Some(Media::Pdf) {
             true => self.check_sized(kind, &bytes, n),
             false => Err(String::new()),
         };
@@ -396,11 +401,7 @@ impl Loader {
 
     /// [`Loader::check`] on the first bytes of a file of `n` bytes (all of them, for a PDF).
     fn check_sized(&self, kind: Kind, bytes: &[u8], n: u64) -> Result<Attachment, String> {
-        let media = Media::sniff(bytes).ok_or_else(|| {
-            "not a PNG, JPEG, GIF, WebP or PDF file (judged by its first bytes, not its name); \
-             convert it to one of those"
-                .to_string()
-        })?;
+        let media = sniffed(bytes)?;
         match (kind, media.is_image()) {
             (Kind::Image, false) => {
                 return Err("is a PDF: attach it with file(...), not image(...)".into());
@@ -438,14 +439,7 @@ impl Loader {
             }
             return Ok(a);
         }
-        let sent = if l.image_counts_base64 {
-            n.div_ceil(3) * 4
-        } else {
-            n
-        };
-        if sent > l.image_bytes {
-            return Err(too_big(sent, l.image_bytes, "an image"));
-        }
+        self.check_length(bytes, n)?;
         let size = imagesize::blob_size(bytes)
             .map_err(|_| format!("is a damaged {} (its size cannot be read)", media.mime()))?;
         let (w, h) = (size.width as u32, size.height as u32);
@@ -462,6 +456,38 @@ impl Loader {
         a.size = Some((w, h));
         Ok(a)
     }
+}
+
+impl Loader {
+    /// Whether a file of `n` bytes, of the type its first `bytes` show, is within the
+    /// provider's size limit for that type (for an image, as sent when it counts base64).
+    fn check_length(&self, bytes: &[u8], n: u64) -> Result<(), String> {
+        let l = &self.limits;
+        if sniffed(bytes)? == Media::Pdf {
+            return match n > l.file_bytes {
+                true => Err(too_big(n, l.file_bytes, "a PDF")),
+                false => Ok(()),
+            };
+        }
+        let sent = if l.image_counts_base64 {
+            n.div_ceil(3) * 4
+        } else {
+            n
+        };
+        match sent > l.image_bytes {
+            true => Err(too_big(sent, l.image_bytes, "an image")),
+            false => Ok(()),
+        }
+    }
+}
+
+/// The type of a file by its first bytes, or why it is not one the providers take.
+fn sniffed(bytes: &[u8]) -> Result<Media, String> {
+    Media::sniff(bytes).ok_or_else(|| {
+        "not a PNG, JPEG, GIF, WebP or PDF file (judged by its first bytes, not its name); \
+         convert it to one of those"
+            .to_string()
+    })
 }
 
 fn too_big(n: u64, max: u64, what: &str) -> String {
@@ -717,6 +743,26 @@ mod tests {
         l.any_path = true;
         assert!(l.load(&want(Kind::Image, "../out.png")).is_ok());
         assert!(l.load(&want(Kind::Image, &outside)).is_ok());
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_by_its_length_without_being_read() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let l = loader(dir.path(), Limits::anthropic());
+        // Sparse files of 3 GB: reading one whole would take 3 GB of memory.
+        for (name, head, kind) in [
+            ("big.pdf", &b"%PDF-1.4 /Type /Page"[..], Kind::File),
+            ("big.png", &png(10, 10)[..], Kind::Image),
+        ] {
+            let mut f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.write_all(head).unwrap();
+            f.set_len(3 * 1024 * MB).unwrap();
+            for e in [l.load(&want(kind, name)), l.inspect(&want(kind, name))] {
+                let e = e.unwrap_err();
+                assert!(e.contains("MB") && e.contains("at most"), "{name}: {e}");
+            }
+        }
     }
 
     #[test]
