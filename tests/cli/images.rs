@@ -411,3 +411,31 @@ fn paths_outside_the_input_folder_are_refused_unless_allowed() {
         show(&out)
     );
 }
+
+#[test]
+fn a_rejected_anthropic_key_names_anthropics_variable() {
+    let dir = TestDir::new();
+    photos(&dir, 2);
+    let mock = MockProcess::start(&[]);
+    // No ANTHROPIC_API_KEY: the mock's Messages endpoint answers 401, as Anthropic's does.
+    let out = run(
+        &dir,
+        [
+            "run",
+            "photos.csv",
+            "--prompt",
+            PROMPT,
+            "--provider",
+            "anthropic",
+            "-m",
+            "claude-sonnet-4-5",
+            "--base-url",
+            &mock.url,
+        ],
+    );
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("rejected the key"), "{}", show(&out));
+    assert!(err.contains("check ANTHROPIC_API_KEY"), "{}", show(&out));
+    assert!(!err.contains("OPENAI_API_KEY"), "{}", show(&out));
+}
