@@ -433,6 +433,12 @@ pub struct RunArgs {
     /// API's, auto].
     #[arg(long, value_enum, value_name = "LEVEL", help_heading = "Model")]
     pub image_detail: Option<crate::engine::attach::Detail>,
+
+    /// Let `{{ image(..) }}`/`{{ file(..) }}` read files outside the input file's folder
+    /// (absolute paths, `..`, links out of it). Off by default so that a CSV from someone
+    /// else cannot upload any image or PDF on this machine.
+    #[arg(long, help_heading = "Input")]
+    pub allow_any_path: bool,
 }
 
 /// Flags of `batch bench`: every `batch run` flag that shapes requests, plus the sweep and its

@@ -76,6 +76,7 @@ impl RunConfig {
             args.ignore_whitespace |= file.ignore_whitespace;
             args.no_sanitize |= file.no_sanitize;
             args.no_cache |= file.no_cache;
+            args.allow_any_path |= file.allow_any_path;
             args.refresh |= file.refresh;
             args.no_dedup |= file.no_dedup;
             args.cache_truncated |= file.cache_truncated;
@@ -193,6 +194,7 @@ impl RunConfig {
             read,
             continue_with: None,
             image_detail: args.image_detail,
+            allow_any_path: args.allow_any_path,
         })
     }
 }

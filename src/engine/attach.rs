@@ -18,6 +18,14 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sha2::{Digest, Sha256};
 
+/// The folder paths are relative to, as shown in a message.
+fn shown_base(base: &Path) -> String {
+    match base.as_os_str().is_empty() {
+        true => "\".\"".into(),
+        false => format!("{:?}", base.display().to_string()),
+    }
+}
+
 /// What a template function asked for: `image(...)` or `file(...)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -246,6 +254,10 @@ pub struct Loader {
     pub base: PathBuf,
     pub limits: Limits,
     pub detail: Option<Detail>,
+    /// `--allow-any-path`: paths may leave [`Loader::base`] (absolute, `..`, or a link out of
+    /// it). Off by default, so a CSV from someone else cannot upload any image or PDF on the
+    /// machine.
+    pub any_path: bool,
 }
 
 impl Loader {
@@ -279,16 +291,23 @@ impl Loader {
         use std::io::Read;
         let path = self.base.join(cell);
         let io = |e: std::io::Error| describe_io(what, &path, &e);
+        self.inside_base(cell, &path)
+            .map_err(|why| format!("{what}: {why}"))?;
         let mut file = std::fs::File::open(&path).map_err(io)?;
         let n = file.metadata().map_err(io)?.len();
         let mut bytes = Vec::new();
-        let limit = if whole { u64::MAX } else { HEAD_BYTES };
         file.by_ref()
-            .take(limit)
+            .take(HEAD_BYTES)
             .read_to_end(&mut bytes)
             .map_err(io)?;
         let partial = (bytes.len() as u64) < n;
-        let checked = match partial && Media::sniff(&bytes) != Some(Media::Pdf) {
+        if partial {
+            // Judged by its length before the rest is read: a 3 GB PDF is not loaded to be
+            // refused.
+            self.check_length(&bytes, n)
+                .map_err(|e| format!("{what}: {e}"))?;
+        }
+        let checked = match partial && !whole && Media::sniff(&bytes) != Some(Media::Pdf) {
             true => self.check_sized(kind, &bytes, n),
             false => Err(String::new()),
         };
@@ -303,6 +322,32 @@ impl Loader {
             .check(kind, &bytes)
             .map_err(|e| format!("{what}: {e}"))?;
         Ok((a, Some(bytes)))
+    }
+
+    /// Refuses a `cell` that leaves [`Loader::base`], unless [`Loader::any_path`]: written as
+    /// absolute or with `..`, or (once links are followed) a file outside it. A file that does
+    /// not exist is left to the open, which names it.
+    fn inside_base(&self, cell: &str, path: &Path) -> Result<(), String> {
+        use std::path::Component;
+        if self.any_path {
+            return Ok(());
+        }
+        let written_outside = Path::new(cell)
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir));
+        let linked_outside = match (path.canonicalize(), self.base.canonicalize()) {
+            (Ok(file), Ok(base)) => !file.starts_with(base),
+            _ => false,
+        };
+        match written_outside || linked_outside {
+            true => Err(format!(
+                "the path leads outside {} (the input file's folder); only files under it are \
+                 read, so a CSV cannot send any file of this machine: move the file there, or \
+                 pass --allow-any-path if you trust the input",
+                shown_base(&self.base)
+            )),
+            false => Ok(()),
+        }
     }
 
     fn read(&self, w: &Wanted, whole: bool) -> Result<(Attachment, Option<Vec<u8>>), String> {
@@ -356,11 +401,7 @@ impl Loader {
 
     /// [`Loader::check`] on the first bytes of a file of `n` bytes (all of them, for a PDF).
     fn check_sized(&self, kind: Kind, bytes: &[u8], n: u64) -> Result<Attachment, String> {
-        let media = Media::sniff(bytes).ok_or_else(|| {
-            "not a PNG, JPEG, GIF, WebP or PDF file (judged by its first bytes, not its name); \
-             convert it to one of those"
-                .to_string()
-        })?;
+        let media = sniffed(bytes)?;
         match (kind, media.is_image()) {
             (Kind::Image, false) => {
                 return Err("is a PDF: attach it with file(...), not image(...)".into());
@@ -398,14 +439,7 @@ impl Loader {
             }
             return Ok(a);
         }
-        let sent = if l.image_counts_base64 {
-            n.div_ceil(3) * 4
-        } else {
-            n
-        };
-        if sent > l.image_bytes {
-            return Err(too_big(sent, l.image_bytes, "an image"));
-        }
+        self.check_length(bytes, n)?;
         let size = imagesize::blob_size(bytes)
             .map_err(|_| format!("is a damaged {} (its size cannot be read)", media.mime()))?;
         let (w, h) = (size.width as u32, size.height as u32);
@@ -422,6 +456,38 @@ impl Loader {
         a.size = Some((w, h));
         Ok(a)
     }
+}
+
+impl Loader {
+    /// Whether a file of `n` bytes, of the type its first `bytes` show, is within the
+    /// provider's size limit for that type (for an image, as sent when it counts base64).
+    fn check_length(&self, bytes: &[u8], n: u64) -> Result<(), String> {
+        let l = &self.limits;
+        if sniffed(bytes)? == Media::Pdf {
+            return match n > l.file_bytes {
+                true => Err(too_big(n, l.file_bytes, "a PDF")),
+                false => Ok(()),
+            };
+        }
+        let sent = if l.image_counts_base64 {
+            n.div_ceil(3) * 4
+        } else {
+            n
+        };
+        match sent > l.image_bytes {
+            true => Err(too_big(sent, l.image_bytes, "an image")),
+            false => Ok(()),
+        }
+    }
+}
+
+/// The type of a file by its first bytes, or why it is not one the providers take.
+fn sniffed(bytes: &[u8]) -> Result<Media, String> {
+    Media::sniff(bytes).ok_or_else(|| {
+        "not a PNG, JPEG, GIF, WebP or PDF file (judged by its first bytes, not its name); \
+         convert it to one of those"
+            .to_string()
+    })
 }
 
 fn too_big(n: u64, max: u64, what: &str) -> String {
@@ -648,6 +714,7 @@ mod tests {
             base: dir.to_path_buf(),
             limits,
             detail: None,
+            any_path: false,
         }
     }
 
@@ -655,6 +722,46 @@ mod tests {
         Wanted {
             kind,
             cell: cell.into(),
+        }
+    }
+
+    #[test]
+    fn paths_that_leave_the_base_folder_are_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("in")).unwrap();
+        std::fs::write(dir.path().join("out.png"), png(10, 10)).unwrap();
+        std::fs::write(dir.path().join("in/ok.png"), png(10, 10)).unwrap();
+        let mut l = loader(&dir.path().join("in"), Limits::anthropic());
+        let outside = dir.path().join("out.png").display().to_string();
+        assert!(l.inspect(&want(Kind::Image, "ok.png")).is_ok());
+        assert!(l.inspect(&want(Kind::Image, "./ok.png")).is_ok());
+        for cell in ["../out.png", outside.as_str(), "sub/../../out.png"] {
+            let e = l.inspect(&want(Kind::Image, cell)).unwrap_err();
+            assert!(e.contains("--allow-any-path"), "{cell}: {e}");
+            assert!(l.load(&want(Kind::Image, cell)).is_err(), "{cell}");
+        }
+        l.any_path = true;
+        assert!(l.load(&want(Kind::Image, "../out.png")).is_ok());
+        assert!(l.load(&want(Kind::Image, &outside)).is_ok());
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_by_its_length_without_being_read() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let l = loader(dir.path(), Limits::anthropic());
+        // Sparse files of 3 GB: reading one whole would take 3 GB of memory.
+        for (name, head, kind) in [
+            ("big.pdf", &b"%PDF-1.4 /Type /Page"[..], Kind::File),
+            ("big.png", &png(10, 10)[..], Kind::Image),
+        ] {
+            let mut f = std::fs::File::create(dir.path().join(name)).unwrap();
+            f.write_all(head).unwrap();
+            f.set_len(3 * 1024 * MB).unwrap();
+            for e in [l.load(&want(kind, name)), l.inspect(&want(kind, name))] {
+                let e = e.unwrap_err();
+                assert!(e.contains("MB") && e.contains("at most"), "{name}: {e}");
+            }
         }
     }
 

@@ -60,70 +60,125 @@ pub enum Segment {
 /// The template functions that attach a file: `{{ image(photo) }}`, `{{ file(scan) }}`. They
 /// win over a column of the same name (reachable as `row.image`) in a template that calls them.
 const FUNCTIONS: [&str; 2] = ["image", "file"];
-/// What `image(cell)` renders to: these marks around the kind and the cell, split out again
-/// after the render (a function cannot hand anything but text back through minijinja).
+/// What `image(cell)` renders to: a mark `\u{1}NONCE:INDEX\u{2}` naming the attachment's
+/// place in [`Collector`], split out again after the render (a function cannot hand anything
+/// but text back through minijinja). The nonce is random for each render, so a cell cannot
+/// forge a mark: text in a cell that looks like one (or a stray `\u{1}`, the delimiter of
+/// Hive exports) stays text, and only files the template asked for are read.
 const MARK_OPEN: char = '\u{1}';
 const MARK_CLOSE: char = '\u{2}';
 
-/// Whether `text` calls one of [`FUNCTIONS`].
+/// Whether template `text` calls one of [`FUNCTIONS`]: a name followed by `(` inside a tag,
+/// judged from minijinja's own tokens (so "the image(s)" in text, `{{ file }}` the column, a
+/// string literal, a comment or `row.image(..)` are not calls). A template that does not lex
+/// calls nothing (its parse error is reported when it is added).
 fn calls_functions(text: &str) -> bool {
-    static CALL: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    CALL.get_or_init(|| regex::Regex::new(r"\b(?:image|file)\s*\(").expect("a valid pattern"))
-        .is_match(text)
-}
-
-/// The minijinja function for `kind`: the cell between marks.
-fn attach_function(kind: Kind) -> Value {
-    Value::from_function(move |cell: Value| -> Result<String, minijinja::Error> {
-        let Some(cell) = cell.as_str() else {
-            return Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                format!(
-                    "{0}() takes a cell: a column name, or row.name (a column named {0} is \
-                     row.{0} in a template that calls {0}())",
-                    kind.function()
-                ),
-            ));
-        };
-        if cell.contains([MARK_OPEN, MARK_CLOSE]) {
-            return Err(minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                format!("{}(): the cell has control characters", kind.function()),
-            ));
-        }
-        let k = if kind == Kind::Image { 'I' } else { 'F' };
-        Ok(format!("{MARK_OPEN}{k}{cell}{MARK_CLOSE}"))
+    use minijinja::machinery::{Token, WhitespaceConfig, tokenize};
+    // A unit struct without minijinja's `custom_syntax` feature, a real one with it.
+    #[allow(clippy::default_constructed_unit_structs)]
+    let syntax = minijinja::syntax::SyntaxConfig::default();
+    let Ok(tokens) = tokenize(text, false, syntax, WhitespaceConfig::default())
+        .map(|t| t.map(|(token, _)| token))
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return false;
+    };
+    tokens.windows(2).enumerate().any(|(i, w)| {
+        let after_dot = i > 0 && matches!(tokens[i - 1], Token::Dot);
+        matches!(w, [Token::Ident(name), Token::ParenOpen] if FUNCTIONS.contains(name))
+            && !after_dot
     })
 }
 
-/// Splits a rendered prompt at the marks: its text (joined) and its segments in order.
-/// Whitespace-only text between attachments is dropped (Anthropic refuses such blocks).
-fn split_marks(out: &str) -> (String, Vec<Segment>) {
-    let (mut text, mut parts) = (String::new(), Vec::new());
-    let mut push_text = |t: &str, parts: &mut Vec<Segment>| {
-        if !t.trim().is_empty() {
-            text.push_str(t);
-            parts.push(Segment::Text(t.to_string()));
+/// The attachments of one render, pushed by `image()`/`file()` as the template runs.
+struct Collector {
+    nonce: u128,
+    wanted: std::sync::Arc<std::sync::Mutex<Vec<Wanted>>>,
+}
+
+impl Collector {
+    fn new() -> Self {
+        Collector {
+            nonce: rand::random(),
+            wanted: Default::default(),
         }
-    };
-    let mut rest = out;
-    while let Some(open) = rest.find(MARK_OPEN) {
-        push_text(&rest[..open], &mut parts);
-        let after = &rest[open + MARK_OPEN.len_utf8()..];
-        let Some(close) = after.find(MARK_CLOSE) else {
-            rest = after;
-            continue;
-        };
-        let (k, cell) = after[..close].split_at(after[..close].len().min(1));
-        let kind = if k == "I" { Kind::Image } else { Kind::File };
-        parts.push(Segment::Attach(Wanted {
-            kind,
-            cell: cell.to_string(),
-        }));
-        rest = &after[close + MARK_CLOSE.len_utf8()..];
     }
-    push_text(rest, &mut parts);
-    (text, parts)
+
+    /// The text before a mark's index.
+    fn prefix(&self) -> String {
+        format!("{MARK_OPEN}{:032x}:", self.nonce)
+    }
+
+    /// The minijinja function for `kind`: records the cell, renders its mark.
+    fn function(&self, kind: Kind) -> Value {
+        let (wanted, prefix) = (self.wanted.clone(), self.prefix());
+        Value::from_function(move |cell: Value| -> Result<String, minijinja::Error> {
+            let Some(cell) = cell.as_str() else {
+                return Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!(
+                        "{0}() takes a cell: a column name, or row.name (a column named {0} is \
+                         row.{0} in a template that calls {0}())",
+                        kind.function()
+                    ),
+                ));
+            };
+            let mut wanted = wanted.lock().unwrap_or_else(|e| e.into_inner());
+            wanted.push(Wanted {
+                kind,
+                cell: cell.to_string(),
+            });
+            Ok(format!("{prefix}{}{MARK_CLOSE}", wanted.len() - 1))
+        })
+    }
+
+    /// Splits a rendered prompt at this render's marks: its text (joined) and its segments in
+    /// order. Whitespace-only text between attachments is dropped (Anthropic refuses such
+    /// blocks). An error if an attachment's mark did not reach the output intact (a filter
+    /// changed it).
+    fn split(&self, out: &str) -> Result<(String, Vec<Segment>), String> {
+        let wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        let (prefix, mut seen) = (self.prefix(), vec![false; wanted.len()]);
+        let (mut text, mut parts, mut pending) = (String::new(), Vec::new(), String::new());
+        let mut rest = out;
+        while let Some(open) = rest.find(&prefix) {
+            let after = rest.get(open + prefix.len()..).unwrap_or("");
+            let index = after
+                .split_once(MARK_CLOSE)
+                .and_then(|(i, tail)| Some((i.parse::<usize>().ok()?, tail)))
+                .filter(|(i, _)| *i < wanted.len());
+            let Some((i, tail)) = index else {
+                // Not a mark after all: plain text, up to and including the prefix.
+                pending.push_str(rest.get(..open + prefix.len()).unwrap_or(""));
+                rest = after;
+                continue;
+            };
+            pending.push_str(rest.get(..open).unwrap_or(""));
+            push_text(&mut text, &mut parts, std::mem::take(&mut pending));
+            parts.push(Segment::Attach(wanted[i].clone()));
+            seen[i] = true;
+            rest = tail;
+        }
+        pending.push_str(rest);
+        push_text(&mut text, &mut parts, pending);
+        if let Some(i) = seen.iter().position(|s| !s) {
+            return Err(format!(
+                "user template: the output of {}() did not reach the prompt as it was (a filter \
+                 changed it?); write {{{{ {}(column) }}}} on its own",
+                wanted[i].kind.function(),
+                wanted[i].kind.function()
+            ));
+        }
+        Ok((text, parts))
+    }
+}
+
+/// Adds text between attachments, unless it is only whitespace.
+fn push_text(text: &mut String, parts: &mut Vec<Segment>, t: String) {
+    if !t.trim().is_empty() {
+        text.push_str(&t);
+        parts.push(Segment::Text(t));
+    }
 }
 
 /// Compiled prompt templates for one run.
@@ -283,14 +338,14 @@ impl Prompts {
 
     /// Renders one row. The error is a short reason; the caller adds the file and line.
     pub fn render(&self, input: &InputFile, row: &Row) -> Result<Rendered, String> {
-        let user = match (self.prompt_column, &self.plain_user) {
-            (Some(i), _) => row.record.get(i).unwrap_or("").to_string(),
-            (None, Some(plain)) => plain.render(USER, &input.headers, row)?,
-            (None, None) => self.render_one(USER, input, row)?,
-        };
-        let (user, parts) = match self.attaches {
-            true => split_marks(&user),
-            false => (user, Vec::new()),
+        let (user, parts) = match (self.prompt_column, &self.plain_user) {
+            (Some(i), _) => (row.record.get(i).unwrap_or("").to_string(), Vec::new()),
+            (None, Some(plain)) => (plain.render(USER, &input.headers, row)?, Vec::new()),
+            (None, None) if self.attaches => {
+                let collector = Collector::new();
+                collector.split(&self.render_one(USER, input, row, Some(&collector))?)?
+            }
+            (None, None) => (self.render_one(USER, input, row, None)?, Vec::new()),
         };
         if user.trim().is_empty() && parts.is_empty() {
             return Err("the prompt is empty".into());
@@ -298,7 +353,7 @@ impl Prompts {
         let system = match (self.has_system, &self.plain_system) {
             (false, _) => None,
             (true, Some(plain)) => Some(plain.render(SYSTEM, &input.headers, row)?),
-            (true, None) => Some(self.render_one(SYSTEM, input, row)?),
+            (true, None) => Some(self.render_one(SYSTEM, input, row, None)?),
         };
         Ok(Rendered {
             system,
@@ -307,7 +362,14 @@ impl Prompts {
         })
     }
 
-    fn render_one(&self, name: &str, input: &InputFile, row: &Row) -> Result<String, String> {
+    /// Renders template `name`; `image()`/`file()` exist when `collector` is given.
+    fn render_one(
+        &self,
+        name: &str,
+        input: &InputFile,
+        row: &Row,
+        collector: Option<&Collector>,
+    ) -> Result<String, String> {
         use std::sync::atomic::Ordering::Relaxed;
         if self.over_budget.load(Relaxed) >= BUDGET_FAILURES {
             return Err(format!(
@@ -325,9 +387,9 @@ impl Prompts {
             columns.iter().map(|(k, v)| (*k, Value::from(*v))).collect();
         ctx.entry(ROW_VAR)
             .or_insert_with(|| Value::from_serialize(columns));
-        if self.attaches && name == USER {
-            ctx.insert("image", attach_function(Kind::Image));
-            ctx.insert("file", attach_function(Kind::File));
+        if let Some(c) = collector {
+            ctx.insert("image", c.function(Kind::Image));
+            ctx.insert("file", c.function(Kind::File));
         }
         let mut out = Bounded::default();
         let template = self
@@ -350,9 +412,9 @@ impl Prompts {
     /// Renders through minijinja even when there is a fast form, for tests that compare them.
     #[cfg(test)]
     fn render_slow(&self, input: &InputFile, row: &Row) -> Result<Rendered, String> {
-        let user = self.render_one(USER, input, row)?;
+        let user = self.render_one(USER, input, row, None)?;
         let system = match self.has_system {
-            true => Some(self.render_one(SYSTEM, input, row)?),
+            true => Some(self.render_one(SYSTEM, input, row, None)?),
             false => None,
         };
         Ok(Rendered {
@@ -657,6 +719,74 @@ mod tests {
             &inp,
         );
         assert!(typo.err().unwrap().to_string().contains("phot"));
+    }
+
+    #[test]
+    fn cells_cannot_forge_or_break_attachment_marks() {
+        let inp = input(&["name", "photo"]);
+        let p = Prompts::new(
+            &PromptSource::Template("{{ name }} {{ image(photo) }}".into()),
+            None,
+            &inp,
+        )
+        .unwrap();
+        let img = |c: &str| {
+            Segment::Attach(Wanted {
+                kind: Kind::Image,
+                cell: c.into(),
+            })
+        };
+        // A multi-byte character after the mark byte (this panicked), a forged mark, and a
+        // stray \u{1} (the Hive delimiter) before a real one: all stay text.
+        for name in [
+            "\u{1}é",
+            "\u{1}I/home/u/passport.pdf\u{2}",
+            "\u{1}",
+            "a\u{1}b\u{2}\u{1}",
+        ] {
+            let r = p.render(&inp, &row(&[name, "a.png"])).unwrap();
+            assert_eq!(
+                r.parts,
+                vec![Segment::Text(format!("{name} ")), img("a.png")],
+                "{name:?}"
+            );
+        }
+        // A filter that changes the mark loses the attachment: an error, not a silent drop.
+        let mangled = Prompts::new(
+            &PromptSource::Template("{{ image(photo)|upper }}".into()),
+            None,
+            &inp,
+        );
+        let e = mangled
+            .unwrap()
+            .render(&inp, &row(&["x", "a.png"]))
+            .unwrap_err();
+        assert!(e.contains("image()"), "{e}");
+    }
+
+    #[test]
+    fn only_real_calls_attach_and_a_column_named_file_stays_a_column() {
+        let inp = input(&["file", "photo"]);
+        let p = Prompts::new(
+            &PromptSource::Template("Summarize this file (a contract): {{ file }}".into()),
+            Some("Describe the image(s) briefly"),
+            &inp,
+        )
+        .unwrap();
+        let r = p.render(&inp, &row(&["the text", "a.png"])).unwrap();
+        assert_eq!(r.user, "Summarize this file (a contract): the text");
+        assert!(r.parts.is_empty());
+        for (text, calls) in [
+            ("{{ image (photo) }}", true),
+            ("{{- file(row.photo) -}}", true),
+            ("{% if 1 %}{{ image(photo) }}{% endif %}", true),
+            ("image(photo) {{ photo }}", false),
+            ("{{ \"image(x)\" }} {# file(x) #} {{ photo }}", false),
+            ("{% raw %}{{ image(photo) }}{% endraw %}", false),
+            ("{{ row.file(1) }}", false),
+        ] {
+            assert_eq!(calls_functions(text), calls, "{text}");
+        }
     }
 
     #[test]

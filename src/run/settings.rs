@@ -75,6 +75,8 @@ pub struct RunConfig {
     pub continue_with: Option<ContinueCommand>,
     /// `--image-detail`, on the images a prompt attaches.
     pub image_detail: Option<crate::engine::attach::Detail>,
+    /// `--allow-any-path`: attachments may come from outside the input file's folder.
+    pub allow_any_path: bool,
 }
 
 /// The command line of a `batch run`, from which the summary prints the exact command that
@@ -156,6 +158,7 @@ impl RunConfig {
                 Api::OpenAiResponses => Limits::openai(false),
             },
             detail: self.image_detail,
+            any_path: self.allow_any_path,
         }
     }
 

@@ -371,3 +371,71 @@ fn the_batch_api_carries_the_same_parts() {
         assert_eq!(field(d, "prompt_tokens"), field(b, "prompt_tokens"));
     }
 }
+
+#[test]
+fn paths_outside_the_input_folder_are_refused_unless_allowed() {
+    let dir = TestDir::new();
+    std::fs::create_dir_all(dir.join("data/img")).unwrap();
+    dir.create_bytes("secret.png", &png(100, 100, b""));
+    dir.create_bytes("data/img/ok.png", &png(100, 100, b""));
+    let secret = dir.join("secret.png").display().to_string();
+    dir.create(
+        "data/in.csv",
+        &format!("id,photo\n1,img/ok.png\n2,../secret.png\n3,{secret}\n4,img/../../secret.png\n"),
+    );
+    let args = |extra: &[&str]| {
+        let mut a = vec!["run", "data/in.csv", "--prompt", PROMPT, "--mock"];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let out = run(&dir, args(&["--dry-run"]));
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    for line in [3, 4, 5] {
+        let found = err.lines().any(|l| {
+            l.contains(&format!("in.csv: line {line}"))
+                && l.contains("column \"photo\"")
+                && l.contains("--allow-any-path")
+        });
+        assert!(found, "line {line} not refused\n{}", show(&out));
+    }
+    assert!(
+        !err.contains("line 2"),
+        "the file inside was refused\n{err}"
+    );
+    let out = run(&dir, args(&["--dry-run", "--allow-any-path"]));
+    assert_code(&out, 0);
+    assert!(
+        stdout(&out).contains("Attachments  4 images"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn a_rejected_anthropic_key_names_anthropics_variable() {
+    let dir = TestDir::new();
+    photos(&dir, 2);
+    let mock = MockProcess::start(&[]);
+    // No ANTHROPIC_API_KEY: the mock's Messages endpoint answers 401, as Anthropic's does.
+    let out = run(
+        &dir,
+        [
+            "run",
+            "photos.csv",
+            "--prompt",
+            PROMPT,
+            "--provider",
+            "anthropic",
+            "-m",
+            "claude-sonnet-4-5",
+            "--base-url",
+            &mock.url,
+        ],
+    );
+    assert_code(&out, 1);
+    let err = stderr(&out);
+    assert!(err.contains("rejected the key"), "{}", show(&out));
+    assert!(err.contains("check ANTHROPIC_API_KEY"), "{}", show(&out));
+    assert!(!err.contains("OPENAI_API_KEY"), "{}", show(&out));
+}

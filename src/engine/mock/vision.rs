@@ -196,6 +196,7 @@ fn checked(flavor: Flavor, found: Found) -> Result<Attachment, String> {
         base: Default::default(),
         limits: flavor.limits(),
         detail: found.detail,
+        any_path: false,
     };
     let (declared, data) = match found.payload {
         Payload::Url(url) => {

@@ -36,7 +36,7 @@ pub(super) async fn process_row(shared: &Shared, job: &Job) -> (RowResult, Vec<A
         if let Err(e) = &sent.exchange.outcome
             && e.kind.stops_run()
         {
-            shared.stop_with(stop_message(e));
+            shared.stop_with(stop_message(e, shared.key_env));
         }
         let (abandoned, latency) = (sent.abandoned, sent.latency);
         let err = match classify(shared, job, reserved, sent, &mut row) {
@@ -585,14 +585,15 @@ fn concurrency_sample(outcome: &Result<Completion, CallError>, latency: Duration
 }
 
 /// What to tell the user when the API says no request can succeed.
-fn stop_message(err: &CallError) -> String {
+/// `key_env` is the API's key variable (`OPENAI_API_KEY` or `ANTHROPIC_API_KEY`).
+fn stop_message(err: &CallError, key_env: &str) -> String {
     match err.kind {
         ErrorKind::QuotaExhausted => format!(
             "the API reports the account is out of quota or credit ({err}); add credit or raise \
              the limit, then run again with --resume"
         ),
         ErrorKind::Auth => format!(
-            "the API rejected the key ({err}); check OPENAI_API_KEY or --api-key-file and the \
+            "the API rejected the key ({err}); check {key_env} or --api-key-file and the \
              key's access to this model"
         ),
         _ => err.to_string(),

@@ -86,6 +86,8 @@ pub(super) async fn dispatch(
                 continue;
             }
         }
+        // Started: its body no longer counts against the bytes made ahead.
+        drop(job.queued.take());
         let (shared, journal) = (shared.clone(), journal.clone());
         tokio::spawn(async move {
             let (result, attempts) = process_row(&shared, &job).await;

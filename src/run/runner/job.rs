@@ -34,6 +34,9 @@ pub(super) struct Job {
     pub(super) price: Option<Price>,
     /// The cache's answer to this exact request, if it has one.
     pub(super) cached: Option<CachedAnswer>,
+    /// The body's share of [`QUEUED_BYTES`] while the job waits for the dispatcher; dropped
+    /// when it starts (or when the job is dropped).
+    pub(super) queued: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Job {
@@ -129,6 +132,7 @@ impl JobMaker {
             prompt_tokens: std::sync::OnceLock::new(),
             price,
             cached,
+            queued: None,
         })
     }
 }
@@ -150,6 +154,7 @@ pub(super) fn read_work(
     let tx = std::cell::RefCell::new(WorkSender {
         tx,
         chunk: Vec::with_capacity(WORK_CHUNK),
+        room: QueueRoom::new(QUEUED_BYTES),
     });
     let send = |job: Result<Job, Error>| -> bool { tx.borrow_mut().send(job) };
     let rows = match maker.input.rows() {
@@ -217,16 +222,66 @@ pub(super) fn read_work(
 /// per row).
 pub(super) const WORK_CHUNK: usize = 64;
 
+/// The most body bytes made ahead of the dispatcher (queued, not yet started). Text jobs are
+/// bounded by the channel's 256 jobs long before this; jobs with images or PDFs (hundreds of
+/// kB to 32 MB of base64 each) are bounded by it, so memory follows what is in flight (at most
+/// `-j` bodies) plus this, not the input.
+pub(super) const QUEUED_BYTES: usize = 32 * 1024 * 1024;
+
+/// A budget of bytes for jobs made ahead: the reader takes a body's share before queueing it
+/// and the dispatcher gives it back when the job starts.
+pub(super) struct QueueRoom {
+    room: Arc<tokio::sync::Semaphore>,
+    size: usize,
+}
+
+impl QueueRoom {
+    pub(super) fn new(size: usize) -> Self {
+        QueueRoom {
+            room: Arc::new(tokio::sync::Semaphore::new(size)),
+            size,
+        }
+    }
+
+    /// A share of `bytes` (a body larger than the whole budget waits for an empty queue).
+    /// When there is no room, `before_wait` runs first (it hands the jobs held back to the
+    /// dispatcher, or the wait would never end); `None` if it fails or the budget is closed.
+    fn reserve(
+        &self,
+        bytes: usize,
+        before_wait: impl FnOnce() -> bool,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let n = u32::try_from(bytes.min(self.size)).unwrap_or(u32::MAX);
+        if let Ok(permit) = self.room.clone().try_acquire_many_owned(n) {
+            return Some(permit);
+        }
+        if !before_wait() {
+            return None;
+        }
+        futures::executor::block_on(self.room.clone().acquire_many_owned(n)).ok()
+    }
+}
+
 /// The reader's end of the work channel; what is left is sent when it is dropped.
 pub(super) struct WorkSender {
     pub(super) tx: mpsc::Sender<Vec<Result<Job, Error>>>,
     pub(super) chunk: Vec<Result<Job, Error>>,
+    pub(super) room: QueueRoom,
 }
 
 impl WorkSender {
     /// Queues a job; false when reading should stop (an error, or the dispatcher is gone).
-    /// An error is sent at once, with the jobs before it.
-    fn send(&mut self, job: Result<Job, Error>) -> bool {
+    /// An error is sent at once, with the jobs before it. Waits while [`QUEUED_BYTES`] of
+    /// bodies are queued.
+    fn send(&mut self, mut job: Result<Job, Error>) -> bool {
+        if let Ok(j) = &mut job {
+            let (room, tx, chunk) = (&self.room, &self.tx, &mut self.chunk);
+            let flush = || flush(tx, chunk);
+            match room.reserve(j.body.len(), flush) {
+                Some(permit) => j.queued = Some(permit),
+                None => return false,
+            }
+        }
         let failed = job.is_err();
         self.chunk.push(job);
         if (failed || self.chunk.len() >= WORK_CHUNK) && !self.flush() {
@@ -236,13 +291,48 @@ impl WorkSender {
     }
 
     fn flush(&mut self) -> bool {
-        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(WORK_CHUNK));
-        chunk.is_empty() || self.tx.blocking_send(chunk).is_ok()
+        flush(&self.tx, &mut self.chunk)
     }
+}
+
+/// Sends the jobs of `chunk`; false when the dispatcher is gone.
+fn flush(tx: &mpsc::Sender<Vec<Result<Job, Error>>>, chunk: &mut Vec<Result<Job, Error>>) -> bool {
+    let chunk = std::mem::replace(chunk, Vec::with_capacity(WORK_CHUNK));
+    chunk.is_empty() || tx.blocking_send(chunk).is_ok()
 }
 
 impl Drop for WorkSender {
     fn drop(&mut self) {
         self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reader_waits_for_room_after_handing_over_what_it_holds() {
+        let room = Arc::new(QueueRoom::new(100));
+        let first = room.reserve(60, || panic!("there was room")).unwrap();
+        assert_eq!(room.room.available_permits(), 40);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let room = room.clone();
+            std::thread::spawn(move || {
+                // Larger than the whole budget: waits for an empty queue, then takes it all.
+                room.reserve(500, || tx.send("flushed").is_ok())
+            })
+        };
+        // The held jobs are handed over before the wait (else the wait could never end).
+        assert_eq!(rx.recv().unwrap(), "flushed");
+        drop(first);
+        let second = waiter.join().unwrap().unwrap();
+        assert_eq!(room.room.available_permits(), 0);
+        drop(second);
+        assert_eq!(room.room.available_permits(), 100);
+        // A failed hand-over (the dispatcher is gone) stops the reader instead of waiting.
+        let _all = room.reserve(100, || panic!("there was room")).unwrap();
+        assert!(room.reserve(1, || false).is_none());
     }
 }

@@ -376,6 +376,7 @@ fn share(
         storage_error: Mutex::new(None),
         stop_announced: AtomicBool::new(false),
         long_retry_after_told: AtomicBool::new(false),
+        key_env: cfg.api.key_env(),
         provider,
     }))
 }

@@ -62,6 +62,8 @@ pub(super) struct Shared {
     pub(super) stop_announced: AtomicBool,
     /// A 429's `retry-after` beyond a minute has been said (once a run).
     pub(super) long_retry_after_told: AtomicBool,
+    /// The API's key variable, named when the key is rejected.
+    pub(super) key_env: &'static str,
 }
 
 impl Shared {
