@@ -543,6 +543,30 @@ struct Plan {
     fault: Option<FaultKind>,
 }
 
+/// A request the rate limits let in takes its turn: a slot of `--capacity`, the latency the dice
+/// give it, then the injected server error (`Err`, in `wire`'s form) or the plan to answer.
+async fn take_turn(
+    s: &Arc<Shared>,
+    valid: bool,
+    wire: Wire,
+) -> Result<(Option<OwnedSemaphorePermit>, Plan), (Response, Option<StatusCode>)> {
+    let permit = match &s.capacity {
+        Some(sem) => Some(sem.clone().acquire_owned().await.expect("never closed")),
+        None => None,
+    };
+    let plan = plan(s, valid);
+    if !plan.delay.is_zero() {
+        tokio::time::sleep(plan.delay).await;
+    }
+    match plan.error {
+        Some(status) => {
+            let (status, body) = wire.server_error(status);
+            Err(json_reply(status, body))
+        }
+        None => Ok((permit, plan)),
+    }
+}
+
 /// Rolls latency and injected errors; faults only for `valid` requests. A fault replaces an
 /// injected 5xx.
 fn plan(s: &Shared, valid: bool) -> Plan {
@@ -656,18 +680,10 @@ async fn respond(
         }
     }
 
-    let permit = match &s.capacity {
-        Some(sem) => Some(sem.clone().acquire_owned().await.expect("never closed")),
-        None => None,
+    let (permit, plan) = match take_turn(s, parsed.is_ok(), wire).await {
+        Ok(turn) => turn,
+        Err(reply) => return reply,
     };
-    let plan = plan(s, parsed.is_ok());
-    if !plan.delay.is_zero() {
-        tokio::time::sleep(plan.delay).await;
-    }
-    if let Some(status) = plan.error {
-        let (status, body) = wire.server_error(status);
-        return json_reply(status, body);
-    }
     let (req, mut answer) = match parsed {
         Ok(ok) => ok,
         Err((status, reply)) => return json_reply(status, reply),

@@ -21,7 +21,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::wire::Wire;
-use super::{FaultKind, InFlight, Shared, error_body, fault, json_reply, plan, reply, routes};
+use super::{FaultKind, InFlight, Shared, error_body, fault, json_reply, reply, routes, take_turn};
 use crate::engine::provider::embeddings::encode;
 use crate::engine::tokens;
 
@@ -247,18 +247,10 @@ async fn respond(
             return (resp, status);
         }
     }
-    let permit = match &s.capacity {
-        Some(sem) => Some(sem.clone().acquire_owned().await.expect("never closed")),
-        None => None,
+    let (permit, plan) = match take_turn(s, parsed.is_ok(), Wire::Chat).await {
+        Ok(turn) => turn,
+        Err(reply) => return reply,
     };
-    let plan = plan(s, parsed.is_ok());
-    if !plan.delay.is_zero() {
-        tokio::time::sleep(plan.delay).await;
-    }
-    if let Some(status) = plan.error {
-        let (status, body) = Wire::Chat.server_error(status);
-        return json_reply(status, body);
-    }
     let asked = match parsed {
         Ok(a) => a,
         Err((status, body)) => return json_reply(status, body),

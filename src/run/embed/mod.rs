@@ -36,6 +36,7 @@ use crate::engine::spend::SpendCap;
 use crate::engine::store::{Finished, Store};
 use crate::run::connection::Connection;
 use crate::run::progress::Progress;
+use crate::run::runner::wait_for_signal;
 use crate::run::settings::{CacheMode, RunConfig};
 use crate::run::summary::Summary;
 
@@ -306,25 +307,6 @@ async fn watch_signals(
     if wait_for_signal().await {
         crate::engine::stdio::remove_spools();
         std::process::exit(ExitStatus::Interrupted as i32);
-    }
-}
-
-async fn wait_for_signal() -> bool {
-    crate::engine::stdio::SIGNALS_WATCHED.store(true, Ordering::SeqCst);
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            return tokio::signal::ctrl_c().await.is_ok();
-        };
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.is_ok(),
-            r = term.recv() => r.is_some(),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await.is_ok()
     }
 }
 
