@@ -254,7 +254,7 @@ pub(crate) fn secret_header(value: &str) -> HeaderValue {
 }
 
 /// A scrubber of the secrets among `headers` (those marked sensitive: the key and every
-/// `--header` value), for the clients that do not go through [`Transport`] (the Batch APIs).
+/// `--header` value but the public ones), for [`Transport`] and the Batch API clients alike.
 pub fn scrubber_of(headers: &HeaderMap) -> crate::base::secret::Scrubber {
     let secrets = headers.values().filter(|v| v.is_sensitive());
     crate::base::secret::Scrubber::new(secrets.filter_map(|v| v.to_str().ok()))
@@ -308,12 +308,7 @@ impl Transport {
     ) -> Self {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         extra.apply(&mut headers);
-        let secrets = headers
-            .values()
-            .filter(|v| v.is_sensitive())
-            .chain(extra.0.iter().map(|(_, v)| v).filter(|v| v.is_sensitive()))
-            .filter_map(|v| v.to_str().ok());
-        let scrubber = crate::base::secret::Scrubber::new(secrets);
+        let scrubber = scrubber_of(&headers);
         Transport {
             client,
             parsed: reqwest::Url::parse(&url).ok(),
