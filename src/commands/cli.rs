@@ -1017,7 +1017,10 @@ pub struct ExportArgs {
 refuses is split in halves until the row it refuses fails alone, with the server's reason; \
 a request and both its halves refused alike stop the run (the refusal is every request's). \
 Vectors go on the wire as base64 float32. --resume sends no row already done; the cache answers \
-a row whose model, dimensions and text were embedded before.\n\n\
+a row whose model, dimensions and text were embedded before. With --via batch the same requests \
+go to OpenAI's Batch API as lines of one batch input (at most 50,000 requests, 50,000 texts and \
+200 MB a batch), at half the price, and the command waits for the vectors; if it stops, `batch \
+collect STATE --wait` finishes the job.\n\n\
 Exit codes as for `batch run`: 0 every row has a vector; 1 some rows failed or were skipped; 2 \
 usage or input error; 130 interrupted.",
     mut_arg("input", |a| a.help("Input CSV with a header row, JSON Lines (.jsonl, .ndjson) or Parquet (.parquet, .pq); `-` for stdin")),
@@ -1030,9 +1033,7 @@ usage or input error; 130 interrupted.",
     mut_arg("system_file", |a| a.hide(true)),
     mut_arg("max_tokens", |a| a.hide(true)),
     mut_arg("temperature", |a| a.hide(true)),
-    mut_arg("via", |a| a.hide(true)),
-    mut_arg("batch_max_requests", |a| a.hide(true)),
-    mut_arg("batch_max_bytes", |a| a.hide(true)),
+    mut_arg("via", |a| a.help("`api` sends the requests now; `batch` hands them to OpenAI's Batch API (half the price, vectors within 24 h) and waits for them: `batch status/collect/cancel STATE` work on the job [default: api]")),
     mut_arg("api", |a| a.hide(true)),
     mut_arg("provider", |a| a.hide(true)),
     mut_arg("schema", |a| a.hide(true)),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::base::error::{Error, ExitStatus};
 use crate::base::format::is_std;
-use crate::commands::cli::{EmbedArgs, RunArgs};
+use crate::commands::cli::{EmbedArgs, RunArgs, Via};
 use crate::engine::provider::Api;
 use crate::run::embed::{EmbedConfig, PackLimits};
 use crate::run::settings::RunConfig;
@@ -78,9 +78,6 @@ fn refuse_prompt_flags(a: &RunArgs) -> Result<(), Error> {
         (a.system_file.is_some(), "--system-file"),
         (a.max_tokens.is_some(), "--max-tokens"),
         (a.temperature.is_some(), "--temperature"),
-        (a.via.is_some(), "--via"),
-        (a.batch_max_requests.is_some(), "--batch-max-requests"),
-        (a.batch_max_bytes.is_some(), "--batch-max-bytes"),
         (a.schema.is_some(), "--schema"),
         (a.no_strict, "--no-strict"),
         (a.schema_retries.is_some(), "--schema-retries"),
@@ -91,10 +88,20 @@ fn refuse_prompt_flags(a: &RunArgs) -> Result<(), Error> {
         (a.log.is_some(), "--log"),
         (a.output_format.is_some(), "--output-format"),
     ];
-    match given.iter().find(|(g, _)| *g) {
-        Some((_, flag)) => Err(Error::Usage(format!(
+    if let Some((_, flag)) = given.iter().find(|(g, _)| *g) {
+        return Err(Error::Usage(format!(
             "{flag} is for `batch run`; `batch embed` sends the text of --column as it is (the \
              output format follows the -o extension)"
+        )));
+    }
+    let via_batch = a.via == Some(Via::Batch);
+    let batch_only = [
+        (a.batch_max_requests.is_some(), "--batch-max-requests"),
+        (a.batch_max_bytes.is_some(), "--batch-max-bytes"),
+    ];
+    match batch_only.iter().find(|(g, _)| *g && !via_batch) {
+        Some((_, flag)) => Err(Error::Usage(format!(
+            "{flag} shapes the batches of `--via batch`; add --via batch or leave it out"
         ))),
         None => Ok(()),
     }

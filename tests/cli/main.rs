@@ -15,6 +15,7 @@ mod cache;
 mod durability;
 mod e2e;
 mod embed;
+mod embed_batch;
 mod embed_fixes;
 mod embed_parquet;
 mod expect;

@@ -36,6 +36,10 @@ use super::{Shared, error_body, list_page, messages, reply, unix_now};
 /// Largest upload or batch body accepted (above the providers' 200 and 256 MB limits).
 const MAX_BODY: usize = 300 * 1024 * 1024;
 /// The endpoints the mock runs OpenAI batches for, and the wire format of each.
+/// The endpoint of embeddings batches: its lines are answered as `/v1/embeddings` answers.
+const EMBEDDINGS: &str = "/v1/embeddings";
+/// OpenAI's cap on the texts of one embeddings batch, over all its requests.
+pub const MAX_BATCH_INPUTS: u64 = 50_000;
 const ENDPOINTS: [(&str, Wire); 2] = [
     ("/v1/chat/completions", Wire::Chat),
     ("/v1/responses", Wire::Responses),
@@ -99,6 +103,8 @@ impl StoredFile {
 struct MockBatch {
     /// `Wire::Chat` (OpenAI Batch API) or `Wire::Messages` (Anthropic Message Batches).
     wire: Wire,
+    /// An OpenAI batch for `/v1/embeddings` (its `wire` is `Chat`: errors as OpenAI's).
+    embeddings: bool,
     /// The create request's headers: what an Anthropic request inside it is checked with.
     headers: HeaderMap,
     id: String,
@@ -319,9 +325,12 @@ async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
         Ok(r) => r,
         Err(e) => return invalid(&format!("We could not parse the JSON body: {e}")),
     };
-    let Some(&(endpoint, wire)) = ENDPOINTS.iter().find(|(e, _)| *e == req.endpoint) else {
+    let embeddings = req.endpoint == EMBEDDINGS;
+    let found = ENDPOINTS.iter().find(|(e, _)| *e == req.endpoint).copied();
+    let Some((endpoint, wire)) = found.or(embeddings.then_some((EMBEDDINGS, Wire::Chat))) else {
         return invalid(&format!(
-            "The mock runs batches for /v1/chat/completions and /v1/responses only, not {}.",
+            "The mock runs batches for /v1/chat/completions, /v1/responses and /v1/embeddings \
+             only, not {}.",
             req.endpoint
         ));
     };
@@ -347,6 +356,7 @@ async fn create(State(s): State<Arc<Shared>>, body: Bytes) -> Response {
     }
     let batch = MockBatch {
         wire,
+        embeddings,
         headers: HeaderMap::new(),
         id: s.batches.id("batch"),
         input_file_id: req.input_file_id,
@@ -439,6 +449,15 @@ fn validate(data: &[u8], max: u64, endpoint: &str) -> (Vec<(String, Value)>, Vec
                 requests.len())}),
         );
     }
+    let inputs: u64 = requests
+        .iter()
+        .map(|(_, b)| super::embeddings::inputs_of(b))
+        .sum();
+    if endpoint == EMBEDDINGS && inputs > MAX_BATCH_INPUTS {
+        errors.push(json!({"code": "too_many_inputs", "line": null, "param": null,
+            "message": format!("Batches for /v1/embeddings are limited to {MAX_BATCH_INPUTS} \
+                embedding inputs across all requests; this one has {inputs}.")}));
+    }
     (requests, errors)
 }
 
@@ -519,6 +538,16 @@ fn run_request(s: &Shared, b: &MockBatch, k: usize, body: &Value, usage: &mut [u
     if fail {
         let (status, body) = b.wire.server_error(StatusCode::INTERNAL_SERVER_ERROR);
         return Fate::failed(status, &body);
+    }
+    if b.embeddings {
+        return match super::embeddings::batch_answer(body) {
+            Ok((answer, tokens)) => {
+                s.prompt_tokens.fetch_add(tokens, Ordering::Relaxed);
+                usage[0] += tokens;
+                Fate::Answered(answer)
+            }
+            Err((status, body)) => Fate::failed(status, &body),
+        };
     }
     let raw = serde_json::to_vec(body).unwrap_or_default();
     match b.wire.parse(&b.headers, &raw, super::roll_spoil(s)) {
@@ -656,7 +685,7 @@ fn batch_json(b: &MockBatch, s: &Shared, now: Instant, status: Option<&str>) -> 
     json!({
         "id": b.id,
         "object": "batch",
-        "endpoint": endpoint_of(b.wire),
+        "endpoint": if b.embeddings { EMBEDDINGS } else { endpoint_of(b.wire) },
         "model": model,
         "errors": errors,
         "input_file_id": b.input_file_id,
@@ -834,6 +863,7 @@ async fn create_messages(
     inner.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let batch = MockBatch {
         wire: Wire::Messages,
+        embeddings: false,
         headers: inner,
         id: s.batches.id("msgbatch"),
         input_file_id: String::new(),

@@ -191,6 +191,25 @@ fn success(a: &Asked) -> String {
     .to_string()
 }
 
+/// A request of an embeddings batch: the body `/v1/embeddings` would answer it with and its
+/// tokens, or the error status and body it would get.
+pub(super) fn batch_answer(
+    body: &serde_json::Value,
+) -> Result<(serde_json::Value, u64), (StatusCode, String)> {
+    let raw = serde_json::to_vec(body).unwrap_or_default();
+    let asked = parse(&raw)?;
+    let answer = serde_json::from_str(&success(&asked)).unwrap_or_default();
+    Ok((answer, asked.tokens))
+}
+
+/// The texts a request body carries (a string is one), for the per-batch cap.
+pub(super) fn inputs_of(body: &serde_json::Value) -> u64 {
+    match &body["input"] {
+        serde_json::Value::Array(a) => a.len() as u64,
+        _ => 1,
+    }
+}
+
 /// The route's handler.
 pub(super) async fn serve(
     State(s): State<Arc<Shared>>,

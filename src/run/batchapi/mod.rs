@@ -9,6 +9,7 @@
 //! writes the same results CSV as `run`, priced at the batch discount.
 
 pub mod anthropic;
+pub mod embeddings;
 pub mod openai;
 pub mod plan;
 pub mod results;
@@ -81,7 +82,7 @@ pub fn custom_id_seq(id: &str) -> Option<u64> {
 /// One request as a line of the provider's batch input.
 pub fn input_line(kind: ProviderKind, custom_id: &str, body: &[u8]) -> Vec<u8> {
     match kind {
-        ProviderKind::OpenAi | ProviderKind::OpenAiResponses => {
+        ProviderKind::OpenAi | ProviderKind::OpenAiResponses | ProviderKind::OpenAiEmbeddings => {
             openai::input_line(openai::endpoint(kind), custom_id, body)
         }
         ProviderKind::Anthropic => anthropic::input_line(custom_id, body),
@@ -112,7 +113,9 @@ impl Api {
         let (kind, base_url) = (st.provider, st.base_url.as_str());
         let client = http_client(4);
         Ok(match kind {
-            ProviderKind::OpenAi | ProviderKind::OpenAiResponses => Api::OpenAi(
+            ProviderKind::OpenAi
+            | ProviderKind::OpenAiResponses
+            | ProviderKind::OpenAiEmbeddings => Api::OpenAi(
                 openai::OpenAiBatches::new(client, base_url, key, openai::endpoint(kind), given),
             ),
             ProviderKind::Anthropic => {
@@ -456,6 +459,7 @@ fn limits(cfg: &RunConfig, kind: ProviderKind) -> Limits {
     Limits {
         requests: cfg.batch.max_requests.unwrap_or(requests),
         bytes: cfg.batch.max_bytes.unwrap_or(bytes),
+        inputs: u64::MAX,
     }
 }
 
@@ -543,6 +547,7 @@ async fn submit(
         schema: cfg.schema.as_deref().map(state::SchemaRecord::of),
         expect: cfg.expect.clone(),
         api_headers: cfg.headers.anthropic_protocol(),
+        embed: None,
     };
     st.save(path)?;
     let api = Api::new(&st, key, &cfg.headers)?;
@@ -925,6 +930,9 @@ async fn collect(
     path: &Path,
     opts: &Collect,
 ) -> Result<ExitStatus, Error> {
+    if st.embed.is_some() {
+        return embeddings::collect(api, st, path, opts).await;
+    }
     let started = std::time::Instant::now();
     results::check_input(st)?;
     // Fail on an unwritable results path before waiting for hours.
@@ -988,7 +996,7 @@ fn print_collected(printer: Printer, summary: &Summary, saved: Option<f64>, path
         if let Some(saved) = saved {
             writeln!(
                 w,
-                "Batch      prices at {}% of `run`'s: {} saved",
+                "Batch      prices at {}% of the live API's: {} saved",
                 (BATCH_DISCOUNT * 100.0) as u32,
                 crate::base::human::usd_micro(saved)
             )?;

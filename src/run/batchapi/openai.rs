@@ -22,6 +22,7 @@ use crate::engine::provider::{CallError, ExtraHeaders, ParseFn, transport_error}
 pub fn endpoint(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::OpenAiResponses => "/v1/responses",
+        ProviderKind::OpenAiEmbeddings => "/v1/embeddings",
         _ => "/v1/chat/completions",
     }
 }
@@ -314,19 +315,36 @@ struct OutputError {
 /// One line of an output or error file: the row it answers and what happened. Lines that name
 /// no row of ours come back as `Err` with a reason (reported, never fatal).
 pub fn parse_line(line: &[u8], parse: ParseFn) -> Result<(u64, Outcome), String> {
+    let (seq, outcome) = parse_line_with(line, custom_id_seq, parse)?;
+    Ok((
+        seq,
+        match outcome {
+            Ok(c) => Outcome::Answered(Box::new(c)),
+            Err(reason) => Outcome::Failed(reason),
+        },
+    ))
+}
+
+/// One line of an output or error file, its `custom_id` read with `id_seq` and a 200 body with
+/// `parse`: the number the id names, and the answer or why there is none.
+pub fn parse_line_with<T>(
+    line: &[u8],
+    id_seq: fn(&str) -> Option<u64>,
+    parse: impl Fn(&[u8], &HeaderMap) -> Result<T, CallError>,
+) -> Result<(u64, Result<T, String>), String> {
     let l: OutputLine =
         serde_json::from_slice(line).map_err(|e| format!("unreadable result line: {e}"))?;
-    let seq = custom_id_seq(&l.custom_id)
+    let seq = id_seq(&l.custom_id)
         .ok_or_else(|| format!("result for an unknown custom_id {:?}", l.custom_id))?;
     if let Some(e) = l.error {
         let code = e.code.unwrap_or_else(|| "error".into());
         let message = e.message.unwrap_or_default();
-        return Ok((seq, Outcome::Failed(format!("{code}: {message}"))));
+        return Ok((seq, Err(format!("{code}: {message}"))));
     }
     let Some(r) = l.response else {
         return Ok((
             seq,
-            Outcome::Failed("the batch returned neither a response nor an error".into()),
+            Err("the batch returned neither a response nor an error".into()),
         ));
     };
     let body = serde_json::to_vec(&r.body).unwrap_or_default();
@@ -335,12 +353,9 @@ pub fn parse_line(line: &[u8], parse: ParseFn) -> Result<(u64, Outcome), String>
         headers.insert("x-request-id", id);
     }
     let outcome = if r.status_code == 200 {
-        match parse(&body, &headers) {
-            Ok(c) => Outcome::Answered(Box::new(c)),
-            Err(e) => Outcome::Failed(e.to_string()),
-        }
+        parse(&body, &headers).map_err(|e| e.to_string())
     } else {
-        Outcome::Failed(classify_error(r.status_code, &body, &headers).to_string())
+        Err(classify_error(r.status_code, &body, &headers).to_string())
     };
     Ok((seq, outcome))
 }

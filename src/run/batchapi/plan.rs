@@ -21,6 +21,8 @@ use crate::run::settings::RunConfig;
 pub struct Limits {
     pub requests: u64,
     pub bytes: u64,
+    /// Texts summed over a batch's requests (embeddings batches; `u64::MAX` for the others).
+    pub inputs: u64,
 }
 
 /// What the rows come to.
@@ -29,6 +31,17 @@ pub struct Plan {
     /// Prompt tokens of every row (counted only when asked).
     pub prompt_tokens: u64,
     pub batches: Vec<BatchRecord>,
+}
+
+/// One line of batch input and what it carries.
+pub struct Line<'a> {
+    /// The rows it answers (followers of a shared text included).
+    pub seqs: &'a [u64],
+    /// The texts it sends (1 for a prompt).
+    pub inputs: u64,
+    pub text: &'a [u8],
+    /// Its line in the batch's rows file, if the batches have one (embeddings).
+    pub side: Option<&'a [u8]>,
 }
 
 /// Cuts lines into batches: a new batch starts when the next line would pass a limit.
@@ -46,7 +59,38 @@ pub struct Splitter {
 struct Open {
     record: BatchRecord,
     seqs: Vec<u64>,
+    inputs: u64,
     writer: Option<BufWriter<File>>,
+    /// The rows file beside the input (embeddings batches): which rows each line carries.
+    side: Option<BufWriter<File>>,
+}
+
+/// The rows file of batch input `input-NNN.jsonl`: `input-NNN.rows.jsonl`.
+pub fn rows_file(input_file: &str) -> String {
+    match input_file.strip_suffix(".jsonl") {
+        Some(stem) => format!("{stem}.rows.jsonl"),
+        None => format!("{input_file}.rows.jsonl"),
+    }
+}
+
+fn create(path: &Path) -> Result<BufWriter<File>, Error> {
+    File::create(path)
+        .map(BufWriter::new)
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+fn write_line(w: &mut BufWriter<File>, line: &[u8]) -> Result<(), Error> {
+    w.write_all(line)
+        .and_then(|()| w.write_all(b"\n"))
+        .map_err(|e| Error::io("cannot write a batch input file", e))
+}
+
+fn close_file(w: BufWriter<File>) -> Result<(), Error> {
+    let file = w
+        .into_inner()
+        .map_err(|e| Error::io("cannot write a batch input file", e.into_error()))?;
+    file.sync_all()
+        .map_err(|e| Error::io("cannot write a batch input file", e))
 }
 
 impl Splitter {
@@ -70,9 +114,10 @@ impl Splitter {
     /// and its comma in the create body (Anthropic).
     fn cost(&self, line: &[u8]) -> u64 {
         match self.kind {
-            ProviderKind::OpenAi | ProviderKind::OpenAiResponses | ProviderKind::Anthropic => {
-                line.len() as u64 + 1
-            }
+            ProviderKind::OpenAi
+            | ProviderKind::OpenAiResponses
+            | ProviderKind::OpenAiEmbeddings
+            | ProviderKind::Anthropic => line.len() as u64 + 1,
         }
     }
 
@@ -84,7 +129,21 @@ impl Splitter {
         line: &[u8],
         where_: &dyn Fn() -> String,
     ) -> Result<(), Error> {
-        let cost = self.cost(line);
+        self.push_line(
+            &Line {
+                seqs: &[seq],
+                inputs: 1,
+                text: line,
+                side: None,
+            },
+            where_,
+        )
+    }
+
+    /// Adds a line carrying the rows `line.seqs` (an embeddings line carries many), with its
+    /// rows-file line if there is one.
+    pub fn push_line(&mut self, line: &Line, where_: &dyn Fn() -> String) -> Result<(), Error> {
+        let cost = self.cost(line.text);
         if cost > self.limits.bytes {
             return Err(Error::Input(format!(
                 "{}: its request is {cost} bytes, more than a batch may hold ({} bytes); shorten \
@@ -94,68 +153,81 @@ impl Splitter {
             )));
         }
         let full = self.current.as_ref().is_some_and(|c| {
-            c.record.requests >= self.limits.requests || c.record.bytes + cost > self.limits.bytes
+            c.record.requests >= self.limits.requests
+                || c.record.bytes + cost > self.limits.bytes
+                || c.inputs + line.inputs > self.limits.inputs
         });
         if full {
             self.close()?;
         }
         if self.current.is_none() {
-            let number = self.first_number + self.done.len();
-            let name = format!("input-{number:03}.jsonl");
-            let writer = match &self.dir {
-                Some(d) => {
-                    let path = d.join(&name);
-                    Some(BufWriter::new(File::create(&path).map_err(|e| {
-                        Error::io(format!("cannot write {}", path.display()), e)
-                    })?))
-                }
-                None => None,
-            };
-            self.current = Some(Open {
-                record: BatchRecord {
-                    number,
-                    rows: Vec::new(),
-                    requests: 0,
-                    bytes: 0,
-                    input_file: name,
-                    phase: Phase::Written,
-                    input_file_id: None,
-                    batch_id: None,
-                    creating_since: None,
-                    status: None,
-                    counts: Default::default(),
-                    errors: Vec::new(),
-                    output_file: None,
-                    error_file: None,
-                    resubmits: None,
-                },
-                seqs: Vec::new(),
-                writer,
-            });
+            self.open(line.side.is_some())?;
         }
         let open = self.current.as_mut().expect("a batch is open");
         if let Some(w) = open.writer.as_mut() {
-            w.write_all(line)
-                .and_then(|()| w.write_all(b"\n"))
-                .map_err(|e| Error::io("cannot write a batch input file", e))?;
+            write_line(w, line.text)?;
+        }
+        if let (Some(w), Some(side)) = (open.side.as_mut(), line.side) {
+            write_line(w, side)?;
         }
         open.record.requests += 1;
         open.record.bytes += cost;
-        open.seqs.push(seq);
+        open.inputs += line.inputs;
+        open.seqs.extend_from_slice(line.seqs);
+        Ok(())
+    }
+
+    fn open(&mut self, side: bool) -> Result<(), Error> {
+        let number = self.first_number + self.done.len();
+        let name = format!("input-{number:03}.jsonl");
+        let (writer, side) = match &self.dir {
+            Some(d) => (
+                Some(create(&d.join(&name))?),
+                if side {
+                    Some(create(&d.join(rows_file(&name)))?)
+                } else {
+                    None
+                },
+            ),
+            None => (None, None),
+        };
+        self.current = Some(Open {
+            record: BatchRecord {
+                number,
+                rows: Vec::new(),
+                requests: 0,
+                inputs: None,
+                bytes: 0,
+                input_file: name,
+                phase: Phase::Written,
+                input_file_id: None,
+                batch_id: None,
+                creating_since: None,
+                status: None,
+                counts: Default::default(),
+                errors: Vec::new(),
+                output_file: None,
+                error_file: None,
+                resubmits: None,
+            },
+            seqs: Vec::new(),
+            inputs: 0,
+            writer,
+            side,
+        });
         Ok(())
     }
 
     fn close(&mut self) -> Result<(), Error> {
         if let Some(mut open) = self.current.take() {
-            if let Some(w) = open.writer.take() {
-                let file = w
-                    .into_inner()
-                    .map_err(|e| Error::io("cannot write a batch input file", e.into_error()))?;
-                file.sync_all()
-                    .map_err(|e| Error::io("cannot write a batch input file", e))?;
+            for w in [open.writer.take(), open.side.take()].into_iter().flatten() {
+                close_file(w)?;
             }
             open.seqs.sort_unstable();
             open.record.rows = ranges(&open.seqs);
+            if self.kind == ProviderKind::OpenAiEmbeddings {
+                open.record.inputs = Some(open.inputs);
+            }
             self.done.push(open.record);
         }
         Ok(())
@@ -232,6 +304,7 @@ mod tests {
         let limits = Limits {
             requests: 3,
             bytes: 1000,
+            inputs: u64::MAX,
         };
         let mut s = Splitter::new(ProviderKind::OpenAi, limits, None, 1);
         for seq in 0..7 {
@@ -246,6 +319,7 @@ mod tests {
         let limits = Limits {
             requests: 100,
             bytes: 25,
+            inputs: u64::MAX,
         };
         let mut s = Splitter::new(ProviderKind::OpenAi, limits, None, 1);
         for seq in 0..5 {

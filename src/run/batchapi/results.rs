@@ -61,6 +61,10 @@ fn outcomes(st: &BatchState, printer: Printer) -> Result<Outcomes, Error> {
                         crate::engine::provider::responses::parse_response,
                     ),
                     ProviderKind::Anthropic => super::anthropic::parse_line(line),
+                    // Its lines answer many rows: read by `super::embeddings`, never here.
+                    ProviderKind::OpenAiEmbeddings => {
+                        Err("an embeddings result line where answers were expected".into())
+                    }
                 };
                 match parsed {
                     Ok((seq, o)) if owner.get(seq as usize) == Some(&Some(i)) => {
@@ -89,7 +93,7 @@ fn outcomes(st: &BatchState, printer: Printer) -> Result<Outcomes, Error> {
     })
 }
 
-fn for_each_line(path: &Path, mut f: impl FnMut(&[u8])) -> Result<(), Error> {
+pub(super) fn for_each_line(path: &Path, mut f: impl FnMut(&[u8])) -> Result<(), Error> {
     let file = std::fs::File::open(path).map_err(|e| Error::read(path, &e))?;
     let mut reader = BufReader::new(file);
     let mut line = Vec::new();
@@ -109,7 +113,7 @@ fn for_each_line(path: &Path, mut f: impl FnMut(&[u8])) -> Result<(), Error> {
 }
 
 /// What happened to row `seq` when no result line answers it.
-fn missing_reason(st: &BatchState, i: usize) -> (RowStatus, String) {
+pub(super) fn missing_reason(st: &BatchState, i: usize) -> (RowStatus, String) {
     let b = &st.batches[i];
     let status = b.status.as_deref().unwrap_or("unknown");
     match b.phase {
@@ -260,6 +264,7 @@ pub fn prepare_resubmission(
     let limits = Limits {
         requests: st.max_requests,
         bytes: st.max_bytes,
+        inputs: st.embed.as_ref().map_or(u64::MAX, |e| e.max_inputs),
     };
     let first = st.batches.len() + 1;
     // Lines are copied from the input files in the order they were written; a resubmitted row

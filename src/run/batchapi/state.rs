@@ -33,6 +33,10 @@ pub enum ProviderKind {
     OpenAiResponses,
     /// Anthropic Message Batches: the requests in the body of `POST /v1/messages/batches`.
     Anthropic,
+    /// The OpenAI Batch API for `batch embed --via batch`: each line a `/v1/embeddings` body
+    /// with the texts of many rows (see [`super::embeddings`]).
+    #[serde(rename = "openai-embeddings")]
+    OpenAiEmbeddings,
 }
 
 impl ProviderKind {
@@ -41,6 +45,7 @@ impl ProviderKind {
             ProviderKind::OpenAi => "OpenAI Batch API",
             ProviderKind::OpenAiResponses => "OpenAI Batch API for /v1/responses",
             ProviderKind::Anthropic => "Anthropic Message Batches",
+            ProviderKind::OpenAiEmbeddings => "OpenAI Batch API for /v1/embeddings",
         }
     }
 
@@ -48,7 +53,9 @@ impl ProviderKind {
     pub fn limits(self) -> (u64, u64) {
         match self {
             // "200 MB" and "256 MB": read as decimal megabytes, the smaller reading.
-            ProviderKind::OpenAi | ProviderKind::OpenAiResponses => (50_000, 200_000_000),
+            ProviderKind::OpenAi
+            | ProviderKind::OpenAiResponses
+            | ProviderKind::OpenAiEmbeddings => (50_000, 200_000_000),
             ProviderKind::Anthropic => (100_000, 256_000_000),
         }
     }
@@ -56,7 +63,9 @@ impl ProviderKind {
     /// The environment variable the key comes from.
     pub fn key_variable(self) -> &'static str {
         match self {
-            ProviderKind::OpenAi | ProviderKind::OpenAiResponses => "OPENAI_API_KEY",
+            ProviderKind::OpenAi
+            | ProviderKind::OpenAiResponses
+            | ProviderKind::OpenAiEmbeddings => "OPENAI_API_KEY",
             ProviderKind::Anthropic => "ANTHROPIC_API_KEY",
         }
     }
@@ -102,6 +111,9 @@ pub struct BatchRecord {
     /// Row positions (0-based `seq`) it carries, as half-open ranges.
     pub rows: Vec<[u64; 2]>,
     pub requests: u64,
+    /// Texts its requests carry (embeddings batches only: OpenAI caps them per batch too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<u64>,
     /// Bytes of its input (the JSONL file, or the requests of the create body).
     pub bytes: u64,
     /// Its input file, in the state's files folder.
@@ -228,6 +240,27 @@ pub struct BatchState {
     /// others may carry secrets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub api_headers: Vec<String>,
+    /// An embeddings job (`batch embed --via batch`): the vectors file is written, not results.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<EmbedJob>,
+}
+
+/// What an embeddings job adds to the state: what was embedded and how lines were cut. Which
+/// rows each line carries is in `input-NNN.rows.jsonl` beside its input file (see
+/// [`super::embeddings`]), not here: a million rows would make every save of this file slow.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbedJob {
+    pub column: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u32>,
+    /// Texts per batch at most (OpenAI: 50,000 for `/v1/embeddings` batches).
+    pub max_inputs: u64,
+    /// Requests (lines) made so far: the next line's `custom_id` is `req-<this>`.
+    pub lines: u64,
+    /// Tokens of the texts sent, as counted at submission.
+    pub tokens: u64,
+    /// Rows failed before submission (empty, too long), in `local-failures.jsonl`.
+    pub local_failures: u64,
 }
 
 /// A `--schema` as the state file keeps it.

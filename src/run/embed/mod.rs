@@ -68,6 +68,9 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     )?;
     let column = column_index(&input, &cfg.column)?;
     let total = count_rows(&input)?;
+    if run.batch.via_batch {
+        return crate::run::batchapi::embeddings::run_via_batch(cfg.clone(), column).await;
+    }
     if run.dry_run {
         return dry_run(&cfg, &input, column, total);
     }

@@ -1,0 +1,1003 @@
+//! `batch embed --via batch`: embeddings through the OpenAI Batch API, at half the price.
+//!
+//! Rows are packed exactly as the live `batch embed` packs them ([`crate::run::embed::pack`]):
+//! each line of the batch input is one `/v1/embeddings` body whose `input` holds the texts of
+//! many rows, its `custom_id` `req-<n>`. Which rows each line answers (a text shared by several
+//! rows answers them all) is written line for line in `input-NNN.rows.jsonl` beside the batch's
+//! input file. Lines are cut into batches by OpenAI's per-batch limits: 50,000 requests, 200 MB,
+//! and 50,000 texts in all. Rows that can never be sent (an empty text, a text over
+//! `--max-input-tokens`) fail at submission and are kept in `local-failures.jsonl`.
+//!
+//! `collect` reads the output and error files line by line, in input order of the rows, and
+//! writes the same vectors file as the live command, priced at the batch discount. A line the
+//! provider failed (for example a 400 naming one of its inputs) fails every row it carries with
+//! the provider's reason; `collect --resubmit-failed` sends each row of such a line again as a
+//! line of its own, so only the row at fault fails again.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::{Limits, Line, Splitter, rows_file};
+use super::state::{self, BatchState, EmbedJob, Phase, ProviderKind};
+use super::{Api, BATCH_DISCOUNT, Collect, batch_price, human_bytes};
+use crate::base::error::{Error, ExitStatus};
+use crate::base::human;
+use crate::base::secret::ApiKey;
+use crate::base::record::{RowResult, RowStatus};
+use crate::base::usage::Usage;
+use crate::engine::input::InputFile;
+use crate::engine::output::vectors::VectorRow;
+use crate::engine::provider::embeddings::{Embeddings, body, decode, native_dims, parse};
+use crate::run::connection::Connection;
+use crate::run::embed::EmbedConfig;
+use crate::run::embed::pack::{Item, Pack, Packer};
+use crate::run::settings::Resume;
+use crate::run::summary::Stats;
+
+/// Where the rows failed at submission are kept, in the files folder.
+const LOCAL_FAILURES: &str = "local-failures.jsonl";
+
+/// OpenAI's cap on the texts of one `/v1/embeddings` batch, over all its requests.
+pub const MAX_INPUTS_PER_BATCH: u64 = 50_000;
+
+/// The `custom_id` of line `n`.
+fn line_id(n: u64) -> String {
+    format!("req-{n}")
+}
+
+fn line_number(id: &str) -> Option<u64> {
+    id.strip_prefix("req-")?.parse().ok()
+}
+
+/// A line of a rows file: for each text of line `custom_id`, the rows it answers (the first is
+/// the row it was read from, the others rows with the same text) and its tokens.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct LineRows {
+    custom_id: String,
+    rows: Vec<Vec<u64>>,
+    tokens: Vec<u64>,
+}
+
+/// A row failed at submission.
+#[derive(Serialize, Deserialize)]
+struct LocalFailure {
+    seq: u64,
+    error: String,
+}
+
+/// What the rows came to.
+struct EmbedPlan {
+    rows: u64,
+    /// Texts sent, and their tokens.
+    inputs: u64,
+    tokens: u64,
+    lines: u64,
+    local_failures: u64,
+    batches: Vec<state::BatchRecord>,
+}
+
+fn limits(cfg: &EmbedConfig) -> Limits {
+    let (requests, bytes) = ProviderKind::OpenAiEmbeddings.limits();
+    Limits {
+        requests: cfg.run.batch.max_requests.unwrap_or(requests),
+        bytes: cfg.run.batch.max_bytes.unwrap_or(bytes),
+        inputs: MAX_INPUTS_PER_BATCH,
+    }
+}
+
+/// Packs every row into lines and cuts them into batches; with `dir`, writes the batch input
+/// files, their rows files and the local failures there.
+fn plan(cfg: &EmbedConfig, column: usize, dir: Option<&Path>) -> Result<EmbedPlan, Error> {
+    let run = &cfg.run;
+    let input = InputFile::open_with(
+        &run.input,
+        run.input_format,
+        run.id_column.as_deref(),
+        run.read,
+    )?;
+    let mut out = Lines {
+        cfg,
+        splitter: Splitter::new(ProviderKind::OpenAiEmbeddings, limits(cfg), dir, 1),
+        lines: 0,
+        inputs: 0,
+    };
+    let mut failures = match dir {
+        Some(d) => Some(std::io::BufWriter::new(
+            std::fs::File::create(d.join(LOCAL_FAILURES))
+                .map_err(|e| Error::io(format!("cannot write {}", d.display()), e))?,
+        )),
+        None => None,
+    };
+    let (mut rows, mut tokens, mut local) = (0u64, 0u64, 0u64);
+    let mut packer = Packer::new(cfg.limits, run.dedup);
+    for row in input.rows()? {
+        let row = row?;
+        rows += 1;
+        let text = row.record.get(column).unwrap_or("");
+        let n = u64::from(crate::engine::tokens::count(&run.model, text));
+        if let Some(error) = refusal(cfg, &input, column, text, n) {
+            local += 1;
+            if let Some(w) = failures.as_mut() {
+                let line = serde_json::to_string(&LocalFailure {
+                    seq: row.seq,
+                    error,
+                })
+                .expect("serializes");
+                writeln!(w, "{line}").map_err(|e| Error::io("cannot write local failures", e))?;
+            }
+            continue;
+        }
+        tokens += n;
+        let item = Item {
+            seq: row.seq,
+            line: row.line,
+            id: row.id,
+            text: text.to_string(),
+            // Identical texts share a vector: the text is its own key here.
+            hash: text.to_string(),
+            tokens: n,
+            followers: Vec::new(),
+        };
+        if let Some(pack) = packer.push(item) {
+            out.push(&pack)?;
+        }
+    }
+    if let Some(pack) = packer.finish() {
+        out.push(&pack)?;
+    }
+    if let Some(w) = failures {
+        w.into_inner()
+            .map_err(|e| Error::io("cannot write local failures", e.into_error()))?
+            .sync_all()
+            .map_err(|e| Error::io("cannot write local failures", e))?;
+    }
+    Ok(EmbedPlan {
+        rows,
+        inputs: out.inputs,
+        tokens,
+        lines: out.lines,
+        local_failures: local,
+        batches: out.splitter.finish()?,
+    })
+}
+
+/// Why a row is not sent, as the live command says it.
+fn refusal(
+    cfg: &EmbedConfig,
+    input: &InputFile,
+    column: usize,
+    text: &str,
+    tokens: u64,
+) -> Option<String> {
+    if text.is_empty() {
+        return Some(format!(
+            "empty text in column {:?}: the embeddings API refuses empty input; fill the cell \
+             or remove the row",
+            input.column_name(column)
+        ));
+    }
+    (tokens > cfg.limits.max_input_tokens).then(|| {
+        format!(
+            "input too long: {tokens} tokens, more than the {} an input may have \
+             (--max-input-tokens); shorten the text or split it",
+            cfg.limits.max_input_tokens
+        )
+    })
+}
+
+/// Turns packs into numbered lines for the splitter.
+struct Lines<'a> {
+    cfg: &'a EmbedConfig,
+    splitter: Splitter,
+    lines: u64,
+    inputs: u64,
+}
+
+impl Lines<'_> {
+    fn push(&mut self, pack: &Pack) -> Result<(), Error> {
+        let texts: Vec<&str> = pack.items.iter().map(|i| i.text.as_str()).collect();
+        let payload = body(&self.cfg.run.model, &texts, self.cfg.dimensions);
+        let rows: Vec<Vec<u64>> = pack
+            .items
+            .iter()
+            .map(|i| {
+                std::iter::once(i.seq)
+                    .chain(i.followers.iter().map(|(s, _)| *s))
+                    .collect()
+            })
+            .collect();
+        let tokens = pack.items.iter().map(|i| i.tokens).collect();
+        let first = pack.items.first().map_or(0, |i| i.line);
+        let path = self.cfg.run.input.display().to_string();
+        self.push_body(&payload, rows, tokens, &|| format!("{path}: line {first}"))
+    }
+
+    /// Adds one `/v1/embeddings` body as line `req-<n>` carrying `rows`.
+    fn push_body(
+        &mut self,
+        payload: &[u8],
+        rows: Vec<Vec<u64>>,
+        tokens: Vec<u64>,
+        where_: &dyn Fn() -> String,
+    ) -> Result<(), Error> {
+        let id = line_id(self.lines);
+        let text = super::input_line(ProviderKind::OpenAiEmbeddings, &id, payload);
+        let seqs: Vec<u64> = rows.iter().flatten().copied().collect();
+        let inputs = rows.len() as u64;
+        let side = serde_json::to_vec(&LineRows {
+            custom_id: id,
+            rows,
+            tokens,
+        })
+        .expect("serializes");
+        self.splitter.push_line(
+            &Line {
+                seqs: &seqs,
+                inputs,
+                text: &text,
+                side: Some(&side),
+            },
+            where_,
+        )?;
+        self.lines += 1;
+        self.inputs += inputs;
+        Ok(())
+    }
+}
+
+/// `batch embed --via batch`: plan, submit, wait, write the vectors (or `--dry-run`).
+pub async fn run_via_batch(cfg: EmbedConfig, column: usize) -> Result<ExitStatus, Error> {
+    let printer = cfg.run.printer();
+    if cfg.run.dry_run {
+        let planned = plan(&cfg, column, None)?;
+        printer.report_with(|w| write_dry_run(w, &cfg, &planned));
+        return Ok(ExitStatus::Success);
+    }
+    let conn = Connection::open(&cfg.run.endpoint).await?;
+    let (base_url, key) = (conn.base_url.clone(), conn.api_key.clone());
+    let path = super::state_path(&cfg.run);
+    let _lock = cfg.run.lock(&path)?;
+    let mut st = if matches!(cfg.run.resume, Resume::Yes { .. }) {
+        BatchState::load(&path)?
+    } else {
+        submit(&cfg, column, (&base_url, key.as_ref()), &path).await?
+    };
+    super::print_submitted(&st, &path, printer, true);
+    let api = Api::new(&st, key.as_ref(), &cfg.run.headers)?;
+    let opts = Collect {
+        wait: true,
+        resubmit_failed: false,
+        poll_max: super::DEFAULT_POLL_MAX,
+        printer,
+        summary_json: cfg.run.summary_json.clone(),
+    };
+    if st.embed.is_none() {
+        return Err(not_embeddings(&path));
+    }
+    collect(&api, &mut st, &path, &opts).await
+}
+
+fn not_embeddings(path: &Path) -> Error {
+    Error::Usage(format!(
+        "{} records a `batch run` job, not embeddings: collect it with `batch collect`",
+        path.display()
+    ))
+}
+
+/// Writes the batch inputs and the state, checks the spend cap, then hands every batch over.
+async fn submit(
+    cfg: &EmbedConfig,
+    column: usize,
+    (base_url, key): (&str, Option<&ApiKey>),
+    path: &Path,
+) -> Result<BatchState, Error> {
+    let run = &cfg.run;
+    super::refuse_recorded_job(path, run.resume)?;
+    drop(crate::engine::output::vectors::create(&run.output, None)?);
+    let files = state::files_dir(path);
+    std::fs::create_dir_all(&files)
+        .map_err(|e| Error::io(format!("cannot create {}", files.display()), e))?;
+    let planned = {
+        let (cfg, files) = (cfg.clone(), files.clone());
+        tokio::task::spawn_blocking(move || plan(&cfg, column, Some(&files)))
+            .await
+            .map_err(|e| Error::io("planning the batches failed", std::io::Error::other(e)))??
+    };
+    if let Err(e) = check_cost(cfg, &planned) {
+        let _ = std::fs::remove_dir_all(&files);
+        return Err(e);
+    }
+    let mut st = state_of(cfg, base_url, &files, planned)?;
+    st.save(path)?;
+    let api = Api::new(&st, key, &run.headers)?;
+    for i in 0..st.batches.len() {
+        api.submit(&mut st, i, path).await.map_err(|e| {
+            Error::io(
+                format!("submitting batch {} of {}", i + 1, st.batches.len()),
+                std::io::Error::other(format!(
+                    "{e}. The state is saved in {}: `batch collect {}` submits what is left",
+                    path.display(),
+                    path.display()
+                )),
+            )
+        })?;
+    }
+    Ok(st)
+}
+
+/// `--max-cost`: the whole job's tokens at the batch price, checked before anything is sent.
+fn check_cost(cfg: &EmbedConfig, planned: &EmbedPlan) -> Result<(), Error> {
+    let (Some(cap), Some(p)) = (cfg.run.max_cost, cfg.run.prices.lookup(&cfg.run.model)) else {
+        return Ok(());
+    };
+    let estimate = batch_price(p).estimate(planned.tokens, 0);
+    if estimate > cap {
+        return Err(Error::Usage(format!(
+            "the job would cost about {} ({} tokens of {} at the batch price), more than \
+             --max-cost {}; nothing was submitted (raise the cap, or embed fewer rows)",
+            human::usd_micro(estimate),
+            planned.tokens,
+            cfg.run.model,
+            human::usd_micro(cap)
+        )));
+    }
+    Ok(())
+}
+
+fn state_of(
+    cfg: &EmbedConfig,
+    base_url: &str,
+    files: &Path,
+    planned: EmbedPlan,
+) -> Result<BatchState, Error> {
+    let run = &cfg.run;
+    let limits = limits(cfg);
+    Ok(BatchState {
+        format: state::FORMAT.into(),
+        provider: ProviderKind::OpenAiEmbeddings,
+        base_url: base_url.to_string(),
+        input: super::absolute(&run.input),
+        input_format: run.input_format,
+        output_format: run.output_format,
+        input_sha256: super::file_sha256(&run.input)?,
+        output: super::absolute(&run.output),
+        files: super::absolute(files),
+        id_column: run.id_column.clone(),
+        model: run.model.clone(),
+        rows: planned.rows,
+        sanitize: false,
+        price: run.prices.lookup(&run.model).map(Into::into),
+        prices_as_of: run.prices.as_of.clone(),
+        submitted_at: state::now(),
+        max_requests: limits.requests,
+        max_bytes: limits.bytes,
+        batches: planned.batches,
+        schema: None,
+        expect: None,
+        api_headers: Vec::new(),
+        embed: Some(EmbedJob {
+            column: cfg.column.clone(),
+            dimensions: cfg.dimensions,
+            max_inputs: limits.inputs,
+            lines: planned.lines,
+            tokens: planned.tokens,
+            local_failures: planned.local_failures,
+        }),
+    })
+}
+
+/// The dry run: rows, requests, batches, tokens, and the cost live and via batch.
+fn write_dry_run(w: &mut dyn Write, cfg: &EmbedConfig, p: &EmbedPlan) -> std::io::Result<()> {
+    let limits = limits(cfg);
+    writeln!(w, "Dry run: nothing was sent and nothing was written.")?;
+    writeln!(
+        w,
+        "Rows         {} in {}{}",
+        p.rows,
+        cfg.run.input.display(),
+        if p.local_failures > 0 {
+            format!(
+                " ({} empty or too long, not sent)",
+                human::count(p.local_failures, "row")
+            )
+        } else {
+            String::new()
+        }
+    )?;
+    writeln!(
+        w,
+        "Requests     {} of {} texts (up to {} inputs and {} tokens each)",
+        p.lines, p.inputs, cfg.limits.max_inputs, cfg.limits.max_tokens
+    )?;
+    writeln!(
+        w,
+        "Batches      {} for the {} (at most {} requests, {} inputs and {} a batch)",
+        p.batches.len(),
+        ProviderKind::OpenAiEmbeddings.label(),
+        limits.requests,
+        limits.inputs,
+        human_bytes(limits.bytes)
+    )?;
+    for b in &p.batches {
+        writeln!(
+            w,
+            "  batch {:<4} {}, {} inputs, {}",
+            b.number,
+            human::count(b.requests, "request"),
+            b.inputs.unwrap_or(0),
+            human_bytes(b.bytes)
+        )?;
+    }
+    writeln!(w, "Tokens       {}", p.tokens)?;
+    match cfg.run.prices.lookup(&cfg.run.model) {
+        Some(price) => writeln!(
+            w,
+            "Cost         {} with `batch embed`, {} via batch ({}%), prices of {} as of {}",
+            human::usd_micro(price.estimate(p.tokens, 0)),
+            human::usd_micro(batch_price(price).estimate(p.tokens, 0)),
+            (BATCH_DISCOUNT * 100.0) as u32,
+            cfg.run.model,
+            cfg.run.prices.as_of
+        ),
+        None => writeln!(
+            w,
+            "Cost         unknown: no price for model {:?}; add one with --price-file",
+            cfg.run.model
+        ),
+    }
+}
+
+/// `collect` of an embeddings job: drive the batches, resubmit failed lines' rows if asked,
+/// then write the vectors file.
+pub(super) async fn collect(
+    api: &Api,
+    st: &mut BatchState,
+    path: &Path,
+    opts: &Collect,
+) -> Result<ExitStatus, Error> {
+    let started = Instant::now();
+    super::results::check_input(st)?;
+    // Fail on an unwritable vectors file before waiting for hours.
+    drop(crate::engine::output::vectors::create(&st.output, None)?);
+    super::drive(api, st, path, opts).await?;
+    if opts.resubmit_failed && st.batches.iter().all(|b| b.is_final()) {
+        resubmit_failed(api, st, path, opts).await?;
+    }
+    let (stats, saved) = {
+        let st = st.clone();
+        tokio::task::spawn_blocking(move || write_vectors(&st))
+            .await
+            .map_err(|e| Error::io("writing the vectors failed", std::io::Error::other(e)))??
+    };
+    let mut summary = stats.summary(started.elapsed(), &st.output, &st.model);
+    summary.through_batch_api();
+    if let Some(p) = &opts.summary_json {
+        summary.write_json(p)?;
+    }
+    super::print_collected(opts.printer, &summary, saved, path);
+    Ok(if stats.failed + stats.skipped > 0 {
+        ExitStatus::RowsFailed
+    } else {
+        ExitStatus::Success
+    })
+}
+
+/// Where a row's vector is: line `line`, text `index` of it.
+#[derive(Clone, Copy)]
+struct Place {
+    line: u64,
+    index: u32,
+    /// The row shares the text of an earlier row of the line (no cost of its own).
+    follower: bool,
+}
+
+/// What collect knows of the lines: where each row's vector is, each line's batch, texts and
+/// tokens, and where each line's result is in the downloaded files.
+struct Layout {
+    places: Vec<Option<Place>>,
+    lines: HashMap<u64, LineInfo>,
+    found: HashMap<u64, Found>,
+    files: Vec<PathBuf>,
+}
+
+struct LineInfo {
+    batch: usize,
+    tokens: Vec<u64>,
+}
+
+/// A result line: in file `file` at `offset`, `len` bytes; `answer`: from an output file.
+#[derive(Clone, Copy)]
+struct Found {
+    file: usize,
+    offset: u64,
+    len: usize,
+    answer: bool,
+}
+
+fn layout(st: &BatchState) -> Result<Layout, Error> {
+    let mut places = vec![None; st.rows as usize];
+    let mut lines = HashMap::new();
+    for (bi, b) in st.batches.iter().enumerate() {
+        let path = st.file(&rows_file(&b.input_file));
+        let mut bad = None;
+        super::results::for_each_line(&path, |l| match serde_json::from_slice::<LineRows>(l) {
+            Ok(r) => {
+                let Some(n) = line_number(&r.custom_id) else {
+                    bad.get_or_insert_with(|| format!("unknown custom_id {:?}", r.custom_id));
+                    return;
+                };
+                for (index, seqs) in r.rows.iter().enumerate() {
+                    for (k, seq) in seqs.iter().enumerate() {
+                        if let Some(slot) = places.get_mut(*seq as usize) {
+                            *slot = Some(Place {
+                                line: n,
+                                index: index as u32,
+                                follower: k > 0,
+                            });
+                        }
+                    }
+                }
+                lines.insert(
+                    n,
+                    LineInfo {
+                        batch: bi,
+                        tokens: r.tokens,
+                    },
+                );
+            }
+            Err(e) => {
+                bad.get_or_insert_with(|| e.to_string());
+            }
+        })?;
+        if let Some(e) = bad {
+            return Err(Error::Input(format!(
+                "{} is not a rows file of ours ({e}); it is written by `batch embed --via \
+                 batch` and needed until the vectors are collected",
+                path.display()
+            )));
+        }
+    }
+    let (found, files) = index_results(st)?;
+    Ok(Layout {
+        places,
+        lines,
+        found,
+        files,
+    })
+}
+
+/// Where each line's result is in the downloaded output and error files (an answer wins over
+/// an error line for the same request).
+fn index_results(st: &BatchState) -> Result<(HashMap<u64, Found>, Vec<PathBuf>), Error> {
+    #[derive(Deserialize)]
+    struct Id {
+        custom_id: String,
+    }
+    let mut found: HashMap<u64, Found> = HashMap::new();
+    let mut files = Vec::new();
+    for b in st.batches.iter().filter(|b| b.phase == Phase::Downloaded) {
+        for (name, answer) in [(&b.output_file, true), (&b.error_file, false)] {
+            let Some(name) = name else { continue };
+            let path = st.file(name);
+            let file = files.len();
+            scan_lines(&path, |offset, line| {
+                let id = serde_json::from_slice::<Id>(line)
+                    .ok()
+                    .and_then(|i| line_number(&i.custom_id));
+                let Some(n) = id else { return };
+                let here = Found {
+                    file,
+                    offset,
+                    len: line.len(),
+                    answer,
+                };
+                if !found.get(&n).is_some_and(|f| f.answer) {
+                    found.insert(n, here);
+                }
+            })?;
+            files.push(path);
+        }
+    }
+    Ok((found, files))
+}
+
+/// Calls `f` with the offset and bytes of every line of `path`, one line in memory at a time
+/// (an output line holds up to 2,048 vectors: megabytes; the file, gigabytes).
+fn scan_lines(path: &Path, mut f: impl FnMut(u64, &[u8])) -> Result<(), Error> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|e| Error::read(path, &e))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::new();
+    let mut offset = 0u64;
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| Error::read(path, &e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !body.trim_ascii().is_empty() {
+            f(offset, body);
+        }
+        offset += n as u64;
+    }
+}
+
+/// Reads line results from the downloaded files, keeping the last one read (rows of a line
+/// are next to each other in input order, so each line is parsed about once).
+struct Reader<'a> {
+    layout: &'a Layout,
+    open: HashMap<usize, std::fs::File>,
+    last: Option<(u64, Result<Embeddings, String>)>,
+}
+
+impl Reader<'_> {
+    fn outcome(&mut self, line: u64) -> Result<Option<&Result<Embeddings, String>>, Error> {
+        if self.last.as_ref().is_none_or(|(n, _)| *n != line) {
+            let Some(f) = self.layout.found.get(&line).copied() else {
+                return Ok(None);
+            };
+            let inputs = self.layout.lines.get(&line).map_or(0, |l| l.tokens.len());
+            let path = &self.layout.files[f.file];
+            let file = match self.open.entry(f.file) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(std::fs::File::open(path).map_err(|e| Error::read(path, &e))?)
+                }
+            };
+            let mut buf = vec![0u8; f.len];
+            file.seek(SeekFrom::Start(f.offset))
+                .and_then(|_| file.read_exact(&mut buf))
+                .map_err(|e| Error::read(path, &e))?;
+            let parsed = super::openai::parse_line_with(&buf, line_number, |body, headers| {
+                parse(body, inputs, crate::engine::provider::openai::request_id(headers))
+            })
+            .map(|(_, o)| o)
+            .unwrap_or_else(|e| Err(e));
+            self.last = Some((line, parsed));
+        }
+        Ok(self.last.as_ref().map(|(_, o)| o))
+    }
+}
+
+/// Writes every row's vector (or why it has none) in input order; returns the totals and what
+/// the batch discount saved (when the model has a price).
+fn write_vectors(st: &BatchState) -> Result<(Stats, Option<f64>), Error> {
+    let job = st.embed.as_ref().ok_or_else(|| not_embeddings(&st.output))?;
+    let input = InputFile::open_as(&st.input, st.input_format, st.id_column.as_deref())?;
+    let local = local_failures(st)?;
+    let layout = layout(st)?;
+    let (owner, _) = st.owners();
+    let mut reader = Reader {
+        layout: &layout,
+        open: HashMap::new(),
+        last: None,
+    };
+    let dims = width(&mut reader, job.dimensions, &st.model)?;
+    let mut sink = crate::engine::output::vectors::create(&st.output, Some(dims))?;
+    let standard = st.price.map(|p| p.standard());
+    let mut stats = Stats::default();
+    let mut saved = 0.0;
+    for row in input.rows()? {
+        let row = row?;
+        let seq = row.seq;
+        let (result, vector) = match (local.get(&seq), layout.places[seq as usize]) {
+            (Some(error), _) => (failed(seq, &row.id, &st.model, error.clone()), None),
+            (None, None) => (
+                RowResult::skipped(seq, row.id.clone(), &st.model, "not in any batch"),
+                None,
+            ),
+            (None, Some(place)) => {
+                let owner = owner.get(seq as usize).copied().flatten().unwrap_or(0);
+                row_result(st, &mut reader, place, owner, (seq, &row.id), &mut saved)?
+            }
+        };
+        stats.record_row(&result, row.line);
+        sink.push(&VectorRow {
+            line: row.line,
+            id: &row.id,
+            status: result.status,
+            error: (!result.error.is_empty()).then_some(result.error.as_str()),
+            tokens: result
+                .usage
+                .map(|u| u32::try_from(u.prompt_tokens).unwrap_or(u32::MAX)),
+            embedding: vector.as_deref(),
+        })?;
+    }
+    sink.finish()?;
+    Ok((stats, standard.map(|_| saved)))
+}
+
+fn failed(seq: u64, id: &str, model: &str, error: String) -> RowResult {
+    RowResult {
+        status: RowStatus::Failed,
+        ..RowResult::skipped(seq, id.to_string(), model, &error)
+    }
+}
+
+/// One row's result from its line's outcome: its vector, its own tokens and its share of the
+/// line's cost at the batch price; or the line's failure, or why the line has no result yet.
+fn row_result(
+    st: &BatchState,
+    reader: &mut Reader,
+    place: Place,
+    owner: usize,
+    (seq, id): (u64, &str),
+    saved: &mut f64,
+) -> Result<(RowResult, Option<Vec<f32>>), Error> {
+    let info = &reader.layout.lines[&place.line];
+    let own_tokens = info.tokens.get(place.index as usize).copied().unwrap_or(0);
+    let line_tokens: u64 = info.tokens.iter().sum();
+    let carried_by = info.batch;
+    let rows_in_line = info.tokens.len();
+    let outcome = match reader.outcome(place.line)? {
+        Some(o) => o,
+        None => {
+            let (status, reason) = super::results::missing_reason(st, owner.max(carried_by));
+            let mut r = RowResult::skipped(seq, id.to_string(), &st.model, &reason);
+            r.status = status;
+            return Ok((r, None));
+        }
+    };
+    let e = match outcome {
+        Ok(e) => e,
+        Err(reason) => {
+            let error = format!(
+                "{reason} (the request of {} failed as a whole; `batch collect \
+                 --resubmit-failed` sends each of them alone)",
+                human::count(rows_in_line as u64, "text")
+            );
+            return Ok((failed(seq, id, &st.model, error), None));
+        }
+    };
+    let b64 = &e.vectors[place.index as usize];
+    let vector = decode(b64).map_err(|err| {
+        Error::Input(format!(
+            "the vector of row {id} in the results of {} is unreadable ({err})",
+            st.batches[carried_by].name()
+        ))
+    })?;
+    let standard = st.price.map(|p| p.standard());
+    let share = own_tokens as f64 / line_tokens.max(1) as f64;
+    let cost = standard.map(|p| batch_price(p).cost(&e.usage()) * share);
+    if let (Some(p), Some(c)) = (standard, cost)
+        && !place.follower
+    {
+        *saved += p.cost(&e.usage()) * share - c;
+    }
+    let mut r = RowResult::skipped(seq, id.to_string(), &st.model, "");
+    r.status = RowStatus::Ok;
+    r.attempts = 1;
+    r.usage = Some(Usage {
+        prompt_tokens: own_tokens,
+        ..Usage::default()
+    });
+    r.cost = cost;
+    r.model = e.model.clone().unwrap_or_else(|| st.model.clone());
+    if place.follower {
+        r = RowResult::reused(seq, id.to_string(), &r);
+    }
+    Ok((r, Some(vector)))
+}
+
+/// The vectors' width before any row is written: the first answer's, else `--dimensions`, else
+/// the model's own, else 1 (a file with no vector at all).
+fn width(reader: &mut Reader, dimensions: Option<u32>, model: &str) -> Result<usize, Error> {
+    let mut answered: Vec<u64> = reader
+        .layout
+        .found
+        .iter()
+        .filter(|(_, f)| f.answer)
+        .map(|(n, _)| *n)
+        .collect();
+    answered.sort_unstable();
+    for n in answered.into_iter().take(8) {
+        if let Some(Ok(e)) = reader.outcome(n)?
+            && let Some(v) = e.vectors.first()
+            && let Ok(v) = decode(v)
+            && !v.is_empty()
+        {
+            return Ok(v.len());
+        }
+    }
+    Ok(dimensions
+        .map(|d| d as usize)
+        .or_else(|| native_dims(model))
+        .unwrap_or(1)
+        .max(1))
+}
+
+fn local_failures(st: &BatchState) -> Result<HashMap<u64, String>, Error> {
+    let path = st.file(LOCAL_FAILURES);
+    let mut out = HashMap::new();
+    if !path.exists() {
+        return Ok(out);
+    }
+    super::results::for_each_line(&path, |l| {
+        if let Ok(f) = serde_json::from_slice::<LocalFailure>(l) {
+            out.insert(f.seq, f.error);
+        }
+    })?;
+    Ok(out)
+}
+
+/// `collect --resubmit-failed` of an embeddings job: every text of a line that failed or
+/// expired goes out again as a line of its own, in new batches, so a text the provider refuses
+/// fails alone and the others get their vectors.
+async fn resubmit_failed(
+    api: &Api,
+    st: &mut BatchState,
+    path: &Path,
+    opts: &Collect,
+) -> Result<(), Error> {
+    let Some(n) = prepare_resubmission(st, path)? else {
+        opts.printer
+            .note("Nothing to resubmit: no request failed or expired.");
+        return Ok(());
+    };
+    for i in st.batches.len() - n..st.batches.len() {
+        api.submit(st, i, path).await?;
+    }
+    opts.printer.note(format_args!(
+        "Resubmitted the texts of the failed and expired requests, one a request, as {n} new \
+         batch{}",
+        if n == 1 { "" } else { "es" }
+    ));
+    if opts.wait {
+        super::drive(api, st, path, opts).await?;
+    }
+    Ok(())
+}
+
+/// The lines of ended batches that have no answer, split into single-text lines in new batches
+/// recorded in the state. Returns how many batches were added (`None`: nothing to resend).
+fn prepare_resubmission(st: &mut BatchState, path: &Path) -> Result<Option<usize>, Error> {
+    let layout = layout(st)?;
+    // Lines that still carry a row (a resubmitted line's rows belong to the new lines).
+    let live: std::collections::HashSet<u64> =
+        layout.places.iter().flatten().map(|p| p.line).collect();
+    let mut retry: Vec<u64> = layout
+        .lines
+        .iter()
+        .filter(|(n, info)| {
+            let answered = layout.found.get(n).is_some_and(|f| f.answer);
+            st.batches[info.batch].is_final() && !answered && live.contains(n)
+        })
+        .map(|(n, _)| *n)
+        .collect();
+    if retry.is_empty() {
+        return Ok(None);
+    }
+    retry.sort_unstable();
+    let mut job = st.embed.clone().ok_or_else(|| not_embeddings(path))?;
+    let from = {
+        let mut v: Vec<usize> = retry
+            .iter()
+            .map(|n| st.batches[layout.lines[n].batch].number)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let bodies = input_bodies(st, &retry)?;
+    let limits = Limits {
+        requests: st.max_requests,
+        bytes: st.max_bytes,
+        inputs: job.max_inputs,
+    };
+    let first = st.batches.len() + 1;
+    let splitter = Splitter::new(st.provider, limits, Some(&st.files), first);
+    let mut out = Resplit {
+        splitter,
+        next: job.lines,
+    };
+    for n in &retry {
+        let rows = rows_of_line(&layout, *n);
+        out.split(*n, &bodies[n], rows, &layout.lines[n].tokens)?;
+    }
+    job.lines = out.next;
+    let mut added = out.splitter.finish()?;
+    for b in &mut added {
+        b.resubmits = Some(from.clone());
+    }
+    let count = added.len();
+    st.batches.extend(added);
+    st.embed = Some(job);
+    st.save(path)?;
+    Ok(Some(count))
+}
+
+/// The rows of each text of `line`, as the layout has them now.
+fn rows_of_line(layout: &Layout, line: u64) -> Vec<Vec<u64>> {
+    let n = layout.lines[&line].tokens.len();
+    let mut rows = vec![Vec::new(); n];
+    for (seq, p) in layout.places.iter().enumerate() {
+        if let Some(p) = p
+            && p.line == line
+        {
+            rows[p.index as usize].push(seq as u64);
+        }
+    }
+    rows
+}
+
+/// The bodies of lines `wanted`, read from the batch input files.
+fn input_bodies(st: &BatchState, wanted: &[u64]) -> Result<HashMap<u64, serde_json::Value>, Error> {
+    #[derive(Deserialize)]
+    struct InputLine {
+        custom_id: String,
+        body: serde_json::Value,
+    }
+    let wanted: std::collections::HashSet<u64> = wanted.iter().copied().collect();
+    let mut out = HashMap::new();
+    for b in &st.batches {
+        super::results::for_each_line(&st.file(&b.input_file), |l| {
+            if let Ok(line) = serde_json::from_slice::<InputLine>(l)
+                && let Some(n) = line_number(&line.custom_id)
+                && wanted.contains(&n)
+            {
+                out.insert(n, line.body);
+            }
+        })?;
+    }
+    if let Some(n) = wanted.iter().find(|n| !out.contains_key(n)) {
+        return Err(Error::Input(format!(
+            "the request {} is in none of the batch input files in {}; were they removed?",
+            line_id(*n),
+            st.files.display()
+        )));
+    }
+    Ok(out)
+}
+
+/// Splits lines into single-text lines for the splitter.
+struct Resplit {
+    splitter: Splitter,
+    next: u64,
+}
+
+impl Resplit {
+    fn split(
+        &mut self,
+        line: u64,
+        body: &serde_json::Value,
+        rows: Vec<Vec<u64>>,
+        tokens: &[u64],
+    ) -> Result<(), Error> {
+        let texts = body["input"].as_array().cloned().unwrap_or_default();
+        for (i, seqs) in rows.into_iter().enumerate() {
+            if seqs.is_empty() {
+                continue;
+            }
+            let Some(text) = texts.get(i) else { continue };
+            let mut one = body.clone();
+            one["input"] = serde_json::json!([text]);
+            let payload = serde_json::to_vec(&one).expect("serializes");
+            let id = line_id(self.next);
+            let line_text = super::input_line(ProviderKind::OpenAiEmbeddings, &id, &payload);
+            let side = serde_json::to_vec(&LineRows {
+                custom_id: id,
+                rows: vec![seqs.clone()],
+                tokens: vec![tokens.get(i).copied().unwrap_or(0)],
+            })
+            .expect("serializes");
+            self.splitter.push_line(
+                &Line {
+                    seqs: &seqs,
+                    inputs: 1,
+                    text: &line_text,
+                    side: Some(&side),
+                },
+                &|| format!("text {i} of {}", line_id(line)),
+            )?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+}
