@@ -32,6 +32,16 @@ pub fn resolve(args: EmbedArgs) -> Result<EmbedConfig, Error> {
     {
         run.output = Some(default_output(&run.input));
     }
+    let streamed = |p: &Path| is_std(p) || crate::engine::stdio::is_stream(p);
+    if run.via == Some(Via::Batch)
+        && (streamed(&run.input) || run.output.as_deref().is_none_or(streamed))
+    {
+        return Err(Error::Usage(
+            "--via batch needs an input file and an output file (-o PATH): the job outlives this \
+             command, and `batch collect` reads the input again to write the vectors"
+                .into(),
+        ));
+    }
     // `batch run` ties --max-cost to --max-tokens; an embedding has no completion, so the cap
     // is checked here instead.
     let max_cost = run.max_cost.take();
@@ -186,5 +196,30 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(cfg.run.max_cost, Some(0.5));
+    }
+
+    #[test]
+    fn via_batch_wants_files_and_owns_the_batch_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("in.csv");
+        std::fs::write(&input, "text\nhello\n").unwrap();
+        let i = input.to_str().unwrap();
+        let base = [i, "--column", "text", "--mock", "--no-cache"];
+        let with = |extra: &[&str]| {
+            let mut a = base.to_vec();
+            a.extend_from_slice(extra);
+            resolve(parse(&a))
+        };
+        let cfg = with(&["--via", "batch", "--batch-max-requests", "7"]).unwrap();
+        assert!(cfg.run.batch.via_batch);
+        assert_eq!(cfg.run.batch.max_requests, Some(7));
+        let e = with(&["--batch-max-requests", "7"]).unwrap_err();
+        assert!(e.to_string().contains("add --via batch"), "{e}");
+        let e = with(&["--via", "batch", "-o", "-"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("needs an input file and an output file"),
+            "{e}"
+        );
     }
 }

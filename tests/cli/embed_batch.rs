@@ -156,7 +156,10 @@ fn via_batch_writes_the_live_vectors_at_half_the_cost() {
         live["cost_usd"].as_f64().unwrap(),
         batch["cost_usd"].as_f64().unwrap(),
     );
-    assert!(l > 0.0 && (h - l / 2.0).abs() < 1e-6 * l.max(1e-6), "{l} {h}");
+    assert!(
+        l > 0.0 && (h - l / 2.0).abs() < 1e-6 * l.max(1e-6),
+        "{l} {h}"
+    );
 }
 
 #[test]
@@ -198,7 +201,10 @@ fn a_job_over_fifty_thousand_texts_becomes_several_batches() {
     assert_eq!(inputs.iter().sum::<u64>(), 60_000);
     let stats = mock.get_json("/stats/batches");
     assert_eq!(stats["batches"], 2, "{stats}");
-    assert_eq!(stats["refused"], 0, "the mock refuses a batch over the cap: {stats}");
+    assert_eq!(
+        stats["refused"], 0,
+        "the mock refuses a batch over the cap: {stats}"
+    );
     // Every row has its vector, in input order.
     let ids = dir.read("out.ids.csv");
     assert_eq!(ids.lines().filter(|l| l.contains(",ok,")).count(), 60_000);
@@ -210,7 +216,11 @@ fn a_job_over_fifty_thousand_texts_becomes_several_batches() {
         .collect();
     assert_eq!(floats.len(), 120_000);
     for i in [0usize, 49_999, 50_000, 59_999] {
-        assert_eq!(&floats[i * 2..i * 2 + 2], vector(&format!("w{i}"), 2), "row {i}");
+        assert_eq!(
+            &floats[i * 2..i * 2 + 2],
+            vector(&format!("w{i}"), 2),
+            "row {i}"
+        );
     }
 }
 
@@ -223,7 +233,11 @@ fn killed_after_submit_collect_writes_the_vectors() {
     let endpoint = ["--base-url", &mock.url];
     let mut child = util::cmd(
         &dir,
-        embed(&endpoint, "out.jsonl", &["--via", "batch", "--max-inputs-per-request", "8"]),
+        embed(
+            &endpoint,
+            "out.jsonl",
+            &["--via", "batch", "--max-inputs-per-request", "8"],
+        ),
     )
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::null())
@@ -249,7 +263,10 @@ fn killed_after_submit_collect_writes_the_vectors() {
     assert_code(&status, 0);
     assert!(stdout(&status).contains("batch_mock"), "{}", show(&status));
 
-    let out = util::run(&dir, ["collect", "out.batch.json", "--wait", "--poll-max", "1"]);
+    let out = util::run(
+        &dir,
+        ["collect", "out.batch.json", "--wait", "--poll-max", "1"],
+    );
     assert_code(&out, 0);
     let rows = jsonl(&dir, "out.jsonl");
     assert_eq!(rows.len(), 40);
@@ -264,7 +281,11 @@ fn killed_after_submit_collect_writes_the_vectors() {
             .collect();
         assert_eq!(got, vector(t, DIMS), "row {i}");
     }
-    assert_eq!(mock.get_json("/stats/batches")["batches"], 1, "created once");
+    assert_eq!(
+        mock.get_json("/stats/batches")["batches"],
+        1,
+        "created once"
+    );
 }
 
 #[test]
@@ -277,7 +298,11 @@ fn a_refused_text_fails_its_lines_rows_with_the_reason_and_resubmit_frees_the_ot
     // Lines of 8 texts: rows 0-7 share the bad row's line.
     let out = util::run(
         &dir,
-        embed(&endpoint, "out.jsonl", &["--via", "batch", "--max-inputs-per-request", "8"]),
+        embed(
+            &endpoint,
+            "out.jsonl",
+            &["--via", "batch", "--max-inputs-per-request", "8"],
+        ),
     );
     assert_code(&out, 1);
     let rows = jsonl(&dir, "out.jsonl");
@@ -314,7 +339,12 @@ fn a_refused_text_fails_its_lines_rows_with_the_reason_and_resubmit_frees_the_ot
         let row = &rows[&format!("r{i}")];
         if i == 5 {
             assert_eq!(row["status"], "failed", "{row}");
-            assert!(row["error"].as_str().unwrap().contains("'$.input[0]' is invalid"));
+            assert!(
+                row["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("'$.input[0]' is invalid")
+            );
             continue;
         }
         assert_eq!(row["status"], "ok", "{row}");
@@ -326,7 +356,11 @@ fn a_refused_text_fails_its_lines_rows_with_the_reason_and_resubmit_frees_the_ot
             .collect();
         assert_eq!(got, vector(t, DIMS), "row {i}");
     }
-    assert!(stderr(&again).contains("23 ok, 1 failed"), "{}", show(&again));
+    assert!(
+        stderr(&again).contains("23 ok, 1 failed"),
+        "{}",
+        show(&again)
+    );
 }
 
 #[test]
@@ -340,7 +374,13 @@ fn dry_run_shows_requests_batches_tokens_and_the_half_price_and_writes_nothing()
         embed(
             &["--mock"],
             "out.jsonl",
-            &["--via", "batch", "--dry-run", "--max-inputs-per-request", "16"],
+            &[
+                "--via",
+                "batch",
+                "--dry-run",
+                "--max-inputs-per-request",
+                "16",
+            ],
         ),
     );
     assert_code(&out, 0);
@@ -352,8 +392,14 @@ fn dry_run_shows_requests_batches_tokens_and_the_half_price_and_writes_nothing()
     assert!(report.contains("Rows         51 in"), "{report}");
     assert!(report.contains("1 row empty or too long"), "{report}");
     assert!(report.contains("Requests     4 of 50 texts"), "{report}");
-    assert!(report.contains("Batches      1 for the OpenAI Batch API"), "{report}");
-    assert!(report.contains(&format!("Tokens       {tokens}")), "{report}");
+    assert!(
+        report.contains("Batches      1 for the OpenAI Batch API"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!("Tokens       {tokens}")),
+        "{report}"
+    );
     let p = batch::engine::pricing::PriceTable::embedded()
         .lookup(MODEL)
         .unwrap();
@@ -378,21 +424,34 @@ fn max_cost_is_checked_against_the_estimate_before_anything_is_submitted() {
     let endpoint = ["--base-url", &mock.url];
     let out = util::run(
         &dir,
-        embed(&endpoint, "out.jsonl", &["--via", "batch", "--max-cost", "0.0001"]),
+        embed(
+            &endpoint,
+            "out.jsonl",
+            &["--via", "batch", "--max-cost", "0.0001"],
+        ),
     );
     assert_code(&out, 2);
     assert!(
-        stderr(&out).contains("more than --max-cost") && stderr(&out).contains("nothing was submitted"),
+        stderr(&out).contains("more than --max-cost")
+            && stderr(&out).contains("nothing was submitted"),
         "{}",
         show(&out)
     );
-    assert_eq!(mock.get_json("/stats/batches")["files"], 0, "nothing uploaded");
+    assert_eq!(
+        mock.get_json("/stats/batches")["files"],
+        0,
+        "nothing uploaded"
+    );
     assert!(!dir.join("out.batch.json").exists());
     assert!(!dir.join("out.batch-files").exists());
     // Within the cap (the batch price is half the live one), it goes through.
     let out = util::run(
         &dir,
-        embed(&endpoint, "out.jsonl", &["--via", "batch", "--max-cost", "0.01"]),
+        embed(
+            &endpoint,
+            "out.jsonl",
+            &["--via", "batch", "--max-cost", "0.01"],
+        ),
     );
     assert_code(&out, 0);
 }

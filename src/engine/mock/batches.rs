@@ -7,7 +7,10 @@
 //! then "processes" for `--batch-latency-ms`, during which its counts grow. The first poll
 //! after that settles every request at once: `--batch-expire-rate` of them expire, then
 //! `--batch-failure-rate` of the rest fail with a 500, and the others get the same
-//! deterministic answer and tokenizer usage as the chat (or messages) endpoint. A cancelled batch
+//! deterministic answer and tokenizer usage as the chat (or messages) endpoint. Batches for
+//! `/v1/embeddings` are answered as that endpoint answers (the same vectors, usage and refusals:
+//! a `BAD_EMBEDDING` text fails its line with a 400), and more than 50,000 texts over a batch's
+//! requests fail its validation, as OpenAI caps them. A cancelled batch
 //! answers the share of requests its elapsed time covers; OpenAI's leaves the rest out, Anthropic's
 //! lists them as `canceled`. Anthropic refuses a bad batch at creation (400) rather than failing
 //! it later. Everything lives in memory: a restarted mock knows no batches.
@@ -454,9 +457,11 @@ fn validate(data: &[u8], max: u64, endpoint: &str) -> (Vec<(String, Value)>, Vec
         .map(|(_, b)| super::embeddings::inputs_of(b))
         .sum();
     if endpoint == EMBEDDINGS && inputs > MAX_BATCH_INPUTS {
-        errors.push(json!({"code": "too_many_inputs", "line": null, "param": null,
+        errors.push(
+            json!({"code": "too_many_inputs", "line": null, "param": null,
             "message": format!("Batches for /v1/embeddings are limited to {MAX_BATCH_INPUTS} \
-                embedding inputs across all requests; this one has {inputs}.")}));
+                embedding inputs across all requests; this one has {inputs}.")}),
+        );
     }
     (requests, errors)
 }
@@ -1273,6 +1278,99 @@ mod tests {
             .await;
         assert_eq!(cancelled["status"], "cancelled");
         assert!(cancelled["cancelled_at"].is_u64() && cancelled["completed_at"].is_null());
+    }
+
+    fn embeddings_line(id: &str, input: Value) -> String {
+        json!({"custom_id": id, "method": "POST", "url": "/v1/embeddings",
+            "body": {"model": "text-embedding-3-small", "input": input, "dimensions": 4,
+                "encoding_format": "base64"}})
+        .to_string()
+    }
+
+    #[tokio::test]
+    async fn an_embeddings_batch_answers_as_the_live_endpoint_and_fails_a_refused_line() {
+        use crate::engine::mock::embeddings::vector;
+        use crate::engine::provider::embeddings::decode;
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let api = Api::new(&server);
+        let data = format!(
+            "{}\n{}\n",
+            embeddings_line("req-0", json!(["a cat", "a dog"])),
+            embeddings_line("req-1", json!(["fine", "x BAD_EMBEDDING"]))
+        );
+        let file = api.upload(&data).await;
+        let (status, b) = api
+            .post(
+                "/batches",
+                json!({"input_file_id": file["id"], "endpoint": "/v1/embeddings",
+                    "completion_window": "24h"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{b}");
+        assert_eq!(b["endpoint"], "/v1/embeddings");
+        let (_, done) = api
+            .get(&format!("/batches/{}", b["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["request_counts"]["completed"], 1);
+        assert_eq!(done["request_counts"]["failed"], 1);
+        assert!(done["usage"]["input_tokens"].as_u64().unwrap() >= 4);
+        let content = |id: &Value| {
+            let url = format!(
+                "{}/files/{}/content",
+                server.base_url(),
+                id.as_str().unwrap()
+            );
+            async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+        };
+        let out: Value =
+            serde_json::from_str(content(&done["output_file_id"]).await.trim()).unwrap();
+        assert_eq!(out["custom_id"], "req-0");
+        let body = &out["response"]["body"];
+        for (i, text) in ["a cat", "a dog"].iter().enumerate() {
+            let got = decode(body["data"][i]["embedding"].as_str().unwrap()).unwrap();
+            assert_eq!(got, vector(text, 4), "the live endpoint's vector");
+        }
+        assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() >= 2);
+        let err: Value =
+            serde_json::from_str(content(&done["error_file_id"]).await.trim()).unwrap();
+        assert_eq!(err["custom_id"], "req-1");
+        assert_eq!(err["response"]["status_code"], 400);
+        let message = err["response"]["body"]["error"]["message"]
+            .as_str()
+            .unwrap();
+        assert!(message.contains("'$.input[1]' is invalid"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn an_embeddings_batch_over_fifty_thousand_texts_fails_validation() {
+        let server = MockServer::start(MockConfig::default()).await.unwrap();
+        let api = Api::new(&server);
+        let texts = |n: usize| Value::from(vec!["t"; n]);
+        let mut data = String::new();
+        for k in 0..25 {
+            data.push_str(&embeddings_line(&format!("req-{k}"), texts(2000)));
+            data.push('\n');
+        }
+        let create = |file: Value| {
+            json!({"input_file_id": file["id"], "endpoint": "/v1/embeddings",
+                "completion_window": "24h"})
+        };
+        // 50,000 texts: accepted.
+        let (_, ok) = api.post("/batches", create(api.upload(&data).await)).await;
+        assert!(ok["errors"].is_null(), "{}", ok["errors"]);
+        data.push_str(&embeddings_line("req-25", json!(["one more"])));
+        let (_, b) = api.post("/batches", create(api.upload(&data).await)).await;
+        let (_, failed) = api
+            .get(&format!("/batches/{}", b["id"].as_str().unwrap()))
+            .await;
+        assert_eq!(failed["status"], "failed");
+        let error = &failed["errors"]["data"][0];
+        assert_eq!(error["code"], "too_many_inputs");
+        assert!(
+            error["message"].as_str().unwrap().contains("50001"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -26,8 +26,8 @@ use super::state::{self, BatchState, EmbedJob, Phase, ProviderKind};
 use super::{Api, BATCH_DISCOUNT, Collect, batch_price, human_bytes};
 use crate::base::error::{Error, ExitStatus};
 use crate::base::human;
-use crate::base::secret::ApiKey;
 use crate::base::record::{RowResult, RowStatus};
+use crate::base::secret::ApiKey;
 use crate::base::usage::Usage;
 use crate::engine::input::InputFile;
 use crate::engine::output::vectors::VectorRow;
@@ -656,7 +656,11 @@ impl Reader<'_> {
                 .and_then(|_| file.read_exact(&mut buf))
                 .map_err(|e| Error::read(path, &e))?;
             let parsed = super::openai::parse_line_with(&buf, line_number, |body, headers| {
-                parse(body, inputs, crate::engine::provider::openai::request_id(headers))
+                parse(
+                    body,
+                    inputs,
+                    crate::engine::provider::openai::request_id(headers),
+                )
             })
             .map(|(_, o)| o)
             .unwrap_or_else(|e| Err(e));
@@ -669,7 +673,10 @@ impl Reader<'_> {
 /// Writes every row's vector (or why it has none) in input order; returns the totals and what
 /// the batch discount saved (when the model has a price).
 fn write_vectors(st: &BatchState) -> Result<(Stats, Option<f64>), Error> {
-    let job = st.embed.as_ref().ok_or_else(|| not_embeddings(&st.output))?;
+    let job = st
+        .embed
+        .as_ref()
+        .ok_or_else(|| not_embeddings(&st.output))?;
     let input = InputFile::open_as(&st.input, st.input_format, st.id_column.as_deref())?;
     let local = local_failures(st)?;
     let layout = layout(st)?;
@@ -999,5 +1006,110 @@ impl Resplit {
             self.next += 1;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::provider::embeddings::encode;
+
+    #[test]
+    fn line_ids_round_trip() {
+        for n in [0, 7, 1_234_567] {
+            assert_eq!(line_number(&line_id(n)), Some(n));
+        }
+        assert_eq!(line_number("row-1"), None);
+    }
+
+    #[test]
+    fn a_failed_line_is_resent_one_text_a_line_keeping_each_texts_rows() {
+        let limits = Limits {
+            requests: 2,
+            bytes: 1_000_000,
+            inputs: 100,
+        };
+        let splitter = Splitter::new(ProviderKind::OpenAiEmbeddings, limits, None, 4);
+        let mut out = Resplit { splitter, next: 10 };
+        let body = serde_json::json!({"model": "m", "input": ["a", "b", "c"], "dimensions": 4});
+        out.split(3, &body, vec![vec![0, 5], vec![1], vec![2]], &[3, 1, 2])
+            .unwrap();
+        assert_eq!(out.next, 13);
+        let b = out.splitter.finish().unwrap();
+        assert_eq!(b.iter().map(|b| b.requests).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(b[0].number, 4);
+        assert_eq!(b[0].rows, vec![[0, 2], [5, 6]]);
+        assert_eq!(b[1].rows, vec![[2, 3]]);
+    }
+
+    /// A state of one downloaded batch, written by hand as collect finds it.
+    fn job(dir: &Path) -> BatchState {
+        let files = dir.join("files");
+        std::fs::create_dir_all(&files).unwrap();
+        let input = dir.join("in.csv");
+        std::fs::write(&input, "id,text\nr0,a\nr1,b\nr2,a\nr3,\nr4,bad\n").unwrap();
+        std::fs::write(
+            files.join("input-001.rows.jsonl"),
+            "{\"custom_id\":\"req-0\",\"rows\":[[0,2],[1]],\"tokens\":[1,3]}\n\
+             {\"custom_id\":\"req-1\",\"rows\":[[4]],\"tokens\":[1]}\n",
+        )
+        .unwrap();
+        let data = |v: &[f32]| serde_json::json!({"index": 0, "embedding": encode(v)});
+        let answer = serde_json::json!({"custom_id": "req-0", "error": null, "response": {
+            "status_code": 200, "body": {"object": "list", "model": "m",
+            "data": [data(&[1.0, 0.0]), {"index": 1, "embedding": encode(&[0.0, 1.0])}],
+            "usage": {"prompt_tokens": 4, "total_tokens": 4}}}});
+        std::fs::write(files.join("output-001.jsonl"), format!("{answer}\n")).unwrap();
+        let refused = serde_json::json!({"custom_id": "req-1", "error": null, "response": {
+            "status_code": 400, "body": {"error": {"message": "'$.input[0]' is invalid",
+            "type": "invalid_request_error"}}}});
+        std::fs::write(files.join("errors-001.jsonl"), format!("{refused}\n")).unwrap();
+        std::fs::write(
+            files.join(LOCAL_FAILURES),
+            "{\"seq\":3,\"error\":\"empty text\"}\n",
+        )
+        .unwrap();
+        let text = format!(
+            r#"{{"format":"batch-state/1","provider":"openai-embeddings","base_url":"x",
+            "input":{input:?},"input_sha256":"","output":{out:?},"files":{files:?},
+            "id_column":null,"model":"m","rows":5,"sanitize":false,
+            "price":{{"input":1.0,"output":0.0}},"prices_as_of":"t","submitted_at":0,
+            "max_requests":10,"max_bytes":1000,"batches":[{{"number":1,"rows":[[0,3],[4,5]],
+            "requests":2,"bytes":10,"input_file":"input-001.jsonl","phase":"downloaded",
+            "batch_id":"b1","status":"completed","output_file":"output-001.jsonl",
+            "error_file":"errors-001.jsonl"}}],"embed":{{"column":"text","max_inputs":100,
+            "lines":2,"tokens":5,"local_failures":1}}}}"#,
+            out = dir.join("out.jsonl"),
+        );
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn collect_puts_each_vector_on_its_rows_and_fails_a_refused_lines_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = job(dir.path());
+        let (stats, saved) = write_vectors(&st).unwrap();
+        assert_eq!((stats.ok, stats.failed, stats.skipped), (3, 2, 0));
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let v = |i: usize| lines[i]["embedding"].clone();
+        assert_eq!(v(0), serde_json::json!([1.0, 0.0]));
+        assert_eq!(v(1), serde_json::json!([0.0, 1.0]));
+        assert_eq!(v(2), v(0), "the repeated text shares the vector");
+        assert_eq!(lines[3]["error"], "empty text");
+        let refused = lines[4]["error"].as_str().unwrap();
+        assert!(
+            refused.contains("HTTP 400") && refused.contains("input[0]"),
+            "{refused}"
+        );
+        assert_eq!(lines[1]["tokens"], 3);
+        // 4 tokens at $1 per 1M, half price: $0.000002, in shares of 1 and 3 tokens; the row
+        // sharing row 0's text costs nothing more.
+        let cost = stats.cost_usd;
+        assert!((cost - 0.000002).abs() < 1e-12, "{cost}");
+        assert!((saved.unwrap() - 0.000002).abs() < 1e-12);
     }
 }

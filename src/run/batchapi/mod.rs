@@ -115,9 +115,13 @@ impl Api {
         Ok(match kind {
             ProviderKind::OpenAi
             | ProviderKind::OpenAiResponses
-            | ProviderKind::OpenAiEmbeddings => Api::OpenAi(
-                openai::OpenAiBatches::new(client, base_url, key, openai::endpoint(kind), given),
-            ),
+            | ProviderKind::OpenAiEmbeddings => Api::OpenAi(openai::OpenAiBatches::new(
+                client,
+                base_url,
+                key,
+                openai::endpoint(kind),
+                given,
+            )),
             ProviderKind::Anthropic => {
                 let extra = ExtraHeaders::parse(&st.api_headers)
                     .map_err(|e| Error::Input(format!("the state file's api_headers: {e}")))?;

@@ -332,4 +332,32 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("in.csv: line 2"), "{e}");
     }
+
+    #[test]
+    fn embeddings_lines_split_on_texts_too_and_carry_all_their_rows() {
+        let limits = Limits {
+            requests: 100,
+            bytes: 10_000,
+            inputs: 5,
+        };
+        let mut s = Splitter::new(ProviderKind::OpenAiEmbeddings, limits, None, 1);
+        for (k, seqs) in [vec![0, 1], vec![2, 3, 9], vec![4], vec![5, 6]]
+            .iter()
+            .enumerate()
+        {
+            let line = Line {
+                seqs,
+                inputs: 2,
+                text: b"{}",
+                side: Some(b"{}"),
+            };
+            s.push_line(&line, &|| format!("line {k}")).unwrap();
+        }
+        let b = s.finish().unwrap();
+        assert_eq!(b.iter().map(|b| b.requests).collect::<Vec<_>>(), [2, 2]);
+        assert_eq!(b[0].inputs, Some(4));
+        assert_eq!(b[0].rows, vec![[0, 4], [9, 10]]);
+        assert_eq!(b[1].rows, vec![[4, 7]]);
+        assert_eq!(rows_file("input-002.jsonl"), "input-002.rows.jsonl");
+    }
 }
