@@ -17,7 +17,11 @@ pub const DEFAULT_MODEL: &str = "text-embedding-3-small";
 /// `batch embed`.
 pub async fn run(args: EmbedArgs) -> Result<ExitStatus, Error> {
     let cfg = resolve(args)?;
-    crate::run::embed::embed(cfg).await
+    if cfg.run.batch.via_batch {
+        crate::run::batchapi::embeddings::run_via_batch(cfg).await
+    } else {
+        crate::run::embed::embed(cfg).await
+    }
 }
 
 /// The flags, checked and resolved into the run's settings.

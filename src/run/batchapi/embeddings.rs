@@ -250,8 +250,21 @@ impl Lines<'_> {
 }
 
 /// `batch embed --via batch`: plan, submit, wait, write the vectors (or `--dry-run`).
-pub async fn run_via_batch(cfg: EmbedConfig, column: usize) -> Result<ExitStatus, Error> {
+pub async fn run_via_batch(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     let printer = cfg.run.printer();
+    let column = {
+        let run = &cfg.run;
+        let input = InputFile::open_with(
+            &run.input,
+            run.input_format,
+            run.id_column.as_deref(),
+            run.read,
+        )?;
+        let column = crate::run::embed::column_index(&input, &cfg.column)?;
+        // Every row read once: a row that cannot be read stops the command before anything.
+        crate::run::embed::count_rows(&input)?;
+        column
+    };
     if cfg.run.dry_run {
         let planned = plan(&cfg, column, None)?;
         printer.report_with(|w| write_dry_run(w, &cfg, &planned));
@@ -663,7 +676,7 @@ impl Reader<'_> {
                 )
             })
             .map(|(_, o)| o)
-            .unwrap_or_else(|e| Err(e));
+            .unwrap_or_else(Err);
             self.last = Some((line, parsed));
         }
         Ok(self.last.as_ref().map(|(_, o)| o))

@@ -68,9 +68,6 @@ pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     )?;
     let column = column_index(&input, &cfg.column)?;
     let total = count_rows(&input)?;
-    if run.batch.via_batch {
-        return crate::run::batchapi::embeddings::run_via_batch(cfg.clone(), column).await;
-    }
     if run.dry_run {
         return dry_run(&cfg, &input, column, total);
     }
@@ -176,7 +173,7 @@ impl Ended {
 }
 
 /// The position of `name` among the input's columns.
-fn column_index(input: &InputFile, name: &str) -> Result<usize, Error> {
+pub fn column_index(input: &InputFile, name: &str) -> Result<usize, Error> {
     input.headers.iter().position(|h| h == name).ok_or_else(|| {
         Error::Input(format!(
             "--column {name:?} is not a column of {}; its columns are: {}",
@@ -187,7 +184,7 @@ fn column_index(input: &InputFile, name: &str) -> Result<usize, Error> {
 }
 
 /// Reads every row once: a row that cannot be read stops the command before anything is sent.
-fn count_rows(input: &InputFile) -> Result<u64, Error> {
+pub fn count_rows(input: &InputFile) -> Result<u64, Error> {
     let mut n = 0;
     let mut last = None;
     for row in input.rows()? {
