@@ -29,7 +29,8 @@
 //!
 //! `batch embed` (vectors of one column, many rows per request) has its loop in [`run::embed`],
 //! its wire format in [`engine::provider::embeddings`] and its files in
-//! [`engine::output::vectors`].
+//! [`engine::output::vectors`]; `batch embed --via batch` sends the same packs through the
+//! OpenAI Batch API in [`run::batchapi::embeddings`].
 
 pub mod base;
 pub mod commands;

@@ -492,6 +492,14 @@ pub(super) async fn collect(
         summary.write_json(p)?;
     }
     super::print_collected(opts.printer, &summary, saved, path);
+    let local = st.embed.as_ref().map_or(0, |e| e.local_failures);
+    if stats.failed > local && !opts.resubmit_failed {
+        opts.printer.note(format_args!(
+            "Resubmit   `batch collect {} --resubmit-failed --wait` sends each text of the \
+             failed requests alone: only a text the API refuses fails again",
+            path.display()
+        ));
+    }
     Ok(if stats.failed + stats.skipped > 0 {
         ExitStatus::RowsFailed
     } else {
