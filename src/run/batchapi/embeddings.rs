@@ -279,6 +279,9 @@ pub async fn run_via_batch(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     } else {
         submit(&cfg, column, (&base_url, key.as_ref()), &path).await?
     };
+    if st.embed.is_none() {
+        return Err(not_embeddings(&path));
+    }
     super::print_submitted(&st, &path, printer, true);
     let api = Api::new(&st, key.as_ref(), &cfg.run.headers)?;
     let opts = Collect {
@@ -288,9 +291,6 @@ pub async fn run_via_batch(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
         printer,
         summary_json: cfg.run.summary_json.clone(),
     };
-    if st.embed.is_none() {
-        return Err(not_embeddings(&path));
-    }
     collect(&api, &mut st, &path, &opts).await
 }
 
@@ -312,18 +312,23 @@ async fn submit(
     super::refuse_recorded_job(path, run.resume)?;
     drop(crate::engine::output::vectors::create(&run.output, None)?);
     let files = state::files_dir(path);
+    let existed = files.exists();
     std::fs::create_dir_all(&files)
         .map_err(|e| Error::io(format!("cannot create {}", files.display()), e))?;
     let planned = {
         let (cfg, files) = (cfg.clone(), files.clone());
         tokio::task::spawn_blocking(move || plan(&cfg, column, Some(&files)))
             .await
-            .map_err(|e| Error::io("planning the batches failed", std::io::Error::other(e)))??
+            .map_err(|e| Error::io("planning the batches failed", std::io::Error::other(e)))
+            .and_then(|planned| planned)
+            .and_then(|planned| check_cost(cfg, &planned).map(|()| planned))
     };
-    if let Err(e) = check_cost(cfg, &planned) {
-        let _ = std::fs::remove_dir_all(&files);
-        return Err(e);
-    }
+    // Nothing was submitted: the folder made for it goes (the state file was never written).
+    let planned = planned.inspect_err(|_| {
+        if !existed {
+            let _ = std::fs::remove_dir_all(&files);
+        }
+    })?;
     let mut st = state_of(cfg, base_url, &files, planned)?;
     st.save(path)?;
     let api = Api::new(&st, key, &run.headers)?;
