@@ -321,8 +321,8 @@ async fn submit(
             .await
             .map_err(|e| Error::io("planning the batches failed", std::io::Error::other(e)))
             .and_then(|planned| planned)
-            .and_then(|planned| check_cost(cfg, &planned).map(|()| planned))
-    };
+    }
+    .and_then(|planned| check_cost(cfg, &planned).map(|()| planned));
     // Nothing was submitted: the folder made for it goes (the state file was never written).
     let planned = planned.inspect_err(|_| {
         if !existed {
