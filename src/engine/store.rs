@@ -381,11 +381,14 @@ impl Store {
             )?;
             // A row answered again (a resume sending a changed request) keeps what its first
             // answer was charged: its attempt moves to `attempts` before the row is replaced.
-            let mut keep_replaced = tx.prepare_cached(
+            // One statement for the group: one a row was a fifth of what a row cost to journal.
+            tx.prepare_cached(
                 "INSERT INTO attempts (seq, attempt, started_ms, outcome, latency_ms, charged_usd) \
                  SELECT seq, 1, finished_ms - started_before_ms, 'ok', latency_ms, cost_usd \
-                 FROM rows WHERE seq = ?1 AND started_before_ms IS NOT NULL",
-            )?;
+                 FROM rows WHERE seq IN (SELECT value FROM json_each(?1)) \
+                 AND started_before_ms IS NOT NULL",
+            )?
+            .execute([seq_list(rows)])?;
             let now = unix_millis(SystemTime::now());
             for f in rows {
                 let r = &f.result;
@@ -403,7 +406,6 @@ impl Store {
                         a.charged_usd,
                     ])?;
                 }
-                keep_replaced.execute([r.seq as i64])?;
                 let u = r.usage;
                 row_stmt.execute(params![
                     r.seq as i64,
@@ -435,6 +437,19 @@ impl Store {
             .and_then(|_| tx.commit())
             .map_err(|e| db_error(&path, "write", &e))
     }
+}
+
+/// The rows' positions as a JSON array, for `json_each`.
+fn seq_list(rows: &[Finished]) -> String {
+    use std::fmt::Write;
+    let mut list = String::with_capacity(rows.len() * 8 + 2);
+    list.push('[');
+    for (i, f) in rows.iter().enumerate() {
+        let comma = if i == 0 { "" } else { "," };
+        let _ = write!(list, "{comma}{}", f.result.seq);
+    }
+    list.push(']');
+    list
 }
 
 /// Reads a state file: the recorded rows in input order, for merging with the input, and the

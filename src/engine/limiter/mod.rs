@@ -215,14 +215,24 @@ impl Budget {
     }
 }
 
-/// A request's token cost, counted when first needed: `Err` holds the counter until then.
-struct Cost<F>(Result<f64, Option<F>>);
+/// A request's token cost, counted when first needed: `Err` holds the counter until then. The
+/// bound, if given, is what the start gate takes instead of counting.
+struct Cost<F>(Result<f64, Option<F>>, Option<u32>);
 
 impl<F: FnOnce() -> u32> Cost<F> {
     fn count(&mut self) {
         if let Err(f) = &mut self.0 {
             let n = f.take().map_or(0, |f| f());
             self.0 = Ok(f64::from(n));
+        }
+    }
+
+    /// For the start gate: the bound if there is one (the request then costs that until it is
+    /// settled), else the count.
+    fn bound_or_count(&mut self) {
+        match (self.1, &self.0) {
+            (Some(bound), Err(_)) => self.0 = Ok(f64::from(bound)),
+            _ => self.count(),
         }
     }
 
@@ -415,7 +425,7 @@ impl RateBudget {
                 }
             };
             let Some(wait) = wait else {
-                cost.count();
+                cost.bound_or_count();
                 continue;
             };
             tokio::select! {
@@ -448,7 +458,17 @@ impl RateBudget {
     /// nothing needs it. The probes reserve nothing from the learned budgets: those start from headers that
     /// counted them already.
     pub async fn acquire(&self, tokens: impl FnOnce() -> u32) -> Result<Permit, Refused> {
-        let mut cost = Cost(Err(Some(tokens)));
+        self.acquire_bounded(tokens, None).await
+    }
+
+    /// [`Self::acquire`], where the start gate takes `bound` (at least the count, and cheap)
+    /// instead of counting: a run with no token budget then never builds a tokenizer.
+    pub async fn acquire_bounded(
+        &self,
+        tokens: impl FnOnce() -> u32,
+        bound: Option<u32>,
+    ) -> Result<Permit, Refused> {
+        let mut cost = Cost(Err(Some(tokens)), bound);
         if self.counts_tokens() {
             cost.count();
         }
@@ -734,6 +754,31 @@ mod tests {
             .expect("the answer let the second go")
             .unwrap();
         budget.settle(second, Some(2_500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_start_gate_takes_a_bound_instead_of_counting() {
+        let budget = std::sync::Arc::new(RateBudget::new(None, None, true));
+        let uncounted = || -> u32 { panic!("counted: the tokenizer would have been built") };
+        let mut probes = Vec::new();
+        for _ in 0..probe::PROBES {
+            probes.push(budget.acquire_bounded(uncounted, Some(900)).await.unwrap());
+        }
+        // Bounds too large for the probes' tokens hold the next one back, as counts would.
+        let b = budget.clone();
+        let big = tokio::spawn(async move { b.acquire_bounded(uncounted, Some(3_000)).await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!big.is_finished(), "went past the probes' tokens");
+        budget.observe(None);
+        for p in probes {
+            budget.settle(p, Some(20));
+        }
+        let big = tokio::time::timeout(Duration::from_millis(10), big)
+            .await
+            .expect("the first answer let it go")
+            .unwrap()
+            .unwrap();
+        budget.settle(big, Some(20));
     }
 
     #[tokio::test(start_paused = true)]

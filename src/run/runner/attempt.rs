@@ -96,8 +96,13 @@ async fn reserve(shared: &Shared, job: &Job, attempt: u32) -> Reserve {
         job.prompt_tokens()
             .saturating_add(shared.completion_reservation(job.request.max_tokens))
     };
+    // The start gate takes a bound instead of a count: no tokenizer is built for a run without
+    // a token budget.
+    let bound = job
+        .prompt_tokens_bound()
+        .saturating_add(shared.completion_reservation(job.request.max_tokens));
     let acquired = tokio::select! {
-        acquired = shared.budget.acquire(tokens) => Some(acquired),
+        acquired = shared.budget.acquire_bounded(tokens, Some(bound)) => Some(acquired),
         _ = shared.stop.cancelled() => None,
     };
     match acquired {

@@ -47,6 +47,13 @@ impl Job {
                 .saturating_add(r.attachment_tokens())
         })
     }
+
+    /// At least [`Self::prompt_tokens`], counted without a tokenizer (see
+    /// [`tokens::chat_bound`]).
+    pub(super) fn prompt_tokens_bound(&self) -> u32 {
+        let r = &self.request;
+        tokens::chat_bound(r.system.as_deref(), &r.user).saturating_add(r.attachment_tokens())
+    }
 }
 
 /// Renders rows into jobs (shared by the reader thread and nothing else, but kept apart so the
@@ -117,7 +124,7 @@ impl JobMaker {
         request.strip_payloads();
         let cached = match &self.cache {
             // A cache that cannot be read is a cache that misses.
-            Some(c) => c.get(&request_hash).unwrap_or_else(|e| {
+            Some(c) => c.get_in_snapshot(&request_hash).unwrap_or_else(|e| {
                 tracing::warn!("{e}");
                 None
             }),
@@ -155,6 +162,7 @@ pub(super) fn read_work(
         tx,
         chunk: Vec::with_capacity(WORK_CHUNK),
         room: QueueRoom::new(QUEUED_BYTES),
+        cache: maker.cache.as_ref(),
     });
     let send = |job: Result<Job, Error>| -> bool { tx.borrow_mut().send(job) };
     let rows = match maker.input.rows() {
@@ -263,20 +271,23 @@ impl QueueRoom {
 }
 
 /// The reader's end of the work channel; what is left is sent when it is dropped.
-pub(super) struct WorkSender {
+pub(super) struct WorkSender<'a> {
     pub(super) tx: mpsc::Sender<Vec<Result<Job, Error>>>,
     pub(super) chunk: Vec<Result<Job, Error>>,
     pub(super) room: QueueRoom,
+    /// The cache the jobs were looked up in: its read snapshot ends with each chunk handed
+    /// over, before the reader may wait (see [`Cache::get_in_snapshot`]).
+    pub(super) cache: Option<&'a Cache>,
 }
 
-impl WorkSender {
+impl WorkSender<'_> {
     /// Queues a job; false when reading should stop (an error, or the dispatcher is gone).
     /// An error is sent at once, with the jobs before it. Waits while [`QUEUED_BYTES`] of
     /// bodies are queued.
     fn send(&mut self, mut job: Result<Job, Error>) -> bool {
         if let Ok(j) = &mut job {
-            let (room, tx, chunk) = (&self.room, &self.tx, &mut self.chunk);
-            let flush = || flush(tx, chunk);
+            let (room, tx, chunk, cache) = (&self.room, &self.tx, &mut self.chunk, self.cache);
+            let flush = || flush(tx, chunk, cache);
             match room.reserve(j.body.len(), flush) {
                 Some(permit) => j.queued = Some(permit),
                 None => return false,
@@ -291,17 +302,25 @@ impl WorkSender {
     }
 
     fn flush(&mut self) -> bool {
-        flush(&self.tx, &mut self.chunk)
+        flush(&self.tx, &mut self.chunk, self.cache)
     }
 }
 
-/// Sends the jobs of `chunk`; false when the dispatcher is gone.
-fn flush(tx: &mpsc::Sender<Vec<Result<Job, Error>>>, chunk: &mut Vec<Result<Job, Error>>) -> bool {
+/// Sends the jobs of `chunk`, after ending the cache's read snapshot; false when the
+/// dispatcher is gone.
+fn flush(
+    tx: &mpsc::Sender<Vec<Result<Job, Error>>>,
+    chunk: &mut Vec<Result<Job, Error>>,
+    cache: Option<&Cache>,
+) -> bool {
+    if let Some(c) = cache {
+        c.end_snapshot();
+    }
     let chunk = std::mem::replace(chunk, Vec::with_capacity(WORK_CHUNK));
     chunk.is_empty() || tx.blocking_send(chunk).is_ok()
 }
 
-impl Drop for WorkSender {
+impl Drop for WorkSender<'_> {
     fn drop(&mut self) {
         self.flush();
     }
