@@ -9,7 +9,14 @@
 //! worker and only rows in flight hold their bytes. URLs are passed to the provider as they are
 //! and never fetched here: their problems show up as the provider's error for that row.
 //!
+//! With `--max-image-px`, a picture over that size is scaled down ([`resize`]) where it is
+//! read, in the pre-flight and on the reader thread alike, and everything after (limits,
+//! tokens, the body) sees the scaled picture.
+//!
 //! The formulas and limits, with their sources, are in `docs/vision.md`.
+
+pub mod resize;
+pub use resize::Resizer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -147,6 +154,8 @@ pub struct Attachment {
     /// Pages of a PDF (an estimate: see [`pdf_pages`]).
     pub pages: u32,
     pub detail: Option<Detail>,
+    /// The picture's size before `--max-image-px` scaled it down (`size` is after).
+    pub scaled_from: Option<(u32, u32)>,
 }
 
 impl Attachment {
@@ -258,6 +267,8 @@ pub struct Loader {
     /// it). Off by default, so a CSV from someone else cannot upload any image or PDF on the
     /// machine.
     pub any_path: bool,
+    /// `--max-image-px`: pictures over it are scaled down before anything else looks at them.
+    pub resize: Option<Resizer>,
 }
 
 impl Loader {
@@ -301,6 +312,17 @@ impl Loader {
             .read_to_end(&mut bytes)
             .map_err(io)?;
         let partial = (bytes.len() as u64) < n;
+        if partial && self.to_scale(&bytes).is_some() {
+            // To be scaled down: its length as sent is that of the scaled copy.
+            if n > resize::MAX_SOURCE_BYTES {
+                return Err(format!(
+                    "{what}: {}",
+                    too_big(n, resize::MAX_SOURCE_BYTES, "a picture to scale down")
+                ));
+            }
+            file.read_to_end(&mut bytes).map_err(io)?;
+            return self.finish(kind, bytes).map_err(|e| format!("{what}: {e}"));
+        }
         if partial {
             // Judged by its length before the rest is read: a 3 GB PDF is not loaded to be
             // refused.
@@ -318,10 +340,28 @@ impl Loader {
         if partial {
             file.read_to_end(&mut bytes).map_err(io)?;
         }
-        let a = self
-            .check(kind, &bytes)
-            .map_err(|e| format!("{what}: {e}"))?;
-        Ok((a, Some(bytes)))
+        self.finish(kind, bytes).map_err(|e| format!("{what}: {e}"))
+    }
+
+    /// The size of the picture `bytes` starts with, when `--max-image-px` scales it down.
+    fn to_scale(&self, bytes: &[u8]) -> Option<(u32, u32)> {
+        let r = self.resize.as_ref()?;
+        Media::sniff(bytes).filter(|m| m.is_image())?;
+        let size = imagesize::blob_size(bytes).ok()?;
+        let (w, h) = (size.width as u32, size.height as u32);
+        r.target(w, h).map(|_| (w, h))
+    }
+
+    /// The whole `bytes` of a file or data: URL checked, once scaled down if they are a picture
+    /// over `--max-image-px`: what is sent.
+    fn finish(&self, kind: Kind, bytes: Vec<u8>) -> Result<(Attachment, Option<Vec<u8>>), String> {
+        let (Some(from), Some(r), Kind::Image) = (self.to_scale(&bytes), &self.resize, kind) else {
+            return self.check(kind, &bytes).map(|a| (a, Some(bytes)));
+        };
+        let scaled = r.scaled(sniffed(&bytes)?, &bytes)?;
+        let mut a = self.check(kind, &scaled.bytes)?;
+        a.scaled_from = Some(from);
+        Ok((a, Some(scaled.bytes)))
     }
 
     /// Refuses a `cell` that leaves [`Loader::base`], unless [`Loader::any_path`]: written as
@@ -365,10 +405,8 @@ impl Loader {
             Some(rest) => decode_data_url(rest).map_err(|e| format!("{what}: {e}"))?,
             None => return self.read_file(w.kind, cell, whole, &what),
         };
-        let a = self
-            .check(w.kind, &bytes)
-            .map_err(|e| format!("{what}: {e}"))?;
-        Ok((a, Some(bytes)))
+        self.finish(w.kind, bytes)
+            .map_err(|e| format!("{what}: {e}"))
     }
 
     fn url(&self, kind: Kind, url: &str) -> Result<(Attachment, Option<Vec<u8>>), String> {
@@ -389,6 +427,7 @@ impl Loader {
             size: None,
             pages: URL_PAGES,
             detail: self.detail,
+            scaled_from: None,
         };
         Ok((a, None))
     }
@@ -425,6 +464,7 @@ impl Loader {
             size: None,
             pages: 0,
             detail: self.detail,
+            scaled_from: None,
         };
         if media == Media::Pdf {
             if n > l.file_bytes {
@@ -450,7 +490,8 @@ impl Loader {
             && (w > max || h > max)
         {
             return Err(format!(
-                "is {w}x{h} pixels; the provider takes at most {max} on a side: scale it down"
+                "is {w}x{h} pixels; the provider takes at most {max} on a side: scale it down, \
+                 or pass --max-image-px {max} to have it scaled down before it is sent"
             ));
         }
         a.size = Some((w, h));
@@ -715,6 +756,7 @@ mod tests {
             limits,
             detail: None,
             any_path: false,
+            resize: None,
         }
     }
 
@@ -798,6 +840,45 @@ mod tests {
             Some((2, 3))
         );
         assert!(err(Kind::Image, "data:image/png;base64,!!").contains("base64"));
+    }
+
+    #[test]
+    fn max_image_px_scales_pictures_down_before_limits_and_tokens() {
+        use resize::tests::picture;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("wide.png"), picture(Media::Png, 9000, 30)).unwrap();
+        let big = picture(Media::Jpeg, 1500, 1000);
+        // Larger than the header read, so the whole file is read to be scaled.
+        assert!(big.len() as u64 > HEAD_BYTES, "{}", big.len());
+        std::fs::write(dir.path().join("big.jpg"), big).unwrap();
+        std::fs::write(dir.path().join("small.png"), picture(Media::Png, 20, 20)).unwrap();
+        let mut l = loader(dir.path(), Limits::anthropic());
+        let e = l.inspect(&want(Kind::Image, "wide.png")).unwrap_err();
+        assert!(e.contains("--max-image-px 8000"), "{e}");
+        l.resize = Some(Resizer {
+            max_px: 1000,
+            dir: Some(dir.path().join("resized")),
+        });
+        let a = l.inspect(&want(Kind::Image, "wide.png")).unwrap();
+        assert_eq!((a.size, a.scaled_from), (Some((1000, 3)), Some((9000, 30))));
+        let b = l.load(&want(Kind::Image, "big.jpg")).unwrap();
+        assert_eq!((b.media, b.size), (Some(Media::Jpeg), Some((1000, 667))));
+        assert_eq!(b.scaled_from, Some((1500, 1000)));
+        let sent = BASE64.decode(b.base64.as_bytes()).unwrap();
+        assert_eq!(imagesize::blob_size(&sent).unwrap().width, 1000);
+        assert_eq!(b.bytes, sent.len() as u64);
+        assert_eq!(b.tokens("claude-sonnet-4-5"), (1000 * 667u32).div_ceil(750));
+        let c = l.load(&want(Kind::Image, "small.png")).unwrap();
+        assert_eq!((c.size, c.scaled_from), (Some((20, 20)), None));
+        // A picture that cannot be decoded is refused where it is read (in the pre-flight).
+        let mut broken = picture(Media::Png, 1200, 1200);
+        broken.truncate(100);
+        std::fs::write(dir.path().join("broken.png"), broken).unwrap();
+        let e = l.inspect(&want(Kind::Image, "broken.png")).unwrap_err();
+        assert!(
+            e.contains("broken.png") && e.contains("cannot be decoded"),
+            "{e}"
+        );
     }
 
     #[test]

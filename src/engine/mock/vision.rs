@@ -197,6 +197,7 @@ fn checked(flavor: Flavor, found: Found) -> Result<Attachment, String> {
         limits: flavor.limits(),
         detail: found.detail,
         any_path: false,
+        resize: None,
     };
     let (declared, data) = match found.payload {
         Payload::Url(url) => {
@@ -210,6 +211,7 @@ fn checked(flavor: Flavor, found: Found) -> Result<Attachment, String> {
                 size: None,
                 pages: crate::engine::attach::URL_PAGES,
                 detail: found.detail,
+                scaled_from: None,
             });
         }
         Payload::Bytes { declared, data } => (declared, data),
