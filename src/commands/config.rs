@@ -195,14 +195,18 @@ impl RunConfig {
             continue_with: None,
             image_detail: args.image_detail,
             allow_any_path: args.allow_any_path,
-            resize: args
-                .max_image_px
-                .map(|max_px| crate::engine::attach::Resizer {
-                    max_px,
-                    dir: Some(runs_dir.with_file_name("resized")),
-                }),
+            resize: resizer(args.max_image_px, &runs_dir),
         })
     }
+}
+
+/// `--max-image-px`, with the scaled copies kept beside the runs in the cache folder (whether
+/// or not answers are cached: `--no-cache` is about answers).
+fn resizer(max_px: Option<u32>, runs_dir: &Path) -> Option<crate::engine::attach::Resizer> {
+    max_px.map(|max_px| crate::engine::attach::Resizer {
+        max_px,
+        dir: Some(runs_dir.with_file_name("resized")),
+    })
 }
 
 /// `--delimiter` and the input limits, defaults filled in.
