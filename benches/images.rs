@@ -27,21 +27,43 @@ fn main() {
         "images: {rows} rows, one {kb} kB image each, --concurrency {concurrency}, mock latency \
          {latency_ms} ms; ideal {ideal:.0} rows/s"
     );
-    let (rate, rss_full) = run(dir.path(), rows, concurrency, latency_ms);
+    let full = run(dir.path(), rows, concurrency, latency_ms);
     println!(
-        "{rows} rows: {rate:.1} rows/s = {:.1}% of ideal end to end (target: at least 90%), \
-         peak RSS {:.0} MB",
-        100.0 * rate / ideal,
-        rss_full as f64 / 1024.0
+        "{rows} rows: {:.1} rows/s = {:.1}% of ideal end to end (target: at least 90%), \
+         peak RSS {:.0} MB; {:.2} s, request latency p50 {:.0} ms",
+        full.rate,
+        100.0 * full.rate / ideal,
+        full.peak_kb as f64 / 1024.0,
+        full.wall,
+        full.p50_ms
     );
     let quarter = rows / 4;
-    let (rate_q, rss_quarter) = run(dir.path(), quarter, concurrency, latency_ms);
+    let q = run(dir.path(), quarter, concurrency, latency_ms);
     println!(
-        "{quarter} rows: {rate_q:.1} rows/s, peak RSS {:.0} MB; peak RSS ratio full/quarter \
+        "{quarter} rows: {:.1} rows/s, peak RSS {:.0} MB; peak RSS ratio full/quarter \
          input = {:.2} (1.0: bounded by what is in flight, 4.0: by the input)",
-        rss_quarter as f64 / 1024.0,
-        rss_full as f64 / rss_quarter as f64
+        q.rate,
+        q.peak_kb as f64 / 1024.0,
+        full.peak_kb as f64 / q.peak_kb as f64
     );
+    // What does not scale with the rows: start-up (the mock's tokenizer, the pre-flight) and
+    // the end, measured as one round of `concurrency` rows less its latency.
+    let one = run(dir.path(), concurrency, concurrency, latency_ms);
+    let fixed = (one.wall - latency_ms as f64 / 1000.0).max(0.0);
+    println!(
+        "{concurrency} rows (one round): {:.2} s, so about {fixed:.2} s of it is start-up and \
+         finish, {:.1}% of the ideal time of {rows} rows",
+        one.wall,
+        100.0 * fixed / (rows as f64 / ideal)
+    );
+}
+
+/// What one run measured.
+struct Measured {
+    rate: f64,
+    peak_kb: u64,
+    wall: f64,
+    p50_ms: f64,
 }
 
 /// `rows` files `img/N.png` and `input.csv` naming them.
@@ -68,8 +90,8 @@ fn write_images(dir: &std::path::Path, rows: usize, kb: usize) {
     }
 }
 
-/// One run over the first `rows` rows: its end-to-end rate and peak RSS in kB.
-fn run(dir: &std::path::Path, rows: usize, concurrency: usize, latency_ms: u64) -> (f64, u64) {
+/// One run over the first `rows` rows: its end-to-end rate, peak RSS, wall time and latency.
+fn run(dir: &std::path::Path, rows: usize, concurrency: usize, latency_ms: u64) -> Measured {
     let input = dir.join(format!("input-{rows}.csv"));
     let all = std::fs::read_to_string(dir.join("input.csv")).unwrap();
     let head: Vec<&str> = all.lines().take(rows + 1).collect();
@@ -107,7 +129,12 @@ fn run(dir: &std::path::Path, rows: usize, concurrency: usize, latency_ms: u64) 
     assert!(status.success(), "batch run failed: {status}");
     let s: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
     assert_eq!(s["ok"].as_u64(), Some(rows as u64), "every row ok");
-    (s["rows_per_second"].as_f64().unwrap(), peak)
+    Measured {
+        rate: s["rows_per_second"].as_f64().unwrap(),
+        peak_kb: peak,
+        wall: s["wall_seconds"].as_f64().unwrap(),
+        p50_ms: s["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+    }
 }
 
 /// `VmHWM` (peak resident set, kB) of process `pid`.

@@ -10,7 +10,8 @@
 //!   decides what the user sees.
 //! - [`engine`]: the parts a run is built from. [`engine::input`] streams rows, [`engine::template`]
 //!   renders them (a watchdog, [`engine::render_guard`], stops a render that outgrows its
-//!   budget; [`engine::attach`] reads, checks and encodes the files a prompt attaches),
+//!   budget; [`engine::attach`] reads, checks, scales down and encodes the files a prompt
+//!   attaches),
 //!   [`engine::limiter`] and [`engine::concurrency`] pace them, [`engine::provider`]
 //!   sends them in one of three wire formats and classifies the answer, [`engine::retry`] decides
 //!   the next attempt, [`engine::store`] journals every outcome (for `--resume`), [`engine::cache`]

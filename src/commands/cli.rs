@@ -439,6 +439,13 @@ pub struct RunArgs {
     /// else cannot upload any image or PDF on this machine.
     #[arg(long, help_heading = "Input")]
     pub allow_any_path: bool,
+
+    /// Scale down every picture a prompt attaches whose longer side is over PX pixels (aspect
+    /// kept; PNG stays PNG, JPEG stays JPEG, GIF and WebP become PNG) before it is sent. Done
+    /// once per picture and size: the copies are kept in the cache folder's `resized/`. URLs
+    /// are not fetched, so not scaled.
+    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Model")]
+    pub max_image_px: Option<u32>,
 }
 
 /// Flags of `batch bench`: every `batch run` flag that shapes requests, plus the sweep and its

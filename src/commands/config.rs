@@ -67,7 +67,7 @@ impl RunConfig {
                 temperature, price_file, concurrency, rpm, tpm, max_retries, max_stall, timeout, api_key_file,
                 mock, summary_json, grace, max_cost, log, provider, api, schema, schema_retries,
                 expect, match_mode, via, batch_max_requests, batch_max_bytes,
-                delimiter, max_field_size, max_row_size, max_input_size, image_detail);
+                delimiter, max_field_size, max_row_size, max_input_size, image_detail, max_image_px);
             if args.header.is_empty() {
                 args.header = std::mem::take(&mut file.header);
             }
@@ -195,8 +195,18 @@ impl RunConfig {
             continue_with: None,
             image_detail: args.image_detail,
             allow_any_path: args.allow_any_path,
+            resize: resizer(args.max_image_px, &runs_dir),
         })
     }
+}
+
+/// `--max-image-px`, with the scaled copies kept beside the runs in the cache folder (whether
+/// or not answers are cached: `--no-cache` is about answers).
+fn resizer(max_px: Option<u32>, runs_dir: &Path) -> Option<crate::engine::attach::Resizer> {
+    max_px.map(|max_px| crate::engine::attach::Resizer {
+        max_px,
+        dir: Some(runs_dir.with_file_name("resized")),
+    })
 }
 
 /// `--delimiter` and the input limits, defaults filled in.

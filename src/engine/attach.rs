@@ -9,7 +9,14 @@
 //! worker and only rows in flight hold their bytes. URLs are passed to the provider as they are
 //! and never fetched here: their problems show up as the provider's error for that row.
 //!
+//! With `--max-image-px`, a picture over that size is scaled down ([`resize`]) where it is
+//! read, in the pre-flight and on the reader thread alike, and everything after (limits,
+//! tokens, the body) sees the scaled picture.
+//!
 //! The formulas and limits, with their sources, are in `docs/vision.md`.
+
+pub mod resize;
+pub use resize::Resizer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -138,8 +145,10 @@ pub struct Attachment {
     pub url: Option<String>,
     /// The bytes in base64 (empty before [`Loader::load`] and after [`Attachment::strip`]).
     pub base64: Arc<str>,
-    /// SHA-256 of the bytes (of the URL for a URL), in hex: names the file in a request body
-    /// instead of its path, so a renamed file makes the same request.
+    /// SHA-256 of the bytes (of the URL for a URL), in hex: names a PDF in a request body
+    /// instead of its path, so a renamed file makes the same request. Empty for a local
+    /// picture, whose parts have no name: hashing 40,000 photos for nothing is a tenth of a
+    /// vision job's CPU (the audit log hashes what it replaces itself).
     pub sha256: String,
     pub bytes: u64,
     /// Pixels, for images whose header was read.
@@ -147,13 +156,20 @@ pub struct Attachment {
     /// Pages of a PDF (an estimate: see [`pdf_pages`]).
     pub pages: u32,
     pub detail: Option<Detail>,
+    /// The picture's size before `--max-image-px` scaled it down (`size` is after).
+    pub scaled_from: Option<(u32, u32)>,
 }
 
 impl Attachment {
     /// `data:<mime>;base64,<bytes>`, as OpenAI takes local files.
     pub fn data_url(&self) -> String {
         let mime = self.media.map_or("application/octet-stream", Media::mime);
-        format!("data:{mime};base64,{}", self.base64)
+        // Sized up front: a picture's is hundreds of kB, and `format!` would grow it by doubling.
+        let mut url = String::with_capacity(mime.len() + 13 + self.base64.len());
+        for piece in ["data:", mime, ";base64,", &self.base64] {
+            url.push_str(piece);
+        }
+        url
     }
 
     /// The filename sent with a file: derived from the content hash, never the path, so the
@@ -258,6 +274,8 @@ pub struct Loader {
     /// it). Off by default, so a CSV from someone else cannot upload any image or PDF on the
     /// machine.
     pub any_path: bool,
+    /// `--max-image-px`: pictures over it are scaled down before anything else looks at them.
+    pub resize: Option<Resizer>,
 }
 
 impl Loader {
@@ -273,7 +291,9 @@ impl Loader {
     pub fn load(&self, w: &Wanted) -> Result<Attachment, String> {
         let (mut a, bytes) = self.read(w, true)?;
         if let Some(bytes) = bytes {
-            a.sha256 = hex(&Sha256::digest(&bytes));
+            if a.kind == Kind::File {
+                a.sha256 = hex(&Sha256::digest(&bytes));
+            }
             a.base64 = Arc::from(BASE64.encode(&bytes));
         }
         Ok(a)
@@ -295,12 +315,27 @@ impl Loader {
             .map_err(|why| format!("{what}: {why}"))?;
         let mut file = std::fs::File::open(&path).map_err(io)?;
         let n = file.metadata().map_err(io)?.len();
-        let mut bytes = Vec::new();
+        // The whole file's room when it is read whole, so the rest is read without growing.
+        let mut bytes = Vec::with_capacity(match whole {
+            true => usize::try_from(n.min(self.limits.file_bytes)).unwrap_or(0) + 1,
+            false => HEAD_BYTES as usize,
+        });
         file.by_ref()
             .take(HEAD_BYTES)
             .read_to_end(&mut bytes)
             .map_err(io)?;
         let partial = (bytes.len() as u64) < n;
+        if partial && self.to_scale(&bytes).is_some() {
+            // To be scaled down: its length as sent is that of the scaled copy.
+            if n > resize::MAX_SOURCE_BYTES {
+                return Err(format!(
+                    "{what}: {}",
+                    too_big(n, resize::MAX_SOURCE_BYTES, "a picture to scale down")
+                ));
+            }
+            file.read_to_end(&mut bytes).map_err(io)?;
+            return self.finish(kind, bytes).map_err(|e| format!("{what}: {e}"));
+        }
         if partial {
             // Judged by its length before the rest is read: a 3 GB PDF is not loaded to be
             // refused.
@@ -318,10 +353,28 @@ impl Loader {
         if partial {
             file.read_to_end(&mut bytes).map_err(io)?;
         }
-        let a = self
-            .check(kind, &bytes)
-            .map_err(|e| format!("{what}: {e}"))?;
-        Ok((a, Some(bytes)))
+        self.finish(kind, bytes).map_err(|e| format!("{what}: {e}"))
+    }
+
+    /// The size of the picture `bytes` starts with, when `--max-image-px` scales it down.
+    fn to_scale(&self, bytes: &[u8]) -> Option<(u32, u32)> {
+        let r = self.resize.as_ref()?;
+        Media::sniff(bytes).filter(|m| m.is_image())?;
+        let size = imagesize::blob_size(bytes).ok()?;
+        let (w, h) = (size.width as u32, size.height as u32);
+        r.target(w, h).map(|_| (w, h))
+    }
+
+    /// The whole `bytes` of a file or data: URL checked, once scaled down if they are a picture
+    /// over `--max-image-px`: what is sent.
+    fn finish(&self, kind: Kind, bytes: Vec<u8>) -> Result<(Attachment, Option<Vec<u8>>), String> {
+        let (Some(from), Some(r), Kind::Image) = (self.to_scale(&bytes), &self.resize, kind) else {
+            return self.check(kind, &bytes).map(|a| (a, Some(bytes)));
+        };
+        let scaled = r.scaled(sniffed(&bytes)?, &bytes)?;
+        let mut a = self.check(kind, &scaled.bytes)?;
+        a.scaled_from = Some(from);
+        Ok((a, Some(scaled.bytes)))
     }
 
     /// Refuses a `cell` that leaves [`Loader::base`], unless [`Loader::any_path`]: written as
@@ -365,10 +418,8 @@ impl Loader {
             Some(rest) => decode_data_url(rest).map_err(|e| format!("{what}: {e}"))?,
             None => return self.read_file(w.kind, cell, whole, &what),
         };
-        let a = self
-            .check(w.kind, &bytes)
-            .map_err(|e| format!("{what}: {e}"))?;
-        Ok((a, Some(bytes)))
+        self.finish(w.kind, bytes)
+            .map_err(|e| format!("{what}: {e}"))
     }
 
     fn url(&self, kind: Kind, url: &str) -> Result<(Attachment, Option<Vec<u8>>), String> {
@@ -389,6 +440,7 @@ impl Loader {
             size: None,
             pages: URL_PAGES,
             detail: self.detail,
+            scaled_from: None,
         };
         Ok((a, None))
     }
@@ -425,6 +477,7 @@ impl Loader {
             size: None,
             pages: 0,
             detail: self.detail,
+            scaled_from: None,
         };
         if media == Media::Pdf {
             if n > l.file_bytes {
@@ -450,7 +503,8 @@ impl Loader {
             && (w > max || h > max)
         {
             return Err(format!(
-                "is {w}x{h} pixels; the provider takes at most {max} on a side: scale it down"
+                "is {w}x{h} pixels; the provider takes at most {max} on a side: scale it down, \
+                 or pass --max-image-px {max} to have it scaled down before it is sent"
             ));
         }
         a.size = Some((w, h));
@@ -715,6 +769,7 @@ mod tests {
             limits,
             detail: None,
             any_path: false,
+            resize: None,
         }
     }
 
@@ -778,7 +833,9 @@ mod tests {
             a.data_url()
                 .starts_with("data:image/png;base64,iVBORw0KGgo")
         );
-        assert_eq!(a.filename(), format!("{}.png", &a.sha256[..16]));
+        let pdf = l.load(&want(Kind::File, "doc.pdf")).unwrap();
+        assert_eq!(pdf.filename(), format!("{}.pdf", &pdf.sha256[..16]));
+        assert_eq!(pdf.sha256, hex(&Sha256::digest(b"%PDF-1.4 /Type /Page")));
         assert!(
             l.inspect(&want(Kind::Image, "a.png"))
                 .unwrap()
@@ -798,6 +855,45 @@ mod tests {
             Some((2, 3))
         );
         assert!(err(Kind::Image, "data:image/png;base64,!!").contains("base64"));
+    }
+
+    #[test]
+    fn max_image_px_scales_pictures_down_before_limits_and_tokens() {
+        use resize::tests::picture;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("wide.png"), picture(Media::Png, 9000, 30)).unwrap();
+        let big = picture(Media::Jpeg, 1500, 1000);
+        // Larger than the header read, so the whole file is read to be scaled.
+        assert!(big.len() as u64 > HEAD_BYTES, "{}", big.len());
+        std::fs::write(dir.path().join("big.jpg"), big).unwrap();
+        std::fs::write(dir.path().join("small.png"), picture(Media::Png, 20, 20)).unwrap();
+        let mut l = loader(dir.path(), Limits::anthropic());
+        let e = l.inspect(&want(Kind::Image, "wide.png")).unwrap_err();
+        assert!(e.contains("--max-image-px 8000"), "{e}");
+        l.resize = Some(Resizer {
+            max_px: 1000,
+            dir: Some(dir.path().join("resized")),
+        });
+        let a = l.inspect(&want(Kind::Image, "wide.png")).unwrap();
+        assert_eq!((a.size, a.scaled_from), (Some((1000, 3)), Some((9000, 30))));
+        let b = l.load(&want(Kind::Image, "big.jpg")).unwrap();
+        assert_eq!((b.media, b.size), (Some(Media::Jpeg), Some((1000, 667))));
+        assert_eq!(b.scaled_from, Some((1500, 1000)));
+        let sent = BASE64.decode(b.base64.as_bytes()).unwrap();
+        assert_eq!(imagesize::blob_size(&sent).unwrap().width, 1000);
+        assert_eq!(b.bytes, sent.len() as u64);
+        assert_eq!(b.tokens("claude-sonnet-4-5"), (1000 * 667u32).div_ceil(750));
+        let c = l.load(&want(Kind::Image, "small.png")).unwrap();
+        assert_eq!((c.size, c.scaled_from), (Some((20, 20)), None));
+        // A picture that cannot be decoded is refused where it is read (in the pre-flight).
+        let mut broken = picture(Media::Png, 1200, 1200);
+        broken.truncate(100);
+        std::fs::write(dir.path().join("broken.png"), broken).unwrap();
+        let e = l.inspect(&want(Kind::Image, "broken.png")).unwrap_err();
+        assert!(
+            e.contains("broken.png") && e.contains("cannot be decoded"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct RunConfig {
     pub image_detail: Option<crate::engine::attach::Detail>,
     /// `--allow-any-path`: attachments may come from outside the input file's folder.
     pub allow_any_path: bool,
+    /// `--max-image-px`, and where the scaled copies are kept (`<cache dir>/resized`, with or
+    /// without `--no-cache`, which is about answers).
+    pub resize: Option<crate::engine::attach::Resizer>,
 }
 
 /// The command line of a `batch run`, from which the summary prints the exact command that
@@ -159,6 +162,7 @@ impl RunConfig {
             },
             detail: self.image_detail,
             any_path: self.allow_any_path,
+            resize: self.resize.clone(),
         }
     }
 

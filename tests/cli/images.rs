@@ -439,3 +439,119 @@ fn a_rejected_anthropic_key_names_anthropics_variable() {
     assert!(err.contains("check ANTHROPIC_API_KEY"), "{}", show(&out));
     assert!(!err.contains("OPENAI_API_KEY"), "{}", show(&out));
 }
+
+/// A real `w` x `h` PNG (a gradient), decodable, unlike [`png`]'s header and tail.
+fn real_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([x as u8, y as u8, 7]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// A run of `photos.csv` on Anthropic's API of the mock; its output's prompt tokens per row.
+fn claude_run(
+    dir: &TestDir,
+    mock: &MockProcess,
+    extra: &[&str],
+) -> (std::process::Output, Vec<u64>) {
+    let mut args = vec![
+        "run",
+        "photos.csv",
+        "--prompt",
+        PROMPT,
+        "--provider",
+        "anthropic",
+        "-m",
+        "claude-sonnet-4-5",
+        "--base-url",
+        &mock.url,
+        "--no-cache",
+        "--restart",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    let out = util::cmd(dir, &args)
+        .env("ANTHROPIC_API_KEY", "test-key")
+        .output()
+        .unwrap();
+    let tokens = match util::code(&out) == 0 && !extra.contains(&"--dry-run") {
+        true => dir
+            .results("photos.results.csv")
+            .iter()
+            .map(|r| field(r, "prompt_tokens").parse().unwrap())
+            .collect(),
+        false => Vec::new(),
+    };
+    (out, tokens)
+}
+
+#[test]
+fn max_image_px_scales_pictures_down_once_and_the_mock_gets_the_smaller_ones() {
+    let dir = TestDir::new();
+    dir.create_bytes("big.png", &real_png(2000, 1000));
+    dir.create_bytes("wide.png", &real_png(9000, 20));
+    dir.create("photos.csv", "id,photo\n1,big.png\n2,wide.png\n");
+    let mock = MockProcess::start(&[]);
+    // Over Anthropic's 8000 px and no flag: refused before anything is sent, with the advice.
+    let (out, _) = claude_run(&dir, &mock, &[]);
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("photos.csv: line 3") && err.contains("--max-image-px 8000"),
+        "{err}"
+    );
+    // The dry run counts the scaled sizes: 500 x 250 and 500 x 1, width x height / 750.
+    let (out, _) = claude_run(&dir, &mock, &["--max-image-px", "500", "--dry-run"]);
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(text.contains("2 images, 2 scaled down"), "{text}");
+    let expected = (500 * 250u64).div_ceil(750) + 1;
+    assert!(
+        text.contains(&format!("; {expected} tokens of the prompts")),
+        "{text}"
+    );
+    // The mock decodes what it is sent and counts its tokens the same way: it got 500 px.
+    let (out, tokens) = claude_run(&dir, &mock, &["--max-image-px", "500"]);
+    assert_code(&out, 0);
+    assert!((167..167 + 30).contains(&tokens[0]), "{tokens:?}");
+    assert!(tokens[1] < 30, "{tokens:?}");
+    // Made once: the copies are kept by content hash and size, and a second run reads them
+    // (a copy put in their place shows through) instead of scaling again.
+    let kept: Vec<_> = std::fs::read_dir(dir.cache_dir().join("resized"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    assert!(
+        kept.iter()
+            .all(|p| p.to_string_lossy().ends_with("-500.png"))
+    );
+    let big_copy = kept
+        .iter()
+        .find(|p| imagesize::size(p).unwrap().height == 250)
+        .unwrap();
+    std::fs::write(big_copy, real_png(300, 150)).unwrap();
+    let (out, again) = claude_run(&dir, &mock, &["--max-image-px", "500"]);
+    assert_code(&out, 0);
+    assert!((60..60 + 30).contains(&again[0]), "{again:?}");
+    assert_eq!(again[1], tokens[1]);
+}
+
+#[test]
+fn a_picture_that_cannot_be_scaled_down_is_a_preflight_error_with_its_line() {
+    let dir = TestDir::new();
+    dir.create_bytes("ok.png", &real_png(20, 20));
+    let mut broken = real_png(1200, 1200);
+    broken.truncate(200);
+    dir.create_bytes("broken.png", &broken);
+    dir.create("photos.csv", "id,photo\n1,ok.png\n2,broken.png\n");
+    let mock = MockProcess::start(&[]);
+    let (out, _) = claude_run(&dir, &mock, &["--max-image-px", "600"]);
+    assert_code(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("photos.csv: line 3") && err.contains("cannot be decoded"),
+        "{err}"
+    );
+    assert_eq!(stat(&mock.stats(), "requests"), 0, "something was sent");
+}

@@ -51,15 +51,16 @@ pub(super) fn tokens(flavor: Flavor, model: &str, parts: &[Value]) -> Result<u64
 }
 
 /// A file found in a part: its kind, and its bytes with the declared media type or a URL.
-struct Found {
+struct Found<'a> {
     kind: Kind,
     detail: Option<crate::engine::attach::Detail>,
-    payload: Payload,
+    payload: Payload<'a>,
 }
 
-enum Payload {
-    Bytes { declared: String, data: String },
-    Url(String),
+/// Borrowed from the request: a picture's base64 is hundreds of kB, not worth a copy.
+enum Payload<'a> {
+    Bytes { declared: &'a str, data: &'a str },
+    Url(&'a str),
 }
 
 fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
@@ -73,9 +74,9 @@ fn kind_of(part: &Value) -> Result<&str, String> {
 }
 
 /// `data:<mime>;base64,<data>`, or an http(s) URL.
-fn url_payload(url: &str) -> Result<Payload, String> {
+fn url_payload(url: &str) -> Result<Payload<'_>, String> {
     if url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(Payload::Url(url.to_string()));
+        return Ok(Payload::Url(url));
     }
     let rest = url
         .strip_prefix("data:")
@@ -84,10 +85,7 @@ fn url_payload(url: &str) -> Result<Payload, String> {
     let declared = head
         .strip_suffix(";base64")
         .ok_or("a data: URL must be base64 (data:<type>;base64,...)")?;
-    Ok(Payload::Bytes {
-        declared: declared.to_string(),
-        data: data.to_string(),
-    })
+    Ok(Payload::Bytes { declared, data })
 }
 
 fn detail_of(v: Option<&str>) -> Result<Option<crate::engine::attach::Detail>, String> {
@@ -101,7 +99,7 @@ fn detail_of(v: Option<&str>) -> Result<Option<crate::engine::attach::Detail>, S
     }
 }
 
-fn chat_part(part: &Value) -> Result<Option<Found>, String> {
+fn chat_part(part: &Value) -> Result<Option<Found<'_>>, String> {
     match kind_of(part)? {
         "text" => Ok(None),
         "image_url" => {
@@ -128,7 +126,7 @@ fn chat_part(part: &Value) -> Result<Option<Found>, String> {
     }
 }
 
-fn responses_part(part: &Value) -> Result<Option<Found>, String> {
+fn responses_part(part: &Value) -> Result<Option<Found<'_>>, String> {
     match kind_of(part)? {
         "input_text" => Ok(None),
         "input_image" => {
@@ -146,7 +144,7 @@ fn responses_part(part: &Value) -> Result<Option<Found>, String> {
                         .ok_or("input_file with file_data needs a filename")?;
                     url_payload(data)?
                 }
-                (None, Some(url)) => Payload::Url(url.to_string()),
+                (None, Some(url)) => Payload::Url(url),
                 _ => return Err("input_file needs one of file_data and file_url".into()),
             };
             Ok(Some(Found {
@@ -159,7 +157,7 @@ fn responses_part(part: &Value) -> Result<Option<Found>, String> {
     }
 }
 
-fn messages_block(part: &Value) -> Result<Option<Found>, String> {
+fn messages_block(part: &Value) -> Result<Option<Found<'_>>, String> {
     let kind = match kind_of(part)? {
         "text" => return Ok(None),
         "image" => Kind::Image,
@@ -169,18 +167,10 @@ fn messages_block(part: &Value) -> Result<Option<Found>, String> {
     let source = part.get("source").ok_or("source: Field required")?;
     let payload = match str_at(source, &["type"]) {
         Some("base64") => Payload::Bytes {
-            declared: str_at(source, &["media_type"])
-                .ok_or("source.media_type: Field required")?
-                .to_string(),
-            data: str_at(source, &["data"])
-                .ok_or("source.data: Field required")?
-                .to_string(),
+            declared: str_at(source, &["media_type"]).ok_or("source.media_type: Field required")?,
+            data: str_at(source, &["data"]).ok_or("source.data: Field required")?,
         },
-        Some("url") => Payload::Url(
-            str_at(source, &["url"])
-                .ok_or("source.url: Field required")?
-                .to_string(),
-        ),
+        Some("url") => Payload::Url(str_at(source, &["url"]).ok_or("source.url: Field required")?),
         _ => return Err("source.type: Input should be 'base64' or 'url'".into()),
     };
     Ok(Some(Found {
@@ -197,19 +187,21 @@ fn checked(flavor: Flavor, found: Found) -> Result<Attachment, String> {
         limits: flavor.limits(),
         detail: found.detail,
         any_path: false,
+        resize: None,
     };
     let (declared, data) = match found.payload {
         Payload::Url(url) => {
             return Ok(Attachment {
                 kind: found.kind,
                 media: None,
-                url: Some(url),
+                url: Some(url.to_string()),
                 base64: std::sync::Arc::from(""),
                 sha256: String::new(),
                 bytes: 0,
                 size: None,
                 pages: crate::engine::attach::URL_PAGES,
                 detail: found.detail,
+                scaled_from: None,
             });
         }
         Payload::Bytes { declared, data } => (declared, data),
@@ -217,15 +209,16 @@ fn checked(flavor: Flavor, found: Found) -> Result<Attachment, String> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data.trim())
         .map_err(|e| format!("the file data is not valid base64 ({e})"))?;
-    let declared = Media::from_mime(&declared)
-        .ok_or_else(|| format!("unsupported media type {declared:?}"))?;
+    let declared =
+        Media::from_mime(declared).ok_or_else(|| format!("unsupported media type {declared:?}"))?;
     if Media::sniff(&bytes) != Some(declared) {
         return Err(format!(
             "the file does not match the provided media type {}",
             declared.mime()
         ));
     }
-    if bytes.windows(BAD_IMAGE.len()).any(|w| w == BAD_IMAGE) {
+    // memmem, not a byte-by-byte window compare: this runs on every picture the mock gets.
+    if memchr::memmem::find(&bytes, BAD_IMAGE).is_some() {
         return Err("Could not process image".into());
     }
     loader.check(found.kind, &bytes)

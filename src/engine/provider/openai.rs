@@ -575,6 +575,7 @@ pub(crate) mod vision_fixtures {
                     size: Some((10, 10)),
                     pages: 1,
                     detail: p.to_string().contains("\"detail\"").then_some(Detail::High),
+                    scaled_from: None,
                 }))
             })
             .collect();

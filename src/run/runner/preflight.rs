@@ -32,6 +32,8 @@ pub(crate) struct AttachPlan {
     pub(crate) bytes: u64,
     /// URLs (not fetched: checked by the provider when sent).
     pub(crate) urls: u64,
+    /// Pictures scaled down by `--max-image-px` (tokens and bytes count the scaled size).
+    pub(crate) scaled: u64,
     /// Their prompt tokens (counted only for a dry run), included in `prompt_tokens`.
     pub(crate) tokens: u64,
 }
@@ -223,6 +225,7 @@ fn check_attachments(
         });
         plan.bytes += a.bytes;
         plan.urls += u64::from(a.url.is_some());
+        plan.scaled += u64::from(a.scaled_from.is_some());
         if opts.count_tokens {
             tokens += u64::from(a.tokens(model));
         }
@@ -334,6 +337,9 @@ fn write_attachments(a: &AttachPlan, w: &mut dyn Write) -> std::io::Result<()> {
     let mut what = Vec::new();
     if a.images > 0 {
         what.push(count(a.images, "image"));
+    }
+    if a.scaled > 0 {
+        what.push(format!("{} scaled down (--max-image-px)", a.scaled));
     }
     if a.files > 0 {
         what.push(format!(
