@@ -23,6 +23,7 @@ use crate::base::record::RowResult;
 use crate::base::record::RowStatus;
 use crate::base::usage::Usage;
 
+mod checkpoint;
 mod counts;
 mod reservations;
 mod size_limit;
@@ -732,6 +733,14 @@ impl SeqSet {
         self.len
     }
 
+    /// The first position not in the set: where a resume's unfinished rows begin.
+    pub fn first_missing(&self) -> u64 {
+        match self.bits.iter().position(|w| *w != u64::MAX) {
+            Some(i) => i as u64 * 64 + u64::from(self.bits[i].trailing_ones()),
+            None => self.bits.len() as u64 * 64,
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -885,6 +894,20 @@ pub(crate) mod tests {
                 charged_usd: (status != RowStatus::Skipped).then_some(0.5),
             }],
         }
+    }
+
+    #[test]
+    fn the_first_missing_position_is_where_unfinished_rows_begin() {
+        let mut s = SeqSet::default();
+        assert_eq!(s.first_missing(), 0);
+        for seq in (0..130).chain([140]) {
+            s.insert(seq);
+        }
+        assert_eq!(s.first_missing(), 130);
+        for seq in 130..192 {
+            s.insert(seq);
+        }
+        assert_eq!(s.first_missing(), 192);
     }
 
     #[test]
