@@ -171,6 +171,36 @@ impl InputFile {
                 .map(str::to_string)
                 .collect(),
         };
+        Self::with_headers(path, format, id_column, delimiter, limits, headers)
+    }
+
+    /// [`InputFile::open_with`] of a JSON Lines file whose columns an earlier pass over this
+    /// same file found (a resume of an unchanged input): the file is not read through again.
+    pub fn open_jsonl_with_columns(
+        path: &Path,
+        id_column: Option<&str>,
+        options: ReadOptions,
+        columns: Vec<String>,
+    ) -> Result<Self, Error> {
+        Self::with_headers(
+            path,
+            Format::Jsonl,
+            id_column,
+            b',',
+            options.limits,
+            columns,
+        )
+    }
+
+    /// Checks the columns read from the file's header (or its lines) and finds the id column.
+    fn with_headers(
+        path: &Path,
+        format: Format,
+        id_column: Option<&str>,
+        delimiter: u8,
+        limits: InputLimits,
+        headers: Vec<String>,
+    ) -> Result<Self, Error> {
         if format == Format::Jsonl && headers.is_empty() {
             return Err(Error::Input(format!(
                 "{}: every line is an empty object {{}}; give each line the keys the prompt uses",

@@ -30,6 +30,8 @@ use serde::Serialize;
 
 use super::preflight::{ModelPlan, Plan};
 use crate::base::error::Error;
+use crate::base::format::Format;
+use crate::engine::input::InputFile;
 use crate::engine::store::{FinishedRows, RunSettings, SeqSet, Store};
 use crate::engine::template::Prompts;
 use crate::run::settings::{Resume, RunConfig};
@@ -55,10 +57,13 @@ pub(super) struct Finished {
 pub(super) struct RecordedPlan {
     rows: u64,
     models: std::collections::BTreeMap<String, u64>,
+    /// A JSON Lines input's columns, found by reading every line.
+    #[serde(default)]
+    columns: Option<Vec<String>>,
 }
 
 impl RecordedPlan {
-    fn of(plan: &Plan) -> Self {
+    fn of(plan: &Plan, input: &InputFile) -> Self {
         RecordedPlan {
             rows: plan.rows,
             models: plan
@@ -66,6 +71,7 @@ impl RecordedPlan {
                 .iter()
                 .map(|(m, p)| (m.clone(), p.rows))
                 .collect(),
+            columns: (input.format == Format::Jsonl).then(|| input.headers.clone()),
         }
     }
 
@@ -101,13 +107,28 @@ impl RecordedPlan {
 
 /// After a pre-flight (`plan` has its checkpoints): records what it found and where rows
 /// start, for the next resume. A plan taken from the state file records nothing.
-pub(super) fn record_plan(store: &mut Store, plan: &Plan) -> Result<(), Error> {
+pub(super) fn record_plan(store: &mut Store, plan: &Plan, input: &InputFile) -> Result<(), Error> {
     if plan.checkpoints.is_empty() {
         return Ok(());
     }
     store.set_checkpoints(&plan.checkpoints)?;
-    let json = serde_json::to_string(&RecordedPlan::of(plan)).expect("serializes");
+    let json = serde_json::to_string(&RecordedPlan::of(plan, input)).expect("serializes");
     store.set_meta(META_PLAN, &json)
+}
+
+/// Opens the input; a JSON Lines file whose columns a resume of it has recorded is not read
+/// through for them again.
+pub(super) fn open_input(cfg: &RunConfig, finished: Option<&Finished>) -> Result<InputFile, Error> {
+    let (format, id) = (cfg.input_format, cfg.id_column.as_deref());
+    let recorded = finished
+        .and_then(|f| f.plan.as_ref())
+        .and_then(|p| p.columns.clone());
+    match recorded {
+        Some(columns) if format == Format::Jsonl => {
+            InputFile::open_jsonl_with_columns(&cfg.input, id, cfg.read, columns)
+        }
+        _ => InputFile::open_with(&cfg.input, format, id, cfg.read),
+    }
 }
 
 /// The rows finished by the run recorded in `cfg.state`, when `cfg` resumes one; `None` for a
