@@ -148,6 +148,11 @@ pub(super) fn finished_before(
         return Ok(None);
     };
     let rows = journal.finished_set(retry_failed)?;
+    tracing::info!(
+        "{} finished rows read from {}",
+        rows.len(),
+        cfg.state.display()
+    );
     let key = checked_key(cfg, settings);
     let unchanged =
         run.settings == *settings && key.is_some() && journal.meta(META_CHECKED)? == key;
@@ -157,6 +162,19 @@ pub(super) fn finished_before(
             .and_then(|p| serde_json::from_str(&p).ok()),
         false => None,
     };
+    tracing::info!(
+        "input and settings {}; pre-flight {}",
+        if unchanged {
+            "unchanged"
+        } else {
+            "changed: every row checked again"
+        },
+        if plan.is_some() {
+            "recorded"
+        } else {
+            "not recorded"
+        }
+    );
     Ok(Some(Finished {
         rows: Arc::new(rows),
         unchanged,
