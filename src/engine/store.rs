@@ -25,6 +25,7 @@ use crate::base::usage::Usage;
 
 mod checkpoint;
 mod counts;
+mod finished;
 mod reservations;
 mod size_limit;
 pub use counts::StatusCounts;
@@ -585,6 +586,14 @@ impl FinishedRows {
     /// The positions of the rows that are finished (`ok`, and `failed` unless `retry_failed`),
     /// one bit each: a million rows in 125 KB.
     pub fn finished_set(&self, retry_failed: bool) -> Result<SeqSet, Error> {
+        if let Some(set) = self.finished_set_quickly(retry_failed)? {
+            return Ok(set);
+        }
+        self.finished_set_by_reading(retry_failed)
+    }
+
+    /// [`Self::finished_set`] from every row's position in the status index.
+    fn finished_set_by_reading(&self, retry_failed: bool) -> Result<SeqSet, Error> {
         let sql = if retry_failed {
             "SELECT seq FROM rows WHERE status = 'ok'"
         } else {
@@ -706,7 +715,7 @@ pub struct JournaledAttempt {
 }
 
 /// A set of row positions, one bit each.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct SeqSet {
     bits: Vec<u64>,
     len: u64,
@@ -731,6 +740,25 @@ impl SeqSet {
 
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Every position below `end`.
+    pub(crate) fn all_below(end: u64) -> Self {
+        let mut bits = vec![u64::MAX; (end / 64) as usize];
+        if end % 64 > 0 {
+            bits.push((1u64 << (end % 64)) - 1);
+        }
+        SeqSet { bits, len: end }
+    }
+
+    pub fn remove(&mut self, seq: u64) {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if let Some(w) = self.bits.get_mut(word)
+            && *w & (1 << bit) != 0
+        {
+            *w &= !(1 << bit);
+            self.len -= 1;
+        }
     }
 
     /// The first position not in the set: where a resume's unfinished rows begin.
