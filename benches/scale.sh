@@ -41,13 +41,17 @@ EOF
 # A mock in its own process (unless SCALE_INPROC), so that the resume can count its requests.
 MOCK_PID=
 if [[ -z ${SCALE_INPROC:-} ]]; then
-    "$BATCH" mock --port 0 --latency-ms 0 > mock.url &
+    # A resume must reach the same endpoint: a reused folder's mock takes the port it had.
+    PORT=0
+    [[ -n $REUSE && -s mock.port ]] && PORT=$(cat mock.port)
+    "$BATCH" mock --port "$PORT" --latency-ms 0 > mock.url &
     MOCK_PID=$!
     trap 'kill $MOCK_PID 2>/dev/null || true; [[ -n ${SCALE_DIR:-} ]] || rm -rf "$DIR"' EXIT
     for _ in $(seq 100); do [[ -s mock.url ]] && break; sleep 0.1; done
     URL=$(head -1 mock.url | grep -o 'http://[^ ]*')
     ENDPOINT=(--base-url "$URL")
     ADDR=${URL#http://}; ADDR=${ADDR%%/*}
+    echo "${ADDR##*:}" > mock.port
 else
     ENDPOINT=(--mock=latency-ms=0)
 fi
