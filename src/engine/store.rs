@@ -745,7 +745,7 @@ impl SeqSet {
     /// Every position below `end`.
     pub(crate) fn all_below(end: u64) -> Self {
         let mut bits = vec![u64::MAX; (end / 64) as usize];
-        if end % 64 > 0 {
+        if !end.is_multiple_of(64) {
             bits.push((1u64 << (end % 64)) - 1);
         }
         SeqSet { bits, len: end }

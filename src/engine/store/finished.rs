@@ -67,7 +67,9 @@ impl FinishedRows {
     /// Takes out of `set` the `gaps` positions up to `max` that no row is recorded at, reading
     /// back from `max`; false if they are not all within [`GAP_SEARCH_ROWS`] of the end.
     fn remove_gaps(&self, set: &mut SeqSet, max: u64, mut gaps: u64) -> rusqlite::Result<bool> {
-        let mut stmt = self.conn.prepare("SELECT seq FROM rows ORDER BY seq DESC")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT seq FROM rows ORDER BY seq DESC")?;
         let mut rows = stmt.query([])?;
         // The next position expected going down; those skipped over are gaps.
         let mut expected = max;
@@ -135,7 +137,10 @@ mod tests {
             .collect();
         store.record(&rows).unwrap();
         assert!(agree(&path), "gaps near the end");
-        let set = FinishedRows::open(&path).unwrap().finished_set(false).unwrap();
+        let set = FinishedRows::open(&path)
+            .unwrap()
+            .finished_set(false)
+            .unwrap();
         assert!(!set.contains(850) && !set.contains(7) && set.contains(5) && set.contains(899));
         assert_eq!(set.first_missing(), 7);
         // A gap below the smallest recorded row: read as before.
@@ -143,7 +148,9 @@ mod tests {
         let path2 = dir2.path().join("s.sqlite");
         let mut store = Store::open(&path2).unwrap();
         store.start_run(&settings(), 10).unwrap();
-        store.record(&[finished(3, RowStatus::Ok), finished(4, RowStatus::Ok)]).unwrap();
+        store
+            .record(&[finished(3, RowStatus::Ok), finished(4, RowStatus::Ok)])
+            .unwrap();
         assert!(!agree(&path2), "rows 0 to 2 were never recorded");
     }
 }
