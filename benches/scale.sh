@@ -12,6 +12,8 @@
 #        SCALE_RESUME_ONLY=1 to measure only the resume: the run is killed after its first
 #        thousand requests and its state filled up to 90% finished by SQL (copies of a recorded
 #        row), which takes minutes where sending 9,000,000 rows takes most of an hour.
+#        SCALE_REUSE=1 (with SCALE_DIR, after a first SCALE_RESUME_ONLY=1 there) measures the
+#        resume again on the same input and state: no generation, no first run, no fill.
 set -euo pipefail
 
 ROWS=${1:-1000000}
@@ -23,8 +25,9 @@ mkdir -p "$DIR"
 [[ -n ${SCALE_DIR:-} ]] || trap 'rm -rf "$DIR"' EXIT
 cd "$DIR"
 
-echo "generating $ROWS rows in $DIR" >&2
-python3 - "$ROWS" <<'EOF'
+REUSE=
+[[ -n ${SCALE_REUSE:-} && -f rows.csv && -f out.sqlite ]] && REUSE=1
+[[ -n $REUSE ]] || { echo "generating $ROWS rows in $DIR" >&2; python3 - "$ROWS" <<'EOF'
 import random, sys
 n = int(sys.argv[1]); random.seed(1)
 words = "good bad fine okay great poor slow fast cheap pricey broken solid nice ugly".split()
@@ -33,17 +36,22 @@ with open("rows.csv", "w") as f:
     for i in range(n):
         f.write(f"r{i},{' '.join(random.choice(words) for _ in range(9))} {i}\n")
 EOF
+}
 
 # A mock in its own process (unless SCALE_INPROC), so that the resume can count its requests.
 MOCK_PID=
 if [[ -z ${SCALE_INPROC:-} ]]; then
-    "$BATCH" mock --port 0 --latency-ms 0 > mock.url &
+    # A resume must reach the same endpoint: a reused folder's mock takes the port it had.
+    PORT=0
+    [[ -n $REUSE && -s mock.port ]] && PORT=$(cat mock.port)
+    "$BATCH" mock --port "$PORT" --latency-ms 0 > mock.url &
     MOCK_PID=$!
     trap 'kill $MOCK_PID 2>/dev/null || true; [[ -n ${SCALE_DIR:-} ]] || rm -rf "$DIR"' EXIT
     for _ in $(seq 100); do [[ -s mock.url ]] && break; sleep 0.1; done
     URL=$(head -1 mock.url | grep -o 'http://[^ ]*')
     ENDPOINT=(--base-url "$URL")
     ADDR=${URL#http://}; ADDR=${ADDR%%/*}
+    echo "${ADDR##*:}" > mock.port
 else
     ENDPOINT=(--mock=latency-ms=0)
 fi
@@ -52,7 +60,9 @@ requests() { curl -s "http://$ADDR/stats" | python3 -c 'import json,sys; print(j
 RUN=("$BATCH" run rows.csv --prompt 'Classify: {{ review }}' "${ENDPOINT[@]}" -o out.csv -q)
 echo "load before the run: $(uptime)"
 
-if [[ -n ${SCALE_RESUME_ONLY:-} && -n $MOCK_PID ]]; then
+if [[ -n $REUSE ]]; then
+    echo "reusing rows.csv and out.sqlite in $DIR" >&2
+elif [[ -n ${SCALE_RESUME_ONLY:-} && -n $MOCK_PID ]]; then
     BATCH_CACHE_DIR=$DIR/cache "${RUN[@]}" &
     RUN_PID=$!
     for _ in $(seq 3000); do
@@ -98,6 +108,7 @@ db.execute("DELETE FROM attempts WHERE seq >= ?", (n * 9 // 10,))
 db.execute("UPDATE meta SET value = 'false' WHERE key = 'finished'")
 db.commit()
 EOF
+rm -rf "$DIR/cache2" resume.jsonl
 before=$(requests)
 # The first request's time is read from the audit log (`--log`: each attempt's start time).
 start=$(date +%s.%N)

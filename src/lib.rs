@@ -14,9 +14,9 @@
 //!   attaches),
 //!   [`engine::limiter`] and [`engine::concurrency`] pace them, [`engine::provider`]
 //!   sends them in one of three wire formats and classifies the answer, [`engine::retry`] decides
-//!   the next attempt, [`engine::store`] journals every outcome (for `--resume`), [`engine::cache`]
-//!   answers requests already paid for, [`engine::spend`] keeps `--max-cost`, [`engine::output`]
-//!   writes the results, and [`engine::mock`] is the HTTP server every test and `--mock` talk to.
+//!   the next attempt, [`engine::store`] journals every outcome (for `--resume`, with where rows
+//!   start in the input), [`engine::cache`] answers requests already paid for,
+//!   [`engine::spend`] keeps `--max-cost`, [`engine::output`] writes the results, and [`engine::mock`] is the HTTP server every test and `--mock` talk to.
 //! - [`run`]: one run and the loops that drive runs. [`run::settings::RunConfig`] is a run's
 //!   resolved settings; [`run::connection`] opens the way to the server (starting the mock for
 //!   `--mock`); [`run::runner`] carries every row through the engine (pre-flight, job making,

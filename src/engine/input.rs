@@ -59,6 +59,50 @@ pub struct Row {
     pub json_cells: JsonCells,
 }
 
+/// Where a pass over the input can start instead of at its first row: a row's position, the
+/// line it starts on and the byte where it starts (for Parquet, its row index). The pre-flight
+/// records one every [`Start::EVERY`] rows in the state file, and a resume whose input is
+/// unchanged reads from the last one before its first unfinished row (see
+/// [`InputFile::rows_from`]) instead of reading millions of finished rows again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    pub seq: u64,
+    pub line: u64,
+    pub byte: u64,
+}
+
+impl Start {
+    /// Rows between two recorded starts: ten million rows record 153, and a resume reads at
+    /// most this many finished rows before its first unfinished one.
+    pub const EVERY: u64 = 65_536;
+
+    /// Rows between two recorded starts: [`Start::EVERY`], or `BATCH_CHECKPOINT_ROWS` from
+    /// the environment (tests set it, so that a resume from a checkpoint needs a few dozen
+    /// rows, not 65,536; nothing else should).
+    pub fn every() -> u64 {
+        static EVERY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        *EVERY.get_or_init(|| {
+            std::env::var(CHECKPOINT_ROWS_VAR)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .filter(|n| *n > 0)
+                .unwrap_or(Self::EVERY)
+        })
+    }
+
+    /// Where `row` starts.
+    pub fn of(row: &Row) -> Self {
+        Start {
+            seq: row.seq,
+            line: row.line,
+            byte: row.byte,
+        }
+    }
+}
+
+/// The environment variable that sets [`Start::every`].
+pub const CHECKPOINT_ROWS_VAR: &str = "BATCH_CHECKPOINT_ROWS";
+
 /// A set of cell positions; allocates nothing while empty (every CSV row).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JsonCells(Vec<u64>);
@@ -120,12 +164,43 @@ impl InputFile {
             Format::Jsonl => jsonl::columns(path, limits)?,
             Format::Parquet => parquet::columns(path, limits)?,
             Format::Csv => csv_reader(path, delimiter, limits)?
+                .0
                 .headers()
                 .map_err(|e| csv_error(path, &e, &[]))?
                 .iter()
                 .map(str::to_string)
                 .collect(),
         };
+        Self::with_headers(path, format, id_column, delimiter, limits, headers)
+    }
+
+    /// [`InputFile::open_with`] of a JSON Lines file whose columns an earlier pass over this
+    /// same file found (a resume of an unchanged input): the file is not read through again.
+    pub fn open_jsonl_with_columns(
+        path: &Path,
+        id_column: Option<&str>,
+        options: ReadOptions,
+        columns: Vec<String>,
+    ) -> Result<Self, Error> {
+        Self::with_headers(
+            path,
+            Format::Jsonl,
+            id_column,
+            b',',
+            options.limits,
+            columns,
+        )
+    }
+
+    /// Checks the columns read from the file's header (or its lines) and finds the id column.
+    fn with_headers(
+        path: &Path,
+        format: Format,
+        id_column: Option<&str>,
+        delimiter: u8,
+        limits: InputLimits,
+        headers: Vec<String>,
+    ) -> Result<Self, Error> {
         if format == Format::Jsonl && headers.is_empty() {
             return Err(Error::Input(format!(
                 "{}: every line is an empty object {{}}; give each line the keys the prompt uses",
@@ -177,25 +252,70 @@ impl InputFile {
 
     /// Streams the data rows, in order.
     pub fn rows(&self) -> Result<Rows, Error> {
-        let rows_source = match self.format {
+        let (rows_source, byte_base) = match self.format {
             Format::Csv => {
-                let mut reader = csv_reader(&self.path, self.delimiter, self.limits)?;
+                let (mut reader, bom) = csv_reader(&self.path, self.delimiter, self.limits)?;
                 // Skip the header; it was checked in `open`.
                 reader
                     .headers()
                     .map_err(|e| csv_error(&self.path, &e, &[]))?;
-                RowSource::Csv(reader)
+                // The reader counts bytes after the byte-order mark; a row's byte is in the file.
+                (RowSource::Csv(reader), bom)
             }
-            Format::Jsonl => {
-                RowSource::Jsonl(jsonl::Reader::new(&self.path, &self.headers, self.limits)?)
-            }
-            Format::Parquet => RowSource::Parquet(parquet::Reader::new(&self.path, self.limits)?),
+            Format::Jsonl => (
+                RowSource::Jsonl(jsonl::Reader::new(&self.path, &self.headers, self.limits)?),
+                0,
+            ),
+            Format::Parquet => (
+                RowSource::Parquet(parquet::Reader::new(&self.path, self.limits)?),
+                0,
+            ),
         };
         Ok(Rows {
             input: self.clone(),
             source: rows_source,
             record: StringRecord::new(),
             seq: 0,
+            lines_before: 0,
+            byte_base,
+        })
+    }
+
+    /// Streams the data rows from `start` on (a row start recorded by an earlier pass over this
+    /// same file), numbered, lined and placed as [`InputFile::rows`] would have them: a CSV or
+    /// JSON Lines file is read from `start`'s byte, a Parquet file from its row group.
+    pub fn rows_from(&self, start: Start) -> Result<Rows, Error> {
+        if start.seq == 0 {
+            return self.rows();
+        }
+        let lines_before = start.line.saturating_sub(1);
+        let (source, lines_before, byte_base) = match self.format {
+            Format::Csv => {
+                let buf = open_at(&self.path, self.limits, start.byte, lines_before)?;
+                let reader = csv::ReaderBuilder::new()
+                    .has_headers(false)
+                    .flexible(false)
+                    .delimiter(self.delimiter)
+                    .from_reader(buf);
+                (RowSource::Csv(reader), lines_before, start.byte)
+            }
+            Format::Jsonl => {
+                let lines = jsonl::Lines::open_at(&self.path, self.limits, start)?;
+                let reader = jsonl::Reader::with_lines(lines, &self.headers);
+                (RowSource::Jsonl(reader), 0, 0)
+            }
+            Format::Parquet => {
+                let reader = parquet::Reader::new_at(&self.path, self.limits, start.byte)?;
+                (RowSource::Parquet(reader), 0, 0)
+            }
+        };
+        Ok(Rows {
+            input: self.clone(),
+            source,
+            record: StringRecord::new(),
+            seq: start.seq,
+            lines_before,
+            byte_base,
         })
     }
 
@@ -243,6 +363,10 @@ pub struct Rows {
     source: RowSource,
     record: StringRecord,
     seq: u64,
+    /// Lines of the file before where the CSV reader started (it counts from 1 where it
+    /// starts), and the byte where it started: what makes its positions the file's.
+    lines_before: u64,
+    byte_base: u64,
 }
 
 enum RowSource {
@@ -260,11 +384,27 @@ impl Iterator for Rows {
         let read = match &mut self.source {
             RowSource::Csv(reader) => match reader.read_record(&mut self.record) {
                 Ok(false) => None,
-                Err(e) => Some(Err(csv_error(path, &e, &self.input.headers))),
-                Ok(true) => Some(Ok(self
-                    .record
-                    .position()
-                    .map_or((0, 0), |p| (p.line(), p.byte())))),
+                Err(e) => Some(Err(csv_error_at(
+                    path,
+                    &e,
+                    &self.input.headers,
+                    self.lines_before,
+                ))),
+                Ok(true)
+                    if self.lines_before > 0 && self.record.len() != self.input.headers.len() =>
+                {
+                    // Read from a recorded start, the reader has no header to compare with.
+                    let line = self.lines_before + self.record.position().map_or(0, |p| p.line());
+                    Some(Err(unequal_lengths(
+                        path,
+                        line,
+                        self.record.len() as u64,
+                        self.input.headers.len() as u64,
+                    )))
+                }
+                Ok(true) => Some(Ok(self.record.position().map_or((0, 0), |p| {
+                    (self.lines_before + p.line(), self.byte_base + p.byte())
+                }))),
             },
             RowSource::Jsonl(reader) => reader.read(path, &mut self.record, &mut json_cells),
             RowSource::Parquet(reader) => reader.read(path, &mut self.record, &mut json_cells),
@@ -509,18 +649,21 @@ fn id_fingerprint(id: &str) -> [u64; 2] {
     [ha.finish(), hb.finish()]
 }
 
+/// A CSV reader of `path` from its first byte, and the length of the byte-order mark it
+/// skipped (its positions count from after it).
 fn csv_reader(
     path: &Path,
     delimiter: u8,
     limits: InputLimits,
-) -> Result<csv::Reader<Source>, Error> {
+) -> Result<(csv::Reader<Source>, u64), Error> {
     let mut buf = open_buffered(path, limits)?;
-    skip_bom(&mut buf, path)?;
-    Ok(csv::ReaderBuilder::new()
+    let bom = skip_bom(&mut buf, path)?;
+    let reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(false)
         .delimiter(delimiter)
-        .from_reader(buf))
+        .from_reader(buf);
+    Ok((reader, bom))
 }
 
 /// The CSV delimiter of `path`, from its extension or its first lines.
@@ -558,6 +701,23 @@ fn open_buffered(path: &Path, limits: InputLimits) -> Result<Source, Error> {
     ))
 }
 
+/// Opens an input file for buffered reading from `byte` on, `lines_before` lines into it.
+fn open_at(
+    path: &Path,
+    limits: InputLimits,
+    byte: u64,
+    lines_before: u64,
+) -> Result<Source, Error> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path).map_err(|e| Error::read(path, &e))?;
+    file.seek(SeekFrom::Start(byte))
+        .map_err(|e| Error::read(path, &e))?;
+    Ok(BufReader::with_capacity(
+        256 * 1024,
+        Limited::at(file, limits, byte, lines_before),
+    ))
+}
+
 /// Skips a UTF-8 byte-order mark and returns its length (0 when there is none). Spreadsheet
 /// programs on Windows start UTF-8 files with one; without this the first column would be named
 /// "\u{feff}id".
@@ -575,12 +735,17 @@ fn skip_bom(buf: &mut Source, path: &Path) -> Result<u64, Error> {
 
 /// Turns a csv error into a message with the file, line, column and a hint.
 fn csv_error(path: &Path, e: &csv::Error, headers: &[String]) -> Error {
+    csv_error_at(path, e, headers, 0)
+}
+
+/// [`csv_error`] for a reader that started `lines_before` lines into the file.
+fn csv_error_at(path: &Path, e: &csv::Error, headers: &[String], lines_before: u64) -> Error {
     let p = path.display();
     match e.kind() {
         csv::ErrorKind::Io(io) => limit_error(&p.to_string(), io)
             .unwrap_or_else(|| Error::Input(format!("cannot read {p}: {}", describe_io(io)))),
         csv::ErrorKind::Utf8 { pos, err } => {
-            let line = pos.as_ref().map_or(0, |p| p.line());
+            let line = lines_before + pos.as_ref().map_or(0, |p| p.line());
             let col = headers
                 .get(err.field())
                 .map(|h| format!("column {} ({h:?})", err.field() + 1))
@@ -595,16 +760,22 @@ fn csv_error(path: &Path, e: &csv::Error, headers: &[String]) -> Error {
             expected_len,
             len,
         } => {
-            let line = pos.as_ref().map_or(0, |p| p.line());
-            Error::Input(format!(
-                "{p}: line {line} has {} but the header has {expected_len}; a field that \
-                 contains the delimiter, a quote or a line break must be enclosed in double \
-                 quotes (--delimiter forces the delimiter if it was guessed wrong)",
-                human::count(*len, "field")
-            ))
+            let line = lines_before + pos.as_ref().map_or(0, |p| p.line());
+            unequal_lengths(path, line, *len, *expected_len)
         }
         _ => Error::Input(format!("{p}: malformed CSV: {e}")),
     }
+}
+
+/// A CSV row with more or fewer fields than the header.
+fn unequal_lengths(path: &Path, line: u64, len: u64, expected_len: u64) -> Error {
+    Error::Input(format!(
+        "{}: line {line} has {} but the header has {expected_len}; a field that contains the \
+         delimiter, a quote or a line break must be enclosed in double quotes (--delimiter \
+         forces the delimiter if it was guessed wrong)",
+        path.display(),
+        human::count(len, "field")
+    ))
 }
 
 /// `a`, `b`, `c` for an error message.
@@ -711,6 +882,99 @@ mod tests {
         let input = InputFile::open(ok.path(), None).unwrap();
         let last = input.rows().unwrap().last().unwrap().unwrap();
         assert_eq!(input.unterminated_quote(&last).unwrap(), None);
+    }
+
+    /// Every row read from each row's start is the row read from the top: same position,
+    /// line, byte and cells.
+    fn assert_rows_from_every_start(input: &InputFile) {
+        let all: Vec<Row> = input.rows().unwrap().map(Result::unwrap).collect();
+        assert!(all.len() > 3);
+        for (k, row) in all.iter().enumerate() {
+            let rest: Vec<Row> = input
+                .rows_from(Start::of(row))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            assert_eq!(rest.len(), all.len() - k, "from row {k}");
+            for (a, b) in all[k..].iter().zip(&rest) {
+                assert_eq!(
+                    (a.seq, a.line, a.byte),
+                    (b.seq, b.line, b.byte),
+                    "from row {k}"
+                );
+                assert_eq!((&a.id, &a.record), (&b.id, &b.record), "from row {k}");
+                assert_eq!(a.json_cells, b.json_cells, "from row {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn csv_rows_read_from_a_start_are_the_rows_read_from_the_top() {
+        // A byte-order mark, CRLF endings and quoted line breaks before later rows.
+        let f = file(
+            b"\xEF\xBB\xBFid,t\r\na,\"two\r\nlines\"\r\nb,\"x,\"\"y\"\"\"\r\nc,plain\r\nd,\"three\nmore\nlines\"\ne,last\n",
+        );
+        let input = InputFile::open(f.path(), None).unwrap();
+        assert_rows_from_every_start(&input);
+    }
+
+    #[test]
+    fn a_csv_error_after_a_start_names_the_line_counted_from_the_top() {
+        let f = file(b"id,t\na,\"two\nlines\"\nb,x\nc,\"q\nq\"\nd,1,2\ne,caf\xE9\n");
+        let input = InputFile::open(f.path(), None).unwrap();
+        let rows: Vec<_> = input.rows().unwrap().take(3).map(Result::unwrap).collect();
+        assert_eq!(rows[2].line, 5);
+        // From row c (line 5, after a quoted line break): d is on line 7, e on line 8.
+        let mut from = input.rows_from(Start::of(&rows[2])).unwrap();
+        assert_eq!(from.next().unwrap().unwrap().id, "c");
+        let msg = from.next().unwrap().unwrap_err().to_string();
+        assert!(msg.contains("line 7 has 3 fields"), "{msg}");
+        // Started at the ragged row itself, with no header to compare it with.
+        let start = Start {
+            seq: 3,
+            line: 7,
+            byte: rows[2].byte + 8,
+        };
+        let msg = input
+            .rows_from(start)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 7 has 3 fields"), "{msg}");
+        let start = Start {
+            seq: 4,
+            line: 8,
+            byte: start.byte + 6,
+        };
+        let msg = input
+            .rows_from(start)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("line 8") && msg.contains("UTF-8"), "{msg}");
+    }
+
+    #[test]
+    fn jsonl_rows_read_from_a_start_are_the_rows_read_from_the_top() {
+        let f = file(
+            b"\xEF\xBB\xBF{\"id\": \"a\", \"n\": 1}\n\n{\"id\": \"b\", \"t\": \"x\\ny\"}\r\n{\"id\": \"c\", \"n\": [1, 2]}\n{\"id\": \"d\"}\n",
+        );
+        let input = InputFile::open_as(f.path(), Format::Jsonl, None).unwrap();
+        assert_rows_from_every_start(&input);
+    }
+
+    #[test]
+    fn parquet_rows_read_from_a_start_are_the_rows_read_from_the_top() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        // Row groups of 4: starts at a group's first row and inside a group.
+        parquet::fixtures::texts(&path, 11, 4);
+        let input = InputFile::open_as(&path, Format::Parquet, None).unwrap();
+        assert_rows_from_every_start(&input);
     }
 
     #[test]

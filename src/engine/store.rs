@@ -23,7 +23,9 @@ use crate::base::record::RowResult;
 use crate::base::record::RowStatus;
 use crate::base::usage::Usage;
 
+mod checkpoint;
 mod counts;
+mod finished;
 mod reservations;
 mod size_limit;
 pub use counts::StatusCounts;
@@ -599,6 +601,14 @@ impl FinishedRows {
     /// The positions of the rows that are finished (`ok`, and `failed` unless `retry_failed`),
     /// one bit each: a million rows in 125 KB.
     pub fn finished_set(&self, retry_failed: bool) -> Result<SeqSet, Error> {
+        if let Some(set) = self.finished_set_quickly(retry_failed)? {
+            return Ok(set);
+        }
+        self.finished_set_by_reading(retry_failed)
+    }
+
+    /// [`Self::finished_set`] from every row's position in the status index.
+    fn finished_set_by_reading(&self, retry_failed: bool) -> Result<SeqSet, Error> {
         let sql = if retry_failed {
             "SELECT seq FROM rows WHERE status = 'ok'"
         } else {
@@ -720,7 +730,7 @@ pub struct JournaledAttempt {
 }
 
 /// A set of row positions, one bit each.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct SeqSet {
     bits: Vec<u64>,
     len: u64,
@@ -745,6 +755,33 @@ impl SeqSet {
 
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Every position below `end`.
+    pub(crate) fn all_below(end: u64) -> Self {
+        let mut bits = vec![u64::MAX; (end / 64) as usize];
+        if !end.is_multiple_of(64) {
+            bits.push((1u64 << (end % 64)) - 1);
+        }
+        SeqSet { bits, len: end }
+    }
+
+    pub fn remove(&mut self, seq: u64) {
+        let (word, bit) = ((seq / 64) as usize, seq % 64);
+        if let Some(w) = self.bits.get_mut(word)
+            && *w & (1 << bit) != 0
+        {
+            *w &= !(1 << bit);
+            self.len -= 1;
+        }
+    }
+
+    /// The first position not in the set: where a resume's unfinished rows begin.
+    pub fn first_missing(&self) -> u64 {
+        match self.bits.iter().position(|w| *w != u64::MAX) {
+            Some(i) => i as u64 * 64 + u64::from(self.bits[i].trailing_ones()),
+            None => self.bits.len() as u64 * 64,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -900,6 +937,20 @@ pub(crate) mod tests {
                 charged_usd: (status != RowStatus::Skipped).then_some(0.5),
             }],
         }
+    }
+
+    #[test]
+    fn the_first_missing_position_is_where_unfinished_rows_begin() {
+        let mut s = SeqSet::default();
+        assert_eq!(s.first_missing(), 0);
+        for seq in (0..130).chain([140]) {
+            s.insert(seq);
+        }
+        assert_eq!(s.first_missing(), 130);
+        for seq in 130..192 {
+            s.insert(seq);
+        }
+        assert_eq!(s.first_missing(), 192);
     }
 
     #[test]

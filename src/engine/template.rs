@@ -336,6 +336,12 @@ impl Prompts {
         })
     }
 
+    /// Whether the prompt attaches files (`image()`, `file()`): what a row's request is made
+    /// of then lies outside the input too.
+    pub fn attaches(&self) -> bool {
+        self.attaches
+    }
+
     /// Renders one row. The error is a short reason; the caller adds the file and line.
     pub fn render(&self, input: &InputFile, row: &Row) -> Result<Rendered, String> {
         let (user, parts) = match (self.prompt_column, &self.plain_user) {

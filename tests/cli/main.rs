@@ -12,6 +12,7 @@ mod anthropic_version;
 mod batchapi;
 mod bench;
 mod cache;
+mod checkpoints;
 mod durability;
 mod e2e;
 mod embed;

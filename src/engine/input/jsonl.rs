@@ -78,6 +78,22 @@ impl Lines {
         })
     }
 
+    /// The lines from `start` on (a line start recorded by an earlier pass over this file).
+    pub fn open_at(
+        path: &Path,
+        limits: super::InputLimits,
+        start: super::Start,
+    ) -> Result<Self, Error> {
+        let lines_before = start.line.saturating_sub(1);
+        Ok(Lines {
+            reader: super::open_at(path, limits, start.byte, lines_before)?,
+            buf: Vec::new(),
+            line: lines_before,
+            byte: start.byte,
+            next_byte: start.byte,
+        })
+    }
+
     /// Reads the next line that is not blank into `buf`; `false` at the end of the file.
     fn advance(&mut self, path: &Path) -> Result<bool, Error> {
         loop {
@@ -158,15 +174,20 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(path: &Path, headers: &[String], limits: super::InputLimits) -> Result<Self, Error> {
-        Ok(Reader {
-            lines: Lines::open(path, limits)?,
+        Ok(Self::with_lines(Lines::open(path, limits)?, headers))
+    }
+
+    /// A reader of `lines` (which may start part-way through the file).
+    pub fn with_lines(lines: Lines, headers: &[String]) -> Self {
+        Reader {
+            lines,
             index: headers
                 .iter()
                 .enumerate()
                 .map(|(i, h)| (h.clone(), i))
                 .collect(),
             columns: headers.len(),
-        })
+        }
     }
 
     /// Reads the next object into `record` and marks its non-string cells in `cells`. Returns

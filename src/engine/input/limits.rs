@@ -156,6 +156,19 @@ impl<R: Read> Limited<R> {
         }
     }
 
+    /// A reader of the rest of a file from a point `total` bytes in, after `newlines` line
+    /// breaks (a resumed pass that starts at a row, see [`super::Start`]): the file limit
+    /// still counts the whole file, and a line over the row limit is named by its line.
+    pub fn at(inner: R, limits: InputLimits, total: u64, newlines: u64) -> Self {
+        Limited {
+            inner,
+            limits,
+            total,
+            line_len: 0,
+            newlines,
+        }
+    }
+
     fn over_row(&self) -> std::io::Error {
         std::io::Error::other(LimitExceeded::Row {
             line: self.newlines + 1,

@@ -109,13 +109,29 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(path: &Path, limits: InputLimits) -> Result<Self, Error> {
-        let builder = open(path, limits)?;
-        let group_rows = builder
+        Self::new_at(path, limits, 0)
+    }
+
+    /// Reads from row index `first` on: the row groups before its own are not read at all,
+    /// and the rows of its group before it are skipped.
+    pub fn new_at(path: &Path, limits: InputLimits, first: u64) -> Result<Self, Error> {
+        let mut builder = open(path, limits)?;
+        let group_rows: Vec<u64> = builder
             .metadata()
             .row_groups()
             .iter()
             .map(|g| g.num_rows().max(0) as u64)
             .collect();
+        let (mut group, mut before) = (0usize, 0u64);
+        while group < group_rows.len() && before + group_rows[group] <= first {
+            before += group_rows[group];
+            group += 1;
+        }
+        if first > 0 {
+            builder = builder
+                .with_row_groups((group..group_rows.len()).collect())
+                .with_offset((first - before) as usize);
+        }
         let names = builder
             .schema()
             .fields()
@@ -133,7 +149,7 @@ impl Reader {
             cells: Vec::new(),
             batch_len: 0,
             next: 0,
-            before: 0,
+            before: first,
         })
     }
 

@@ -165,7 +165,7 @@ pub(super) fn read_work(
         cache: maker.cache.as_ref(),
     });
     let send = |job: Result<Job, Error>| -> bool { tx.borrow_mut().send(job) };
-    let rows = match maker.input.rows() {
+    let rows = match first_rows(maker, finished.as_deref(), recheck, state) {
         Ok(rows) => rows,
         Err(e) => {
             send(Err(e));
@@ -222,6 +222,33 @@ pub(super) fn read_work(
     };
     if let Err(e) = recheck() {
         send(Err(e));
+    }
+}
+
+/// The rows the reader starts with: all of them, or (a resume whose finished rows need no
+/// recheck) those from the last checkpoint before the first unfinished row, so that the rows
+/// finished before it are not read at all.
+fn first_rows(
+    maker: &JobMaker,
+    finished: Option<&SeqSet>,
+    recheck: bool,
+    state: &Path,
+) -> Result<crate::engine::input::Rows, Error> {
+    let start = match finished {
+        Some(f) if !recheck => FinishedRows::open(state)?.checkpoint_before(f.first_missing())?,
+        _ => None,
+    };
+    match start {
+        Some(start) => {
+            tracing::info!(
+                "reading {} from line {} (row {}), the last checkpoint before the first unfinished row",
+                maker.input.path.display(),
+                start.line,
+                start.seq + 1
+            );
+            maker.input.rows_from(start)
+        }
+        None => maker.input.rows(),
     }
 }
 

@@ -102,6 +102,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let (writer, mut store) = open_files(&cfg, &checked)?;
     let conn = Connection::open(&cfg.endpoint).await?;
     let resumed = prepare_state(&mut store, &cfg, &settings, checked.plan.rows, unchanged)?;
+    resume::record_plan(&mut store, &checked.plan, &checked.input)?;
     let progress = Progress::new(checked.plan.rows, cfg.quiet);
     announce(&cfg, &checked, resumed.as_ref(), &progress);
     let shared = share(&cfg, &conn, resumed.is_some(), &store)?;
@@ -227,17 +228,27 @@ struct Checked {
 }
 
 /// Step 1, the pre-flight (on a blocking thread: it reads the whole input). The rows in
-/// `finished` (a resume's, unchanged) are read but not checked: none of them will be sent.
+/// `finished` (a resume's, unchanged) are read but not checked: none of them will be sent;
+/// when the state file records the pre-flight of that unchanged input, none is run.
 async fn check_input(
     cfg: &RunConfig,
     finished: Option<&resume::Finished>,
 ) -> Result<Checked, Error> {
-    let (format, id) = (cfg.input_format, cfg.id_column.as_deref());
-    let input = InputFile::open_with(&cfg.input, format, id, cfg.read)?;
+    let input = resume::open_input(cfg, finished)?;
     let prompts = Arc::new(Prompts::new(&cfg.prompt, cfg.system.as_deref(), &input)?);
     let mut opts = PreflightOptions::of(cfg, &input, cfg.dry_run)?;
     opts.finished = finished.map(|f| f.rows.clone());
     let expect = opts.expect.clone();
+    if let Some(recorded) = finished.and_then(|f| f.plan.as_ref())
+        && let Some(plan) = recorded.plan(cfg, &prompts)?
+    {
+        return Ok(Checked {
+            input,
+            prompts,
+            expect,
+            plan,
+        });
+    }
     let (i, p) = (input.clone(), prompts.clone());
     let plan = tokio::task::spawn_blocking(move || preflight(&i, &p, &opts))
         .await

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use crate::base::error::{Error, Problems};
 use crate::engine::expect::Expectation;
-use crate::engine::input::{IdSet, InputFile, Row};
+use crate::engine::input::{IdSet, InputFile, Row, Start};
 use crate::engine::pricing::Price;
 use crate::engine::row_settings::RowSettings;
 use crate::engine::template::Prompts;
@@ -21,6 +21,8 @@ pub(crate) struct Plan {
     pub(crate) models: BTreeMap<String, ModelPlan>,
     /// What the prompts attach (`image()`, `file()`).
     pub(crate) attachments: AttachPlan,
+    /// Where every [`Start::every`]th row starts (recorded for a resume, see `resume.rs`).
+    pub(crate) checkpoints: Vec<Start>,
 }
 
 /// The attachments of every row, as the pre-flight checked them.
@@ -46,6 +48,17 @@ pub(crate) struct ModelPlan {
     pub(super) prompt_tokens: u64,
     /// The sum of the rows' completion caps; `None` once a row has no cap.
     pub(super) completion_cap: Option<u64>,
+}
+
+impl ModelPlan {
+    /// A model's share of a plan recorded by an earlier run (which had counted no tokens).
+    pub(super) fn of_rows(rows: u64) -> Self {
+        ModelPlan {
+            rows,
+            prompt_tokens: 0,
+            completion_cap: None,
+        }
+    }
 }
 
 /// What the pre-flight checks beyond the rows themselves.
@@ -106,6 +119,7 @@ pub(crate) fn preflight(
         prompt_tokens: 0,
         models: BTreeMap::new(),
         attachments: AttachPlan::default(),
+        checkpoints: Vec::new(),
     };
     let mut last_row = None;
     for row in input.rows()? {
@@ -114,6 +128,9 @@ pub(crate) fn preflight(
             Ok(row) => {
                 plan.rows += 1;
                 ids.insert(&row);
+                if row.seq % Start::every() == 0 {
+                    plan.checkpoints.push(Start::of(&row));
+                }
                 let finished = opts.finished.as_ref().is_some_and(|f| f.contains(row.seq));
                 if !finished
                     && let Err(p) = check_row(input, prompts, &settings, opts, &row, &mut plan)

@@ -1,0 +1,224 @@
+//! A resume that starts reading at a checkpoint (issue 15): the first run records where every
+//! Nth row starts (`BATCH_CHECKPOINT_ROWS=4` here, 65,536 by default) and a resume of the
+//! unchanged input reads from the last one before its first unfinished row, with no pre-flight.
+//! Each test checks that exactly the unfinished rows are sent, for CSV (quoted line breaks
+//! before the checkpoint), JSON Lines and Parquet, after an edit, and from a state file that
+//! predates checkpoints.
+
+use std::process::Output;
+use std::sync::Arc;
+
+use arrow_array::{ArrayRef, RecordBatch, StringArray};
+
+use crate::util::{
+    self, MockProcess, TestDir, assert_code, field, mock_answer, show, stat, stderr,
+};
+
+const ROWS: usize = 40;
+
+/// The texts of the rows: every fifth spans two lines (a quoted line break in a CSV).
+fn texts() -> Vec<String> {
+    (1..=ROWS)
+        .map(|i| match i % 5 {
+            0 => format!("item\nnumber {i}"),
+            _ => format!("item number {i}"),
+        })
+        .collect()
+}
+
+fn csv() -> String {
+    let mut s = String::from("id,text\n");
+    for (i, t) in texts().iter().enumerate() {
+        s.push_str(&format!("r{:04},\"{t}\"\n", i + 1));
+    }
+    s
+}
+
+/// `batch run INPUT` on `mock`, checkpoints every 4 rows, with where the reader starts logged.
+fn run(dir: &TestDir, input: &str, mock: &MockProcess, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        input,
+        "--prompt",
+        "{{ text }}",
+        "--base-url",
+        &mock.url,
+        "-o",
+        "out.csv",
+        "-q",
+        "--no-cache",
+    ];
+    args.extend(extra);
+    util::cmd(dir, &args)
+        .env("BATCH_CHECKPOINT_ROWS", "4")
+        .env("RUST_LOG", "batch=info")
+        .output()
+        .expect("run batch")
+}
+
+/// Takes rows out of the state file, as if the run had stopped before them.
+fn forget_rows(dir: &TestDir, seqs: &[u64]) {
+    let conn = rusqlite::Connection::open(dir.join("out.sqlite")).unwrap();
+    for seq in seqs {
+        conn.execute("DELETE FROM rows WHERE seq = ?1", [*seq as i64])
+            .unwrap();
+        conn.execute("DELETE FROM attempts WHERE seq = ?1", [*seq as i64])
+            .unwrap();
+    }
+    conn.execute("UPDATE meta SET value = 'false' WHERE key = 'finished'", [])
+        .unwrap();
+}
+
+/// The recorded checkpoints: (row position, line).
+fn checkpoints(dir: &TestDir) -> Vec<(i64, i64)> {
+    let conn = rusqlite::Connection::open(dir.join("out.sqlite")).unwrap();
+    let mut stmt = conn
+        .prepare("SELECT seq, line FROM checkpoints ORDER BY seq")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+/// Resumes after forgetting `unfinished`: exactly those are sent, every row ends ok with its
+/// own answer, and the stderr of the resume is returned.
+fn resume_sends_exactly(
+    dir: &TestDir,
+    input: &str,
+    mock: &MockProcess,
+    unfinished: &[u64],
+) -> String {
+    forget_rows(dir, unfinished);
+    let sent = stat(&mock.stats(), "requests");
+    let out = run(dir, input, mock, &["--resume"]);
+    assert_code(&out, 0);
+    assert_eq!(
+        stat(&mock.stats(), "requests") - sent,
+        unfinished.len() as u64,
+        "exactly the unfinished rows are sent\n{}",
+        show(&out)
+    );
+    let rows = dir.results("out.csv");
+    assert_eq!(rows.len(), ROWS);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(field(row, "status"), "ok", "row {}", i + 1);
+        assert_eq!(
+            field(row, "output"),
+            mock_answer(field(row, "text")),
+            "row {}",
+            i + 1
+        );
+    }
+    stderr(&out)
+}
+
+#[test]
+fn a_csv_resume_reads_from_the_checkpoint_before_its_first_unfinished_row() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &csv());
+    let mock = MockProcess::start(&[]);
+    assert_code(&run(&dir, "in.csv", &mock, &[]), 0);
+    // Every fourth row, each on the line it starts on, quoted line breaks counted: row 1 on
+    // line 2, and every row after a two-line one a line further down.
+    let lines_before = |seq: usize| 2 + seq + seq / 5;
+    let expected: Vec<(i64, i64)> = (0..ROWS)
+        .step_by(4)
+        .map(|s| (s as i64, lines_before(s) as i64))
+        .collect();
+    assert_eq!(checkpoints(&dir), expected);
+
+    let log = resume_sends_exactly(&dir, "in.csv", &mock, &[21, 30, 31, 39]);
+    let from = format!("from line {} (row 21)", lines_before(20));
+    assert!(log.contains(&from), "{from} in\n{log}");
+}
+
+#[test]
+fn an_edited_input_is_checked_again_from_the_top_and_its_changed_rows_sent() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &csv());
+    let mock = MockProcess::start(&[]);
+    assert_code(&run(&dir, "in.csv", &mock, &[]), 0);
+    // Row 3, finished long before the first unfinished one, gets new text.
+    let edited = csv().replace("r0003,\"item number 3\"", "r0003,\"item three, changed\"");
+    assert_ne!(edited, csv());
+    dir.create("in.csv", &edited);
+    forget_rows(&dir, &[33]);
+    let sent = stat(&mock.stats(), "requests");
+    let out = run(&dir, "in.csv", &mock, &["--resume"]);
+    assert_code(&out, 0);
+    assert_eq!(
+        stat(&mock.stats(), "requests") - sent,
+        2,
+        "row 34 and the changed row 3"
+    );
+    assert!(!stderr(&out).contains("checkpoint"), "{}", show(&out));
+    let rows = dir.results("out.csv");
+    assert_eq!(
+        field(&rows[2], "output"),
+        mock_answer("item three, changed")
+    );
+    // The edited input's checkpoints replace the old ones, and the next resume uses them.
+    assert_eq!(checkpoints(&dir).len(), ROWS / 4);
+    let log = resume_sends_exactly(&dir, "in.csv", &mock, &[37]);
+    assert!(log.contains("(row 37)"), "{log}");
+}
+
+#[test]
+fn a_json_lines_resume_reads_from_a_checkpoint() {
+    let dir = TestDir::new();
+    let mut jsonl = String::new();
+    for (i, t) in texts().iter().enumerate() {
+        let line = serde_json::json!({"id": format!("r{:04}", i + 1), "text": t, "n": i});
+        jsonl.push_str(&format!("{line}\n"));
+        if i % 7 == 0 {
+            jsonl.push('\n');
+        }
+    }
+    dir.create("in.jsonl", &jsonl);
+    let mock = MockProcess::start(&[]);
+    assert_code(&run(&dir, "in.jsonl", &mock, &[]), 0);
+    let log = resume_sends_exactly(&dir, "in.jsonl", &mock, &[13, 14, 38]);
+    assert!(log.contains("(row 13)"), "{log}");
+}
+
+#[test]
+fn a_parquet_resume_reads_from_a_checkpoint() {
+    let dir = TestDir::new();
+    let ids: Vec<String> = (1..=ROWS).map(|i| format!("r{i:04}")).collect();
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(StringArray::from(ids)) as ArrayRef),
+        ("text", Arc::new(StringArray::from(texts())) as ArrayRef),
+    ])
+    .unwrap();
+    // Row groups of 6, so that checkpoints (every 4 rows) fall inside groups.
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_max_row_group_row_count(Some(6))
+        .build();
+    let file = std::fs::File::create(dir.join("in.parquet")).unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props)).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let mock = MockProcess::start(&[]);
+    assert_code(&run(&dir, "in.parquet", &mock, &[]), 0);
+    let log = resume_sends_exactly(&dir, "in.parquet", &mock, &[26, 27, 35]);
+    assert!(log.contains("(row 25)"), "{log}");
+}
+
+#[test]
+fn a_state_file_without_checkpoints_resumes_after_a_pre_flight_that_records_them() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &csv());
+    let mock = MockProcess::start(&[]);
+    assert_code(&run(&dir, "in.csv", &mock, &[]), 0);
+    // As a state file written before checkpoints and plans were recorded.
+    let conn = rusqlite::Connection::open(dir.join("out.sqlite")).unwrap();
+    conn.execute_batch("DROP TABLE checkpoints; DELETE FROM meta WHERE key = 'plan';")
+        .unwrap();
+    drop(conn);
+    // Its pre-flight runs as before and records them, for this resume's reader and the next.
+    resume_sends_exactly(&dir, "in.csv", &mock, &[22, 23]);
+    assert_eq!(checkpoints(&dir).len(), ROWS / 4);
+    let log = resume_sends_exactly(&dir, "in.csv", &mock, &[29]);
+    assert!(log.contains("(row 29)"), "{log}");
+}
