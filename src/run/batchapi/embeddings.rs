@@ -12,7 +12,7 @@
 //! writes the same vectors file as the live command, priced at the batch discount. A line the
 //! provider failed (for example a 400 naming one of its inputs) fails every row it carries with
 //! the provider's reason; `collect --resubmit-failed` sends each row of such a line again as a
-//! line of its own, so only the row at fault fails again.
+//! line of its own, so only the row at fault fails again (and, refused alone, is not resent).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -980,8 +980,10 @@ async fn resubmit_failed(
     opts: &Collect,
 ) -> Result<(), Error> {
     let Some(n) = prepare_resubmission(st, path)? else {
-        opts.printer
-            .note("Nothing to resubmit: no request failed or expired.");
+        opts.printer.note(
+            "Nothing to resubmit: no request failed or expired but texts the API refused alone, \
+             which would fail again.",
+        );
         return Ok(());
     };
     for i in st.batches.len() - n..st.batches.len() {
