@@ -361,6 +361,27 @@ fn a_refused_text_fails_its_lines_rows_with_the_reason_and_resubmit_frees_the_ot
         "{}",
         show(&again)
     );
+    // Review finding: the text refused alone was sent again on every --resubmit-failed, and
+    // the hint to do so printed forever.
+    let third = util::run(&dir, ["collect", "out.batch.json"]);
+    assert_code(&third, 1);
+    assert!(
+        !stderr(&third).contains("--resubmit-failed"),
+        "{}",
+        show(&third)
+    );
+    let fourth = util::run(&dir, ["collect", "out.batch.json", "--resubmit-failed"]);
+    assert_code(&fourth, 1);
+    assert!(
+        stderr(&fourth).contains("Nothing to resubmit"),
+        "{}",
+        show(&fourth)
+    );
+    assert_eq!(
+        mock.get_json("/stats/batches")["batches"],
+        2,
+        "the refused text was not sent again"
+    );
 }
 
 #[test]
