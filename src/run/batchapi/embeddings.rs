@@ -549,7 +549,9 @@ struct Found {
 /// What a result line came to, which decides whether `--resubmit-failed` sends it again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Verdict {
-    /// A 200 whose vectors parse: its rows' answer.
+    /// A 200 whose vectors parse: its rows' answer. The index only reads the status (parsing
+    /// every answer twice costs a tenth of a million-row collect): [`confirm_answers`] parses
+    /// them before a resubmission, and writing the rows parses each anyway.
     Answer,
     /// A 4xx (other than 408, 429) for a request of one text: the API refuses that text, and
     /// sending it again would fail again.
@@ -559,31 +561,80 @@ enum Verdict {
     Failed,
 }
 
-/// The verdict on result line `line` of a request of `inputs` texts.
-fn verdict(line: &[u8], inputs: usize) -> Verdict {
+/// The request result line `line` answers, and its verdict from its status alone (a 200 is
+/// taken for an answer); `inputs(n)`: the texts of request `n`.
+fn quick_verdict(line: &[u8], inputs: impl Fn(u64) -> usize) -> Option<(u64, Verdict)> {
     #[derive(Deserialize)]
     struct Head {
+        custom_id: String,
+        error: Option<serde::de::IgnoredAny>,
         response: Option<Status>,
     }
     #[derive(Deserialize)]
     struct Status {
         status_code: u16,
     }
-    let parsed =
-        super::openai::parse_line_with(line, line_number, |body, _| parse(body, inputs, None));
-    if matches!(parsed, Ok((_, Ok(_)))) {
-        return Verdict::Answer;
-    }
-    let status = serde_json::from_slice::<Head>(line)
-        .ok()
-        .and_then(|h| h.response)
+    let head = serde_json::from_slice::<Head>(line).ok()?;
+    let n = line_number(&head.custom_id)?;
+    let status = head
+        .response
+        .filter(|_| head.error.is_none())
         .map(|r| r.status_code);
     let refused = status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429);
-    if refused && inputs == 1 {
-        Verdict::Refused
-    } else {
-        Verdict::Failed
+    let verdict = match status {
+        Some(200) => Verdict::Answer,
+        _ if refused && inputs(n) == 1 => Verdict::Refused,
+        _ => Verdict::Failed,
+    };
+    Some((n, verdict))
+}
+
+/// The verdict on result line `line` of a request of `inputs` texts, its answer parsed.
+#[cfg(test)]
+fn verdict(line: &[u8], inputs: usize) -> Verdict {
+    match quick_verdict(line, |_| inputs) {
+        Some((_, Verdict::Answer)) => {
+            let parsed = super::openai::parse_line_with(line, line_number, |body, _| {
+                parse(body, inputs, None)
+            });
+            if matches!(parsed, Ok((_, Ok(_)))) {
+                Verdict::Answer
+            } else {
+                Verdict::Failed
+            }
+        }
+        Some((_, v)) => v,
+        None => Verdict::Failed,
     }
+}
+
+/// Parses every answer the index took on its status, so one that cannot be used (a count of
+/// vectors that is not the request's, an empty or unreadable vector) is sent again.
+fn confirm_answers(layout: &mut Layout) -> Result<(), Error> {
+    let mut answers: Vec<u64> = layout
+        .found
+        .iter()
+        .filter(|(_, f)| f.verdict == Verdict::Answer)
+        .map(|(n, _)| *n)
+        .collect();
+    answers.sort_unstable();
+    let mut unusable = Vec::new();
+    let mut reader = Reader {
+        layout: &*layout,
+        open: HashMap::new(),
+        last: None,
+    };
+    for n in answers {
+        if let Some(Err(_)) = reader.outcome(n)? {
+            unusable.push(n);
+        }
+    }
+    for n in unusable {
+        if let Some(f) = layout.found.get_mut(&n) {
+            f.verdict = Verdict::Failed;
+        }
+    }
+    Ok(())
 }
 
 fn layout(st: &BatchState) -> Result<Layout, Error> {
@@ -638,17 +689,12 @@ fn layout(st: &BatchState) -> Result<Layout, Error> {
     })
 }
 
-/// Where each line's result is in the downloaded output and error files, and what it came to
-/// (a usable answer wins over any other line for the same request). Each output line is parsed
-/// here to know whether it is usable, then once more when its rows are written.
+/// Where each line's result is in the downloaded output and error files, and what its status
+/// says it came to (an answer wins over any other line for the same request).
 fn index_results(
     st: &BatchState,
     lines: &HashMap<u64, LineInfo>,
 ) -> Result<(HashMap<u64, Found>, Vec<PathBuf>), Error> {
-    #[derive(Deserialize)]
-    struct Id {
-        custom_id: String,
-    }
     let mut found: HashMap<u64, Found> = HashMap::new();
     let mut files = Vec::new();
     for b in st.batches.iter().filter(|b| b.phase == Phase::Downloaded) {
@@ -657,16 +703,15 @@ fn index_results(
             let path = st.file(name);
             let file = files.len();
             scan_lines(&path, |offset, line| {
-                let id = serde_json::from_slice::<Id>(line)
-                    .ok()
-                    .and_then(|i| line_number(&i.custom_id));
-                let Some(n) = id else { return };
-                let inputs = lines.get(&n).map_or(0, |l| l.tokens.len());
+                let inputs = |n| lines.get(&n).map_or(0, |l| l.tokens.len());
+                let Some((n, verdict)) = quick_verdict(line, inputs) else {
+                    return;
+                };
                 let here = Found {
                     file,
                     offset,
                     len: line.len(),
-                    verdict: verdict(line, inputs),
+                    verdict,
                 };
                 if found.get(&n).is_none_or(|f| f.verdict != Verdict::Answer) {
                     found.insert(n, here);
@@ -798,9 +843,13 @@ fn write_vectors(st: &BatchState, path: &Path) -> Result<Written, Error> {
             ),
             (None, Some(place)) => {
                 let owner = owner.get(seq as usize).copied().flatten().unwrap_or(0);
-                resendable += u64::from(resend.contains(&place.line));
                 let at = (seq, row.id.as_str());
-                row_result(st, path, &mut reader, place, owner, at, &mut saved)?
+                let (r, v) = row_result(st, path, &mut reader, place, owner, at, &mut saved)?;
+                // A failed row of a line taken for an answer: the answer could not be used.
+                let unusable = r.status == RowStatus::Failed
+                    && layout.found.get(&place.line).map(|f| f.verdict) == Some(Verdict::Answer);
+                resendable += u64::from(unusable || resend.contains(&place.line));
+                (r, v)
             }
         };
         stats.record_row(&result, row.line);
@@ -1024,7 +1073,8 @@ fn to_resend(st: &BatchState, layout: &Layout) -> Vec<u64> {
 /// The lines to resend, split into single-text lines in new batches recorded in the state.
 /// Returns how many batches were added (`None`: nothing to resend).
 fn prepare_resubmission(st: &mut BatchState, path: &Path) -> Result<Option<usize>, Error> {
-    let layout = layout(st)?;
+    let mut layout = layout(st)?;
+    confirm_answers(&mut layout)?;
     let retry = to_resend(st, &layout);
     if retry.is_empty() {
         return Ok(None);
