@@ -66,12 +66,49 @@ pub fn resolve(args: EmbedArgs) -> Result<EmbedConfig, Error> {
         max_tokens: args.max_request_tokens.unwrap_or(d.max_tokens),
         max_input_tokens: args.max_input_tokens.unwrap_or(d.max_input_tokens),
     };
+    if cfg.batch.via_batch {
+        check_batch_request_caps(&limits)?;
+    }
     Ok(EmbedConfig {
         run: cfg,
         column: args.column,
         dimensions: args.dimensions,
         limits,
     })
+}
+
+/// OpenAI's caps on one `/v1/embeddings` request: the live command learns a lower cap from a
+/// 400 and splits, but a batch line that passes them only fails hours later, so they are
+/// refused before anything is written.
+const API_MAX_INPUTS: u64 = 2048;
+const API_MAX_TOKENS: u64 = 300_000;
+
+/// `--via batch`: the per-request caps may not pass the API's.
+fn check_batch_request_caps(limits: &PackLimits) -> Result<(), Error> {
+    let over = [
+        (
+            limits.max_inputs as u64 > API_MAX_INPUTS,
+            "--max-inputs-per-request",
+            limits.max_inputs as u64,
+            API_MAX_INPUTS,
+            "inputs",
+        ),
+        (
+            limits.max_tokens > API_MAX_TOKENS,
+            "--max-request-tokens",
+            limits.max_tokens,
+            API_MAX_TOKENS,
+            "tokens",
+        ),
+    ];
+    match over.iter().find(|o| o.0) {
+        Some((_, flag, given, cap, what)) => Err(Error::Usage(format!(
+            "{flag} {given} is more than the {cap} {what} OpenAI takes in one embeddings \
+             request; with --via batch such a request would fail in the batch, so give at most \
+             {cap} (or leave the flag out)"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `reviews.csv` -> `reviews.embeddings.parquet`, beside the input.
@@ -219,6 +256,20 @@ mod tests {
         assert_eq!(cfg.run.batch.max_requests, Some(7));
         let e = with(&["--batch-max-requests", "7"]).unwrap_err();
         assert!(e.to_string().contains("add --via batch"), "{e}");
+        let e = with(&["--via", "batch", "--max-inputs-per-request", "2049"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--max-inputs-per-request 2049 is more than the 2048 inputs"),
+            "{e}"
+        );
+        let e = with(&["--via", "batch", "--max-request-tokens", "300001"]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--max-request-tokens 300001 is more than the 300000 tokens"),
+            "{e}"
+        );
+        with(&["--via", "batch", "--max-inputs-per-request", "2048"]).unwrap();
+        with(&["--max-inputs-per-request", "4096"]).unwrap();
         let e = with(&["--via", "batch", "-o", "-"]).unwrap_err();
         assert!(
             e.to_string()

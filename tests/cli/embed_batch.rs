@@ -361,6 +361,27 @@ fn a_refused_text_fails_its_lines_rows_with_the_reason_and_resubmit_frees_the_ot
         "{}",
         show(&again)
     );
+    // Review finding: the text refused alone was sent again on every --resubmit-failed, and
+    // the hint to do so printed forever.
+    let third = util::run(&dir, ["collect", "out.batch.json"]);
+    assert_code(&third, 1);
+    assert!(
+        !stderr(&third).contains("--resubmit-failed"),
+        "{}",
+        show(&third)
+    );
+    let fourth = util::run(&dir, ["collect", "out.batch.json", "--resubmit-failed"]);
+    assert_code(&fourth, 1);
+    assert!(
+        stderr(&fourth).contains("Nothing to resubmit"),
+        "{}",
+        show(&fourth)
+    );
+    assert_eq!(
+        mock.get_json("/stats/batches")["batches"],
+        2,
+        "the refused text was not sent again"
+    );
 }
 
 #[test]
@@ -368,6 +389,8 @@ fn dry_run_shows_requests_batches_tokens_and_the_half_price_and_writes_nothing()
     let dir = TestDir::new();
     let (mut csv, texts) = texts_csv(50, &[]);
     csv.push_str("r50,\n");
+    // The text of row 49 again, in the same request: sent once, so its tokens count once.
+    csv.push_str(&format!("r51,{}\n", texts[49]));
     dir.create("in.csv", &csv);
     let out = util::run(
         &dir,
@@ -389,7 +412,7 @@ fn dry_run_shows_requests_batches_tokens_and_the_half_price_and_writes_nothing()
         .iter()
         .map(|t| u64::from(batch::engine::tokens::count(MODEL, t)))
         .sum();
-    assert!(report.contains("Rows         51 in"), "{report}");
+    assert!(report.contains("Rows         52 in"), "{report}");
     assert!(report.contains("1 row empty or too long"), "{report}");
     assert!(report.contains("Requests     4 of 50 texts"), "{report}");
     assert!(

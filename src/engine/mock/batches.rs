@@ -38,11 +38,11 @@ use super::{Shared, error_body, list_page, messages, reply, unix_now};
 
 /// Largest upload or batch body accepted (above the providers' 200 and 256 MB limits).
 const MAX_BODY: usize = 300 * 1024 * 1024;
-/// The endpoints the mock runs OpenAI batches for, and the wire format of each.
 /// The endpoint of embeddings batches: its lines are answered as `/v1/embeddings` answers.
 const EMBEDDINGS: &str = "/v1/embeddings";
 /// OpenAI's cap on the texts of one embeddings batch, over all its requests.
 pub const MAX_BATCH_INPUTS: u64 = 50_000;
+/// The endpoints the mock runs OpenAI batches for, and the wire format of each.
 const ENDPOINTS: [(&str, Wire); 2] = [
     ("/v1/chat/completions", Wire::Chat),
     ("/v1/responses", Wire::Responses),

@@ -12,7 +12,7 @@
 //! writes the same vectors file as the live command, priced at the batch discount. A line the
 //! provider failed (for example a 400 naming one of its inputs) fails every row it carries with
 //! the provider's reason; `collect --resubmit-failed` sends each row of such a line again as a
-//! line of its own, so only the row at fault fails again.
+//! line of its own, so only the row at fault fails again (and, refused alone, is not resent).
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -104,6 +104,7 @@ fn plan(cfg: &EmbedConfig, column: usize, dir: Option<&Path>) -> Result<EmbedPla
         splitter: Splitter::new(ProviderKind::OpenAiEmbeddings, limits(cfg), dir, 1),
         lines: 0,
         inputs: 0,
+        tokens: 0,
     };
     let mut failures = match dir {
         Some(d) => Some(std::io::BufWriter::new(
@@ -112,7 +113,7 @@ fn plan(cfg: &EmbedConfig, column: usize, dir: Option<&Path>) -> Result<EmbedPla
         )),
         None => None,
     };
-    let (mut rows, mut tokens, mut local) = (0u64, 0u64, 0u64);
+    let (mut rows, mut local) = (0u64, 0u64);
     let mut packer = Packer::new(cfg.limits, run.dedup);
     for row in input.rows()? {
         let row = row?;
@@ -131,7 +132,6 @@ fn plan(cfg: &EmbedConfig, column: usize, dir: Option<&Path>) -> Result<EmbedPla
             }
             continue;
         }
-        tokens += n;
         let item = Item {
             seq: row.seq,
             line: row.line,
@@ -158,7 +158,7 @@ fn plan(cfg: &EmbedConfig, column: usize, dir: Option<&Path>) -> Result<EmbedPla
     Ok(EmbedPlan {
         rows,
         inputs: out.inputs,
-        tokens,
+        tokens: out.tokens,
         lines: out.lines,
         local_failures: local,
         batches: out.splitter.finish()?,
@@ -195,6 +195,8 @@ struct Lines<'a> {
     splitter: Splitter,
     lines: u64,
     inputs: u64,
+    /// Tokens of the texts sent: a text shared by several rows of a request counts once.
+    tokens: u64,
 }
 
 impl Lines<'_> {
@@ -213,7 +215,9 @@ impl Lines<'_> {
         let tokens = pack.items.iter().map(|i| i.tokens).collect();
         let first = pack.items.first().map_or(0, |i| i.line);
         let path = self.cfg.run.input.display().to_string();
-        self.push_body(&payload, rows, tokens, &|| format!("{path}: line {first}"))
+        self.push_body(&payload, rows, tokens, &|| format!("{path}: line {first}"))?;
+        self.tokens += pack.tokens;
+        Ok(())
     }
 
     /// Adds one `/v1/embeddings` body as line `req-<n>` carrying `rows`.
@@ -333,16 +337,9 @@ async fn submit(
     st.save(path)?;
     let api = Api::new(&st, key, &run.headers)?;
     for i in 0..st.batches.len() {
-        api.submit(&mut st, i, path).await.map_err(|e| {
-            Error::io(
-                format!("submitting batch {} of {}", i + 1, st.batches.len()),
-                std::io::Error::other(format!(
-                    "{e}. The state is saved in {}: `batch collect {}` submits what is left",
-                    path.display(),
-                    path.display()
-                )),
-            )
-        })?;
+        api.submit(&mut st, i, path)
+            .await
+            .map_err(|e| super::submit_failed(e, i, st.batches.len(), path))?;
     }
     Ok(st)
 }
@@ -404,6 +401,7 @@ fn state_of(
             lines: planned.lines,
             tokens: planned.tokens,
             local_failures: planned.local_failures,
+            read: Some(state::ReadRecord::of(run.read)),
         }),
     })
 }
@@ -485,9 +483,13 @@ pub(super) async fn collect(
     if opts.resubmit_failed && st.batches.iter().all(|b| b.is_final()) {
         resubmit_failed(api, st, path, opts).await?;
     }
-    let (stats, saved) = {
-        let st = st.clone();
-        tokio::task::spawn_blocking(move || write_vectors(&st))
+    let Written {
+        stats,
+        saved,
+        resendable,
+    } = {
+        let (st, path) = (st.clone(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || write_vectors(&st, &path))
             .await
             .map_err(|e| Error::io("writing the vectors failed", std::io::Error::other(e)))??
     };
@@ -497,8 +499,8 @@ pub(super) async fn collect(
         summary.write_json(p)?;
     }
     super::print_collected(opts.printer, &summary, saved, path);
-    let local = st.embed.as_ref().map_or(0, |e| e.local_failures);
-    if stats.failed > local && !opts.resubmit_failed {
+    // Rows failed at submission, or whose text the API refused alone, would fail again.
+    if resendable > 0 && !opts.resubmit_failed {
         opts.printer.note(format_args!(
             "Resubmit   `batch collect {} --resubmit-failed --wait` sends each text of the \
              failed requests alone: only a text the API refuses fails again",
@@ -535,13 +537,104 @@ struct LineInfo {
     tokens: Vec<u64>,
 }
 
-/// A result line: in file `file` at `offset`, `len` bytes; `answer`: from an output file.
+/// A result line: in file `file` at `offset`, `len` bytes, and what it came to.
 #[derive(Clone, Copy)]
 struct Found {
     file: usize,
     offset: u64,
     len: usize,
-    answer: bool,
+    verdict: Verdict,
+}
+
+/// What a result line came to, which decides whether `--resubmit-failed` sends it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// A 200 whose vectors parse: its rows' answer. The index only reads the status (parsing
+    /// every answer twice costs a tenth of a million-row collect): [`confirm_answers`] parses
+    /// them before a resubmission, and writing the rows parses each anyway.
+    Answer,
+    /// A 4xx (other than 408, 429) for a request of one text: the API refuses that text, and
+    /// sending it again would fail again.
+    Refused,
+    /// Anything else (an expiry, a 5xx, a 200 that does not parse, a 4xx for many texts, whose
+    /// texts are sent again one a request).
+    Failed,
+}
+
+/// The request result line `line` answers, and its verdict from its status alone (a 200 is
+/// taken for an answer); `inputs(n)`: the texts of request `n`.
+fn quick_verdict(line: &[u8], inputs: impl Fn(u64) -> usize) -> Option<(u64, Verdict)> {
+    #[derive(Deserialize)]
+    struct Head {
+        custom_id: String,
+        error: Option<serde::de::IgnoredAny>,
+        response: Option<Status>,
+    }
+    #[derive(Deserialize)]
+    struct Status {
+        status_code: u16,
+    }
+    let head = serde_json::from_slice::<Head>(line).ok()?;
+    let n = line_number(&head.custom_id)?;
+    let status = head
+        .response
+        .filter(|_| head.error.is_none())
+        .map(|r| r.status_code);
+    let refused = status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429);
+    let verdict = match status {
+        Some(200) => Verdict::Answer,
+        _ if refused && inputs(n) == 1 => Verdict::Refused,
+        _ => Verdict::Failed,
+    };
+    Some((n, verdict))
+}
+
+/// The verdict on result line `line` of a request of `inputs` texts, its answer parsed.
+#[cfg(test)]
+fn verdict(line: &[u8], inputs: usize) -> Verdict {
+    match quick_verdict(line, |_| inputs) {
+        Some((_, Verdict::Answer)) => {
+            let parsed = super::openai::parse_line_with(line, line_number, |body, _| {
+                parse(body, inputs, None)
+            });
+            if matches!(parsed, Ok((_, Ok(_)))) {
+                Verdict::Answer
+            } else {
+                Verdict::Failed
+            }
+        }
+        Some((_, v)) => v,
+        None => Verdict::Failed,
+    }
+}
+
+/// Parses every answer the index took on its status, so one that cannot be used (a count of
+/// vectors that is not the request's, an empty or unreadable vector) is sent again.
+fn confirm_answers(layout: &mut Layout) -> Result<(), Error> {
+    let mut answers: Vec<u64> = layout
+        .found
+        .iter()
+        .filter(|(_, f)| f.verdict == Verdict::Answer)
+        .map(|(n, _)| *n)
+        .collect();
+    answers.sort_unstable();
+    let mut unusable = Vec::new();
+    let mut reader = Reader {
+        layout: &*layout,
+        open: HashMap::new(),
+        last: None,
+    };
+    for n in answers {
+        if let Some(Err(_)) = reader.outcome(n)? {
+            unusable.push(n);
+        }
+    }
+    for n in unusable {
+        if let Some(f) = layout.found.get_mut(&n) {
+            f.verdict = Verdict::Failed;
+        }
+    }
+    Ok(())
 }
 
 fn layout(st: &BatchState) -> Result<Layout, Error> {
@@ -587,7 +680,7 @@ fn layout(st: &BatchState) -> Result<Layout, Error> {
             )));
         }
     }
-    let (found, files) = index_results(st)?;
+    let (found, files) = index_results(st, &lines)?;
     Ok(Layout {
         places,
         lines,
@@ -596,32 +689,31 @@ fn layout(st: &BatchState) -> Result<Layout, Error> {
     })
 }
 
-/// Where each line's result is in the downloaded output and error files (an answer wins over
-/// an error line for the same request).
-fn index_results(st: &BatchState) -> Result<(HashMap<u64, Found>, Vec<PathBuf>), Error> {
-    #[derive(Deserialize)]
-    struct Id {
-        custom_id: String,
-    }
+/// Where each line's result is in the downloaded output and error files, and what its status
+/// says it came to (an answer wins over any other line for the same request).
+fn index_results(
+    st: &BatchState,
+    lines: &HashMap<u64, LineInfo>,
+) -> Result<(HashMap<u64, Found>, Vec<PathBuf>), Error> {
     let mut found: HashMap<u64, Found> = HashMap::new();
     let mut files = Vec::new();
     for b in st.batches.iter().filter(|b| b.phase == Phase::Downloaded) {
-        for (name, answer) in [(&b.output_file, true), (&b.error_file, false)] {
+        for name in [&b.output_file, &b.error_file] {
             let Some(name) = name else { continue };
             let path = st.file(name);
             let file = files.len();
             scan_lines(&path, |offset, line| {
-                let id = serde_json::from_slice::<Id>(line)
-                    .ok()
-                    .and_then(|i| line_number(&i.custom_id));
-                let Some(n) = id else { return };
+                let inputs = |n| lines.get(&n).map_or(0, |l| l.tokens.len());
+                let Some((n, verdict)) = quick_verdict(line, inputs) else {
+                    return;
+                };
                 let here = Found {
                     file,
                     offset,
                     len: line.len(),
-                    answer,
+                    verdict,
                 };
-                if !found.get(&n).is_some_and(|f| f.answer) {
+                if found.get(&n).is_none_or(|f| f.verdict != Verdict::Answer) {
                     found.insert(n, here);
                 }
             })?;
@@ -696,16 +788,34 @@ impl Reader<'_> {
     }
 }
 
-/// Writes every row's vector (or why it has none) in input order; returns the totals and what
-/// the batch discount saved (when the model has a price).
-fn write_vectors(st: &BatchState) -> Result<(Stats, Option<f64>), Error> {
-    let job = st
-        .embed
-        .as_ref()
-        .ok_or_else(|| not_embeddings(&st.output))?;
-    let input = InputFile::open_as(&st.input, st.input_format, st.id_column.as_deref())?;
+/// What writing the vectors came to: the totals, what the batch discount saved (when the model
+/// has a price), and how many failed rows `--resubmit-failed` would send again.
+struct Written {
+    stats: Stats,
+    saved: Option<f64>,
+    resendable: u64,
+}
+
+/// The error for a row, line or text the state's files do not account for: the input was read
+/// differently, or changed, since submission, or the files folder was edited.
+fn damaged(st: &BatchState, what: String) -> Error {
+    Error::Input(format!(
+        "{what}: {} has changed since submission, or the files folder {} is damaged; restore \
+         the input and the folder as they were submitted, or embed the input again",
+        st.input.display(),
+        st.files.display()
+    ))
+}
+
+/// Writes every row's vector (or why it has none) in input order, reading the input as it was
+/// read at submission; `path` is the state file, named in the errors' advice.
+fn write_vectors(st: &BatchState, path: &Path) -> Result<Written, Error> {
+    let job = st.embed.as_ref().ok_or_else(|| not_embeddings(path))?;
+    let read = job.read.map(state::ReadRecord::options).unwrap_or_default();
+    let input = InputFile::open_with(&st.input, st.input_format, st.id_column.as_deref(), read)?;
     let local = local_failures(st)?;
     let layout = layout(st)?;
+    let resend: std::collections::HashSet<u64> = to_resend(st, &layout).into_iter().collect();
     let (owner, _) = st.owners();
     let mut reader = Reader {
         layout: &layout,
@@ -715,12 +825,17 @@ fn write_vectors(st: &BatchState) -> Result<(Stats, Option<f64>), Error> {
     let dims = width(&mut reader, job.dimensions, &st.model)?;
     let mut sink = crate::engine::output::vectors::create(&st.output, Some(dims))?;
     let standard = st.price.map(|p| p.standard());
-    let mut stats = Stats::default();
-    let mut saved = 0.0;
+    let (mut stats, mut saved, mut resendable) = (Stats::default(), 0.0, 0);
     for row in input.rows()? {
         let row = row?;
         let seq = row.seq;
-        let (result, vector) = match (local.get(&seq), layout.places[seq as usize]) {
+        let place = layout.places.get(seq as usize).ok_or_else(|| {
+            damaged(
+                st,
+                format!("row {} (line {}) is in no batch", row.id, row.line),
+            )
+        })?;
+        let (result, vector) = match (local.get(&seq), *place) {
             (Some(error), _) => (failed(seq, &row.id, &st.model, error.clone()), None),
             (None, None) => (
                 RowResult::skipped(seq, row.id.clone(), &st.model, "not in any batch"),
@@ -728,7 +843,13 @@ fn write_vectors(st: &BatchState) -> Result<(Stats, Option<f64>), Error> {
             ),
             (None, Some(place)) => {
                 let owner = owner.get(seq as usize).copied().flatten().unwrap_or(0);
-                row_result(st, &mut reader, place, owner, (seq, &row.id), &mut saved)?
+                let at = (seq, row.id.as_str());
+                let (r, v) = row_result(st, path, &mut reader, place, owner, at, &mut saved)?;
+                // A failed row of a line taken for an answer: the answer could not be used.
+                let unusable = r.status == RowStatus::Failed
+                    && layout.found.get(&place.line).map(|f| f.verdict) == Some(Verdict::Answer);
+                resendable += u64::from(unusable || resend.contains(&place.line));
+                (r, v)
             }
         };
         stats.record_row(&result, row.line);
@@ -744,7 +865,11 @@ fn write_vectors(st: &BatchState) -> Result<(Stats, Option<f64>), Error> {
         })?;
     }
     sink.finish()?;
-    Ok((stats, standard.map(|_| saved)))
+    Ok(Written {
+        stats,
+        saved: standard.map(|_| saved),
+        resendable,
+    })
 }
 
 fn failed(seq: u64, id: &str, model: &str, error: String) -> RowResult {
@@ -754,17 +879,44 @@ fn failed(seq: u64, id: &str, model: &str, error: String) -> RowResult {
     }
 }
 
+/// A failed line's reason for each of its rows, with what `--resubmit-failed` would do about it
+/// (nothing, for a text the API refused alone).
+fn line_failure(reason: &str, verdict: Option<Verdict>, texts: usize, path: &Path) -> String {
+    let command = format!(
+        "`batch collect {} --resubmit-failed --wait`",
+        path.display()
+    );
+    match (verdict, texts) {
+        (Some(Verdict::Refused), _) => reason.to_string(),
+        (_, 1) => format!("{reason} ({command} sends it again)"),
+        (_, n) => format!(
+            "{reason} (the request of {} failed as a whole; {command} sends each of them alone)",
+            human::count(n as u64, "text")
+        ),
+    }
+}
+
 /// One row's result from its line's outcome: its vector, its own tokens and its share of the
 /// line's cost at the batch price; or the line's failure, or why the line has no result yet.
 fn row_result(
     st: &BatchState,
+    path: &Path,
     reader: &mut Reader,
     place: Place,
     owner: usize,
     (seq, id): (u64, &str),
     saved: &mut f64,
 ) -> Result<(RowResult, Option<Vec<f32>>), Error> {
-    let info = &reader.layout.lines[&place.line];
+    let layout = reader.layout;
+    let info = layout.lines.get(&place.line).ok_or_else(|| {
+        damaged(
+            st,
+            format!(
+                "row {id} is on request {}, in no rows file",
+                line_id(place.line)
+            ),
+        )
+    })?;
     let own_tokens = info.tokens.get(place.index as usize).copied().unwrap_or(0);
     let line_tokens: u64 = info.tokens.iter().sum();
     let carried_by = info.batch;
@@ -781,15 +933,22 @@ fn row_result(
     let e = match outcome {
         Ok(e) => e,
         Err(reason) => {
-            let error = format!(
-                "{reason} (the request of {} failed as a whole; `batch collect \
-                 --resubmit-failed` sends each of them alone)",
-                human::count(rows_in_line as u64, "text")
-            );
+            let verdict = layout.found.get(&place.line).map(|f| f.verdict);
+            let error = line_failure(reason, verdict, rows_in_line, path);
             return Ok((failed(seq, id, &st.model, error), None));
         }
     };
-    let b64 = &e.vectors[place.index as usize];
+    let b64 = e.vectors.get(place.index as usize).ok_or_else(|| {
+        damaged(
+            st,
+            format!(
+                "row {id} is text {} of request {}, which has {}",
+                place.index,
+                line_id(place.line),
+                human::count(e.vectors.len() as u64, "text")
+            ),
+        )
+    })?;
     let vector = decode(b64).map_err(|err| {
         Error::Input(format!(
             "the vector of row {id} in the results of {} is unreadable ({err})",
@@ -826,7 +985,7 @@ fn width(reader: &mut Reader, dimensions: Option<u32>, model: &str) -> Result<us
         .layout
         .found
         .iter()
-        .filter(|(_, f)| f.answer)
+        .filter(|(_, f)| f.verdict == Verdict::Answer)
         .map(|(n, _)| *n)
         .collect();
     answered.sort_unstable();
@@ -870,8 +1029,10 @@ async fn resubmit_failed(
     opts: &Collect,
 ) -> Result<(), Error> {
     let Some(n) = prepare_resubmission(st, path)? else {
-        opts.printer
-            .note("Nothing to resubmit: no request failed or expired.");
+        opts.printer.note(
+            "Nothing to resubmit: no request failed or expired but texts the API refused alone, \
+             which would fail again.",
+        );
         return Ok(());
     };
     for i in st.batches.len() - n..st.batches.len() {
@@ -888,37 +1049,43 @@ async fn resubmit_failed(
     Ok(())
 }
 
-/// The lines of ended batches that have no answer, split into single-text lines in new batches
-/// recorded in the state. Returns how many batches were added (`None`: nothing to resend).
-fn prepare_resubmission(st: &mut BatchState, path: &Path) -> Result<Option<usize>, Error> {
-    let layout = layout(st)?;
-    // Lines that still carry a row (a resubmitted line's rows belong to the new lines).
+/// The lines `--resubmit-failed` sends again, in order: those of ended batches that still carry
+/// a row (a resubmitted line's rows belong to its new lines) and have no answer, except a text
+/// the API refused alone, which would fail again.
+fn to_resend(st: &BatchState, layout: &Layout) -> Vec<u64> {
     let live: std::collections::HashSet<u64> =
         layout.places.iter().flatten().map(|p| p.line).collect();
     let mut retry: Vec<u64> = layout
         .lines
         .iter()
         .filter(|(n, info)| {
-            let answered = layout.found.get(n).is_some_and(|f| f.answer);
-            st.batches[info.batch].is_final() && !answered && live.contains(n)
+            let verdict = layout.found.get(n).map(|f| f.verdict);
+            st.batches[info.batch].is_final()
+                && live.contains(n)
+                && verdict.is_none_or(|v| v == Verdict::Failed)
         })
         .map(|(n, _)| *n)
         .collect();
+    retry.sort_unstable();
+    retry
+}
+
+/// The lines to resend, split into single-text lines in new batches recorded in the state.
+/// Returns how many batches were added (`None`: nothing to resend).
+fn prepare_resubmission(st: &mut BatchState, path: &Path) -> Result<Option<usize>, Error> {
+    let mut layout = layout(st)?;
+    confirm_answers(&mut layout)?;
+    let retry = to_resend(st, &layout);
     if retry.is_empty() {
         return Ok(None);
     }
-    retry.sort_unstable();
     let mut job = st.embed.clone().ok_or_else(|| not_embeddings(path))?;
-    let from = {
-        let mut v: Vec<usize> = retry
-            .iter()
-            .map(|n| st.batches[layout.lines[n].batch].number)
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
-    let bodies = input_bodies(st, &retry)?;
+    let mut from: Vec<usize> = retry
+        .iter()
+        .map(|n| st.batches[layout.lines[n].batch].number)
+        .collect();
+    from.sort_unstable();
+    from.dedup();
     let limits = Limits {
         requests: st.max_requests,
         bytes: st.max_bytes,
@@ -930,10 +1097,7 @@ fn prepare_resubmission(st: &mut BatchState, path: &Path) -> Result<Option<usize
         splitter,
         next: job.lines,
     };
-    for n in &retry {
-        let rows = rows_of_line(&layout, *n);
-        out.split(*n, &bodies[n], rows, &layout.lines[n].tokens)?;
-    }
+    resplit_lines(st, &layout, &retry, &mut out)?;
     job.lines = out.next;
     let mut added = out.splitter.finish()?;
     for b in &mut added {
@@ -946,45 +1110,91 @@ fn prepare_resubmission(st: &mut BatchState, path: &Path) -> Result<Option<usize
     Ok(Some(count))
 }
 
-/// The rows of each text of `line`, as the layout has them now.
-fn rows_of_line(layout: &Layout, line: u64) -> Vec<Vec<u64>> {
-    let n = layout.lines[&line].tokens.len();
-    let mut rows = vec![Vec::new(); n];
-    for (seq, p) in layout.places.iter().enumerate() {
-        if let Some(p) = p
-            && p.line == line
-        {
-            rows[p.index as usize].push(seq as u64);
-        }
-    }
-    rows
-}
-
-/// The bodies of lines `wanted`, read from the batch input files.
-fn input_bodies(st: &BatchState, wanted: &[u64]) -> Result<HashMap<u64, serde_json::Value>, Error> {
+/// Finds the bodies of lines `retry` in the batch input files, one file at a time and one line
+/// in memory at a time (only a wanted line's body is parsed), and splits each as it is found.
+fn resplit_lines(
+    st: &BatchState,
+    layout: &Layout,
+    retry: &[u64],
+    out: &mut Resplit,
+) -> Result<(), Error> {
     #[derive(Deserialize)]
-    struct InputLine {
+    struct InputLine<'a> {
         custom_id: String,
-        body: serde_json::Value,
+        #[serde(borrow)]
+        body: &'a serde_json::value::RawValue,
     }
-    let wanted: std::collections::HashSet<u64> = wanted.iter().copied().collect();
-    let mut out = HashMap::new();
-    for b in &st.batches {
-        super::results::for_each_line(&st.file(&b.input_file), |l| {
-            if let Ok(line) = serde_json::from_slice::<InputLine>(l)
-                && let Some(n) = line_number(&line.custom_id)
-                && wanted.contains(&n)
-            {
-                out.insert(n, line.body);
+    let mut wanted: std::collections::HashSet<u64> = retry.iter().copied().collect();
+    let mut rows = rows_of_lines(st, layout, &wanted)?;
+    let mut batches: Vec<usize> = retry.iter().map(|n| layout.lines[n].batch).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    for b in batches {
+        let file = st.file(&st.batches[b].input_file);
+        let mut failure = None;
+        scan_lines(&file, |_, l| {
+            let Ok(line) = serde_json::from_slice::<InputLine>(l) else {
+                return;
+            };
+            let Some(n) = line_number(&line.custom_id).filter(|n| wanted.remove(n)) else {
+                return;
+            };
+            let split = serde_json::from_str(line.body.get())
+                .map_err(|e| {
+                    damaged(
+                        st,
+                        format!("the body of {} is unreadable ({e})", line.custom_id),
+                    )
+                })
+                .and_then(|body| {
+                    let r = rows.remove(&n).unwrap_or_default();
+                    out.split(n, &body, r, &layout.lines[&n].tokens)
+                });
+            if let Err(e) = split {
+                failure.get_or_insert(e);
             }
         })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
     }
-    if let Some(n) = wanted.iter().find(|n| !out.contains_key(n)) {
-        return Err(Error::Input(format!(
+    match wanted.iter().min() {
+        Some(n) => Err(Error::Input(format!(
             "the request {} is in none of the batch input files in {}; were they removed?",
             line_id(*n),
             st.files.display()
-        )));
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The rows of each text of lines `wanted`, as the layout has them now, in one pass over the
+/// rows.
+fn rows_of_lines(
+    st: &BatchState,
+    layout: &Layout,
+    wanted: &std::collections::HashSet<u64>,
+) -> Result<HashMap<u64, Vec<Vec<u64>>>, Error> {
+    let mut out: HashMap<u64, Vec<Vec<u64>>> = HashMap::new();
+    for (seq, p) in layout.places.iter().enumerate() {
+        let Some(p) = p.filter(|p| wanted.contains(&p.line)) else {
+            continue;
+        };
+        let texts = layout.lines[&p.line].tokens.len();
+        let rows = out.entry(p.line).or_insert_with(|| vec![Vec::new(); texts]);
+        let slot = rows.get_mut(p.index as usize).ok_or_else(|| {
+            damaged(
+                st,
+                format!(
+                    "row {} is text {} of request {}, which has {}",
+                    seq + 1,
+                    p.index,
+                    line_id(p.line),
+                    human::count(texts as u64, "text")
+                ),
+            )
+        })?;
+        slot.push(seq as u64);
     }
     Ok(out)
 }
@@ -1080,6 +1290,14 @@ mod tests {
              {\"custom_id\":\"req-1\",\"rows\":[[4]],\"tokens\":[1]}\n",
         )
         .unwrap();
+        let mut inputs = Vec::new();
+        for (id, texts) in [("req-0", vec!["a", "b"]), ("req-1", vec!["bad"])] {
+            let body = serde_json::to_vec(&serde_json::json!({"model": "m", "input": texts}));
+            let line = super::super::input_line(ProviderKind::OpenAiEmbeddings, id, &body.unwrap());
+            inputs.extend_from_slice(&line);
+            inputs.push(b'\n');
+        }
+        std::fs::write(files.join("input-001.jsonl"), inputs).unwrap();
         let data = |v: &[f32]| serde_json::json!({"index": 0, "embedding": encode(v)});
         let answer = serde_json::json!({"custom_id": "req-0", "error": null, "response": {
             "status_code": 200, "body": {"object": "list", "model": "m",
@@ -1110,11 +1328,156 @@ mod tests {
         serde_json::from_str(&text).unwrap()
     }
 
+    /// Replaces the fixture's answer to `req-0` by one with a single vector for its two texts.
+    fn break_the_answer(st: &BatchState) {
+        let short = serde_json::json!({"custom_id": "req-0", "error": null, "response": {
+            "status_code": 200, "body": {"object": "list", "model": "m",
+            "data": [{"index": 0, "embedding": encode(&[1.0, 0.0])}],
+            "usage": {"prompt_tokens": 4, "total_tokens": 4}}}});
+        std::fs::write(st.file("output-001.jsonl"), format!("{short}\n")).unwrap();
+    }
+
+    /// Review finding: a line from the output file counted as answered even when it did not
+    /// parse, so `--resubmit-failed` said "Nothing to resubmit" for rows it had failed.
+    #[test]
+    fn an_answer_that_does_not_parse_is_resent_and_a_text_refused_alone_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.batch.json");
+        let mut st = job(dir.path());
+        assert_eq!(prepare_resubmission(&mut st, &path).unwrap(), None);
+        break_the_answer(&st);
+        let written = write_vectors(&st, &path).unwrap();
+        assert_eq!((written.stats.ok, written.stats.failed), (0, 5));
+        assert_eq!(
+            written.resendable, 3,
+            "the rows of req-0, not the refused req-1"
+        );
+        let out = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+        let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        let error = first["error"].as_str().unwrap();
+        assert!(
+            error.contains("1 embeddings for 2 inputs")
+                && error.contains(&format!(
+                    "`batch collect {} --resubmit-failed --wait`",
+                    path.display()
+                )),
+            "{error}"
+        );
+        assert_eq!(prepare_resubmission(&mut st, &path).unwrap(), Some(1));
+        let added = st.batches.last().unwrap();
+        assert_eq!((added.number, added.requests), (2, 2));
+        let sent = std::fs::read_to_string(st.file(&added.input_file)).unwrap();
+        let texts: Vec<serde_json::Value> = sent
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["body"]["input"].clone())
+            .collect();
+        assert_eq!(texts, [serde_json::json!(["a"]), serde_json::json!(["b"])]);
+        let rows = std::fs::read_to_string(st.file("input-002.rows.jsonl")).unwrap();
+        assert!(
+            rows.contains("\"rows\":[[0,2]]") && rows.contains("\"rows\":[[1]]"),
+            "{rows}"
+        );
+        assert_eq!(st.embed.as_ref().unwrap().lines, 4);
+    }
+
+    #[test]
+    fn a_verdict_tells_an_answer_a_text_refused_alone_and_a_failure_apart() {
+        let line = |status: u16, body: serde_json::Value| {
+            serde_json::json!({"custom_id": "req-3", "error": null,
+                "response": {"status_code": status, "body": body}})
+            .to_string()
+        };
+        let refused = line(400, serde_json::json!({"error": {"message": "bad"}}));
+        assert_eq!(verdict(refused.as_bytes(), 1), Verdict::Refused);
+        assert_eq!(
+            verdict(refused.as_bytes(), 2),
+            Verdict::Failed,
+            "split first"
+        );
+        let limited = line(429, serde_json::json!({"error": {"message": "slow down"}}));
+        assert_eq!(verdict(limited.as_bytes(), 1), Verdict::Failed);
+        let server = line(500, serde_json::json!({"error": {"message": "oops"}}));
+        assert_eq!(verdict(server.as_bytes(), 1), Verdict::Failed);
+        let empty = line(
+            200,
+            serde_json::json!({"data": [{"index": 0, "embedding": ""}]}),
+        );
+        assert_eq!(verdict(empty.as_bytes(), 1), Verdict::Failed);
+        let bad64 = line(
+            200,
+            serde_json::json!({"data": [{"index": 0, "embedding": "!!"}]}),
+        );
+        assert_eq!(verdict(bad64.as_bytes(), 1), Verdict::Failed);
+        let good = line(
+            200,
+            serde_json::json!({"data": [{"index": 0, "embedding": encode(&[1.0])}]}),
+        );
+        assert_eq!(verdict(good.as_bytes(), 1), Verdict::Answer);
+        let expired = r#"{"custom_id":"req-3","response":null,
+            "error":{"code":"batch_expired","message":"not done in time"}}"#;
+        assert_eq!(verdict(expired.as_bytes(), 1), Verdict::Failed);
+    }
+
+    /// Review finding: collect read the input with the default settings whatever submit used.
+    #[test]
+    fn collect_reads_the_input_with_the_settings_submit_read_it_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.batch.json");
+        let mut st = job(dir.path());
+        let mut read = crate::engine::input::ReadOptions::default();
+        read.limits.field = crate::engine::input::ByteSize(1);
+        let record = state::ReadRecord::of(read);
+        assert_eq!(record.options(), read);
+        st.embed.as_mut().unwrap().read = Some(record);
+        st.save(&path).unwrap();
+        let st = BatchState::load(&path).unwrap();
+        let e = write_vectors(&st, &path)
+            .err()
+            .expect("a 1-byte field limit refuses 'bad'");
+        assert!(e.to_string().contains("max-field-size"), "{e}");
+    }
+
+    /// Review finding: a row past those the state knows panicked (`places[seq]`).
+    #[test]
+    fn an_input_with_rows_the_state_does_not_know_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = job(dir.path());
+        std::fs::write(
+            &st.input,
+            "id,text\nr0,a\nr1,b\nr2,a\nr3,\nr4,bad\nr5,new\n",
+        )
+        .unwrap();
+        let e = write_vectors(&st, &dir.path().join("s.json"))
+            .err()
+            .unwrap();
+        let e = e.to_string();
+        assert!(
+            e.contains("row r5") && e.contains("changed since submission"),
+            "{e}"
+        );
+        // A rows file naming a text its request does not have.
+        std::fs::write(
+            st.file("input-001.rows.jsonl"),
+            "{\"custom_id\":\"req-0\",\"rows\":[[0,2],[1],[4]],\"tokens\":[1,3]}\n",
+        )
+        .unwrap();
+        let mut st = st;
+        std::fs::write(&st.input, "id,text\nr0,a\nr1,b\nr2,a\nr3,\nr4,bad\n").unwrap();
+        break_the_answer(&st);
+        let e = prepare_resubmission(&mut st, &dir.path().join("s.json")).unwrap_err();
+        assert!(e.to_string().contains("is damaged"), "{e}");
+    }
+
     #[test]
     fn collect_puts_each_vector_on_its_rows_and_fails_a_refused_lines_rows() {
         let dir = tempfile::tempdir().unwrap();
         let st = job(dir.path());
-        let (stats, saved) = write_vectors(&st).unwrap();
+        let Written {
+            stats,
+            saved,
+            resendable,
+        } = write_vectors(&st, &dir.path().join("out.batch.json")).unwrap();
+        assert_eq!(resendable, 0, "the text refused alone would fail again");
         assert_eq!((stats.ok, stats.failed, stats.skipped), (3, 2, 0));
         let lines: Vec<serde_json::Value> = std::fs::read_to_string(dir.path().join("out.jsonl"))
             .unwrap()

@@ -401,6 +401,26 @@ where
     }
 }
 
+/// A failure submitting batch `i` of `n`, of the same kind (a rejected key stays a usage error,
+/// not an I/O one), saying which batch and that `batch collect` submits the rest.
+pub(super) fn submit_failed(e: Error, i: usize, n: usize, path: &Path) -> Error {
+    let what = format!("submitting batch {} of {n}", i + 1);
+    let rest = format!(
+        "the state is saved in {}: `batch collect {}` submits what is left",
+        path.display(),
+        path.display()
+    );
+    match e {
+        Error::Usage(m) => Error::Usage(format!("{what}: {m}; {rest}")),
+        Error::Input(m) => Error::Input(format!("{what}: {m}; {rest}")),
+        Error::Io { context, source } => Error::Io {
+            context: format!("{what}: {context}"),
+            source: std::io::Error::new(source.kind(), format!("{source}; {rest}")),
+        },
+        Error::AfterSending(e) => submit_failed(*e, i, n, path).after_sending(),
+    }
+}
+
 fn api_error(what: &str, e: &CallError) -> Error {
     match e.kind {
         ErrorKind::Auth => Error::Usage(format!(
@@ -556,16 +576,9 @@ async fn submit(
     st.save(path)?;
     let api = Api::new(&st, key, &cfg.headers)?;
     for i in 0..st.batches.len() {
-        api.submit(&mut st, i, path).await.map_err(|e| {
-            Error::io(
-                format!("submitting batch {} of {}", i + 1, st.batches.len()),
-                std::io::Error::other(format!(
-                    "{e}. The state is saved in {}: `batch collect {}` submits what is left",
-                    path.display(),
-                    path.display()
-                )),
-            )
-        })?;
+        api.submit(&mut st, i, path)
+            .await
+            .map_err(|e| submit_failed(e, i, st.batches.len(), path))?;
     }
     Ok(st)
 }
@@ -1139,6 +1152,36 @@ fn human_bytes(n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rejected_key_while_submitting_stays_a_usage_error_naming_the_batch_and_state() {
+        let key = CallError::new(ErrorKind::Auth, "HTTP 401: bad key");
+        let e = submit_failed(
+            api_error("uploading the batch input", &key),
+            1,
+            3,
+            Path::new("/x/out.batch.json"),
+        );
+        assert!(matches!(e, Error::Usage(_)), "{e:?}");
+        let m = e.to_string();
+        assert!(
+            m.contains("submitting batch 2 of 3")
+                && m.contains("rejected the key")
+                && m.contains("`batch collect /x/out.batch.json`"),
+            "{m}"
+        );
+        let io = submit_failed(
+            Error::io("uploading", std::io::Error::other("reset")),
+            0,
+            1,
+            Path::new("s.json"),
+        );
+        assert!(matches!(io, Error::Io { .. }), "{io:?}");
+        assert!(
+            io.to_string()
+                .contains("reset; the state is saved in s.json")
+        );
+    }
 
     #[test]
     fn custom_ids_round_trip_and_fit_anthropic() {

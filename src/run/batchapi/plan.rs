@@ -152,6 +152,15 @@ impl Splitter {
                 self.limits.bytes
             )));
         }
+        if line.inputs > self.limits.inputs {
+            return Err(Error::Input(format!(
+                "{}: its request holds {} texts, more than a batch may hold ({}); lower \
+                 --max-inputs-per-request",
+                where_(),
+                line.inputs,
+                self.limits.inputs
+            )));
+        }
         let full = self.current.as_ref().is_some_and(|c| {
             c.record.requests >= self.limits.requests
                 || c.record.bytes + cost > self.limits.bytes
@@ -359,5 +368,25 @@ mod tests {
         assert_eq!(b[0].rows, vec![[0, 4], [9, 10]]);
         assert_eq!(b[1].rows, vec![[4, 7]]);
         assert_eq!(rows_file("input-002.jsonl"), "input-002.rows.jsonl");
+    }
+
+    #[test]
+    fn a_line_with_more_texts_than_a_batch_holds_is_refused() {
+        let limits = Limits {
+            requests: 100,
+            bytes: 10_000,
+            inputs: 5,
+        };
+        let mut s = Splitter::new(ProviderKind::OpenAiEmbeddings, limits, None, 1);
+        let line = Line {
+            seqs: &[0, 1, 2, 3, 4, 5],
+            inputs: 6,
+            text: b"{}",
+            side: Some(b"{}"),
+        };
+        let e = s.push_line(&line, &|| "in.csv: line 2".into()).unwrap_err();
+        let e = e.to_string();
+        assert!(e.contains("in.csv: line 2") && e.contains("6 texts"), "{e}");
+        assert!(s.finish().unwrap().is_empty(), "nothing was written");
     }
 }

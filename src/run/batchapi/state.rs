@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::base::error::{Error, describe_io};
+use crate::engine::input::{ByteSize, InputLimits, ReadOptions};
 use crate::engine::pricing::Price;
 use crate::engine::schema::OutputSchema;
 
@@ -261,6 +262,42 @@ pub struct EmbedJob {
     pub tokens: u64,
     /// Rows failed before submission (empty, too long), in `local-failures.jsonl`.
     pub local_failures: u64,
+    /// How the input was read at submission, so collect reads the same rows (states written
+    /// before it was recorded: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadRecord>,
+}
+
+/// A forced `--delimiter` and the input limits (`--max-field-size` ...) as the state keeps them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReadRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<u8>,
+    pub max_field_size: u64,
+    pub max_row_size: u64,
+    pub max_input_size: u64,
+}
+
+impl ReadRecord {
+    pub fn of(o: ReadOptions) -> Self {
+        ReadRecord {
+            delimiter: o.delimiter,
+            max_field_size: o.limits.field.0,
+            max_row_size: o.limits.row.0,
+            max_input_size: o.limits.file.0,
+        }
+    }
+
+    pub fn options(self) -> ReadOptions {
+        ReadOptions {
+            limits: InputLimits {
+                field: ByteSize(self.max_field_size),
+                row: ByteSize(self.max_row_size),
+                file: ByteSize(self.max_input_size),
+            },
+            delimiter: self.delimiter,
+        }
+    }
 }
 
 /// A `--schema` as the state file keeps it.
