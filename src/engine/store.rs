@@ -614,16 +614,30 @@ impl FinishedRows {
         } else {
             "SELECT seq FROM rows WHERE status IN ('ok', 'failed')"
         };
-        let run = || -> rusqlite::Result<SeqSet> {
-            let mut set = SeqSet::default();
+        let mut set = SeqSet::default();
+        let mut damaged = None;
+        let mut run = || -> rusqlite::Result<()> {
             let mut stmt = self.conn.prepare(sql)?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                set.insert(r.get::<_, i64>(0)? as u64);
+                let seq = r.get::<_, i64>(0)?;
+                if !(0..=finished::MAX_SEQ).contains(&seq) {
+                    damaged = Some(seq);
+                    break;
+                }
+                set.insert(seq as u64);
             }
-            Ok(set)
+            Ok(())
         };
-        run().map_err(|e| db_error(&self.path, "read", &e))
+        run().map_err(|e| db_error(&self.path, "read", &e))?;
+        match damaged {
+            None => Ok(set),
+            Some(seq) => Err(Error::Usage(format!(
+                "the run state {} is damaged: it records a row at position {seq}, which no \
+                 input has; start the run again without --resume (or with another --state)",
+                self.path.display()
+            ))),
+        }
     }
 
     /// The row recorded at position `seq`, if any.
