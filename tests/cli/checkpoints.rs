@@ -222,3 +222,26 @@ fn a_state_file_without_checkpoints_resumes_after_a_pre_flight_that_records_them
     let log = resume_sends_exactly(&dir, "in.csv", &mock, &[29]);
     assert!(log.contains("(row 29)"), "{log}");
 }
+
+#[test]
+fn a_resume_with_other_image_settings_checks_every_row_again() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &csv());
+    let mock = MockProcess::start(&[]);
+    assert_code(&run(&dir, "in.csv", &mock, &[]), 0);
+    // They change the image parts of the bodies, so the recorded pre-flight no longer holds.
+    for flags in [
+        &["--image-detail", "low"][..],
+        // The same detail as the resume before: only the size differs.
+        &["--image-detail", "low", "--max-image-px", "512"][..],
+    ] {
+        forget_rows(&dir, &[17]);
+        let out = run(&dir, "in.csv", &mock, &[&["--resume"][..], flags].concat());
+        assert_code(&out, 0);
+        let log = stderr(&out);
+        assert!(
+            log.contains("changed: every row checked again"),
+            "{flags:?}\n{log}"
+        );
+    }
+}

@@ -199,6 +199,9 @@ pub(super) fn checked_key(cfg: &RunConfig, settings: &RunSettings) -> Option<Str
         expect: Option<&'a crate::engine::expect::Expectation>,
         capped: bool,
         api: String,
+        /// `--image-detail` and `--max-image-px`: they change the image parts of the bodies.
+        image_detail: String,
+        max_image_px: Option<u32>,
         samples: String,
     }
     let meta = std::fs::metadata(&cfg.input).ok()?;
@@ -222,6 +225,8 @@ pub(super) fn checked_key(cfg: &RunConfig, settings: &RunSettings) -> Option<Str
         expect: cfg.expect.as_ref(),
         capped: cfg.max_cost.is_some(),
         api: format!("{:?}", cfg.api),
+        image_detail: format!("{:?}", cfg.image_detail),
+        max_image_px: cfg.resize.as_ref().map(|r| r.max_px),
         samples: samples(&cfg.input, meta.len())?,
     };
     let json = serde_json::to_vec(&key).ok()?;
