@@ -133,9 +133,11 @@ pub(super) fn open_input(cfg: &RunConfig, finished: Option<&Finished>) -> Result
 
 /// The rows finished by the run recorded in `cfg.state`, when `cfg` resumes one; `None` for a
 /// new run (or nothing to resume, which opening the state file then reports).
+/// `key`: [`checked_key`] as taken before the input is read.
 pub(super) fn finished_before(
     cfg: &RunConfig,
     settings: &RunSettings,
+    key: Option<&str>,
 ) -> Result<Option<Finished>, Error> {
     let Resume::Yes { retry_failed, .. } = cfg.resume else {
         return Ok(None);
@@ -153,9 +155,8 @@ pub(super) fn finished_before(
         rows.len(),
         cfg.state.display()
     );
-    let key = checked_key(cfg, settings);
     let unchanged =
-        run.settings == *settings && key.is_some() && journal.meta(META_CHECKED)? == key;
+        run.settings == *settings && key.is_some() && journal.meta(META_CHECKED)?.as_deref() == key;
     let plan = match unchanged {
         true => journal
             .meta(META_PLAN)?
@@ -231,6 +232,16 @@ pub(super) fn checked_key(cfg: &RunConfig, settings: &RunSettings) -> Option<Str
     };
     let json = serde_json::to_vec(&key).ok()?;
     Some(crate::engine::provider::request_hash("checked", &json))
+}
+
+/// What to record as the key of the finished rows: `key`, taken before the input was read, if
+/// the input still has it; else `""`, which no key matches. An input rewritten while the run
+/// read it (or sent its rows) must not pass for the one its plan and checkpoints came from.
+pub(super) fn key_to_record(cfg: &RunConfig, settings: &RunSettings, key: Option<&str>) -> String {
+    match (key, checked_key(cfg, settings)) {
+        (Some(then), Some(now)) if then == now => now,
+        _ => String::new(),
+    }
 }
 
 /// Blocks of the input read for [`samples`], and their size.
