@@ -636,7 +636,7 @@ impl FinishedRows {
             None => Ok(set),
             Some(seq) => Err(Error::Usage(format!(
                 "the run state {} is damaged: it records a row at position {seq}, which no \
-                 input has; start the run again without --resume (or with another --state)",
+                 input has; run it again with --restart to discard it (or give another --state)",
                 self.path.display()
             ))),
         }
