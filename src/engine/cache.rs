@@ -61,10 +61,18 @@ pub struct Cache {
     path: PathBuf,
     /// Look-ups made in the read transaction [`Cache::get_in_snapshot`] holds open (0: none).
     snapshot_reads: std::cell::Cell<u32>,
+    /// The write-ahead log's size past which a write truncates it ([`WAL_LIMIT`]).
+    wal_limit: u64,
 }
 
 /// Look-ups in one read transaction, at most (see [`Cache::get_in_snapshot`]).
 const SNAPSHOT_READS: u32 = 64;
+
+/// Bytes of write-ahead log past which the writer checkpoints it and truncates it. SQLite starts
+/// the log over only at a write that finds no reader in it, and the run's look-ups, each
+/// snapshot open for up to [`SNAPSHOT_READS`] of them, can keep one there for a whole run: the
+/// log then grows with every answer written, and every look-up searches it.
+const WAL_LIMIT: u64 = 64 << 20;
 
 /// What `batch cache stats` shows.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -105,7 +113,26 @@ impl Cache {
             conn,
             path,
             snapshot_reads: std::cell::Cell::new(0),
+            wal_limit: WAL_LIMIT,
         })
+    }
+
+    /// Checkpoints the write-ahead log and truncates it once it is past [`WAL_LIMIT`]. SQLite
+    /// waits (up to the busy timeout) for readers to move to the latest snapshot, which the
+    /// run's do every [`SNAPSHOT_READS`] look-ups. Best effort: a log that stays large costs
+    /// time, not answers, so a failure here fails no write.
+    fn truncate_large_wal(&self) {
+        let wal = format!("{}-wal", self.path.display());
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > self.wal_limit) {
+            let done = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                });
+            if !matches!(done, Ok(0)) {
+                tracing::debug!("the cache's log {wal} was not truncated: {done:?}");
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -207,7 +234,9 @@ impl Cache {
                 .map_err(|e| cache_error(&path, &e))?;
             }
         }
-        tx.commit().map_err(|e| cache_error(&path, &e))
+        tx.commit().map_err(|e| cache_error(&path, &e))?;
+        self.truncate_large_wal();
+        Ok(())
     }
 
     pub fn stats(&self) -> Result<CacheStats, Error> {
@@ -471,6 +500,32 @@ mod tests {
         assert_eq!(reader.get("last").unwrap(), None);
         w.flush().unwrap();
         assert_eq!(reader.get("last").unwrap().unwrap().text, "b");
+    }
+
+    #[test]
+    fn a_log_past_its_limit_is_truncated_once_readers_move_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let reader = Cache::open(dir.path()).unwrap();
+        let mut writer = Cache::open(dir.path()).unwrap();
+        let wal = dir.path().join("cache.sqlite-wal");
+        let wal_len = || std::fs::metadata(&wal).unwrap().len();
+        let big = answer(&"x".repeat(100_000));
+        writer.put_many([("a", &big)]).unwrap();
+        // A reader in the log, as the run's look-ups are, keeps SQLite from starting it over.
+        assert!(reader.get_in_snapshot("a").unwrap().is_some());
+        for i in 0..12 {
+            writer.put_many([(format!("k{i}").as_str(), &big)]).unwrap();
+        }
+        reader.end_snapshot();
+        let grown = wal_len();
+        assert!(grown > 1 << 20, "{grown}");
+        // Nothing starts it over by itself (the next automatic checkpoint is at 40 MB): past the
+        // limit, the next write truncates it.
+        writer.wal_limit = 1 << 20;
+        writer.put_many([("last", &big)]).unwrap();
+        assert!(wal_len() < grown / 4, "the log is still {}", wal_len());
+        assert_eq!(reader.get("last").unwrap().unwrap().text, big.text);
+        assert_eq!(reader.get("k11").unwrap().unwrap().text, big.text);
     }
 
     #[test]

@@ -384,6 +384,8 @@ impl Store {
             // A row answered again (a resume sending a changed request) keeps what its first
             // answer was charged: its attempt moves to `attempts` before the row is replaced.
             // One statement for the group: one a row was a fifth of what a row cost to journal.
+            // A seq twice in a group would move its first answer's attempt once, not per row.
+            debug_assert!(seqs_unique(rows), "a row twice in one journal group");
             tx.prepare_cached(
                 "INSERT INTO attempts (seq, attempt, started_ms, outcome, latency_ms, charged_usd) \
                  SELECT seq, 1, finished_ms - started_before_ms, 'ok', latency_ms, cost_usd \
@@ -614,16 +616,30 @@ impl FinishedRows {
         } else {
             "SELECT seq FROM rows WHERE status IN ('ok', 'failed')"
         };
-        let run = || -> rusqlite::Result<SeqSet> {
-            let mut set = SeqSet::default();
+        let mut set = SeqSet::default();
+        let mut damaged = None;
+        let mut run = || -> rusqlite::Result<()> {
             let mut stmt = self.conn.prepare(sql)?;
             let mut rows = stmt.query([])?;
             while let Some(r) = rows.next()? {
-                set.insert(r.get::<_, i64>(0)? as u64);
+                let seq = r.get::<_, i64>(0)?;
+                if !(0..=finished::MAX_SEQ).contains(&seq) {
+                    damaged = Some(seq);
+                    break;
+                }
+                set.insert(seq as u64);
             }
-            Ok(set)
+            Ok(())
         };
-        run().map_err(|e| db_error(&self.path, "read", &e))
+        run().map_err(|e| db_error(&self.path, "read", &e))?;
+        match damaged {
+            None => Ok(set),
+            Some(seq) => Err(Error::Usage(format!(
+                "the run state {} is damaged: it records a row at position {seq}, which no \
+                 input has; run it again with --restart to discard it (or give another --state)",
+                self.path.display()
+            ))),
+        }
     }
 
     /// The row recorded at position `seq`, if any.
@@ -873,6 +889,12 @@ fn other_version(path: &Path) -> Error {
     ))
 }
 
+/// Whether no row position is in `rows` twice (checked in debug builds, see [`Store::record`]).
+fn seqs_unique(rows: &[Finished]) -> bool {
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
+    rows.iter().all(|f| seen.insert(f.result.seq))
+}
+
 fn db_error(path: &Path, what: &str, e: &rusqlite::Error) -> Error {
     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
         return Error::Usage(format!(
@@ -936,6 +958,23 @@ pub(crate) mod tests {
                 request_id: None,
                 charged_usd: (status != RowStatus::Skipped).then_some(0.5),
             }],
+        }
+    }
+
+    #[test]
+    fn a_row_twice_in_one_journal_group_is_caught_in_debug_builds() {
+        let rows = [finished(1, RowStatus::Ok), finished(2, RowStatus::Ok)];
+        assert!(seqs_unique(&rows));
+        let twice = [finished(1, RowStatus::Ok), finished(1, RowStatus::Failed)];
+        assert!(!seqs_unique(&twice));
+        if cfg!(debug_assertions) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = Store::open(&dir.path().join("s.sqlite")).unwrap();
+            store.start_run(&settings(), 2).unwrap();
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let _ = store.record(&twice);
+            }));
+            assert!(caught.is_err());
         }
     }
 

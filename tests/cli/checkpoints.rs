@@ -222,3 +222,105 @@ fn a_state_file_without_checkpoints_resumes_after_a_pre_flight_that_records_them
     let log = resume_sends_exactly(&dir, "in.csv", &mock, &[29]);
     assert!(log.contains("(row 29)"), "{log}");
 }
+
+#[test]
+fn a_resume_with_other_image_settings_checks_every_row_again() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &csv());
+    let mock = MockProcess::start(&[]);
+    assert_code(&run(&dir, "in.csv", &mock, &[]), 0);
+    // They change the image parts of the bodies, so the recorded pre-flight no longer holds.
+    for flags in [
+        &["--image-detail", "low"][..],
+        // The same detail as the resume before: only the size differs.
+        &["--image-detail", "low", "--max-image-px", "512"][..],
+    ] {
+        forget_rows(&dir, &[17]);
+        let out = run(&dir, "in.csv", &mock, &[&["--resume"][..], flags].concat());
+        assert_code(&out, 0);
+        let log = stderr(&out);
+        assert!(
+            log.contains("changed: every row checked again"),
+            "{flags:?}\n{log}"
+        );
+    }
+}
+
+#[test]
+fn an_input_rewritten_during_the_run_is_not_recorded_as_the_one_it_read() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &csv());
+    let mock = MockProcess::start(&["--latency-ms", "100"]);
+    let args = [
+        "run",
+        "in.csv",
+        "--prompt",
+        "{{ text }}",
+        "--base-url",
+        &mock.url,
+        "-o",
+        "out.csv",
+        "-q",
+        "--no-cache",
+        "--concurrency",
+        "1",
+    ];
+    let child = util::cmd(&dir, args)
+        .env("BATCH_CHECKPOINT_ROWS", "4")
+        .spawn()
+        .expect("run batch");
+    // Rows are being sent (40 at a tenth of a second each) when the input changes: once the
+    // first is recorded, the input has been read.
+    let recorded = || {
+        // Read-only: opening it must not create the state file before the run does.
+        let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY;
+        let conn = rusqlite::Connection::open_with_flags(dir.join("out.sqlite"), flags).ok()?;
+        conn.query_row("SELECT COUNT(*) FROM rows", [], |r| r.get::<_, i64>(0))
+            .ok()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while recorded().unwrap_or(0) == 0 {
+        assert!(std::time::Instant::now() < deadline, "no row recorded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    dir.create(
+        "in.csv",
+        &csv().replace("item number 38", "item thirty-eight"),
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_code(&out, 0);
+    let conn = rusqlite::Connection::open(dir.join("out.sqlite")).unwrap();
+    let key: String = conn
+        .query_row("SELECT value FROM meta WHERE key = 'checked'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    drop(conn);
+    assert_eq!(
+        key, "",
+        "the new input's fingerprint was recorded for the old plan"
+    );
+    // So the next resume checks every row again instead of trusting the old checkpoints.
+    forget_rows(&dir, &[3]);
+    let out = run(&dir, "in.csv", &mock, &["--resume"]);
+    assert_code(&out, 0);
+    let log = stderr(&out);
+    assert!(log.contains("changed: every row checked again"), "{log}");
+}
+
+#[test]
+fn a_checkpoint_whose_row_is_not_the_recorded_one_is_not_trusted() {
+    let dir = TestDir::new();
+    dir.create("in.csv", &csv());
+    let mock = MockProcess::start(&[]);
+    assert_code(&run(&dir, "in.csv", &mock, &[]), 0);
+    // The row at the checkpoint before row 22 (position 20) is not the one the input has there,
+    // as after a rewrite its fingerprint missed.
+    let conn = rusqlite::Connection::open(dir.join("out.sqlite")).unwrap();
+    conn.execute("UPDATE rows SET id = 'elsewhere' WHERE seq = 20", [])
+        .unwrap();
+    drop(conn);
+    let log = resume_sends_exactly(&dir, "in.csv", &mock, &[21]);
+    assert!(log.contains("not the one recorded there"), "{log}");
+    assert!(!log.contains("(row 21)"), "{log}");
+}

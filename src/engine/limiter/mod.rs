@@ -70,8 +70,9 @@ pub struct Permit {
     /// [`State::created`] when it was taken: budgets created later started from headers that
     /// already counted this request (the probe's, typically), so settling leaves them alone.
     seen: u64,
-    /// Sent before the limits were known (see [`probe`]).
-    probe: Option<Admitted>,
+    /// Sent before the limits were known (see [`probe`]), with the tokens the gate let out
+    /// (the bound, the count, or none), which it takes back when the request is settled.
+    probe: Option<(Admitted, f64)>,
 }
 
 /// A request no budget could ever admit: it costs more tokens than a limit allows per window.
@@ -215,29 +216,62 @@ impl Budget {
     }
 }
 
-/// A request's token cost, counted when first needed: `Err` holds the counter until then. The
-/// bound, if given, is what the start gate takes instead of counting.
-struct Cost<F>(Result<f64, Option<F>>, Option<u32>);
+/// What is known of a request's token cost.
+#[derive(Clone, Copy)]
+enum Known {
+    Unknown,
+    /// At least the count (cheap, from the bytes): what the start gate takes instead of
+    /// counting. Never charged to a budget: a bound about four times the count would refuse a
+    /// request the limit admits, or reserve four times its share.
+    Bounded(f64),
+    Counted(f64),
+}
+
+/// A request's token cost, counted when first needed (the counter is kept until then), with
+/// the bound the start gate may take instead.
+struct Cost<F> {
+    known: Known,
+    counter: Option<F>,
+    bound: Option<u32>,
+}
 
 impl<F: FnOnce() -> u32> Cost<F> {
-    fn count(&mut self) {
-        if let Err(f) = &mut self.0 {
-            let n = f.take().map_or(0, |f| f());
-            self.0 = Ok(f64::from(n));
+    fn new(counter: F, bound: Option<u32>) -> Self {
+        Cost {
+            known: Known::Unknown,
+            counter: Some(counter),
+            bound,
         }
     }
 
-    /// For the start gate: the bound if there is one (the request then costs that until it is
-    /// settled), else the count.
+    fn count(&mut self) {
+        if !matches!(self.known, Known::Counted(_)) {
+            let n = self.counter.take().map_or(0, |f| f());
+            self.known = Known::Counted(f64::from(n));
+        }
+    }
+
+    /// For the start gate: the bound if there is one, else the count.
     fn bound_or_count(&mut self) {
-        match (self.1, &self.0) {
-            (Some(bound), Err(_)) => self.0 = Ok(f64::from(bound)),
+        match (self.bound, self.known) {
+            (Some(bound), Known::Unknown) => self.known = Known::Bounded(f64::from(bound)),
             _ => self.count(),
         }
     }
 
-    fn known(&self) -> Option<f64> {
-        self.0.as_ref().ok().copied()
+    /// What the start gate goes by: the bound or the count, if either is known.
+    fn for_gate(&self) -> Option<f64> {
+        match self.known {
+            Known::Unknown => None,
+            Known::Bounded(n) | Known::Counted(n) => Some(n),
+        }
+    }
+
+    fn counted(&self) -> Option<f64> {
+        match self.known {
+            Known::Counted(n) => Some(n),
+            _ => None,
+        }
     }
 }
 
@@ -418,7 +452,7 @@ impl RateBudget {
             let wait = {
                 let mut s = self.state.lock().expect("budget lock");
                 let probing = s.probing.as_mut()?;
-                match probing.admit(cost.known(), Instant::now()) {
+                match probing.admit(cost.for_gate(), Instant::now()) {
                     Ok(admitted) => return Some(admitted),
                     Err(Gate::Count) => None,
                     Err(Gate::Wait(wait)) => Some(wait),
@@ -468,22 +502,27 @@ impl RateBudget {
         tokens: impl FnOnce() -> u32,
         bound: Option<u32>,
     ) -> Result<Permit, Refused> {
-        let mut cost = Cost(Err(Some(tokens)), bound);
+        let mut cost = Cost::new(tokens, bound);
         if self.counts_tokens() {
             cost.count();
         }
         let probe = self.pass_start(&mut cost).await;
-        if self.counts_tokens() {
-            cost.count();
-        }
-        let tokens = cost.known().unwrap_or(0.0);
+        let probe = probe.map(|a| (a, cost.for_gate().unwrap_or(0.0)));
         let ticket = Ticket::join(self);
         loop {
             let turn = self.turn.notified();
             let wait = {
                 let mut s = self.state.lock().expect("budget lock");
                 let now = Instant::now();
-                if s.queue.front() != Some(&ticket.0) {
+                // A token budget (there from the start or learned while this one waited)
+                // charges the count, never the gate's bound: counted outside the lock.
+                let uncounted = cost.counted().is_none() && s.budgets(TOKENS).next().is_some();
+                let tokens = cost.counted().unwrap_or(0.0);
+                if uncounted {
+                    drop(s);
+                    cost.count();
+                    continue;
+                } else if s.queue.front() != Some(&ticket.0) {
                     None
                 } else if let Some(until) = s.paused_until.filter(|t| *t > now) {
                     // A 429 pause ends sooner than a quota used up: no need to wait for it to
@@ -528,8 +567,8 @@ impl RateBudget {
                         }
                         Err(Blocked::Never(e)) => {
                             // A probe that will not be sent hands its turn to another request.
-                            if let (Some(a), Some(p)) = (probe, s.probing.as_mut()) {
-                                p.release(a, tokens, true);
+                            if let (Some((a, out)), Some(p)) = (probe, s.probing.as_mut()) {
+                                p.release(a, out, true);
                                 self.learned.notify_waiters();
                             }
                             drop(s);
@@ -562,8 +601,8 @@ impl RateBudget {
         for b in s.budgets(TOKENS).filter(|b| b.created <= permit.seen) {
             b.bucket.give_back(permit.tokens - actual, now);
         }
-        if let (Some(a), Some(p)) = (permit.probe, s.probing.as_mut()) {
-            p.release(a, permit.tokens, false);
+        if let (Some((a, out)), Some(p)) = (permit.probe, s.probing.as_mut()) {
+            p.release(a, out, false);
             self.learned.notify_waiters();
         }
         drop(s);
@@ -779,6 +818,33 @@ mod tests {
             .unwrap()
             .unwrap();
         budget.settle(big, Some(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bound_held_at_the_gate_is_counted_before_the_learned_limit_charges_it() {
+        // 20,000 tpm learned; the prompt's bytes bound it at 30,000 tokens but it counts 100.
+        let budget = std::sync::Arc::new(RateBudget::new(None, None, true));
+        let first = budget.acquire_bounded(|| 100, Some(30_000)).await.unwrap();
+        let b = budget.clone();
+        let held = tokio::spawn(async move { b.acquire_bounded(|| 100, Some(30_000)).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!held.is_finished(), "the gate let a 30,000-token bound out");
+        let level = |b: &RateBudget| {
+            let mut s = b.state.lock().unwrap();
+            let now = Instant::now();
+            s.learned[TOKENS].as_mut().unwrap().bucket.level(now)
+        };
+        budget.observe(Some(&snapshot(600, 20_000)));
+        let before = level(&budget);
+        let held = tokio::time::timeout(Duration::from_millis(10), held)
+            .await
+            .expect("the first answer let it go")
+            .unwrap()
+            .expect("refused for its bound, not its count");
+        assert_eq!(held.tokens, 100.0);
+        assert!((before - level(&budget) - 100.0).abs() < 1e-6);
+        budget.settle(first, Some(100));
+        budget.settle(held, Some(100));
     }
 
     #[tokio::test(start_paused = true)]

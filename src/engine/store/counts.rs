@@ -4,9 +4,11 @@
 //! in a few page reads, where counting the rows read the whole file (23 s for 1.3 GB).
 //!
 //! Triggers rather than code in [`super::Store::record`]: every writer keeps them right (a
-//! user's `sqlite3`, a bench that deletes rows, an older `batch` binary), and a replaced row
-//! (`INSERT OR REPLACE`, with `recursive_triggers` on so its delete is seen) is taken out of
-//! the totals before the new one is added. A state file written before the totals existed is
+//! user's `sqlite3`, a bench that deletes rows, an older `batch` binary). A replaced row
+//! (`INSERT OR REPLACE`) is taken out of the totals before the new one is added only when
+//! `recursive_triggers` is on, as `batch` sets it: a writer without it (an older binary, a
+//! user's `sqlite3`) leaves the old row counted too, so the totals can run high, and readers
+//! that rely on them check them (see `finished.rs`). A state file written before the totals existed is
 //! counted once, when a run opens it; a read-only look at one counts the rows as before.
 
 use rusqlite::{Connection, OptionalExtension};

@@ -4,7 +4,8 @@
 //! The journal records rows nearly in input order, so the rows recorded are every position
 //! from 0 to the largest but for a few gaps near it (rows in flight when the run was killed).
 //! The running totals ([`super::counts`]) say how many rows are recorded, and so how many gaps
-//! there are; they are found by reading back from the largest position until all are found.
+//! there are; they are found by reading back from the largest position over a window, all of
+//! it, and must be exactly as many (totals can run high: see [`super::counts`]).
 //! The recorded rows that are not finished (`skipped`, and `failed` under `--retry-failed`) come
 //! from the status index, and their number is checked against the totals. A file without
 //! totals, gaps far from the end, or any count that does not agree: `None`, and the caller
@@ -18,6 +19,10 @@ use crate::base::error::Error;
 /// Rows read back from the end while looking for gaps, at most.
 const GAP_SEARCH_ROWS: u64 = 100_000;
 
+/// The largest position a state file may hold: past any input (8.6 billion rows), and a set of
+/// that many bits is a gigabyte. A larger (or negative) one is damage, not a row.
+pub(super) const MAX_SEQ: i64 = 1 << 33;
+
 impl FinishedRows {
     /// See the module's header; `None` when every row must be read instead.
     pub(super) fn finished_set_quickly(&self, retry_failed: bool) -> Result<Option<SeqSet>, Error> {
@@ -26,20 +31,33 @@ impl FinishedRows {
         }
         let counts = self.status_counts()?;
         let read = || -> rusqlite::Result<Option<SeqSet>> {
-            let max: Option<i64> = self
-                .conn
-                .query_row("SELECT MAX(seq) FROM rows", [], |r| r.get(0))
-                .optional()?
-                .flatten();
-            let Some(max) = max.filter(|m| *m >= 0).map(|m| m as u64) else {
+            let end = |sql: &str| -> rusqlite::Result<Option<i64>> {
+                Ok(self
+                    .conn
+                    .query_row(sql, [], |r| r.get(0))
+                    .optional()?
+                    .flatten())
+            };
+            let Some(max) = end("SELECT MAX(seq) FROM rows")? else {
                 return Ok(Some(SeqSet::default()));
             };
+            // Positions no run writes: the full read names the state file as damaged.
+            let min = end("SELECT MIN(seq) FROM rows")?.unwrap_or(0);
+            if min < 0 || max > MAX_SEQ {
+                return Ok(None);
+            }
+            let max = max as u64;
             let recorded = counts.ok + counts.failed + counts.skipped;
-            let Some(gaps) = (max + 1).checked_sub(recorded) else {
+            // More gaps than the read-back can find: checked before the set is made, so totals
+            // far below the largest position never cost an allocation that large.
+            let Some(gaps) = (max + 1)
+                .checked_sub(recorded)
+                .filter(|g| *g <= GAP_SEARCH_ROWS)
+            else {
                 return Ok(None);
             };
             let mut set = SeqSet::all_below(max + 1);
-            if gaps > 0 && !self.remove_gaps(&mut set, max, gaps)? {
+            if !self.remove_gaps(&mut set, max, gaps)? {
                 return Ok(None);
             }
             let (sql, expected) = match retry_failed {
@@ -64,33 +82,47 @@ impl FinishedRows {
         read().map_err(|e| db_error(&self.path, "read", &e))
     }
 
-    /// Takes out of `set` the `gaps` positions up to `max` that no row is recorded at, reading
-    /// back from `max`; false if they are not all within [`GAP_SEARCH_ROWS`] of the end.
-    fn remove_gaps(&self, set: &mut SeqSet, max: u64, mut gaps: u64) -> rusqlite::Result<bool> {
+    /// Takes out of `set` the positions up to `max` that no row is recorded at, reading back
+    /// from `max` over the whole window ([`GAP_SEARCH_ROWS`] rows, or down to position 0);
+    /// false unless it finds exactly the `gaps` the totals predict and, when the window does not
+    /// reach position 0, all of them within it. The whole window, not until `gaps` are found:
+    /// totals inflated by a row replaced without its delete trigger (`recursive_triggers` off:
+    /// an older binary, a user's `sqlite3`) predict too few, and rows past the last one found
+    /// would never be sent.
+    fn remove_gaps(&self, set: &mut SeqSet, max: u64, gaps: u64) -> rusqlite::Result<bool> {
         let mut stmt = self
             .conn
             .prepare("SELECT seq FROM rows ORDER BY seq DESC")?;
         let mut rows = stmt.query([])?;
         // The next position expected going down; those skipped over are gaps.
-        let mut expected = max;
-        let mut read = 0u64;
+        let mut expected = Some(max);
+        let (mut read, mut found) = (0u64, 0u64);
         while let Some(r) = rows.next()? {
-            let seq = r.get::<_, i64>(0)?.max(0) as u64;
-            for missing in seq + 1..=expected {
-                set.remove(missing);
-                gaps = gaps.saturating_sub(1);
+            let Ok(seq) = u64::try_from(r.get::<_, i64>(0)?) else {
+                return Ok(false);
+            };
+            if let Some(top) = expected {
+                for missing in seq + 1..=top {
+                    set.remove(missing);
+                    found += 1;
+                }
             }
+            expected = seq.checked_sub(1);
             read += 1;
-            if gaps == 0 || seq == 0 {
+            if expected.is_none() || read >= GAP_SEARCH_ROWS || found > gaps {
                 break;
             }
-            if read >= GAP_SEARCH_ROWS {
-                return Ok(false);
-            }
-            expected = seq - 1;
         }
-        // Gaps left are below the smallest recorded position, or the totals are off.
-        Ok(gaps == 0)
+        // Below the last position read: gaps down to 0 if the window reached the start.
+        if read < GAP_SEARCH_ROWS
+            && let Some(top) = expected
+        {
+            for missing in 0..=top {
+                set.remove(missing);
+                found += 1;
+            }
+        }
+        Ok(found == gaps)
     }
 }
 
@@ -151,6 +183,64 @@ mod tests {
         store
             .record(&[finished(3, RowStatus::Ok), finished(4, RowStatus::Ok)])
             .unwrap();
-        assert!(!agree(&path2), "rows 0 to 2 were never recorded");
+        // Read back to position 0, the gaps below the smallest recorded row are found too.
+        assert!(agree(&path2), "rows 0 to 2 were never recorded");
+        let set = FinishedRows::open(&path2)
+            .unwrap()
+            .finished_set(false)
+            .unwrap();
+        assert_eq!((set.len(), set.first_missing()), (2, 0));
+    }
+
+    #[test]
+    fn totals_inflated_by_a_replace_without_its_delete_trigger_are_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sqlite");
+        let mut store = Store::open(&path).unwrap();
+        store.start_run(&settings(), 1000).unwrap();
+        let rows: Vec<_> = (0..900)
+            .filter(|s| ![100, 850].contains(s))
+            .map(|s| finished(s, RowStatus::Ok))
+            .collect();
+        store.record(&rows).unwrap();
+        drop(store);
+        // An older binary or a user's sqlite3: the replaced row stays counted.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA recursive_triggers = OFF;
+             INSERT OR REPLACE INTO rows SELECT * FROM rows WHERE seq = 5;",
+        )
+        .unwrap();
+        drop(conn);
+        let rows = FinishedRows::open(&path).unwrap();
+        assert!(rows.finished_set_quickly(false).unwrap().is_none());
+        let set = rows.finished_set(false).unwrap();
+        assert!(!set.contains(100) && !set.contains(850) && set.contains(5));
+        assert_eq!(set.len(), 898);
+    }
+
+    #[test]
+    fn a_position_no_input_has_is_refused_naming_the_state_file() {
+        for seq in [1i64 << 40, -5] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s.sqlite");
+            let mut store = Store::open(&path).unwrap();
+            store.start_run(&settings(), 10).unwrap();
+            let rows: Vec<_> = (0..10).map(|s| finished(s, RowStatus::Ok)).collect();
+            store.record(&rows).unwrap();
+            drop(store);
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute("UPDATE rows SET seq = ?1 WHERE seq = 3", [seq])
+                .unwrap();
+            drop(conn);
+            let rows = FinishedRows::open(&path).unwrap();
+            assert!(rows.finished_set_quickly(false).unwrap().is_none(), "{seq}");
+            let e = rows.finished_set(false).unwrap_err().to_string();
+            assert!(
+                e.contains("damaged") && e.contains(&path.display().to_string()),
+                "{e}"
+            );
+            assert!(e.contains(&seq.to_string()), "{e}");
+        }
     }
 }

@@ -238,7 +238,7 @@ fn first_rows(
         Some(f) if !recheck => FinishedRows::open(state)?.checkpoint_before(f.first_missing())?,
         _ => None,
     };
-    match start {
+    match start.filter(|s| same_row_at(maker, s, state)) {
         Some(start) => {
             tracing::info!(
                 "reading {} from line {} (row {}), the last checkpoint before the first unfinished row",
@@ -250,6 +250,31 @@ fn first_rows(
         }
         None => maker.input.rows(),
     }
+}
+
+/// Whether the row the input has at checkpoint `start` is the one the state file recorded
+/// there (by id), when it recorded one. A guard against an input rewritten in a way its
+/// fingerprint missed: a row other than the recorded one (or none) and the reader starts from
+/// the top instead. Reading the row again is cheap: one seek and one row.
+fn same_row_at(maker: &JobMaker, start: &crate::engine::input::Start, state: &Path) -> bool {
+    let recorded = match FinishedRows::open(state).and_then(|f| f.row(start.seq)) {
+        Ok(Some(prior)) => prior.result.id,
+        Ok(None) => return true,
+        Err(_) => return false,
+    };
+    let here = maker
+        .input
+        .rows_from(*start)
+        .ok()
+        .and_then(|mut r| r.next());
+    let same = matches!(&here, Some(Ok(row)) if row.seq == start.seq && row.id == recorded);
+    if !same {
+        tracing::info!(
+            "the input's row {} is not the one recorded there: reading from the top",
+            start.seq + 1
+        );
+    }
+    same
 }
 
 /// Jobs go to the dispatcher in chunks: the reader is faster than the dispatcher and waits on

@@ -166,13 +166,13 @@ pub(super) fn cached_result(job: &Job, a: CachedAnswer, priced: bool) -> RowResu
 /// Records a new run in the state file, or checks that the recorded one may be resumed, and
 /// records the spend cap (for `batch status`) and what its requests are made of (for the next
 /// resume, see `resume.rs`). Returns the recorded run when resuming. `unchanged`: a resume whose
-/// finished rows' requests cannot have changed.
+/// finished rows' requests cannot have changed; `key`: the input's as it was read.
 pub(super) fn prepare_state(
     store: &mut Store,
     cfg: &RunConfig,
     settings: &RunSettings,
     rows: u64,
-    unchanged: bool,
+    (unchanged, key): (bool, Option<&str>),
 ) -> Result<Option<RunRecord>, Error> {
     let resumed = start_or_resume(store, cfg, settings, rows)?;
     let cap = cfg.max_cost.map(|c| c.to_string()).unwrap_or_default();
@@ -180,7 +180,7 @@ pub(super) fn prepare_state(
     // After a change, finished rows answered to other requests remain until the recheck has
     // sent them again: no key until the run completes (it is set then).
     let key = match resumed.is_none() || unchanged {
-        true => super::resume::checked_key(cfg, settings).unwrap_or_default(),
+        true => super::resume::key_to_record(cfg, settings, key),
         false => String::new(),
     };
     store.set_meta(super::resume::META_CHECKED, &key)?;

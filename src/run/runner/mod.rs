@@ -82,16 +82,14 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     warm_up_mock(&cfg);
     let settings = cfg.request_settings(&canonical(&cfg.input));
     // A resume reads the rows it finished once, before the pre-flight, which then checks only
-    // the rows that will be sent (when nothing their requests are made of changed).
-    let before = resume::finished_before(&cfg, &settings)?;
+    // the rows that will be sent (when nothing their requests are made of changed). The input's
+    // fingerprint is taken as the input is read, not when it is recorded (see key_to_record).
+    let key = resume::checked_key(&cfg, &settings);
+    let before = resume::finished_before(&cfg, &settings, key.as_deref())?;
     let unchanged = before.as_ref().is_some_and(|b| b.unchanged);
     let checked = check_input(&cfg, before.as_ref().filter(|b| b.unchanged)).await?;
     if cfg.dry_run {
-        if cfg.spooled_stdin {
-            let _ = std::fs::remove_file(&cfg.input);
-        }
-        print_plan(&cfg, &checked.plan);
-        return Ok((ExitStatus::Success, None));
+        return Ok(dry_run(&cfg, &checked));
     }
     // A results path that cannot be written is named as such, not by the lock file beside it.
     if !crate::base::format::is_std(&cfg.output) {
@@ -101,7 +99,8 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
     let _lock = cfg.lock(&cfg.state)?;
     let (writer, mut store) = open_files(&cfg, &checked)?;
     let conn = Connection::open(&cfg.endpoint).await?;
-    let resumed = prepare_state(&mut store, &cfg, &settings, checked.plan.rows, unchanged)?;
+    let as_read = (unchanged, key.as_deref());
+    let resumed = prepare_state(&mut store, &cfg, &settings, checked.plan.rows, as_read)?;
     resume::record_plan(&mut store, &checked.plan, &checked.input)?;
     let progress = Progress::new(checked.plan.rows, cfg.quiet);
     announce(&cfg, &checked, resumed.as_ref(), &progress);
@@ -138,7 +137,7 @@ pub async fn run_to_summary(cfg: RunConfig) -> Result<(ExitStatus, Option<Summar
         .map_err(Error::after_sending)?;
     let complete = stats.skipped == 0 && storage_error.is_none();
     if complete {
-        mark_complete(&store, &cfg, &settings).map_err(Error::after_sending)?;
+        mark_complete(&store, &cfg, &settings, key.as_deref()).map_err(Error::after_sending)?;
     }
     if complete && cfg.spooled_stdin {
         // Nothing is left to resume; the copy of stdin has served its purpose.
@@ -207,6 +206,15 @@ impl Ended {
             ExitStatus::Success
         }
     }
+}
+
+/// `--dry-run`: the plan is shown and nothing is sent (the copy of stdin is not needed again).
+fn dry_run(cfg: &RunConfig, checked: &Checked) -> (ExitStatus, Option<Summary>) {
+    if cfg.spooled_stdin {
+        let _ = std::fs::remove_file(&cfg.input);
+    }
+    print_plan(cfg, &checked.plan);
+    (ExitStatus::Success, None)
 }
 
 /// The embedded mock counts usage with the real tokenizer, which takes a moment to build:
@@ -421,9 +429,14 @@ fn finished_rows(
 
 /// Every row is done: the run is finished, and every row's request is the one these settings
 /// make (what the next resume checks, see `resume.rs`).
-fn mark_complete(store: &Store, cfg: &RunConfig, settings: &RunSettings) -> Result<(), Error> {
+fn mark_complete(
+    store: &Store,
+    cfg: &RunConfig,
+    settings: &RunSettings,
+    key: Option<&str>,
+) -> Result<(), Error> {
     store.set_finished(true)?;
-    let key = resume::checked_key(cfg, settings).unwrap_or_default();
+    let key = resume::key_to_record(cfg, settings, key);
     store.set_meta(resume::META_CHECKED, &key)
 }
 

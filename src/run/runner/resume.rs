@@ -133,9 +133,11 @@ pub(super) fn open_input(cfg: &RunConfig, finished: Option<&Finished>) -> Result
 
 /// The rows finished by the run recorded in `cfg.state`, when `cfg` resumes one; `None` for a
 /// new run (or nothing to resume, which opening the state file then reports).
+/// `key`: [`checked_key`] as taken before the input is read.
 pub(super) fn finished_before(
     cfg: &RunConfig,
     settings: &RunSettings,
+    key: Option<&str>,
 ) -> Result<Option<Finished>, Error> {
     let Resume::Yes { retry_failed, .. } = cfg.resume else {
         return Ok(None);
@@ -153,9 +155,8 @@ pub(super) fn finished_before(
         rows.len(),
         cfg.state.display()
     );
-    let key = checked_key(cfg, settings);
     let unchanged =
-        run.settings == *settings && key.is_some() && journal.meta(META_CHECKED)? == key;
+        run.settings == *settings && key.is_some() && journal.meta(META_CHECKED)?.as_deref() == key;
     let plan = match unchanged {
         true => journal
             .meta(META_PLAN)?
@@ -199,6 +200,9 @@ pub(super) fn checked_key(cfg: &RunConfig, settings: &RunSettings) -> Option<Str
         expect: Option<&'a crate::engine::expect::Expectation>,
         capped: bool,
         api: String,
+        /// `--image-detail` and `--max-image-px`: they change the image parts of the bodies.
+        image_detail: String,
+        max_image_px: Option<u32>,
         samples: String,
     }
     let meta = std::fs::metadata(&cfg.input).ok()?;
@@ -222,10 +226,22 @@ pub(super) fn checked_key(cfg: &RunConfig, settings: &RunSettings) -> Option<Str
         expect: cfg.expect.as_ref(),
         capped: cfg.max_cost.is_some(),
         api: format!("{:?}", cfg.api),
+        image_detail: format!("{:?}", cfg.image_detail),
+        max_image_px: cfg.resize.as_ref().map(|r| r.max_px),
         samples: samples(&cfg.input, meta.len())?,
     };
     let json = serde_json::to_vec(&key).ok()?;
     Some(crate::engine::provider::request_hash("checked", &json))
+}
+
+/// What to record as the key of the finished rows: `key`, taken before the input was read, if
+/// the input still has it; else `""`, which no key matches. An input rewritten while the run
+/// read it (or sent its rows) must not pass for the one its plan and checkpoints came from.
+pub(super) fn key_to_record(cfg: &RunConfig, settings: &RunSettings, key: Option<&str>) -> String {
+    match (key, checked_key(cfg, settings)) {
+        (Some(then), Some(now)) if then == now => now,
+        _ => String::new(),
+    }
 }
 
 /// Blocks of the input read for [`samples`], and their size.
