@@ -132,6 +132,16 @@ fn hide_header_value(header: &str) -> String {
 }
 
 impl RunConfig {
+    /// The input, opened with the format, id column and read limits these settings give.
+    pub fn open_input(&self) -> Result<crate::engine::input::InputFile, crate::base::error::Error> {
+        crate::engine::input::InputFile::open_with(
+            &self.input,
+            self.input_format,
+            self.id_column.as_deref(),
+            self.read,
+        )
+    }
+
     /// The job's lock on `state`: the one taken when stdin was copied, or a new one. Held until
     /// dropped; a second process on the job is refused.
     pub fn lock(&self, state: &Path) -> Result<Option<Arc<StateLock>>, crate::base::error::Error> {

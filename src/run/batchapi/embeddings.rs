@@ -93,12 +93,7 @@ fn limits(cfg: &EmbedConfig) -> Limits {
 /// files, their rows files and the local failures there.
 fn plan(cfg: &EmbedConfig, column: usize, dir: Option<&Path>) -> Result<EmbedPlan, Error> {
     let run = &cfg.run;
-    let input = InputFile::open_with(
-        &run.input,
-        run.input_format,
-        run.id_column.as_deref(),
-        run.read,
-    )?;
+    let input = run.open_input()?;
     let mut out = Lines {
         cfg,
         splitter: Splitter::new(ProviderKind::OpenAiEmbeddings, limits(cfg), dir, 1),
@@ -258,12 +253,7 @@ pub async fn run_via_batch(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     let printer = cfg.run.printer();
     let column = {
         let run = &cfg.run;
-        let input = InputFile::open_with(
-            &run.input,
-            run.input_format,
-            run.id_column.as_deref(),
-            run.read,
-        )?;
+        let input = run.open_input()?;
         let column = crate::run::embed::column_index(&input, &cfg.column)?;
         // Every row read once: a row that cannot be read stops the command before anything.
         crate::run::embed::count_rows(&input)?;

@@ -60,12 +60,7 @@ pub struct EmbedConfig {
 pub async fn embed(cfg: EmbedConfig) -> Result<ExitStatus, Error> {
     let started = Instant::now();
     let run = &cfg.run;
-    let input = InputFile::open_with(
-        &run.input,
-        run.input_format,
-        run.id_column.as_deref(),
-        run.read,
-    )?;
+    let input = run.open_input()?;
     let column = column_index(&input, &cfg.column)?;
     let total = count_rows(&input)?;
     if run.dry_run {
