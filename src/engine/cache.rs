@@ -7,18 +7,44 @@
 //! asked (`--cache-truncated`). The cache is an SQLite file in the user's cache directory
 //! (`--cache-dir`, `BATCH_CACHE_DIR`, else `$XDG_CACHE_HOME/batch` or `~/.cache/batch`), so it is
 //! shared by every job of the user and can be inspected with any SQLite client.
+//!
+//! How it is laid out, and why: keys are hashes, so a key index takes each new answer to a
+//! random page of it, and a commit rewrote about a page (twice: the log, then the file) per
+//! answer; a cache of a few million answers wrote 11 KB per answer and slowed a run of ten
+//! million rows by a fifth as it grew. So the answers are appended to `entries` (in the order
+//! they come: whole pages written once), and their keys (the first 64 bits of the hash, to the
+//! answer's id) go to a small table, `fresh_keys`, that stays in memory's reach, and from it to
+//! the large one, `entry_keys`, a quarter of a million at a time, in key order: one pass over
+//! the large table's pages for many keys. A look-up asks both. The full key is kept with the
+//! answer and compared, so two keys sharing 64 bits only cost a miss. A key stored again (a
+//! `--refresh-cache` run) replaces its answer: triggers delete the one it replaced (at once if
+//! its key is fresh, else when the new key moves).
+//!
+//! Files written before this layout keep their answers in `answers` (key, then answer); they are
+//! moved to the new tables when a `batch` opens the file, and `answers` is left empty (for an
+//! older `batch`, which then finds nothing and fills it again; the next open moves those too).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::base::error::Error;
 use crate::base::usage::Usage;
 
+mod writer;
+
+pub use writer::CacheWriter;
+
+/// The answer columns, in `entries` as they were in `answers`.
+const ANSWER_COLUMNS: &str = "created_at, text, finish_reason, model, prompt_tokens, \
+    completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd";
+
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS answers (
-    key               TEXT PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS entries (
+    id                INTEGER PRIMARY KEY,
+    key               TEXT NOT NULL,
     created_at        INTEGER NOT NULL,
     text              TEXT NOT NULL,
     finish_reason     TEXT NOT NULL,
@@ -30,7 +56,31 @@ CREATE TABLE IF NOT EXISTS answers (
     reasoning_tokens  INTEGER NOT NULL,
     cost_usd          REAL
 );
+CREATE TABLE IF NOT EXISTS fresh_keys (k INTEGER PRIMARY KEY, id INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS entry_keys (k INTEGER PRIMARY KEY, id INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS fresh_key_replaced AFTER UPDATE ON fresh_keys
+    WHEN OLD.id <> NEW.id BEGIN DELETE FROM entries WHERE id = OLD.id; END;
+CREATE TRIGGER IF NOT EXISTS entry_key_replaced AFTER UPDATE ON entry_keys
+    WHEN OLD.id <> NEW.id BEGIN DELETE FROM entries WHERE id = OLD.id; END;
 ";
+
+/// Keys in `fresh_keys` past which a write moves them to `entry_keys`. Each move passes over
+/// `entry_keys` once, so the larger this is the fewer passes; the table stays a few MB.
+const FRESH_KEYS: u64 = 1 << 18;
+
+/// The first 64 bits of a key, which the key tables are ordered by: its first 16 hex digits (a
+/// request hash's), or an FNV-1a hash of any other key.
+pub fn key_prefix(key: &str) -> i64 {
+    match key.get(..16).map(|h| u64::from_str_radix(h, 16)) {
+        Some(Ok(k)) => k as i64,
+        _ => {
+            let fnv = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            fnv as i64
+        }
+    }
+}
 
 /// An answer as cached: what the row's result needs, and what it cost the first time.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +113,10 @@ pub struct Cache {
     snapshot_reads: std::cell::Cell<u32>,
     /// The write-ahead log's size past which a write truncates it ([`WAL_LIMIT`]).
     wal_limit: u64,
+    /// Keys in `fresh_keys`, once a write has counted them.
+    fresh_keys: Option<u64>,
+    /// [`FRESH_KEYS`], lowered by tests.
+    fresh_limit: u64,
 }
 
 /// Look-ups in one read transaction, at most (see [`Cache::get_in_snapshot`]).
@@ -89,7 +143,8 @@ pub struct CacheStats {
 }
 
 impl Cache {
-    /// Opens (creating if need be) the cache in folder `dir`.
+    /// Opens (creating if need be) the cache in folder `dir`, moving the answers of the earlier
+    /// layout into this one.
     pub fn open(dir: &Path) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(|e| {
             Error::Usage(format!(
@@ -100,20 +155,29 @@ impl Cache {
         })?;
         let path = dir.join("cache.sqlite");
         let conn = Connection::open(&path).map_err(|e| cache_error(&path, &e))?;
-        // Checkpoints every 10,000 pages rather than 1,000, as the run's state does: new answers
-        // land on random pages of the key index, and a checkpoint (with its fsync) every few
-        // commits was most of what the cache cost a run.
+        // Checkpoints every 10,000 pages rather than 1,000, as the run's state does.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; \
              PRAGMA wal_autocheckpoint = 10000;",
         )
         .and_then(|_| conn.execute_batch(SCHEMA))
+        .and_then(|_| {
+            conn.create_scalar_function(
+                "batch_key_prefix",
+                1,
+                FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+                |ctx| Ok(key_prefix(&ctx.get::<String>(0)?)),
+            )
+        })
+        .and_then(|_| move_earlier_answers(&conn))
         .map_err(|e| cache_error(&path, &e))?;
         Ok(Cache {
             conn,
             path,
             snapshot_reads: std::cell::Cell::new(0),
             wal_limit: WAL_LIMIT,
+            fresh_keys: None,
+            fresh_limit: FRESH_KEYS,
         })
     }
 
@@ -167,15 +231,18 @@ impl Cache {
         }
     }
 
+    /// The answer stored under `key`: through either key table, the newer if both have it.
     pub fn get(&self, key: &str) -> Result<Option<CachedAnswer>, Error> {
         self.conn
             .prepare_cached(
                 "SELECT text, finish_reason, model, prompt_tokens, completion_tokens, \
-                 cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd FROM answers \
-                 WHERE key = ?1",
+                 cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd FROM entries \
+                 WHERE id IN (SELECT id FROM fresh_keys WHERE k = ?1 \
+                 UNION ALL SELECT id FROM entry_keys WHERE k = ?1) AND key = ?2 \
+                 ORDER BY id DESC LIMIT 1",
             )
             .and_then(|mut stmt| {
-                stmt.query_row([key], |r| {
+                stmt.query_row(params![key_prefix(key), key], |r| {
                     let n = |i: usize| -> rusqlite::Result<u64> { Ok(r.get::<_, i64>(i)? as u64) };
                     Ok(CachedAnswer {
                         text: r.get(0)?,
@@ -196,26 +263,46 @@ impl Cache {
             .map_err(|e| cache_error(&self.path, &e))
     }
 
-    /// Stores answers (replacing any under the same key) in one transaction.
+    /// Stores answers (replacing any under the same key) in one transaction: appended to
+    /// `entries`, their keys to `fresh_keys`; then, once that holds [`FRESH_KEYS`], moves them.
     pub fn put_many<'a>(
         &mut self,
         entries: impl IntoIterator<Item = (&'a str, &'a CachedAnswer)>,
     ) -> Result<(), Error> {
         self.end_snapshot();
         let path = self.path.clone();
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|e| cache_error(&path, &e))?;
+        let added = self.append(entries).map_err(|e| cache_error(&path, &e))?;
+        let fresh = match self.fresh_keys {
+            Some(n) => n + added,
+            None => self
+                .conn
+                .query_row("SELECT COUNT(*) FROM fresh_keys", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(|e| cache_error(&path, &e))? as u64,
+        };
+        self.fresh_keys = Some(fresh);
+        if fresh >= self.fresh_limit {
+            self.move_fresh_keys().map_err(|e| cache_error(&path, &e))?;
+            self.fresh_keys = Some(0);
+        }
+        self.truncate_large_wal();
+        Ok(())
+    }
+
+    /// Appends the answers and their keys; returns how many keys were added.
+    fn append<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = (&'a str, &'a CachedAnswer)>,
+    ) -> rusqlite::Result<u64> {
+        let tx = self.conn.transaction()?;
         let now = unix_now();
+        let mut keys = Vec::new();
         {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO answers (key, created_at, text, finish_reason, model, \
-                     prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, \
-                     reasoning_tokens, cost_usd) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-                )
-                .map_err(|e| cache_error(&path, &e))?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT INTO entries (key, {ANSWER_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            ))?;
             for (key, a) in entries {
                 let u = a.usage;
                 stmt.execute(params![
@@ -230,13 +317,35 @@ impl Cache {
                     u.cache_write_tokens as i64,
                     u.reasoning_tokens as i64,
                     a.cost_usd,
-                ])
-                .map_err(|e| cache_error(&path, &e))?;
+                ])?;
+                keys.push((key_prefix(key), tx.last_insert_rowid()));
             }
         }
-        tx.commit().map_err(|e| cache_error(&path, &e))?;
-        self.truncate_large_wal();
-        Ok(())
+        // In key order, the pages of `fresh_keys` are visited once each. Of a key given twice,
+        // the later answer wins (the upsert's trigger deletes the earlier one).
+        keys.sort_by_key(|&(k, _)| k);
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO fresh_keys (k, id) VALUES (?1, ?2) \
+                 ON CONFLICT (k) DO UPDATE SET id = excluded.id",
+            )?;
+            for (k, id) in &keys {
+                stmt.execute([k, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(keys.len() as u64)
+    }
+
+    /// Moves the keys of `fresh_keys` to `entry_keys`, in key order, in one transaction.
+    fn move_fresh_keys(&mut self) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(
+            "INSERT INTO entry_keys (k, id) SELECT k, id FROM fresh_keys WHERE true ORDER BY k \
+                 ON CONFLICT (k) DO UPDATE SET id = excluded.id; \
+             DELETE FROM fresh_keys;",
+        )?;
+        tx.commit()
     }
 
     pub fn stats(&self) -> Result<CacheStats, Error> {
@@ -245,7 +354,7 @@ impl Cache {
             .query_row(
                 "SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), \
                  COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(cost_usd), 0.0), \
-                 MIN(created_at), MAX(created_at) FROM answers",
+                 MIN(created_at), MAX(created_at) FROM entries",
                 [],
                 |r| {
                     Ok((
@@ -289,148 +398,72 @@ impl Cache {
             None => i64::MAX,
         };
         self.end_snapshot();
-        let n = self
+        let path = self.path.clone();
+        let tx = self
             .conn
-            .execute("DELETE FROM answers WHERE created_at <= ?1", [cutoff])
-            .map_err(|e| cache_error(&self.path, &e))?;
+            .transaction()
+            .map_err(|e| cache_error(&path, &e))?;
+        let removed = tx
+            .execute("DELETE FROM entries WHERE created_at <= ?1", [cutoff])
+            .and_then(|n| {
+                tx.execute_batch(
+                    "DELETE FROM fresh_keys WHERE NOT EXISTS \
+                         (SELECT 1 FROM entries e WHERE e.id = fresh_keys.id); \
+                     DELETE FROM entry_keys WHERE NOT EXISTS \
+                         (SELECT 1 FROM entries e WHERE e.id = entry_keys.id);",
+                )
+                .map(|()| n)
+            })
+            .and_then(|n| tx.commit().map(|()| n))
+            .map_err(|e| cache_error(&path, &e))?;
+        self.fresh_keys = None;
         self.conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); VACUUM;")
             .map_err(|e| cache_error(&self.path, &e))?;
-        Ok(n as u64)
+        Ok(removed as u64)
     }
 }
 
-/// Stores a run's new answers in large sorted groups: an answer's key lands on a random page of
-/// the key index, so each commit rewrites about one page per answer unless many answers share
-/// the commit (and, sorted, share pages). The journal, not the cache, is what makes a run
-/// resumable, so answers waiting here when a run is killed are only answers not cached.
-///
-/// The groups are written on a thread of their own: written by the journal's thread, each one
-/// held up the journal (and so the release of every row's slot) for as long as its commit took,
-/// which is what made the cache cost a run a third of its throughput. At most one group waits
-/// for the writer, so memory stays at two groups.
-pub struct CacheWriter {
-    /// The cache, while no writer thread has it.
-    cache: Option<Cache>,
-    worker: Option<Worker>,
-    pending: Vec<(String, CachedAnswer)>,
-    /// Rows journaled since the last write, answers or not.
-    rows: usize,
-    last_flush: std::time::Instant,
-}
-
-/// The writer thread, and its queue of sorted groups.
-struct Worker {
-    tx: std::sync::mpsc::SyncSender<Vec<(String, CachedAnswer)>>,
-    handle: std::thread::JoinHandle<(Cache, Result<(), Error>)>,
-}
-
-impl Worker {
-    fn start(mut cache: Cache) -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(String, CachedAnswer)>>(1);
-        let handle = std::thread::spawn(move || {
-            for group in rx {
-                if let Err(e) = cache.put_many(group.iter().map(|(k, a)| (k.as_str(), a))) {
-                    return (cache, Err(e));
-                }
-            }
-            (cache, Ok(()))
-        });
-        Worker { tx, handle }
-    }
-
-    /// Waits until every group sent is written (or one failed). No cache comes back from a
-    /// thread that died.
-    fn finish(self) -> (Option<Cache>, Result<(), Error>) {
-        drop(self.tx);
-        match self.handle.join() {
-            Ok((cache, written)) => (Some(cache), written),
-            Err(_) => {
-                let died = std::io::Error::other("the cache writer thread stopped");
-                (
-                    None,
-                    Err(Error::io("cannot write the response cache", died)),
-                )
-            }
+/// Moves the answers of the earlier layout (table `answers`, if it has any) into this one, in
+/// one transaction: whoever opens the file first moves them, once.
+fn move_earlier_answers(conn: &Connection) -> rusqlite::Result<()> {
+    let has_answers = |conn: &Connection| -> rusqlite::Result<bool> {
+        let table: Option<String> = conn
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'answers'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match table {
+            Some(_) => conn.query_row("SELECT EXISTS (SELECT 1 FROM answers)", [], |r| r.get(0)),
+            None => Ok(false),
         }
+    };
+    if !has_answers(conn)? {
+        return Ok(());
     }
-}
-
-impl CacheWriter {
-    /// Rows journaled between writes, at most. [`crate::engine::dedup`] counts on an answer
-    /// being in the cache at most a few times this many journaled rows after it was journaled
-    /// (this group, and the one the writer thread may still be writing).
-    pub const GROUP: usize = 8192;
-    /// And time between writes, at most (a slow run still caches as it goes).
-    const EVERY: Duration = Duration::from_secs(2);
-
-    pub fn new(cache: Cache) -> Self {
-        CacheWriter {
-            cache: Some(cache),
-            worker: None,
-            pending: Vec::new(),
-            rows: 0,
-            last_flush: std::time::Instant::now(),
-        }
-    }
-
-    /// Queues an answer for the next write.
-    pub fn add(&mut self, key: &str, answer: CachedAnswer) {
-        self.pending.push((key.to_string(), answer));
-    }
-
-    /// `rows` more rows were journaled (with their answers added): hands the queue to the
-    /// writer thread once [`Self::GROUP`] rows or [`Self::EVERY`] have passed since the last
-    /// time. An error is that of an earlier group, which stopped the writer.
-    pub fn journaled(&mut self, rows: usize) -> Result<(), Error> {
-        self.rows += rows;
-        if self.rows >= Self::GROUP || self.last_flush.elapsed() >= Self::EVERY {
-            return self.hand_over();
-        }
-        Ok(())
-    }
-
-    /// Hands the queued answers, in key order, to the writer thread (started if need be).
-    fn hand_over(&mut self) -> Result<(), Error> {
-        self.last_flush = std::time::Instant::now();
-        self.rows = 0;
-        if self.pending.is_empty() {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let moved = (|| {
+        if !has_answers(conn)? {
             return Ok(());
         }
-        let mut pending = std::mem::take(&mut self.pending);
-        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        if self.worker.is_none()
-            && let Some(cache) = self.cache.take()
-        {
-            self.worker = Some(Worker::start(cache));
+        let last: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM entries", [], |r| r.get(0))?;
+        conn.execute_batch(&format!(
+            "INSERT INTO entries (key, {ANSWER_COLUMNS}) \
+                 SELECT key, {ANSWER_COLUMNS} FROM answers ORDER BY rowid; \
+             INSERT INTO entry_keys (k, id) SELECT batch_key_prefix(key), id FROM entries \
+                 WHERE id > {last} ORDER BY 1 ON CONFLICT (k) DO UPDATE SET id = excluded.id; \
+             DELETE FROM answers;"
+        ))
+    })();
+    match moved {
+        Ok(()) => conn.execute_batch("COMMIT"),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
         }
-        let Some(worker) = &self.worker else {
-            return Ok(());
-        };
-        if worker.tx.send(pending).is_err() {
-            // The writer stopped at an error: it says which.
-            return self.wait();
-        }
-        Ok(())
-    }
-
-    /// Waits for the writer thread to write everything handed over, and takes the cache back.
-    fn wait(&mut self) -> Result<(), Error> {
-        match self.worker.take() {
-            Some(worker) => {
-                let (cache, written) = worker.finish();
-                self.cache = cache;
-                written
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// Writes every queued answer, and returns once they are written.
-    pub fn flush(&mut self) -> Result<(), Error> {
-        let handed = self.hand_over();
-        let written = self.wait();
-        handed.and(written)
     }
 }
 
@@ -449,10 +482,10 @@ fn cache_error(path: &Path, e: &rusqlite::Error) -> Error {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn answer(text: &str) -> CachedAnswer {
+    pub(crate) fn answer(text: &str) -> CachedAnswer {
         CachedAnswer {
             text: text.into(),
             finish_reason: "stop".into(),
@@ -479,27 +512,6 @@ mod tests {
         let s = c.stats().unwrap();
         assert_eq!((s.entries, s.prompt_tokens), (2, 20));
         assert!((s.cost_usd - 0.5).abs() < 1e-12);
-    }
-
-    #[test]
-    fn the_writer_stores_in_groups_and_on_flush() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = CacheWriter::new(Cache::open(dir.path()).unwrap());
-        let reader = Cache::open(dir.path()).unwrap();
-        for i in 0..10 {
-            w.add(&format!("k{i}"), answer("a"));
-        }
-        w.journaled(10).unwrap();
-        assert_eq!(reader.stats().unwrap().entries, 0, "waits for a group");
-        // A group of rows journaled (answers or not) hands what is queued to the writer thread.
-        w.journaled(CacheWriter::GROUP - 10).unwrap();
-        assert!(w.pending.is_empty() && w.worker.is_some());
-        w.wait().unwrap();
-        assert_eq!(reader.stats().unwrap().entries, 10);
-        w.add("last", answer("b"));
-        assert_eq!(reader.get("last").unwrap(), None);
-        w.flush().unwrap();
-        assert_eq!(reader.get("last").unwrap().unwrap().text, "b");
     }
 
     #[test]
@@ -557,6 +569,105 @@ mod tests {
         assert_eq!(both.get("i").unwrap().unwrap().text, "three");
     }
 
+    /// Every answer's table row count: (entries, fresh keys, moved keys).
+    fn tables(c: &Cache) -> (i64, i64, i64) {
+        let n = |t: &str| {
+            c.conn
+                .query_row(&format!("SELECT COUNT(*) FROM {t}"), [], |r| r.get(0))
+                .unwrap()
+        };
+        (n("entries"), n("fresh_keys"), n("entry_keys"))
+    }
+
+    #[test]
+    fn fresh_keys_move_to_the_large_table_and_stay_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Cache::open(dir.path()).unwrap();
+        c.fresh_limit = 4;
+        let key = |i: u64| format!("{:016x}{:048}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15), 0);
+        let (k0, k1, k2) = (key(0), key(1), key(2));
+        c.put_many([(k0.as_str(), &answer("a")), (k1.as_str(), &answer("b"))])
+            .unwrap();
+        assert_eq!(tables(&c), (2, 2, 0));
+        let (k3, k4) = (key(3), key(4));
+        c.put_many([(k2.as_str(), &answer("c")), (k3.as_str(), &answer("d"))])
+            .unwrap();
+        assert_eq!(tables(&c), (4, 0, 4), "four fresh keys moved");
+        c.put_many([(k4.as_str(), &answer("e"))]).unwrap();
+        assert_eq!(tables(&c), (5, 1, 4));
+        for (k, text) in [(&k0, "a"), (&k1, "b"), (&k2, "c"), (&k3, "d"), (&k4, "e")] {
+            assert_eq!(c.get(k).unwrap().unwrap().text, text, "{k}");
+        }
+        // A key stored again replaces its answer, in either table, and the old one is gone.
+        c.put_many([(k0.as_str(), &answer("a2")), (k4.as_str(), &answer("e2"))])
+            .unwrap();
+        // The replaced answer of a fresh key is deleted at once; that of a moved key when
+        // the new key moves too.
+        assert_eq!(tables(&c), (6, 2, 4));
+        assert_eq!(c.get(&k0).unwrap().unwrap().text, "a2");
+        assert_eq!(c.get(&k4).unwrap().unwrap().text, "e2");
+        c.put_many([
+            (key(5).as_str(), &answer("f")),
+            (key(6).as_str(), &answer("g")),
+        ])
+        .unwrap();
+        assert_eq!(tables(&c), (7, 0, 7));
+        assert_eq!(c.get(&k0).unwrap().unwrap().text, "a2");
+        assert_eq!(c.stats().unwrap().entries, 7);
+    }
+
+    #[test]
+    fn keys_sharing_their_first_64_bits_only_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Cache::open(dir.path()).unwrap();
+        let (a, b) = (
+            format!("{}{}", "ab".repeat(8), "0".repeat(48)),
+            format!("{}{}", "ab".repeat(8), "1".repeat(48)),
+        );
+        assert_eq!(key_prefix(&a), key_prefix(&b));
+        c.put_many([(a.as_str(), &answer("a"))]).unwrap();
+        assert_eq!(c.get(&b).unwrap(), None, "same prefix, other key: a miss");
+        c.put_many([(b.as_str(), &answer("b"))]).unwrap();
+        assert_eq!(c.get(&b).unwrap().unwrap().text, "b");
+        assert_eq!(c.get(&a).unwrap(), None, "one answer per prefix: the later");
+        // Keys that are not hex hashes have a prefix too.
+        assert_ne!(key_prefix("k"), key_prefix("j"));
+        assert_eq!(key_prefix("k"), key_prefix("k"));
+    }
+
+    #[test]
+    fn a_cache_of_the_earlier_layout_is_moved_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.sqlite");
+        {
+            // The layout of every `batch` before this one.
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE answers (key TEXT PRIMARY KEY, created_at INTEGER NOT NULL,                  text TEXT NOT NULL, finish_reason TEXT NOT NULL, model TEXT NOT NULL,                  prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,                  cached_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL,                  reasoning_tokens INTEGER NOT NULL, cost_usd REAL);
+                 INSERT INTO answers VALUES ('k', 1700000000, 'old answer', 'stop', 'm', 10, 2,                  0, 0, 0, 0.25), ('abcdef0123456789abcdef', 1700000001, 'other', 'stop', 'm',                  10, 2, 0, 0, 0, 0.25);",
+            )
+            .unwrap();
+        }
+        let c = Cache::open(dir.path()).unwrap();
+        assert_eq!(c.get("k").unwrap().unwrap().text, "old answer");
+        assert_eq!(
+            c.get("abcdef0123456789abcdef").unwrap().unwrap().text,
+            "other"
+        );
+        assert_eq!(tables(&c), (2, 0, 2));
+        let left: i64 = c
+            .conn
+            .query_row("SELECT COUNT(*) FROM answers", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(left, 0, "moved, not copied");
+        let s = c.stats().unwrap();
+        assert_eq!((s.entries, s.prompt_tokens), (2, 20));
+        drop(c);
+        // Opened again: nothing to move, nothing moved twice.
+        let c = Cache::open(dir.path()).unwrap();
+        assert_eq!(tables(&c), (2, 0, 2));
+    }
+
     #[test]
     fn clear_by_age() {
         let dir = tempfile::tempdir().unwrap();
@@ -565,5 +676,7 @@ mod tests {
         assert_eq!(c.clear(Some(Duration::from_secs(3600))).unwrap(), 0);
         assert_eq!(c.clear(None).unwrap(), 1);
         assert_eq!(c.stats().unwrap().entries, 0);
+        assert_eq!(tables(&c), (0, 0, 0), "no key left pointing at nothing");
+        assert_eq!(c.get("k").unwrap(), None);
     }
 }
