@@ -170,7 +170,15 @@ impl Slots {
     }
 
     pub fn release(&self) {
-        self.state.lock().expect("slots lock").held -= 1;
+        self.release_many(1);
+    }
+
+    /// Releases `n` slots at once: one wake-up of the dispatcher (the only task that waits).
+    pub fn release_many(&self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.state.lock().expect("slots lock").held -= n;
         self.freed.notify_one();
     }
 

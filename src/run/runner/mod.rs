@@ -445,7 +445,7 @@ struct Pipeline {
     reader: std::thread::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<Option<Error>>,
     journal: std::thread::JoinHandle<(Store, Option<Error>)>,
-    results: mpsc::Receiver<RowResult>,
+    results: mpsc::Receiver<Vec<RowResult>>,
 }
 
 impl Pipeline {
@@ -481,7 +481,8 @@ impl Pipeline {
         let reader =
             std::thread::spawn(move || read_work(&maker, finished, recheck, &state, work_tx));
         // Both queues bounded: nothing grows with the input (see `JOURNAL_QUEUE`).
-        let (result_tx, results) = mpsc::channel::<RowResult>(JOURNAL_QUEUE);
+        // In groups (a journal commit's): a few groups' worth, as the journal's own queue.
+        let (result_tx, results) = mpsc::channel::<Vec<RowResult>>(4);
         let (journal_tx, journal_rx) = mpsc::channel::<JournalEntry>(JOURNAL_QUEUE);
         let cache = match &cfg.cache {
             CacheMode::On { dir, truncated, .. } => Some((Cache::open(dir)?, *truncated)),
@@ -504,8 +505,10 @@ impl Pipeline {
     async fn collect(&mut self, progress: &Progress) -> Stats {
         let mut live = Stats::default();
         let mut last_draw = Instant::now();
-        while let Some(result) = self.results.recv().await {
-            live.record(&result);
+        while let Some(results) = self.results.recv().await {
+            for result in &results {
+                live.record(result);
+            }
             if last_draw.elapsed() >= Duration::from_millis(100) {
                 progress.update(&live);
                 last_draw = Instant::now();
