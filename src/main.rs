@@ -7,6 +7,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     no_huge_pages();
+    purge_at_once();
     batch::main_entry().into()
 }
 
@@ -20,4 +21,20 @@ fn no_huge_pages() {
     unsafe {
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
     }
+}
+
+/// mimalloc keeps freed memory for a while (10 ms for a page, 100 ms for an arena) before it
+/// gives it back, for the next allocation's sake; with rows freeing their buffers all the time,
+/// that kept 10 MB more resident at a 1,000,000-row run's peak (58-64 MB against 49-51 MB with
+/// no delay) at no measurable cost in speed.
+fn purge_at_once() {
+    /// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (between `eager_commit_delay`, 14,
+    /// and `use_numa_nodes`, 16, which `libmimalloc-sys` names).
+    const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+    unsafe extern "C" {
+        fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    // SAFETY: mimalloc is linked in as the global allocator; setting an option is thread-safe
+    // and takes plain integers.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
 }

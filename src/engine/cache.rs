@@ -231,15 +231,18 @@ impl Cache {
         }
     }
 
-    /// The answer stored under `key`: through either key table, the newer if both have it.
+    /// The answer stored under `key`: through either key table, the fresh one first. (Scalar
+    /// subqueries: an `IN` list was a temporary table built for every look-up.)
     pub fn get(&self, key: &str) -> Result<Option<CachedAnswer>, Error> {
         self.conn
             .prepare_cached(
                 "SELECT text, finish_reason, model, prompt_tokens, completion_tokens, \
                  cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd FROM entries \
-                 WHERE id IN (SELECT id FROM fresh_keys WHERE k = ?1 \
-                 UNION ALL SELECT id FROM entry_keys WHERE k = ?1) AND key = ?2 \
-                 ORDER BY id DESC LIMIT 1",
+                 WHERE id = (SELECT id FROM fresh_keys WHERE k = ?1) AND key = ?2 \
+                 UNION ALL \
+                 SELECT text, finish_reason, model, prompt_tokens, completion_tokens, \
+                 cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd FROM entries \
+                 WHERE id = (SELECT id FROM entry_keys WHERE k = ?1) AND key = ?2 LIMIT 1",
             )
             .and_then(|mut stmt| {
                 stmt.query_row(params![key_prefix(key), key], |r| {
