@@ -237,3 +237,45 @@ fn refresh_sends_again_and_clear_empties_the_cache() {
     assert_code(&run_with(&dir, &mock, input, "c.csv", &[]), 0);
     assert_eq!(stat(&mock.stats(), "requests"), 9);
 }
+
+#[test]
+fn a_cache_written_by_an_earlier_batch_still_answers() {
+    let dir = TestDir::new();
+    let input = sample(&dir);
+    let input = input.to_str().unwrap();
+    let mock = MockProcess::start(&["--latency-ms", "5"]);
+    assert_code(&run_with(&dir, &mock, input, "one.csv", &[]), 0);
+    assert_eq!(stat(&mock.stats(), "requests"), 80);
+    // The same answers in the layout every `batch` before this one wrote: one table, `answers`,
+    // keyed by the request hash.
+    let conn = rusqlite::Connection::open(dir.cache_dir().join("cache.sqlite")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE answers (key TEXT PRIMARY KEY, created_at INTEGER NOT NULL, \
+         text TEXT NOT NULL, finish_reason TEXT NOT NULL, model TEXT NOT NULL, \
+         prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, \
+         cached_tokens INTEGER NOT NULL, cache_write_tokens INTEGER NOT NULL, \
+         reasoning_tokens INTEGER NOT NULL, cost_usd REAL);
+         INSERT INTO answers SELECT key, created_at, text, finish_reason, model, prompt_tokens, \
+         completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, cost_usd \
+         FROM entries;
+         DROP TABLE entries; DROP TABLE fresh_keys; DROP TABLE entry_keys;",
+    )
+    .unwrap();
+    drop(conn);
+
+    assert_code(&run_with(&dir, &mock, input, "two.csv", &[]), 0);
+    assert_eq!(
+        stat(&mock.stats(), "requests"),
+        80,
+        "the rerun sent requests"
+    );
+    let (one, two) = (dir.results("one.csv"), dir.results("two.csv"));
+    for (a, b) in one.iter().zip(&two) {
+        assert_eq!(a["output"], b["output"]);
+        assert_eq!(b["cached"], "true");
+    }
+    let stats = run(&dir, ["cache", "stats"]);
+    assert_code(&stats, 0);
+    let said = String::from_utf8_lossy(&stats.stdout);
+    assert!(said.contains("Entries    80 "), "{said}");
+}
