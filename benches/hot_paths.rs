@@ -267,10 +267,7 @@ fn finished_row(seq: u64) -> Finished {
 /// in groups of 16 (the average group on the zero-latency mock at concurrency 64), into a new
 /// state file each iteration.
 fn journal(c: &mut Criterion) {
-    let GROUP: usize = std::env::var("GROUP")
-        .ok()
-        .and_then(|g| g.parse().ok())
-        .unwrap_or(16);
+    const GROUP: usize = 16;
     let rows: Vec<Finished> = (0..JOURNAL_ROWS as u64).map(finished_row).collect();
     let settings = RunSettings {
         input: "input.csv".into(),
@@ -291,10 +288,6 @@ fn journal(c: &mut Criterion) {
                 let dir = tempfile::tempdir().unwrap();
                 let mut store = Store::open(&dir.path().join("state.sqlite")).unwrap();
                 store.start_run(&settings, JOURNAL_ROWS as u64).unwrap();
-                if std::env::var("NOTRIG").is_ok() {
-                    let c = rusqlite::Connection::open(dir.path().join("state.sqlite")).unwrap();
-                    c.execute_batch("DROP TRIGGER rows_counted_in; DROP TRIGGER rows_counted_out; DROP TRIGGER rows_counted_change;").unwrap();
-                }
                 let start = Instant::now();
                 for group in rows.chunks(GROUP) {
                     store.record(group).unwrap();
