@@ -23,16 +23,22 @@ fn no_huge_pages() {
     }
 }
 
-/// mimalloc keeps freed memory for a while (10 ms for a page, 100 ms for an arena) before it
-/// gives it back, for the next allocation's sake; with rows freeing their buffers all the time,
-/// that kept 10 MB more resident at a 1,000,000-row run's peak (58-64 MB against 49-51 MB with
-/// no delay) at no measurable cost in speed.
+/// mimalloc keeps freed memory for a while (mimalloc 3: a second) before it gives it back, for
+/// the next allocation's sake; with rows freeing their buffers all the time, that kept 10 MB
+/// more resident at a 1,000,000-row run's peak (58-64 MB against 49-51 MB with no delay) at no
+/// measurable cost in speed. A user's `MIMALLOC_PURGE_DELAY` still wins.
 fn purge_at_once() {
-    /// `mi_option_purge_delay` in mimalloc 3's `mi_option_t` (between `eager_commit_delay`, 14,
-    /// and `use_numa_nodes`, 16, which `libmimalloc-sys` names).
+    /// `mi_option_purge_delay` in mimalloc's `mi_option_t` (between `eager_commit_delay`, 14, and
+    /// `use_numa_nodes`, 16, which `libmimalloc-sys` names; the same in its v2 and v3). Check it
+    /// when `mimalloc` is upgraded: the option has no constant of its own there.
     const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
     unsafe extern "C" {
         fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+    }
+    // (mimalloc reads its options from the environment as the process loads, so setting only
+    // a default here would change nothing.)
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
     }
     // SAFETY: mimalloc is linked in as the global allocator; setting an option is thread-safe
     // and takes plain integers.

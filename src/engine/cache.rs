@@ -17,8 +17,8 @@
 //! the large one, `entry_keys`, a quarter of a million at a time, in key order: one pass over
 //! the large table's pages for many keys. A look-up asks both. The full key is kept with the
 //! answer and compared, so two keys sharing 64 bits only cost a miss. A key stored again (a
-//! `--refresh-cache` run) replaces its answer: triggers delete the one it replaced (at once if
-//! its key is fresh, else when the new key moves).
+//! `--refresh-cache` run) replaces its answer: the one it replaced is deleted as the new one is
+//! written (ids are never reused, so a key left pointing at it points at nothing).
 //!
 //! Files written before this layout keep their answers in `answers` (key, then answer); they are
 //! moved to the new tables when a `batch` opens the file, and `answers` is left empty (for an
@@ -43,7 +43,7 @@ const ANSWER_COLUMNS: &str = "created_at, text, finish_reason, model, prompt_tok
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
-    id                INTEGER PRIMARY KEY,
+    id                INTEGER PRIMARY KEY AUTOINCREMENT,
     key               TEXT NOT NULL,
     created_at        INTEGER NOT NULL,
     text              TEXT NOT NULL,
@@ -169,8 +169,15 @@ impl Cache {
                 |ctx| Ok(key_prefix(&ctx.get::<String>(0)?)),
             )
         })
-        .and_then(|_| move_earlier_answers(&conn))
         .map_err(|e| cache_error(&path, &e))?;
+        // A cache whose earlier answers cannot be moved now (another process holds it, or a
+        // row is unreadable) still serves: the move is tried again at the next open.
+        if let Err(e) = move_earlier_answers(&conn) {
+            tracing::warn!(
+                "{}: answers of an earlier batch not moved yet: {e}",
+                path.display()
+            );
+        }
         Ok(Cache {
             conn,
             path,
@@ -231,8 +238,9 @@ impl Cache {
         }
     }
 
-    /// The answer stored under `key`: through either key table, the fresh one first. (Scalar
-    /// subqueries: an `IN` list was a temporary table built for every look-up.)
+    /// The answer stored under `key`, through either key table. At most one leads to it:
+    /// storing a key again deletes the answer the other led to. (Scalar subqueries: an `IN`
+    /// list was a temporary table built for every look-up.)
     pub fn get(&self, key: &str) -> Result<Option<CachedAnswer>, Error> {
         self.conn
             .prepare_cached(
@@ -285,9 +293,13 @@ impl Cache {
                 .map_err(|e| cache_error(&path, &e))? as u64,
         };
         self.fresh_keys = Some(fresh);
+        // Best effort: the answers are committed; keys that could not move (another process
+        // held the file longer than the busy timeout) stay fresh and move at a later write.
         if fresh >= self.fresh_limit {
-            self.move_fresh_keys().map_err(|e| cache_error(&path, &e))?;
-            self.fresh_keys = Some(0);
+            match self.move_fresh_keys() {
+                Ok(()) => self.fresh_keys = Some(0),
+                Err(e) => tracing::debug!("{}: fresh keys not moved yet: {e}", path.display()),
+            }
         }
         self.truncate_large_wal();
         Ok(())
@@ -325,8 +337,20 @@ impl Cache {
             }
         }
         // In key order, the pages of `fresh_keys` are visited once each. Of a key given twice,
-        // the later answer wins (the upsert's trigger deletes the earlier one).
+        // the later answer wins (the upsert's trigger deletes the earlier one). An answer it
+        // replaces among the moved keys is deleted now (its key row is left, pointing at
+        // nothing, until the move overwrites it): a look-up there only reads pages.
         keys.sort_by_key(|&(k, _)| k);
+        let list = keys
+            .iter()
+            .map(|(k, _)| k.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        tx.prepare_cached(
+            "DELETE FROM entries WHERE id IN (SELECT id FROM entry_keys \
+             WHERE k IN (SELECT value FROM json_each(?1)))",
+        )?
+        .execute([format!("[{list}]")])?;
         {
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO fresh_keys (k, id) VALUES (?1, ?2) \
@@ -455,9 +479,10 @@ fn move_earlier_answers(conn: &Connection) -> rusqlite::Result<()> {
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM entries", [], |r| r.get(0))?;
         conn.execute_batch(&format!(
             "INSERT INTO entries (key, {ANSWER_COLUMNS}) \
-                 SELECT key, {ANSWER_COLUMNS} FROM answers ORDER BY rowid; \
+                 SELECT key, {ANSWER_COLUMNS} FROM answers WHERE typeof(key) = 'text' \
+                 ORDER BY rowid; \
              INSERT INTO entry_keys (k, id) SELECT batch_key_prefix(key), id FROM entries \
-                 WHERE id > {last} ORDER BY 1 ON CONFLICT (k) DO UPDATE SET id = excluded.id; \
+                 WHERE id > {last} ORDER BY 1, 2 ON CONFLICT (k) DO UPDATE SET id = excluded.id; \
              DELETE FROM answers;"
         ))
     })();
@@ -604,9 +629,8 @@ pub(crate) mod tests {
         // A key stored again replaces its answer, in either table, and the old one is gone.
         c.put_many([(k0.as_str(), &answer("a2")), (k4.as_str(), &answer("e2"))])
             .unwrap();
-        // The replaced answer of a fresh key is deleted at once; that of a moved key when
-        // the new key moves too.
-        assert_eq!(tables(&c), (6, 2, 4));
+        // The replaced answers are deleted at once, in either table.
+        assert_eq!(tables(&c), (5, 2, 4));
         assert_eq!(c.get(&k0).unwrap().unwrap().text, "a2");
         assert_eq!(c.get(&k4).unwrap().unwrap().text, "e2");
         c.put_many([

@@ -5,9 +5,9 @@
 //! and the answered requests remembered are the last [`RECENT`] (the first 64 bits of the
 //! request hash, to the row's position: about 2 MB). An identical request answered longer ago
 //! than that is found by the response cache (on by default): the reader looks every row up in it
-//! when it renders the row, and an answer is there at most two
+//! when it renders the row, and an answer is there at most three
 //! [`crate::engine::cache::CacheWriter::GROUP`]s of journaled rows after its own (its group,
-//! and the one the cache's writer thread may still be writing). The window only
+//! the one waiting for the cache's writer thread, and the one it may still be writing). The window only
 //! has to cover that and the rows between the look-up and their dispatch (the work queue, the
 //! rows in flight, a journal group), which it does several times over. With `--no-cache` or `--refresh-cache`,
 //! an identical request further apart than the window is sent again.

@@ -270,6 +270,7 @@ fn a_cache_written_by_an_earlier_batch_still_answers() {
         "the rerun sent requests"
     );
     let (one, two) = (dir.results("one.csv"), dir.results("two.csv"));
+    assert_eq!((one.len(), two.len()), (80, 80));
     for (a, b) in one.iter().zip(&two) {
         assert_eq!(a["output"], b["output"]);
         assert_eq!(b["cached"], "true");

@@ -12,7 +12,7 @@ use crate::base::error::Error;
 /// The groups are written on a thread of their own: written by the journal's thread, each one
 /// held up the journal (and so the release of every row's slot) for as long as its commit took,
 /// which is what made the cache cost a run a third of its throughput. At most one group waits
-/// for the writer, so memory stays at two groups.
+/// for the writer, so memory stays at three groups (filling, waiting, being written).
 pub struct CacheWriter {
     /// The cache, while no writer thread has it.
     cache: Option<Cache>,
