@@ -692,7 +692,7 @@ fn index_results(
             let Some(name) = name else { continue };
             let path = st.file(name);
             let file = files.len();
-            scan_lines(&path, |offset, line| {
+            super::results::scan_lines(&path, |offset, line| {
                 let inputs = |n| lines.get(&n).map_or(0, |l| l.tokens.len());
                 let Some((n, verdict)) = quick_verdict(line, inputs) else {
                     return;
@@ -711,30 +711,6 @@ fn index_results(
         }
     }
     Ok((found, files))
-}
-
-/// Calls `f` with the offset and bytes of every line of `path`, one line in memory at a time
-/// (an output line holds up to 2,048 vectors: megabytes; the file, gigabytes).
-fn scan_lines(path: &Path, mut f: impl FnMut(u64, &[u8])) -> Result<(), Error> {
-    use std::io::BufRead;
-    let file = std::fs::File::open(path).map_err(|e| Error::read(path, &e))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-    let mut line = Vec::new();
-    let mut offset = 0u64;
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| Error::read(path, &e))?;
-        if n == 0 {
-            return Ok(());
-        }
-        let body = line.strip_suffix(b"\n").unwrap_or(&line);
-        if !body.trim_ascii().is_empty() {
-            f(offset, body);
-        }
-        offset += n as u64;
-    }
 }
 
 /// Reads line results from the downloaded files, keeping the last one read (rows of a line
@@ -1122,7 +1098,7 @@ fn resplit_lines(
     for b in batches {
         let file = st.file(&st.batches[b].input_file);
         let mut failure = None;
-        scan_lines(&file, |_, l| {
+        super::results::scan_lines(&file, |_, l| {
             let Ok(line) = serde_json::from_slice::<InputLine>(l) else {
                 return;
             };

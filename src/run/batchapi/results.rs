@@ -93,10 +93,18 @@ fn outcomes(st: &BatchState, printer: Printer) -> Result<Outcomes, Error> {
     })
 }
 
+/// Calls `f` with every line of `path` that is not blank, trimmed.
 pub(super) fn for_each_line(path: &Path, mut f: impl FnMut(&[u8])) -> Result<(), Error> {
+    scan_lines(path, |_, line| f(line.trim_ascii()))
+}
+
+/// Calls `f` with the offset and bytes of every line of `path`, one line in memory at a time
+/// (an output line holds up to 2,048 vectors: megabytes; the file, gigabytes).
+pub(super) fn scan_lines(path: &Path, mut f: impl FnMut(u64, &[u8])) -> Result<(), Error> {
     let file = std::fs::File::open(path).map_err(|e| Error::read(path, &e))?;
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut line = Vec::new();
+    let mut offset = 0u64;
     loop {
         line.clear();
         let n = reader
@@ -105,10 +113,11 @@ pub(super) fn for_each_line(path: &Path, mut f: impl FnMut(&[u8])) -> Result<(),
         if n == 0 {
             return Ok(());
         }
-        let trimmed = line.trim_ascii();
-        if !trimmed.is_empty() {
-            f(trimmed);
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        if !body.trim_ascii().is_empty() {
+            f(offset, body);
         }
+        offset += n as u64;
     }
 }
 
