@@ -1,6 +1,7 @@
-//! The dispatcher: takes each job, answers it from the cache or an identical request where it can, waits for a concurrency slot, and starts its row task; after a stop it marks rows skipped instead.
+//! The dispatcher: takes each job, answers it from the cache or an identical request where it can, waits for a concurrency slot, and hands the row to a row worker; after a stop it marks rows skipped instead.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 
@@ -39,6 +40,7 @@ pub(super) async fn dispatch(
         let reason = shared.stop_reason();
         RowResult::skipped(job.seq, job.id.clone(), &job.request.model, &reason)
     };
+    let workers = Workers::new();
     let mut chunk = Vec::new().into_iter();
     loop {
         let Some(item) = chunk.next() else {
@@ -88,24 +90,85 @@ pub(super) async fn dispatch(
         }
         // Started: its body no longer counts against the bytes made ahead.
         drop(job.queued.take());
-        let (shared, journal) = (shared.clone(), journal.clone());
-        tokio::spawn(async move {
-            let (result, attempts) = process_row(&shared, &job).await;
-            let finished = Finished {
-                result,
-                request_hash: job.request_hash,
-                attempts,
-            };
-            // The journal thread releases the slot once the row is committed.
-            let entry = JournalEntry {
-                finished,
-                holds_slot: true,
-                leads,
-            };
-            if journal.send(entry).await.is_err() {
-                shared.slots.release();
-            }
-        });
+        workers.start(job, leads, &shared, &journal);
     }
     None
+}
+
+/// The row workers: long-lived tasks, each taking a started row, running its path and handing
+/// the outcome to the journal, then waiting for the next. Against a task spawned per row, this
+/// spared about a fifth of the client's CPU per request in a test against a zero-latency server
+/// (the task's allocation, its registration and the copy of its state, once per row). There are
+/// about as many as rows were ever in flight at once: one is added when every worker is busy,
+/// and a worker counts as free again as soon as it has handed its row to the journal.
+struct Workers {
+    rows: mpsc::UnboundedSender<(Job, bool)>,
+    next: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(Job, bool)>>>,
+    /// Workers that will be free for a row not yet handed out: each row sent takes one, so a
+    /// row never waits in the queue behind another while a slot is held for it.
+    idle: Arc<AtomicUsize>,
+}
+
+impl Workers {
+    fn new() -> Self {
+        let (rows, next) = mpsc::unbounded_channel();
+        Workers {
+            rows,
+            next: Arc::new(tokio::sync::Mutex::new(next)),
+            idle: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Hands a row that holds a slot to a free worker, adding one if none is. The queue is
+    /// unbounded but never longer than the slots held: every row in it has its worker.
+    fn start(
+        &self,
+        job: Job,
+        leads: bool,
+        shared: &Arc<Shared>,
+        journal: &mpsc::Sender<JournalEntry>,
+    ) {
+        let taken = self
+            .idle
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        if taken.is_err() {
+            let (next, idle) = (self.next.clone(), self.idle.clone());
+            tokio::spawn(work(next, idle, shared.clone(), journal.clone()));
+        }
+        // The queue's receiver lives as long as `self`, so this cannot fail; were it to, the
+        // slot is given back rather than held for a row that never runs.
+        if self.rows.send((job, leads)).is_err() {
+            shared.slots.release();
+        }
+    }
+}
+
+/// One row worker: runs each row it takes to its outcome, until the dispatcher is done.
+async fn work(
+    next: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(Job, bool)>>>,
+    idle: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    journal: mpsc::Sender<JournalEntry>,
+) {
+    loop {
+        let Some((job, leads)) = next.lock().await.recv().await else {
+            return;
+        };
+        let (result, attempts) = process_row(&shared, &job).await;
+        let finished = Finished {
+            result,
+            request_hash: job.request_hash,
+            attempts,
+        };
+        // The journal thread releases the slot once the row is committed.
+        let entry = JournalEntry {
+            finished,
+            holds_slot: true,
+            leads,
+        };
+        if journal.send(entry).await.is_err() {
+            shared.slots.release();
+        }
+        idle.fetch_add(1, Ordering::AcqRel);
+    }
 }

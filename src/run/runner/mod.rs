@@ -12,9 +12,10 @@
 //! 3. A reader thread streams rows and renders them into jobs. When resuming, it sends the rows
 //!    that are not finished first, then checks the finished ones and sends again those whose
 //!    request changed.
-//! 4. The dispatcher takes a slot (at most `--concurrency` rows in flight) and spawns the row's
-//!    task (`process_row`); after a stop (Ctrl-C, spend cap, exhausted quota) it marks rows
-//!    `skipped` instead of sending them ([`dispatch`]).
+//! 4. The dispatcher takes a slot (at most `--concurrency` rows in flight) and hands the row to
+//!    a row worker, a long-lived task that runs one row at a time (`process_row`); after a stop
+//!    (Ctrl-C, spend cap, exhausted quota) it marks rows `skipped` instead of sending them
+//!    ([`dispatch`]).
 //! 5. The journal thread commits every outcome in groups and only then releases the row's slot,
 //!    so a `kill -9` loses at most the rows in flight. The collector (this task) keeps live
 //!    totals for the progress bar.
@@ -440,7 +441,7 @@ fn mark_complete(
     store.set_meta(resume::META_CHECKED, &key)
 }
 
-/// Reader thread -> dispatcher -> row tasks -> journal thread -> collector (the caller).
+/// Reader thread -> dispatcher -> row workers -> journal thread -> collector (the caller).
 struct Pipeline {
     reader: std::thread::JoinHandle<()>,
     dispatcher: tokio::task::JoinHandle<Option<Error>>,
