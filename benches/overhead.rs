@@ -13,6 +13,10 @@
 //! bench measured before issue 15), and `BENCH_SETTINGS=both` runs both each round, so the two
 //! are compared against the same oha figure.
 //!
+//! Each line also gives the CPU time a request cost the client (oha's or the runner's own, user
+//! plus system) and the mock, and the time the host took from this machine (steal): when the
+//! host is busy, requests per second swing from round to round, CPU time a request much less.
+//!
 //! Run: `cargo install oha --locked && cargo bench --bench overhead`
 //! (env BENCH_ROWS, default 50000; BENCH_CONCURRENCY, default 64; BENCH_ROUNDS, default 5;
 //! BENCH_SETTINGS, default `default`).
@@ -68,6 +72,7 @@ fn main() {
         .unwrap();
     let url = url.trim().to_string();
 
+    let mock_pid = mock.id();
     let oha_round = || -> (f64, f64) {
         let oha = Command::new("oha")
             .args(["-n", &rows.to_string(), "-c", &concurrency.to_string()])
@@ -141,13 +146,19 @@ fn main() {
     // Per variant: each round's (ratio, oha, batch).
     let mut results = vec![Vec::new(); variants.len()];
     for round in 1..=rounds {
+        let before = Cpu::now(mock_pid);
         let (oha_rps, oha_ok) = oha_round();
-        println!("round {round}: oha {oha_rps:8.0} requests/s (success rate {oha_ok:.3})");
+        let cost = before.since(mock_pid, rows);
+        println!(
+            "round {round}: oha {oha_rps:8.0} requests/s (success rate {oha_ok:.3})         {cost}"
+        );
         for (variant, results) in variants.iter().zip(&mut results) {
+            let before = Cpu::now(mock_pid);
             let batch_rps = batch_round(*variant);
+            let cost = before.since(mock_pid, rows);
             let ratio = batch_rps / oha_rps;
             println!(
-                "         batch {batch_rps:8.0} rows/s, {:<22} {:5.1}%",
+                "         batch {batch_rps:8.0} rows/s, {:<22} {:5.1}%  {cost}",
                 variant.name(),
                 100.0 * ratio
             );
@@ -197,4 +208,68 @@ impl Variant {
             Variant::Bare => "--no-cache --no-dedup",
         }
     }
+}
+
+/// CPU seconds so far: of the children waited for (oha, the runner), of the mock, and stolen
+/// from this machine by its host. Linux; elsewhere the figures read NaN.
+struct Cpu {
+    children: f64,
+    mock: f64,
+    steal: f64,
+}
+
+impl Cpu {
+    fn now(mock_pid: u32) -> Self {
+        Cpu {
+            children: children_cpu(),
+            mock: proc_ticks(&format!("/proc/{mock_pid}/stat"), |f| {
+                // After the command name in parentheses: utime and stime are fields 14 and 15.
+                let rest = f.rsplit_once(')')?.1;
+                let mut fields = rest.split_whitespace().skip(11);
+                Some(fields.next()?.parse::<f64>().ok()? + fields.next()?.parse::<f64>().ok()?)
+            }),
+            steal: proc_ticks("/proc/stat", |f| {
+                // The first line, "cpu  user nice system idle iowait irq softirq steal ...".
+                f.lines().next()?.split_whitespace().nth(8)?.parse().ok()
+            }),
+        }
+    }
+
+    /// What the client and the mock spent a request since `self`, and the host's steal.
+    fn since(&self, mock_pid: u32, requests: usize) -> String {
+        let now = Cpu::now(mock_pid);
+        let per = |a: f64, b: f64| 1e6 * (b - a) / requests as f64;
+        format!(
+            "CPU a request: client {:5.1} us, mock {:5.1} us; steal {:.1} s",
+            per(self.children, now.children),
+            per(self.mock, now.mock),
+            now.steal - self.steal
+        )
+    }
+}
+
+fn children_cpu() -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: getrusage only writes the struct it is given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } == 0 {
+            let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+            return secs(usage.ru_utime) + secs(usage.ru_stime);
+        }
+    }
+    f64::NAN
+}
+
+/// Clock ticks read from a `/proc` file, in seconds.
+fn proc_ticks(path: &str, read: impl Fn(&str) -> Option<f64>) -> f64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        if let Some(ticks) = std::fs::read_to_string(path).ok().as_deref().and_then(read) {
+            return ticks / hz;
+        }
+    }
+    f64::NAN
 }
