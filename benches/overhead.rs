@@ -14,8 +14,8 @@
 //! are compared against the same oha figure.
 //!
 //! Each line also gives the CPU time a request cost the client (oha's or the runner's own, user
-//! plus system) and the mock, and the time the host took from this machine (steal): when the
-//! host is busy, requests per second swing from round to round, CPU time a request much less.
+//! plus system) and the mock, and the CPU time the host took from this machine's cores (steal):
+//! when the host is busy, requests per second swing from round to round, CPU a request much less.
 //!
 //! Run: `cargo install oha --locked && cargo bench --bench overhead`
 //! (env BENCH_ROWS, default 50000; BENCH_CONCURRENCY, default 64; BENCH_ROUNDS, default 5;
@@ -210,8 +210,9 @@ impl Variant {
     }
 }
 
-/// CPU seconds so far: of the children waited for (oha, the runner), of the mock, and stolen
-/// from this machine by its host. Linux; elsewhere the figures read NaN.
+/// CPU seconds so far: of the children waited for (oha, the runner; `getrusage`, Unix), of the
+/// mock, and stolen from this machine by its host, all cores together (both from `/proc`, Linux).
+/// A figure that cannot be read is NaN.
 struct Cpu {
     children: f64,
     mock: f64,
@@ -240,7 +241,7 @@ impl Cpu {
         let now = Cpu::now(mock_pid);
         let per = |a: f64, b: f64| 1e6 * (b - a) / requests as f64;
         format!(
-            "CPU a request: client {:5.1} us, mock {:5.1} us; steal {:.1} s",
+            "CPU a request: client {:5.1} us, mock {:5.1} us; steal {:.1} CPU-s",
             per(self.children, now.children),
             per(self.mock, now.mock),
             now.steal - self.steal

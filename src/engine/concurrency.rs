@@ -119,7 +119,8 @@ pub enum Sample {
     Dropped,
 }
 
-/// The in-flight gate. The dispatcher waits in [`Slots::acquire`]; row tasks release.
+/// The in-flight gate. The dispatcher waits in [`Slots::acquire`]; the journal thread releases a
+/// row's slot once its outcome is committed.
 pub struct Slots {
     state: Mutex<SlotState>,
     freed: Notify,

@@ -5,7 +5,7 @@
 //! time; a matched one counts at the attempt's own charge instead.
 //!
 //! Kept apart from the rows and attempts tables: its own table, written through its own
-//! connection (the row tasks write here while the journal thread writes rows).
+//! connection (the row workers write here while the journal thread writes rows).
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -35,7 +35,7 @@ AND NOT EXISTS (
     WHERE w.seq = r.seq AND r.attempt = 1 AND w.started_before_ms IS NOT NULL
       AND w.finished_ms - w.started_before_ms = r.started_ms)";
 
-/// Where the row tasks journal their reservations.
+/// Where the row workers journal their reservations.
 pub struct ReservationLog {
     conn: Connection,
     path: PathBuf,

@@ -59,7 +59,7 @@ pub(super) enum Verdict {
     Stopped,
 }
 
-/// The [`Tracker`] shared by the row tasks, with a way around its lock once it has nothing
+/// The [`Tracker`] shared by the row workers, with a way around its lock once it has nothing
 /// left to do: after the first answer, unless the run was stopped before it.
 pub(super) struct FailFast {
     tracker: Mutex<Tracker>,

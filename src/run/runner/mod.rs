@@ -339,7 +339,7 @@ fn retry_failed(cfg: &RunConfig) -> bool {
     )
 }
 
-/// What every row task shares: the provider on the connection, the budgets and the policies.
+/// What every row worker shares: the provider on the connection, the budgets and the policies.
 fn share(
     cfg: &RunConfig,
     conn: &Connection,
@@ -502,7 +502,7 @@ impl Pipeline {
     }
 
     /// The collector: live totals for the progress bar, until every row is journaled. The
-    /// channel closes once the dispatcher, every row task and the journal are done.
+    /// channel closes once the dispatcher, every row worker and the journal are done.
     async fn collect(&mut self, progress: &Progress) -> Stats {
         let mut live = Stats::default();
         let mut last_draw = Instant::now();

@@ -1,4 +1,4 @@
-//! What every row task shares: the provider, budgets, slots, policies, and the stop signals.
+//! What every row worker shares: the provider, budgets, slots, policies, and the stop signals.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,7 @@ use crate::engine::store::ReservationLog;
 /// `--max-tokens` is not given; afterwards the reservation follows the answers.
 pub(super) const INITIAL_COMPLETION_ESTIMATE: f64 = 256.0;
 
-/// What every row task needs, shared.
+/// What every row worker needs, shared.
 pub(super) struct Shared {
     pub(super) printer: Printer,
     pub(super) provider: Arc<dyn Provider>,
